@@ -1,0 +1,194 @@
+//! Typed, layered configuration shared by every process of the mesh.
+//!
+//! Layers, later wins: `config/default.toml`, `config/<env>.toml` (env from
+//! `MARQUEE_ENV`, default `local`), then `MARQUEE_<SECTION>__<KEY>` variables.
+//! The config directory is `MARQUEE_CONFIG_DIR`, else `./config`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Settings {
+    pub telemetry: TelemetrySettings,
+    pub grpc: GrpcSettings,
+    pub postgres: PostgresSettings,
+    pub mongo: MongoSettings,
+    pub redis: RedisSettings,
+    pub rabbitmq: RabbitSettings,
+    pub auth: AuthSettings,
+    pub upstream: UpstreamSettings,
+    pub user: ServerSettings,
+    pub cinema: CinemaSettings,
+    pub booking: BookingSettings,
+    pub payment: ServerSettings,
+    pub notification: NotificationSettings,
+    pub gateway: GatewaySettings,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct TelemetrySettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct GrpcSettings {
+    pub request_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct PostgresSettings {
+    pub url: Secret<String>,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct MongoSettings {
+    pub url: Secret<String>,
+    pub database_prefix: String,
+}
+
+impl MongoSettings {
+    /// The database a service owns, e.g. `marquee_booking`.
+    pub fn database_name(&self, service: &str) -> String {
+        format!("{}_{service}", self.database_prefix)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RedisSettings {
+    pub url: Secret<String>,
+    pub key_prefix: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RabbitSettings {
+    pub url: Secret<String>,
+    pub exchange: String,
+    pub notification_queue: String,
+    pub prefetch: u16,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct AuthSettings {
+    /// The JWT `iss`; also the key of Kong's jwt_secret.
+    pub issuer: String,
+    pub jwt_secret: Secret<String>,
+    pub access_token_ttl_seconds: i64,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct UpstreamSettings {
+    pub user_url: String,
+    pub cinema_url: String,
+    pub booking_url: String,
+    pub payment_url: String,
+    pub notification_url: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ServerSettings {
+    pub host: String,
+    /// 0 binds a random free port (tests).
+    pub port: u16,
+}
+
+impl ServerSettings {
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct CinemaSettings {
+    #[serde(flatten)]
+    pub server: ServerSettings,
+    pub max_seats_per_hold: usize,
+    pub seed_demo: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct BookingSettings {
+    #[serde(flatten)]
+    pub server: ServerSettings,
+    pub hold_ttl_seconds: i32,
+    pub outbox_poll_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct NotificationSettings {
+    #[serde(flatten)]
+    pub server: ServerSettings,
+    pub claim_ttl_seconds: u64,
+    pub done_ttl_seconds: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct GatewaySettings {
+    #[serde(flatten)]
+    pub server: ServerSettings,
+    pub graphiql: bool,
+    pub max_body_bytes: usize,
+}
+
+impl Settings {
+    /// Loads settings for the environment named by `MARQUEE_ENV` (default `local`).
+    pub fn load() -> anyhow::Result<Self> {
+        let env = std::env::var("MARQUEE_ENV").unwrap_or_else(|_| "local".to_owned());
+        let dir = std::env::var_os("MARQUEE_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"));
+        Self::load_from(&dir, &env)
+    }
+
+    /// Loads `default.toml` and `<env>.toml` from `dir`, then `MARQUEE_*` variables.
+    pub fn load_from(dir: &Path, env: &str) -> anyhow::Result<Self> {
+        let default = dir.join("default.toml");
+        anyhow::ensure!(default.is_file(), "config file {} not found", default.display());
+        Figment::new()
+            .merge(Toml::file(default))
+            .merge(Toml::file(dir.join(format!("{env}.toml"))))
+            .merge(Env::prefixed("MARQUEE_").split("__"))
+            .extract()
+            .with_context(|| format!("invalid configuration in {} (env {env})", dir.display()))
+    }
+
+    /// The settings tests start from: the repository's `config/` with `test.toml`.
+    pub fn for_tests() -> anyhow::Result<Self> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        Self::load_from(&dir, "test")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_config_loads_and_test_layer_overrides_ports() {
+        let settings = Settings::for_tests().unwrap();
+        assert_eq!(settings.user.port, 0);
+        assert_eq!(settings.booking.server.port, 0);
+        assert_eq!(settings.booking.hold_ttl_seconds, 480);
+        assert_eq!(settings.rabbitmq.exchange, "marquee.events");
+        // Secrets load but never print.
+        assert!(!format!("{settings:?}").contains(settings.auth.jwt_secret.expose().as_str()));
+    }
+}

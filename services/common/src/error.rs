@@ -1,0 +1,191 @@
+//! The one place where errors become `tonic::Status` and back.
+//!
+//! Every client-actionable error travels as a gRPC status whose `ErrorInfo` detail
+//! carries a stable `reason` (the public error code the gateway exposes as GraphQL
+//! `extensions.code`) and metadata such as the unavailable seat ids. Anything else is
+//! an opaque INTERNAL: its cause chain is logged once, here, and never sent.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The domain in every `ErrorInfo` Marquee emits.
+pub const ERROR_DOMAIN: &str = "marquee";
+
+/// Public error codes (the DESIGN.md contract).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Unauthenticated,
+    Forbidden,
+    BadUserInput,
+    NotFound,
+    SeatUnavailable,
+    HoldExpired,
+    PaymentDeclined,
+    Conflict,
+    RateLimited,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::BadUserInput => "BAD_USER_INPUT",
+            Self::NotFound => "NOT_FOUND",
+            Self::SeatUnavailable => "SEAT_UNAVAILABLE",
+            Self::HoldExpired => "HOLD_EXPIRED",
+            Self::PaymentDeclined => "PAYMENT_DECLINED",
+            Self::Conflict => "CONFLICT",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    pub fn parse(reason: &str) -> Option<Self> {
+        Some(match reason {
+            "UNAUTHENTICATED" => Self::Unauthenticated,
+            "FORBIDDEN" => Self::Forbidden,
+            "BAD_USER_INPUT" => Self::BadUserInput,
+            "NOT_FOUND" => Self::NotFound,
+            "SEAT_UNAVAILABLE" => Self::SeatUnavailable,
+            "HOLD_EXPIRED" => Self::HoldExpired,
+            "PAYMENT_DECLINED" => Self::PaymentDeclined,
+            "CONFLICT" => Self::Conflict,
+            "RATE_LIMITED" => Self::RateLimited,
+            "INTERNAL" => Self::Internal,
+            _ => return None,
+        })
+    }
+
+    /// The gRPC code a status with this reason carries.
+    pub fn grpc_code(self) -> Code {
+        match self {
+            Self::Unauthenticated => Code::Unauthenticated,
+            Self::Forbidden => Code::PermissionDenied,
+            Self::BadUserInput => Code::InvalidArgument,
+            Self::NotFound => Code::NotFound,
+            Self::SeatUnavailable | Self::HoldExpired | Self::PaymentDeclined => Code::FailedPrecondition,
+            Self::Conflict => Code::Aborted,
+            Self::RateLimited => Code::ResourceExhausted,
+            Self::Internal => Code::Internal,
+        }
+    }
+
+    /// Best guess for a status that carries no `ErrorInfo` (e.g. from tonic itself).
+    fn from_grpc_code(code: Code) -> Self {
+        match code {
+            Code::InvalidArgument | Code::OutOfRange => Self::BadUserInput,
+            Code::NotFound => Self::NotFound,
+            Code::AlreadyExists | Code::Aborted => Self::Conflict,
+            Code::Unauthenticated => Self::Unauthenticated,
+            Code::PermissionDenied => Self::Forbidden,
+            Code::ResourceExhausted => Self::RateLimited,
+            _ => Self::Internal,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error a client can act on: a code, a human message and structured metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub metadata: HashMap<String, String>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), metadata: HashMap::new() }
+    }
+
+    pub fn with_meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadUserInput, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    /// Reads the error back out of a status received from another service.
+    /// Transport failures and statuses without details become `Internal` (or the
+    /// closest code), with the original message kept for logs.
+    pub fn from_status(status: &Status) -> Self {
+        match status.get_details_error_info() {
+            Some(info) if info.domain == ERROR_DOMAIN => {
+                let code = ErrorCode::parse(&info.reason).unwrap_or(ErrorCode::Internal);
+                Self { code, message: status.message().to_owned(), metadata: info.metadata }
+            }
+            _ => Self::new(ErrorCode::from_grpc_code(status.code()), status.message()),
+        }
+    }
+
+    /// Comma-separated metadata value split into its parts (e.g. `seat_ids`).
+    pub fn meta_list(&self, key: &str) -> Vec<String> {
+        self.metadata
+            .get(key)
+            .map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        if error.code == ErrorCode::Internal {
+            return Status::internal("internal error");
+        }
+        let details = ErrorDetails::with_error_info(error.code.as_str(), ERROR_DOMAIN, error.metadata);
+        Status::with_error_details(error.code.grpc_code(), error.message, details)
+    }
+}
+
+/// Logs an unexpected error with its whole cause chain and returns an opaque status.
+pub fn internal(error: &anyhow::Error) -> Status {
+    tracing::error!(error = format!("{error:#}"), "unexpected error");
+    Status::internal("internal error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_errors_round_trip_through_status() {
+        let sent = ApiError::new(ErrorCode::SeatUnavailable, "seats taken").with_meta("seat_ids", "A1,A2");
+        let status = Status::from(sent.clone());
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let received = ApiError::from_status(&status);
+        assert_eq!(received, sent);
+        assert_eq!(received.meta_list("seat_ids"), vec!["A1", "A2"]);
+    }
+
+    #[test]
+    fn plain_statuses_map_by_grpc_code_and_internal_stays_opaque() {
+        assert_eq!(ApiError::from_status(&Status::not_found("x")).code, ErrorCode::NotFound);
+        assert_eq!(ApiError::from_status(&Status::unavailable("down")).code, ErrorCode::Internal);
+        let status = Status::from(ApiError::new(ErrorCode::Internal, "db password is hunter2"));
+        assert_eq!(status.message(), "internal error");
+    }
+}

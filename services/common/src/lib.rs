@@ -1,0 +1,18 @@
+//! The service kit every Marquee binary uses: layered configuration, tracing,
+//! shutdown, the gRPC server scaffolding (health + reflection), the mapping of
+//! errors to `tonic::Status`, and small helpers for MongoDB, time and gRPC clients.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod mongo;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod time;
+
+pub use config::Settings;
+pub use error::{ApiError, ErrorCode};
+pub use secret::Secret;
