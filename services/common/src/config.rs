@@ -81,6 +81,9 @@ pub struct RabbitSettings {
     pub exchange: String,
     pub notification_queue: String,
     pub prefetch: u16,
+    /// Test runs set this so abandoned per-test queues delete themselves (`x-expires`).
+    #[serde(default)]
+    pub queue_expires_ms: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -2,6 +2,7 @@
 //! shutdown, the gRPC server scaffolding (health + reflection), the mapping of
 //! errors to `tonic::Status`, and small helpers for MongoDB, time and gRPC clients.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod grpc;
