@@ -1,0 +1,193 @@
+//! Validated user input. Handlers parse raw proto strings into these types first;
+//! everything deeper trusts them.
+
+use std::fmt;
+
+use marquee_common::Secret;
+use uuid::Uuid;
+
+/// Why some input was refused; the message is safe to show the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+fn invalid(message: impl Into<String>) -> InvalidInput {
+    InvalidInput(message.into())
+}
+
+/// A user id: a UUID, used as the MongoDB `_id` and as the token's `sub`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserId(Uuid);
+
+impl UserId {
+    pub fn generate() -> Self {
+        // v7 ids are time-ordered, so the `_id` index grows at its right edge.
+        Self(Uuid::now_v7())
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        Uuid::parse_str(raw.trim()).map(Self).map_err(|_| invalid("user id must be a UUID"))
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An email address, trimmed and lowercased so that one mailbox is one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    const MAX_LEN: usize = 254;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        let email = raw.trim().to_lowercase();
+        let bad = || invalid("email address is not valid");
+        if email.is_empty() || email.len() > Self::MAX_LEN {
+            return Err(bad());
+        }
+        let (local, domain) = email.split_once('@').ok_or_else(bad)?;
+        if local.is_empty() || local.len() > 64 || !local.chars().all(is_local_char) {
+            return Err(bad());
+        }
+        if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+            return Err(bad());
+        }
+        let labels: Vec<&str> = domain.split('.').collect();
+        if labels.len() < 2 || !labels.iter().all(|label| is_domain_label(label)) {
+            return Err(bad());
+        }
+        Ok(Self(email))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_local_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c)
+}
+
+fn is_domain_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// A display name: trimmed, 1 to 100 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserName(String);
+
+impl UserName {
+    const MAX_CHARS: usize = 100;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        let name = raw.trim();
+        if name.is_empty() {
+            return Err(invalid("name must not be empty"));
+        }
+        if name.chars().count() > Self::MAX_CHARS {
+            return Err(invalid(format!("name must be at most {} characters", Self::MAX_CHARS)));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(invalid("name must not contain control characters"));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password chosen at registration. Wrapped in `Secret` so it can never be logged.
+pub struct NewPassword(Secret<String>);
+
+impl NewPassword {
+    pub const MIN_CHARS: usize = 10;
+    pub const MAX_CHARS: usize = 128;
+
+    pub fn parse(raw: String, email: &Email) -> Result<Self, InvalidInput> {
+        let chars = raw.chars().count();
+        if !(Self::MIN_CHARS..=Self::MAX_CHARS).contains(&chars) {
+            return Err(invalid(format!(
+                "password must be {} to {} characters",
+                Self::MIN_CHARS,
+                Self::MAX_CHARS
+            )));
+        }
+        if raw.trim().to_lowercase() == email.as_str() {
+            return Err(invalid("password must not be the email address"));
+        }
+        Ok(Self(Secret::new(raw)))
+    }
+
+    pub fn into_secret(self) -> Secret<String> {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised() {
+        assert_eq!(Email::parse("  Ada.Lovelace@Example.COM ").unwrap().as_str(), "ada.lovelace@example.com");
+        assert_eq!(Email::parse("a+tag@mail.example.org").unwrap().as_str(), "a+tag@mail.example.org");
+    }
+
+    #[test]
+    fn malformed_emails_are_refused() {
+        for raw in [
+            "",
+            "plain",
+            "@example.com",
+            "a@",
+            "a@localhost",
+            "a@@example.com",
+            "a b@example.com",
+            "a@exa mple.com",
+            "a@-example.com",
+            "a@example..com",
+            ".a@example.com",
+            "a..b@example.com",
+        ] {
+            assert!(Email::parse(raw).is_err(), "{raw:?} was accepted");
+        }
+        let long_local = format!("{}@example.com", "a".repeat(65));
+        assert!(Email::parse(&long_local).is_err());
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(UserName::parse("  Ada  ").unwrap().as_str(), "Ada");
+        assert!(UserName::parse("   ").is_err());
+        assert!(UserName::parse(&"é".repeat(100)).is_ok());
+        assert!(UserName::parse(&"é".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn passwords_are_bounded_by_characters_and_differ_from_the_email() {
+        let email = Email::parse("ada@example.com").unwrap();
+        assert!(NewPassword::parse("a".repeat(9), &email).is_err());
+        assert!(NewPassword::parse("a".repeat(10), &email).is_ok());
+        assert!(NewPassword::parse("ü".repeat(128), &email).is_ok());
+        assert!(NewPassword::parse("a".repeat(129), &email).is_err());
+        assert!(NewPassword::parse("ADA@example.com".to_owned(), &email).is_err());
+    }
+
+    #[test]
+    fn user_ids_are_uuids() {
+        let id = UserId::generate();
+        assert_eq!(UserId::parse(&id.to_string()).unwrap(), id);
+        assert!(UserId::parse("42").is_err());
+    }
+}
