@@ -1,0 +1,398 @@
+//! Request values parsed at the edge. Handlers turn proto fields into these first, so
+//! the store never sees an unchecked string.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use chrono::NaiveDate;
+use uuid::Uuid;
+
+use crate::error::CinemaError;
+
+macro_rules! uuid_id {
+    ($name:ident, $what:literal) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            pub fn parse(raw: &str) -> Result<Self, CinemaError> {
+                Uuid::parse_str(raw)
+                    .map(Self)
+                    .map_err(|_| CinemaError::BadInput(format!(concat!("invalid ", $what, " {:?}"), raw)))
+            }
+
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+/// An empty proto field means "no filter"; anything else must parse.
+pub fn optional<T>(
+    raw: &str,
+    parse: impl FnOnce(&str) -> Result<T, CinemaError>,
+) -> Result<Option<T>, CinemaError> {
+    if raw.is_empty() { Ok(None) } else { parse(raw).map(Some) }
+}
+
+uuid_id!(MovieId, "movie id");
+uuid_id!(CinemaId, "cinema id");
+uuid_id!(ShowtimeId, "showtime id");
+uuid_id!(BookingId, "booking id");
+
+/// A seat label within a screen, e.g. "C7": ASCII letters and digits only.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeatId(String);
+
+impl SeatId {
+    const MAX_LEN: usize = 16;
+
+    pub fn parse(raw: &str) -> Result<Self, CinemaError> {
+        let valid =
+            !raw.is_empty() && raw.len() <= Self::MAX_LEN && raw.bytes().all(|b| b.is_ascii_alphanumeric());
+        if valid {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(CinemaError::BadInput(format!("invalid seat id {raw:?}")))
+        }
+    }
+}
+
+/// The distinct seats of one hold or confirmation, sorted, never empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeatSelection(Vec<SeatId>);
+
+impl SeatSelection {
+    pub fn parse(raw: &[String], max: usize) -> Result<Self, CinemaError> {
+        if raw.is_empty() {
+            return Err(CinemaError::BadInput("seat_ids must not be empty".to_owned()));
+        }
+        if raw.len() > max {
+            return Err(CinemaError::BadInput(format!("at most {max} seats per request, got {}", raw.len())));
+        }
+        let mut seats = BTreeSet::new();
+        for seat in raw {
+            if !seats.insert(SeatId::parse(seat)?) {
+                return Err(CinemaError::BadInput(format!("seat {seat:?} is listed twice")));
+            }
+        }
+        Ok(Self(seats.into_iter().collect()))
+    }
+
+    pub fn to_strings(&self) -> Vec<String> {
+        self.0.iter().map(|s| s.0.clone()).collect()
+    }
+}
+
+/// How long a hold lives before another booking may take the seats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldTtl(i32);
+
+impl HoldTtl {
+    const MAX_SECONDS: i32 = 3600;
+
+    pub fn parse(seconds: i32) -> Result<Self, CinemaError> {
+        if (1..=Self::MAX_SECONDS).contains(&seconds) {
+            Ok(Self(seconds))
+        } else {
+            Err(CinemaError::BadInput(format!(
+                "ttl_seconds must be between 1 and {}, got {seconds}",
+                Self::MAX_SECONDS
+            )))
+        }
+    }
+
+    pub fn seconds(self) -> i32 {
+        self.0
+    }
+}
+
+/// Money in integer minor units of an ISO 4217 currency.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Money {
+    amount_minor: i64,
+    currency: String,
+}
+
+impl Money {
+    /// Values come from the database, whose constraints already hold them to this
+    /// shape; a violation is a bug, not a client error.
+    pub fn new(amount_minor: i64, currency: String) -> anyhow::Result<Self> {
+        anyhow::ensure!(amount_minor >= 0, "negative price {amount_minor}");
+        anyhow::ensure!(
+            currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase()),
+            "invalid currency {currency:?}"
+        );
+        Ok(Self { amount_minor, currency })
+    }
+
+    pub fn amount_minor(&self) -> i64 {
+        self.amount_minor
+    }
+
+    pub fn currency(&self) -> &str {
+        &self.currency
+    }
+
+    /// The sum of `prices`; `None` when there are none.
+    pub fn sum<'a>(prices: impl IntoIterator<Item = &'a Money>) -> anyhow::Result<Option<Money>> {
+        let mut total: Option<Money> = None;
+        for price in prices {
+            total = Some(match total {
+                None => price.clone(),
+                Some(sum) => {
+                    anyhow::ensure!(
+                        sum.currency == price.currency,
+                        "cannot add {} to {}",
+                        price.currency,
+                        sum.currency
+                    );
+                    let amount_minor = sum
+                        .amount_minor
+                        .checked_add(price.amount_minor)
+                        .ok_or_else(|| anyhow::anyhow!("price total overflows"))?;
+                    Money { amount_minor, currency: sum.currency }
+                }
+            });
+        }
+        Ok(total)
+    }
+}
+
+/// A case-insensitive title substring, turned into an ILIKE pattern with `\` escapes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TitleSearch(String);
+
+impl TitleSearch {
+    const MAX_LEN: usize = 200;
+
+    pub fn parse_optional(raw: &str) -> Result<Option<Self>, CinemaError> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        if raw.chars().count() > Self::MAX_LEN {
+            return Err(CinemaError::BadInput(format!("search is longer than {} characters", Self::MAX_LEN)));
+        }
+        let mut pattern = String::with_capacity(raw.len() + 2);
+        pattern.push('%');
+        for c in raw.chars() {
+            if matches!(c, '%' | '_' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('%');
+        Ok(Some(Self(pattern)))
+    }
+
+    pub fn ilike_pattern(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Number of results per page: 0 means the default, larger than the maximum is capped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageSize(i64);
+
+impl PageSize {
+    const DEFAULT: i64 = 20;
+    const MAX: i64 = 100;
+
+    pub fn parse(raw: i32) -> Result<Self, CinemaError> {
+        match i64::from(raw) {
+            0 => Ok(Self(Self::DEFAULT)),
+            n if n < 0 => Err(CinemaError::BadInput(format!("page_size must not be negative, got {n}"))),
+            n => Ok(Self(n.min(Self::MAX))),
+        }
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// Keyset cursor over movies ordered by (title, id). Opaque to clients: hex of
+/// `<id>|<title>`, which never needs escaping since a UUID holds no `|`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MovieCursor {
+    pub title: String,
+    pub id: Uuid,
+}
+
+impl MovieCursor {
+    pub fn encode(&self) -> String {
+        format!("{}|{}", self.id, self.title).bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn decode_optional(token: &str) -> Result<Option<Self>, CinemaError> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        Self::decode(token).map(Some).ok_or_else(|| CinemaError::BadInput("invalid page_token".to_owned()))
+    }
+
+    fn decode(token: &str) -> Option<Self> {
+        // An odd length or a non-ASCII character makes `get` fail, rejecting the token.
+        let bytes = (0..token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let (id, title) = text.split_once('|')?;
+        Some(Self { title: title.to_owned(), id: Uuid::parse_str(id).ok()? })
+    }
+}
+
+/// A calendar day (YYYY-MM-DD), read in each cinema's own time zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShowDate(NaiveDate);
+
+impl ShowDate {
+    pub fn parse_optional(raw: &str) -> Result<Option<Self>, CinemaError> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+            .ok()
+            .filter(|_| raw.len() == 10)
+            .map(|d| Some(Self(d)))
+            .ok_or_else(|| CinemaError::BadInput(format!("invalid date {raw:?}, expected YYYY-MM-DD")))
+    }
+
+    pub fn get(self) -> NaiveDate {
+        self.0
+    }
+}
+
+/// A city filter, matched case-insensitively.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct City(String);
+
+impl City {
+    pub fn parse_optional(raw: &str) -> Result<Option<Self>, CinemaError> {
+        let raw = raw.trim();
+        match raw.chars().count() {
+            0 => Ok(None),
+            1..=200 => Ok(Some(Self(raw.to_lowercase()))),
+            _ => Err(CinemaError::BadInput("city is longer than 200 characters".to_owned())),
+        }
+    }
+
+    pub fn lowercase(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a seat map shows for one seat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeatState {
+    Available,
+    Held,
+    Booked,
+    Blocked,
+}
+
+impl SeatState {
+    pub fn from_db(status: &str) -> anyhow::Result<Self> {
+        Ok(match status {
+            "available" => Self::Available,
+            "held" => Self::Held,
+            "booked" => Self::Booked,
+            "blocked" => Self::Blocked,
+            other => anyhow::bail!("unknown seat status {other:?}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn seat_selection_sorts_and_rejects_duplicates_bad_ids_and_oversize() {
+        let sel = SeatSelection::parse(&strings(&["C7", "A1", "B12"]), 10).unwrap();
+        assert_eq!(sel.to_strings(), strings(&["A1", "B12", "C7"]));
+        assert!(SeatSelection::parse(&strings(&["A1", "A1"]), 10).is_err());
+        assert!(SeatSelection::parse(&strings(&["A 1"]), 10).is_err());
+        assert!(SeatSelection::parse(&strings(&["A1'; --"]), 10).is_err());
+        assert!(SeatSelection::parse(&[], 10).is_err());
+        assert!(SeatSelection::parse(&strings(&["A1", "A2", "A3"]), 2).is_err());
+    }
+
+    #[test]
+    fn hold_ttl_bounds() {
+        assert!(HoldTtl::parse(0).is_err());
+        assert!(HoldTtl::parse(3601).is_err());
+        assert_eq!(HoldTtl::parse(480).unwrap().seconds(), 480);
+    }
+
+    #[test]
+    fn money_sums_one_currency_only() {
+        let a = Money::new(1150, "EUR".to_owned()).unwrap();
+        let b = Money::new(1590, "EUR".to_owned()).unwrap();
+        assert_eq!(Money::sum([&a, &b]).unwrap(), Some(Money::new(2740, "EUR".to_owned()).unwrap()));
+        assert_eq!(Money::sum([]).unwrap(), None);
+        let usd = Money::new(100, "USD".to_owned()).unwrap();
+        assert!(Money::sum([&a, &usd]).is_err());
+        assert!(Money::new(1, "eur".to_owned()).is_err());
+    }
+
+    #[test]
+    fn search_escapes_like_wildcards() {
+        assert_eq!(TitleSearch::parse_optional("  ").unwrap(), None);
+        let s = TitleSearch::parse_optional("50%_off\\").unwrap().unwrap();
+        assert_eq!(s.ilike_pattern(), "%50\\%\\_off\\\\%");
+    }
+
+    #[test]
+    fn page_size_defaults_and_caps() {
+        assert_eq!(PageSize::parse(0).unwrap().get(), 20);
+        assert_eq!(PageSize::parse(500).unwrap().get(), 100);
+        assert_eq!(PageSize::parse(7).unwrap().get(), 7);
+        assert!(PageSize::parse(-1).is_err());
+    }
+
+    #[test]
+    fn movie_cursor_round_trips_and_rejects_garbage() {
+        let cursor = MovieCursor { title: "Amélie | 2".to_owned(), id: Uuid::new_v4() };
+        assert_eq!(MovieCursor::decode_optional(&cursor.encode()).unwrap(), Some(cursor));
+        assert_eq!(MovieCursor::decode_optional("").unwrap(), None);
+        for bad in ["zz", "abc", "6869", "c3a9"] {
+            assert!(MovieCursor::decode_optional(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dates_are_strict_iso() {
+        assert_eq!(
+            ShowDate::parse_optional("2026-11-21").unwrap().map(ShowDate::get),
+            NaiveDate::from_ymd_opt(2026, 11, 21)
+        );
+        assert_eq!(ShowDate::parse_optional("").unwrap(), None);
+        for bad in ["2026-13-01", "21.11.2026", "2026-1-5", "tomorrow"] {
+            assert!(ShowDate::parse_optional(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_parse_or_say_what_was_wrong() {
+        let id = Uuid::new_v4();
+        assert_eq!(ShowtimeId::parse(&id.to_string()).unwrap().as_uuid(), id);
+        let err = MovieId::parse("nope").unwrap_err();
+        assert!(err.to_string().contains("invalid movie id"), "{err}");
+        assert_eq!(optional("", CinemaId::parse).unwrap(), None);
+        assert!(optional("x", CinemaId::parse).is_err());
+    }
+}

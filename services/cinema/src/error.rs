@@ -1,0 +1,63 @@
+//! The cinema service's error boundary: what a client can act on, and everything else.
+
+use marquee_common::{ApiError, ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CinemaError {
+    #[error("{0}")]
+    BadInput(String),
+    /// Seat ids that do not exist in the showtime's screen.
+    #[error("unknown seats: {}", .0.join(","))]
+    UnknownSeats(Vec<String>),
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    /// Seats held or booked by someone else (or, for a confirmation, not held by the
+    /// booking). Nothing was changed.
+    #[error("seats unavailable: {}", .0.join(","))]
+    SeatsUnavailable(Vec<String>),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl CinemaError {
+    pub fn not_found(what: &'static str, id: impl ToString) -> Self {
+        Self::NotFound { what, id: id.to_string() }
+    }
+}
+
+impl From<CinemaError> for tonic::Status {
+    fn from(error: CinemaError) -> Self {
+        let message = error.to_string();
+        match error {
+            CinemaError::BadInput(_) => ApiError::bad_input(message).into(),
+            CinemaError::UnknownSeats(seats) => {
+                ApiError::bad_input(message).with_meta("seat_ids", seats.join(",")).into()
+            }
+            CinemaError::NotFound { .. } => ApiError::not_found(message).into(),
+            CinemaError::SeatsUnavailable(seats) => ApiError::new(ErrorCode::SeatUnavailable, message)
+                .with_meta("seat_ids", seats.join(","))
+                .into(),
+            CinemaError::Unexpected(e) => marquee_common::error::internal(&e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_seats_travel_as_metadata() {
+        let status = tonic::Status::from(CinemaError::SeatsUnavailable(vec!["A1".into(), "A2".into()]));
+        let api = ApiError::from_status(&status);
+        assert_eq!(api.code, ErrorCode::SeatUnavailable);
+        assert_eq!(api.meta_list("seat_ids"), vec!["A1", "A2"]);
+    }
+
+    #[test]
+    fn unexpected_errors_stay_opaque() {
+        let status = tonic::Status::from(CinemaError::Unexpected(anyhow::anyhow!("password=hunter2")));
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(!status.message().contains("hunter2"));
+    }
+}

@@ -1,0 +1,458 @@
+//! PostgreSQL access: catalog reads and the seat-hold functions from the migrations.
+//!
+//! Seat changes go through `cinema_lock_seats`, `cinema_confirm_seats` and
+//! `cinema_release_seats` (see `0002_seat_holds.sql`): one statement each, so one round
+//! trip and one transaction, with row locks taken in seat order and released at commit,
+//! before the reply leaves this process.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::{
+    BookingId, CinemaId, City, HoldTtl, Money, MovieCursor, MovieId, PageSize, SeatSelection, SeatState,
+    ShowDate, ShowtimeId, TitleSearch,
+};
+use crate::error::CinemaError;
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct MovieRecord {
+    pub id: Uuid,
+    pub title: String,
+    pub synopsis: String,
+    pub runtime_minutes: i32,
+    pub rating: String,
+    pub genres: Vec<String>,
+    pub poster_url: String,
+    pub release_date: Option<NaiveDate>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct CinemaRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub city: String,
+    pub address: String,
+    pub time_zone: String,
+}
+
+#[derive(Debug)]
+pub struct CategoryPrice {
+    pub category: String,
+    pub price: Money,
+}
+
+#[derive(Debug)]
+pub struct ShowtimeRecord {
+    pub id: Uuid,
+    pub movie_id: Uuid,
+    pub cinema_id: Uuid,
+    pub screen_id: Uuid,
+    pub screen_name: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub prices: Vec<CategoryPrice>,
+}
+
+#[derive(Debug)]
+pub struct SeatRecord {
+    pub seat_id: String,
+    pub row_label: String,
+    pub seat_number: i32,
+    pub category: String,
+    pub price: Money,
+    pub state: SeatState,
+}
+
+/// Seats now held by a booking, with what they cost.
+#[derive(Debug)]
+pub struct Hold {
+    pub seats: Vec<SeatRecord>,
+    pub total: Money,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ShowtimeRow {
+    id: Uuid,
+    movie_id: Uuid,
+    cinema_id: Uuid,
+    screen_id: Uuid,
+    screen_name: String,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct PriceRow {
+    showtime_id: Uuid,
+    category: String,
+    amount_minor: i64,
+    currency: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct SeatRow {
+    seat_id: String,
+    row_label: String,
+    seat_number: i32,
+    category: String,
+    amount_minor: Option<i64>,
+    currency: Option<String>,
+    status: String,
+}
+
+impl SeatRow {
+    fn into_record(self) -> anyhow::Result<SeatRecord> {
+        let (Some(amount_minor), Some(currency)) = (self.amount_minor, self.currency) else {
+            anyhow::bail!("seat {} (category {}) has no price", self.seat_id, self.category);
+        };
+        Ok(SeatRecord {
+            price: Money::new(amount_minor, currency)?,
+            state: SeatState::from_db(&self.status)?,
+            seat_id: self.seat_id,
+            row_label: self.row_label,
+            seat_number: self.seat_number,
+            category: self.category,
+        })
+    }
+}
+
+/// One row of `cinema_lock_seats`: an outcome tag plus, for held seats, the seat.
+#[derive(sqlx::FromRow)]
+struct LockRow {
+    outcome: String,
+    seat_id: Option<String>,
+    row_label: Option<String>,
+    seat_number: Option<i32>,
+    category: Option<String>,
+    amount_minor: Option<i64>,
+    currency: Option<String>,
+    hold_expires_at: Option<DateTime<Utc>>,
+}
+
+/// One row of `cinema_confirm_seats` / `cinema_release_seats`.
+#[derive(sqlx::FromRow)]
+struct OutcomeRow {
+    outcome: String,
+    seat_id: Option<String>,
+}
+
+/// A macro rather than a const so `concat!` keeps every query a `&'static str`.
+macro_rules! select_showtimes {
+    () => {
+        "SELECT st.id, st.movie_id, sc.cinema_id, st.screen_id, sc.name AS screen_name,
+                st.starts_at, st.ends_at
+           FROM showtimes st
+           JOIN screens sc ON sc.id = st.screen_id
+           JOIN cinemas c ON c.id = sc.cinema_id"
+    };
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// One page of movies in (title, id) order, and the cursor of the next page if any.
+    pub async fn list_movies(
+        &self,
+        search: Option<&TitleSearch>,
+        after: Option<&MovieCursor>,
+        page_size: PageSize,
+    ) -> anyhow::Result<(Vec<MovieRecord>, Option<MovieCursor>)> {
+        let mut movies = sqlx::query_as::<_, MovieRecord>(
+            "SELECT id, title, synopsis, runtime_minutes, rating, genres, poster_url, release_date
+               FROM movies
+              WHERE ($1::text IS NULL OR title ILIKE $1)
+                AND ($2::text IS NULL OR (title, id) > ($2, $3::uuid))
+              ORDER BY title, id
+              LIMIT $4",
+        )
+        .bind(search.map(TitleSearch::ilike_pattern))
+        .bind(after.map(|c| c.title.as_str()))
+        .bind(after.map(|c| c.id))
+        // One extra row tells whether another page exists.
+        .bind(page_size.get() + 1)
+        .fetch_all(&self.pool)
+        .await
+        .context("cannot list movies")?;
+        let has_more = movies.len() as i64 > page_size.get();
+        movies.truncate(page_size.get() as usize);
+        let next =
+            movies.last().filter(|_| has_more).map(|m| MovieCursor { title: m.title.clone(), id: m.id });
+        Ok((movies, next))
+    }
+
+    pub async fn get_movie(&self, id: MovieId) -> anyhow::Result<Option<MovieRecord>> {
+        sqlx::query_as::<_, MovieRecord>(
+            "SELECT id, title, synopsis, runtime_minutes, rating, genres, poster_url, release_date
+               FROM movies WHERE id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .with_context(|| format!("cannot load movie {id}"))
+    }
+
+    pub async fn list_cinemas(&self, city: Option<&City>) -> anyhow::Result<Vec<CinemaRecord>> {
+        sqlx::query_as::<_, CinemaRecord>(
+            "SELECT id, name, city, address, time_zone FROM cinemas
+              WHERE ($1::text IS NULL OR lower(city) = $1)
+              ORDER BY city, name, id",
+        )
+        .bind(city.map(City::lowercase))
+        .fetch_all(&self.pool)
+        .await
+        .context("cannot list cinemas")
+    }
+
+    pub async fn get_cinema(&self, id: CinemaId) -> anyhow::Result<Option<CinemaRecord>> {
+        sqlx::query_as::<_, CinemaRecord>(
+            "SELECT id, name, city, address, time_zone FROM cinemas WHERE id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .with_context(|| format!("cannot load cinema {id}"))
+    }
+
+    /// Showtimes in start order. With a date, those starting on that day in their
+    /// cinema's time zone; without, those starting from now on.
+    pub async fn list_showtimes(
+        &self,
+        movie: Option<MovieId>,
+        cinema: Option<CinemaId>,
+        date: Option<ShowDate>,
+    ) -> anyhow::Result<Vec<ShowtimeRecord>> {
+        let sql = concat!(
+            select_showtimes!(),
+            "
+              WHERE ($1::uuid IS NULL OR st.movie_id = $1)
+                AND ($2::uuid IS NULL OR sc.cinema_id = $2)
+                AND CASE WHEN $3::date IS NULL THEN st.starts_at >= now()
+                         ELSE st.starts_at >= ($3::date::timestamp AT TIME ZONE c.time_zone)
+                          AND st.starts_at < (($3::date + 1)::timestamp AT TIME ZONE c.time_zone)
+                    END
+              ORDER BY st.starts_at, st.id"
+        );
+        let rows = sqlx::query_as::<_, ShowtimeRow>(sql)
+            .bind(movie.map(|m| m.as_uuid()))
+            .bind(cinema.map(|c| c.as_uuid()))
+            .bind(date.map(ShowDate::get))
+            .fetch_all(&self.pool)
+            .await
+            .context("cannot list showtimes")?;
+        self.with_prices(rows).await
+    }
+
+    pub async fn get_showtime(&self, id: ShowtimeId) -> anyhow::Result<Option<ShowtimeRecord>> {
+        let row = sqlx::query_as::<_, ShowtimeRow>(concat!(select_showtimes!(), " WHERE st.id = $1"))
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .with_context(|| format!("cannot load showtime {id}"))?;
+        Ok(self.with_prices(row.into_iter().collect()).await?.pop())
+    }
+
+    async fn with_prices(&self, rows: Vec<ShowtimeRow>) -> anyhow::Result<Vec<ShowtimeRecord>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let prices = sqlx::query_as::<_, PriceRow>(
+            "SELECT showtime_id, category, amount_minor, currency FROM showtime_prices
+              WHERE showtime_id = ANY ($1) ORDER BY showtime_id, amount_minor, category",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .context("cannot load showtime prices")?;
+        let mut by_showtime: HashMap<Uuid, Vec<CategoryPrice>> = HashMap::new();
+        for p in prices {
+            by_showtime
+                .entry(p.showtime_id)
+                .or_default()
+                .push(CategoryPrice { category: p.category, price: Money::new(p.amount_minor, p.currency)? });
+        }
+        Ok(rows
+            .into_iter()
+            .map(|r| ShowtimeRecord {
+                prices: by_showtime.remove(&r.id).unwrap_or_default(),
+                id: r.id,
+                movie_id: r.movie_id,
+                cinema_id: r.cinema_id,
+                screen_id: r.screen_id,
+                screen_name: r.screen_name,
+                starts_at: r.starts_at,
+                ends_at: r.ends_at,
+            })
+            .collect())
+    }
+
+    /// Every seat of the showtime; a hold past its expiry shows as available, which is
+    /// exactly what `cinema_lock_seats` would treat it as.
+    pub async fn seat_map(&self, showtime: ShowtimeId) -> Result<Vec<SeatRecord>, CinemaError> {
+        let rows = sqlx::query_as::<_, SeatRow>(
+            "SELECT s.seat_id, s.row_label, s.seat_number, s.category, p.amount_minor, p.currency,
+                    CASE WHEN s.status = 'held' AND s.hold_expires_at <= now() THEN 'available'
+                         ELSE s.status END AS status
+               FROM showtime_seats s
+               LEFT JOIN showtime_prices p ON p.showtime_id = s.showtime_id AND p.category = s.category
+              WHERE s.showtime_id = $1
+              ORDER BY length(s.row_label), s.row_label, s.seat_number",
+        )
+        .bind(showtime.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .with_context(|| format!("cannot load the seat map of showtime {showtime}"))?;
+        if rows.is_empty() && !self.showtime_exists(showtime).await? {
+            return Err(CinemaError::not_found("showtime", showtime));
+        }
+        Ok(rows.into_iter().map(SeatRow::into_record).collect::<anyhow::Result<_>>()?)
+    }
+
+    async fn showtime_exists(&self, id: ShowtimeId) -> anyhow::Result<bool> {
+        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM showtimes WHERE id = $1)")
+            .bind(id.as_uuid())
+            .fetch_one(&self.pool)
+            .await
+            .with_context(|| format!("cannot look up showtime {id}"))
+    }
+
+    /// Holds all of `seats` for `booking`, or none of them.
+    pub async fn lock_seats(
+        &self,
+        showtime: ShowtimeId,
+        seats: &SeatSelection,
+        booking: BookingId,
+        ttl: HoldTtl,
+    ) -> Result<Hold, CinemaError> {
+        let rows = sqlx::query_as::<_, LockRow>("SELECT * FROM cinema_lock_seats($1, $2, $3, $4)")
+            .bind(showtime.as_uuid())
+            .bind(seats.to_strings())
+            .bind(booking.as_uuid())
+            .bind(ttl.seconds())
+            .fetch_all(&self.pool)
+            .await
+            .with_context(|| format!("cannot lock seats of showtime {showtime}"))?;
+
+        let mut unknown = Vec::new();
+        let mut unavailable = Vec::new();
+        let mut held = Vec::new();
+        let mut expires_at = None;
+        for row in rows {
+            match (row.outcome.as_str(), row.seat_id) {
+                ("showtime_not_found", _) => return Err(CinemaError::not_found("showtime", showtime)),
+                ("showtime_started", _) => {
+                    return Err(CinemaError::BadInput(format!("showtime {showtime} has already started")));
+                }
+                ("unknown", Some(seat)) => unknown.push(seat),
+                ("unavailable", Some(seat)) => unavailable.push(seat),
+                ("held", Some(seat_id)) => {
+                    expires_at = row.hold_expires_at;
+                    held.push(
+                        SeatRow {
+                            seat_id,
+                            row_label: row.row_label.context("held seat without row")?,
+                            seat_number: row.seat_number.context("held seat without number")?,
+                            category: row.category.context("held seat without category")?,
+                            amount_minor: row.amount_minor,
+                            currency: row.currency,
+                            status: "held".to_owned(),
+                        }
+                        .into_record()?,
+                    );
+                }
+                (other, seat) => {
+                    return Err(anyhow::anyhow!("unexpected lock outcome {other:?} for seat {seat:?}").into());
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            unknown.sort();
+            return Err(CinemaError::UnknownSeats(unknown));
+        }
+        if !unavailable.is_empty() {
+            unavailable.sort();
+            return Err(CinemaError::SeatsUnavailable(unavailable));
+        }
+        let total = Money::sum(held.iter().map(|s| &s.price))?.context("lock returned no seats")?;
+        let expires_at = expires_at.context("lock returned no expiry")?;
+        Ok(Hold { seats: held, total, expires_at })
+    }
+
+    /// Books `seats` for `booking` if it holds (or already booked) every one of them.
+    pub async fn confirm_seats(
+        &self,
+        showtime: ShowtimeId,
+        booking: BookingId,
+        seats: &SeatSelection,
+    ) -> Result<Vec<String>, CinemaError> {
+        let rows = sqlx::query_as::<_, OutcomeRow>("SELECT * FROM cinema_confirm_seats($1, $2, $3)")
+            .bind(showtime.as_uuid())
+            .bind(booking.as_uuid())
+            .bind(seats.to_strings())
+            .fetch_all(&self.pool)
+            .await
+            .with_context(|| format!("cannot confirm seats of showtime {showtime}"))?;
+        let (booked, unavailable) = split_outcomes(showtime, rows, "booked", "unavailable")?;
+        if unavailable.is_empty() { Ok(booked) } else { Err(CinemaError::SeatsUnavailable(unavailable)) }
+    }
+
+    /// Frees the seats `booking` holds; returns them (none on a repeated call).
+    pub async fn release_seats(
+        &self,
+        showtime: ShowtimeId,
+        booking: BookingId,
+    ) -> Result<Vec<String>, CinemaError> {
+        let rows = sqlx::query_as::<_, OutcomeRow>("SELECT * FROM cinema_release_seats($1, $2)")
+            .bind(showtime.as_uuid())
+            .bind(booking.as_uuid())
+            .fetch_all(&self.pool)
+            .await
+            .with_context(|| format!("cannot release seats of showtime {showtime}"))?;
+        let (released, _) = split_outcomes(showtime, rows, "released", "")?;
+        Ok(released)
+    }
+}
+
+/// Splits function outcome rows into (success seats, refused seats).
+fn split_outcomes(
+    showtime: ShowtimeId,
+    rows: Vec<OutcomeRow>,
+    success: &str,
+    refused: &str,
+) -> Result<(Vec<String>, Vec<String>), CinemaError> {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for row in rows {
+        match (row.outcome.as_str(), row.seat_id) {
+            ("showtime_not_found", _) => return Err(CinemaError::not_found("showtime", showtime)),
+            (outcome, Some(seat)) if outcome == success => ok.push(seat),
+            (outcome, Some(seat)) if !refused.is_empty() && outcome == refused => bad.push(seat),
+            (other, seat) => {
+                return Err(anyhow::anyhow!("unexpected seat outcome {other:?} for seat {seat:?}").into());
+            }
+        }
+    }
+    Ok((ok, bad))
+}
+
+/// Loads the demo catalog; `demo.sql` is idempotent, so every start may run it.
+pub async fn seed_demo(pool: &PgPool) -> anyhow::Result<()> {
+    // Several statements in one simple query run as one implicit transaction.
+    sqlx::raw_sql(include_str!("../../../init-scripts/postgres/demo.sql"))
+        .execute(pool)
+        .await
+        .context("cannot load the demo catalog")?;
+    Ok(())
+}
