@@ -1,0 +1,68 @@
+//! The public GraphQL gateway: serves the DESIGN.md GraphQL contract over HTTP
+//! (axum + async-graphql), verifies access tokens itself, and resolves every field
+//! through gRPC calls to the user, cinema, booking and notification services.
+
+mod domain;
+mod error;
+mod http;
+mod schema;
+mod upstream;
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use marquee_common::Settings;
+use marquee_common::auth::TokenKeys;
+use marquee_common::shutdown::Shutdown;
+use tokio::net::TcpListener;
+
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    router: Router,
+    grace: Duration,
+}
+
+impl Application {
+    /// Binds `settings.gateway` (port 0 picks a free port). Upstream channels connect
+    /// lazily, so the gateway starts even while a service is still coming up.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let keys = TokenKeys::new(&settings.auth).context("invalid auth settings")?;
+        let upstreams = upstream::Upstreams::connect(&settings)?;
+        let schema = schema::build(upstreams.clone());
+        let state = http::AppState::new(schema, keys, upstreams, settings.gateway.graphiql);
+        let router = http::router(state, settings.gateway.max_body_bytes);
+        let (listener, addr) = marquee_common::grpc::bind(&settings.gateway.server).await?;
+        let grace = Duration::from_millis(settings.grpc.shutdown_grace_ms);
+        Ok(Self { listener, addr, router, grace })
+    }
+
+    /// The HTTP address, e.g. `http://{addr}/graphql`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets in-flight requests finish for
+    /// at most the configured grace period.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let signal = shutdown.clone();
+        let server = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { signal.cancelled().await })
+            .into_future();
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => return result.context("HTTP server failed"),
+            () = shutdown.cancelled() => {}
+        }
+        match tokio::time::timeout(self.grace, server).await {
+            Ok(result) => result.context("HTTP server failed while draining"),
+            Err(_) => {
+                tracing::warn!("drain deadline passed; dropping in-flight requests");
+                Ok(())
+            }
+        }
+    }
+}

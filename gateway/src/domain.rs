@@ -1,0 +1,181 @@
+//! Client input parsed at the edge: resolvers turn GraphQL arguments into these
+//! before anything reaches an upstream service.
+
+use std::fmt;
+
+use crate::error::GatewayError;
+
+const MAX_ID_LEN: usize = 64;
+const MAX_KEY_LEN: usize = 128;
+const MAX_TEXT_LEN: usize = 200;
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
+}
+
+macro_rules! entity_id {
+    ($name:ident, $what:literal) => {
+        #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+        pub struct $name(String);
+
+        #[allow(dead_code, reason = "one macro for every id; not each id needs each accessor")]
+        impl $name {
+            pub fn parse(raw: &str) -> Result<Self, GatewayError> {
+                if raw.is_empty() || raw.len() > MAX_ID_LEN || !raw.chars().all(is_id_char) {
+                    return Err(GatewayError::bad_input(concat!("not a valid ", $what)));
+                }
+                Ok(Self(raw.to_owned()))
+            }
+
+            /// An id vouched for by our own services (a response, a verified token),
+            /// not typed by a client.
+            pub(crate) fn from_trusted(raw: String) -> Self {
+                Self(raw)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_inner(self) -> String {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+entity_id!(MovieId, "movie id");
+entity_id!(CinemaId, "cinema id");
+entity_id!(ShowtimeId, "showtime id");
+entity_id!(SeatId, "seat id");
+entity_id!(BookingId, "booking id");
+entity_id!(UserId, "user id");
+
+/// A client-chosen key that makes a retried mutation return the first result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &str) -> Result<Self, GatewayError> {
+        let printable = raw.chars().all(|c| c.is_ascii_graphic());
+        if raw.is_empty() || raw.len() > MAX_KEY_LEN || !printable {
+            return Err(GatewayError::bad_input(format!(
+                "idempotencyKey must be 1 to {MAX_KEY_LEN} printable ASCII characters"
+            )));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// A non-empty set of distinct seats, in the order the client gave them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeatSelection(Vec<SeatId>);
+
+impl SeatSelection {
+    pub fn parse<S: AsRef<str>>(raw: &[S]) -> Result<Self, GatewayError> {
+        if raw.is_empty() {
+            return Err(GatewayError::bad_input("seatIds must name at least one seat"));
+        }
+        let mut seats: Vec<SeatId> = Vec::with_capacity(raw.len());
+        for id in raw {
+            let seat = SeatId::parse(id.as_ref())?;
+            if seats.contains(&seat) {
+                return Err(GatewayError::bad_input(format!("seat {seat} is listed twice")));
+            }
+            seats.push(seat);
+        }
+        Ok(Self(seats))
+    }
+
+    pub fn into_strings(self) -> Vec<String> {
+        self.0.into_iter().map(SeatId::into_inner).collect()
+    }
+}
+
+/// A short free-text filter (movie search, city), trimmed; empty means "no filter".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter(String);
+
+impl Filter {
+    pub fn parse(raw: Option<&str>, field: &str) -> Result<Self, GatewayError> {
+        let text = raw.unwrap_or_default().trim();
+        if text.chars().count() > MAX_TEXT_LEN {
+            return Err(GatewayError::bad_input(format!("{field} is longer than {MAX_TEXT_LEN} characters")));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// A payment method token such as `pm_card_ok`; the payment service decides what it means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentMethod(String);
+
+impl PaymentMethod {
+    pub fn parse(raw: &str) -> Result<Self, GatewayError> {
+        if raw.is_empty() || raw.len() > MAX_ID_LEN || !raw.chars().all(is_id_char) {
+            return Err(GatewayError::bad_input("paymentMethod is not a valid payment method token"));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use marquee_common::ErrorCode;
+
+    #[test]
+    fn ids_accept_uuids_object_ids_and_seat_labels() {
+        for raw in ["0190f3c2-7a4e-7c3b-9f1e-2b8c4d5e6f70", "65f1c2a9e4b0a1b2c3d4e5f6", "C7", "dune_2"] {
+            assert_eq!(MovieId::parse(raw).unwrap().as_str(), raw);
+        }
+    }
+
+    #[test]
+    fn ids_reject_empty_long_and_odd_characters() {
+        let long = "a".repeat(MAX_ID_LEN + 1);
+        for raw in ["", " a", "a b", "{\"$ne\":1}", "x/../y", long.as_str()] {
+            assert_eq!(ShowtimeId::parse(raw).unwrap_err().code(), ErrorCode::BadUserInput, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn seat_selection_is_non_empty_and_distinct() {
+        assert!(SeatSelection::parse::<&str>(&[]).is_err());
+        assert!(SeatSelection::parse(&["A1", "A1"]).is_err());
+        assert_eq!(SeatSelection::parse(&["A2", "A1"]).unwrap().into_strings(), vec!["A2", "A1"]);
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded_printable_ascii() {
+        assert!(IdempotencyKey::parse("order-42").is_ok());
+        assert!(IdempotencyKey::parse("").is_err());
+        assert!(IdempotencyKey::parse("has space").is_err());
+        assert!(IdempotencyKey::parse(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn filters_are_trimmed_and_bounded() {
+        assert_eq!(Filter::parse(Some("  Berlin "), "city").unwrap().into_inner(), "Berlin");
+        assert_eq!(Filter::parse(None, "city").unwrap(), Filter::default());
+        assert!(Filter::parse(Some(&"x".repeat(MAX_TEXT_LEN + 1)), "search").is_err());
+    }
+}

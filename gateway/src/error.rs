@@ -1,0 +1,135 @@
+//! The one place where gateway failures become GraphQL errors with `extensions.code`.
+
+use async_graphql::ErrorExtensions;
+use marquee_common::{ApiError, ErrorCode};
+use tonic::Status;
+
+/// Everything a resolver can fail with.
+///
+/// Deliberately not `Display`: async-graphql converts any `Display` type into an
+/// error without extensions, so a `?` could silently drop the code. Without it,
+/// `?` can only go through the `From` impl below, which always sets one.
+#[derive(Debug)]
+pub enum GatewayError {
+    /// No credentials where they are required, or credentials that do not verify.
+    Unauthenticated(&'static str),
+    /// The client sent something malformed (an ID, a cursor, an empty list...).
+    BadInput(String),
+    /// The charge was declined; the booking is `PAYMENT_FAILED` and its seats are free.
+    PaymentDeclined,
+    /// A client-actionable error reported by an upstream service.
+    Upstream(ApiError),
+    /// Anything else: logged once when it becomes a GraphQL error, opaque to clients.
+    Unexpected(anyhow::Error),
+}
+
+impl GatewayError {
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::BadInput(message.into())
+    }
+
+    pub fn unauthenticated() -> Self {
+        Self::Unauthenticated("authentication required")
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Self::BadInput(_) => ErrorCode::BadUserInput,
+            Self::PaymentDeclined => ErrorCode::PaymentDeclined,
+            Self::Upstream(api) => api.code,
+            Self::Unexpected(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.code() == ErrorCode::NotFound
+    }
+}
+
+impl From<Status> for GatewayError {
+    fn from(status: Status) -> Self {
+        let api = ApiError::from_status(&status);
+        if api.code == ErrorCode::Internal {
+            // Keep the upstream's own words for the log; the client sees none of it.
+            return Self::Unexpected(anyhow::anyhow!(
+                "upstream call failed: {:?}: {}",
+                status.code(),
+                status.message()
+            ));
+        }
+        Self::Upstream(api)
+    }
+}
+
+impl From<anyhow::Error> for GatewayError {
+    fn from(error: anyhow::Error) -> Self {
+        Self::Unexpected(error)
+    }
+}
+
+impl ErrorExtensions for GatewayError {
+    fn extend(&self) -> async_graphql::Error {
+        let message = match self {
+            Self::Unauthenticated(message) => (*message).to_owned(),
+            Self::BadInput(message) => message.clone(),
+            Self::PaymentDeclined => "payment declined: the card was declined".to_owned(),
+            Self::Upstream(api) => api.message.clone(),
+            Self::Unexpected(_) => "internal error".to_owned(),
+        };
+        let code = self.code();
+        async_graphql::Error::new(message).extend_with(|_, extensions| {
+            extensions.set("code", code.as_str());
+            if let Self::Upstream(api) = self
+                && code == ErrorCode::SeatUnavailable
+            {
+                extensions.set("seatIds", api.meta_list("seat_ids"));
+            }
+        })
+    }
+}
+
+impl From<GatewayError> for async_graphql::Error {
+    fn from(error: GatewayError) -> Self {
+        if let GatewayError::Unexpected(cause) = &error {
+            // Runs inside the HTTP request span, which carries the request id.
+            tracing::error!(error = format!("{cause:#}"), "unexpected error");
+        }
+        error.extend()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_graphql::Value;
+
+    fn extension(error: &async_graphql::Error, key: &str) -> Option<Value> {
+        error.extensions.as_ref().and_then(|e| e.get(key)).cloned()
+    }
+
+    #[test]
+    fn seat_unavailable_carries_the_seat_ids() {
+        let status = Status::from(
+            ApiError::new(ErrorCode::SeatUnavailable, "seats are taken").with_meta("seat_ids", "A1,A2"),
+        );
+        let error = async_graphql::Error::from(GatewayError::from(status));
+        assert_eq!(error.message, "seats are taken");
+        assert_eq!(extension(&error, "code"), Some(Value::from("SEAT_UNAVAILABLE")));
+        assert_eq!(extension(&error, "seatIds"), Some(Value::List(vec!["A1".into(), "A2".into()])));
+    }
+
+    #[test]
+    fn internal_upstream_errors_are_opaque() {
+        let error = async_graphql::Error::from(GatewayError::from(Status::unavailable("tcp connect error")));
+        assert_eq!(error.message, "internal error");
+        assert_eq!(extension(&error, "code"), Some(Value::from("INTERNAL")));
+    }
+
+    #[test]
+    fn plain_grpc_codes_map_to_public_codes() {
+        let error = async_graphql::Error::from(GatewayError::from(Status::not_found("no such movie")));
+        assert_eq!(extension(&error, "code"), Some(Value::from("NOT_FOUND")));
+        assert_eq!(error.message, "no such movie");
+    }
+}

@@ -1,0 +1,118 @@
+//! The public GraphQL schema (DESIGN.md "Public GraphQL contract").
+
+mod mutation;
+mod pagination;
+mod query;
+mod types;
+
+use async_graphql::{Context, EmptySubscription, Schema};
+use marquee_common::auth::Claims;
+
+use crate::domain::UserId;
+use crate::error::GatewayError;
+use crate::upstream::{RequestCache, Upstreams};
+
+pub use mutation::MutationRoot;
+pub use query::QueryRoot;
+
+pub type GatewaySchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+
+/// Deep enough for `me { bookings { showtime { seatMap { seats { price { amount } } } } } }`
+/// with room for fragments; deeper documents are abuse, not clients.
+const MAX_DEPTH: usize = 12;
+/// Every selected field costs 1; the largest legitimate page asks for ~100 fields.
+const MAX_COMPLEXITY: usize = 500;
+
+pub fn build(upstreams: Upstreams) -> GatewaySchema {
+    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+        .data(upstreams)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .finish()
+}
+
+/// Who is calling: set per request from a verified access token.
+#[derive(Clone, Debug)]
+pub struct Viewer(Option<Identity>);
+
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub user_id: UserId,
+}
+
+impl Viewer {
+    pub fn anonymous() -> Self {
+        Self(None)
+    }
+
+    /// The claims were verified by `TokenKeys::verify`; `sub` is the user id.
+    pub fn from_claims(claims: Claims) -> Self {
+        Self(Some(Identity { user_id: UserId::from_trusted(claims.sub) }))
+    }
+
+    pub fn identity(&self) -> Option<&Identity> {
+        self.0.as_ref()
+    }
+
+    pub fn require(&self) -> Result<&Identity, GatewayError> {
+        self.identity().ok_or_else(GatewayError::unauthenticated)
+    }
+}
+
+/// Request-scoped values every resolver reads.
+pub(crate) struct Scope<'a> {
+    pub upstreams: &'a Upstreams,
+    pub cache: &'a RequestCache,
+    pub viewer: &'a Viewer,
+}
+
+pub(crate) fn scope<'a>(ctx: &Context<'a>) -> Result<Scope<'a>, GatewayError> {
+    // Missing data is a wiring bug in this crate, never the client's fault.
+    let missing = |e: async_graphql::Error| GatewayError::Unexpected(anyhow::anyhow!("{}", e.message));
+    Ok(Scope {
+        upstreams: ctx.data::<Upstreams>().map_err(missing)?,
+        cache: ctx.data::<RequestCache>().map_err(missing)?,
+        viewer: ctx.data::<Viewer>().map_err(missing)?,
+    })
+}
+
+/// A lookup by id answers `null` for an unknown id, as the nullable field promises.
+pub(crate) fn found<T>(result: Result<T, GatewayError>) -> Result<Option<T>, GatewayError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if error.is_not_found() => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names clients and acceptance tests rely on (DESIGN.md) must not drift.
+    #[tokio::test]
+    async fn the_sdl_keeps_the_public_contract() {
+        let settings = marquee_common::Settings::for_tests().unwrap();
+        let sdl = build(Upstreams::connect(&settings).unwrap()).sdl();
+        for line in [
+            "type Query {",
+            "movies(search: String, first: Int, after: String): MovieConnection!",
+            "movie(id: ID!): Movie",
+            "cinemas(city: String): [Cinema!]!",
+            "showtimes(movieId: ID, cinemaId: ID, date: Date): [Showtime!]!",
+            "showtime(id: ID!): Showtime",
+            "me: User",
+            "booking(id: ID!): Booking",
+            "type Mutation {",
+            "register(input: RegisterInput!): AuthPayload!",
+            "login(input: LoginInput!): AuthPayload!",
+            "holdSeats(input: HoldSeatsInput!): Booking!",
+            "payBooking(input: PayBookingInput!): Booking!",
+            "scalar Date",
+            "seatMap: SeatMap!",
+            "amount: Int!",
+        ] {
+            assert!(sdl.contains(line), "missing `{line}` in\n{sdl}");
+        }
+    }
+}
