@@ -1,0 +1,338 @@
+//! Validated booking input and the booking as the saga sees it. Handlers parse raw
+//! proto strings into these types first; everything deeper trusts them.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Why some input was refused; the message is safe to show the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+fn invalid(message: impl Into<String>) -> InvalidInput {
+    InvalidInput(message.into())
+}
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+                Uuid::parse_str(raw.trim())
+                    .map(Self)
+                    .map_err(|_| invalid(concat!($what, " must be a UUID")))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// The user service's id of the customer.
+    UserId,
+    "user_id"
+);
+uuid_id!(
+    /// The cinema service's id of a showtime.
+    ShowtimeId,
+    "showtime_id"
+);
+uuid_id!(
+    /// A booking id; also the id cinema holds seats under and payment charges for.
+    BookingId,
+    "booking_id"
+);
+
+impl BookingId {
+    pub fn generate() -> Self {
+        // v7 ids are time-ordered, so the `_id` index grows at its right edge.
+        Self(Uuid::now_v7())
+    }
+}
+
+/// A seat label within a screen, e.g. "C7".
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeatId(String);
+
+impl SeatId {
+    const MAX_LEN: usize = 16;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        let seat = raw.trim();
+        let valid = !seat.is_empty()
+            && seat.len() <= Self::MAX_LEN
+            && seat.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if valid { Ok(Self(seat.to_owned())) } else { Err(invalid(format!("seat id {raw:?} is not valid"))) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The distinct seats of one hold, sorted, between 1 and [`SeatSelection::MAX`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatSelection(Vec<SeatId>);
+
+impl SeatSelection {
+    pub const MAX: usize = 10;
+
+    pub fn parse(raw: &[String]) -> Result<Self, InvalidInput> {
+        if raw.is_empty() {
+            return Err(invalid("select at least one seat"));
+        }
+        if raw.len() > Self::MAX {
+            return Err(invalid(format!("at most {} seats per booking", Self::MAX)));
+        }
+        let seats = raw.iter().map(|s| SeatId::parse(s)).collect::<Result<BTreeSet<_>, _>>()?;
+        if seats.len() != raw.len() {
+            return Err(invalid("seat ids must be distinct"));
+        }
+        Ok(Self(seats.into_iter().collect()))
+    }
+
+    pub fn seats(&self) -> &[SeatId] {
+        &self.0
+    }
+}
+
+/// The client's key for retrying HoldSeats safely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    const MAX_LEN: usize = 200;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        if raw.trim().is_empty() {
+            return Err(invalid("idempotency_key is required"));
+        }
+        if raw.len() > Self::MAX_LEN || raw.chars().any(char::is_control) {
+            return Err(invalid("idempotency_key is not valid"));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An opaque payment method token (e.g. `pm_card_ok`); the payment service judges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentMethod(String);
+
+impl PaymentMethod {
+    const MAX_LEN: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        let method = raw.trim();
+        if method.is_empty() {
+            return Err(invalid("payment_method is required"));
+        }
+        if method.len() > Self::MAX_LEN || !method.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(invalid("payment_method is not valid"));
+        }
+        Ok(Self(method.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Money in integer minor units of an ISO 4217 currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Money {
+    amount_minor: i64,
+    currency: String,
+}
+
+impl Money {
+    pub fn parse(amount_minor: i64, currency: &str) -> Result<Self, InvalidInput> {
+        if amount_minor < 0 {
+            return Err(invalid("amount must not be negative"));
+        }
+        if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
+            return Err(invalid(format!("currency {currency:?} is not an ISO 4217 code")));
+        }
+        Ok(Self { amount_minor, currency: currency.to_owned() })
+    }
+
+    pub fn amount_minor(&self) -> i64 {
+        self.amount_minor
+    }
+
+    pub fn currency(&self) -> &str {
+        &self.currency
+    }
+}
+
+/// Where a booking is in its saga. `Charging` is internal: a payment call is in
+/// flight, and clients see the booking as still held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BookingStatus {
+    Held,
+    Charging,
+    Confirmed,
+    PaymentFailed,
+    Failed,
+}
+
+impl BookingStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "HELD",
+            Self::Charging => "CHARGING",
+            Self::Confirmed => "CONFIRMED",
+            Self::PaymentFailed => "PAYMENT_FAILED",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    /// No saga step runs on a booking in a terminal status.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Confirmed | Self::PaymentFailed | Self::Failed)
+    }
+}
+
+impl fmt::Display for BookingStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookedSeat {
+    pub seat_id: SeatId,
+    pub category: String,
+    pub price: Money,
+}
+
+/// A validated HoldSeats request.
+#[derive(Debug, Clone)]
+pub struct HoldRequest {
+    pub user_id: UserId,
+    pub showtime_id: ShowtimeId,
+    pub seats: SeatSelection,
+    pub idempotency_key: IdempotencyKey,
+}
+
+/// A validated PayBooking request.
+#[derive(Debug, Clone)]
+pub struct PayRequest {
+    pub booking_id: BookingId,
+    pub user_id: UserId,
+    pub payment_method: PaymentMethod,
+}
+
+#[derive(Debug, Clone)]
+pub struct Booking {
+    pub id: BookingId,
+    pub user_id: UserId,
+    pub showtime_id: ShowtimeId,
+    pub idempotency_key: IdempotencyKey,
+    /// Sorted by seat id.
+    pub seats: Vec<BookedSeat>,
+    pub total: Money,
+    pub status: BookingStatus,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    /// Bumped by every state change; saga steps claim the booking by it.
+    pub version: i64,
+    pub payment_id: Option<String>,
+}
+
+impl Booking {
+    /// True when `request` asks for exactly what this booking holds, so a retry
+    /// with the same idempotency key may return it.
+    pub fn answers(&self, request: &HoldRequest) -> bool {
+        self.user_id == request.user_id
+            && self.showtime_id == request.showtime_id
+            && self.seats.iter().map(|s| &s.seat_id).eq(request.seats.seats().iter())
+    }
+
+    pub fn seat_ids(&self) -> Vec<String> {
+        self.seats.iter().map(|s| s.seat_id.as_str().to_owned()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(raw: &[&str]) -> Vec<String> {
+        raw.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn seat_selection_is_sorted_distinct_and_bounded() {
+        let seats = SeatSelection::parse(&strings(&["C7", "A1"])).unwrap();
+        assert_eq!(seats.seats().iter().map(SeatId::as_str).collect::<Vec<_>>(), ["A1", "C7"]);
+        assert!(SeatSelection::parse(&[]).is_err());
+        assert!(SeatSelection::parse(&strings(&["A1", "A1"])).is_err());
+        assert!(SeatSelection::parse(&strings(&["A1", "bad seat"])).is_err());
+        let eleven: Vec<String> = (1..=11).map(|n| format!("A{n}")).collect();
+        assert!(SeatSelection::parse(&eleven).is_err());
+        assert!(SeatSelection::parse(&eleven[..10]).is_ok());
+    }
+
+    #[test]
+    fn ids_keys_and_money_are_validated() {
+        assert!(UserId::parse("not-a-uuid").is_err());
+        assert!(BookingId::parse(&BookingId::generate().to_string()).is_ok());
+        assert!(IdempotencyKey::parse("  ").is_err());
+        assert!(IdempotencyKey::parse("key-1").is_ok());
+        assert!(PaymentMethod::parse("pm card").is_err());
+        assert!(Money::parse(-1, "EUR").is_err());
+        assert!(Money::parse(100, "eur").is_err());
+        assert_eq!(Money::parse(1250, "EUR").unwrap().amount_minor(), 1250);
+    }
+
+    #[test]
+    fn a_booking_answers_only_the_same_request() {
+        let user_id = UserId::parse(&Uuid::new_v4().to_string()).unwrap();
+        let showtime_id = ShowtimeId::parse(&Uuid::new_v4().to_string()).unwrap();
+        let price = Money::parse(1000, "EUR").unwrap();
+        let seat = |id: &str| BookedSeat {
+            seat_id: SeatId::parse(id).unwrap(),
+            category: "standard".into(),
+            price: price.clone(),
+        };
+        let booking = Booking {
+            id: BookingId::generate(),
+            user_id,
+            showtime_id,
+            idempotency_key: IdempotencyKey::parse("k").unwrap(),
+            seats: vec![seat("A1"), seat("A2")],
+            total: Money::parse(2000, "EUR").unwrap(),
+            status: BookingStatus::Held,
+            expires_at: Utc::now(),
+            created_at: Utc::now(),
+            version: 1,
+            payment_id: None,
+        };
+        let request = |seats: &[&str]| HoldRequest {
+            user_id,
+            showtime_id,
+            seats: SeatSelection::parse(&strings(seats)).unwrap(),
+            idempotency_key: IdempotencyKey::parse("k").unwrap(),
+        };
+        assert!(booking.answers(&request(&["A2", "A1"])));
+        assert!(!booking.answers(&request(&["A1"])));
+        assert!(!booking.answers(&request(&["A1", "A3"])));
+    }
+}

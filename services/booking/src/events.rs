@@ -1,0 +1,70 @@
+//! The events this service publishes, built when the state change that causes them
+//! is written, so their id and bytes are fixed before they ever reach the outbox.
+
+use chrono::{DateTime, Utc};
+use marquee_common::time::to_proto;
+use marquee_proto::common::v1 as common;
+use marquee_proto::events::v1::{self as proto, event::Payload};
+use prost::Message;
+use uuid::Uuid;
+
+use crate::domain::{Booking, Money};
+
+pub const BOOKING_HELD: &str = "booking.held";
+pub const BOOKING_CONFIRMED: &str = "booking.confirmed";
+pub const BOOKING_PAYMENT_FAILED: &str = "booking.payment_failed";
+
+/// An encoded event waiting in a booking's outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    pub event_id: Uuid,
+    /// Also the routing key.
+    pub kind: &'static str,
+    pub occurred_at: DateTime<Utc>,
+    pub data: Vec<u8>,
+}
+
+pub fn money(money: &Money) -> common::Money {
+    common::Money { amount_minor: money.amount_minor(), currency: money.currency().to_owned() }
+}
+
+fn event(kind: &'static str, booking: &Booking, at: DateTime<Utc>, payload: Payload) -> OutboxEvent {
+    let event_id = Uuid::now_v7();
+    let message = proto::Event {
+        event_id: event_id.to_string(),
+        r#type: kind.to_owned(),
+        occurred_at: Some(to_proto(at)),
+        booking_id: booking.id.to_string(),
+        user_id: booking.user_id.to_string(),
+        payload: Some(payload),
+    };
+    OutboxEvent { event_id, kind, occurred_at: at, data: message.encode_to_vec() }
+}
+
+pub fn booking_held(booking: &Booking, at: DateTime<Utc>) -> OutboxEvent {
+    let payload = Payload::BookingHeld(proto::BookingHeld {
+        showtime_id: booking.showtime_id.to_string(),
+        seat_ids: booking.seat_ids(),
+        total: Some(money(&booking.total)),
+        expires_at: Some(to_proto(booking.expires_at)),
+    });
+    event(BOOKING_HELD, booking, at, payload)
+}
+
+pub fn booking_confirmed(booking: &Booking, payment_id: &str, at: DateTime<Utc>) -> OutboxEvent {
+    let payload = Payload::BookingConfirmed(proto::BookingConfirmed {
+        showtime_id: booking.showtime_id.to_string(),
+        seat_ids: booking.seat_ids(),
+        total: Some(money(&booking.total)),
+        payment_id: payment_id.to_owned(),
+    });
+    event(BOOKING_CONFIRMED, booking, at, payload)
+}
+
+pub fn booking_payment_failed(booking: &Booking, reason: &str, at: DateTime<Utc>) -> OutboxEvent {
+    let payload = Payload::BookingPaymentFailed(proto::BookingPaymentFailed {
+        showtime_id: booking.showtime_id.to_string(),
+        reason: reason.to_owned(),
+    });
+    event(BOOKING_PAYMENT_FAILED, booking, at, payload)
+}

@@ -1,0 +1,401 @@
+//! The booking saga end to end: the real user, cinema and payment services on
+//! port 0, the booking service pointed at them, against real MongoDB, PostgreSQL
+//! and RabbitMQ.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use marquee_common::shutdown::Shutdown;
+use marquee_common::{ApiError, ErrorCode, Settings};
+use marquee_proto::booking::v1::booking_service_client::BookingServiceClient;
+use marquee_proto::booking::v1::{
+    Booking, BookingStatus, GetBookingRequest, HoldSeatsRequest, ListBookingsRequest, PayBookingRequest,
+};
+use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
+use marquee_proto::cinema::v1::{GetSeatMapRequest, ListShowtimesRequest, SeatState};
+use marquee_proto::events::v1::{Event, event::Payload};
+use marquee_proto::user::v1::RegisterRequest;
+use marquee_proto::user::v1::user_service_client::UserServiceClient;
+use mongodb::bson::doc;
+use prost::Message;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+struct TestApp {
+    settings: Settings,
+    booking: BookingServiceClient<Channel>,
+    users: UserServiceClient<Channel>,
+    cinema: CinemaServiceClient<Channel>,
+    shutdown: Shutdown,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn spawn_app() -> TestApp {
+    marquee_common::telemetry::install_crypto_provider();
+    let mut settings = marquee_common::testing::isolated_settings().await.unwrap();
+    marquee_common::telemetry::init(&settings.telemetry);
+    settings.cinema.seed_demo = true;
+    let shutdown = Shutdown::new();
+
+    let user = marquee_user::Application::build(settings.clone()).await.unwrap();
+    settings.upstream.user_url = format!("http://{}", user.addr());
+    tokio::spawn(user.run_until_stopped(shutdown.clone()));
+    let cinema = marquee_cinema::Application::build(settings.clone()).await.unwrap();
+    settings.upstream.cinema_url = format!("http://{}", cinema.addr());
+    tokio::spawn(cinema.run_until_stopped(shutdown.clone()));
+    let payment = marquee_payment::Application::build(settings.clone()).await.unwrap();
+    settings.upstream.payment_url = format!("http://{}", payment.addr());
+    tokio::spawn(payment.run_until_stopped(shutdown.clone()));
+
+    let booking = marquee_booking::Application::build(settings.clone()).await.unwrap();
+    let booking_url = format!("http://{}", booking.addr());
+    tokio::spawn(booking.run_until_stopped(shutdown.clone()));
+
+    TestApp {
+        booking: BookingServiceClient::connect(booking_url).await.unwrap(),
+        users: UserServiceClient::connect(settings.upstream.user_url.clone()).await.unwrap(),
+        cinema: CinemaServiceClient::connect(settings.upstream.cinema_url.clone()).await.unwrap(),
+        settings,
+        shutdown,
+    }
+}
+
+impl TestApp {
+    async fn register(&self) -> String {
+        let response = self
+            .users
+            .clone()
+            .register(RegisterRequest {
+                email: format!("fan.{}@example.com", Uuid::new_v4().simple()),
+                password: "correct horse battery staple".into(),
+                name: "Film Fan".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        response.user.unwrap().id
+    }
+
+    /// An upcoming showtime from the demo catalog and `count` of its free seats.
+    async fn showtime_and_free_seats(&self, count: usize) -> (String, Vec<String>) {
+        let showtimes = self
+            .cinema
+            .clone()
+            .list_showtimes(ListShowtimesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .showtimes;
+        let showtime_id = showtimes.first().expect("the demo catalog has showtimes").id.clone();
+        let free: Vec<String> = self
+            .seat_states(&showtime_id)
+            .await
+            .into_iter()
+            .filter(|(_, state)| *state == SeatState::Available)
+            .map(|(seat, _)| seat)
+            .take(count)
+            .collect();
+        assert_eq!(free.len(), count);
+        (showtime_id, free)
+    }
+
+    async fn seat_states(&self, showtime_id: &str) -> BTreeMap<String, SeatState> {
+        let map = self
+            .cinema
+            .clone()
+            .get_seat_map(GetSeatMapRequest { showtime_id: showtime_id.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        map.seats.into_iter().map(|s| (s.seat_id.clone(), s.state())).collect()
+    }
+
+    async fn hold(
+        &self,
+        user_id: &str,
+        showtime_id: &str,
+        seats: &[String],
+        key: &str,
+    ) -> Result<Booking, ApiError> {
+        self.booking
+            .clone()
+            .hold_seats(HoldSeatsRequest {
+                user_id: user_id.into(),
+                showtime_id: showtime_id.into(),
+                seat_ids: seats.to_vec(),
+                idempotency_key: key.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| ApiError::from_status(&status))
+    }
+
+    async fn pay(&self, booking: &Booking, method: &str) -> Result<Booking, ApiError> {
+        self.booking
+            .clone()
+            .pay_booking(PayBookingRequest {
+                booking_id: booking.id.clone(),
+                user_id: booking.user_id.clone(),
+                payment_method: method.into(),
+                idempotency_key: Uuid::new_v4().to_string(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| ApiError::from_status(&status))
+    }
+
+    async fn get(&self, id: &str, user_id: &str) -> Result<Booking, ApiError> {
+        self.booking
+            .clone()
+            .get_booking(GetBookingRequest { id: id.into(), user_id: user_id.into() })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| ApiError::from_status(&status))
+    }
+
+    async fn collection(&self, service: &str, name: &str) -> mongodb::Collection<mongodb::bson::Document> {
+        mongodb::Client::with_uri_str(self.settings.mongo.url.expose())
+            .await
+            .unwrap()
+            .database(&self.settings.mongo.database_name(service))
+            .collection(name)
+    }
+
+    /// A server-named queue bound to the test's exchange, declared before any event
+    /// is published so nothing is missed.
+    async fn subscribe(&self, routing_key: &str) -> (Connection, lapin::Consumer) {
+        let rabbit = &self.settings.rabbitmq;
+        let connection =
+            Connection::connect(rabbit.url.expose(), ConnectionProperties::default()).await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .exchange_declare(
+                rabbit.exchange.clone().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                rabbit.exchange.clone().into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        (connection, consumer)
+    }
+}
+
+/// Waits (with a deadline) for the event about `booking_id` on `consumer`.
+async fn next_event_for(consumer: &mut lapin::Consumer, booking_id: &str) -> Event {
+    let deadline = Duration::from_secs(20);
+    tokio::time::timeout(deadline, async {
+        loop {
+            let delivery = consumer.next().await.expect("consumer ended").unwrap();
+            delivery.acker.ack(BasicAckOptions::default()).await.unwrap();
+            assert_eq!(
+                delivery.properties.content_type().as_ref().map(|c| c.as_str()),
+                Some("application/x-protobuf")
+            );
+            let event = Event::decode(delivery.data.as_slice()).unwrap();
+            assert_eq!(
+                delivery.properties.message_id().as_ref().map(|m| m.as_str()),
+                Some(event.event_id.as_str())
+            );
+            if event.booking_id == booking_id {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("no event for the booking before the deadline")
+}
+
+#[tokio::test]
+async fn paying_a_hold_confirms_the_booking_books_the_seats_and_publishes_the_event() {
+    let app = spawn_app().await;
+    let (_connection, mut confirmed_events) = app.subscribe("booking.confirmed").await;
+    let user_id = app.register().await;
+    let (showtime_id, seats) = app.showtime_and_free_seats(2).await;
+
+    let held = app.hold(&user_id, &showtime_id, &seats, "hold-1").await.unwrap();
+    assert_eq!(held.status(), BookingStatus::Held);
+    assert_eq!(held.seats.iter().map(|s| s.seat_id.clone()).collect::<Vec<_>>(), seats);
+    let total: i64 = held.seats.iter().map(|s| s.price.as_ref().unwrap().amount_minor).sum();
+    assert_eq!(held.total.as_ref().unwrap().amount_minor, total);
+    assert!(held.expires_at.unwrap().seconds > held.created_at.unwrap().seconds);
+    let states = app.seat_states(&showtime_id).await;
+    assert!(seats.iter().all(|s| states[s] == SeatState::Held));
+
+    let paid = app.pay(&held, "pm_card_ok").await.unwrap();
+    assert_eq!(paid.status(), BookingStatus::Confirmed);
+    assert!(!paid.payment_id.is_empty());
+    let states = app.seat_states(&showtime_id).await;
+    assert!(seats.iter().all(|s| states[s] == SeatState::Booked), "{states:?}");
+
+    // Paying again answers with the outcome instead of charging twice.
+    let again = app.pay(&held, "pm_card_ok").await.unwrap();
+    assert_eq!(
+        (again.status(), again.payment_id.as_str()),
+        (BookingStatus::Confirmed, paid.payment_id.as_str())
+    );
+
+    let event = next_event_for(&mut confirmed_events, &held.id).await;
+    assert_eq!((event.r#type.as_str(), event.user_id.as_str()), ("booking.confirmed", user_id.as_str()));
+    let Some(Payload::BookingConfirmed(payload)) = event.payload else { panic!("wrong payload: {event:?}") };
+    assert_eq!((payload.seat_ids, payload.payment_id), (seats, paid.payment_id));
+    assert_eq!(payload.total.unwrap().amount_minor, total);
+
+    // Both events (held, confirmed) are marked sent once the broker confirmed them.
+    let bookings = app.collection("booking", "bookings").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored = bookings.find_one(doc! { "_id": &held.id }).await.unwrap().unwrap();
+        let outbox = stored.get_array("outbox").unwrap();
+        if stored.get_i32("unsent_events").unwrap() == 0 {
+            assert_eq!(outbox.len(), 2);
+            assert!(outbox.iter().all(|e| e.as_document().unwrap().get_datetime("sent_at").is_ok()));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "outbox not drained: {stored:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_retried_hold_returns_the_same_booking_and_a_reused_key_conflicts() {
+    let app = spawn_app().await;
+    let user_id = app.register().await;
+    let (showtime_id, seats) = app.showtime_and_free_seats(3).await;
+    let first_two = seats[..2].to_vec();
+
+    let held = app.hold(&user_id, &showtime_id, &first_two, "key-a").await.unwrap();
+    let reversed: Vec<String> = first_two.iter().rev().cloned().collect();
+    let replay = app.hold(&user_id, &showtime_id, &reversed, "key-a").await.unwrap();
+    assert_eq!(replay.id, held.id);
+
+    let reused = app.hold(&user_id, &showtime_id, &seats, "key-a").await.unwrap_err();
+    assert_eq!(reused.code, ErrorCode::Conflict);
+
+    let second = app.hold(&user_id, &showtime_id, &seats[2..], "key-b").await.unwrap();
+    let listed = app
+        .booking
+        .clone()
+        .list_bookings(ListBookingsRequest { user_id: user_id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .bookings;
+    assert_eq!(
+        listed.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+        [second.id.as_str(), held.id.as_str()]
+    );
+}
+
+#[tokio::test]
+async fn seats_held_by_someone_else_are_reported_with_their_ids() {
+    let app = spawn_app().await;
+    let (alice, bob) = (app.register().await, app.register().await);
+    let (showtime_id, seats) = app.showtime_and_free_seats(2).await;
+
+    app.hold(&alice, &showtime_id, &seats[..1], "alice").await.unwrap();
+    let taken = app.hold(&bob, &showtime_id, &seats, "bob").await.unwrap_err();
+    assert_eq!(taken.code, ErrorCode::SeatUnavailable);
+    assert_eq!(taken.meta_list("seat_ids"), seats[..1]);
+
+    let unknown_user =
+        app.hold(&Uuid::new_v4().to_string(), &showtime_id, &seats[1..], "ghost").await.unwrap_err();
+    assert_eq!(unknown_user.code, ErrorCode::NotFound);
+    let too_many: Vec<String> = (1..=11).map(|n| format!("Z{n}")).collect();
+    let invalid = app.hold(&alice, &showtime_id, &too_many, "many").await.unwrap_err();
+    assert_eq!(invalid.code, ErrorCode::BadUserInput);
+}
+
+#[tokio::test]
+async fn a_declined_payment_fails_the_booking_and_frees_the_seats() {
+    let app = spawn_app().await;
+    let user_id = app.register().await;
+    let (showtime_id, seats) = app.showtime_and_free_seats(2).await;
+    let held = app.hold(&user_id, &showtime_id, &seats, "declined").await.unwrap();
+
+    let failed = app.pay(&held, "pm_card_declined").await.unwrap();
+    assert_eq!(failed.status(), BookingStatus::PaymentFailed);
+    let states = app.seat_states(&showtime_id).await;
+    assert!(seats.iter().all(|s| states[s] == SeatState::Available), "{states:?}");
+    assert_eq!(app.get(&held.id, &user_id).await.unwrap().status(), BookingStatus::PaymentFailed);
+}
+
+#[tokio::test]
+async fn a_booking_is_invisible_to_other_users() {
+    let app = spawn_app().await;
+    let (owner, stranger) = (app.register().await, app.register().await);
+    let (showtime_id, seats) = app.showtime_and_free_seats(1).await;
+    let held = app.hold(&owner, &showtime_id, &seats, "mine").await.unwrap();
+
+    assert_eq!(app.get(&held.id, &owner).await.unwrap().id, held.id);
+    assert_eq!(app.get(&held.id, &stranger).await.unwrap_err().code, ErrorCode::NotFound);
+    let mut stolen = held.clone();
+    stolen.user_id = stranger;
+    assert_eq!(app.pay(&stolen, "pm_card_ok").await.unwrap_err().code, ErrorCode::NotFound);
+}
+
+#[tokio::test]
+async fn concurrent_payments_charge_once_and_confirm_once() {
+    let app = spawn_app().await;
+    let user_id = app.register().await;
+    let (showtime_id, seats) = app.showtime_and_free_seats(2).await;
+    let held = app.hold(&user_id, &showtime_id, &seats, "race").await.unwrap();
+
+    let attempts = futures::future::join_all((0..5).map(|_| app.pay(&held, "pm_card_ok"))).await;
+    let mut confirmed = 0;
+    for attempt in &attempts {
+        match attempt {
+            Ok(booking) => {
+                assert_eq!(booking.status(), BookingStatus::Confirmed);
+                confirmed += 1;
+            }
+            Err(error) => assert_eq!(error.code, ErrorCode::Conflict, "{error}"),
+        }
+    }
+    assert!(confirmed >= 1, "{attempts:?}");
+    assert_eq!(app.get(&held.id, &user_id).await.unwrap().status(), BookingStatus::Confirmed);
+
+    let payments = app.collection("payment", "payments").await;
+    let charges = payments.count_documents(doc! { "booking_id": &held.id }).await.unwrap();
+    assert_eq!(charges, 1);
+}

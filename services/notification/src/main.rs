@@ -1,0 +1,12 @@
+use marquee_common::Settings;
+use marquee_notification::Application;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    marquee_common::telemetry::install_crypto_provider();
+    let settings = Settings::load()?;
+    marquee_common::telemetry::init(&settings.telemetry);
+    let app = Application::build(settings).await?;
+    tracing::info!(addr = %app.addr(), "notification service listening");
+    app.run_until_stopped(marquee_common::shutdown::on_signal()).await
+}
