@@ -1,0 +1,56 @@
+//! Every gRPC service answers the standard health check and lists itself over
+//! server reflection; the gateway reports ready once they all do.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use marquee_e2e::Mesh;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_is_serving_and_reflects_its_api() {
+    let mesh = Mesh::start().await.unwrap();
+    let expected = [
+        ("user", "marquee.user.v1.UserService"),
+        ("cinema", "marquee.cinema.v1.CinemaService"),
+        ("payment", "marquee.payment.v1.PaymentService"),
+        ("booking", "marquee.booking.v1.BookingService"),
+        ("notification", "marquee.notification.v1.NotificationService"),
+    ];
+    for (name, service) in expected {
+        let addr = mesh.services.iter().find(|(n, _)| *n == name).unwrap().1;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+
+        let health = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest { service: service.to_owned() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(health.status(), ServingStatus::Serving, "{name}");
+
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = replies.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("{name}: unexpected reflection reply {reply:?}");
+        };
+        let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&service), "{name} reflects {names:?}");
+        assert!(names.contains(&"grpc.health.v1.Health"), "{name} reflects {names:?}");
+    }
+
+    let ready = reqwest::get(format!("http://{}/readyz", mesh.gateway)).await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
