@@ -42,4 +42,3 @@ pub mod events {
 
 /// Encoded `FileDescriptorSet` of every Marquee proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/marquee_descriptor.bin"));
-

@@ -51,7 +51,8 @@ impl Mesh {
         start!("booking", marquee_booking::Application, booking_url);
         start!("notification", marquee_notification::Application, notification_url);
 
-        let gateway = marquee_gateway::Application::build(settings.clone()).await.context("cannot build gateway")?;
+        let gateway =
+            marquee_gateway::Application::build(settings.clone()).await.context("cannot build gateway")?;
         let gateway_addr = gateway.addr();
         let token = shutdown.clone();
         tokio::spawn(async move {
@@ -70,7 +71,8 @@ impl Mesh {
 
     /// Sends one GraphQL operation as `POST /graphql`; returns the response body.
     pub async fn graphql(&self, token: Option<&str>, query: &str, variables: Value) -> anyhow::Result<Gql> {
-        let mut request = self.http.post(self.graphql_url()).json(&json!({ "query": query, "variables": variables }));
+        let mut request =
+            self.http.post(self.graphql_url()).json(&json!({ "query": query, "variables": variables }));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }

@@ -33,8 +33,11 @@ fn state_of<'a>(seats: &'a [Value], id: &str) -> &'a str {
 
 /// Two available seats side by side in the map's order.
 fn two_available(seats: &[Value]) -> Vec<String> {
-    let free: Vec<String> =
-        seats.iter().filter(|s| s["state"] == "AVAILABLE").map(|s| s["id"].as_str().unwrap().to_owned()).collect();
+    let free: Vec<String> = seats
+        .iter()
+        .filter(|s| s["state"] == "AVAILABLE")
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
     free[..2].to_vec()
 }
 
@@ -90,7 +93,11 @@ async fn a_customer_books_two_seats_pays_and_is_notified() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let gql = mesh
-            .graphql(Some(&token), "{ me { notifications { bookingId channel eventType subject } } }", json!({}))
+            .graphql(
+                Some(&token),
+                "{ me { notifications { bookingId channel eventType subject } } }",
+                json!({}),
+            )
             .await
             .unwrap();
         let notes = gql.data().unwrap()["me"]["notifications"].as_array().unwrap().clone();
@@ -130,8 +137,11 @@ async fn seats_held_by_one_customer_are_unavailable_to_another() {
     let carol = mesh.register("carol").await.unwrap();
     let showtime = a_showtime(&mesh).await;
     let map = seat_states(&mesh, &showtime).await;
-    let free: Vec<String> =
-        map.iter().filter(|s| s["state"] == "AVAILABLE").map(|s| s["id"].as_str().unwrap().to_owned()).collect();
+    let free: Vec<String> = map
+        .iter()
+        .filter(|s| s["state"] == "AVAILABLE")
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
     let (alices, extra) = (free[..2].to_vec(), free[5].clone());
 
     hold(&mesh, &alice, &showtime, &alices).await.data().unwrap();
@@ -139,8 +149,9 @@ async fn seats_held_by_one_customer_are_unavailable_to_another() {
     let wanted = vec![alices[0].clone(), alices[1].clone(), extra.clone()];
     let refused = hold(&mesh, &carol, &showtime, &wanted).await;
     assert_eq!(refused.error_code(), Some("SEAT_UNAVAILABLE"), "{refused:?}");
-    let mut named: Vec<String> = serde_json::from_value(refused.first_error().unwrap()["extensions"]["seatIds"].clone())
-        .expect("SEAT_UNAVAILABLE names the seats");
+    let mut named: Vec<String> =
+        serde_json::from_value(refused.first_error().unwrap()["extensions"]["seatIds"].clone())
+            .expect("SEAT_UNAVAILABLE names the seats");
     named.sort();
     let mut expected = alices.clone();
     expected.sort();
@@ -151,6 +162,13 @@ async fn seats_held_by_one_customer_are_unavailable_to_another() {
     assert_eq!(state_of(&map, &extra), "AVAILABLE");
 
     // Anonymous clients cannot hold seats at all.
-    let anonymous = mesh.graphql(None, HOLD, json!({ "input": { "showtimeId": showtime, "seatIds": [extra], "idempotencyKey": "k" } })).await.unwrap();
+    let anonymous = mesh
+        .graphql(
+            None,
+            HOLD,
+            json!({ "input": { "showtimeId": showtime, "seatIds": [extra], "idempotencyKey": "k" } }),
+        )
+        .await
+        .unwrap();
     assert_eq!(anonymous.error_code(), Some("UNAUTHENTICATED"));
 }

@@ -57,7 +57,10 @@ impl TokenKeys {
     pub fn new(settings: &AuthSettings) -> anyhow::Result<Self> {
         let secret = settings.jwt_secret.expose().as_bytes();
         anyhow::ensure!(secret.len() >= 32, "auth.jwt_secret must be at least 32 bytes");
-        anyhow::ensure!(settings.access_token_ttl_seconds > 0, "auth.access_token_ttl_seconds must be positive");
+        anyhow::ensure!(
+            settings.access_token_ttl_seconds > 0,
+            "auth.access_token_ttl_seconds must be positive"
+        );
         Ok(Self {
             issuer: settings.issuer.clone(),
             ttl: chrono::Duration::seconds(settings.access_token_ttl_seconds),
@@ -67,7 +70,12 @@ impl TokenKeys {
     }
 
     /// Issues a token for `user_id`; returns it with its expiry.
-    pub fn issue(&self, user_id: &str, role: Role, now: DateTime<Utc>) -> anyhow::Result<(String, DateTime<Utc>)> {
+    pub fn issue(
+        &self,
+        user_id: &str,
+        role: Role,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<(String, DateTime<Utc>)> {
         let expires_at = now + self.ttl;
         let claims = Claims {
             sub: user_id.to_owned(),
@@ -123,7 +131,8 @@ mod tests {
     #[test]
     fn rejects_wrong_key_wrong_issuer_expired_and_alg_none() {
         let keys = TokenKeys::new(&settings(SECRET, "marquee-user")).unwrap();
-        let other_key = TokenKeys::new(&settings("ffffffffffffffffffffffffffffffff", "marquee-user")).unwrap();
+        let other_key =
+            TokenKeys::new(&settings("ffffffffffffffffffffffffffffffff", "marquee-user")).unwrap();
         let other_iss = TokenKeys::new(&settings(SECRET, "someone-else")).unwrap();
 
         let (forged, _) = other_key.issue("u1", Role::Admin, Utc::now()).unwrap();

@@ -8,13 +8,10 @@ use crate::config::MongoSettings;
 
 /// Connects and returns the service's own database (`<prefix>_<service>`).
 pub async fn connect(settings: &MongoSettings, service: &str) -> anyhow::Result<Database> {
-    let client = Client::with_uri_str(settings.url.expose())
-        .await
-        .context("invalid MongoDB connection string")?;
+    let client =
+        Client::with_uri_str(settings.url.expose()).await.context("invalid MongoDB connection string")?;
     let db = client.database(&settings.database_name(service));
-    db.run_command(mongodb::bson::doc! { "ping": 1 })
-        .await
-        .context("MongoDB did not answer ping")?;
+    db.run_command(mongodb::bson::doc! { "ping": 1 }).await.context("MongoDB did not answer ping")?;
     Ok(db)
 }
 
@@ -22,10 +19,9 @@ pub async fn connect(settings: &MongoSettings, service: &str) -> anyhow::Result<
 pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
     match error.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
-        ErrorKind::InsertMany(e) => e
-            .write_errors
-            .as_ref()
-            .is_some_and(|errors| errors.iter().any(|e| e.code == 11000)),
+        ErrorKind::InsertMany(e) => {
+            e.write_errors.as_ref().is_some_and(|errors| errors.iter().any(|e| e.code == 11000))
+        }
         ErrorKind::Command(e) => e.code == 11000,
         _ => false,
     }
