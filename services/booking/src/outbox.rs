@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use marquee_common::Secret;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use marquee_common::config::RabbitSettings;
 use marquee_common::shutdown::Shutdown;
 use tokio::sync::Notify;
@@ -25,7 +24,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct OutboxRelay {
     store: BookingStore,
-    url: Secret<String>,
+    settings: RabbitSettings,
     exchange: ShortString,
     poll: Duration,
     written: Arc<Notify>,
@@ -38,9 +37,8 @@ impl OutboxRelay {
         poll: Duration,
         written: Arc<Notify>,
     ) -> anyhow::Result<Self> {
-        let exchange = ShortString::try_new(settings.exchange.clone())
-            .map_err(|e| anyhow::anyhow!("rabbitmq.exchange is not a valid exchange name: {e}"))?;
-        Ok(Self { store, url: settings.url.clone(), exchange, poll, written })
+        let exchange = marquee_common::rabbit::short_name(&settings.exchange, "rabbitmq.exchange")?;
+        Ok(Self { store, settings: settings.clone(), exchange, poll, written })
     }
 
     /// Relays until `shutdown`, reconnecting with backoff whenever the broker or the
@@ -87,19 +85,7 @@ impl OutboxRelay {
     }
 
     async fn open_channel(&self) -> anyhow::Result<(Connection, Channel)> {
-        let connection = Connection::connect(self.url.expose(), ConnectionProperties::default())
-            .await
-            .context("cannot connect to RabbitMQ")?;
-        let channel = connection.create_channel().await.context("cannot open a RabbitMQ channel")?;
-        channel
-            .exchange_declare(
-                self.exchange.clone(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
-                FieldTable::default(),
-            )
-            .await
-            .context("cannot declare the events exchange")?;
+        let (connection, channel) = marquee_common::rabbit::connect(&self.settings).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await

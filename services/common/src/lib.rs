@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod mongo;
+pub mod rabbit;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;

@@ -9,13 +9,14 @@ use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection};
+use marquee_common::ErrorCode;
 use marquee_common::config::RabbitSettings;
+use marquee_common::rabbit::short_name;
 use marquee_common::shutdown::Shutdown;
-use marquee_common::{ErrorCode, Secret};
 use marquee_proto::events::v1::Event;
 use marquee_proto::user::v1::GetUserRequest;
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
@@ -38,7 +39,7 @@ const EMAIL: &str = "email";
 
 /// Exchange, queue and binding; declared on every (re)connect, idempotently.
 struct Topology {
-    url: Secret<String>,
+    settings: RabbitSettings,
     exchange: ShortString,
     queue: ShortString,
     prefetch: u16,
@@ -53,33 +54,17 @@ struct Session {
 
 impl Topology {
     fn new(settings: &RabbitSettings) -> anyhow::Result<Self> {
-        let name = |value: &str, what: &str| {
-            ShortString::try_new(value.to_owned())
-                .map_err(|e| anyhow::anyhow!("rabbitmq.{what} is not valid: {e}"))
-        };
         Ok(Self {
-            url: settings.url.clone(),
-            exchange: name(&settings.exchange, "exchange")?,
-            queue: name(&settings.notification_queue, "notification_queue")?,
+            settings: settings.clone(),
+            exchange: short_name(&settings.exchange, "rabbitmq.exchange")?,
+            queue: short_name(&settings.notification_queue, "rabbitmq.notification_queue")?,
             prefetch: settings.prefetch,
             queue_expires_ms: settings.queue_expires_ms,
         })
     }
 
     async fn open(&self) -> anyhow::Result<Session> {
-        let connection = Connection::connect(self.url.expose(), ConnectionProperties::default())
-            .await
-            .context("cannot connect to RabbitMQ")?;
-        let channel = connection.create_channel().await.context("cannot open a RabbitMQ channel")?;
-        channel
-            .exchange_declare(
-                self.exchange.clone(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
-                FieldTable::default(),
-            )
-            .await
-            .context("cannot declare the events exchange")?;
+        let (connection, channel) = marquee_common::rabbit::connect(&self.settings).await?;
         let mut arguments = FieldTable::default();
         arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
         if let Some(expires) = self.queue_expires_ms {
