@@ -22,6 +22,8 @@ pub enum ErrorCode {
     BadUserInput,
     NotFound,
     SeatUnavailable,
+    /// The hold would break a seating rule (e.g. strand a single seat).
+    SeatRuleViolation,
     HoldExpired,
     PaymentDeclined,
     Conflict,
@@ -37,6 +39,7 @@ impl ErrorCode {
             Self::BadUserInput => "BAD_USER_INPUT",
             Self::NotFound => "NOT_FOUND",
             Self::SeatUnavailable => "SEAT_UNAVAILABLE",
+            Self::SeatRuleViolation => "SEAT_RULE_VIOLATION",
             Self::HoldExpired => "HOLD_EXPIRED",
             Self::PaymentDeclined => "PAYMENT_DECLINED",
             Self::Conflict => "CONFLICT",
@@ -52,6 +55,7 @@ impl ErrorCode {
             "BAD_USER_INPUT" => Self::BadUserInput,
             "NOT_FOUND" => Self::NotFound,
             "SEAT_UNAVAILABLE" => Self::SeatUnavailable,
+            "SEAT_RULE_VIOLATION" => Self::SeatRuleViolation,
             "HOLD_EXPIRED" => Self::HoldExpired,
             "PAYMENT_DECLINED" => Self::PaymentDeclined,
             "CONFLICT" => Self::Conflict,
@@ -68,7 +72,9 @@ impl ErrorCode {
             Self::Forbidden => Code::PermissionDenied,
             Self::BadUserInput => Code::InvalidArgument,
             Self::NotFound => Code::NotFound,
-            Self::SeatUnavailable | Self::HoldExpired | Self::PaymentDeclined => Code::FailedPrecondition,
+            Self::SeatUnavailable | Self::SeatRuleViolation | Self::HoldExpired | Self::PaymentDeclined => {
+                Code::FailedPrecondition
+            }
             Self::Conflict => Code::Aborted,
             Self::RateLimited => Code::ResourceExhausted,
             Self::Internal => Code::Internal,
@@ -101,15 +107,24 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub metadata: HashMap<String, String>,
+    /// The gRPC code to send instead of `code.grpc_code()`, where a contract asks for a
+    /// more precise one (e.g. FAILED_PRECONDITION for a reused idempotency key, which
+    /// clients still see as CONFLICT).
+    pub grpc_code: Option<Code>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), metadata: HashMap::new() }
+        Self { code, message: message.into(), metadata: HashMap::new(), grpc_code: None }
     }
 
     pub fn with_meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn with_grpc_code(mut self, code: Code) -> Self {
+        self.grpc_code = Some(code);
         self
     }
 
@@ -128,9 +143,15 @@ impl ApiError {
         match status.get_details_error_info() {
             Some(info) if info.domain == ERROR_DOMAIN => {
                 let code = ErrorCode::parse(&info.reason).unwrap_or(ErrorCode::Internal);
-                Self { code, message: status.message().to_owned(), metadata: info.metadata }
+                Self {
+                    code,
+                    message: status.message().to_owned(),
+                    metadata: info.metadata,
+                    grpc_code: Some(status.code()),
+                }
             }
-            _ => Self::new(ErrorCode::from_grpc_code(status.code()), status.message()),
+            _ => Self::new(ErrorCode::from_grpc_code(status.code()), status.message())
+                .with_grpc_code(status.code()),
         }
     }
 
@@ -157,7 +178,8 @@ impl From<ApiError> for Status {
             return Status::internal("internal error");
         }
         let details = ErrorDetails::with_error_info(error.code.as_str(), ERROR_DOMAIN, error.metadata);
-        Status::with_error_details(error.code.grpc_code(), error.message, details)
+        let grpc_code = error.grpc_code.unwrap_or_else(|| error.code.grpc_code());
+        Status::with_error_details(grpc_code, error.message, details)
     }
 }
 
@@ -177,8 +199,17 @@ mod tests {
         let status = Status::from(sent.clone());
         assert_eq!(status.code(), Code::FailedPrecondition);
         let received = ApiError::from_status(&status);
-        assert_eq!(received, sent);
+        assert_eq!(received, sent.clone().with_grpc_code(Code::FailedPrecondition));
         assert_eq!(received.meta_list("seat_ids"), vec!["A1", "A2"]);
+    }
+
+    #[test]
+    fn a_precise_grpc_code_keeps_the_public_reason() {
+        let status = Status::from(
+            ApiError::new(ErrorCode::Conflict, "key reused").with_grpc_code(Code::FailedPrecondition),
+        );
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(ApiError::from_status(&status).code, ErrorCode::Conflict);
     }
 
     #[test]

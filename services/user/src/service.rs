@@ -124,6 +124,9 @@ fn to_proto(user: &UserDoc) -> pb::User {
         name: user.name.clone(),
         role: role.into(),
         created_at: Some(marquee_common::time::to_proto(user.created_at())),
+        // No phone or preference is stored yet: every user is notified by email.
+        phone: String::new(),
+        notification_preferences: Some(pb::NotificationPreferences { email: true, sms: false }),
     }
 }
 
