@@ -17,6 +17,10 @@ pub enum BookingError {
     PaymentInProgress(BookingStatus),
     #[error("the hold on this booking has expired")]
     HoldExpired,
+    /// The payment processor failed transiently on every retry; nothing was charged
+    /// and the booking is still held, so paying again later is safe.
+    #[error("the payment could not be processed right now; nothing was charged, try again")]
+    PaymentUnavailable,
     /// A client-actionable error from user, cinema or payment, passed through as is
     /// (e.g. SEAT_UNAVAILABLE with its seat ids).
     #[error("{0}")]
@@ -49,6 +53,10 @@ impl From<BookingError> for Status {
                 ApiError::new(ErrorCode::Conflict, message).with_meta("status", status.as_str()).into()
             }
             BookingError::HoldExpired => ApiError::new(ErrorCode::HoldExpired, message).into(),
+            BookingError::PaymentUnavailable => ApiError::new(ErrorCode::PaymentDeclined, message)
+                .with_meta("retryable", "true")
+                .with_grpc_code(tonic::Code::Unavailable)
+                .into(),
             BookingError::Upstream(error) => error.into(),
             BookingError::Unexpected(error) => marquee_common::error::internal(&error),
         }

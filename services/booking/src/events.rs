@@ -2,6 +2,7 @@
 //! is written, so their id and bytes are fixed before they ever reach the outbox.
 
 use chrono::{DateTime, Utc};
+pub use marquee_common::outbox::OutboxEvent;
 use marquee_common::time::to_proto;
 use marquee_proto::common::v1 as common;
 use marquee_proto::events::v1::{self as proto, event::Payload};
@@ -13,16 +14,6 @@ use crate::domain::{Booking, Money};
 pub const BOOKING_HELD: &str = "booking.held";
 pub const BOOKING_CONFIRMED: &str = "booking.confirmed";
 pub const BOOKING_PAYMENT_FAILED: &str = "booking.payment_failed";
-
-/// An encoded event waiting in a booking's outbox.
-#[derive(Debug, Clone)]
-pub struct OutboxEvent {
-    pub event_id: Uuid,
-    /// Also the routing key.
-    pub kind: &'static str,
-    pub occurred_at: DateTime<Utc>,
-    pub data: Vec<u8>,
-}
 
 pub fn money(money: &Money) -> common::Money {
     common::Money { amount_minor: money.amount_minor(), currency: money.currency().to_owned() }

@@ -6,7 +6,6 @@ mod domain;
 mod error;
 mod events;
 mod grpc;
-mod outbox;
 mod saga;
 mod store;
 
@@ -16,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use marquee_common::Settings;
+use marquee_common::outbox::{MongoOutbox, OutboxRelay};
 use marquee_common::shutdown::Shutdown;
 use marquee_proto::booking::v1::booking_service_server::BookingServiceServer;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
@@ -25,15 +25,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::grpc::BookingApi;
-use crate::outbox::OutboxRelay;
-use crate::saga::Saga;
+use crate::saga::{ChargeRetry, Saga};
 use crate::store::BookingStore;
 
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     api: BookingApi,
-    relay: OutboxRelay,
+    relay: OutboxRelay<MongoOutbox>,
     grace: Duration,
 }
 
@@ -52,10 +51,14 @@ impl Application {
             CinemaServiceClient::new(channel(&settings.upstream.cinema_url)?),
             PaymentServiceClient::new(channel(&settings.upstream.payment_url)?),
             settings.booking.hold_ttl_seconds,
+            ChargeRetry {
+                attempts: settings.booking.charge_attempts.max(1),
+                first_backoff: Duration::from_millis(settings.booking.charge_retry_backoff_ms),
+            },
             outbox_written.clone(),
         );
         let relay = OutboxRelay::new(
-            store,
+            store.outbox().await?,
             &settings.rabbitmq,
             Duration::from_millis(settings.booking.outbox_poll_ms),
             outbox_written,

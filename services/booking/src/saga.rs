@@ -3,8 +3,11 @@
 //! Every state change is one conditional update on the booking's `version`, so two
 //! callers can never both run a step, and each step's effects on other services are
 //! idempotent (the charge key is derived from the booking), so a retry is harmless.
+//! A charge the payment service answers UNAVAILABLE is retried under that same key
+//! with backoff; if it keeps failing the booking goes back to HELD, nothing charged.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -18,10 +21,12 @@ use marquee_proto::payment::v1::{ChargeRequest, Payment, PaymentStatus};
 use marquee_proto::user::v1::GetUserRequest;
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use tokio::sync::Notify;
+use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::domain::{
-    BookedSeat, Booking, BookingId, BookingStatus, HoldRequest, Money, PayRequest, SeatId, ShowtimeId, UserId,
+    BookedSeat, Booking, BookingId, BookingStatus, HoldRequest, Money, PayRequest, PaymentMethod, SeatId,
+    ShowtimeId, UserId,
 };
 use crate::error::BookingError;
 use crate::events;
@@ -35,8 +40,18 @@ pub struct Saga {
     cinema: CinemaServiceClient<Channel>,
     payments: PaymentServiceClient<Channel>,
     hold_ttl_seconds: i32,
+    charge_retry: ChargeRetry,
     /// Wakes the outbox relay as soon as an event is written.
     outbox_written: Arc<Notify>,
+}
+
+/// How often, and how patiently, a transiently failing charge is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct ChargeRetry {
+    /// Calls in total, at least one.
+    pub attempts: u32,
+    /// Wait before the first retry; doubles after each.
+    pub first_backoff: Duration,
 }
 
 impl Saga {
@@ -46,9 +61,10 @@ impl Saga {
         cinema: CinemaServiceClient<Channel>,
         payments: PaymentServiceClient<Channel>,
         hold_ttl_seconds: i32,
+        charge_retry: ChargeRetry,
         outbox_written: Arc<Notify>,
     ) -> Self {
-        Self { store, users, cinema, payments, hold_ttl_seconds, outbox_written }
+        Self { store, users, cinema, payments, hold_ttl_seconds, charge_retry, outbox_written }
     }
 
     pub async fn hold(&self, request: HoldRequest) -> Result<Booking, BookingError> {
@@ -127,22 +143,13 @@ impl Saga {
             return self.lost_race(booking.id).await;
         };
 
-        let charged = self
-            .payments
-            .clone()
-            .charge(ChargeRequest {
-                booking_id: booking.id.to_string(),
-                amount: Some(events::money(&booking.total)),
-                payment_method: request.payment_method.as_str().to_owned(),
-                idempotency_key: format!("booking:{}:charge", booking.id),
-            })
-            .await;
-        let payment = match charged {
-            Ok(response) => response.into_inner(),
-            Err(status) => {
-                // The charge key makes a retry safe, so hand the booking back for one.
-                let error = BookingError::upstream("payment.Charge", &status);
-                self.step(&booking, Transition::to(BookingStatus::Held).step("charge", "error")).await?;
+        let payment = match self.charge(&booking, &request.payment_method).await {
+            Ok(payment) => payment,
+            Err(error) => {
+                // The charge key makes a later retry safe, so hand the booking back for one.
+                let outcome =
+                    if matches!(error, BookingError::PaymentUnavailable) { "unavailable" } else { "error" };
+                self.step(&booking, Transition::to(BookingStatus::Held).step("charge", outcome)).await?;
                 return Err(error);
             }
         };
@@ -154,6 +161,47 @@ impl Saga {
                 Err(anyhow::anyhow!("payment {} came back in status {other:?}", payment.id).into())
             }
         }
+    }
+
+    /// Charges under the booking's key, retrying with backoff while payment answers
+    /// UNAVAILABLE (a transient processor or transport failure) or ABORTED (this very
+    /// charge still in flight). The key makes every retry return the first charge
+    /// instead of making a second one.
+    async fn charge(&self, booking: &Booking, method: &PaymentMethod) -> Result<Payment, BookingError> {
+        let request = ChargeRequest {
+            booking_id: booking.id.to_string(),
+            amount: Some(events::money(&booking.total)),
+            payment_method: method.as_str().to_owned(),
+            idempotency_key: format!("booking:{}:charge", booking.id),
+            user_id: booking.user_id.to_string(),
+        };
+        let mut backoff = self.charge_retry.first_backoff;
+        let mut last = Code::Unavailable;
+        for attempt in 1..=self.charge_retry.attempts {
+            match self.payments.clone().charge(request.clone()).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if matches!(status.code(), Code::Unavailable | Code::Aborted) => {
+                    tracing::warn!(
+                        booking.id = %booking.id,
+                        attempt,
+                        code = ?status.code(),
+                        message = status.message(),
+                        "charge failed transiently"
+                    );
+                    last = status.code();
+                    if attempt < self.charge_retry.attempts {
+                        tokio::time::sleep(backoff).await;
+                        backoff *= 2;
+                    }
+                }
+                Err(status) => return Err(BookingError::upstream("payment.Charge", &status)),
+            }
+        }
+        if last == Code::Aborted {
+            // Still in flight elsewhere: its outcome is unknown, so do not claim nothing was charged.
+            return Err(BookingError::PaymentInProgress(BookingStatus::Charging));
+        }
+        Err(BookingError::PaymentUnavailable)
     }
 
     async fn confirm(&self, booking: Booking, payment: Payment) -> Result<Booking, BookingError> {

@@ -5,6 +5,7 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use marquee_common::outbox::MongoOutbox;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
@@ -87,16 +88,6 @@ impl Transition {
     }
 }
 
-/// An outbox event not yet confirmed by the broker.
-#[derive(Debug, Clone)]
-pub struct PendingEvent {
-    booking_id: String,
-    index: usize,
-    pub event_id: String,
-    pub kind: String,
-    pub data: Vec<u8>,
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 struct MoneyDoc {
     amount_minor: i64,
@@ -130,22 +121,6 @@ struct BookingDoc {
     payment_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct OutboxDoc {
-    #[serde(rename = "_id")]
-    id: String,
-    outbox: Vec<OutboxEntryDoc>,
-    pending_events: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct OutboxEntryDoc {
-    event_id: String,
-    #[serde(rename = "type")]
-    kind: String,
-    data: bson::Binary,
-}
-
 fn bson_time(at: DateTime<Utc>) -> bson::DateTime {
     bson::DateTime::from_millis(at.timestamp_millis())
 }
@@ -160,16 +135,6 @@ fn money_doc(money: &Money) -> MoneyDoc {
 
 fn money(doc: MoneyDoc) -> anyhow::Result<Money> {
     Ok(Money::parse(doc.amount_minor, &doc.currency)?)
-}
-
-fn event_bson(event: &OutboxEvent) -> Bson {
-    Bson::Document(doc! {
-        "event_id": event.event_id.to_string(),
-        "type": event.kind,
-        "occurred_at": bson_time(event.occurred_at),
-        "data": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: event.data.clone() },
-        "sent_at": Bson::Null,
-    })
 }
 
 impl BookingDoc {
@@ -242,10 +207,6 @@ impl BookingStore {
                 .keys(doc! { "user_id": 1, "created_at": -1 })
                 .options(IndexOptions::builder().name("user_newest_first".to_owned()).build())
                 .build(),
-            IndexModel::builder()
-                .keys(doc! { "unsent_events": 1 })
-                .options(IndexOptions::builder().name("unsent_events".to_owned()).build())
-                .build(),
         ];
         bookings.create_indexes(indexes).await.context("cannot create booking indexes")?;
         Ok(Self { bookings })
@@ -261,7 +222,7 @@ impl BookingStore {
         let mut document = bson::to_document(&BookingDoc::from_booking(booking))
             .context("cannot encode booking document")?;
         document.insert("saga", vec![entry.to_bson()]);
-        document.insert("outbox", vec![event_bson(event)]);
+        document.insert("outbox", vec![event.entry()]);
         document.insert("pending_events", vec![event.event_id.to_string()]);
         document.insert("unsent_events", 1_i32);
         match self.bookings.clone_with_type::<Document>().insert_one(document).await {
@@ -319,7 +280,7 @@ impl BookingStore {
         let mut push = doc! { "saga": { "$each": history } };
         if let Some(event) = &change.event {
             inc.insert("unsent_events", 1_i32);
-            push.insert("outbox", doc! { "$each": [event_bson(event)] });
+            push.insert("outbox", doc! { "$each": [event.entry()] });
             push.insert("pending_events", doc! { "$each": [event.event_id.to_string()] });
         }
         let filter = doc! {
@@ -336,50 +297,8 @@ impl BookingStore {
         updated.map(BookingDoc::into_booking).transpose()
     }
 
-    /// Unsent outbox events of up to `limit` bookings, each booking's in write order.
-    pub async fn pending_events(&self, limit: i64) -> anyhow::Result<Vec<PendingEvent>> {
-        let docs: Vec<OutboxDoc> = self
-            .bookings
-            .clone_with_type::<OutboxDoc>()
-            .find(doc! { "unsent_events": { "$gt": 0 } })
-            .projection(doc! { "outbox": 1, "pending_events": 1 })
-            .limit(limit)
-            .await
-            .context("cannot query unsent outbox events")?
-            .try_collect()
-            .await
-            .context("cannot read unsent outbox events")?;
-        let mut pending = Vec::new();
-        for doc in docs {
-            for (index, entry) in doc.outbox.into_iter().enumerate() {
-                if doc.pending_events.contains(&entry.event_id) {
-                    pending.push(PendingEvent {
-                        booking_id: doc.id.clone(),
-                        index,
-                        event_id: entry.event_id,
-                        kind: entry.kind,
-                        data: entry.data.bytes,
-                    });
-                }
-            }
-        }
-        Ok(pending)
-    }
-
-    /// Records the broker's confirm. Matching on the pending id makes a repeat harmless.
-    pub async fn mark_sent(&self, event: &PendingEvent) -> anyhow::Result<()> {
-        let sent_at = format!("outbox.{}.sent_at", event.index);
-        self.bookings
-            .update_one(
-                doc! { "_id": &event.booking_id, "pending_events": &event.event_id },
-                doc! {
-                    "$pull": { "pending_events": &event.event_id },
-                    "$inc": { "unsent_events": -1_i32 },
-                    "$set": { sent_at: bson_time(Utc::now()) },
-                },
-            )
-            .await
-            .with_context(|| format!("cannot mark event {} sent", event.event_id))?;
-        Ok(())
+    /// The outbox the relay drains: events live in the booking documents.
+    pub async fn outbox(&self) -> anyhow::Result<MongoOutbox> {
+        MongoOutbox::new(&self.bookings).await
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -398,4 +398,59 @@ async fn concurrent_payments_charge_once_and_confirm_once() {
     let payments = app.collection("payment", "payments").await;
     let charges = payments.count_documents(doc! { "booking_id": &held.id }).await.unwrap();
     assert_eq!(charges, 1);
+}
+
+#[tokio::test]
+async fn insufficient_funds_fails_the_booking_like_a_decline() {
+    let app = spawn_app().await;
+    let user_id = app.register().await;
+    let (showtime_id, seats) = app.showtime_and_free_seats(1).await;
+    let held = app.hold(&user_id, &showtime_id, &seats, "poor").await.unwrap();
+
+    let failed = app.pay(&held, "pm_card_insufficient_funds").await.unwrap();
+    assert_eq!(failed.status(), BookingStatus::PaymentFailed);
+    let states = app.seat_states(&showtime_id).await;
+    assert_eq!(states[&seats[0]], SeatState::Available);
+}
+
+#[tokio::test]
+async fn a_processor_error_is_retried_with_the_same_key_then_fails_cleanly() {
+    let app = spawn_app().await;
+    let user_id = app.register().await;
+    let (showtime_id, seats) = app.showtime_and_free_seats(2).await;
+    let held = app.hold(&user_id, &showtime_id, &seats, "flaky").await.unwrap();
+    let attempts = app.settings.booking.charge_attempts as usize;
+    assert!(attempts > 1, "the test config retries");
+
+    let error = app.pay(&held, "pm_card_error").await.unwrap_err();
+    assert_eq!((error.code, error.grpc_code), (ErrorCode::PaymentDeclined, Some(tonic::Code::Unavailable)));
+    assert_eq!(error.metadata.get("retryable").map(String::as_str), Some("true"));
+
+    // Still held, seats still ours, one payment with every retry recorded as an attempt.
+    assert_eq!(app.get(&held.id, &user_id).await.unwrap().status(), BookingStatus::Held);
+    let states = app.seat_states(&showtime_id).await;
+    assert!(seats.iter().all(|s| states[s] == SeatState::Held), "{states:?}");
+    let payments = app.collection("payment", "payments").await;
+    let stored_attempts = || async {
+        let stored: Vec<_> =
+            payments.find(doc! { "booking_id": &held.id }).await.unwrap().try_collect().await.unwrap();
+        assert_eq!(stored.len(), 1, "one payment per booking");
+        assert_eq!(stored[0].get_str("status").unwrap(), "FAILED");
+        stored[0].get_array("attempts").unwrap().len()
+    };
+    assert_eq!(stored_attempts().await, attempts);
+
+    // Paying again re-attempts under the same key: still one payment, nothing charged.
+    let again = app.pay(&held, "pm_card_error").await.unwrap_err();
+    assert_eq!(again.grpc_code, Some(tonic::Code::Unavailable));
+    assert_eq!(stored_attempts().await, 2 * attempts);
+    let bookings = app.collection("booking", "bookings").await;
+    let stored = bookings.find_one(doc! { "_id": &held.id }).await.unwrap().unwrap();
+    let outcomes: Vec<_> = stored
+        .get_array("saga")
+        .unwrap()
+        .iter()
+        .map(|e| e.as_document().unwrap().get_str("outcome").unwrap().to_owned())
+        .collect();
+    assert_eq!(outcomes.iter().filter(|o| *o == "unavailable").count(), 2, "{outcomes:?}");
 }

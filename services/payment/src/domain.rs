@@ -61,6 +61,21 @@ impl BookingId {
     }
 }
 
+/// The paying customer (the user service's id, opaque here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Empty means the caller did not say.
+    pub fn parse_optional(raw: &str) -> Result<Option<Self>, InvalidInput> {
+        if raw.is_empty() { Ok(None) } else { parse_token(raw, "user_id").map(|id| Some(Self(id))) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The caller's key that makes a retried charge return the first result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
@@ -75,21 +90,36 @@ impl IdempotencyKey {
     }
 }
 
-/// An ISO 4217-shaped currency code: three uppercase ASCII letters.
+/// Active ISO 4217 alphabetic codes (funds and precious-metal codes excluded).
+const ISO_4217: &[&str] = &[
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BGN", "BHD",
+    "BIF", "BMD", "BND", "BOB", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD", "CDF", "CHF", "CLP", "CNY",
+    "COP", "CRC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP",
+    "GBP", "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR",
+    "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT",
+    "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR",
+    "MVR", "MWK", "MXN", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK",
+    "PHP", "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD",
+    "SHP", "SLE", "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY",
+    "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "UYU", "UZS", "VED", "VES", "VND", "VUV", "WST", "XAF", "XCD",
+    "XCG", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWG",
+];
+
+/// An ISO 4217 currency code, e.g. `EUR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Currency(String);
+pub struct Currency(&'static str);
 
 impl Currency {
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_uppercase()) {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(invalid("currency must be three uppercase letters, e.g. EUR"))
-        }
+        ISO_4217
+            .iter()
+            .find(|code| **code == raw)
+            .map(|code| Self(code))
+            .ok_or_else(|| invalid("currency must be an ISO 4217 code, e.g. EUR"))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0
     }
 }
 
@@ -124,21 +154,32 @@ pub enum PaymentMethod {
     CardOk,
     /// `pm_card_declined`: always declined with `card_declined`.
     CardDeclined,
+    /// `pm_card_insufficient_funds`: always declined with `insufficient_funds`.
+    CardInsufficientFunds,
+    /// `pm_card_error`: the processor always fails transiently.
+    CardError,
+    /// `pm_card_slow`: approved after the configured delay.
+    CardSlow,
 }
 
 impl PaymentMethod {
+    const ALL: [Self; 5] =
+        [Self::CardOk, Self::CardDeclined, Self::CardInsufficientFunds, Self::CardError, Self::CardSlow];
+
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        match raw {
-            "pm_card_ok" => Ok(Self::CardOk),
-            "pm_card_declined" => Ok(Self::CardDeclined),
-            _ => Err(invalid("unsupported payment_method")),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|method| method.as_str() == raw)
+            .ok_or_else(|| invalid("unsupported payment_method"))
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CardOk => "pm_card_ok",
             Self::CardDeclined => "pm_card_declined",
+            Self::CardInsufficientFunds => "pm_card_insufficient_funds",
+            Self::CardError => "pm_card_error",
+            Self::CardSlow => "pm_card_slow",
         }
     }
 }
@@ -147,8 +188,41 @@ impl PaymentMethod {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Charge {
     pub booking_id: BookingId,
+    pub user_id: Option<UserId>,
     pub amount: Money,
     pub method: PaymentMethod,
+    pub idempotency_key: IdempotencyKey,
+}
+
+/// Why money goes back: free text for people, bounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundReason(String);
+
+impl RefundReason {
+    const MAX_CHARS: usize = 200;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        let reason = raw.trim();
+        if reason.is_empty() {
+            return Err(invalid("reason is required"));
+        }
+        if reason.chars().count() > Self::MAX_CHARS || reason.chars().any(char::is_control) {
+            return Err(invalid(format!("reason must be at most {} printable characters", Self::MAX_CHARS)));
+        }
+        Ok(Self(reason.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A fully validated refund request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    pub payment_id: PaymentId,
+    pub amount: Money,
+    pub reason: RefundReason,
     pub idempotency_key: IdempotencyKey,
 }
 
@@ -158,9 +232,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn currencies_are_three_uppercase_letters() {
+    fn currencies_are_iso_4217_codes() {
         assert_eq!(Currency::parse("EUR").unwrap().as_str(), "EUR");
-        for raw in ["", "eur", "EURO", "EU", "E1R", "ÉUR"] {
+        assert_eq!(Currency::parse("JPY").unwrap().as_str(), "JPY");
+        for raw in ["", "eur", "EURO", "EU", "E1R", "ÉUR", "ABC", "XXX", "XAU"] {
             assert!(Currency::parse(raw).is_err(), "{raw:?} was accepted");
         }
     }
@@ -177,6 +252,9 @@ mod tests {
     fn only_the_test_cards_are_known() {
         assert_eq!(PaymentMethod::parse("pm_card_ok").unwrap(), PaymentMethod::CardOk);
         assert_eq!(PaymentMethod::parse("pm_card_declined").unwrap().as_str(), "pm_card_declined");
+        for method in PaymentMethod::ALL {
+            assert_eq!(PaymentMethod::parse(method.as_str()).unwrap(), method);
+        }
         assert!(PaymentMethod::parse("pm_card_stolen").is_err());
         assert!(PaymentMethod::parse("").is_err());
     }
@@ -188,5 +266,13 @@ mod tests {
         assert!(IdempotencyKey::parse("has space").is_err());
         assert!(BookingId::parse(&"b".repeat(129)).is_err());
         assert!(BookingId::parse(&"b".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn refund_reasons_are_required_and_bounded() {
+        assert_eq!(RefundReason::parse("  show cancelled ").unwrap().as_str(), "show cancelled");
+        assert!(RefundReason::parse("   ").is_err());
+        assert!(RefundReason::parse(&"r".repeat(201)).is_err());
+        assert!(RefundReason::parse("line\nbreak").is_err());
     }
 }

@@ -1,16 +1,22 @@
-//! Wiring: connect MongoDB, ensure indexes, bind the gRPC port, serve until shutdown.
+//! Wiring: connect MongoDB, ensure indexes, bind the gRPC port, serve and relay the
+//! outbox until shutdown.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use marquee_common::Settings;
+use marquee_common::outbox::{MongoOutbox, OutboxRelay};
 use marquee_common::shutdown::Shutdown;
 use marquee_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
-use crate::service::PaymentServiceImpl;
+use crate::processor::Processor;
+use crate::service::{ChargePolicy, PaymentServiceImpl};
 use crate::store::PaymentStore;
 
 /// The payment service, built and bound but not yet serving.
@@ -18,18 +24,42 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     service: PaymentServiceImpl,
+    relay: OutboxRelay<MongoOutbox>,
     grace: Duration,
 }
 
 impl Application {
+    /// Connects MongoDB (creating indexes) and binds the gRPC listener. RabbitMQ is only
+    /// needed by the relay, which connects in the background so a broker outage never
+    /// blocks payments.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let config = &settings.payment;
+        anyhow::ensure!(
+            config.charge_lease_ms > config.slow_card_delay_ms,
+            "payment.charge_lease_ms must exceed payment.slow_card_delay_ms, or slow charges would be re-attempted"
+        );
         let db = marquee_common::mongo::connect(&settings.mongo, "payment").await?;
         let store = PaymentStore::init(&db).await?;
-        let (listener, addr) = marquee_common::grpc::bind(&settings.payment).await?;
+        let outbox_written = Arc::new(Notify::new());
+        let relay = OutboxRelay::new(
+            store.outbox().await?,
+            &settings.rabbitmq,
+            Duration::from_millis(config.outbox_poll_ms),
+            outbox_written.clone(),
+        )?;
+        let policy = ChargePolicy {
+            wait: Duration::from_millis(config.charge_wait_ms),
+            lease: chrono::Duration::milliseconds(
+                i64::try_from(config.charge_lease_ms).context("payment.charge_lease_ms is too large")?,
+            ),
+        };
+        let processor = Processor::new(Duration::from_millis(config.slow_card_delay_ms));
+        let (listener, addr) = marquee_common::grpc::bind(&config.server).await?;
         Ok(Application {
             listener,
             addr,
-            service: PaymentServiceImpl::new(store),
+            service: PaymentServiceImpl::new(store, processor, policy, outbox_written),
+            relay,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
         })
     }
@@ -38,14 +68,21 @@ impl Application {
         self.addr
     }
 
+    /// Serves gRPC and runs the outbox relay until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        marquee_common::grpc::serve(
+        // The relay also stops if the server fails on its own.
+        let relay_stop = shutdown.child_token();
+        let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
+        let served = marquee_common::grpc::serve(
             self.listener,
             Routes::new(PaymentServiceServer::new(self.service)),
             <PaymentServiceServer<PaymentServiceImpl> as NamedService>::NAME,
             shutdown,
             self.grace,
         )
-        .await
+        .await;
+        relay_stop.cancel();
+        relay.await.context("outbox relay panicked")?;
+        served
     }
 }

@@ -1,0 +1,283 @@
+//! The transactional outbox, shared by every service that publishes events.
+//!
+//! A service writes an event into the same MongoDB document update as the state
+//! change that causes it (`entry` builds the array element; the document also carries
+//! `pending_events`, the ids not yet confirmed, and `unsent_events`, their count, which
+//! is indexed). `OutboxRelay` publishes pending events to the RabbitMQ topic exchange
+//! with publisher confirms and marks an event sent only after the broker's ack.
+//! Delivery is at least once (a crash between ack and mark republishes); consumers
+//! deduplicate by `event_id`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::{Collection, IndexModel};
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RabbitSettings;
+
+/// Documents read per outbox query.
+const BATCH: i64 = 100;
+const PERSISTENT: u8 = 2;
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// An encoded event, fixed (id and bytes) when the state change that causes it is
+/// written.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    pub event_id: uuid::Uuid,
+    /// Also the routing key, e.g. `booking.confirmed`.
+    pub kind: &'static str,
+    pub occurred_at: DateTime<Utc>,
+    pub data: Vec<u8>,
+}
+
+impl OutboxEvent {
+    /// The element to push onto a document's `outbox` array (its id goes onto
+    /// `pending_events`, and `unsent_events` is incremented, in the same update).
+    pub fn entry(&self) -> Bson {
+        Bson::Document(doc! {
+            "event_id": self.event_id.to_string(),
+            "type": self.kind,
+            "occurred_at": bson::DateTime::from_millis(self.occurred_at.timestamp_millis()),
+            "data": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: self.data.clone() },
+            "sent_at": Bson::Null,
+        })
+    }
+}
+
+/// An outbox event not yet confirmed by the broker, with where it is stored.
+#[derive(Debug, Clone)]
+pub struct PendingEvent {
+    pub document_id: String,
+    /// Its position in the document's `outbox` array.
+    pub index: usize,
+    pub event_id: String,
+    pub kind: String,
+    pub data: Vec<u8>,
+}
+
+/// Where the relay finds unsent events and records the broker's confirms.
+pub trait OutboxStore: Send + Sync + 'static {
+    /// Unsent events, each document's in write order.
+    fn pending_events(&self, limit: i64) -> impl Future<Output = anyhow::Result<Vec<PendingEvent>>> + Send;
+    /// Marks one event sent; repeating it is harmless.
+    fn mark_sent(&self, event: &PendingEvent) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// The outbox of a MongoDB collection whose documents carry `outbox`,
+/// `pending_events` and `unsent_events` as described in the module docs.
+#[derive(Clone)]
+pub struct MongoOutbox {
+    collection: Collection<Document>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutboxDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    outbox: Vec<OutboxEntryDoc>,
+    pending_events: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutboxEntryDoc {
+    event_id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    data: bson::Binary,
+}
+
+impl MongoOutbox {
+    /// Wraps `collection` and creates the index the relay's query needs.
+    pub async fn new<T: Send + Sync>(collection: &Collection<T>) -> anyhow::Result<Self> {
+        let collection = collection.clone_with_type::<Document>();
+        let index = IndexModel::builder()
+            .keys(doc! { "unsent_events": 1 })
+            .options(mongodb::options::IndexOptions::builder().name("unsent_events".to_owned()).build())
+            .build();
+        collection.create_index(index).await.context("cannot create the unsent_events index")?;
+        Ok(Self { collection })
+    }
+}
+
+impl OutboxStore for MongoOutbox {
+    async fn pending_events(&self, limit: i64) -> anyhow::Result<Vec<PendingEvent>> {
+        let docs: Vec<OutboxDoc> = self
+            .collection
+            .clone_with_type::<OutboxDoc>()
+            .find(doc! { "unsent_events": { "$gt": 0 } })
+            .projection(doc! { "outbox": 1, "pending_events": 1 })
+            .limit(limit)
+            .await
+            .context("cannot query unsent outbox events")?
+            .try_collect()
+            .await
+            .context("cannot read unsent outbox events")?;
+        let mut pending = Vec::new();
+        for doc in docs {
+            for (index, entry) in doc.outbox.into_iter().enumerate() {
+                if doc.pending_events.contains(&entry.event_id) {
+                    pending.push(PendingEvent {
+                        document_id: doc.id.clone(),
+                        index,
+                        event_id: entry.event_id,
+                        kind: entry.kind,
+                        data: entry.data.bytes,
+                    });
+                }
+            }
+        }
+        Ok(pending)
+    }
+
+    async fn mark_sent(&self, event: &PendingEvent) -> anyhow::Result<()> {
+        let sent_at = format!("outbox.{}.sent_at", event.index);
+        // Matching on the pending id makes a repeat a no-op.
+        self.collection
+            .update_one(
+                doc! { "_id": &event.document_id, "pending_events": &event.event_id },
+                doc! {
+                    "$pull": { "pending_events": &event.event_id },
+                    "$inc": { "unsent_events": -1_i32 },
+                    "$set": { sent_at: bson::DateTime::now() },
+                },
+            )
+            .await
+            .with_context(|| format!("cannot mark event {} sent", event.event_id))?;
+        Ok(())
+    }
+}
+
+/// Publishes a store's pending events until shutdown.
+pub struct OutboxRelay<S> {
+    store: S,
+    settings: RabbitSettings,
+    exchange: ShortString,
+    poll: Duration,
+    written: Arc<Notify>,
+}
+
+impl<S: OutboxStore> OutboxRelay<S> {
+    /// `written` is notified by every write that adds an event, so the relay
+    /// publishes at once; `poll` is the fallback.
+    pub fn new(
+        store: S,
+        settings: &RabbitSettings,
+        poll: Duration,
+        written: Arc<Notify>,
+    ) -> anyhow::Result<Self> {
+        let exchange = crate::rabbit::short_name(&settings.exchange, "rabbitmq.exchange")?;
+        Ok(Self { store, settings: settings.clone(), exchange, poll, written })
+    }
+
+    /// Relays until `shutdown`, reconnecting with backoff whenever the broker or the
+    /// database fails. Stopping mid-batch is safe: unconfirmed events stay unsent.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let failure = tokio::select! {
+                () = shutdown.cancelled() => return,
+                failure = self.connect_and_relay(&mut backoff) => failure,
+            };
+            tracing::warn!(
+                error = format!("{failure:#}"),
+                retry_in_ms = backoff.as_millis() as u64,
+                "outbox relay interrupted"
+            );
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Runs until something fails; the error says what.
+    async fn connect_and_relay(&self, backoff: &mut Duration) -> anyhow::Error {
+        // The connection is held here so it lives exactly as long as this session.
+        let (_connection, channel) = match self.open_channel().await {
+            Ok(session) => session,
+            Err(error) => return error,
+        };
+        *backoff = FIRST_BACKOFF;
+        tracing::info!(exchange = %self.exchange, "outbox relay connected to RabbitMQ");
+        loop {
+            if let Err(error) = self.drain(&channel).await {
+                return error;
+            }
+            // notify_one stores a permit, so a write during the drain is not missed.
+            tokio::select! {
+                () = self.written.notified() => {}
+                () = tokio::time::sleep(self.poll) => {}
+            }
+        }
+    }
+
+    async fn open_channel(&self) -> anyhow::Result<(Connection, Channel)> {
+        let (connection, channel) = crate::rabbit::connect(&self.settings).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("cannot enable publisher confirms")?;
+        Ok((connection, channel))
+    }
+
+    /// Publishes every unsent event, a batch at a time, until none is left.
+    async fn drain(&self, channel: &Channel) -> anyhow::Result<()> {
+        loop {
+            let batch = self.store.pending_events(BATCH).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let mut confirms = Vec::with_capacity(batch.len());
+            for event in &batch {
+                confirms.push(self.publish(channel, event).await?);
+            }
+            for (event, confirm) in batch.iter().zip(confirms) {
+                match confirm.await.with_context(|| format!("no confirm for event {}", event.event_id))? {
+                    Confirmation::Ack(_) => self.store.mark_sent(event).await?,
+                    Confirmation::Nack(_) => anyhow::bail!("broker refused event {}", event.event_id),
+                    Confirmation::NotRequested => anyhow::bail!("publisher confirms are not enabled"),
+                }
+            }
+        }
+    }
+
+    async fn publish(
+        &self,
+        channel: &Channel,
+        event: &PendingEvent,
+    ) -> anyhow::Result<lapin::PublisherConfirm> {
+        let routing_key = ShortString::try_new(event.kind.clone())
+            .map_err(|e| anyhow::anyhow!("event type {:?} is not a valid routing key: {e}", event.kind))?;
+        let message_id = ShortString::try_new(event.event_id.clone())
+            .map_err(|e| anyhow::anyhow!("event id {:?} is not a valid message id: {e}", event.event_id))?;
+        let properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(message_id)
+            .with_content_type("application/x-protobuf".into())
+            .with_type(routing_key.clone());
+        channel
+            .basic_publish(
+                self.exchange.clone(),
+                routing_key,
+                BasicPublishOptions::default(),
+                &event.data,
+                properties,
+            )
+            .await
+            .with_context(|| format!("cannot publish event {}", event.event_id))
+    }
+}
