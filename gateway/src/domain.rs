@@ -137,6 +137,29 @@ impl PaymentMethod {
     }
 }
 
+/// A phone number in E.164 form, checked here so that `register` refuses a bad number
+/// before creating the account; the user service applies the same rule and stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Phone(String);
+
+impl Phone {
+    pub fn parse(raw: &str) -> Result<Self, GatewayError> {
+        let compact: String = raw.chars().filter(|c| !matches!(c, ' ' | '-' | '(' | ')')).collect();
+        let digits = compact.strip_prefix('+').unwrap_or_default();
+        if !(8..=15).contains(&digits.len())
+            || !digits.chars().all(|c| c.is_ascii_digit())
+            || digits.starts_with('0')
+        {
+            return Err(GatewayError::bad_input("phone must be in E.164 form, e.g. +4915112345678"));
+        }
+        Ok(Self(compact))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +193,14 @@ mod tests {
         assert!(IdempotencyKey::parse("").is_err());
         assert!(IdempotencyKey::parse("has space").is_err());
         assert!(IdempotencyKey::parse(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn phones_are_e164() {
+        assert_eq!(Phone::parse("+49 151 1234-5678").unwrap().into_inner(), "+4915112345678");
+        for raw in ["", "4915112345678", "+0151123456", "+1234567", "+49abc12345678"] {
+            assert!(Phone::parse(raw).is_err(), "{raw:?}");
+        }
     }
 
     #[test]

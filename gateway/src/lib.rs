@@ -1,7 +1,9 @@
 //! The public GraphQL gateway: serves the DESIGN.md GraphQL contract over HTTP
-//! (axum + async-graphql), verifies access tokens itself, and resolves every field
-//! through gRPC calls to the user, cinema, booking and notification services.
+//! (axum + async-graphql), verifies access tokens itself (signature, pinned `alg`,
+//! expiry, issuer, and the Redis logout denylist), and resolves every field through
+//! gRPC calls to the user, cinema, booking and notification services.
 
+mod denylist;
 mod domain;
 mod error;
 mod http;
@@ -33,7 +35,8 @@ impl Application {
         let keys = TokenKeys::new(&settings.auth).context("invalid auth settings")?;
         let upstreams = upstream::Upstreams::connect(&settings)?;
         let schema = schema::build(upstreams.clone());
-        let state = http::AppState::new(schema, keys, upstreams, settings.gateway.graphiql);
+        let denylist = denylist::Denylist::connect(&settings.redis).await?;
+        let state = http::AppState::new(schema, keys, denylist, upstreams, settings.gateway.graphiql);
         let router = http::router(state, settings.gateway.max_body_bytes);
         let (listener, addr) = marquee_common::grpc::bind(&settings.gateway.server).await?;
         let grace = Duration::from_millis(settings.grpc.shutdown_grace_ms);

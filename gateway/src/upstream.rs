@@ -90,6 +90,38 @@ impl Upstreams {
         Ok(self.users().get_user(user::GetUserRequest { id: id.to_string() }).await?.into_inner())
     }
 
+    pub async fn refresh_token(&self, refresh_token: String) -> Result<user::AuthResponse, GatewayError> {
+        let request = user::RefreshTokenRequest { refresh_token };
+        Ok(self.users().refresh_token(request).await?.into_inner())
+    }
+
+    pub async fn logout(&self, access_token: String, refresh_token: String) -> Result<(), GatewayError> {
+        self.users().logout(user::LogoutRequest { access_token, refresh_token }).await?;
+        Ok(())
+    }
+
+    pub async fn update_profile(
+        &self,
+        request: user::UpdateProfileRequest,
+    ) -> Result<user::User, GatewayError> {
+        Ok(self.users().update_profile(request).await?.into_inner())
+    }
+
+    /// The user service checks that `actor` is an admin, from its own records.
+    pub async fn set_user_role(
+        &self,
+        actor: &UserId,
+        target: &UserId,
+        role: user::Role,
+    ) -> Result<user::User, GatewayError> {
+        let request = user::SetUserRoleRequest {
+            actor_id: actor.to_string(),
+            user_id: target.to_string(),
+            role: role.into(),
+        };
+        Ok(self.users().set_user_role(request).await?.into_inner())
+    }
+
     pub async fn movies(
         &self,
         search: Filter,

@@ -30,6 +30,8 @@ async fn spawn_app() -> TestApp {
     marquee_common::telemetry::install_crypto_provider();
     let mut settings = marquee_common::testing::isolated_settings().await.expect("isolated settings");
     settings.cinema.seed_demo = true;
+    settings.user.bootstrap_admin_email = Some(ADMIN_EMAIL.to_owned());
+    settings.user.bootstrap_admin_password = Some(Secret::new(ADMIN_PASSWORD.to_owned()));
     marquee_common::telemetry::init(&settings.telemetry);
     let shutdown = Shutdown::new();
 
@@ -122,6 +124,11 @@ impl TestApp {
 fn state_of<'a>(seats: &'a [Value], id: &str) -> &'a str {
     seats.iter().find(|s| s["id"] == id).and_then(|s| s["state"].as_str()).unwrap()
 }
+
+const ADMIN_EMAIL: &str = "admin@example.com";
+const ADMIN_PASSWORD: &str = "admin password from config";
+const AUTH_FIELDS: &str =
+    "token refreshToken user { id email role phone notificationPreferences { email sms } }";
 
 fn code(error: &Value) -> &str {
     error["extensions"]["code"].as_str().unwrap_or_else(|| panic!("error without a code: {error}"))
@@ -470,4 +477,203 @@ async fn readiness_follows_the_upstreams() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(code(&body["errors"][0]), "INTERNAL");
     assert_eq!(body["errors"][0]["message"], "internal error");
+}
+
+impl TestApp {
+    /// Registers through GraphQL and returns the whole `AuthPayload`.
+    async fn register_session(&self, name: &str, phone: Option<&str>) -> Value {
+        let email = format!("{name}.{}@example.com", uuid::Uuid::new_v4().simple());
+        let query =
+            format!("mutation($input: RegisterInput!) {{ register(input: $input) {{ {AUTH_FIELDS} }} }}");
+        let input =
+            json!({ "email": email, "password": "correct horse battery", "name": name, "phone": phone });
+        self.data(None, &query, json!({ "input": input })).await["register"].clone()
+    }
+
+    async fn refresh(&self, refresh_token: &Value) -> (StatusCode, Value) {
+        let query = format!("mutation($r: String!) {{ refreshToken(refreshToken: $r) {{ {AUTH_FIELDS} }} }}");
+        self.post(None, &query, json!({ "r": refresh_token })).await
+    }
+}
+
+fn token(payload: &Value) -> &str {
+    payload["token"].as_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_forged_token_is_unauthenticated() {
+    let app = spawn_app().await;
+    let session = app.register_session("ada", None).await;
+    let genuine = token(&session);
+    let user_id = session["user"]["id"].as_str().unwrap();
+    // The genuine token works, and the user comes from its `sub`.
+    assert_eq!(app.data(Some(genuine), "{ me { id } }", json!({})).await["me"]["id"], user_id);
+
+    let keys = TokenKeys::new(&app.settings.auth).unwrap();
+    let segments: Vec<&str> = genuine.split('.').collect();
+
+    // alg "none": a real payload, no signature.
+    let alg_none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", segments[1]);
+    // Signed with a key of the attacker's choosing.
+    let mut forger = app.settings.auth.clone();
+    forger.jwt_secret = Secret::new("an-attacker-chosen-secret-of-32-bytes!!".to_owned());
+    let (wrong_key, _) = TokenKeys::new(&forger).unwrap().issue(user_id, Role::Admin, Utc::now()).unwrap();
+    // Ours in every way but its age.
+    let (expired, _) = keys.issue(user_id, Role::Customer, Utc::now() - chrono::Duration::hours(1)).unwrap();
+    // Payload edited to claim admin, the genuine signature kept.
+    let (admin_claims, _) = TokenKeys::new(&forger).unwrap().issue(user_id, Role::Admin, Utc::now()).unwrap();
+    let admin_payload = admin_claims.split('.').nth(1).unwrap();
+    assert_ne!(admin_payload, segments[1]);
+    let tampered = format!("{}.{admin_payload}.{}", segments[0], segments[2]);
+    // Another issuer, even with our secret.
+    let mut other_issuer = app.settings.auth.clone();
+    other_issuer.issuer = "someone-else".to_owned();
+    let (wrong_iss, _) =
+        TokenKeys::new(&other_issuer).unwrap().issue(user_id, Role::Customer, Utc::now()).unwrap();
+    // Our secret under another HMAC algorithm: alg is pinned, not read from the header.
+    let claims = keys.verify(genuine).unwrap();
+    let secret = jsonwebtoken::EncodingKey::from_secret(app.settings.auth.jwt_secret.expose().as_bytes());
+    let hs512 =
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512), &claims, &secret)
+            .unwrap();
+
+    for (name, forged) in [
+        ("alg none", alg_none.as_str()),
+        ("wrong key", wrong_key.as_str()),
+        ("expired", expired.as_str()),
+        ("tampered role", tampered.as_str()),
+        ("wrong iss", wrong_iss.as_str()),
+        ("HS512", hs512.as_str()),
+    ] {
+        let (status, body) = app.post(Some(forged), "{ me { id role } }", json!({})).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(code(&body["errors"][0]), "UNAUTHENTICATED", "{name}: {body}");
+        assert!(body.get("data").is_none_or(Value::is_null), "{name}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_tokens_rotate_and_reuse_signs_the_family_out() {
+    let app = spawn_app().await;
+    let first = app.register_session("ada", None).await;
+
+    let (_, body) = app.refresh(&first["refreshToken"]).await;
+    let second = body["data"]["refreshToken"].clone();
+    assert_eq!(second["user"]["id"], first["user"]["id"], "{body}");
+    assert_ne!(second["refreshToken"], first["refreshToken"]);
+    assert_eq!(
+        app.data(Some(token(&second)), "{ me { id } }", json!({})).await["me"]["id"],
+        first["user"]["id"]
+    );
+
+    // The spent first token comes back: refused, and the live second one dies with it.
+    let (_, body) = app.refresh(&first["refreshToken"]).await;
+    assert_eq!(code(&body["errors"][0]), "UNAUTHENTICATED", "{body}");
+    let (_, body) = app.refresh(&second["refreshToken"]).await;
+    assert_eq!(code(&body["errors"][0]), "UNAUTHENTICATED", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_out_token_is_unauthenticated() {
+    let app = spawn_app().await;
+    let session = app.register_session("ada", None).await;
+    let other = app.register_session("grace", None).await;
+    let logout = "mutation($r: String!) { logout(refreshToken: $r) }";
+
+    let error = app.error(None, logout, json!({ "r": session["refreshToken"] })).await;
+    assert_eq!(code(&error), "UNAUTHENTICATED");
+    let data = app.data(Some(token(&session)), logout, json!({ "r": session["refreshToken"] })).await;
+    assert_eq!(data["logout"], true);
+
+    let error = app.error(Some(token(&session)), "{ me { id } }", json!({})).await;
+    assert_eq!(code(&error), "UNAUTHENTICATED");
+    let (_, body) = app.refresh(&session["refreshToken"]).await;
+    assert_eq!(code(&body["errors"][0]), "UNAUTHENTICATED", "{body}");
+    // Only that session ends.
+    assert_eq!(
+        app.data(Some(token(&other)), "{ me { id } }", json!({})).await["me"]["id"],
+        other["user"]["id"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_carry_phone_and_notification_preferences() {
+    let app = spawn_app().await;
+    let plain = app.register_session("ada", None).await;
+    assert_eq!(plain["user"]["phone"], Value::Null);
+    assert_eq!(plain["user"]["notificationPreferences"], json!({ "email": true, "sms": false }));
+
+    let with_phone = app.register_session("grace", Some("+1 415 555 0100")).await;
+    assert_eq!(with_phone["user"]["phone"], "+14155550100");
+    let error = app
+        .error(
+            None,
+            "mutation($input: RegisterInput!) { register(input: $input) { token } }",
+            json!({ "input": { "email": "bad.phone@example.com", "password": "correct horse battery", "name": "B", "phone": "12345" } }),
+        )
+        .await;
+    assert_eq!(code(&error), "BAD_USER_INPUT");
+    assert_eq!(app.error(None, "mutation { login(input: { email: \"bad.phone@example.com\", password: \"correct horse battery\" }) { token } }", json!({})).await["extensions"]["code"], "UNAUTHENTICATED");
+
+    let update = "mutation($input: UpdateProfileInput!) { updateProfile(input: $input) { name phone notificationPreferences { email sms } } }";
+    let error = app.error(None, update, json!({ "input": { "name": "x" } })).await;
+    assert_eq!(code(&error), "UNAUTHENTICATED");
+    let error = app
+        .error(
+            Some(token(&plain)),
+            update,
+            json!({ "input": { "notificationPreferences": { "email": true, "sms": true } } }),
+        )
+        .await;
+    assert_eq!(code(&error), "BAD_USER_INPUT");
+    let input = json!({ "input": { "name": "Ada L.", "phone": "+4915112345678", "notificationPreferences": { "email": false, "sms": true } } });
+    let updated = app.data(Some(token(&plain)), update, input).await["updateProfile"].clone();
+    assert_eq!(
+        updated,
+        json!({ "name": "Ada L.", "phone": "+4915112345678", "notificationPreferences": { "email": false, "sms": true } })
+    );
+    let me = app
+        .data(Some(token(&plain)), "{ me { name phone notificationPreferences { email sms } } }", json!({}))
+        .await;
+    assert_eq!(me["me"], updated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admins_set_roles() {
+    let app = spawn_app().await;
+    let ada = app.register_session("ada", None).await;
+    let grace = app.register_session("grace", None).await;
+    let set_role = "mutation($id: ID!, $role: Role!) { setUserRole(userId: $id, role: $role) { id role } }";
+
+    let error =
+        app.error(Some(token(&ada)), set_role, json!({ "id": ada["user"]["id"], "role": "ADMIN" })).await;
+    assert_eq!(code(&error), "FORBIDDEN");
+    let error = app.error(None, set_role, json!({ "id": ada["user"]["id"], "role": "ADMIN" })).await;
+    assert_eq!(code(&error), "UNAUTHENTICATED");
+
+    let login = format!(
+        "mutation {{ login(input: {{ email: \"{ADMIN_EMAIL}\", password: \"{ADMIN_PASSWORD}\" }}) {{ {AUTH_FIELDS} }} }}"
+    );
+    let admin = app.data(None, &login, json!({})).await["login"].clone();
+    assert_eq!(admin["user"]["role"], "ADMIN");
+    let data =
+        app.data(Some(token(&admin)), set_role, json!({ "id": grace["user"]["id"], "role": "STAFF" })).await;
+    assert_eq!(data["setUserRole"], json!({ "id": grace["user"]["id"], "role": "STAFF" }));
+    let error =
+        app.error(Some(token(&admin)), set_role, json!({ "id": "no such user", "role": "STAFF" })).await;
+    assert_eq!(code(&error), "BAD_USER_INPUT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_logins_are_rate_limited() {
+    let app = spawn_app().await;
+    let (_, email) = app.register("ada").await;
+    let login = "mutation($input: LoginInput!) { login(input: $input) { token } }";
+    let attempt = |password: &str| json!({ "input": { "email": email, "password": password } });
+
+    for _ in 0..5 {
+        assert_eq!(code(&app.error(None, login, attempt("wrong password!")).await), "UNAUTHENTICATED");
+    }
+    let error = app.error(None, login, attempt("correct horse battery")).await;
+    assert_eq!(code(&error), "RATE_LIMITED", "{error}");
 }

@@ -24,6 +24,7 @@ use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use self::negotiate::{ResponseMedia, prefers_html};
+use crate::denylist::Denylist;
 use crate::error::GatewayError;
 use crate::schema::{GatewaySchema, Viewer};
 use crate::upstream::{RequestCache, Upstreams};
@@ -34,13 +35,20 @@ const GRAPHQL_PATH: &str = "/graphql";
 pub struct AppState {
     schema: GatewaySchema,
     keys: Arc<TokenKeys>,
+    denylist: Denylist,
     upstreams: Upstreams,
     graphiql: bool,
 }
 
 impl AppState {
-    pub fn new(schema: GatewaySchema, keys: TokenKeys, upstreams: Upstreams, graphiql: bool) -> Self {
-        Self { schema, keys: Arc::new(keys), upstreams, graphiql }
+    pub fn new(
+        schema: GatewaySchema,
+        keys: TokenKeys,
+        denylist: Denylist,
+        upstreams: Upstreams,
+        graphiql: bool,
+    ) -> Self {
+        Self { schema, keys: Arc::new(keys), denylist, upstreams, graphiql }
     }
 }
 
@@ -189,7 +197,7 @@ async fn execute(
     request: async_graphql::Request,
     media: ResponseMedia,
 ) -> Response {
-    let viewer = match authenticate(&state.keys, headers) {
+    let viewer = match authenticate(state, headers).await {
         Ok(viewer) => viewer,
         Err(error) => {
             let status = match media {
@@ -209,9 +217,9 @@ async fn execute(
     render(response, media, status)
 }
 
-/// No token is an anonymous caller; a token that does not verify is refused
-/// outright rather than silently downgraded to anonymous.
-fn authenticate(keys: &TokenKeys, headers: &HeaderMap) -> Result<Viewer, ServerError> {
+/// No token is an anonymous caller; a token that does not verify, or was logged out,
+/// is refused outright rather than silently downgraded to anonymous.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Viewer, ServerError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(Viewer::anonymous()) };
     let token = value
         .to_str()
@@ -221,11 +229,23 @@ fn authenticate(keys: &TokenKeys, headers: &HeaderMap) -> Result<Viewer, ServerE
         .map(|(_, token)| token.trim());
     let refused = || server_error(&GatewayError::Unauthenticated("invalid or expired access token"));
     let token = token.ok_or_else(refused)?;
-    match keys.verify(token) {
-        Ok(claims) => Ok(Viewer::from_claims(claims)),
+    let claims = match state.keys.verify(token) {
+        Ok(claims) => claims,
         Err(error) => {
             tracing::debug!(%error, "access token refused");
+            return Err(refused());
+        }
+    };
+    match state.denylist.is_denied(&claims.jti).await {
+        Ok(false) => Ok(Viewer::from_claims(claims, token)),
+        Ok(true) => {
+            tracing::debug!("logged-out access token refused");
             Err(refused())
+        }
+        // Fail closed: without the denylist a logged-out token would pass.
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "unexpected error");
+            Err(server_error(&GatewayError::Unexpected(error)))
         }
     }
 }

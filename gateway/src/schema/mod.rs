@@ -6,6 +6,7 @@ mod query;
 mod types;
 
 use async_graphql::{Context, EmptySubscription, Schema};
+use marquee_common::Secret;
 use marquee_common::auth::Claims;
 
 use crate::domain::UserId;
@@ -38,6 +39,8 @@ pub struct Viewer(Option<Identity>);
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub user_id: UserId,
+    /// Forwarded to the user service on logout, which denies its `jti`.
+    pub access_token: Secret<String>,
 }
 
 impl Viewer {
@@ -46,8 +49,11 @@ impl Viewer {
     }
 
     /// The claims were verified by `TokenKeys::verify`; `sub` is the user id.
-    pub fn from_claims(claims: Claims) -> Self {
-        Self(Some(Identity { user_id: UserId::from_trusted(claims.sub) }))
+    pub fn from_claims(claims: Claims, token: &str) -> Self {
+        Self(Some(Identity {
+            user_id: UserId::from_trusted(claims.sub),
+            access_token: Secret::new(token.to_owned()),
+        }))
     }
 
     pub fn identity(&self) -> Option<&Identity> {
@@ -108,6 +114,10 @@ mod tests {
             "login(input: LoginInput!): AuthPayload!",
             "holdSeats(input: HoldSeatsInput!): Booking!",
             "payBooking(input: PayBookingInput!): Booking!",
+            "refreshToken(refreshToken: String!): AuthPayload!",
+            "logout(refreshToken: String!): Boolean!",
+            "updateProfile(input: UpdateProfileInput!): User!",
+            "setUserRole(userId: ID!, role: Role!): User!",
             "scalar Date",
             "seatMap: SeatMap!",
             "amount: Int!",

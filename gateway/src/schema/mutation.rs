@@ -1,8 +1,10 @@
 use async_graphql::{Context, ID, InputObject, Object};
 
+use marquee_proto::user::v1 as user;
+
 use super::scope;
-use super::types::{AuthPayload, Booking, BookingStatus};
-use crate::domain::{BookingId, IdempotencyKey, PaymentMethod, SeatSelection, ShowtimeId};
+use super::types::{AuthPayload, Booking, BookingStatus, Role, User};
+use crate::domain::{BookingId, IdempotencyKey, PaymentMethod, Phone, SeatSelection, ShowtimeId, UserId};
 use crate::error::GatewayError;
 
 #[derive(InputObject)]
@@ -11,6 +13,22 @@ pub struct RegisterInput {
     #[graphql(secret)]
     pub password: String,
     pub name: String,
+    /// E.164, for SMS notifications.
+    pub phone: Option<String>,
+}
+
+/// Omitted fields keep their value; `phone: ""` removes the number.
+#[derive(InputObject)]
+pub struct UpdateProfileInput {
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub notification_preferences: Option<NotificationPreferencesInput>,
+}
+
+#[derive(InputObject)]
+pub struct NotificationPreferencesInput {
+    pub email: bool,
+    pub sms: bool,
 }
 
 #[derive(InputObject)]
@@ -43,8 +61,71 @@ impl MutationRoot {
     /// Email, password and name rules are the user service's; its errors come back as is.
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> async_graphql::Result<AuthPayload> {
         let scope = scope(ctx)?;
+        // Checked before the account exists, so a bad number never leaves an account behind.
+        let phone = input.phone.as_deref().map(Phone::parse).transpose()?;
         let response = scope.upstreams.register(input.email, input.password, input.name).await?;
+        let mut payload = AuthPayload::from_proto(response)?;
+        if let Some(phone) = phone {
+            // RegisterRequest carries no phone: other crates build it field by field, so
+            // the number is stored by a second call on the account just created.
+            let request = user::UpdateProfileRequest {
+                id: payload.user.0.id.clone(),
+                phone: Some(phone.into_inner()),
+                ..Default::default()
+            };
+            payload.user = User(scope.upstreams.update_profile(request).await?);
+        }
+        Ok(payload)
+    }
+
+    /// Spends a refresh token for a new access token and refresh token.
+    async fn refresh_token(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] refresh_token: String,
+    ) -> async_graphql::Result<AuthPayload> {
+        let scope = scope(ctx)?;
+        let response = scope.upstreams.refresh_token(refresh_token).await?;
         Ok(AuthPayload::from_proto(response)?)
+    }
+
+    /// Ends the session: the refresh token's family is revoked and the bearer access
+    /// token stops working at once.
+    async fn logout(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] refresh_token: String,
+    ) -> async_graphql::Result<bool> {
+        let scope = scope(ctx)?;
+        let identity = scope.viewer.require()?;
+        scope.upstreams.logout(identity.access_token.expose().clone(), refresh_token).await?;
+        Ok(true)
+    }
+
+    async fn update_profile(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateProfileInput,
+    ) -> async_graphql::Result<User> {
+        let scope = scope(ctx)?;
+        let identity = scope.viewer.require()?;
+        let request = user::UpdateProfileRequest {
+            id: identity.user_id.to_string(),
+            name: input.name,
+            phone: input.phone,
+            notification_preferences: input
+                .notification_preferences
+                .map(|p| user::NotificationPreferences { email: p.email, sms: p.sms }),
+        };
+        Ok(User(scope.upstreams.update_profile(request).await?))
+    }
+
+    /// Admin only (FORBIDDEN otherwise), judged by the caller's role as stored now.
+    async fn set_user_role(&self, ctx: &Context<'_>, user_id: ID, role: Role) -> async_graphql::Result<User> {
+        let scope = scope(ctx)?;
+        let identity = scope.viewer.require()?;
+        let target = UserId::parse(&user_id)?;
+        Ok(User(scope.upstreams.set_user_role(&identity.user_id, &target, role.to_proto()).await?))
     }
 
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> async_graphql::Result<AuthPayload> {

@@ -325,6 +325,16 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    pub fn to_proto(self) -> user::Role {
+        match self {
+            Self::Customer => user::Role::Customer,
+            Self::Staff => user::Role::Staff,
+            Self::Admin => user::Role::Admin,
+        }
+    }
+}
+
 /// Only ever built for the caller themself (`me`, `register`, `login`), so the
 /// bookings and notifications it lists are the caller's own.
 pub struct User(pub user::User);
@@ -341,6 +351,20 @@ impl User {
 
     async fn name(&self) -> &str {
         &self.0.name
+    }
+
+    /// E.164, e.g. "+4915112345678"; null when none was given.
+    async fn phone(&self) -> Option<&str> {
+        non_empty(&self.0.phone)
+    }
+
+    async fn notification_preferences(&self) -> NotificationPreferences {
+        // Every stored account has preferences; a missing message is the default.
+        let prefs = self
+            .0
+            .notification_preferences
+            .unwrap_or(user::NotificationPreferences { email: true, sms: false });
+        NotificationPreferences { email: prefs.email, sms: prefs.sms }
     }
 
     async fn role(&self) -> async_graphql::Result<Role> {
@@ -405,16 +429,26 @@ impl Notification {
     }
 }
 
+/// Which channels the user is notified on.
+#[derive(SimpleObject)]
+pub struct NotificationPreferences {
+    pub email: bool,
+    pub sms: bool,
+}
+
 #[derive(SimpleObject)]
 pub struct AuthPayload {
-    /// Bearer access token for the `Authorization` header.
+    /// Bearer access token for the `Authorization` header; short-lived.
     pub token: String,
+    /// One use: exchange it with `refreshToken` for a new pair. Reusing a spent one
+    /// signs out every session descended from the same login.
+    pub refresh_token: String,
     pub user: User,
 }
 
 impl AuthPayload {
     pub fn from_proto(response: user::AuthResponse) -> Result<Self, GatewayError> {
         let user = response.user.ok_or_else(|| broken("an auth response without a user"))?;
-        Ok(Self { token: response.access_token, user: User(user) })
+        Ok(Self { token: response.access_token, refresh_token: response.refresh_token, user: User(user) })
     }
 }

@@ -1,14 +1,16 @@
 //! Access tokens: the claims the user service signs and every other hop verifies.
 //!
-//! HS256 with the secret from config; `alg` is pinned on verification, and `iss`,
-//! `exp` and `nbf` are always checked. The user id is the token's `sub`.
+//! HS256 with the secret from config (default) or RS256 with PEM key files; the
+//! configured `alg` is pinned on verification, and `iss`, `exp` and `nbf` are always
+//! checked. The user id is the token's `sub`. Logged-out tokens are denied by `jti`
+//! in Redis under [`denied_jti_key`]: the user service writes it, the gateway reads it.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::AuthSettings;
+use crate::config::{AuthSettings, JwtAlgorithm};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,12 +41,22 @@ pub struct Claims {
     pub jti: String,
 }
 
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY_SECONDS: i64 = 5;
+
+/// The Redis key that denies one access token (by `jti`) until it expires.
+pub fn denied_jti_key(redis_prefix: &str, jti: &str) -> String {
+    format!("{redis_prefix}auth:denied-jti:{jti}")
+}
+
 /// Signs and verifies access tokens with one configured key.
 #[derive(Clone)]
 pub struct TokenKeys {
     issuer: String,
     ttl: chrono::Duration,
-    encoding: EncodingKey,
+    algorithm: Algorithm,
+    /// `None` for an RS256 verifier that was given only the public key.
+    encoding: Option<EncodingKey>,
     decoding: DecodingKey,
 }
 
@@ -55,17 +67,41 @@ pub struct InvalidToken(#[from] jsonwebtoken::errors::Error);
 
 impl TokenKeys {
     pub fn new(settings: &AuthSettings) -> anyhow::Result<Self> {
-        let secret = settings.jwt_secret.expose().as_bytes();
-        anyhow::ensure!(secret.len() >= 32, "auth.jwt_secret must be at least 32 bytes");
         anyhow::ensure!(
             settings.access_token_ttl_seconds > 0,
             "auth.access_token_ttl_seconds must be positive"
         );
+        let (algorithm, encoding, decoding) = match settings.algorithm {
+            JwtAlgorithm::Hs256 => {
+                let secret = settings.jwt_secret.expose().as_bytes();
+                anyhow::ensure!(secret.len() >= 32, "auth.jwt_secret must be at least 32 bytes");
+                (Algorithm::HS256, Some(EncodingKey::from_secret(secret)), DecodingKey::from_secret(secret))
+            }
+            JwtAlgorithm::Rs256 => {
+                let public = settings
+                    .rsa_public_key_path
+                    .as_deref()
+                    .context("auth.rsa_public_key_path is required for RS256")?;
+                let public = std::fs::read(public)
+                    .with_context(|| format!("cannot read RSA public key {}", public.display()))?;
+                let decoding = DecodingKey::from_rsa_pem(&public).context("invalid RSA public key PEM")?;
+                let encoding = match settings.rsa_private_key_path.as_deref() {
+                    Some(path) => {
+                        let private = std::fs::read(path)
+                            .with_context(|| format!("cannot read RSA private key {}", path.display()))?;
+                        Some(EncodingKey::from_rsa_pem(&private).context("invalid RSA private key PEM")?)
+                    }
+                    None => None,
+                };
+                (Algorithm::RS256, encoding, decoding)
+            }
+        };
         Ok(Self {
             issuer: settings.issuer.clone(),
             ttl: chrono::Duration::seconds(settings.access_token_ttl_seconds),
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            algorithm,
+            encoding,
+            decoding,
         })
     }
 
@@ -86,18 +122,20 @@ impl TokenKeys {
             exp: expires_at.timestamp(),
             jti: uuid::Uuid::new_v4().to_string(),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let encoding =
+            self.encoding.as_ref().context("no signing key: auth.rsa_private_key_path is unset")?;
+        let token = jsonwebtoken::encode(&Header::new(self.algorithm), &claims, encoding)
             .context("cannot sign access token")?;
         Ok((token, expires_at))
     }
 
-    /// Verifies signature (HS256 only), issuer, `exp` and `nbf`.
+    /// Verifies signature (the configured `alg` only), issuer, `exp` and `nbf`.
     pub fn verify(&self, token: &str) -> Result<Claims, InvalidToken> {
-        let mut validation = Validation::new(Algorithm::HS256);
+        let mut validation = Validation::new(self.algorithm);
         validation.set_issuer(&[&self.issuer]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "sub"]);
         validation.validate_nbf = true;
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECONDS.unsigned_abs();
         Ok(jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)?.claims)
     }
 }
@@ -115,6 +153,22 @@ mod tests {
             argon2_memory_kib: 1024,
             argon2_iterations: 1,
             argon2_parallelism: 1,
+            algorithm: JwtAlgorithm::Hs256,
+            rsa_private_key_path: None,
+            rsa_public_key_path: None,
+            refresh_token_ttl_seconds: 3600,
+            login_max_failures: 5,
+            login_failure_window_seconds: 900,
+        }
+    }
+
+    fn rs256(private: Option<&str>, public: &str) -> AuthSettings {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        AuthSettings {
+            algorithm: JwtAlgorithm::Rs256,
+            rsa_private_key_path: private.map(|name| dir.join(name)),
+            rsa_public_key_path: Some(dir.join(public)),
+            ..settings(SECRET, "marquee-user")
         }
     }
 
@@ -147,5 +201,24 @@ mod tests {
         let payload = good.split('.').nth(1).unwrap();
         let none_token = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
         assert!(keys.verify(&none_token).is_err());
+    }
+
+    #[test]
+    fn rs256_tokens_verify_with_the_public_key_alone_and_alg_is_pinned() {
+        let signer = TokenKeys::new(&rs256(Some("rs256-private.pem"), "rs256-public.pem")).unwrap();
+        let verifier = TokenKeys::new(&rs256(None, "rs256-public.pem")).unwrap();
+        let (token, _) = signer.issue("u1", Role::Staff, Utc::now()).unwrap();
+        assert_eq!(jsonwebtoken::decode_header(&token).unwrap().alg, Algorithm::RS256);
+        assert_eq!(verifier.verify(&token).unwrap().role, Role::Staff);
+        assert!(verifier.issue("u1", Role::Staff, Utc::now()).is_err());
+
+        // A key pair we did not configure, and an HS256 token, are both refused.
+        let other = TokenKeys::new(&rs256(Some("rs256-other-private.pem"), "rs256-public.pem")).unwrap();
+        let (forged, _) = other.issue("u1", Role::Admin, Utc::now()).unwrap();
+        assert!(verifier.verify(&forged).is_err());
+        let hs = TokenKeys::new(&settings(SECRET, "marquee-user")).unwrap();
+        let (hs_token, _) = hs.issue("u1", Role::Admin, Utc::now()).unwrap();
+        assert!(verifier.verify(&hs_token).is_err());
+        assert!(hs.verify(&token).is_err());
     }
 }

@@ -23,10 +23,10 @@ pub struct Settings {
     pub rabbitmq: RabbitSettings,
     pub auth: AuthSettings,
     pub upstream: UpstreamSettings,
-    pub user: ServerSettings,
+    pub user: UserSettings,
     pub cinema: CinemaSettings,
     pub booking: BookingSettings,
-    pub payment: ServerSettings,
+    pub payment: PaymentSettings,
     pub notification: NotificationSettings,
     pub gateway: GatewaySettings,
 }
@@ -95,6 +95,38 @@ pub struct AuthSettings {
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
+    /// `HS256` signs with `jwt_secret`; `RS256` with the PEM key files below.
+    #[serde(default)]
+    pub algorithm: JwtAlgorithm,
+    /// RS256 only: the signer needs the private key, verifiers only the public one.
+    #[serde(default)]
+    pub rsa_private_key_path: Option<PathBuf>,
+    #[serde(default)]
+    pub rsa_public_key_path: Option<PathBuf>,
+    pub refresh_token_ttl_seconds: i64,
+    /// Failed logins for one email allowed within the window before RATE_LIMITED.
+    pub login_max_failures: u32,
+    pub login_failure_window_seconds: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    #[default]
+    #[serde(rename = "HS256")]
+    Hs256,
+    #[serde(rename = "RS256")]
+    Rs256,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct UserSettings {
+    #[serde(flatten)]
+    pub server: ServerSettings,
+    /// Created (or promoted) as admin at startup when both are set; idempotent.
+    #[serde(default)]
+    pub bootstrap_admin_email: Option<String>,
+    #[serde(default)]
+    pub bootstrap_admin_password: Option<Secret<String>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -125,6 +157,41 @@ pub struct CinemaSettings {
     pub server: ServerSettings,
     pub max_seats_per_hold: usize,
     pub seed_demo: bool,
+    /// Holds are refused for showtimes starting within this many seconds.
+    #[serde(default = "default_hold_cutoff_seconds")]
+    pub hold_cutoff_seconds: i32,
+    /// How much longer a hold lives after its one `ExtendHold`.
+    #[serde(default = "default_hold_extension_seconds")]
+    pub hold_extension_seconds: i32,
+    /// A showtime ends this long after its movie does (cleaning, doors).
+    #[serde(default = "default_cleaning_buffer_minutes")]
+    pub cleaning_buffer_minutes: i32,
+    /// Refuse holds that leave a single free seat stranded in a row.
+    #[serde(default = "default_no_orphan_seats")]
+    pub no_orphan_seats: bool,
+    /// How often lapsed holds are released and announced; 0 turns the sweeper off.
+    #[serde(default = "default_hold_sweep_interval_ms")]
+    pub hold_sweep_interval_ms: u64,
+}
+
+fn default_hold_sweep_interval_ms() -> u64 {
+    5000
+}
+
+fn default_no_orphan_seats() -> bool {
+    true
+}
+
+fn default_cleaning_buffer_minutes() -> i32 {
+    20
+}
+
+fn default_hold_cutoff_seconds() -> i32 {
+    600
+}
+
+fn default_hold_extension_seconds() -> i32 {
+    300
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -132,6 +199,26 @@ pub struct BookingSettings {
     #[serde(flatten)]
     pub server: ServerSettings,
     pub hold_ttl_seconds: i32,
+    pub outbox_poll_ms: u64,
+    /// Charge calls per payment attempt when payment answers UNAVAILABLE (same key).
+    pub charge_attempts: u32,
+    /// Wait before the first charge retry; doubles after each.
+    pub charge_retry_backoff_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct PaymentSettings {
+    #[serde(flatten)]
+    pub server: ServerSettings,
+    /// How long the `pm_card_slow` test card takes to answer.
+    pub slow_card_delay_ms: u64,
+    /// How long a charge that finds its key in flight waits for the result before
+    /// answering ABORTED.
+    pub charge_wait_ms: u64,
+    /// How long one processor attempt may hold a key; after that (a crashed attempt)
+    /// a retry takes over.
+    pub charge_lease_ms: u64,
+    /// The outbox relay also wakes on every write; this is its fallback poll.
     pub outbox_poll_ms: u64,
 }
 
@@ -141,6 +228,15 @@ pub struct NotificationSettings {
     pub server: ServerSettings,
     pub claim_ttl_seconds: u64,
     pub done_ttl_seconds: u64,
+    /// Deliveries of one message (`x-delivery-limit`) before it is dead-lettered.
+    #[serde(default = "default_delivery_limit")]
+    pub delivery_limit: u32,
+    /// Where Prometheus scrapes `/metrics` (on `host`); 0 picks a free port (tests).
+    pub metrics_port: u16,
+}
+
+fn default_delivery_limit() -> u32 {
+    5
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -187,7 +283,7 @@ mod tests {
     #[test]
     fn repository_config_loads_and_test_layer_overrides_ports() {
         let settings = Settings::for_tests().unwrap();
-        assert_eq!(settings.user.port, 0);
+        assert_eq!(settings.user.server.port, 0);
         assert_eq!(settings.booking.server.port, 0);
         assert_eq!(settings.booking.hold_ttl_seconds, 480);
         assert_eq!(settings.rabbitmq.exchange, "marquee.events");

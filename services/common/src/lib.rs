@@ -1,12 +1,14 @@
 //! The service kit every Marquee binary uses: layered configuration, tracing,
 //! shutdown, the gRPC server scaffolding (health + reflection), the mapping of
-//! errors to `tonic::Status`, and small helpers for MongoDB, time and gRPC clients.
+//! errors to `tonic::Status`, the outbox relay to RabbitMQ, and small helpers for
+//! MongoDB, time and gRPC clients.
 
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod mongo;
+pub mod outbox;
 pub mod rabbit;
 pub mod secret;
 pub mod shutdown;

@@ -106,6 +106,60 @@ impl UserName {
     }
 }
 
+/// A phone number in E.164 form (`+` then 8 to 15 digits, no leading zero), the form
+/// SMS gateways take. Spaces, dashes and parentheses typed between digits are dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Phone(String);
+
+impl Phone {
+    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        let compact: String = raw.chars().filter(|c| !matches!(c, ' ' | '-' | '(' | ')')).collect();
+        let bad = || invalid("phone must be in E.164 form, e.g. +4915112345678");
+        let digits = compact.strip_prefix('+').ok_or_else(bad)?;
+        if !(8..=15).contains(&digits.len())
+            || !digits.chars().all(|c| c.is_ascii_digit())
+            || digits.starts_with('0')
+        {
+            return Err(bad());
+        }
+        Ok(Self(compact))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Which channels a user is notified on. At least one; SMS needs a phone number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotificationPreferences {
+    email: bool,
+    sms: bool,
+}
+
+impl NotificationPreferences {
+    /// What a new account starts with.
+    pub const EMAIL_ONLY: Self = Self { email: true, sms: false };
+
+    pub fn parse(email: bool, sms: bool, phone: Option<&Phone>) -> Result<Self, InvalidInput> {
+        if !email && !sms {
+            return Err(invalid("at least one notification channel (email or SMS) must be on"));
+        }
+        if sms && phone.is_none() {
+            return Err(invalid("SMS notifications need a phone number"));
+        }
+        Ok(Self { email, sms })
+    }
+
+    pub fn email(self) -> bool {
+        self.email
+    }
+
+    pub fn sms(self) -> bool {
+        self.sms
+    }
+}
+
 /// A password chosen at registration. Wrapped in `Secret` so it can never be logged.
 pub struct NewPassword(Secret<String>);
 
@@ -182,6 +236,24 @@ mod tests {
         assert!(NewPassword::parse("ü".repeat(128), &email).is_ok());
         assert!(NewPassword::parse("a".repeat(129), &email).is_err());
         assert!(NewPassword::parse("ADA@example.com".to_owned(), &email).is_err());
+    }
+
+    #[test]
+    fn phones_are_e164() {
+        assert_eq!(Phone::parse("+49 151 1234-5678").unwrap().as_str(), "+4915112345678");
+        assert_eq!(Phone::parse("+1 (415) 555-0100").unwrap().as_str(), "+14155550100");
+        for raw in ["", "4915112345678", "+0151123456", "+1234567", "+1234567890123456", "+49abc12345678"] {
+            assert!(Phone::parse(raw).is_err(), "{raw:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn preferences_need_a_channel_and_sms_needs_a_phone() {
+        let phone = Phone::parse("+4915112345678").unwrap();
+        assert!(NotificationPreferences::parse(false, false, Some(&phone)).is_err());
+        assert!(NotificationPreferences::parse(true, true, None).is_err());
+        let both = NotificationPreferences::parse(true, true, Some(&phone)).unwrap();
+        assert!(both.email() && both.sms());
     }
 
     #[test]

@@ -83,6 +83,12 @@ mod tests {
             argon2_memory_kib: 1024,
             argon2_iterations: 1,
             argon2_parallelism: 1,
+            algorithm: marquee_common::config::JwtAlgorithm::Hs256,
+            rsa_private_key_path: None,
+            rsa_public_key_path: None,
+            refresh_token_ttl_seconds: 3600,
+            login_max_failures: 5,
+            login_failure_window_seconds: 900,
         }
     }
 

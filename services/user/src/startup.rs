@@ -1,8 +1,10 @@
-//! Wiring: connect MongoDB, ensure indexes, bind the gRPC port, serve until shutdown.
+//! Wiring: connect MongoDB and Redis, ensure indexes and the bootstrap admin, bind the
+//! gRPC port, serve until shutdown.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
 use marquee_common::Settings;
 use marquee_common::auth::TokenKeys;
 use marquee_common::shutdown::Shutdown;
@@ -14,6 +16,8 @@ use tonic::service::Routes;
 use crate::password::PasswordHasherService;
 use crate::service::UserServiceImpl;
 use crate::store::UserStore;
+use crate::throttle::LoginThrottle;
+use crate::tokens::{AccessDenylist, RefreshTokens};
 
 /// The user service, built and bound but not yet serving.
 pub struct Application {
@@ -29,11 +33,37 @@ impl Application {
         let hasher = PasswordHasherService::new(&settings.auth).await?;
         let db = marquee_common::mongo::connect(&settings.mongo, "user").await?;
         let store = UserStore::init(&db).await?;
-        let (listener, addr) = marquee_common::grpc::bind(&settings.user).await?;
+        let refresh = RefreshTokens::init(&db, settings.auth.refresh_token_ttl_seconds).await?;
+        let client =
+            redis::Client::open(settings.redis.url.expose().as_str()).context("invalid Redis URL")?;
+        let redis = redis::aio::ConnectionManager::new(client).await.context("cannot connect to Redis")?;
+        let prefix = settings.redis.key_prefix.clone();
+        let throttle = LoginThrottle::new(
+            redis.clone(),
+            prefix.clone(),
+            settings.auth.login_max_failures,
+            settings.auth.login_failure_window_seconds,
+        );
+        let service = UserServiceImpl {
+            store,
+            hasher,
+            tokens,
+            refresh,
+            denylist: AccessDenylist::new(redis, prefix),
+            throttle,
+        };
+        match (&settings.user.bootstrap_admin_email, &settings.user.bootstrap_admin_password) {
+            (Some(email), Some(password)) => service.ensure_admin(email, password.clone()).await?,
+            (None, None) => {}
+            _ => anyhow::bail!(
+                "set both user.bootstrap_admin_email and user.bootstrap_admin_password, or neither"
+            ),
+        }
+        let (listener, addr) = marquee_common::grpc::bind(&settings.user.server).await?;
         Ok(Application {
             listener,
             addr,
-            service: UserServiceImpl::new(store, hasher, tokens),
+            service,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
         })
     }

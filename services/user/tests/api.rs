@@ -13,6 +13,7 @@ struct TestApp {
     client: UserServiceClient<Channel>,
     settings: Settings,
     users: mongodb::Collection<Document>,
+    refresh_tokens: mongodb::Collection<Document>,
     shutdown: Shutdown,
 }
 
@@ -23,14 +24,25 @@ impl Drop for TestApp {
 }
 
 async fn spawn_app() -> TestApp {
-    let settings = marquee_common::testing::isolated_settings().await.expect("isolated settings");
+    spawn_app_with(|_| {}).await
+}
+
+async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = marquee_common::testing::isolated_settings().await.expect("isolated settings");
+    configure(&mut settings);
     let app = Application::build(settings.clone()).await.expect("build user service");
     let addr = app.addr();
     let shutdown = Shutdown::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let client = UserServiceClient::connect(format!("http://{addr}")).await.expect("connect");
     let db = marquee_common::mongo::connect(&settings.mongo, "user").await.expect("mongo");
-    TestApp { client, users: db.collection("users"), settings, shutdown }
+    TestApp {
+        client,
+        users: db.collection("users"),
+        refresh_tokens: db.collection("refresh_tokens"),
+        settings,
+        shutdown,
+    }
 }
 
 impl TestApp {
@@ -63,6 +75,49 @@ impl TestApp {
             .await
             .map(|r| r.into_inner())
             .map_err(|s| ApiError::from_status(&s))
+    }
+
+    async fn refresh(&self, refresh_token: &str) -> Result<pb::AuthResponse, ApiError> {
+        let request = pb::RefreshTokenRequest { refresh_token: refresh_token.into() };
+        self.client
+            .clone()
+            .refresh_token(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ApiError::from_status(&s))
+    }
+
+    async fn logout(&self, auth: &pb::AuthResponse) -> Result<(), ApiError> {
+        let request = pb::LogoutRequest {
+            access_token: auth.access_token.clone(),
+            refresh_token: auth.refresh_token.clone(),
+        };
+        self.client.clone().logout(request).await.map(|_| ()).map_err(|s| ApiError::from_status(&s))
+    }
+
+    async fn update_profile(&self, request: pb::UpdateProfileRequest) -> Result<pb::User, ApiError> {
+        self.client
+            .clone()
+            .update_profile(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ApiError::from_status(&s))
+    }
+
+    async fn set_role(&self, actor: &str, user: &str, role: pb::Role) -> Result<pb::User, ApiError> {
+        let request =
+            pb::SetUserRoleRequest { actor_id: actor.into(), user_id: user.into(), role: role.into() };
+        self.client
+            .clone()
+            .set_user_role(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ApiError::from_status(&s))
+    }
+
+    async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.settings.redis.url.expose().as_str()).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
     }
 
     async fn stored_users(&self) -> u64 {
@@ -154,4 +209,252 @@ async fn get_user_returns_the_account_without_secrets() {
     assert_eq!(missing.code, ErrorCode::NotFound);
     let malformed = app.get_user("not-a-uuid").await.unwrap_err();
     assert_eq!(malformed.code, ErrorCode::BadUserInput);
+}
+
+fn prefs(email: bool, sms: bool) -> Option<pb::NotificationPreferences> {
+    Some(pb::NotificationPreferences { email, sms })
+}
+
+#[tokio::test]
+async fn new_accounts_are_notified_by_email_only_and_get_full_claims() {
+    let app = spawn_app().await;
+    let keys = TokenKeys::new(&app.settings.auth).unwrap();
+    let registered = app.register("ada@example.com", PASSWORD, "Ada").await.unwrap();
+    let user = registered.user.clone().unwrap();
+    assert_eq!(user.phone, "");
+    assert_eq!(user.notification_preferences, prefs(true, false));
+    assert_eq!(registered.refresh_token.len(), 64, "256 random bits, hex");
+
+    let claims = keys.verify(&registered.access_token).unwrap();
+    assert_eq!(claims.iss, app.settings.auth.issuer);
+    assert_eq!((claims.iat, claims.nbf), (claims.exp - 900, claims.exp - 900));
+    uuid::Uuid::parse_str(&claims.jti).expect("jti is a UUID");
+    let again = app.login("ada@example.com", PASSWORD).await.unwrap();
+    assert_ne!(keys.verify(&again.access_token).unwrap().jti, claims.jti);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_concurrent_registrations_of_one_email_make_one_account() {
+    let app = spawn_app().await;
+    let attempts = (0..16).map(|i| {
+        let app = &app;
+        async move { app.register(" Race@Example.com", PASSWORD, &format!("Racer {i}")).await }
+    });
+    let results = futures::future::join_all(attempts).await;
+
+    let winners = results.iter().filter(|r| r.is_ok()).count();
+    let conflicts = results.iter().filter(|r| matches!(r, Err(e) if e.code == ErrorCode::Conflict)).count();
+    assert_eq!((winners, conflicts), (1, 15), "{results:?}");
+    assert_eq!(app.stored_users().await, 1);
+}
+
+#[tokio::test]
+async fn profiles_update_name_phone_and_preferences() {
+    let app = spawn_app().await;
+    let id = app.register("ada@example.com", PASSWORD, "Ada").await.unwrap().user.unwrap().id;
+    let update = |name: Option<&str>, phone: Option<&str>, notify| pb::UpdateProfileRequest {
+        id: id.clone(),
+        name: name.map(str::to_owned),
+        phone: phone.map(str::to_owned),
+        notification_preferences: notify,
+    };
+
+    // SMS needs a phone number; a malformed number or no channel at all is refused.
+    for (request, why) in [
+        (update(None, None, prefs(true, true)), "sms without phone"),
+        (update(None, Some("0151 1234"), None), "not E.164"),
+        (update(None, Some("+4915112345678"), prefs(false, false)), "no channel"),
+        (update(Some("  "), None, None), "blank name"),
+    ] {
+        assert_eq!(app.update_profile(request).await.unwrap_err().code, ErrorCode::BadUserInput, "{why}");
+    }
+
+    let updated = app
+        .update_profile(update(Some("Ada Lovelace"), Some("+49 151 1234 5678"), prefs(false, true)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated.name.as_str(), updated.phone.as_str(), updated.notification_preferences),
+        ("Ada Lovelace", "+4915112345678", prefs(false, true))
+    );
+    assert_eq!(app.get_user(&id).await.unwrap(), updated);
+
+    // Unset fields keep their value; the phone cannot go while SMS depends on it.
+    let renamed = app.update_profile(update(Some("Ada"), None, None)).await.unwrap();
+    assert_eq!(
+        (renamed.phone.as_str(), renamed.notification_preferences),
+        ("+4915112345678", prefs(false, true))
+    );
+    let err = app.update_profile(update(None, Some(""), None)).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::BadUserInput);
+    let cleared = app.update_profile(update(None, Some(""), prefs(true, false))).await.unwrap();
+    assert_eq!((cleared.phone.as_str(), cleared.notification_preferences), ("", prefs(true, false)));
+
+    let missing = update(None, None, None);
+    let missing = pb::UpdateProfileRequest { id: uuid::Uuid::new_v4().to_string(), ..missing };
+    assert_eq!(app.update_profile(missing).await.unwrap_err().code, ErrorCode::NotFound);
+}
+
+#[tokio::test]
+async fn five_failed_logins_lock_the_email_even_for_the_right_password() {
+    let app = spawn_app().await;
+    app.register("ada@example.com", PASSWORD, "Ada").await.unwrap();
+    app.register("grace@example.com", PASSWORD, "Grace").await.unwrap();
+
+    for _ in 0..5 {
+        let err = app.login("ada@example.com", "not the password").await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthenticated);
+    }
+    let locked = app.login("ADA@example.com", PASSWORD).await.unwrap_err();
+    assert_eq!(locked.code, ErrorCode::RateLimited);
+    let retry_after: u64 = locked.metadata.get("retry_after_seconds").unwrap().parse().unwrap();
+    assert!((1..=900).contains(&retry_after), "{retry_after}");
+
+    // The lock is per email, and unknown emails are counted the same way.
+    app.login("grace@example.com", PASSWORD).await.unwrap();
+    for _ in 0..5 {
+        app.login("nobody@example.com", PASSWORD).await.unwrap_err();
+    }
+    assert_eq!(app.login("nobody@example.com", PASSWORD).await.unwrap_err().code, ErrorCode::RateLimited);
+}
+
+#[tokio::test]
+async fn the_login_lock_lifts_when_the_window_passes() {
+    let app = spawn_app_with(|s| {
+        s.auth.login_max_failures = 2;
+        s.auth.login_failure_window_seconds = 1;
+    })
+    .await;
+    app.register("ada@example.com", PASSWORD, "Ada").await.unwrap();
+    for _ in 0..2 {
+        app.login("ada@example.com", "not the password").await.unwrap_err();
+    }
+    assert_eq!(app.login("ada@example.com", PASSWORD).await.unwrap_err().code, ErrorCode::RateLimited);
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match app.login("ada@example.com", PASSWORD).await {
+            Ok(_) => break,
+            Err(e) if e.code == ErrorCode::RateLimited && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("still locked at the deadline: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_a_reused_one_revokes_the_family() {
+    let app = spawn_app().await;
+    let keys = TokenKeys::new(&app.settings.auth).unwrap();
+    let first = app.register("ada@example.com", PASSWORD, "Ada").await.unwrap();
+
+    let second = app.refresh(&first.refresh_token).await.unwrap();
+    assert_ne!(second.refresh_token, first.refresh_token);
+    assert_eq!(keys.verify(&second.access_token).unwrap().sub, first.user.as_ref().unwrap().id);
+    let third = app.refresh(&second.refresh_token).await.unwrap();
+
+    // Only hashes are stored.
+    let tokens = &app.refresh_tokens;
+    assert!(tokens.find_one(doc! { "_id": &third.refresh_token }).await.unwrap().is_none());
+    assert_eq!(tokens.count_documents(doc! {}).await.unwrap(), 3);
+
+    // Replaying the spent first token is theft: it fails and takes the live one down too.
+    let reused = app.refresh(&first.refresh_token).await.unwrap_err();
+    assert_eq!(reused.code, ErrorCode::Unauthenticated);
+    assert_eq!(app.refresh(&third.refresh_token).await.unwrap_err().code, ErrorCode::Unauthenticated);
+    assert_eq!(app.refresh("0".repeat(64).as_str()).await.unwrap_err().code, ErrorCode::Unauthenticated);
+
+    // Another login starts a new family, unaffected.
+    let other = app.login("ada@example.com", PASSWORD).await.unwrap();
+    app.refresh(&other.refresh_token).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_refreshes_of_one_token_succeed_once() {
+    let app = spawn_app().await;
+    let first = app.register("ada@example.com", PASSWORD, "Ada").await.unwrap();
+    let attempts = (0..8).map(|_| app.refresh(&first.refresh_token));
+    let results = futures::future::join_all(attempts).await;
+    let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    // The losers replayed a spent token: the family is gone, the winner's new token too.
+    let err = app.refresh(&winners[0].refresh_token).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unauthenticated);
+}
+
+#[tokio::test]
+async fn logout_denies_the_access_token_until_it_expires_and_revokes_the_family() {
+    let app = spawn_app().await;
+    let keys = TokenKeys::new(&app.settings.auth).unwrap();
+    let session = app.register("ada@example.com", PASSWORD, "Ada").await.unwrap();
+    let claims = keys.verify(&session.access_token).unwrap();
+
+    app.logout(&session).await.unwrap();
+
+    let key = marquee_common::auth::denied_jti_key(&app.settings.redis.key_prefix, &claims.jti);
+    let mut redis = app.redis().await;
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut redis).await.unwrap();
+    let remaining = claims.exp - chrono::Utc::now().timestamp();
+    assert!(ttl >= remaining && ttl <= remaining + 10, "ttl {ttl}, token lives {remaining}s more");
+    assert_eq!(app.refresh(&session.refresh_token).await.unwrap_err().code, ErrorCode::Unauthenticated);
+
+    // Someone else's refresh token cannot be revoked with my access token.
+    let grace = app.register("grace@example.com", PASSWORD, "Grace").await.unwrap();
+    let mine = app.login("ada@example.com", PASSWORD).await.unwrap();
+    let crossed = pb::AuthResponse { refresh_token: grace.refresh_token.clone(), ..mine };
+    assert_eq!(app.logout(&crossed).await.unwrap_err().code, ErrorCode::Unauthenticated);
+    app.refresh(&grace.refresh_token).await.unwrap();
+    let garbage = pb::AuthResponse { access_token: "not.a.jwt".into(), ..grace };
+    assert_eq!(app.logout(&garbage).await.unwrap_err().code, ErrorCode::Unauthenticated);
+}
+
+#[tokio::test]
+async fn the_bootstrap_admin_is_idempotent_and_only_admins_set_roles() {
+    let admin_email = "root@example.com";
+    let configure = |s: &mut Settings| {
+        s.user.bootstrap_admin_email = Some(admin_email.to_owned());
+        s.user.bootstrap_admin_password = Some(marquee_common::Secret::new("bootstrap password".to_owned()));
+    };
+    let app = spawn_app_with(configure).await;
+    // A second start on the same database changes nothing.
+    let mut again = app.settings.clone();
+    configure(&mut again);
+    marquee_user::Application::build(again).await.unwrap();
+    assert_eq!(app.users.count_documents(doc! { "email": admin_email }).await.unwrap(), 1);
+
+    let admin = app.login(admin_email, "bootstrap password").await.unwrap().user.unwrap();
+
+    // An account someone registered under the configured email with their own password
+    // is not promoted when that email is configured later.
+    let squatter = app.register("boss@example.com", PASSWORD, "Not the boss").await.unwrap().user.unwrap();
+    let mut later = app.settings.clone();
+    later.user.bootstrap_admin_email = Some("boss@example.com".to_owned());
+    later.user.bootstrap_admin_password =
+        Some(marquee_common::Secret::new("the real boss password".to_owned()));
+    marquee_user::Application::build(later).await.unwrap();
+    assert_eq!(app.get_user(&squatter.id).await.unwrap().role(), pb::Role::Customer);
+    assert_eq!(admin.role(), pb::Role::Admin);
+    let ada = app.register("ada@example.com", PASSWORD, "Ada").await.unwrap().user.unwrap();
+    let grace = app.register("grace@example.com", PASSWORD, "Grace").await.unwrap().user.unwrap();
+
+    let err = app.set_role(&ada.id, &ada.id, pb::Role::Admin).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Forbidden);
+    let staff = app.set_role(&admin.id, &ada.id, pb::Role::Staff).await.unwrap();
+    assert_eq!(staff.role(), pb::Role::Staff);
+    // Staff is not admin either; the role is read from the database, not a token.
+    let err = app.set_role(&ada.id, &grace.id, pb::Role::Staff).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Forbidden);
+    let err = app.set_role(&admin.id, &uuid::Uuid::new_v4().to_string(), pb::Role::Staff).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    let err = app.set_role(&admin.id, &ada.id, pb::Role::Unspecified).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::BadUserInput);
+
+    // The next refreshed access token carries the new role.
+    let session = app.login("ada@example.com", PASSWORD).await.unwrap();
+    let keys = TokenKeys::new(&app.settings.auth).unwrap();
+    assert_eq!(
+        keys.verify(&app.refresh(&session.refresh_token).await.unwrap().access_token).unwrap().role,
+        Role::Staff
+    );
 }
