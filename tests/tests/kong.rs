@@ -10,6 +10,7 @@ use std::path::Path;
 
 use base64::Engine;
 use marquee_common::Settings;
+use marquee_common::config::JwtAlgorithm;
 use serde_json::Value;
 
 fn kong() -> Value {
@@ -130,8 +131,19 @@ fn the_jwt_secret_is_the_user_services_issuer_and_key() {
     let settings = Settings::for_tests().unwrap();
     let secret = jwt_secret(&kong);
     assert_eq!(secret["key"], settings.auth.issuer.as_str());
-    assert_eq!(secret["algorithm"], "HS256");
-    assert_eq!(secret["secret"], settings.auth.jwt_secret.expose().as_str());
+    let algorithm = match settings.auth.algorithm {
+        JwtAlgorithm::Hs256 => "HS256",
+        JwtAlgorithm::Rs256 => "RS256",
+    };
+    assert_eq!(secret["algorithm"], algorithm, "Kong rejects tokens whose alg differs");
+    match settings.auth.algorithm {
+        JwtAlgorithm::Hs256 => assert_eq!(secret["secret"], settings.auth.jwt_secret.expose().as_str()),
+        JwtAlgorithm::Rs256 => {
+            let path = settings.auth.rsa_public_key_path.as_ref().expect("RS256 needs a public key");
+            let pem = std::fs::read_to_string(path).unwrap();
+            assert_eq!(secret["rsa_public_key"].as_str().map(str::trim), Some(pem.trim()));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
