@@ -19,7 +19,7 @@ fn uuid(raw: &str, what: &str) -> Result<Uuid, InvalidInput> {
     Uuid::parse_str(raw.trim()).map_err(|_| invalid(format!("{what} must be a UUID")))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UserId(Uuid);
 
 impl UserId {
@@ -56,48 +56,117 @@ impl PageSize {
     }
 }
 
-/// A `booking.confirmed` event, checked field by field.
+/// An amount in minor units of its currency.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BookingConfirmed {
+pub struct Money {
+    amount_minor: i64,
+    currency: String,
+}
+
+impl Money {
+    fn parse(raw: Option<marquee_proto::common::v1::Money>, what: &str) -> Result<Self, InvalidInput> {
+        let raw = raw.ok_or_else(|| invalid(format!("{what} is missing")))?;
+        let currency = raw.currency.trim();
+        if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
+            return Err(invalid(format!("{what} has no ISO currency code")));
+        }
+        Ok(Self { amount_minor: raw.amount_minor, currency: currency.to_owned() })
+    }
+}
+
+/// Two decimals, which fits every currency the catalog uses.
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.amount_minor < 0 { "-" } else { "" };
+        let abs = self.amount_minor.unsigned_abs();
+        write!(f, "{sign}{}.{:02} {}", abs / 100, abs % 100, self.currency)
+    }
+}
+
+/// What happened, with what each message about it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    BookingConfirmed { showtime_id: Uuid, seat_ids: Vec<String>, total: Money },
+    BookingCancelled { showtime_id: Uuid, seat_ids: Vec<String>, refund: Money },
+    BookingExpired { showtime_id: Uuid, seat_ids: Vec<String> },
+    BookingPaymentFailed { showtime_id: Uuid, reason: String },
+    PaymentRefunded { amount: Money, reason: String },
+}
+
+impl Kind {
+    pub fn showtime_id(&self) -> Option<Uuid> {
+        match self {
+            Self::BookingConfirmed { showtime_id, .. }
+            | Self::BookingCancelled { showtime_id, .. }
+            | Self::BookingExpired { showtime_id, .. }
+            | Self::BookingPaymentFailed { showtime_id, .. } => Some(*showtime_id),
+            Self::PaymentRefunded { .. } => None,
+        }
+    }
+}
+
+/// An event someone is notified about, checked field by field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
     pub event_id: Uuid,
     pub event_type: String,
     pub user_id: UserId,
     pub booking_id: Uuid,
-    pub showtime_id: Uuid,
-    pub seat_ids: Vec<String>,
-    pub total_minor: i64,
-    pub currency: String,
-    pub payment_id: String,
+    pub kind: Kind,
 }
 
-impl BookingConfirmed {
-    pub const TYPE: &str = "booking.confirmed";
+fn seats(seat_ids: Vec<String>) -> Result<Vec<String>, InvalidInput> {
+    if seat_ids.is_empty() || seat_ids.iter().any(|s| s.trim().is_empty()) {
+        return Err(invalid("the seat list is empty or has a blank seat"));
+    }
+    Ok(seat_ids)
+}
 
-    pub fn from_event(event: Event) -> Result<Self, InvalidInput> {
-        let Some(Payload::BookingConfirmed(payload)) = event.payload else {
-            return Err(invalid(format!(
-                "event type {:?} carries no booking_confirmed payload",
-                event.r#type
-            )));
+impl Notice {
+    /// `Ok(None)` for the events nobody is notified about (e.g. `booking.held`);
+    /// an error for a malformed one, which can only be dead-lettered.
+    pub fn from_event(event: Event) -> Result<Option<Self>, InvalidInput> {
+        let kind = match (event.r#type.as_str(), event.payload) {
+            ("booking.confirmed", Some(Payload::BookingConfirmed(p))) => Kind::BookingConfirmed {
+                showtime_id: uuid(&p.showtime_id, "showtime_id")?,
+                seat_ids: seats(p.seat_ids)?,
+                total: Money::parse(p.total, "total")?,
+            },
+            ("booking.cancelled", Some(Payload::BookingCancelled(p))) => Kind::BookingCancelled {
+                showtime_id: uuid(&p.showtime_id, "showtime_id")?,
+                seat_ids: seats(p.seat_ids)?,
+                refund: Money::parse(p.refund, "refund")?,
+            },
+            ("booking.expired", Some(Payload::BookingExpired(p))) => Kind::BookingExpired {
+                showtime_id: uuid(&p.showtime_id, "showtime_id")?,
+                seat_ids: seats(p.seat_ids)?,
+            },
+            ("booking.payment_failed", Some(Payload::BookingPaymentFailed(p))) => {
+                Kind::BookingPaymentFailed {
+                    showtime_id: uuid(&p.showtime_id, "showtime_id")?,
+                    reason: p.reason,
+                }
+            }
+            ("payment.refunded", Some(Payload::PaymentRefunded(p))) => {
+                Kind::PaymentRefunded { amount: Money::parse(p.amount, "amount")?, reason: p.reason }
+            }
+            (
+                kind @ ("booking.confirmed"
+                | "booking.cancelled"
+                | "booking.expired"
+                | "booking.payment_failed"
+                | "payment.refunded"),
+                _,
+            ) => return Err(invalid(format!("{kind} does not carry its payload"))),
+            _ => return Ok(None),
         };
-        if event.r#type != Self::TYPE {
-            return Err(invalid(format!("unexpected event type {:?}", event.r#type)));
-        }
-        let total = payload.total.ok_or_else(|| invalid("booking_confirmed has no total"))?;
-        if payload.seat_ids.is_empty() {
-            return Err(invalid("booking_confirmed lists no seats"));
-        }
-        Ok(Self {
+        Ok(Some(Self {
             event_id: uuid(&event.event_id, "event_id")?,
             event_type: event.r#type,
             user_id: UserId::parse(&event.user_id)?,
             booking_id: uuid(&event.booking_id, "booking_id")?,
-            showtime_id: uuid(&payload.showtime_id, "showtime_id")?,
-            seat_ids: payload.seat_ids,
-            total_minor: total.amount_minor,
-            currency: total.currency,
-            payment_id: payload.payment_id,
-        })
+            kind,
+        }))
     }
 }
 
@@ -133,16 +202,33 @@ mod tests {
     }
 
     #[test]
-    fn only_well_formed_confirmed_events_parse() {
-        assert!(BookingConfirmed::from_event(event()).is_ok());
+    fn only_well_formed_notified_events_parse() {
+        let parsed = Notice::from_event(event()).unwrap().unwrap();
+        assert!(
+            matches!(parsed.kind, Kind::BookingConfirmed { ref total, .. } if total.to_string() == "12.50 EUR")
+        );
         let mut bad_id = event();
         bad_id.event_id = "not-a-uuid".into();
-        assert!(BookingConfirmed::from_event(bad_id).is_err());
+        assert!(Notice::from_event(bad_id).is_err());
         let mut no_payload = event();
         no_payload.payload = None;
-        assert!(BookingConfirmed::from_event(no_payload).is_err());
-        let mut wrong_type = event();
-        wrong_type.r#type = "booking.held".into();
-        assert!(BookingConfirmed::from_event(wrong_type).is_err());
+        assert!(Notice::from_event(no_payload).is_err());
+        let mut wrong_payload = event();
+        wrong_payload.r#type = "booking.cancelled".into();
+        assert!(Notice::from_event(wrong_payload).is_err());
+        let held = Event { r#type: "booking.held".into(), payload: None, ..event() };
+        assert_eq!(Notice::from_event(held), Ok(None));
+    }
+
+    #[test]
+    fn money_has_two_decimals() {
+        let money = |amount_minor, currency: &str| {
+            super::Money::parse(Some(Money { amount_minor, currency: currency.into() }), "m")
+        };
+        assert_eq!(money(2500, "EUR").unwrap().to_string(), "25.00 EUR");
+        assert_eq!(money(1205, "USD").unwrap().to_string(), "12.05 USD");
+        assert_eq!(money(7, "EUR").unwrap().to_string(), "0.07 EUR");
+        assert_eq!(money(-7, "EUR").unwrap().to_string(), "-0.07 EUR");
+        assert!(money(7, "euro").is_err());
     }
 }

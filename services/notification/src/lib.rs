@@ -1,28 +1,37 @@
-//! The notification service: consumes `booking.confirmed` events from RabbitMQ,
-//! deduplicates them by event id in Redis, looks the customer up in the user service
-//! and records each email it sends in MongoDB, where ListNotifications reads them.
+//! The notification service: consumes booking and payment events from RabbitMQ,
+//! deduplicates them by event id in Redis, looks the customer up in the user
+//! service (contact, preferences) and the showtime in the cinema service, renders
+//! email and SMS text from `templates/`, and delivers each message through a
+//! `Channel` (by default: recorded in MongoDB, where ListNotifications reads them).
 
+mod channel;
 mod claims;
 mod consumer;
+mod directory;
 mod domain;
 mod error;
 mod grpc;
+mod metrics;
 mod render;
 mod store;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use marquee_common::Settings;
 use marquee_common::shutdown::Shutdown;
+use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::notification::v1::notification_service_server::NotificationServiceServer;
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use tokio::net::TcpListener;
 
+use crate::channel::RecordingChannel;
 use crate::claims::EventClaims;
 use crate::consumer::Consumer;
+use crate::directory::Directory;
 use crate::grpc::NotificationApi;
+use crate::metrics::{Metrics, MetricsServer};
 use crate::store::NotificationStore;
 
 pub struct Application {
@@ -30,12 +39,13 @@ pub struct Application {
     addr: SocketAddr,
     api: NotificationApi,
     consumer: Consumer,
+    metrics: MetricsServer,
     grace: Duration,
 }
 
 impl Application {
     /// Connects MongoDB (creating indexes), Redis and RabbitMQ (declaring the
-    /// exchange, the quorum queue and its binding) and binds the gRPC listener.
+    /// exchanges, queues and bindings) and binds the gRPC and metrics listeners.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let db = marquee_common::mongo::connect(&settings.mongo, "notification").await?;
         let store = NotificationStore::new(&db).await?;
@@ -44,13 +54,33 @@ impl Application {
             &settings.upstream.user_url,
             &settings.grpc,
         )?);
-        let consumer = Consumer::connect(&settings.rabbitmq, claims, store.clone(), users).await?;
+        let cinema = CinemaServiceClient::new(marquee_common::grpc::channel(
+            &settings.upstream.cinema_url,
+            &settings.grpc,
+        )?);
+        let metrics = Metrics::new();
+        let metrics_server = MetricsServer::bind(
+            &settings.notification.server.host,
+            settings.notification.metrics_port,
+            &metrics,
+        )
+        .await?;
+        let consumer = Consumer::connect(
+            &settings.rabbitmq,
+            settings.notification.delivery_limit,
+            claims,
+            Directory::new(users, cinema),
+            Arc::new(RecordingChannel::new(store.clone())),
+            metrics.clone(),
+        )
+        .await?;
         let (listener, addr) = marquee_common::grpc::bind(&settings.notification.server).await?;
         Ok(Self {
             listener,
             addr,
             api: NotificationApi::new(store),
             consumer,
+            metrics: metrics_server,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
         })
     }
@@ -59,21 +89,32 @@ impl Application {
         self.addr
     }
 
-    /// Serves gRPC and consumes events until `shutdown`.
+    /// Where `GET /metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.addr()
+    }
+
+    /// Serves gRPC and consumes events until `shutdown`. Everything runs inside this
+    /// one future, so aborting its task drops the broker connection at once, as a
+    /// crash would: unacknowledged deliveries return to the queue.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         // The consumer also stops if the server fails on its own.
         let consumer_stop = shutdown.child_token();
-        let consumer = tokio::spawn(self.consumer.run(consumer_stop.clone()));
-        let served = marquee_common::grpc::serve(
-            self.listener,
-            tonic::service::Routes::new(NotificationServiceServer::new(self.api)),
-            <NotificationServiceServer<NotificationApi> as tonic::server::NamedService>::NAME,
-            shutdown,
-            self.grace,
-        )
-        .await;
-        consumer_stop.cancel();
-        consumer.await.context("notification consumer panicked")?;
-        served
+        let consume = self.consumer.run(consumer_stop.clone());
+        let metrics = self.metrics.serve(consumer_stop.clone());
+        let serve = async {
+            let served = marquee_common::grpc::serve(
+                self.listener,
+                tonic::service::Routes::new(NotificationServiceServer::new(self.api)),
+                <NotificationServiceServer<NotificationApi> as tonic::server::NamedService>::NAME,
+                shutdown,
+                self.grace,
+            )
+            .await;
+            consumer_stop.cancel();
+            served
+        };
+        let (served, (), metrics) = tokio::join!(serve, consume, metrics);
+        served.and(metrics)
     }
 }

@@ -1,45 +1,225 @@
-//! The text of the notifications this service sends.
+//! The text of the notifications, rendered from the templates in `templates/`
+//! (compiled in): `{{name}}` placeholders; an email template's first line is
+//! `Subject: …`.
 
-use crate::domain::BookingConfirmed;
+use anyhow::Context;
 
+use crate::domain::{Kind, Notice};
+
+/// How a message reaches the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Medium {
+    Email,
+    Sms,
+}
+
+impl Medium {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Sms => "sms",
+        }
+    }
+}
+
+#[derive(Debug)]
 pub struct Message {
+    /// Empty for SMS.
     pub subject: String,
     pub body: String,
 }
 
-/// Formats minor units with two decimals, which fits every currency the catalog uses.
-fn format_money(amount_minor: i64, currency: &str) -> String {
-    let sign = if amount_minor < 0 { "-" } else { "" };
-    let abs = amount_minor.unsigned_abs();
-    format!("{sign}{}.{:02} {currency}", abs / 100, abs % 100)
+/// The showtime an event is about, as the customer reads it.
+#[derive(Debug, Clone)]
+pub struct Showing {
+    pub movie: String,
+    pub cinema: String,
+    /// Already in the cinema's time zone.
+    pub starts_at: String,
 }
 
-pub fn booking_confirmed(event: &BookingConfirmed) -> Message {
-    let seats = event.seat_ids.join(", ");
-    let subject =
-        format!("Your Marquee booking is confirmed ({} seat{})", event.seat_ids.len(), plural(event));
-    let body = format!(
-        "Your booking {booking} is confirmed.\n\nShowtime: {showtime}\nSeats: {seats}\nTotal: {total}\nPayment: {payment}\n",
-        booking = event.booking_id,
-        showtime = event.showtime_id,
-        total = format_money(event.total_minor, &event.currency),
-        payment = event.payment_id,
-    );
-    Message { subject, body }
+fn template(kind: &Kind, medium: Medium) -> &'static str {
+    use Medium::{Email, Sms};
+    match (kind, medium) {
+        (Kind::BookingConfirmed { .. }, Email) => include_str!("../templates/booking_confirmed.email.txt"),
+        (Kind::BookingConfirmed { .. }, Sms) => include_str!("../templates/booking_confirmed.sms.txt"),
+        (Kind::BookingCancelled { .. }, Email) => include_str!("../templates/booking_cancelled.email.txt"),
+        (Kind::BookingCancelled { .. }, Sms) => include_str!("../templates/booking_cancelled.sms.txt"),
+        (Kind::BookingExpired { .. }, Email) => include_str!("../templates/booking_expired.email.txt"),
+        (Kind::BookingExpired { .. }, Sms) => include_str!("../templates/booking_expired.sms.txt"),
+        (Kind::BookingPaymentFailed { .. }, Email) => {
+            include_str!("../templates/booking_payment_failed.email.txt")
+        }
+        (Kind::BookingPaymentFailed { .. }, Sms) => {
+            include_str!("../templates/booking_payment_failed.sms.txt")
+        }
+        (Kind::PaymentRefunded { .. }, Email) => include_str!("../templates/payment_refunded.email.txt"),
+        (Kind::PaymentRefunded { .. }, Sms) => include_str!("../templates/payment_refunded.sms.txt"),
+    }
 }
 
-fn plural(event: &BookingConfirmed) -> &'static str {
-    if event.seat_ids.len() == 1 { "" } else { "s" }
+fn variables(notice: &Notice, name: &str, showing: Option<&Showing>) -> Vec<(&'static str, String)> {
+    let mut vars = vec![("name", name.to_owned()), ("booking", notice.booking_id.to_string())];
+    if let Some(showing) = showing {
+        vars.push(("movie", showing.movie.clone()));
+        vars.push(("cinema", showing.cinema.clone()));
+        vars.push(("starts_at", showing.starts_at.clone()));
+    }
+    match &notice.kind {
+        Kind::BookingConfirmed { seat_ids, total, .. } => {
+            vars.push(("seats", seat_ids.join(", ")));
+            vars.push(("total", total.to_string()));
+        }
+        Kind::BookingCancelled { seat_ids, refund, .. } => {
+            vars.push(("seats", seat_ids.join(", ")));
+            vars.push(("refund", refund.to_string()));
+        }
+        Kind::BookingExpired { seat_ids, .. } => vars.push(("seats", seat_ids.join(", "))),
+        Kind::BookingPaymentFailed { reason, .. } => vars.push(("reason", reason.clone())),
+        Kind::PaymentRefunded { amount, reason } => {
+            vars.push(("amount", amount.to_string()));
+            vars.push(("reason", reason.clone()));
+        }
+    }
+    vars
+}
+
+/// Replaces every `{{name}}`; a placeholder without a value is an error, never
+/// left in the text.
+fn fill(template: &str, vars: &[(&str, String)]) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("}}").context("a template has an unclosed placeholder")?;
+        let name = after[..end].trim();
+        let value = vars
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value)
+            .with_context(|| format!("no value for the template placeholder {name:?}"))?;
+        out.push_str(value);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+pub fn render(
+    notice: &Notice,
+    name: &str,
+    showing: Option<&Showing>,
+    medium: Medium,
+) -> anyhow::Result<Message> {
+    let text = fill(template(&notice.kind, medium), &variables(notice, name, showing))?;
+    Ok(match medium {
+        Medium::Email => {
+            let (subject, body) = text
+                .strip_prefix("Subject: ")
+                .and_then(|t| t.split_once('\n'))
+                .context("an email template does not start with a Subject line")?;
+            Message { subject: subject.trim().to_owned(), body: body.trim_start_matches('\n').to_owned() }
+        }
+        Medium::Sms => Message { subject: String::new(), body: text.trim().to_owned() },
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use marquee_proto::common::v1::Money;
+    use marquee_proto::events::v1::{self as events, Event, event::Payload};
+    use uuid::Uuid;
+
     use super::*;
 
+    fn notice(event_type: &str, payload: Payload) -> Notice {
+        let event = Event {
+            event_id: Uuid::new_v4().to_string(),
+            r#type: event_type.into(),
+            occurred_at: None,
+            booking_id: Uuid::new_v4().to_string(),
+            user_id: Uuid::new_v4().to_string(),
+            payload: Some(payload),
+        };
+        Notice::from_event(event).unwrap().unwrap()
+    }
+
+    fn eur(amount_minor: i64) -> Option<Money> {
+        Some(Money { amount_minor, currency: "EUR".into() })
+    }
+
+    fn showtime() -> String {
+        Uuid::new_v4().to_string()
+    }
+
     #[test]
-    fn money_has_two_decimals() {
-        assert_eq!(format_money(2500, "EUR"), "25.00 EUR");
-        assert_eq!(format_money(1205, "USD"), "12.05 USD");
-        assert_eq!(format_money(7, "EUR"), "0.07 EUR");
+    fn every_template_renders_completely_on_both_media() {
+        let seats = vec!["C7".to_owned(), "C8".to_owned()];
+        let notices = [
+            notice(
+                "booking.confirmed",
+                Payload::BookingConfirmed(events::BookingConfirmed {
+                    showtime_id: showtime(),
+                    seat_ids: seats.clone(),
+                    total: eur(2500),
+                    payment_id: "p".into(),
+                }),
+            ),
+            notice(
+                "booking.cancelled",
+                Payload::BookingCancelled(events::BookingCancelled {
+                    showtime_id: showtime(),
+                    seat_ids: seats.clone(),
+                    refund: eur(1250),
+                }),
+            ),
+            notice(
+                "booking.expired",
+                Payload::BookingExpired(events::BookingExpired { showtime_id: showtime(), seat_ids: seats }),
+            ),
+            notice(
+                "booking.payment_failed",
+                Payload::BookingPaymentFailed(events::BookingPaymentFailed {
+                    showtime_id: showtime(),
+                    reason: "card declined".into(),
+                }),
+            ),
+            notice(
+                "payment.refunded",
+                Payload::PaymentRefunded(events::PaymentRefunded {
+                    payment_id: "p".into(),
+                    refund_id: "r".into(),
+                    amount: eur(990),
+                    reason: "booking cancelled".into(),
+                }),
+            ),
+        ];
+        let showing = Showing {
+            movie: "Dune".into(),
+            cinema: "Odeon".into(),
+            starts_at: "Sat 21 Nov 2026, 19:30 CET".into(),
+        };
+        for notice in &notices {
+            let showing = notice.kind.showtime_id().map(|_| &showing);
+            for medium in [Medium::Email, Medium::Sms] {
+                let message = render(notice, "Ada", showing, medium).unwrap();
+                let text = format!("{}\n{}", message.subject, message.body);
+                assert!(!text.contains("{{") && !text.contains("}}"), "{text}");
+                assert!(text.contains(&notice.booking_id.to_string()) || medium == Medium::Sms, "{text}");
+                assert_eq!(message.subject.is_empty(), medium == Medium::Sms);
+            }
+        }
+        let confirmed = render(&notices[0], "Ada", Some(&showing), Medium::Email).unwrap();
+        assert_eq!(confirmed.subject, "Your tickets for Dune are confirmed");
+        assert!(confirmed.body.contains("C7, C8") && confirmed.body.contains("25.00 EUR"));
+        assert!(confirmed.body.contains("Sat 21 Nov 2026, 19:30 CET"));
+    }
+
+    #[test]
+    fn a_missing_value_is_an_error_not_a_gap() {
+        assert!(fill("Hi {{name}}, {{nope}}", &[("name", "Ada".into())]).is_err());
+        assert!(fill("Hi {{name", &[("name", "Ada".into())]).is_err());
+        assert_eq!(fill("Hi {{ name }}!", &[("name", "Ada".into())]).unwrap(), "Hi Ada!");
     }
 }

@@ -5,11 +5,14 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::bson::{self, doc};
+use mongodb::error::{ErrorKind, InsertManyError};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{PageSize, UserId};
+
+const DUPLICATE_KEY: i32 = 11000;
 
 #[derive(Clone)]
 pub struct NotificationStore {
@@ -59,17 +62,28 @@ impl NotificationStore {
         Ok(Self { notifications })
     }
 
-    /// Records a sent notification. An existing record for the same event and
-    /// channel means a redelivery already got this far, which is success.
-    pub async fn record(&self, notification: &NotificationDoc) -> anyhow::Result<()> {
-        match self.notifications.insert_one(notification).await {
-            Ok(_) => Ok(()),
-            Err(e) if marquee_common::mongo::is_duplicate_key(&e) => {
-                tracing::debug!(event.id = %notification.event_id, "notification already recorded");
-                Ok(())
+    /// Records many at once, one result per document in order: a document recorded
+    /// before (same event and channel) counts as recorded.
+    pub async fn record_many(&self, docs: &[NotificationDoc]) -> Vec<Result<(), String>> {
+        let error = match self.notifications.insert_many(docs).ordered(false).await {
+            Ok(_) => return vec![Ok(()); docs.len()],
+            Err(error) => error,
+        };
+        if let ErrorKind::InsertMany(InsertManyError {
+            write_errors: Some(failed),
+            write_concern_error: None,
+            ..
+        }) = &*error.kind
+        {
+            let mut results = vec![Ok(()); docs.len()];
+            for failure in failed.iter().filter(|f| f.code != DUPLICATE_KEY) {
+                if let Some(result) = results.get_mut(failure.index) {
+                    *result = Err(format!("cannot record notification: {}", failure.message));
+                }
             }
-            Err(e) => Err(anyhow::Error::new(e).context("cannot record notification")),
+            return results;
         }
+        vec![Err(format!("cannot record notifications: {error}")); docs.len()]
     }
 
     /// The user's notifications, newest first.

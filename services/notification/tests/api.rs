@@ -5,33 +5,64 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::PublisherConfirm;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel as AmqpChannel, Connection, ConnectionProperties, ExchangeKind};
 use marquee_common::Settings;
+use marquee_common::secret::Secret;
 use marquee_common::shutdown::Shutdown;
+use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
+use marquee_proto::cinema::v1::{GetCinemaRequest, GetMovieRequest, ListShowtimesRequest, Showtime};
 use marquee_proto::common::v1::Money;
-use marquee_proto::events::v1::{BookingConfirmed, Event, event::Payload};
+use marquee_proto::events::v1::{
+    BookingCancelled, BookingConfirmed, BookingExpired, BookingHeld, BookingPaymentFailed, Event,
+    PaymentRefunded, event::Payload,
+};
 use marquee_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use marquee_proto::notification::v1::{ListNotificationsRequest, Notification};
-use marquee_proto::user::v1::RegisterRequest;
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
+use marquee_proto::user::v1::{NotificationPreferences, RegisterRequest, UpdateProfileRequest};
+use mongodb::Collection;
+use mongodb::bson::{Document, doc};
 use prost::Message;
+use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 struct TestApp {
+    settings: Settings,
     notifications: NotificationServiceClient<Channel>,
     users: UserServiceClient<Channel>,
     publisher: Publisher,
+    /// The `notifications` collection, read directly to count what was sent.
+    log: Collection<Document>,
+    worker: Worker,
     shutdown: Shutdown,
+    /// A showtime of the demo catalog, and how notifications must describe it.
+    showtime: Showtime,
+    movie_title: String,
+    cinema_name: String,
+    local_start: String,
+}
+
+/// One running notification Application.
+struct Worker {
+    metrics: std::net::SocketAddr,
+    shutdown: Shutdown,
+    task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        self.worker.shutdown.cancel();
     }
 }
 
@@ -39,26 +70,67 @@ impl Drop for TestApp {
 /// consumer handle deliveries one at a time in queue order, so "a later event was
 /// handled" proves every earlier delivery was settled.
 async fn spawn_app() -> TestApp {
+    spawn_app_with(|settings| settings.rabbitmq.prefetch = 1).await
+}
+
+async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     marquee_common::telemetry::install_crypto_provider();
     let mut settings = marquee_common::testing::isolated_settings().await.unwrap();
     marquee_common::telemetry::init(&settings.telemetry);
-    settings.rabbitmq.prefetch = 1;
+    configure(&mut settings);
     let shutdown = Shutdown::new();
 
     let user = marquee_user::Application::build(settings.clone()).await.unwrap();
     settings.upstream.user_url = format!("http://{}", user.addr());
     tokio::spawn(user.run_until_stopped(shutdown.clone()));
+    settings.cinema.seed_demo = true;
+    let cinema = marquee_cinema::Application::build(settings.clone()).await.unwrap();
+    settings.upstream.cinema_url = format!("http://{}", cinema.addr());
+    tokio::spawn(cinema.run_until_stopped(shutdown.clone()));
 
-    let app = marquee_notification::Application::build(settings.clone()).await.unwrap();
-    let url = format!("http://{}", app.addr());
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let mut catalog = CinemaServiceClient::connect(settings.upstream.cinema_url.clone()).await.unwrap();
+    let showtime = catalog
+        .list_showtimes(ListShowtimesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .showtimes
+        .remove(0);
+    let movie =
+        catalog.get_movie(GetMovieRequest { id: showtime.movie_id.clone() }).await.unwrap().into_inner();
+    let cinema =
+        catalog.get_cinema(GetCinemaRequest { id: showtime.cinema_id.clone() }).await.unwrap().into_inner();
+    let zone: chrono_tz::Tz = cinema.time_zone.parse().unwrap();
+    let starts_at = marquee_common::time::from_proto(showtime.starts_at.as_ref().unwrap()).unwrap();
+    let local_start = starts_at.with_timezone(&zone).format("%a %-d %b %Y, %H:%M %Z").to_string();
 
+    let (worker, notifications) = start_worker(&settings).await;
+    let log = marquee_common::mongo::connect(&settings.mongo, "notification")
+        .await
+        .unwrap()
+        .collection::<Document>("notifications");
     TestApp {
-        notifications: NotificationServiceClient::connect(url).await.unwrap(),
+        notifications,
         users: UserServiceClient::connect(settings.upstream.user_url.clone()).await.unwrap(),
         publisher: Publisher::connect(&settings).await,
+        log,
+        worker,
         shutdown,
+        settings,
+        showtime,
+        movie_title: movie.title,
+        cinema_name: cinema.name,
+        local_start,
     }
+}
+
+async fn start_worker(settings: &Settings) -> (Worker, NotificationServiceClient<Channel>) {
+    let app = marquee_notification::Application::build(settings.clone()).await.unwrap();
+    let url = format!("http://{}", app.addr());
+    let metrics = app.metrics_addr();
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    (Worker { metrics, shutdown, task }, NotificationServiceClient::connect(url).await.unwrap())
 }
 
 struct Publisher {
@@ -87,8 +159,13 @@ impl Publisher {
     }
 
     async fn publish(&self, routing_key: &str, body: &[u8]) {
-        let confirm = self
-            .channel
+        let confirm = self.publish_unconfirmed(routing_key, body).await;
+        assert!(confirm.await.unwrap().is_ack());
+    }
+
+    /// Publishes without waiting for the broker's confirm, which the caller awaits.
+    async fn publish_unconfirmed(&self, routing_key: &str, body: &[u8]) -> PublisherConfirm {
+        self.channel
             .basic_publish(
                 self.exchange.clone().into(),
                 routing_key.into(),
@@ -97,8 +174,42 @@ impl Publisher {
                 BasicProperties::default().with_delivery_mode(2),
             )
             .await
-            .unwrap();
-        assert!(confirm.await.unwrap().is_ack());
+            .unwrap()
+    }
+
+    /// Publishes every event in order, then waits for all the confirms.
+    async fn publish_all<'a>(&self, events: impl IntoIterator<Item = &'a Event>) {
+        let mut confirms = Vec::new();
+        for event in events {
+            confirms.push(self.publish_unconfirmed(&event.r#type, &event.encode_to_vec()).await);
+        }
+        for confirm in futures::future::join_all(confirms).await {
+            assert!(confirm.unwrap().is_ack());
+        }
+    }
+
+    /// Messages ready in a queue (delivered but unacknowledged ones are not counted).
+    async fn ready(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    /// Takes every message out of a queue.
+    async fn drain(&self, queue: &str) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        while let Some(message) =
+            self.channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap()
+        {
+            taken.push(message.delivery);
+        }
+        taken
     }
 
     async fn publish_event(&self, event: &Event) {
@@ -107,6 +218,127 @@ impl Publisher {
 }
 
 impl TestApp {
+    fn confirmed_event(&self, user_id: &str, seats: &[&str]) -> Event {
+        let payload = BookingConfirmed {
+            showtime_id: self.showtime.id.clone(),
+            seat_ids: seat_list(seats),
+            total: eur(2500),
+            payment_id: Uuid::new_v4().to_string(),
+        };
+        event("booking.confirmed", user_id, Payload::BookingConfirmed(payload))
+    }
+
+    fn queue(&self) -> String {
+        self.settings.rabbitmq.notification_queue.clone()
+    }
+
+    fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.settings.rabbitmq.notification_queue)
+    }
+
+    /// (records, distinct event ids) in the notification log.
+    async fn logged(&self) -> (u64, usize) {
+        let records = self.log.count_documents(doc! {}).await.unwrap();
+        let distinct = self.log.distinct("event_id", doc! {}).await.unwrap().len();
+        (records, distinct)
+    }
+
+    /// Polls until the log holds at least `count` records (or fails at the deadline).
+    async fn await_logged(&self, count: u64, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (records, _) = self.logged().await;
+            if records >= count {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {records} of {count} notifications recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the worker gracefully: in-flight deliveries are settled first.
+    async fn stop_worker(&mut self) {
+        self.worker.shutdown.cancel();
+        (&mut self.worker.task).await.unwrap().unwrap();
+    }
+
+    /// Kills the worker's task mid-flight, as a crash would: no draining, no acks.
+    async fn kill_worker(&mut self) {
+        self.worker.task.abort();
+        assert!((&mut self.worker.task).await.unwrap_err().is_cancelled());
+    }
+
+    async fn start_worker(&mut self) {
+        let (worker, notifications) = start_worker(&self.settings).await;
+        self.worker = worker;
+        self.notifications = notifications;
+    }
+
+    /// Scrapes the worker's Prometheus endpoint: `series` is e.g. `name{label="v"}`.
+    async fn metric(&self, series: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.worker.metrics);
+        let text = reqwest::get(url).await.unwrap().error_for_status().unwrap().text().await.unwrap();
+        text.lines()
+            .filter_map(|line| line.split_once(' '))
+            .find(|(name, _)| *name == series)
+            .map_or(0.0, |(_, value)| value.parse().unwrap())
+    }
+
+    /// Polls until the metric reaches `value`, which it must not pass.
+    async fn await_metric(&self, series: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let current = self.metric(series).await;
+            assert!(current <= value, "{series} is {current}, beyond {value}");
+            if current == value {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{series} stuck at {current}, not {value}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls until `queue` has exactly `count` messages ready.
+    async fn await_ready(&self, queue: &str, count: u32) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = self.publisher.ready(queue).await;
+            if ready == count {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{ready} messages ready in {queue}, not {count}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls the dead-letter queue until it has given at least `count` messages.
+    async fn await_dead_letters(&self, count: usize) -> Vec<Delivery> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut dead = Vec::new();
+        loop {
+            dead.extend(self.publisher.drain(&self.dead_letter_queue()).await);
+            if dead.len() >= count {
+                return dead;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "only {} dead letters", dead.len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// After a graceful stop: nothing left in the queue (every delivery was acked,
+    /// as unsettled ones return to it), nothing dead-lettered, and exactly one
+    /// record per distinct event.
+    async fn assert_settled_exactly_once(&mut self, distinct_events: usize) {
+        self.await_ready(&self.queue(), 0).await;
+        self.stop_worker().await;
+        assert_eq!(self.publisher.ready(&self.queue()).await, 0, "unsettled deliveries remain");
+        assert_eq!(self.publisher.ready(&self.dead_letter_queue()).await, 0, "nothing is dead-lettered");
+        assert_eq!(self.logged().await, (distinct_events as u64, distinct_events));
+    }
+
     async fn register(&self, name: &str) -> (String, String) {
         let email = format!("{name}.{}@example.com", Uuid::new_v4().simple());
         let response = self
@@ -121,6 +353,19 @@ impl TestApp {
             .unwrap()
             .into_inner();
         (response.user.unwrap().id, email)
+    }
+
+    async fn set_contact(&self, user_id: &str, phone: &str, email: bool, sms: bool) {
+        self.users
+            .clone()
+            .update_profile(UpdateProfileRequest {
+                id: user_id.into(),
+                name: None,
+                phone: Some(phone.into()),
+                notification_preferences: Some(NotificationPreferences { email, sms }),
+            })
+            .await
+            .unwrap();
     }
 
     async fn notifications_of(&self, user_id: &str) -> Vec<Notification> {
@@ -151,20 +396,23 @@ impl TestApp {
     }
 }
 
-fn confirmed_event(user_id: &str, seats: &[&str]) -> Event {
+fn event(event_type: &str, user_id: &str, payload: Payload) -> Event {
     Event {
         event_id: Uuid::now_v7().to_string(),
-        r#type: "booking.confirmed".into(),
+        r#type: event_type.into(),
         occurred_at: Some(marquee_common::time::to_proto(chrono::Utc::now())),
         booking_id: Uuid::now_v7().to_string(),
         user_id: user_id.into(),
-        payload: Some(Payload::BookingConfirmed(BookingConfirmed {
-            showtime_id: Uuid::new_v4().to_string(),
-            seat_ids: seats.iter().map(|s| (*s).to_owned()).collect(),
-            total: Some(Money { amount_minor: 2500, currency: "EUR".into() }),
-            payment_id: Uuid::new_v4().to_string(),
-        })),
+        payload: Some(payload),
     }
+}
+
+fn seat_list(seats: &[&str]) -> Vec<String> {
+    seats.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn eur(amount_minor: i64) -> Option<Money> {
+    Some(Money { amount_minor, currency: "EUR".into() })
 }
 
 #[tokio::test]
@@ -173,9 +421,9 @@ async fn each_confirmed_booking_is_notified_exactly_once_even_when_redelivered()
     let (alice, alice_email) = app.register("alice").await;
     let (bob, _) = app.register("bob").await;
     let events = [
-        confirmed_event(&alice, &["A1"]),
-        confirmed_event(&alice, &["B1", "B2"]),
-        confirmed_event(&alice, &["C3"]),
+        app.confirmed_event(&alice, &["A1"]),
+        app.confirmed_event(&alice, &["B1", "B2"]),
+        app.confirmed_event(&alice, &["C3"]),
     ];
 
     for event in &events {
@@ -184,7 +432,7 @@ async fn each_confirmed_booking_is_notified_exactly_once_even_when_redelivered()
     app.publisher.publish_event(&events[1]).await;
     // Deliveries are handled in order, so once Bob's later event is listed the
     // duplicate before it has been settled.
-    app.publisher.publish_event(&confirmed_event(&bob, &["D4"])).await;
+    app.publisher.publish_event(&app.confirmed_event(&bob, &["D4"])).await;
     app.await_notifications(&bob, 1).await;
 
     let listed = app.notifications_of(&alice).await;
@@ -207,17 +455,232 @@ async fn each_confirmed_booking_is_notified_exactly_once_even_when_redelivered()
 }
 
 #[tokio::test]
-async fn an_undecodable_message_is_dropped_without_blocking_the_next_event() {
+async fn each_event_kind_is_rendered_with_its_details_on_every_channel_the_user_chose() {
+    let app = spawn_app().await;
+    let (ida, ida_email) = app.register("ida").await;
+    let ida_phone = "+4915112345678";
+    app.set_contact(&ida, ida_phone, true, true).await;
+    let (jo, _) = app.register("jo").await;
+    app.set_contact(&jo, "+4915199999999", false, true).await;
+    let showtime_id = app.showtime.id.clone();
+
+    let held = event(
+        "booking.held",
+        &ida,
+        Payload::BookingHeld(BookingHeld {
+            showtime_id: showtime_id.clone(),
+            seat_ids: seat_list(&["C7", "C8"]),
+            total: eur(2500),
+            expires_at: None,
+        }),
+    );
+    let confirmed = app.confirmed_event(&ida, &["C7", "C8"]);
+    let cancelled = event(
+        "booking.cancelled",
+        &ida,
+        Payload::BookingCancelled(BookingCancelled {
+            showtime_id: showtime_id.clone(),
+            seat_ids: seat_list(&["C7", "C8"]),
+            refund: eur(1250),
+        }),
+    );
+    let refunded = event(
+        "payment.refunded",
+        &ida,
+        Payload::PaymentRefunded(PaymentRefunded {
+            payment_id: Uuid::new_v4().to_string(),
+            refund_id: Uuid::new_v4().to_string(),
+            amount: eur(1250),
+            reason: "booking cancelled".into(),
+        }),
+    );
+    let expired = event(
+        "booking.expired",
+        &ida,
+        Payload::BookingExpired(BookingExpired {
+            showtime_id: showtime_id.clone(),
+            seat_ids: seat_list(&["D1"]),
+        }),
+    );
+    let failed = event(
+        "booking.payment_failed",
+        &ida,
+        Payload::BookingPaymentFailed(BookingPaymentFailed { showtime_id, reason: "card declined".into() }),
+    );
+    let for_jo = app.confirmed_event(&jo, &["E1"]);
+    // In queue order (prefetch 1): once Jo's is listed, everything before it is settled.
+    app.publisher.publish_all([&held, &confirmed, &cancelled, &refunded, &expired, &failed, &for_jo]).await;
+    let jo_notes = app.await_notifications(&jo, 1).await;
+
+    assert_eq!(jo_notes.len(), 1);
+    assert_eq!((jo_notes[0].channel.as_str(), jo_notes[0].recipient.as_str()), ("sms", "+4915199999999"));
+    let notes = app.notifications_of(&ida).await;
+    assert_eq!(notes.len(), 10, "5 notified events x (email, sms), nothing for booking.held: {notes:#?}");
+    let note = |event: &Event, channel: &str| {
+        notes.iter().find(|n| n.event_id == event.event_id && n.channel == channel).unwrap().clone()
+    };
+    for event in [&confirmed, &cancelled, &refunded, &expired, &failed] {
+        let (email, sms) = (note(event, "email"), note(event, "sms"));
+        assert_eq!((email.recipient.as_str(), sms.recipient.as_str()), (ida_email.as_str(), ida_phone));
+        assert_eq!(
+            (email.event_type.as_str(), email.booking_id.as_str()),
+            (event.r#type.as_str(), event.booking_id.as_str())
+        );
+        assert!(!email.subject.is_empty() && sms.subject.is_empty());
+        assert!(!email.body.contains("{{") && !sms.body.contains("{{"), "{}", email.body);
+        if event.event_id != refunded.event_id {
+            for text in [&email.body, &sms.body] {
+                assert!(text.contains(&app.movie_title) && text.contains(&app.local_start), "{text}");
+            }
+            assert!(email.body.contains(&app.cinema_name), "{}", email.body);
+        }
+    }
+    let confirmed_email = note(&confirmed, "email");
+    assert!(confirmed_email.subject.contains(&app.movie_title), "{}", confirmed_email.subject);
+    assert!(confirmed_email.body.contains("C7, C8") && confirmed_email.body.contains("25.00 EUR"));
+    assert!(note(&confirmed, "sms").body.contains("C7, C8"));
+    assert!(note(&cancelled, "email").body.contains("Refund: 12.50 EUR"));
+    assert!(note(&refunded, "email").subject.contains("12.50 EUR"));
+    assert!(note(&refunded, "sms").body.contains("booking cancelled"));
+    assert!(note(&expired, "email").body.contains("D1"));
+    assert!(note(&failed, "email").body.contains("card declined"));
+}
+
+#[tokio::test]
+async fn an_undecodable_message_is_dead_lettered_at_once_without_blocking_the_next_event() {
     let app = spawn_app().await;
     let (carol, _) = app.register("carol").await;
 
-    app.publisher.publish("booking.confirmed", b"\xff\xffnot protobuf at all").await;
-    let valid = confirmed_event(&carol, &["E5"]);
+    let garbage = b"\xff\xffnot protobuf at all";
+    app.publisher.publish("booking.confirmed", garbage).await;
+    let valid = app.confirmed_event(&carol, &["E5"]);
     app.publisher.publish_event(&valid).await;
 
     let listed = app.await_notifications(&carol, 1).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].event_id, valid.event_id);
+    let dead = app.await_dead_letters(1).await;
+    assert_eq!(dead[0].data, garbage);
+    assert_eq!(death_reason(&dead[0]), "rejected", "rejected on its first delivery, never retried");
+    app.await_metric(r#"notification_dead_lettered_total{reason="unparseable"}"#, 1.0).await;
+    app.await_metric("notification_events_consumed_total", 2.0).await;
+}
+
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_after_the_delivery_limit_while_others_keep_flowing() {
+    let mut app = spawn_app_with(|settings| settings.notification.delivery_limit = 3).await;
+    let (erin, _) = app.register("erin").await;
+    // Well formed, but its user does not exist: every attempt fails.
+    let poison = app.confirmed_event(&Uuid::new_v4().to_string(), &["P1"]);
+    let healthy: Vec<Event> = (0..50).map(|i| app.confirmed_event(&erin, &[&format!("H{i}")])).collect();
+
+    app.publisher.publish_all(std::iter::once(&poison).chain(&healthy)).await;
+
+    app.await_logged(50, Duration::from_secs(30)).await;
+    let dead = app.await_dead_letters(1).await;
+    assert_eq!(Event::decode(dead[0].data.as_slice()).unwrap().event_id, poison.event_id);
+    assert_eq!(death_reason(&dead[0]), "delivery_limit");
+    app.await_metric(r#"notification_dead_lettered_total{reason="delivery_limit"}"#, 1.0).await;
+    app.await_metric("notification_messages_sent_total", 50.0).await;
+    app.assert_settled_exactly_once(50).await;
+}
+
+#[tokio::test]
+async fn a_thousand_events_published_two_or_three_times_are_notified_exactly_once() {
+    let mut app = spawn_app_with(|_| {}).await;
+    let (frank, _) = app.register("frank").await;
+    let events: Vec<Event> = (0..1000).map(|i| app.confirmed_event(&frank, &[&format!("S{i}")])).collect();
+    let thrice = events.iter().step_by(7);
+
+    app.publisher.publish_all(events.iter().chain(&events).chain(thrice)).await;
+
+    app.await_logged(1000, Duration::from_secs(120)).await;
+    // Every delivery is counted once, and only first deliveries are sent.
+    app.await_metric("notification_events_consumed_total", 2143.0).await;
+    app.await_metric("notification_processing_seconds_count", 2143.0).await;
+    assert_eq!(app.metric("notification_messages_sent_total").await, 1000.0);
+    assert_eq!(app.metric("notification_duplicates_skipped_total").await, 1143.0);
+    assert_eq!(app.metric(r#"notification_dead_lettered_total{reason="unparseable"}"#).await, 0.0);
+    app.assert_settled_exactly_once(1000).await;
+}
+
+#[tokio::test]
+async fn a_message_recorded_before_its_done_marker_was_lost_is_not_recorded_twice() {
+    let mut app = spawn_app_with(|_| {}).await;
+    let (lea, _) = app.register("lea").await;
+    let event = app.confirmed_event(&lea, &["M1"]);
+    app.publisher.publish_event(&event).await;
+    app.await_logged(1, Duration::from_secs(20)).await;
+    app.await_metric("notification_messages_sent_total", 1.0).await;
+
+    // As if the worker crashed between recording the message and marking the event done.
+    let mut redis = redis::Client::open(app.settings.redis.url.expose().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("{}notification:event:{}", app.settings.redis.key_prefix, event.event_id);
+    let deleted: i64 = redis::cmd("DEL").arg(&key).query_async(&mut redis).await.unwrap();
+    assert_eq!(deleted, 1, "the done marker existed");
+    app.publisher.publish_event(&event).await;
+
+    // The redelivery goes all the way to the store, which already has the record.
+    app.await_metric("notification_messages_sent_total", 2.0).await;
+    app.assert_settled_exactly_once(1).await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_batch_and_restarted_notifies_every_event_exactly_once() {
+    let mut app = spawn_app_with(|_| {}).await;
+    let (gina, _) = app.register("gina").await;
+    let events: Vec<Event> = (0..1000).map(|i| app.confirmed_event(&gina, &[&format!("K{i}")])).collect();
+
+    app.publisher.publish_all(&events).await;
+    app.await_logged(100, Duration::from_secs(60)).await;
+    app.kill_worker().await;
+    let (at_the_crash, _) = app.logged().await;
+    assert!(at_the_crash < 1000, "killed mid-batch, with events left to notify");
+
+    app.start_worker().await;
+    app.await_logged(1000, Duration::from_secs(120)).await;
+    app.assert_settled_exactly_once(1000).await;
+}
+
+#[tokio::test]
+async fn while_redis_is_down_nothing_is_acked_and_everything_is_notified_once_it_returns() {
+    let mut redis = PrivateRedis::start();
+    // A single requeue would dead-letter: holding deliveries must not requeue them.
+    let mut app = spawn_app_with(|settings| {
+        settings.redis.url = Secret::new(redis.url());
+        settings.notification.delivery_limit = 1;
+    })
+    .await;
+    let (hana, _) = app.register("hana").await;
+    let before: Vec<Event> = (0..50).map(|i| app.confirmed_event(&hana, &[&format!("A{i}")])).collect();
+    let during: Vec<Event> = (0..50).map(|i| app.confirmed_event(&hana, &[&format!("B{i}")])).collect();
+
+    app.publisher.publish_all(&before).await;
+    app.await_logged(50, Duration::from_secs(30)).await;
+
+    redis.shut_down();
+    app.publisher.publish_all(&during).await;
+    // The worker takes every delivery (prefetch 100) and holds it unacknowledged.
+    app.await_ready(&app.queue(), 0).await;
+    // For a while nothing is sent, settled, or dead-lettered.
+    let window = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < window {
+        assert_eq!(app.logged().await, (50, 50), "nothing is sent without Redis");
+        assert_eq!(app.publisher.ready(&app.dead_letter_queue()).await, 0, "nothing is dead-lettered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Stop the worker now and everything returns to the queue: nothing was acked.
+    app.kill_worker().await;
+    app.await_ready(&app.queue(), 50).await;
+
+    redis.restart();
+    app.start_worker().await;
+    app.await_logged(100, Duration::from_secs(30)).await;
+    app.assert_settled_exactly_once(100).await;
 }
 
 #[tokio::test]
@@ -233,7 +696,7 @@ async fn listing_validates_the_user_and_caps_the_page() {
 
     let (dave, _) = app.register("dave").await;
     for seat in ["F1", "F2", "F3"] {
-        app.publisher.publish_event(&confirmed_event(&dave, &[seat])).await;
+        app.publisher.publish_event(&app.confirmed_event(&dave, &[seat])).await;
     }
     app.await_notifications(&dave, 3).await;
     let page = app
@@ -245,4 +708,73 @@ async fn listing_validates_the_user_and_caps_the_page() {
         .into_inner()
         .notifications;
     assert_eq!(page.len(), 2);
+}
+
+/// Why the broker dead-lettered a message (`x-death[0].reason`).
+fn death_reason(delivery: &Delivery) -> String {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        panic!("a dead letter without x-death: {headers:?}");
+    };
+    let Some(AMQPValue::FieldTable(death)) = deaths.as_slice().first() else {
+        panic!("an empty x-death: {headers:?}");
+    };
+    match death.inner().get("reason") {
+        Some(AMQPValue::LongString(reason)) => String::from_utf8_lossy(reason.as_bytes()).into_owned(),
+        other => panic!("x-death without a reason: {other:?}"),
+    }
+}
+
+/// A Redis server of this test's own, on a random port, that the test can stop.
+struct PrivateRedis {
+    port: u16,
+    process: Child,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self { port, process: Self::spawn(port) }
+    }
+
+    fn spawn(port: u16) -> Child {
+        let process = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while redis_cli(port, &["ping"]) != "PONG" {
+            assert!(std::time::Instant::now() < deadline, "private Redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        process
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn shut_down(&mut self) {
+        redis_cli(self.port, &["shutdown", "nosave"]);
+        self.process.wait().unwrap();
+    }
+
+    /// Starts it again, empty, on the same port.
+    fn restart(&mut self) {
+        self.process = Self::spawn(self.port);
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
 }

@@ -1,0 +1,178 @@
+//! Who to tell and what about: the user's contact details and channel preferences
+//! (user service) and the showtime's movie, cinema and local start time (cinema
+//! service), each cached briefly since one booking produces several events.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
+use marquee_proto::cinema::v1::{GetCinemaRequest, GetMovieRequest, GetShowtimeRequest};
+use marquee_proto::user::v1::user_service_client::UserServiceClient;
+use marquee_proto::user::v1::{GetUserRequest, NotificationPreferences};
+use tokio::time::Instant;
+use tonic::transport::Channel as GrpcChannel;
+use uuid::Uuid;
+
+use crate::domain::UserId;
+use crate::render::{Medium, Showing};
+
+/// Preference changes reach notifications within this long.
+const CONTACT_TTL: Duration = Duration::from_secs(30);
+/// Showtimes rarely change; this only bounds staleness after an edit.
+const SHOWING_TTL: Duration = Duration::from_secs(300);
+/// Beyond this many entries a cache drops what has expired, or everything.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// Where a user wants to be notified, in the order messages are sent.
+#[derive(Debug, Clone)]
+pub struct Contact {
+    pub name: String,
+    pub addresses: Vec<(Medium, String)>,
+}
+
+pub struct Directory {
+    users: UserServiceClient<GrpcChannel>,
+    cinema: CinemaServiceClient<GrpcChannel>,
+    contacts: TtlCache<UserId, Contact>,
+    showings: TtlCache<Uuid, Showing>,
+}
+
+fn upstream(call: &str, status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{call} failed: {:?}: {}", status.code(), status.message())
+}
+
+impl Directory {
+    pub fn new(users: UserServiceClient<GrpcChannel>, cinema: CinemaServiceClient<GrpcChannel>) -> Self {
+        Self { users, cinema, contacts: TtlCache::new(CONTACT_TTL), showings: TtlCache::new(SHOWING_TTL) }
+    }
+
+    pub async fn contact(&self, user_id: UserId) -> anyhow::Result<Contact> {
+        if let Some(contact) = self.contacts.get(&user_id) {
+            return Ok(contact);
+        }
+        let user = self
+            .users
+            .clone()
+            .get_user(GetUserRequest { id: user_id.to_string() })
+            .await
+            .map_err(|status| upstream("user.GetUser", status))?
+            .into_inner();
+        // A user service that predates preferences means the original default.
+        let wanted =
+            user.notification_preferences.unwrap_or(NotificationPreferences { email: true, sms: false });
+        let mut addresses = Vec::new();
+        if wanted.email && !user.email.is_empty() {
+            addresses.push((Medium::Email, user.email));
+        }
+        if wanted.sms && !user.phone.is_empty() {
+            addresses.push((Medium::Sms, user.phone));
+        }
+        let contact = Contact { name: user.name, addresses };
+        self.contacts.put(user_id, contact.clone());
+        Ok(contact)
+    }
+
+    pub async fn showing(&self, showtime_id: Uuid) -> anyhow::Result<Showing> {
+        if let Some(showing) = self.showings.get(&showtime_id) {
+            return Ok(showing);
+        }
+        let showtime = self
+            .cinema
+            .clone()
+            .get_showtime(GetShowtimeRequest { id: showtime_id.to_string() })
+            .await
+            .map_err(|status| upstream("cinema.GetShowtime", status))?
+            .into_inner();
+        let (mut movies, mut cinemas) = (self.cinema.clone(), self.cinema.clone());
+        let (movie, cinema) = tokio::try_join!(
+            async {
+                movies
+                    .get_movie(GetMovieRequest { id: showtime.movie_id.clone() })
+                    .await
+                    .map_err(|status| upstream("cinema.GetMovie", status))
+            },
+            async {
+                cinemas
+                    .get_cinema(GetCinemaRequest { id: showtime.cinema_id.clone() })
+                    .await
+                    .map_err(|status| upstream("cinema.GetCinema", status))
+            },
+        )?;
+        let (movie, cinema) = (movie.into_inner(), cinema.into_inner());
+        let starts_at = showtime
+            .starts_at
+            .as_ref()
+            .and_then(marquee_common::time::from_proto)
+            .context("the showtime has no valid start time")?;
+        let zone: chrono_tz::Tz = cinema
+            .time_zone
+            .parse()
+            .map_err(|e| anyhow::anyhow!("cinema {} has an unknown time zone: {e}", cinema.id))?;
+        let showing =
+            Showing { movie: movie.title, cinema: cinema.name, starts_at: local_start(starts_at, zone) };
+        self.showings.put(showtime_id, showing.clone());
+        Ok(showing)
+    }
+}
+
+/// E.g. "Sat 21 Nov 2026, 19:30 CET": the wall clock the customer goes by.
+pub fn local_start(at: chrono::DateTime<chrono::Utc>, zone: chrono_tz::Tz) -> String {
+    at.with_timezone(&zone).format("%a %-d %b %Y, %H:%M %Z").to_string()
+}
+
+/// A small map whose entries expire.
+struct TtlCache<K, V> {
+    ttl: Duration,
+    entries: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
+    fn new(ttl: Duration) -> Self {
+        Self { ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        // A panic elsewhere cannot leave a map half-updated in a way that matters here.
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.get(key).filter(|(expires, _)| *expires > Instant::now()).map(|(_, value)| value.clone())
+    }
+
+    fn put(&self, key: K, value: V) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if entries.len() >= CACHE_CAPACITY {
+            entries.retain(|_, (expires, _)| *expires > now);
+            if entries.len() >= CACHE_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (now + self.ttl, value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn start_times_are_shown_on_the_cinemas_wall_clock() {
+        let at = chrono::Utc.with_ymd_and_hms(2026, 11, 21, 18, 30, 0).unwrap();
+        assert_eq!(local_start(at, chrono_tz::Europe::Berlin), "Sat 21 Nov 2026, 19:30 CET");
+        assert_eq!(local_start(at, chrono_tz::America::New_York), "Sat 21 Nov 2026, 13:30 EST");
+    }
+
+    #[test]
+    fn cache_entries_expire() {
+        let fresh = TtlCache::new(Duration::from_secs(30));
+        fresh.put(1, "a");
+        assert_eq!(fresh.get(&1), Some("a"));
+        let stale = TtlCache::new(Duration::ZERO);
+        stale.put(1, "a");
+        assert_eq!(stale.get(&1), None);
+    }
+}

@@ -1,0 +1,112 @@
+//! The worker's Prometheus metrics, kept on a recorder of its own rather than the
+//! process-global one (several services share a process in tests and the dev
+//! launcher), and served at `GET /metrics`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use marquee_common::shutdown::Shutdown;
+use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+const CONSUMED: &str = "notification_events_consumed_total";
+const SENT: &str = "notification_messages_sent_total";
+const DUPLICATES: &str = "notification_duplicates_skipped_total";
+const DEAD_LETTERED: &str = "notification_dead_lettered_total";
+const LATENCY: &str = "notification_processing_seconds";
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// Deliveries received, redeliveries included.
+    pub consumed: Counter,
+    /// Messages delivered through a channel (one event may send an email and an SMS).
+    pub sent: Counter,
+    pub duplicates: Counter,
+    /// Rejected at once because the message cannot be parsed.
+    pub unparseable: Counter,
+    /// Failed on the last delivery the queue allows: the broker dead-letters it.
+    pub over_delivery_limit: Counter,
+    /// From receiving a delivery to settling it.
+    pub latency: Histogram,
+    handle: PrometheusHandle,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let meta = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+        let counter = |name: &'static str, help: &'static str| {
+            recorder.describe_counter(name.into(), None, help.into());
+            recorder.register_counter(&Key::from_static_name(name), &meta)
+        };
+        let dead_lettered = |reason: &'static str| {
+            let key = Key::from_parts(DEAD_LETTERED, vec![Label::from_static_parts("reason", reason)]);
+            recorder.register_counter(&key, &meta)
+        };
+        recorder.describe_counter(
+            DEAD_LETTERED.into(),
+            None,
+            "Messages sent to the dead-letter queue".into(),
+        );
+        recorder.describe_histogram(
+            LATENCY.into(),
+            Some(metrics::Unit::Seconds),
+            "Time from receiving a delivery to settling it".into(),
+        );
+        Self {
+            consumed: counter(CONSUMED, "Deliveries received from the queue"),
+            sent: counter(SENT, "Messages delivered through a channel"),
+            duplicates: counter(DUPLICATES, "Deliveries of already notified events, skipped"),
+            unparseable: dead_lettered("unparseable"),
+            over_delivery_limit: dead_lettered("delivery_limit"),
+            latency: recorder.register_histogram(&Key::from_static_name(LATENCY), &meta),
+            handle: recorder.handle(),
+        }
+    }
+
+    pub fn observe(&self, elapsed: Duration) {
+        self.latency.record(elapsed.as_secs_f64());
+    }
+}
+
+/// The bound `/metrics` listener.
+pub struct MetricsServer {
+    listener: TcpListener,
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+}
+
+impl MetricsServer {
+    pub async fn bind(host: &str, port: u16, metrics: &Metrics) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind((host, port))
+            .await
+            .with_context(|| format!("cannot bind the metrics port {host}:{port}"))?;
+        let addr = listener.local_addr().context("the metrics listener has no address")?;
+        Ok(Self { listener, addr, handle: metrics.handle.clone() })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub async fn serve(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let handle = self.handle;
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let handle = handle.clone();
+                async move {
+                    // Keeps summaries bounded even when scrapes are rare.
+                    handle.run_upkeep();
+                    handle.render()
+                }
+            }),
+        );
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .context("the metrics server failed")
+    }
+}
