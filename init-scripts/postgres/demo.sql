@@ -33,9 +33,9 @@ INSERT INTO screens (id, cinema_id, name) VALUES
     ('c0000000-0000-4000-8000-000000000003', 'b0000000-0000-4000-8000-000000000002', 'Sala 1')
 ON CONFLICT DO NOTHING;
 
--- Layouts: rows x seats per row, the back rows premium.
-INSERT INTO screen_seats (screen_id, seat_id, row_label, seat_number, category)
-SELECT layout.screen_id::uuid, chr(64 + r) || n, chr(64 + r), n,
+-- Layouts: rows x seats per row without aisles, the back rows premium.
+INSERT INTO screen_seats (screen_id, seat_id, row_label, seat_number, position, category)
+SELECT layout.screen_id::uuid, chr(64 + r) || n, chr(64 + r), n, n,
        CASE WHEN r > layout.rows - layout.premium_rows THEN 'premium' ELSE 'standard' END
   FROM (VALUES ('c0000000-0000-4000-8000-000000000001', 10, 12, 3),
                ('c0000000-0000-4000-8000-000000000002', 8, 14, 2),

@@ -1,31 +1,112 @@
 //! The `CinemaService` gRPC handlers: parse the request, call the store, map the reply.
 
+use marquee_common::shutdown::Shutdown;
 use marquee_common::time::to_proto;
 use marquee_proto::cinema::v1 as pb;
 use marquee_proto::common::v1::Money as PbMoney;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::catalog::{Category, NewCinema, NewMovie, NewScreen, NewShowtime};
+use crate::changes::{ChangeReason, SeatChange, SeatChanges};
 use crate::domain::{
-    BookingId, CinemaId, City, HoldTtl, Money, MovieCursor, MovieId, PageSize, SeatSelection, SeatState,
-    ShowDate, ShowtimeId, TitleSearch, optional,
+    BookingId, CinemaId, City, HoldCutoff, HoldTtl, Money, MovieCursor, MovieId, PageSize, SeatSelection,
+    SeatState, ShowDate, ShowtimeId, TitleSearch, optional,
 };
 use crate::error::CinemaError;
+use crate::seating;
 use crate::store::{CinemaRecord, MovieRecord, SeatRecord, ShowtimeRecord, Store};
+
+/// Seat-hold limits and catalog rules from config, checked once at startup.
+#[derive(Clone, Copy, Debug)]
+pub struct HoldPolicy {
+    pub max_seats_per_hold: usize,
+    pub cutoff: HoldCutoff,
+    pub extension: HoldTtl,
+    pub cleaning_buffer_minutes: i32,
+    pub no_orphan_seats: bool,
+}
+
+/// Staff may block or unblock a whole row or more at once; this bounds one request.
+const MAX_SEATS_PER_BLOCK: usize = 500;
 
 #[derive(Clone)]
 pub struct CinemaApi {
     store: Store,
-    max_seats_per_hold: usize,
+    policy: HoldPolicy,
+    changes: SeatChanges,
+    /// Ends open `WatchSeats` streams, so a graceful shutdown need not wait for them.
+    stop: Shutdown,
 }
 
 impl CinemaApi {
-    pub fn new(store: Store, max_seats_per_hold: usize) -> Self {
-        Self { store, max_seats_per_hold }
+    pub fn new(store: Store, policy: HoldPolicy, changes: SeatChanges) -> Self {
+        Self { store, policy, changes, stop: Shutdown::new() }
+    }
+
+    pub fn stopping_with(self, stop: Shutdown) -> Self {
+        Self { stop, ..self }
+    }
+}
+
+impl CinemaApi {
+    /// Refuses a hold that would strand a seat, unless every block of that size would.
+    async fn check_no_orphans(&self, showtime: ShowtimeId, seats: &SeatSelection) -> Result<(), CinemaError> {
+        let map = self.store.seat_map(showtime).await?;
+        let wanted = seats.to_strings();
+        let taking = wanted.iter().map(String::as_str).collect();
+        let stranded = seating::new_orphans(&map, &taking);
+        if stranded.is_empty() || !seating::clean_block_exists(&map, wanted.len()) {
+            return Ok(());
+        }
+        tracing::info!(seats.stranded = %stranded.join(","), "hold refused by the no-orphan rule");
+        Err(CinemaError::SeatRule(stranded))
     }
 }
 
 #[tonic::async_trait]
 impl pb::cinema_service_server::CinemaService for CinemaApi {
+    type WatchSeatsStream = ReceiverStream<Result<pb::SeatChange, Status>>;
+
+    #[tracing::instrument(skip_all, fields(showtime.id = %request.get_ref().showtime_id))]
+    async fn watch_seats(
+        &self,
+        request: Request<pb::WatchSeatsRequest>,
+    ) -> Result<Response<Self::WatchSeatsStream>, Status> {
+        let showtime = ShowtimeId::parse(&request.get_ref().showtime_id)?;
+        // Subscribed before answering: nothing committed after the answer is missed.
+        let mut changes = self.changes.subscribe();
+        if !self.store.showtime_exists(showtime).await.map_err(CinemaError::from)? {
+            return Err(CinemaError::not_found("showtime", showtime).into());
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let received = tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tx.closed() => return,
+                    received = changes.recv() => received,
+                };
+                let item = match received {
+                    Ok(change) if change.showtime_id == showtime.as_uuid() => Ok(change_to_pb(change)),
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(missed)) => Err(CinemaError::Conflict(format!(
+                        "the watcher fell {missed} changes behind; reload the seat map and watch again"
+                    ))
+                    .into()),
+                    Err(RecvError::Closed) => return,
+                };
+                let last = item.is_err();
+                if tx.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn list_movies(
         &self,
@@ -144,13 +225,19 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         let req = request.into_inner();
         let showtime = ShowtimeId::parse(&req.showtime_id)?;
         let booking = BookingId::parse(&req.booking_id)?;
-        let seats = SeatSelection::parse(&req.seat_ids, self.max_seats_per_hold)?;
+        let seats = SeatSelection::parse(&req.seat_ids, self.policy.max_seats_per_hold)?;
         let ttl = HoldTtl::parse(req.ttl_seconds)?;
-        let hold = self.store.lock_seats(showtime, &seats, booking, ttl).await.inspect_err(|e| {
-            if let CinemaError::SeatsUnavailable(taken) = e {
-                tracing::info!(seats.unavailable = %taken.join(","), "seats not locked");
-            }
-        })?;
+        if self.policy.no_orphan_seats {
+            self.check_no_orphans(showtime, &seats).await?;
+        }
+        let hold =
+            self.store.lock_seats(showtime, &seats, booking, ttl, self.policy.cutoff).await.inspect_err(
+                |e| {
+                    if let CinemaError::SeatsUnavailable(taken) = e {
+                        tracing::info!(seats.unavailable = %taken.join(","), "seats not locked");
+                    }
+                },
+            )?;
         tracing::info!(expires_at = %hold.expires_at, "seats locked");
         Ok(Response::new(pb::LockSeatsResponse {
             seats: hold.seats.into_iter().map(seat_to_pb).collect(),
@@ -170,7 +257,7 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         let req = request.into_inner();
         let showtime = ShowtimeId::parse(&req.showtime_id)?;
         let booking = BookingId::parse(&req.booking_id)?;
-        let seats = SeatSelection::parse(&req.seat_ids, self.max_seats_per_hold)?;
+        let seats = SeatSelection::parse(&req.seat_ids, self.policy.max_seats_per_hold)?;
         let seat_ids = self.store.confirm_seats(showtime, booking, &seats).await?;
         tracing::info!(seats = %seat_ids.join(","), "seats booked");
         Ok(Response::new(pb::ConfirmSeatsResponse { seat_ids }))
@@ -191,6 +278,132 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         tracing::info!(seats = %seat_ids.join(","), "seats released");
         Ok(Response::new(pb::ReleaseSeatsResponse { seat_ids }))
     }
+
+    #[tracing::instrument(skip_all, fields(
+        showtime.id = %request.get_ref().showtime_id,
+        booking.id = %request.get_ref().booking_id,
+    ))]
+    async fn extend_hold(
+        &self,
+        request: Request<pb::ExtendHoldRequest>,
+    ) -> Result<Response<pb::ExtendHoldResponse>, Status> {
+        let req = request.into_inner();
+        let showtime = ShowtimeId::parse(&req.showtime_id)?;
+        let booking = BookingId::parse(&req.booking_id)?;
+        let (seat_ids, expires_at) = self.store.extend_hold(showtime, booking, self.policy.extension).await?;
+        tracing::info!(%expires_at, "hold extended");
+        Ok(Response::new(pb::ExtendHoldResponse { seat_ids, expires_at: Some(to_proto(expires_at)) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(
+        showtime.id = %request.get_ref().showtime_id,
+        seats.count = request.get_ref().count,
+    ))]
+    async fn suggest_seats(
+        &self,
+        request: Request<pb::SuggestSeatsRequest>,
+    ) -> Result<Response<pb::SuggestSeatsResponse>, Status> {
+        let req = request.into_inner();
+        let showtime = ShowtimeId::parse(&req.showtime_id)?;
+        let count = usize::try_from(req.count)
+            .ok()
+            .filter(|n| (1..=self.policy.max_seats_per_hold).contains(n))
+            .ok_or_else(|| {
+                CinemaError::BadInput(format!(
+                    "count must be between 1 and {}, got {}",
+                    self.policy.max_seats_per_hold, req.count
+                ))
+            })?;
+        let category = optional(&req.category, Category::parse)?;
+        let map = self.store.seat_map(showtime).await?;
+        let party = seating::PartyRequest {
+            count,
+            category: category.as_ref().map(Category::as_str),
+            accessible: req.accessible,
+        };
+        let chosen = seating::suggest(&map, &party).unwrap_or_default();
+        let seats = map.into_iter().filter(|s| chosen.contains(&s.seat_id)).map(seat_to_pb).collect();
+        Ok(Response::new(pb::SuggestSeatsResponse { seats }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_movie(
+        &self,
+        request: Request<pb::CreateMovieRequest>,
+    ) -> Result<Response<pb::Movie>, Status> {
+        let movie = NewMovie::parse(request.into_inner())?;
+        let created = self.store.create_movie(&movie).await.map_err(CinemaError::from)?;
+        tracing::info!(movie.id = %created.id, "movie created");
+        Ok(Response::new(movie_to_pb(created)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_cinema(
+        &self,
+        request: Request<pb::CreateCinemaRequest>,
+    ) -> Result<Response<pb::Cinema>, Status> {
+        let cinema = NewCinema::parse(request.into_inner())?;
+        let created = self.store.create_cinema(&cinema).await?;
+        tracing::info!(cinema.id = %created.id, "cinema created");
+        Ok(Response::new(cinema_to_pb(created)))
+    }
+
+    #[tracing::instrument(skip_all, fields(cinema.id = %request.get_ref().cinema_id))]
+    async fn create_screen(
+        &self,
+        request: Request<pb::CreateScreenRequest>,
+    ) -> Result<Response<pb::Screen>, Status> {
+        let screen = NewScreen::parse(request.into_inner())?;
+        let created = self.store.create_screen(&screen).await?;
+        tracing::info!(screen.id = %created.id, seats = created.seat_count, "screen created");
+        Ok(Response::new(pb::Screen {
+            id: created.id.to_string(),
+            cinema_id: created.cinema_id.to_string(),
+            name: created.name,
+            seat_count: created.seat_count,
+            categories: created.categories,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(
+        movie.id = %request.get_ref().movie_id,
+        screen.id = %request.get_ref().screen_id,
+    ))]
+    async fn create_showtime(
+        &self,
+        request: Request<pb::CreateShowtimeRequest>,
+    ) -> Result<Response<pb::Showtime>, Status> {
+        let showtime = NewShowtime::parse(request.into_inner(), chrono::Utc::now())?;
+        let created = self.store.create_showtime(&showtime, self.policy.cleaning_buffer_minutes).await?;
+        tracing::info!(showtime.id = %created.id, "showtime created");
+        Ok(Response::new(showtime_to_pb(created)))
+    }
+
+    #[tracing::instrument(skip_all, fields(showtime.id = %request.get_ref().showtime_id))]
+    async fn block_seats(
+        &self,
+        request: Request<pb::BlockSeatsRequest>,
+    ) -> Result<Response<pb::BlockSeatsResponse>, Status> {
+        let req = request.into_inner();
+        let showtime = ShowtimeId::parse(&req.showtime_id)?;
+        let seats = SeatSelection::parse(&req.seat_ids, MAX_SEATS_PER_BLOCK)?;
+        let seat_ids = self.store.block_seats(showtime, &seats).await?;
+        tracing::info!(seats = %seat_ids.join(","), "seats blocked");
+        Ok(Response::new(pb::BlockSeatsResponse { seat_ids }))
+    }
+
+    #[tracing::instrument(skip_all, fields(showtime.id = %request.get_ref().showtime_id))]
+    async fn unblock_seats(
+        &self,
+        request: Request<pb::UnblockSeatsRequest>,
+    ) -> Result<Response<pb::UnblockSeatsResponse>, Status> {
+        let req = request.into_inner();
+        let showtime = ShowtimeId::parse(&req.showtime_id)?;
+        let seats = SeatSelection::parse(&req.seat_ids, MAX_SEATS_PER_BLOCK)?;
+        let seat_ids = self.store.unblock_seats(showtime, &seats).await?;
+        tracing::info!(seats = %seat_ids.join(","), "seats unblocked");
+        Ok(Response::new(pb::UnblockSeatsResponse { seat_ids }))
+    }
 }
 
 fn money_to_pb(money: Money) -> PbMoney {
@@ -207,6 +420,7 @@ fn movie_to_pb(m: MovieRecord) -> pb::Movie {
         genres: m.genres,
         poster_url: m.poster_url,
         release_date: m.release_date.map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default(),
+        languages: m.languages,
     }
 }
 
@@ -238,12 +452,7 @@ fn showtime_to_pb(s: ShowtimeRecord) -> pb::Showtime {
 }
 
 fn seat_to_pb(s: SeatRecord) -> pb::Seat {
-    let state = match s.state {
-        SeatState::Available => pb::SeatState::Available,
-        SeatState::Held => pb::SeatState::Held,
-        SeatState::Booked => pb::SeatState::Booked,
-        SeatState::Blocked => pb::SeatState::Blocked,
-    };
+    let state = state_to_pb(s.state);
     pb::Seat {
         seat_id: s.seat_id,
         row: s.row_label,
@@ -251,5 +460,35 @@ fn seat_to_pb(s: SeatRecord) -> pb::Seat {
         category: s.category,
         price: Some(money_to_pb(s.price)),
         state: state as i32,
+        accessible: s.place.is_some_and(|p| p.accessible),
+        companion: s.place.is_some_and(|p| p.companion),
+        position: s.place.map_or(0, |p| p.position),
+    }
+}
+
+fn state_to_pb(state: SeatState) -> pb::SeatState {
+    match state {
+        SeatState::Available => pb::SeatState::Available,
+        SeatState::Held => pb::SeatState::Held,
+        SeatState::Booked => pb::SeatState::Booked,
+        SeatState::Blocked => pb::SeatState::Blocked,
+    }
+}
+
+fn change_to_pb(change: SeatChange) -> pb::SeatChange {
+    let reason = match change.reason {
+        ChangeReason::Held => pb::SeatChangeReason::Held,
+        ChangeReason::Booked => pb::SeatChangeReason::Booked,
+        ChangeReason::Released => pb::SeatChangeReason::Released,
+        ChangeReason::Expired => pb::SeatChangeReason::Expired,
+        ChangeReason::Blocked => pb::SeatChangeReason::Blocked,
+        ChangeReason::Unblocked => pb::SeatChangeReason::Unblocked,
+    };
+    pb::SeatChange {
+        showtime_id: change.showtime_id.to_string(),
+        seat_id: change.seat_id,
+        state: state_to_pb(change.state) as i32,
+        reason: reason as i32,
+        changed_at: Some(to_proto(change.changed_at)),
     }
 }

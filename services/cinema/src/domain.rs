@@ -46,6 +46,14 @@ uuid_id!(MovieId, "movie id");
 uuid_id!(CinemaId, "cinema id");
 uuid_id!(ShowtimeId, "showtime id");
 uuid_id!(BookingId, "booking id");
+uuid_id!(ScreenId, "screen id");
+
+impl ShowtimeId {
+    /// For ids this service generated itself.
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
+}
 
 /// A seat label within a screen, e.g. "C7": ASCII letters and digits only.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,6 +115,21 @@ impl HoldTtl {
                 Self::MAX_SECONDS
             )))
         }
+    }
+
+    pub fn seconds(self) -> i32 {
+        self.0
+    }
+}
+
+/// How long before a showtime starts holds are no longer taken (from config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldCutoff(i32);
+
+impl HoldCutoff {
+    pub fn new(seconds: i32) -> anyhow::Result<Self> {
+        anyhow::ensure!(seconds >= 0, "cinema.hold_cutoff_seconds must not be negative, got {seconds}");
+        Ok(Self(seconds))
     }
 
     pub fn seconds(self) -> i32 {

@@ -15,6 +15,20 @@ pub enum CinemaError {
     /// booking). Nothing was changed.
     #[error("seats unavailable: {}", .0.join(","))]
     SeatsUnavailable(Vec<String>),
+    /// The showtime starts too soon (or has started) to hold seats for it.
+    #[error("holds for showtime {showtime} closed at {closed_at}")]
+    HoldsClosed { showtime: String, closed_at: chrono::DateTime<chrono::Utc> },
+    /// The booking holds nothing live any more (released, or its hold lapsed).
+    #[error("{0}")]
+    HoldExpired(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The hold would leave these free seats stranded (the no-orphan rule).
+    #[error("the hold would leave seat {} alone", .0.join(","))]
+    SeatRule(Vec<String>),
+    /// The new showtime would overlap this one on the same screen.
+    #[error("the screen is busy with showtime {0} at that time")]
+    OverlappingShowtime(String),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -37,6 +51,17 @@ impl From<CinemaError> for tonic::Status {
             CinemaError::SeatsUnavailable(seats) => ApiError::new(ErrorCode::SeatUnavailable, message)
                 .with_meta("seat_ids", seats.join(","))
                 .into(),
+            CinemaError::HoldsClosed { closed_at, .. } => {
+                ApiError::bad_input(message).with_meta("closed_at", closed_at.to_rfc3339()).into()
+            }
+            CinemaError::HoldExpired(_) => ApiError::new(ErrorCode::HoldExpired, message).into(),
+            CinemaError::Conflict(_) => ApiError::new(ErrorCode::Conflict, message).into(),
+            CinemaError::SeatRule(stranded) => ApiError::new(ErrorCode::SeatRuleViolation, message)
+                .with_meta("seat_ids", stranded.join(","))
+                .into(),
+            CinemaError::OverlappingShowtime(id) => {
+                ApiError::new(ErrorCode::Conflict, message).with_meta("showtime_id", id).into()
+            }
             CinemaError::Unexpected(e) => marquee_common::error::internal(&e),
         }
     }

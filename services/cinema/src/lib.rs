@@ -7,8 +7,11 @@
 //! hold counts as free the moment it expires, whether or not anything released it.
 
 mod api;
+mod catalog;
+mod changes;
 mod domain;
 mod error;
+mod seating;
 mod startup;
 mod store;
 

@@ -7,10 +7,13 @@ use anyhow::Context;
 use marquee_common::Settings;
 use marquee_common::shutdown::Shutdown;
 use marquee_proto::cinema::v1::cinema_service_server::CinemaServiceServer;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::net::TcpListener;
 
-use crate::api::CinemaApi;
+use crate::api::{CinemaApi, HoldPolicy};
+use crate::changes::{self, SeatChanges};
+use crate::domain::{HoldCutoff, HoldTtl};
 use crate::store::{self, Store};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../init-scripts/postgres/migrations");
@@ -21,12 +24,24 @@ pub struct Application {
     addr: SocketAddr,
     api: CinemaApi,
     grace: Duration,
+    pool: PgPool,
+    seat_listener: PgListener,
+    changes: SeatChanges,
+    sweep_interval: Option<Duration>,
 }
 
 impl Application {
     /// Connects to PostgreSQL, applies migrations, seeds the demo catalog when
     /// `cinema.seed_demo` is set, and binds the gRPC port (0 picks a free one).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let policy = HoldPolicy {
+            max_seats_per_hold: settings.cinema.max_seats_per_hold,
+            cutoff: HoldCutoff::new(settings.cinema.hold_cutoff_seconds)?,
+            extension: HoldTtl::parse(settings.cinema.hold_extension_seconds)
+                .context("invalid cinema.hold_extension_seconds")?,
+            cleaning_buffer_minutes: settings.cinema.cleaning_buffer_minutes.max(0),
+            no_orphan_seats: settings.cinema.no_orphan_seats,
+        };
         let pool = PgPoolOptions::new()
             .max_connections(settings.postgres.max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -37,12 +52,18 @@ impl Application {
         if settings.cinema.seed_demo {
             store::seed_demo(&pool).await?;
         }
+        let (seat_changes, seat_listener) = changes::listen(&pool).await?;
         let (listener, addr) = marquee_common::grpc::bind(&settings.cinema.server).await?;
+        let sweep_ms = settings.cinema.hold_sweep_interval_ms;
         Ok(Application {
             listener,
             addr,
-            api: CinemaApi::new(Store::new(pool), settings.cinema.max_seats_per_hold),
+            api: CinemaApi::new(Store::new(pool.clone()), policy, seat_changes.clone()),
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
+            pool,
+            seat_listener,
+            changes: seat_changes,
+            sweep_interval: (sweep_ms > 0).then(|| Duration::from_millis(sweep_ms)),
         })
     }
 
@@ -50,15 +71,28 @@ impl Application {
         self.addr
     }
 
-    /// Serves until `shutdown` is cancelled, then drains in-flight calls.
+    /// Serves until `shutdown` is cancelled, then drains in-flight calls. Meanwhile
+    /// relays seat changes to watchers and, if configured, sweeps lapsed holds.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        marquee_common::grpc::serve(
+        // Background work also stops if the server fails on its own.
+        let background = shutdown.child_token();
+        let relay = tokio::spawn(changes::relay(self.seat_listener, self.changes, background.clone()));
+        let sweeper = self
+            .sweep_interval
+            .map(|interval| tokio::spawn(changes::sweep(self.pool.clone(), interval, background.clone())));
+        let served = marquee_common::grpc::serve(
             self.listener,
-            tonic::service::Routes::new(CinemaServiceServer::new(self.api)),
+            tonic::service::Routes::new(CinemaServiceServer::new(self.api.stopping_with(background.clone()))),
             <CinemaServiceServer<CinemaApi> as tonic::server::NamedService>::NAME,
             shutdown,
             self.grace,
         )
-        .await
+        .await;
+        background.cancel();
+        relay.await.context("the seat change relay panicked")??;
+        if let Some(sweeper) = sweeper {
+            sweeper.await.context("the hold sweeper panicked")??;
+        }
+        served
     }
 }

@@ -1,20 +1,22 @@
 //! PostgreSQL access: catalog reads and the seat-hold functions from the migrations.
 //!
-//! Seat changes go through `cinema_lock_seats`, `cinema_confirm_seats` and
-//! `cinema_release_seats` (see `0002_seat_holds.sql`): one statement each, so one round
+//! Seat changes go through `cinema_lock_seats`, `cinema_confirm_seats`,
+//! `cinema_release_seats` and `cinema_extend_hold` (see `0002_seat_holds.sql` and
+//! `0003_hold_rules.sql`): one statement each, so one round
 //! trip and one transaction, with row locks taken in seat order and released at commit,
 //! before the reply leaves this process.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::catalog::{NewCinema, NewMovie, NewScreen, NewShowtime};
 use crate::domain::{
-    BookingId, CinemaId, City, HoldTtl, Money, MovieCursor, MovieId, PageSize, SeatSelection, SeatState,
-    ShowDate, ShowtimeId, TitleSearch,
+    BookingId, CinemaId, City, HoldCutoff, HoldTtl, Money, MovieCursor, MovieId, PageSize, SeatSelection,
+    SeatState, ShowDate, ShowtimeId, TitleSearch,
 };
 use crate::error::CinemaError;
 
@@ -28,6 +30,7 @@ pub struct MovieRecord {
     pub genres: Vec<String>,
     pub poster_url: String,
     pub release_date: Option<NaiveDate>,
+    pub languages: Vec<String>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -65,6 +68,24 @@ pub struct SeatRecord {
     pub category: String,
     pub price: Money,
     pub state: SeatState,
+    /// Where the seat is and what kind it is; only seat maps load it.
+    pub place: Option<SeatPlace>,
+}
+
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct SeatPlace {
+    pub position: i32,
+    pub accessible: bool,
+    pub companion: bool,
+}
+
+#[derive(Debug)]
+pub struct ScreenRecord {
+    pub id: Uuid,
+    pub cinema_id: Uuid,
+    pub name: String,
+    pub seat_count: i32,
+    pub categories: Vec<String>,
 }
 
 /// Seats now held by a booking, with what they cost.
@@ -117,8 +138,17 @@ impl SeatRow {
             row_label: self.row_label,
             seat_number: self.seat_number,
             category: self.category,
+            place: None,
         })
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct MapRow {
+    #[sqlx(flatten)]
+    seat: SeatRow,
+    #[sqlx(flatten)]
+    place: SeatPlace,
 }
 
 /// One row of `cinema_lock_seats`: an outcome tag plus, for held seats, the seat.
@@ -131,6 +161,14 @@ struct LockRow {
     category: Option<String>,
     amount_minor: Option<i64>,
     currency: Option<String>,
+    hold_expires_at: Option<DateTime<Utc>>,
+}
+
+/// One row of `cinema_extend_hold`.
+#[derive(sqlx::FromRow)]
+struct ExtendRow {
+    outcome: String,
+    seat_id: Option<String>,
     hold_expires_at: Option<DateTime<Utc>>,
 }
 
@@ -170,7 +208,7 @@ impl Store {
         page_size: PageSize,
     ) -> anyhow::Result<(Vec<MovieRecord>, Option<MovieCursor>)> {
         let mut movies = sqlx::query_as::<_, MovieRecord>(
-            "SELECT id, title, synopsis, runtime_minutes, rating, genres, poster_url, release_date
+            "SELECT id, title, synopsis, runtime_minutes, rating, genres, poster_url, release_date, languages
                FROM movies
               WHERE ($1::text IS NULL OR title ILIKE $1)
                 AND ($2::text IS NULL OR (title, id) > ($2, $3::uuid))
@@ -194,7 +232,7 @@ impl Store {
 
     pub async fn get_movie(&self, id: MovieId) -> anyhow::Result<Option<MovieRecord>> {
         sqlx::query_as::<_, MovieRecord>(
-            "SELECT id, title, synopsis, runtime_minutes, rating, genres, poster_url, release_date
+            "SELECT id, title, synopsis, runtime_minutes, rating, genres, poster_url, release_date, languages
                FROM movies WHERE id = $1",
         )
         .bind(id.as_uuid())
@@ -301,14 +339,17 @@ impl Store {
     /// Every seat of the showtime; a hold past its expiry shows as available, which is
     /// exactly what `cinema_lock_seats` would treat it as.
     pub async fn seat_map(&self, showtime: ShowtimeId) -> Result<Vec<SeatRecord>, CinemaError> {
-        let rows = sqlx::query_as::<_, SeatRow>(
+        let rows = sqlx::query_as::<_, MapRow>(
             "SELECT s.seat_id, s.row_label, s.seat_number, s.category, p.amount_minor, p.currency,
                     CASE WHEN s.status = 'held' AND s.hold_expires_at <= now() THEN 'available'
-                         ELSE s.status END AS status
+                         ELSE s.status END AS status,
+                    ss.position, ss.accessible, ss.companion
                FROM showtime_seats s
+               JOIN showtimes st ON st.id = s.showtime_id
+               JOIN screen_seats ss ON ss.screen_id = st.screen_id AND ss.seat_id = s.seat_id
                LEFT JOIN showtime_prices p ON p.showtime_id = s.showtime_id AND p.category = s.category
               WHERE s.showtime_id = $1
-              ORDER BY length(s.row_label), s.row_label, s.seat_number",
+              ORDER BY length(s.row_label), s.row_label, ss.position",
         )
         .bind(showtime.as_uuid())
         .fetch_all(&self.pool)
@@ -317,10 +358,13 @@ impl Store {
         if rows.is_empty() && !self.showtime_exists(showtime).await? {
             return Err(CinemaError::not_found("showtime", showtime));
         }
-        Ok(rows.into_iter().map(SeatRow::into_record).collect::<anyhow::Result<_>>()?)
+        Ok(rows
+            .into_iter()
+            .map(|row| Ok(SeatRecord { place: Some(row.place), ..row.seat.into_record()? }))
+            .collect::<anyhow::Result<_>>()?)
     }
 
-    async fn showtime_exists(&self, id: ShowtimeId) -> anyhow::Result<bool> {
+    pub async fn showtime_exists(&self, id: ShowtimeId) -> anyhow::Result<bool> {
         sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM showtimes WHERE id = $1)")
             .bind(id.as_uuid())
             .fetch_one(&self.pool)
@@ -335,15 +379,20 @@ impl Store {
         seats: &SeatSelection,
         booking: BookingId,
         ttl: HoldTtl,
+        cutoff: HoldCutoff,
     ) -> Result<Hold, CinemaError> {
-        let rows = sqlx::query_as::<_, LockRow>("SELECT * FROM cinema_lock_seats($1, $2, $3, $4)")
-            .bind(showtime.as_uuid())
-            .bind(seats.to_strings())
-            .bind(booking.as_uuid())
-            .bind(ttl.seconds())
-            .fetch_all(&self.pool)
-            .await
-            .with_context(|| format!("cannot lock seats of showtime {showtime}"))?;
+        let seat_ids = seats.to_strings();
+        let rows = retry_conflicts(|| {
+            sqlx::query_as::<_, LockRow>("SELECT * FROM cinema_lock_seats($1, $2, $3, $4, $5)")
+                .bind(showtime.as_uuid())
+                .bind(&seat_ids)
+                .bind(booking.as_uuid())
+                .bind(ttl.seconds())
+                .bind(cutoff.seconds())
+                .fetch_all(&self.pool)
+        })
+        .await
+        .with_context(|| format!("cannot lock seats of showtime {showtime}"))?;
 
         let mut unknown = Vec::new();
         let mut unavailable = Vec::new();
@@ -354,6 +403,10 @@ impl Store {
                 ("showtime_not_found", _) => return Err(CinemaError::not_found("showtime", showtime)),
                 ("showtime_started", _) => {
                     return Err(CinemaError::BadInput(format!("showtime {showtime} has already started")));
+                }
+                ("holds_closed", _) => {
+                    let closed_at = row.hold_expires_at.context("closed holds without a closing time")?;
+                    return Err(CinemaError::HoldsClosed { showtime: showtime.to_string(), closed_at });
                 }
                 ("unknown", Some(seat)) => unknown.push(seat),
                 ("unavailable", Some(seat)) => unavailable.push(seat),
@@ -397,13 +450,16 @@ impl Store {
         booking: BookingId,
         seats: &SeatSelection,
     ) -> Result<Vec<String>, CinemaError> {
-        let rows = sqlx::query_as::<_, OutcomeRow>("SELECT * FROM cinema_confirm_seats($1, $2, $3)")
-            .bind(showtime.as_uuid())
-            .bind(booking.as_uuid())
-            .bind(seats.to_strings())
-            .fetch_all(&self.pool)
-            .await
-            .with_context(|| format!("cannot confirm seats of showtime {showtime}"))?;
+        let seat_ids = seats.to_strings();
+        let rows = retry_conflicts(|| {
+            sqlx::query_as::<_, OutcomeRow>("SELECT * FROM cinema_confirm_seats($1, $2, $3)")
+                .bind(showtime.as_uuid())
+                .bind(booking.as_uuid())
+                .bind(&seat_ids)
+                .fetch_all(&self.pool)
+        })
+        .await
+        .with_context(|| format!("cannot confirm seats of showtime {showtime}"))?;
         let (booked, unavailable) = split_outcomes(showtime, rows, "booked", "unavailable")?;
         if unavailable.is_empty() { Ok(booked) } else { Err(CinemaError::SeatsUnavailable(unavailable)) }
     }
@@ -414,15 +470,93 @@ impl Store {
         showtime: ShowtimeId,
         booking: BookingId,
     ) -> Result<Vec<String>, CinemaError> {
-        let rows = sqlx::query_as::<_, OutcomeRow>("SELECT * FROM cinema_release_seats($1, $2)")
-            .bind(showtime.as_uuid())
-            .bind(booking.as_uuid())
-            .fetch_all(&self.pool)
-            .await
-            .with_context(|| format!("cannot release seats of showtime {showtime}"))?;
+        let rows = retry_conflicts(|| {
+            sqlx::query_as::<_, OutcomeRow>("SELECT * FROM cinema_release_seats($1, $2)")
+                .bind(showtime.as_uuid())
+                .bind(booking.as_uuid())
+                .fetch_all(&self.pool)
+        })
+        .await
+        .with_context(|| format!("cannot release seats of showtime {showtime}"))?;
         let (released, _) = split_outcomes(showtime, rows, "released", "")?;
         Ok(released)
     }
+
+    /// Pushes `booking`'s live hold back by `extension`, once per hold; returns the
+    /// seats and their new expiry.
+    pub async fn extend_hold(
+        &self,
+        showtime: ShowtimeId,
+        booking: BookingId,
+        extension: HoldTtl,
+    ) -> Result<(Vec<String>, DateTime<Utc>), CinemaError> {
+        let rows = retry_conflicts(|| {
+            sqlx::query_as::<_, ExtendRow>("SELECT * FROM cinema_extend_hold($1, $2, $3)")
+                .bind(showtime.as_uuid())
+                .bind(booking.as_uuid())
+                .bind(extension.seconds())
+                .fetch_all(&self.pool)
+        })
+        .await
+        .with_context(|| format!("cannot extend the hold of booking {booking}"))?;
+        let mut seats = Vec::new();
+        let mut expires_at = None;
+        for row in rows {
+            match (row.outcome.as_str(), row.seat_id) {
+                ("showtime_not_found", _) => return Err(CinemaError::not_found("showtime", showtime)),
+                ("no_live_hold", _) => {
+                    return Err(CinemaError::HoldExpired(format!(
+                        "booking {booking} holds no seats of showtime {showtime} any more"
+                    )));
+                }
+                ("already_extended", _) => {
+                    return Err(CinemaError::Conflict(format!(
+                        "the hold of booking {booking} was already extended"
+                    )));
+                }
+                ("extended", Some(seat)) => {
+                    expires_at = row.hold_expires_at;
+                    seats.push(seat);
+                }
+                (other, seat) => {
+                    return Err(
+                        anyhow::anyhow!("unexpected extend outcome {other:?} for seat {seat:?}").into()
+                    );
+                }
+            }
+        }
+        Ok((seats, expires_at.context("extension returned no expiry")?))
+    }
+}
+
+/// How often a seat function is re-run after PostgreSQL aborted it to break a deadlock
+/// or a serialization conflict. Seat functions lock in seat order, so neither should
+/// happen among themselves; this covers anything else that locks seats (ad-hoc SQL,
+/// future statements) and keeps such aborts from ever reaching a client.
+const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// Runs `call` again when PostgreSQL reports a deadlock (40P01) or a serialization
+/// failure (40001): the aborted transaction changed nothing, so a rerun is safe.
+async fn retry_conflicts<T, F, Fut>(mut call: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if attempt < CONFLICT_ATTEMPTS && is_transient_conflict(&e) => {
+                tracing::warn!(attempt, error = %e, "seat statement aborted by a lock conflict; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt) * 5)).await;
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+fn is_transient_conflict(error: &sqlx::Error) -> bool {
+    error.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "40P01" || code == "40001")
 }
 
 /// Splits function outcome rows into (success seats, refused seats).
@@ -455,4 +589,289 @@ pub async fn seed_demo(pool: &PgPool) -> anyhow::Result<()> {
         .await
         .context("cannot load the demo catalog")?;
     Ok(())
+}
+
+/// Catalog administration. Each write is one transaction: a refused call writes nothing.
+impl Store {
+    pub async fn create_movie(&self, movie: &NewMovie) -> anyhow::Result<MovieRecord> {
+        sqlx::query_as::<_, MovieRecord>(
+            "INSERT INTO movies (id, title, synopsis, runtime_minutes, rating, genres, poster_url,
+                                 release_date, languages)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             RETURNING id, title, synopsis, runtime_minutes, rating, genres, poster_url, release_date,
+                       languages",
+        )
+        .bind(Uuid::now_v7())
+        .bind(&movie.title)
+        .bind(&movie.synopsis)
+        .bind(movie.runtime_minutes)
+        .bind(&movie.rating)
+        .bind(&movie.genres)
+        .bind(&movie.poster_url)
+        .bind(movie.release_date)
+        .bind(&movie.languages)
+        .fetch_one(&self.pool)
+        .await
+        .context("cannot insert a movie")
+    }
+
+    pub async fn create_cinema(&self, cinema: &NewCinema) -> Result<CinemaRecord, CinemaError> {
+        let known: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
+                .bind(cinema.time_zone.as_str())
+                .fetch_one(&self.pool)
+                .await
+                .context("cannot look up a time zone")?;
+        if !known {
+            return Err(CinemaError::BadInput(format!(
+                "unknown time zone {:?}: use an IANA name such as Europe/Berlin",
+                cinema.time_zone.as_str()
+            )));
+        }
+        Ok(sqlx::query_as::<_, CinemaRecord>(
+            "INSERT INTO cinemas (id, name, city, address, time_zone) VALUES ($1, $2, $3, $4, $5)
+             RETURNING id, name, city, address, time_zone",
+        )
+        .bind(Uuid::now_v7())
+        .bind(&cinema.name)
+        .bind(&cinema.city)
+        .bind(&cinema.address)
+        .bind(cinema.time_zone.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .context("cannot insert a cinema")?)
+    }
+
+    pub async fn create_screen(&self, screen: &NewScreen) -> Result<ScreenRecord, CinemaError> {
+        let mut tx = self.pool.begin().await.context("cannot begin a transaction")?;
+        let cinema_exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cinemas WHERE id = $1 FOR SHARE)")
+                .bind(screen.cinema.as_uuid())
+                .fetch_one(&mut *tx)
+                .await
+                .context("cannot look up the cinema")?;
+        if !cinema_exists {
+            return Err(CinemaError::not_found("cinema", screen.cinema));
+        }
+        let id = Uuid::now_v7();
+        let inserted = sqlx::query("INSERT INTO screens (id, cinema_id, name) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(screen.cinema.as_uuid())
+            .bind(&screen.name)
+            .execute(&mut *tx)
+            .await;
+        if let Err(e) = &inserted
+            && e.as_database_error().and_then(|d| d.constraint()) == Some("screens_cinema_id_name_key")
+        {
+            return Err(CinemaError::Conflict(format!(
+                "cinema {} already has a screen named {:?}",
+                screen.cinema, screen.name
+            )));
+        }
+        inserted.context("cannot insert a screen")?;
+
+        let seats = &screen.seats;
+        sqlx::query(
+            "INSERT INTO screen_seats (screen_id, seat_id, row_label, seat_number, position, category,
+                                       accessible, companion, blocked)
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::text[],
+                                      $7::bool[], $8::bool[], $9::bool[])",
+        )
+        .bind(id)
+        .bind(seats.iter().map(|s| s.seat_id.clone()).collect::<Vec<_>>())
+        .bind(seats.iter().map(|s| s.row_label.clone()).collect::<Vec<_>>())
+        .bind(seats.iter().map(|s| s.number).collect::<Vec<_>>())
+        .bind(seats.iter().map(|s| s.position).collect::<Vec<_>>())
+        .bind(seats.iter().map(|s| s.category.as_str().to_owned()).collect::<Vec<_>>())
+        .bind(seats.iter().map(|s| s.accessible).collect::<Vec<_>>())
+        .bind(seats.iter().map(|s| s.companion).collect::<Vec<_>>())
+        .bind(seats.iter().map(|s| s.blocked).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .context("cannot insert the screen's seats")?;
+        tx.commit().await.context("cannot commit a new screen")?;
+
+        let categories: BTreeSet<String> = seats.iter().map(|s| s.category.as_str().to_owned()).collect();
+        Ok(ScreenRecord {
+            id,
+            cinema_id: screen.cinema.as_uuid(),
+            name: screen.name.clone(),
+            seat_count: i32::try_from(seats.len()).context("seat count overflows")?,
+            categories: categories.into_iter().collect(),
+        })
+    }
+
+    /// Creates the showtime with its prices and seats. The screen row stays locked until
+    /// commit, so two overlapping showtimes created at once cannot both pass the check.
+    pub async fn create_showtime(
+        &self,
+        showtime: &NewShowtime,
+        cleaning_buffer_minutes: i32,
+    ) -> Result<ShowtimeRecord, CinemaError> {
+        let mut tx = self.pool.begin().await.context("cannot begin a transaction")?;
+        let runtime: Option<i32> = sqlx::query_scalar("SELECT runtime_minutes FROM movies WHERE id = $1")
+            .bind(showtime.movie.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await
+            .context("cannot look up the movie")?;
+        let runtime = runtime.ok_or_else(|| CinemaError::not_found("movie", showtime.movie))?;
+        let screen_found: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM screens WHERE id = $1 FOR UPDATE")
+                .bind(showtime.screen.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await
+                .context("cannot lock the screen")?;
+        if screen_found.is_none() {
+            return Err(CinemaError::not_found("screen", showtime.screen));
+        }
+
+        let seated: BTreeSet<String> =
+            sqlx::query_scalar("SELECT DISTINCT category FROM screen_seats WHERE screen_id = $1")
+                .bind(showtime.screen.as_uuid())
+                .fetch_all(&mut *tx)
+                .await
+                .context("cannot load the screen's seat categories")?
+                .into_iter()
+                .collect();
+        let priced: BTreeSet<String> = showtime.prices.categories().map(|c| c.as_str().to_owned()).collect();
+        let unknown: Vec<_> = priced.difference(&seated).cloned().collect();
+        if !unknown.is_empty() {
+            return Err(CinemaError::BadInput(format!(
+                "the screen has no seats of category {}",
+                unknown.join(", ")
+            )));
+        }
+        let unpriced: Vec<_> = seated.difference(&priced).cloned().collect();
+        if !unpriced.is_empty() {
+            return Err(CinemaError::BadInput(format!("no price for seat category {}", unpriced.join(", "))));
+        }
+
+        let ends_at = showtime.starts_at
+            + chrono::Duration::minutes(i64::from(runtime) + i64::from(cleaning_buffer_minutes));
+        let overlapping: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM showtimes WHERE screen_id = $1 AND starts_at < $3 AND ends_at > $2
+              ORDER BY starts_at LIMIT 1",
+        )
+        .bind(showtime.screen.as_uuid())
+        .bind(showtime.starts_at)
+        .bind(ends_at)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("cannot check for overlapping showtimes")?;
+        if let Some(other) = overlapping {
+            return Err(CinemaError::OverlappingShowtime(other.to_string()));
+        }
+
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO showtimes (id, movie_id, screen_id, starts_at, ends_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(showtime.movie.as_uuid())
+        .bind(showtime.screen.as_uuid())
+        .bind(showtime.starts_at)
+        .bind(ends_at)
+        .execute(&mut *tx)
+        .await
+        .context("cannot insert a showtime")?;
+        let (categories, amounts, currencies): (Vec<String>, Vec<i64>, Vec<String>) = showtime
+            .prices
+            .iter()
+            .map(|(c, m)| (c.as_str().to_owned(), m.amount_minor(), m.currency().to_owned()))
+            .collect();
+        sqlx::query(
+            "INSERT INTO showtime_prices (showtime_id, category, amount_minor, currency)
+             SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[])",
+        )
+        .bind(id)
+        .bind(&categories)
+        .bind(&amounts)
+        .bind(&currencies)
+        .execute(&mut *tx)
+        .await
+        .context("cannot insert showtime prices")?;
+        sqlx::query(
+            "INSERT INTO showtime_seats (showtime_id, seat_id, row_label, seat_number, category, status)
+             SELECT $1, seat_id, row_label, seat_number, category,
+                    CASE WHEN blocked THEN 'blocked' ELSE 'available' END
+               FROM screen_seats WHERE screen_id = $2",
+        )
+        .bind(id)
+        .bind(showtime.screen.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .context("cannot materialise showtime seats")?;
+        tx.commit().await.context("cannot commit a new showtime")?;
+
+        self.get_showtime(ShowtimeId::from_uuid(id))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("showtime {id} vanished after its creation").into())
+    }
+
+    /// Blocks every requested seat, or none if any is unknown, held or booked.
+    pub async fn block_seats(
+        &self,
+        showtime: ShowtimeId,
+        seats: &SeatSelection,
+    ) -> Result<Vec<String>, CinemaError> {
+        let seat_ids = seats.to_strings();
+        let rows = retry_conflicts(|| {
+            sqlx::query_as::<_, OutcomeRow>("SELECT * FROM cinema_block_seats($1, $2)")
+                .bind(showtime.as_uuid())
+                .bind(&seat_ids)
+                .fetch_all(&self.pool)
+        })
+        .await
+        .with_context(|| format!("cannot block seats of showtime {showtime}"))?;
+        seat_outcomes(showtime, rows, "blocked")
+    }
+
+    /// Puts the blocked ones among `seats` back on sale; returns those.
+    pub async fn unblock_seats(
+        &self,
+        showtime: ShowtimeId,
+        seats: &SeatSelection,
+    ) -> Result<Vec<String>, CinemaError> {
+        let seat_ids = seats.to_strings();
+        let rows = retry_conflicts(|| {
+            sqlx::query_as::<_, OutcomeRow>("SELECT * FROM cinema_unblock_seats($1, $2)")
+                .bind(showtime.as_uuid())
+                .bind(&seat_ids)
+                .fetch_all(&self.pool)
+        })
+        .await
+        .with_context(|| format!("cannot unblock seats of showtime {showtime}"))?;
+        seat_outcomes(showtime, rows, "unblocked")
+    }
+}
+
+/// Outcome rows with 'unknown' / 'unavailable' refusals and one success tag.
+fn seat_outcomes(
+    showtime: ShowtimeId,
+    rows: Vec<OutcomeRow>,
+    success: &str,
+) -> Result<Vec<String>, CinemaError> {
+    let mut ok = Vec::new();
+    let mut unknown = Vec::new();
+    let mut unavailable = Vec::new();
+    for row in rows {
+        match (row.outcome.as_str(), row.seat_id) {
+            ("showtime_not_found", _) => return Err(CinemaError::not_found("showtime", showtime)),
+            ("unknown", Some(seat)) => unknown.push(seat),
+            ("unavailable", Some(seat)) => unavailable.push(seat),
+            (outcome, Some(seat)) if outcome == success => ok.push(seat),
+            (other, seat) => {
+                return Err(anyhow::anyhow!("unexpected seat outcome {other:?} for seat {seat:?}").into());
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        unknown.sort();
+        return Err(CinemaError::UnknownSeats(unknown));
+    }
+    if !unavailable.is_empty() {
+        unavailable.sort();
+        return Err(CinemaError::SeatsUnavailable(unavailable));
+    }
+    Ok(ok)
 }

@@ -34,9 +34,14 @@ impl Drop for TestApp {
 }
 
 async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     marquee_common::telemetry::install_crypto_provider();
     let mut settings = marquee_common::testing::isolated_settings().await.unwrap();
     settings.cinema.seed_demo = true;
+    configure(&mut settings);
     let app = Application::build(settings.clone()).await.unwrap();
     let url = format!("http://{}", app.addr());
     let shutdown = Shutdown::new();
@@ -727,4 +732,773 @@ async fn thirty_two_clients_racing_for_the_same_seats_leave_exactly_one_winner()
             seats.iter().map(|s| (s.clone(), held(winner))).collect::<BTreeMap<_, _>>()
         );
     }
+}
+
+// --------------------------------------------------------------------- hold rules
+
+impl TestApp {
+    async fn extend(&self, showtime: &str, booking: &str) -> Result<pb::ExtendHoldResponse, ApiError> {
+        self.client
+            .clone()
+            .extend_hold(pb::ExtendHoldRequest { showtime_id: showtime.into(), booking_id: booking.into() })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| ApiError::from_status(&s))
+    }
+
+    async fn hold_expiry(&self, showtime: &str, seat: &str) -> chrono::DateTime<chrono::Utc> {
+        sqlx::query_scalar(
+            "SELECT hold_expires_at FROM showtime_seats WHERE showtime_id = $1::uuid AND seat_id = $2",
+        )
+        .bind(showtime)
+        .bind(seat)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn holds_are_refused_for_showtimes_starting_within_the_cutoff() {
+    let app = spawn_app_with(|s| s.cinema.hold_cutoff_seconds = 3600).await;
+    let showtimes = app.showtimes_in_saal_1().await;
+    let (soon, later) = (showtimes[0].id.as_str(), showtimes[1].id.as_str());
+    // Minutes past the round slot times, so no clash with the seeded (screen, start) pairs.
+    for (showtime, starts_in) in [(soon, "59 minutes 7 seconds"), (later, "61 minutes 7 seconds")] {
+        sqlx::query(
+            "UPDATE showtimes SET starts_at = now() + $2::interval, ends_at = now() + $2::interval + interval '2 hours'
+              WHERE id = $1::uuid",
+        )
+        .bind(showtime)
+        .bind(starts_in)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    }
+
+    let booking = new_booking();
+    let err = app.lock(soon, &booking, &["A1"]).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::BadUserInput);
+    assert!(err.message.contains("closed"), "{err}");
+    let closed_at = chrono::DateTime::parse_from_rfc3339(&err.metadata["closed_at"]).unwrap();
+    let minutes_ago = (chrono::Utc::now() - closed_at.to_utc()).num_seconds();
+    assert!((50..=60).contains(&minutes_ago), "closed {minutes_ago}s ago");
+    assert!(app.taken_seats(soon).await.is_empty());
+
+    app.lock(later, &booking, &["A1"]).await.unwrap();
+}
+
+#[tokio::test]
+async fn confirm_re_acquires_seats_a_lapsed_hold_left_free_and_changes_nothing_if_one_was_taken() {
+    let app = spawn_app().await;
+    let showtime = app.showtime().await.id;
+    let (late, unlucky, thief) = (new_booking(), new_booking(), new_booking());
+
+    // The hold lapsed and was released, but nobody took the seats: payment still wins them.
+    app.lock(&showtime, &late, &["H5", "H6"]).await.unwrap();
+    app.expire_holds(&showtime, &late).await;
+    assert_eq!(app.release(&showtime, &late).await, ["H5", "H6"]);
+    assert_eq!(app.confirm(&showtime, &late, &["H5", "H6"]).await.unwrap(), ["H5", "H6"]);
+    assert_eq!(app.confirm(&showtime, &late, &["H5", "H6"]).await.unwrap(), ["H5", "H6"]);
+
+    // Here one seat went to another booking in between (and even came free again).
+    app.lock(&showtime, &unlucky, &["H8", "H9"]).await.unwrap();
+    app.expire_holds(&showtime, &unlucky).await;
+    app.lock(&showtime, &thief, &["H9"]).await.unwrap();
+    assert_eq!(app.release(&showtime, &thief).await, ["H9"]);
+    let before = app.taken_seats(&showtime).await;
+    let err = app.confirm(&showtime, &unlucky, &["H8", "H9"]).await.unwrap_err();
+    assert_eq!((err.code, err.meta_list("seat_ids")), (ErrorCode::SeatUnavailable, vec!["H9".to_owned()]));
+    assert_eq!(app.taken_seats(&showtime).await, before);
+    assert_eq!(
+        before,
+        BTreeMap::from([
+            ("H5".to_owned(), booked(&late)),
+            ("H6".to_owned(), booked(&late)),
+            ("H8".to_owned(), held(&unlucky)),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_hold_is_extended_once_and_only_while_it_lives() {
+    let app = spawn_app().await;
+    let showtime = app.showtime().await.id;
+    let extension = i64::from(app.settings.cinema.hold_extension_seconds);
+    let (paying, lapsed) = (new_booking(), new_booking());
+
+    let hold = app.lock(&showtime, &paying, &["I1", "I2"]).await.unwrap();
+    let first_expiry = marquee_common::time::from_proto(&hold.expires_at.unwrap()).unwrap();
+    let extended = app.extend(&showtime, &paying).await.unwrap();
+    assert_eq!(extended.seat_ids, ["I1", "I2"]);
+    let new_expiry = marquee_common::time::from_proto(&extended.expires_at.unwrap()).unwrap();
+    assert_eq!((new_expiry - first_expiry).num_seconds(), extension);
+    assert_eq!(app.hold_expiry(&showtime, "I2").await, new_expiry);
+
+    let err = app.extend(&showtime, &paying).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Conflict);
+    assert_eq!(app.hold_expiry(&showtime, "I1").await, new_expiry, "a refused extension changes nothing");
+
+    app.lock(&showtime, &lapsed, &["I5"]).await.unwrap();
+    app.expire_holds(&showtime, &lapsed).await;
+    assert_eq!(app.extend(&showtime, &lapsed).await.unwrap_err().code, ErrorCode::HoldExpired);
+    assert_eq!(app.extend(&showtime, &new_booking()).await.unwrap_err().code, ErrorCode::HoldExpired);
+    app.release(&showtime, &paying).await;
+    assert_eq!(app.extend(&showtime, &paying).await.unwrap_err().code, ErrorCode::HoldExpired);
+    let err = app.extend(&Uuid::new_v4().to_string(), &paying).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+}
+
+#[tokio::test]
+async fn two_hundred_fifty_six_clients_on_ten_seats_leave_exactly_one_winner_per_seat() {
+    let app = spawn_app().await;
+    let showtime = app.showtime().await.id;
+    let seats: Vec<String> = (1..=10).map(|n| format!("E{n}")).collect();
+    let wanted = (0..256).map(|i| vec![seats[i % seats.len()].clone()]).collect();
+
+    let results = race(&app, &showtime, wanted).await;
+
+    let mut winner_of: BTreeMap<String, (String, Option<Uuid>)> = BTreeMap::new();
+    for (booking, asked, outcome) in &results {
+        match outcome {
+            Ok(got) => {
+                assert_eq!(got, asked);
+                assert!(winner_of.insert(asked[0].clone(), held(booking)).is_none(), "two winners");
+            }
+            Err(err) => {
+                assert_eq!((err.code, err.meta_list("seat_ids")), (ErrorCode::SeatUnavailable, asked.clone()))
+            }
+        }
+    }
+    assert_eq!(winner_of.len(), 10, "every seat has a winner");
+    assert_eq!(app.taken_seats(&showtime).await, winner_of);
+    let holders_per_seat: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(DISTINCT booking_id) FROM showtime_seats
+          WHERE showtime_id = $1::uuid AND seat_id = ANY ($2) GROUP BY seat_id",
+    )
+    .bind(&showtime)
+    .bind(&seats)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(holders_per_seat, vec![1; 10]);
+}
+
+/// A small xorshift generator: reproducible "random" seat orders without a dependency.
+struct Shuffle(u64);
+
+impl Shuffle {
+    fn next(&mut self, bound: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % bound as u64) as usize
+    }
+}
+
+#[tokio::test]
+async fn sixty_four_clients_locking_confirming_and_releasing_overlapping_seats_never_deadlock() {
+    let app = spawn_app().await;
+    let showtime = app.showtime().await.id;
+    let row: Vec<String> = (1..=12).map(|n| format!("C{n}")).collect();
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(64));
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..64u64 {
+        let mut rng = Shuffle(0x9E37_79B9_7F4A_7C15 ^ (client + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let mut pool = row.clone();
+        let mut seats = Vec::new();
+        for _ in 0..2 + rng.next(3) {
+            seats.push(pool.swap_remove(rng.next(pool.len())));
+        }
+        let confirm = rng.next(2) == 0;
+        let (url, showtime, barrier) = (app.url.clone(), showtime.clone(), barrier.clone());
+        tasks.spawn(async move {
+            let mut client = CinemaServiceClient::connect(url).await.unwrap();
+            let booking = new_booking();
+            barrier.wait().await;
+            let locked = client
+                .lock_seats(pb::LockSeatsRequest {
+                    showtime_id: showtime.clone(),
+                    seat_ids: seats.clone(),
+                    booking_id: booking.clone(),
+                    ttl_seconds: 300,
+                })
+                .await;
+            if let Err(status) = locked {
+                return (booking, seats, Err(ApiError::from_status(&status)), false);
+            }
+            let next = if confirm {
+                client
+                    .confirm_seats(pb::ConfirmSeatsRequest {
+                        showtime_id: showtime,
+                        booking_id: booking.clone(),
+                        seat_ids: seats.clone(),
+                    })
+                    .await
+                    .map(drop)
+            } else {
+                client
+                    .release_seats(pb::ReleaseSeatsRequest {
+                        showtime_id: showtime,
+                        booking_id: booking.clone(),
+                    })
+                    .await
+                    .map(drop)
+            };
+            (booking, seats, next.map_err(|s| ApiError::from_status(&s)), confirm)
+        });
+    }
+    let results = tasks.join_all().await;
+
+    let mut expected = BTreeMap::new();
+    for (booking, seats, outcome, confirmed) in &results {
+        match outcome {
+            Ok(()) if *confirmed => {
+                for seat in seats {
+                    assert!(expected.insert(seat.clone(), booked(booking)).is_none(), "{seat} sold twice");
+                }
+            }
+            Ok(()) => {}
+            Err(err) => assert_eq!(err.code, ErrorCode::SeatUnavailable, "{err}"),
+        }
+    }
+    assert!(!expected.is_empty(), "someone must have bought seats");
+    assert_eq!(app.taken_seats(&showtime).await, expected, "booked seats are exactly the confirmed ones");
+}
+
+#[tokio::test]
+async fn a_deadlock_inside_postgres_is_retried_and_never_reaches_the_client() {
+    let app = spawn_app().await;
+    let showtime = app.showtime().await.id;
+    let lock_row = "SELECT 1 FROM showtime_seats WHERE showtime_id = $1::uuid AND seat_id = $2 FOR UPDATE";
+
+    // An outside transaction holds B5 and waits long before checking for deadlocks, so
+    // PostgreSQL picks the service's statement as the victim.
+    let mut outsider = app.db.begin().await.unwrap();
+    sqlx::query("SET LOCAL deadlock_timeout = '30s'").execute(&mut *outsider).await.unwrap();
+    sqlx::query(lock_row).bind(&showtime).bind("B5").execute(&mut *outsider).await.unwrap();
+
+    // The service locks B1, then queues behind the outsider for B5.
+    let booking = new_booking();
+    let lock = tokio::spawn({
+        let client = app.client.clone();
+        let (showtime, booking) = (showtime.clone(), booking.clone());
+        async move {
+            client
+                .clone()
+                .lock_seats(pb::LockSeatsRequest {
+                    showtime_id: showtime,
+                    seat_ids: vec!["B1".into(), "B5".into()],
+                    booking_id: booking,
+                    ttl_seconds: 300,
+                })
+                .await
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'
+                AND query LIKE '%cinema_lock_seats%'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the lock never queued behind the outsider");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Closing the cycle: PostgreSQL aborts the service's statement to break it, which
+    // hands B1 to the outsider; the service's retry then waits for the outsider's end.
+    sqlx::query(lock_row).bind(&showtime).bind("B1").execute(&mut *outsider).await.unwrap();
+    outsider.rollback().await.unwrap();
+
+    let hold = lock.await.unwrap().expect("the client never sees the deadlock").into_inner();
+    assert_eq!(seat_ids(&hold.seats), ["B1", "B5"]);
+    assert_eq!(
+        app.taken_seats(&showtime).await,
+        BTreeMap::from([("B1".to_owned(), held(&booking)), ("B5".to_owned(), held(&booking))])
+    );
+}
+
+// ------------------------------------------------------------------ catalog admin
+
+const SAAL_1: &str = "c0000000-0000-4000-8000-000000000001";
+
+fn layout_seat(number: i32, category: &str, gap_before: i32) -> pb::LayoutSeat {
+    pb::LayoutSeat { number, category: category.into(), gap_before, ..Default::default() }
+}
+
+/// Two rows of 8 with aisles after seats 2 and 6; A3 is a wheelchair space with its
+/// companion seat A4; B8 is permanently blocked.
+fn small_layout() -> Vec<pb::LayoutRow> {
+    let row = |label: &str, category: &str| {
+        let mut seats: Vec<_> =
+            (1..=8).map(|n| layout_seat(n, category, if n == 3 || n == 7 { 1 } else { 0 })).collect();
+        if label == "A" {
+            seats[2].accessible = true;
+            seats[3].companion = true;
+        } else {
+            seats[7].blocked = true;
+        }
+        pb::LayoutRow { label: label.into(), seats }
+    };
+    vec![row("A", "standard"), row("B", "premium")]
+}
+
+fn price(category: &str, amount_minor: i64, currency: &str) -> pb::CategoryPrice {
+    pb::CategoryPrice {
+        category: category.into(),
+        price: Some(marquee_proto::common::v1::Money { amount_minor, currency: currency.into() }),
+    }
+}
+
+fn in_days(days: i64) -> prost_types::Timestamp {
+    marquee_common::time::to_proto(chrono::Utc::now() + chrono::Duration::days(days))
+}
+
+impl TestApp {
+    async fn catalog_counts(&self) -> (i64, i64, i64, i64, i64, i64, i64) {
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM movies), (SELECT count(*) FROM cinemas),
+                    (SELECT count(*) FROM screens), (SELECT count(*) FROM screen_seats),
+                    (SELECT count(*) FROM showtimes), (SELECT count(*) FROM showtime_prices),
+                    (SELECT count(*) FROM showtime_seats)",
+        )
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn staff_build_a_screen_with_aisles_and_sell_its_showtime() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+
+    let movie = client
+        .create_movie(pb::CreateMovieRequest {
+            title: "  Quiet Reels ".into(),
+            runtime_minutes: 100,
+            genres: vec!["Drama".into()],
+            languages: vec!["en".into(), "de".into()],
+            release_date: "2026-12-01".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(movie.title, "Quiet Reels");
+    let fetched = client.get_movie(pb::GetMovieRequest { id: movie.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(fetched, movie);
+    assert_eq!(fetched.languages, ["en", "de"]);
+
+    let cinema = client
+        .create_cinema(pb::CreateCinemaRequest {
+            name: "Marquee Harbour".into(),
+            city: "Hamburg".into(),
+            address: "Kai 1".into(),
+            time_zone: "Europe/Berlin".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let screen = client
+        .create_screen(pb::CreateScreenRequest {
+            cinema_id: cinema.id.clone(),
+            name: "Studio".into(),
+            rows: small_layout(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (screen.seat_count, screen.categories.clone()),
+        (16, vec!["premium".into(), "standard".into()])
+    );
+
+    let starts_at = in_days(2);
+    let showtime = client
+        .create_showtime(pb::CreateShowtimeRequest {
+            movie_id: movie.id.clone(),
+            screen_id: screen.id.clone(),
+            starts_at: Some(starts_at),
+            prices: vec![price("standard", 900, "EUR"), price("premium", 1200, "EUR")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((showtime.cinema_id.as_str(), showtime.screen_name.as_str()), (cinema.id.as_str(), "Studio"));
+    let buffer = i64::from(app.settings.cinema.cleaning_buffer_minutes);
+    assert_eq!(showtime.ends_at.unwrap().seconds - starts_at.seconds, (100 + buffer) * 60);
+    let listed = client
+        .list_showtimes(pb::ListShowtimesRequest { cinema_id: cinema.id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .showtimes;
+    assert_eq!(listed, std::slice::from_ref(&showtime));
+
+    let seats = app.seat_states(&showtime.id).await;
+    assert_eq!(seats.len(), 16);
+    let a: Vec<(i32, i32)> = (1..=8).map(|n| (n, seats[&format!("A{n}")].position)).collect();
+    assert_eq!(a, [(1, 1), (2, 2), (3, 4), (4, 5), (5, 6), (6, 7), (7, 9), (8, 10)]);
+    assert!(seats["A3"].accessible && !seats["A3"].companion);
+    assert!(seats["A4"].companion && !seats["A4"].accessible);
+    assert_eq!(seats.values().filter(|s| s.accessible).count(), 1);
+    assert_eq!(seats["B8"].state, pb::SeatState::Blocked as i32);
+    assert_eq!(seats["B1"].price.as_ref().unwrap().amount_minor, 1200);
+
+    let booking = new_booking();
+    let err = app.lock(&showtime.id, &booking, &["B8"]).await.unwrap_err();
+    assert_eq!((err.code, err.meta_list("seat_ids")), (ErrorCode::SeatUnavailable, vec!["B8".to_owned()]));
+    let hold = app.lock(&showtime.id, &booking, &["A3", "A4"]).await.unwrap();
+    assert_eq!(hold.total.unwrap().amount_minor, 1800);
+}
+
+#[tokio::test]
+async fn every_invalid_catalog_request_is_refused_with_a_precise_error_and_writes_nothing() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let before = app.catalog_counts().await;
+
+    let movie = |f: fn(&mut pb::CreateMovieRequest)| {
+        let mut req =
+            pb::CreateMovieRequest { title: "Fine".into(), runtime_minutes: 90, ..Default::default() };
+        f(&mut req);
+        req
+    };
+    for (req, why) in [
+        (movie(|r| r.title = "   ".into()), "title"),
+        (movie(|r| r.runtime_minutes = 0), "runtime_minutes"),
+        (movie(|r| r.release_date = "2026-02-30".into()), "date"),
+        (movie(|r| r.poster_url = "javascript:alert(1)".into()), "poster_url"),
+        (movie(|r| r.genres = vec!["Drama".into(), "Drama".into()]), "twice"),
+        (movie(|r| r.languages = vec!["English".into()]), "language"),
+    ] {
+        let err = ApiError::from_status(&client.create_movie(req).await.unwrap_err());
+        assert_eq!(err.code, ErrorCode::BadUserInput, "{why}");
+        assert!(err.message.contains(why), "{why}: {err}");
+    }
+
+    let cinema = |zone: &str| pb::CreateCinemaRequest {
+        name: "Somewhere".into(),
+        city: "Nowhere".into(),
+        address: String::new(),
+        time_zone: zone.into(),
+    };
+    for zone in ["Mars/Olympus_Mons", "Europe/Berlin'; --", ""] {
+        let err = ApiError::from_status(&client.create_cinema(cinema(zone)).await.unwrap_err());
+        assert_eq!(err.code, ErrorCode::BadUserInput, "{zone}");
+        assert!(err.message.contains("time zone"), "{err}");
+    }
+
+    let screen = |f: fn(&mut pb::CreateScreenRequest)| {
+        let mut req =
+            pb::CreateScreenRequest { cinema_id: BERLIN.into(), name: "Saal 9".into(), rows: small_layout() };
+        f(&mut req);
+        req
+    };
+    for (req, code, why) in [
+        (screen(|r| r.rows.clear()), ErrorCode::BadUserInput, "at least one row"),
+        (screen(|r| r.rows[1].label = "A".into()), ErrorCode::BadUserInput, "row A appears twice"),
+        (screen(|r| r.rows[0].seats[1].number = 1), ErrorCode::BadUserInput, "seat number 1 appears twice"),
+        (screen(|r| r.rows[0].seats[0].category = "VIP!".into()), ErrorCode::BadUserInput, "category"),
+        (screen(|r| r.rows[0].seats[0].gap_before = -1), ErrorCode::BadUserInput, "gap_before"),
+        (screen(|r| r.rows[0].label = "A-1".into()), ErrorCode::BadUserInput, "row label"),
+        (
+            screen(|r| r.cinema_id = "f0000000-0000-4000-8000-000000000000".into()),
+            ErrorCode::NotFound,
+            "cinema",
+        ),
+        (screen(|r| r.name = "Saal 1".into()), ErrorCode::Conflict, "Saal 1"),
+    ] {
+        let err = ApiError::from_status(&client.create_screen(req).await.unwrap_err());
+        assert_eq!(err.code, code, "{why}: {err}");
+        assert!(err.message.contains(why), "{why}: {err}");
+    }
+
+    let existing = app.showtime().await;
+    let clash_at = prost_types::Timestamp { seconds: existing.starts_at.unwrap().seconds + 1800, nanos: 0 };
+    let showtime = |f: &dyn Fn(&mut pb::CreateShowtimeRequest)| {
+        let mut req = pb::CreateShowtimeRequest {
+            movie_id: PROJECTIONIST.into(),
+            screen_id: SAAL_1.into(),
+            starts_at: Some(in_days(30)),
+            prices: vec![price("standard", 1000, "EUR"), price("premium", 1400, "EUR")],
+        };
+        f(&mut req);
+        req
+    };
+    for (req, code, why) in [
+        (showtime(&|r| r.starts_at = Some(in_days(-1))), ErrorCode::BadUserInput, "in the past"),
+        (showtime(&|r| r.starts_at = None), ErrorCode::BadUserInput, "starts_at"),
+        (
+            showtime(&|r| r.prices.push(price("vip", 2000, "EUR"))),
+            ErrorCode::BadUserInput,
+            "no seats of category vip",
+        ),
+        (showtime(&|r| r.prices.truncate(1)), ErrorCode::BadUserInput, "no price for seat category premium"),
+        (
+            showtime(&|r| r.prices[0] = price("standard", 0, "EUR")),
+            ErrorCode::BadUserInput,
+            "must be positive",
+        ),
+        (
+            showtime(&|r| r.prices[1] = price("premium", -5, "EUR")),
+            ErrorCode::BadUserInput,
+            "must be positive",
+        ),
+        (showtime(&|r| r.prices[1] = price("premium", 1400, "USD")), ErrorCode::BadUserInput, "one currency"),
+        (showtime(&|r| r.prices[1] = price("premium", 1400, "eur")), ErrorCode::BadUserInput, "currency"),
+        (showtime(&|r| r.prices.push(price("premium", 1, "EUR"))), ErrorCode::BadUserInput, "twice"),
+        (showtime(&|r| r.movie_id = Uuid::new_v4().to_string()), ErrorCode::NotFound, "movie"),
+        (showtime(&|r| r.screen_id = Uuid::new_v4().to_string()), ErrorCode::NotFound, "screen"),
+        (showtime(&|r| r.starts_at = Some(clash_at)), ErrorCode::Conflict, "busy"),
+    ] {
+        let err = ApiError::from_status(&client.create_showtime(req).await.unwrap_err());
+        assert_eq!(err.code, code, "{why}: {err}");
+        assert!(err.message.contains(why), "{why}: {err}");
+        if code == ErrorCode::Conflict {
+            assert_eq!(err.metadata["showtime_id"], existing.id);
+        }
+    }
+
+    assert_eq!(app.catalog_counts().await, before, "refused requests wrote nothing");
+}
+
+#[tokio::test]
+async fn blocked_seats_are_never_holdable_until_staff_unblock_them() {
+    let app = spawn_app().await;
+    let showtime = app.showtime().await.id;
+    let mut client = app.client.clone();
+    let block = |seats: &[&str]| pb::BlockSeatsRequest {
+        showtime_id: showtime.clone(),
+        seat_ids: seats.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let (holder, lapsed, buyer) = (new_booking(), new_booking(), new_booking());
+    app.lock(&showtime, &holder, &["A9"]).await.unwrap();
+    app.lock(&showtime, &lapsed, &["A8"]).await.unwrap();
+    app.expire_holds(&showtime, &lapsed).await;
+
+    let blocked = client.block_seats(block(&["A6", "A5", "A8"])).await.unwrap().into_inner();
+    assert_eq!(blocked.seat_ids, ["A5", "A6", "A8"], "a lapsed hold does not protect a seat");
+    client.block_seats(block(&["A5"])).await.unwrap();
+
+    let err = app.lock(&showtime, &buyer, &["A5", "A7"]).await.unwrap_err();
+    assert_eq!((err.code, err.meta_list("seat_ids")), (ErrorCode::SeatUnavailable, vec!["A5".to_owned()]));
+    assert_eq!(app.confirm(&showtime, &lapsed, &["A8"]).await.unwrap_err().code, ErrorCode::SeatUnavailable);
+    assert_eq!(app.seat_states(&showtime).await["A6"].state, pb::SeatState::Blocked as i32);
+
+    let before = app.taken_seats(&showtime).await;
+    let err = ApiError::from_status(&client.block_seats(block(&["A1", "A9"])).await.unwrap_err());
+    assert_eq!((err.code, err.meta_list("seat_ids")), (ErrorCode::SeatUnavailable, vec!["A9".to_owned()]));
+    let err = ApiError::from_status(&client.block_seats(block(&["A1", "Z1"])).await.unwrap_err());
+    assert_eq!((err.code, err.meta_list("seat_ids")), (ErrorCode::BadUserInput, vec!["Z1".to_owned()]));
+    assert_eq!(app.taken_seats(&showtime).await, before, "refused blocks change nothing");
+
+    let unblocked = client
+        .unblock_seats(pb::UnblockSeatsRequest {
+            showtime_id: showtime.clone(),
+            seat_ids: vec!["A5".into(), "A6".into(), "A7".into(), "A9".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unblocked.seat_ids, ["A5", "A6"]);
+    app.lock(&showtime, &buyer, &["A5", "A6", "A7"]).await.unwrap();
+    assert_eq!(app.taken_seats(&showtime).await["A9"], held(&holder));
+}
+
+// ------------------------------------------------------------------ seating rules
+
+impl TestApp {
+    /// A fresh showtime on `small_layout()`; returns its id.
+    async fn small_showtime(&self) -> String {
+        let mut client = self.client.clone();
+        let cinema = client
+            .create_cinema(pb::CreateCinemaRequest {
+                name: "Marquee Lab".into(),
+                city: "Leipzig".into(),
+                address: String::new(),
+                time_zone: "Europe/Berlin".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let screen = client
+            .create_screen(pb::CreateScreenRequest {
+                cinema_id: cinema.id,
+                name: "Lab".into(),
+                rows: small_layout(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        client
+            .create_showtime(pb::CreateShowtimeRequest {
+                movie_id: PROJECTIONIST.into(),
+                screen_id: screen.id,
+                starts_at: Some(in_days(1)),
+                prices: vec![price("standard", 900, "EUR"), price("premium", 1200, "EUR")],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .id
+    }
+
+    async fn suggest(&self, showtime: &str, count: i32, category: &str, accessible: bool) -> Vec<String> {
+        self.client
+            .clone()
+            .suggest_seats(pb::SuggestSeatsRequest {
+                showtime_id: showtime.into(),
+                count,
+                category: category.into(),
+                accessible,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .seats
+            .into_iter()
+            .map(|s| s.seat_id)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn holds_may_not_strand_a_single_seat_unless_no_other_block_exists() {
+    let app = spawn_app_with(|s| s.cinema.no_orphan_seats = true).await;
+    // Sections: A1-A2 | A3(accessible) A4(companion) A5 A6 | A7-A8; B likewise, B8 blocked.
+    let showtime = app.small_showtime().await;
+    let (one, two, three) = (new_booking(), new_booking(), new_booking());
+
+    let err = app.lock(&showtime, &one, &["A5"]).await.unwrap_err();
+    assert_eq!((err.code, err.meta_list("seat_ids")), (ErrorCode::SeatRuleViolation, vec!["A6".to_owned()]));
+    let err = app.lock(&showtime, &one, &["B1"]).await.unwrap_err();
+    assert_eq!((err.code, err.meta_list("seat_ids")), (ErrorCode::SeatRuleViolation, vec!["B2".to_owned()]));
+    assert!(app.taken_seats(&showtime).await.values().all(|(status, _)| status == "blocked"));
+
+    app.lock(&showtime, &one, &["A5", "A6"]).await.unwrap();
+    app.lock(&showtime, &two, &["B1", "B2"]).await.unwrap();
+    // B7 sits alone next to the blocked B8 already: taking it strands nobody new.
+    app.lock(&showtime, &two, &["B1", "B2", "B7"]).await.unwrap();
+
+    // Clean pairs exist (B3-B4, B5-B6), so a pair in the middle of B3-B6 is refused.
+    let err = app.lock(&showtime, &three, &["B4", "B5"]).await.unwrap_err();
+    assert_eq!(
+        (err.code, err.meta_list("seat_ids")),
+        (ErrorCode::SeatRuleViolation, vec!["B3".into(), "B6".into()])
+    );
+    // No block of three strands nobody any more: the rule gives way.
+    app.lock(&showtime, &three, &["B3", "B4", "B5"]).await.unwrap();
+}
+
+#[tokio::test]
+async fn suggestions_take_central_seats_keep_the_rule_and_offer_accessible_seats_only_when_asked() {
+    let app = spawn_app_with(|s| s.cinema.no_orphan_seats = true).await;
+    let showtime = app.small_showtime().await;
+    let taken = new_booking();
+    app.lock(&showtime, &taken, &["A5", "A6", "B1", "B2", "B7"]).await.unwrap();
+
+    // B4-B5 is the most central pair but would strand B3 and B6.
+    assert_eq!(app.suggest(&showtime, 2, "", false).await, ["B3", "B4"]);
+    assert_eq!(app.suggest(&showtime, 2, "standard", false).await, ["A1", "A2"]);
+    assert_eq!(app.suggest(&showtime, 2, "", true).await, ["A3", "A4"]);
+    assert_eq!(app.suggest(&showtime, 4, "premium", false).await, ["B3", "B4", "B5", "B6"]);
+    assert!(app.suggest(&showtime, 5, "", false).await.is_empty());
+
+    // A suggestion is always a hold the rule accepts.
+    let suggested = app.suggest(&showtime, 3, "", false).await;
+    assert_eq!(suggested, ["B3", "B4", "B5"], "no clean block of three: the best stranding one");
+    let seats: Vec<&str> = suggested.iter().map(String::as_str).collect();
+    app.lock(&showtime, &new_booking(), &seats).await.unwrap();
+
+    let err = app
+        .client
+        .clone()
+        .suggest_seats(pb::SuggestSeatsRequest {
+            showtime_id: showtime.clone(),
+            count: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), ErrorCode::BadUserInput);
+}
+
+// -------------------------------------------------------------- live seat changes
+
+#[tokio::test]
+async fn watchers_see_holds_confirmations_releases_and_lapsed_holds_in_commit_order() {
+    let app = spawn_app_with(|s| s.cinema.hold_sweep_interval_ms = 100).await;
+    let showtimes = app.showtimes_in_saal_1().await;
+    let (showtime, elsewhere) = (showtimes[0].id.clone(), showtimes[1].id.clone());
+    let mut changes = app
+        .client
+        .clone()
+        .watch_seats(pb::WatchSeatsRequest { showtime_id: showtime.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || {
+        let change = tokio::time::timeout(std::time::Duration::from_secs(10), changes.message())
+            .await
+            .expect("no seat change within 10 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(change.showtime_id, showtime);
+        (
+            change.seat_id,
+            pb::SeatState::try_from(change.state).unwrap(),
+            pb::SeatChangeReason::try_from(change.reason).unwrap(),
+        )
+    };
+    use pb::SeatChangeReason as Why;
+    use pb::SeatState as State;
+    let (buyer, quitter, sleeper) = (new_booking(), new_booking(), new_booking());
+
+    app.lock(&showtime, &buyer, &["A1"]).await.unwrap();
+    app.lock(&elsewhere, &buyer, &["A1"]).await.unwrap();
+    app.confirm(&showtime, &buyer, &["A1"]).await.unwrap();
+    app.lock(&showtime, &quitter, &["A2", "A3"]).await.unwrap();
+    app.release(&showtime, &quitter).await;
+    app.lock(&showtime, &sleeper, &["A4"]).await.unwrap();
+    app.expire_holds(&showtime, &sleeper).await;
+
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        seen.push(next().await);
+    }
+    let expected = [
+        ("A1", State::Held, Why::Held),
+        ("A1", State::Booked, Why::Booked),
+        ("A2", State::Held, Why::Held),
+        ("A3", State::Held, Why::Held),
+        ("A2", State::Available, Why::Released),
+        ("A3", State::Available, Why::Released),
+        ("A4", State::Held, Why::Held),
+    ];
+    let expected: Vec<_> = expected.into_iter().map(|(s, st, why)| (s.to_owned(), st, why)).collect();
+    // Transactions arrive in commit order; the seats within one, in no promised order.
+    seen[2..4].sort();
+    seen[4..6].sort();
+    assert_eq!(seen, expected);
+    // The sweeper frees the lapsed hold, and says so.
+    assert_eq!(next().await, ("A4".to_owned(), State::Available, Why::Expired));
+    assert_eq!(app.taken_seats(&showtime).await, BTreeMap::from([("A1".to_owned(), booked(&buyer))]));
+
+    let err = app
+        .client
+        .clone()
+        .watch_seats(pb::WatchSeatsRequest { showtime_id: Uuid::new_v4().to_string() })
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), ErrorCode::NotFound);
 }
