@@ -72,13 +72,7 @@ impl Upstreams {
         NotificationServiceClient::new(self.notification.clone())
     }
 
-    pub async fn register(
-        &self,
-        email: String,
-        password: String,
-        name: String,
-    ) -> Result<user::AuthResponse, GatewayError> {
-        let request = user::RegisterRequest { email, password, name };
+    pub async fn register(&self, request: user::RegisterRequest) -> Result<user::AuthResponse, GatewayError> {
         Ok(self.users().register(request).await?.into_inner())
     }
 

@@ -61,21 +61,14 @@ impl MutationRoot {
     /// Email, password and name rules are the user service's; its errors come back as is.
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> async_graphql::Result<AuthPayload> {
         let scope = scope(ctx)?;
-        // Checked before the account exists, so a bad number never leaves an account behind.
         let phone = input.phone.as_deref().map(Phone::parse).transpose()?;
-        let response = scope.upstreams.register(input.email, input.password, input.name).await?;
-        let mut payload = AuthPayload::from_proto(response)?;
-        if let Some(phone) = phone {
-            // RegisterRequest carries no phone: other crates build it field by field, so
-            // the number is stored by a second call on the account just created.
-            let request = user::UpdateProfileRequest {
-                id: payload.user.0.id.clone(),
-                phone: Some(phone.into_inner()),
-                ..Default::default()
-            };
-            payload.user = User(scope.upstreams.update_profile(request).await?);
-        }
-        Ok(payload)
+        let request = user::RegisterRequest {
+            email: input.email,
+            password: input.password,
+            name: input.name,
+            phone: phone.map(Phone::into_inner).unwrap_or_default(),
+        };
+        Ok(AuthPayload::from_proto(scope.upstreams.register(request).await?)?)
     }
 
     /// Spends a refresh token for a new access token and refresh token.

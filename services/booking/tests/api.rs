@@ -82,6 +82,7 @@ impl TestApp {
                 email: format!("fan.{}@example.com", Uuid::new_v4().simple()),
                 password: "correct horse battery staple".into(),
                 name: "Film Fan".into(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
                 email: format!("bench{i}.{}@example.com", Uuid::new_v4().simple()),
                 password: "correct horse battery staple".into(),
                 name: format!("Bench {i}"),
+                ..Default::default()
             })
             .await?
             .into_inner();

@@ -348,6 +348,7 @@ impl TestApp {
                 email: email.clone(),
                 password: "correct horse battery staple".into(),
                 name: name.into(),
+                ..Default::default()
             })
             .await
             .unwrap()

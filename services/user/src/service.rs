@@ -80,11 +80,16 @@ impl UserServiceImpl {
         let email = Email::parse(&req.email)?;
         let name = UserName::parse(&req.name)?;
         let password = NewPassword::parse(req.password, &email)?;
+        let phone = match req.phone.trim() {
+            "" => None,
+            raw => Some(Phone::parse(raw)?),
+        };
 
         let password_hash = self.hasher.hash(password.into_secret()).await?;
         let id = UserId::generate();
         tracing::Span::current().record("user.id", tracing::field::display(id));
-        let user = new_user(id, &email, &name, Role::Customer, password_hash);
+        let mut user = new_user(id, &email, &name, Role::Customer, password_hash);
+        user.phone = phone.map(|p| p.as_str().to_owned());
         match self.store.insert(&user).await? {
             Inserted::Created => {}
             Inserted::EmailTaken => return Err(UserError::EmailTaken),

@@ -47,8 +47,12 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 
 impl TestApp {
     async fn register(&self, email: &str, password: &str, name: &str) -> Result<pb::AuthResponse, ApiError> {
-        let request =
-            pb::RegisterRequest { email: email.into(), password: password.into(), name: name.into() };
+        let request = pb::RegisterRequest {
+            email: email.into(),
+            password: password.into(),
+            name: name.into(),
+            ..Default::default()
+        };
         self.client
             .clone()
             .register(request)
