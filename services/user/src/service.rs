@@ -57,8 +57,13 @@ impl From<UserError> for Status {
             UserError::Unexpected(e) => return marquee_common::error::internal(e),
         };
         let mut api = ApiError::new(code, error.to_string());
-        if let UserError::RateLimited { retry_after_seconds } = &error {
-            api = api.with_meta("retry_after_seconds", retry_after_seconds.to_string());
+        match &error {
+            UserError::RateLimited { retry_after_seconds } => {
+                api = api.with_meta("retry_after_seconds", retry_after_seconds.to_string());
+            }
+            // The contract's gRPC code for a taken email; clients still see CONFLICT.
+            UserError::EmailTaken => api = api.with_grpc_code(tonic::Code::AlreadyExists),
+            _ => {}
         }
         api.into()
     }

@@ -164,6 +164,7 @@ async fn a_second_account_for_the_same_email_is_a_conflict() {
 
     let err = app.register("  ADA@Example.COM", "another password", "Ada 2").await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Conflict);
+    assert_eq!(err.grpc_code, Some(tonic::Code::AlreadyExists), "the contract's gRPC code");
     assert_eq!(app.stored_users().await, 1);
 }
 
