@@ -150,6 +150,7 @@ impl Upstreams {
             movie_id: movie.map(MovieId::into_inner).unwrap_or_default(),
             cinema_id: cinema_id.map(CinemaId::into_inner).unwrap_or_default(),
             date: date.map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default(),
+            ..Default::default()
         };
         Ok(self.cinemas().list_showtimes(request).await?.into_inner().showtimes)
     }

@@ -12,7 +12,7 @@ use crate::catalog::{Category, NewCinema, NewMovie, NewScreen, NewShowtime};
 use crate::changes::{ChangeReason, SeatChange, SeatChanges};
 use crate::domain::{
     BookingId, CinemaId, City, HoldCutoff, HoldTtl, Money, MovieCursor, MovieId, PageSize, SeatSelection,
-    SeatState, ShowDate, ShowtimeId, TitleSearch, optional,
+    SeatState, ShowDateRange, ShowtimeId, TitleSearch, optional,
 };
 use crate::error::CinemaError;
 use crate::seating;
@@ -178,8 +178,8 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         let req = request.into_inner();
         let movie = optional(&req.movie_id, MovieId::parse)?;
         let cinema = optional(&req.cinema_id, CinemaId::parse)?;
-        let date = ShowDate::parse_optional(&req.date)?;
-        let showtimes = self.store.list_showtimes(movie, cinema, date).await.map_err(CinemaError::from)?;
+        let days = ShowDateRange::parse_optional(&req.date, &req.end_date)?;
+        let showtimes = self.store.list_showtimes(movie, cinema, days).await.map_err(CinemaError::from)?;
         Ok(Response::new(pb::ListShowtimesResponse {
             showtimes: showtimes.into_iter().map(showtime_to_pb).collect(),
         }))

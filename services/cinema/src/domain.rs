@@ -295,6 +295,43 @@ impl ShowDate {
     }
 }
 
+/// Days to list showtimes for, both ends inclusive, in each cinema's own time zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShowDateRange {
+    first: NaiveDate,
+    last: NaiveDate,
+}
+
+impl ShowDateRange {
+    /// The longest range one listing may span.
+    pub const MAX_DAYS: i64 = 31;
+
+    /// `None` when neither end is given (showtimes from now on).
+    pub fn parse_optional(date: &str, end_date: &str) -> Result<Option<Self>, CinemaError> {
+        let (first, last) = (ShowDate::parse_optional(date)?, ShowDate::parse_optional(end_date)?);
+        let (first, last) = match (first, last) {
+            (None, None) => return Ok(None),
+            (None, Some(_)) => return Err(CinemaError::BadInput("end_date needs date".to_owned())),
+            (Some(first), last) => (first.get(), last.map_or(first.get(), ShowDate::get)),
+        };
+        if last < first {
+            return Err(CinemaError::BadInput(format!("end_date {last} is before date {first}")));
+        }
+        if (last - first).num_days() > Self::MAX_DAYS {
+            return Err(CinemaError::BadInput(format!("a date range spans at most {} days", Self::MAX_DAYS)));
+        }
+        Ok(Some(Self { first, last }))
+    }
+
+    pub fn first(self) -> NaiveDate {
+        self.first
+    }
+
+    pub fn last(self) -> NaiveDate {
+        self.last
+    }
+}
+
 /// A city filter, matched case-insensitively.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct City(String);
@@ -404,6 +441,14 @@ mod tests {
             NaiveDate::from_ymd_opt(2026, 11, 21)
         );
         assert_eq!(ShowDate::parse_optional("").unwrap(), None);
+        let one_day = ShowDateRange::parse_optional("2026-11-21", "").unwrap().unwrap();
+        assert_eq!(one_day.first(), one_day.last(), "a date alone is a one-day range");
+        let week = ShowDateRange::parse_optional("2026-11-21", "2026-11-27").unwrap().unwrap();
+        assert_eq!((week.last() - week.first()).num_days(), 6);
+        assert_eq!(ShowDateRange::parse_optional("", "").unwrap(), None);
+        for (date, end) in [("", "2026-11-21"), ("2026-11-21", "2026-11-20"), ("2026-11-01", "2026-12-03")] {
+            assert!(ShowDateRange::parse_optional(date, end).is_err(), "{date}..{end}");
+        }
         for bad in ["2026-13-01", "21.11.2026", "2026-1-5", "tomorrow"] {
             assert!(ShowDate::parse_optional(bad).is_err(), "{bad}");
         }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::catalog::{NewCinema, NewMovie, NewScreen, NewShowtime};
 use crate::domain::{
     BookingId, CinemaId, City, HoldCutoff, HoldTtl, Money, MovieCursor, MovieId, PageSize, SeatSelection,
-    SeatState, ShowDate, ShowtimeId, TitleSearch,
+    SeatState, ShowDateRange, ShowtimeId, TitleSearch,
 };
 use crate::error::CinemaError;
 
@@ -263,13 +263,13 @@ impl Store {
         .with_context(|| format!("cannot load cinema {id}"))
     }
 
-    /// Showtimes in start order. With a date, those starting on that day in their
+    /// Showtimes in start order. With dates, those starting on those days in their
     /// cinema's time zone; without, those starting from now on.
     pub async fn list_showtimes(
         &self,
         movie: Option<MovieId>,
         cinema: Option<CinemaId>,
-        date: Option<ShowDate>,
+        days: Option<ShowDateRange>,
     ) -> anyhow::Result<Vec<ShowtimeRecord>> {
         let sql = concat!(
             select_showtimes!(),
@@ -278,14 +278,15 @@ impl Store {
                 AND ($2::uuid IS NULL OR sc.cinema_id = $2)
                 AND CASE WHEN $3::date IS NULL THEN st.starts_at >= now()
                          ELSE st.starts_at >= ($3::date::timestamp AT TIME ZONE c.time_zone)
-                          AND st.starts_at < (($3::date + 1)::timestamp AT TIME ZONE c.time_zone)
+                          AND st.starts_at < (($4::date + 1)::timestamp AT TIME ZONE c.time_zone)
                     END
               ORDER BY st.starts_at, st.id"
         );
         let rows = sqlx::query_as::<_, ShowtimeRow>(sql)
             .bind(movie.map(|m| m.as_uuid()))
             .bind(cinema.map(|c| c.as_uuid()))
-            .bind(date.map(ShowDate::get))
+            .bind(days.map(ShowDateRange::first))
+            .bind(days.map(ShowDateRange::last))
             .fetch_all(&self.pool)
             .await
             .context("cannot list showtimes")?;

@@ -332,6 +332,39 @@ async fn showtimes_filter_by_movie_cinema_and_the_cinemas_local_date() {
         assert!(all_local_tomorrow);
     }
 
+    // A range: Berlin over the next three local days holds exactly those days' shows.
+    let (first, last): (String, String) = sqlx::query_as(
+        "SELECT ((now() AT TIME ZONE 'Europe/Berlin')::date + 1)::text,
+                ((now() AT TIME ZONE 'Europe/Berlin')::date + 3)::text",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let range = client
+        .list_showtimes(pb::ListShowtimesRequest {
+            cinema_id: BERLIN.into(),
+            date: first.clone(),
+            end_date: last.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .showtimes;
+    assert_eq!(range.len(), 3 * 8, "Berlin from {first} to {last}");
+    assert!(range.windows(2).all(|w| w[0].starts_at.unwrap().seconds <= w[1].starts_at.unwrap().seconds));
+    for (date, end) in [(last.as_str(), first.as_str()), ("", first.as_str())] {
+        let err = client
+            .list_showtimes(pb::ListShowtimesRequest {
+                date: date.into(),
+                end_date: end.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), ErrorCode::BadUserInput, "{date}..{end}");
+    }
+
     for bad in ["2026-02-30", "tomorrow"] {
         let err = client
             .list_showtimes(pb::ListShowtimesRequest { date: bad.into(), ..Default::default() })
