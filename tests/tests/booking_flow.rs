@@ -13,13 +13,20 @@ const HOLD: &str = "mutation($input: HoldSeatsInput!) { holdSeats(input: $input)
 const PAY: &str = "mutation($input: PayBookingInput!) { payBooking(input: $input) { id status } }";
 const BOOKING: &str = "query($id: ID!) { booking(id: $id) { id status } }";
 
-/// The first upcoming showtime of the demo catalog.
+/// The first demo showtime starting more than an hour from now, so that no hold in a
+/// test can meet a showtime that starts mid-test.
 async fn a_showtime(mesh: &Mesh) -> String {
     let gql = mesh.graphql(None, SHOWTIMES, json!({})).await.unwrap();
     let showtimes = gql.data().unwrap()["showtimes"].as_array().unwrap().clone();
-    assert!(!showtimes.is_empty(), "the demo catalog has upcoming showtimes");
-    assert!(showtimes[0]["movie"]["title"].as_str().is_some_and(|t| !t.is_empty()));
-    showtimes[0]["id"].as_str().unwrap().to_owned()
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let showtime = showtimes
+        .iter()
+        .find(|s| {
+            s["startsAt"].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()) > Some(later)
+        })
+        .expect("the demo catalog has showtimes over the next days");
+    assert!(showtime["movie"]["title"].as_str().is_some_and(|t| !t.is_empty()));
+    showtime["id"].as_str().unwrap().to_owned()
 }
 
 async fn seat_states(mesh: &Mesh, showtime: &str) -> Vec<Value> {
