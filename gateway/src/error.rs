@@ -80,10 +80,14 @@ impl ErrorExtensions for GatewayError {
         let code = self.code();
         async_graphql::Error::new(message).extend_with(|_, extensions| {
             extensions.set("code", code.as_str());
-            if let Self::Upstream(api) = self
-                && code == ErrorCode::SeatUnavailable
-            {
-                extensions.set("seatIds", api.meta_list("seat_ids"));
+            if let Self::Upstream(api) = self {
+                if code == ErrorCode::SeatUnavailable {
+                    extensions.set("seatIds", api.meta_list("seat_ids"));
+                }
+                // A transient failure (e.g. the payment processor): the same request may succeed.
+                if api.metadata.get("retryable").is_some_and(|v| v == "true") {
+                    extensions.set("retryable", true);
+                }
             }
         })
     }
@@ -117,6 +121,21 @@ mod tests {
         assert_eq!(error.message, "seats are taken");
         assert_eq!(extension(&error, "code"), Some(Value::from("SEAT_UNAVAILABLE")));
         assert_eq!(extension(&error, "seatIds"), Some(Value::List(vec!["A1".into(), "A2".into()])));
+    }
+
+    #[test]
+    fn transient_upstream_errors_say_they_are_retryable() {
+        let status = Status::from(
+            ApiError::new(ErrorCode::PaymentDeclined, "processor unavailable").with_meta("retryable", "true"),
+        );
+        let error = async_graphql::Error::from(GatewayError::from(status));
+        assert_eq!(extension(&error, "code"), Some(Value::from("PAYMENT_DECLINED")));
+        assert_eq!(extension(&error, "retryable"), Some(Value::from(true)));
+        let declined = async_graphql::Error::from(GatewayError::from(Status::from(ApiError::new(
+            ErrorCode::PaymentDeclined,
+            "declined",
+        ))));
+        assert_eq!(extension(&declined, "retryable"), None);
     }
 
     #[test]
