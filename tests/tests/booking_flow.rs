@@ -179,3 +179,23 @@ async fn seats_held_by_one_customer_are_unavailable_to_another() {
         .unwrap();
     assert_eq!(anonymous.error_code(), Some("UNAUTHENTICATED"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_outage_fails_cleanly_and_keeps_the_hold() {
+    let mesh = Mesh::start().await.unwrap();
+    let token = mesh.register("dana").await.unwrap();
+    let showtime = a_showtime(&mesh).await;
+    let seats = two_available(&seat_states(&mesh, &showtime).await);
+    let held = hold(&mesh, &token, &showtime, &seats).await;
+    let booking_id = held.data().unwrap()["holdSeats"]["id"].as_str().unwrap().to_owned();
+
+    let paid = pay(&mesh, &token, &booking_id, "pm_card_error").await;
+    assert_eq!(paid.error_code(), Some("PAYMENT_DECLINED"), "{paid:?}");
+    assert_eq!(paid.first_error().unwrap()["extensions"]["retryable"], true);
+
+    // Nothing was lost: the booking is still held, and so are its seats.
+    let booking = mesh.graphql(Some(&token), BOOKING, json!({ "id": booking_id })).await.unwrap();
+    assert_eq!(booking.data().unwrap()["booking"]["status"], "HELD");
+    let map = seat_states(&mesh, &showtime).await;
+    assert!(seats.iter().all(|s| state_of(&map, s) == "HELD"));
+}
