@@ -215,6 +215,7 @@ impl Upstreams {
         let request = notification::ListNotificationsRequest {
             user_id: user.to_string(),
             page_size: NOTIFICATIONS_PAGE,
+            ..Default::default()
         };
         Ok(self.notifications().list_notifications(request).await?.into_inner().notifications)
     }

@@ -233,6 +233,12 @@ pub struct NotificationSettings {
     pub delivery_limit: u32,
     /// Where Prometheus scrapes `/metrics` (on `host`); 0 picks a free port (tests).
     pub metrics_port: u16,
+    /// `smtp://host[:port]` of a plain (no TLS, no auth) SMTP relay; when set, email
+    /// notifications are also sent there. Unset: they are only recorded.
+    #[serde(default)]
+    pub smtp_url: Option<String>,
+    /// The From address of email notifications.
+    pub smtp_from: String,
 }
 
 fn default_delivery_limit() -> u32 {

@@ -1,9 +1,16 @@
 //! Delivery: every rendered message goes out through a `Channel`. The default one
-//! records it in MongoDB, the log that ListNotifications reads.
+//! records it in MongoDB, the log that ListNotifications reads; with SMTP
+//! configured, email is also sent for real before it is recorded.
+
+use std::sync::Arc;
 
 use anyhow::Context;
+use lettre::message::Mailbox;
+use lettre::message::header::ContentType;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::render::Medium;
 use crate::store::{NotificationDoc, NotificationStore};
 
 /// Most records written by one insert.
@@ -56,5 +63,91 @@ impl Channel for RecordingChannel {
             .await
             .map_err(|_| anyhow::anyhow!("the notification writer has stopped"))?;
         recorded.await.context("the notification writer dropped a message")?.map_err(anyhow::Error::msg)
+    }
+}
+
+/// Sends email over plain SMTP, then hands every message (email or not) to `record`.
+/// An email already recorded was already sent, so a redelivery does not resend it;
+/// only a crash between sending and recording sends it twice, and then with the
+/// same Message-ID, which receiving servers may use to drop the copy.
+pub struct SmtpChannel {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    store: NotificationStore,
+    record: Arc<dyn Channel>,
+}
+
+impl SmtpChannel {
+    /// `url` is `smtp://host[:port]` (port 25 if omitted); TLS and authentication
+    /// are not supported, this is for a relay on a trusted network.
+    pub fn new(
+        url: &str,
+        from: &str,
+        store: NotificationStore,
+        record: Arc<dyn Channel>,
+    ) -> anyhow::Result<Self> {
+        let (host, port) = relay(url)?;
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host).port(port).build();
+        let from =
+            from.parse().with_context(|| format!("notification.smtp_from {from:?} is not an address"))?;
+        Ok(Self { transport, from, store, record })
+    }
+
+    async fn send(&self, message: &NotificationDoc) -> anyhow::Result<()> {
+        let to: Mailbox = message
+            .recipient
+            .parse()
+            .with_context(|| format!("cannot email notification {}: bad recipient", message.id))?;
+        let email = lettre::Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(message.subject.clone())
+            .message_id(Some(format!("<{}.{}@marquee>", message.event_id, message.channel)))
+            .header(ContentType::TEXT_PLAIN)
+            .body(message.body.clone())
+            .context("cannot build the notification email")?;
+        self.transport.send(email).await.context("the SMTP relay did not accept the email")?;
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Channel for SmtpChannel {
+    async fn deliver(&self, message: &NotificationDoc) -> anyhow::Result<()> {
+        if message.channel == Medium::Email.as_str()
+            && !self.store.is_recorded(&message.event_id, &message.channel).await?
+        {
+            self.send(message).await?;
+        }
+        self.record.deliver(message).await
+    }
+}
+
+/// The host and port of an `smtp://host[:port]` URL.
+fn relay(url: &str) -> anyhow::Result<(&str, u16)> {
+    let authority = url
+        .strip_prefix("smtp://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .filter(|rest| !rest.is_empty() && !rest.contains(['/', '@']))
+        .with_context(|| format!("notification.smtp_url must look like smtp://host:port, not {url:?}"))?;
+    match authority.rsplit_once(':') {
+        Some((host, port)) => {
+            Ok((host, port.parse().with_context(|| format!("bad port in notification.smtp_url {url:?}"))?))
+        }
+        None => Ok((authority, 25)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relay;
+
+    #[test]
+    fn only_plain_smtp_urls_name_a_relay() {
+        assert_eq!(relay("smtp://127.0.0.1:2525").unwrap(), ("127.0.0.1", 2525));
+        assert_eq!(relay("smtp://mail.example/").unwrap(), ("mail.example", 25));
+        for refused in ["smtps://mail.example", "smtp://", "smtp://user:pw@mail.example", "smtp://h:port"] {
+            assert!(relay(refused).is_err(), "{refused}");
+        }
     }
 }

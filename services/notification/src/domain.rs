@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use marquee_proto::events::v1::{Event, event::Payload};
 use uuid::Uuid;
 
@@ -53,6 +55,51 @@ impl PageSize {
 
     pub fn get(self) -> i64 {
         i64::from(self.0)
+    }
+
+    pub fn len(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// Where a listing resumes: just after the notification sent at `sent_at_ms` with
+/// id `id`, in (sent_at, id) descending order. Clients only see it encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageToken {
+    sent_at_ms: i64,
+    id: Uuid,
+}
+
+impl PageToken {
+    pub fn new(sent_at_ms: i64, id: Uuid) -> Self {
+        Self { sent_at_ms, id }
+    }
+
+    /// An empty token means the first page.
+    pub fn parse(raw: &str) -> Result<Option<Self>, InvalidInput> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let bad = || invalid("page_token is not one this service issued");
+        let decoded = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
+        let decoded = std::str::from_utf8(&decoded).map_err(|_| bad())?;
+        let (sent_at, id) = decoded.split_once('.').ok_or_else(bad)?;
+        Ok(Some(Self {
+            sent_at_ms: sent_at.parse().map_err(|_| bad())?,
+            id: Uuid::parse_str(id).map_err(|_| bad())?,
+        }))
+    }
+
+    pub fn sent_at_ms(self) -> i64 {
+        self.sent_at_ms
+    }
+
+    pub fn id(self) -> Uuid {
+        self.id
+    }
+
+    pub fn encode(self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}.{}", self.sent_at_ms, self.id))
     }
 }
 
@@ -199,6 +246,16 @@ mod tests {
         assert_eq!(PageSize::parse(5).unwrap().get(), 5);
         assert_eq!(PageSize::parse(1000).unwrap().get(), 100);
         assert!(PageSize::parse(-1).is_err());
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_foreign_ones_are_refused() {
+        let token = PageToken::new(1_700_000_000_123, Uuid::now_v7());
+        assert_eq!(PageToken::parse(&token.encode()), Ok(Some(token)));
+        assert_eq!(PageToken::parse(""), Ok(None));
+        for foreign in ["%%%", "bm90LWEtdG9rZW4", &URL_SAFE_NO_PAD.encode("12.not-a-uuid")] {
+            assert!(PageToken::parse(foreign).is_err(), "{foreign}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use marquee_proto::notification::v1 as proto;
 use marquee_proto::notification::v1::notification_service_server::NotificationService;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{PageSize, UserId};
+use crate::domain::{PageSize, PageToken, UserId};
 use crate::error::NotificationError;
 use crate::store::{NotificationDoc, NotificationStore};
 
@@ -44,9 +44,12 @@ impl NotificationService for NotificationApi {
         let raw = request.into_inner();
         let user_id = UserId::parse(&raw.user_id).map_err(NotificationError::from)?;
         let page_size = PageSize::parse(raw.page_size).map_err(NotificationError::from)?;
-        let docs = self.store.list(user_id, page_size).await.map_err(NotificationError::from)?;
+        let after = PageToken::parse(&raw.page_token).map_err(NotificationError::from)?;
+        let (docs, next) =
+            self.store.list(user_id, page_size, after).await.map_err(NotificationError::from)?;
         Ok(Response::new(proto::ListNotificationsResponse {
             notifications: docs.into_iter().map(render).collect(),
+            next_page_token: next.map(PageToken::encode).unwrap_or_default(),
         }))
     }
 }

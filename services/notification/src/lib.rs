@@ -2,7 +2,8 @@
 //! deduplicates them by event id in Redis, looks the customer up in the user
 //! service (contact, preferences) and the showtime in the cinema service, renders
 //! email and SMS text from `templates/`, and delivers each message through a
-//! `Channel` (by default: recorded in MongoDB, where ListNotifications reads them).
+//! `Channel` (by default: recorded in MongoDB, where ListNotifications reads them;
+//! with `notification.smtp_url` set, email is also sent over SMTP).
 
 mod channel;
 mod claims;
@@ -26,7 +27,7 @@ use marquee_proto::notification::v1::notification_service_server::NotificationSe
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use tokio::net::TcpListener;
 
-use crate::channel::RecordingChannel;
+use crate::channel::{Channel, RecordingChannel, SmtpChannel};
 use crate::claims::EventClaims;
 use crate::consumer::Consumer;
 use crate::directory::Directory;
@@ -65,12 +66,19 @@ impl Application {
             &metrics,
         )
         .await?;
+        let record: Arc<dyn Channel> = Arc::new(RecordingChannel::new(store.clone()));
+        let channel: Arc<dyn Channel> = match &settings.notification.smtp_url {
+            Some(url) => {
+                Arc::new(SmtpChannel::new(url, &settings.notification.smtp_from, store.clone(), record)?)
+            }
+            None => record,
+        };
         let consumer = Consumer::connect(
             &settings.rabbitmq,
             settings.notification.delivery_limit,
             claims,
             Directory::new(users, cinema),
-            Arc::new(RecordingChannel::new(store.clone())),
+            channel,
             metrics.clone(),
         )
         .await?;

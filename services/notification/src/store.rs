@@ -10,7 +10,9 @@ use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{PageSize, UserId};
+use uuid::Uuid;
+
+use crate::domain::{PageSize, PageToken, UserId};
 
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -86,17 +88,58 @@ impl NotificationStore {
         vec![Err(format!("cannot record notifications: {error}")); docs.len()]
     }
 
-    /// The user's notifications, newest first.
-    pub async fn list(&self, user_id: UserId, page_size: PageSize) -> anyhow::Result<Vec<NotificationDoc>> {
-        self.notifications
-            .find(doc! { "user_id": user_id.to_string() })
+    /// Whether the message of this event on this medium was recorded (hence sent).
+    pub async fn is_recorded(&self, event_id: &str, channel: &str) -> anyhow::Result<bool> {
+        let found = self
+            .notifications
+            .find_one(doc! { "event_id": event_id, "channel": channel })
+            .await
+            .context("cannot look up a recorded notification")?;
+        Ok(found.is_some())
+    }
+
+    /// One page of the user's notifications, newest first, resuming after `after`;
+    /// with the token of the next page if there is one. Keyset paging on the
+    /// (user_id, sent_at desc, _id desc) index: each page costs the same however
+    /// deep it is, and notifications recorded meanwhile neither shift nor repeat it.
+    pub async fn list(
+        &self,
+        user_id: UserId,
+        page_size: PageSize,
+        after: Option<PageToken>,
+    ) -> anyhow::Result<(Vec<NotificationDoc>, Option<PageToken>)> {
+        let mut filter = doc! { "user_id": user_id.to_string() };
+        if let Some(after) = after {
+            let sent_at = bson::DateTime::from_millis(after.sent_at_ms());
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "sent_at": { "$lt": sent_at } },
+                    doc! { "sent_at": sent_at, "_id": { "$lt": after.id().to_string() } },
+                ],
+            );
+        }
+        let mut docs: Vec<NotificationDoc> = self
+            .notifications
+            .find(filter)
             // v7 ids order notifications sent within the same millisecond.
             .sort(doc! { "sent_at": -1, "_id": -1 })
-            .limit(page_size.get())
+            // One more than asked tells whether another page follows.
+            .limit(page_size.get() + 1)
             .await
             .context("cannot list notifications")?
             .try_collect()
             .await
-            .context("cannot read listed notifications")
+            .context("cannot read listed notifications")?;
+        let more = docs.len() > page_size.len();
+        docs.truncate(page_size.len());
+        let next = match docs.last() {
+            Some(last) if more => Some(PageToken::new(
+                last.sent_at.timestamp_millis(),
+                Uuid::parse_str(&last.id).context("a stored notification id is not a UUID")?,
+            )),
+            _ => None,
+        };
+        Ok((docs, next))
     }
 }

@@ -372,11 +372,36 @@ impl TestApp {
     async fn notifications_of(&self, user_id: &str) -> Vec<Notification> {
         self.notifications
             .clone()
-            .list_notifications(ListNotificationsRequest { user_id: user_id.into(), page_size: 0 })
+            .list_notifications(ListNotificationsRequest { user_id: user_id.into(), ..Default::default() })
             .await
             .unwrap()
             .into_inner()
             .notifications
+    }
+
+    /// Every page of `user_id`'s notifications, following the page tokens to the end.
+    async fn pages_of(&self, user_id: &str, page_size: i32) -> Vec<Vec<Notification>> {
+        let mut pages = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .notifications
+                .clone()
+                .list_notifications(ListNotificationsRequest {
+                    user_id: user_id.into(),
+                    page_size,
+                    page_token,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            pages.push(page.notifications);
+            if page.next_page_token.is_empty() {
+                return pages;
+            }
+            assert!(pages.len() < 100, "paging does not end");
+            page_token = page.next_page_token;
+        }
     }
 
     /// Polls until `user_id` has at least `count` notifications (or fails at the deadline).
@@ -690,7 +715,7 @@ async fn listing_validates_the_user_and_caps_the_page() {
     let invalid = app
         .notifications
         .clone()
-        .list_notifications(ListNotificationsRequest { user_id: "nobody".into(), page_size: 0 })
+        .list_notifications(ListNotificationsRequest { user_id: "nobody".into(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(marquee_common::ApiError::from_status(&invalid).code, marquee_common::ErrorCode::BadUserInput);
@@ -703,12 +728,155 @@ async fn listing_validates_the_user_and_caps_the_page() {
     let page = app
         .notifications
         .clone()
-        .list_notifications(ListNotificationsRequest { user_id: dave.clone(), page_size: 2 })
+        .list_notifications(ListNotificationsRequest {
+            user_id: dave.clone(),
+            page_size: 2,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
         .notifications;
     assert_eq!(page.len(), 2);
+}
+
+#[tokio::test]
+async fn pages_cover_every_notification_exactly_once_newest_first() {
+    let app = spawn_app().await;
+    let (erin, _) = app.register("erin").await;
+    let events: Vec<Event> = ["G1", "G2", "G3", "G4", "G5", "G6", "G7"]
+        .iter()
+        .map(|seat| app.confirmed_event(&erin, &[seat]))
+        .collect();
+    app.publisher.publish_all(&events).await;
+    app.await_notifications(&erin, 7).await;
+
+    let pages = app.pages_of(&erin, 3).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1], "no empty trailing page");
+    let listed: Vec<&Notification> = pages.iter().flatten().collect();
+    let published: Vec<&str> = events.iter().rev().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(listed.iter().map(|n| n.event_id.as_str()).collect::<Vec<_>>(), published, "newest first");
+
+    // Notifications sent within one millisecond are ordered, and paged, by id.
+    let frank = Uuid::new_v4().to_string();
+    let sent_at = mongodb::bson::DateTime::now();
+    let ids: Vec<String> = (0..5).map(|_| Uuid::now_v7().to_string()).collect();
+    for id in &ids {
+        app.log
+            .insert_one(doc! {
+                "_id": id, "user_id": &frank, "booking_id": Uuid::new_v4().to_string(), "channel": "email",
+                "recipient": "frank@example.com", "subject": "s", "body": "b",
+                "event_id": Uuid::new_v4().to_string(), "event_type": "booking.confirmed", "sent_at": sent_at,
+            })
+            .await
+            .unwrap();
+    }
+    let pages = app.pages_of(&frank, 2).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+    let listed: Vec<&str> = pages.iter().flatten().map(|n| n.id.as_str()).collect();
+    assert_eq!(listed, ids.iter().rev().map(String::as_str).collect::<Vec<_>>());
+
+    let garbled = app
+        .notifications
+        .clone()
+        .list_notifications(ListNotificationsRequest {
+            user_id: frank.clone(),
+            page_token: "not-a-token".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(marquee_common::ApiError::from_status(&garbled).code, marquee_common::ErrorCode::BadUserInput);
+}
+
+#[tokio::test]
+async fn with_smtp_configured_each_email_is_sent_once_to_the_users_address() {
+    let sink = SmtpSink::start();
+    let smtp_url = sink.url();
+    let app = spawn_app_with(|settings| {
+        settings.rabbitmq.prefetch = 1;
+        settings.notification.smtp_url = Some(smtp_url);
+    })
+    .await;
+    let (grace, grace_email) = app.register("grace").await;
+    app.set_contact(&grace, "+31612345678", true, true).await;
+    let first = app.confirmed_event(&grace, &["H1"]);
+    let second = app.confirmed_event(&grace, &["H2", "H3"]);
+    app.publisher.publish_all([&first, &first, &second]).await;
+
+    // A message is recorded only once the relay has accepted it.
+    let listed = app.await_notifications(&grace, 4).await;
+    let mails = sink.received();
+    assert_eq!(mails.len(), 2, "one email per event, none for SMS or the duplicate: {mails:#?}");
+    for (event, seat) in [(&first, "H1"), (&second, "H3")] {
+        let recorded = listed
+            .iter()
+            .find(|n| n.event_id == event.event_id && n.channel == "email")
+            .expect("the email is recorded");
+        let mail = mails
+            .iter()
+            .find(|m| m.contains(&format!("Message-ID: <{}.email@marquee>", event.event_id)))
+            .unwrap_or_else(|| panic!("no email for {}: {mails:#?}", event.event_id));
+        assert!(mail.contains(&format!("X-RcptTo: {grace_email}\n")), "{mail}");
+        assert!(mail.contains(&format!("To: {grace_email}\n")), "{mail}");
+        assert!(mail.contains(&format!("Subject: {}\n", recorded.subject)), "{mail}");
+        assert!(mail.contains("From: Marquee <no-reply@marquee.example>"), "{mail}");
+        assert!(mail.contains(seat) && recorded.body.contains(seat), "{mail}");
+    }
+}
+
+/// A real SMTP server (aiosmtpd from the infra venv) on a random port, writing each
+/// message it accepts into a maildir of this test's own.
+struct SmtpSink {
+    port: u16,
+    dir: std::path::PathBuf,
+    process: Child,
+}
+
+impl SmtpSink {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("marquee-smtp-{}", Uuid::new_v4().simple()));
+        let home = std::env::var_os("MARQUEE_HOME").map(std::path::PathBuf::from).unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/marquee")
+        });
+        let process = Command::new(home.join("venv/bin/python"))
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("aiosmtpd must be installed: run scripts/infra up");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the SMTP sink did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, dir, process }
+    }
+
+    fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message received so far, headers unfolded, line ends as `\n`.
+    fn received(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("new")) else { return Vec::new() };
+        entries
+            .map(|entry| {
+                let raw = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+                raw.replace("\r\n", "\n").replace("\n ", " ").replace("\n\t", "\t")
+            })
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Why the broker dead-lettered a message (`x-death[0].reason`).
