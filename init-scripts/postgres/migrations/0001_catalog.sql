@@ -11,7 +11,8 @@ CREATE TABLE movies (
     rating          text NOT NULL DEFAULT '',
     genres          text[] NOT NULL DEFAULT '{}',
     poster_url      text NOT NULL DEFAULT '',
-    release_date    date
+    release_date    date,
+    languages       text[] NOT NULL DEFAULT '{}'
 );
 -- Keyset pagination walks (title, id); title search is a case-insensitive substring.
 CREATE INDEX movies_title_id_idx ON movies (title, id);
@@ -34,13 +35,22 @@ CREATE TABLE screens (
     UNIQUE (cinema_id, name)
 );
 
+-- position: left-to-right place in the row counting aisles/gaps, so two seats are
+-- adjacent exactly when their positions differ by one. blocked: out of sale in every
+-- showtime created from the layout.
 CREATE TABLE screen_seats (
     screen_id   uuid NOT NULL REFERENCES screens (id),
     seat_id     text NOT NULL,
     row_label   text NOT NULL,
     seat_number integer NOT NULL CHECK (seat_number > 0),
     category    text NOT NULL,
-    PRIMARY KEY (screen_id, seat_id)
+    position    integer NOT NULL CONSTRAINT screen_seats_position_positive CHECK (position > 0),
+    accessible  boolean NOT NULL DEFAULT false,
+    companion   boolean NOT NULL DEFAULT false,
+    blocked     boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (screen_id, seat_id),
+    CONSTRAINT screen_seats_row_position_key UNIQUE (screen_id, row_label, position),
+    CONSTRAINT screen_seats_row_number_key UNIQUE (screen_id, row_label, seat_number)
 );
 
 CREATE TABLE showtimes (
@@ -54,6 +64,7 @@ CREATE TABLE showtimes (
 );
 CREATE INDEX showtimes_starts_at_idx ON showtimes (starts_at);
 CREATE INDEX showtimes_movie_starts_at_idx ON showtimes (movie_id, starts_at);
+CREATE INDEX showtimes_screen_starts_at_idx ON showtimes (screen_id, starts_at);
 
 CREATE TABLE showtime_prices (
     showtime_id  uuid NOT NULL REFERENCES showtimes (id),
@@ -73,7 +84,13 @@ CREATE TABLE showtime_seats (
                     CHECK (status IN ('available', 'held', 'booked', 'blocked')),
     booking_id      uuid,
     hold_expires_at timestamptz,
+    -- The booking that last held the seat survives its release (by ReleaseSeats or the
+    -- sweeper), so a late confirmation can tell "still free since I held it" from
+    -- "taken by someone else in the meantime".
+    last_booking_id uuid,
+    hold_extended   boolean NOT NULL DEFAULT false,
     PRIMARY KEY (showtime_id, seat_id),
+    CONSTRAINT showtime_seats_extended_only_when_held CHECK (NOT hold_extended OR status = 'held'),
     -- A hold always has an owner and an expiry; a booking an owner only; free seats neither.
     CONSTRAINT showtime_seats_state_consistent CHECK (
         CASE status
@@ -85,3 +102,4 @@ CREATE TABLE showtime_seats (
 );
 CREATE INDEX showtime_seats_booking_idx ON showtime_seats (showtime_id, booking_id)
     WHERE booking_id IS NOT NULL;
+CREATE INDEX showtime_seats_hold_expiry_idx ON showtime_seats (hold_expires_at) WHERE status = 'held';

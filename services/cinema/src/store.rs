@@ -1,10 +1,9 @@
 //! PostgreSQL access: catalog reads and the seat-hold functions from the migrations.
 //!
 //! Seat changes go through `cinema_lock_seats`, `cinema_confirm_seats`,
-//! `cinema_release_seats` and `cinema_extend_hold` (see `0002_seat_holds.sql` and
-//! `0003_hold_rules.sql`): one statement each, so one round
-//! trip and one transaction, with row locks taken in seat order and released at commit,
-//! before the reply leaves this process.
+//! `cinema_release_seats` and `cinema_extend_hold` (see `0002_seat_functions.sql`): one
+//! statement each, so one round trip and one transaction, with row locks taken in seat
+//! order and released at commit, before the reply leaves this process.
 
 use std::collections::{BTreeSet, HashMap};
 
