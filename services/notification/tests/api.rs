@@ -301,6 +301,25 @@ impl TestApp {
         }
     }
 
+    /// Polls until every delivery the worker took is settled (the latency histogram
+    /// counts settlements) and no new one arrived for a moment. After a crash, a
+    /// redelivered event whose processing claim the dead worker still holds waits for
+    /// the claim to lapse, unacknowledged: an empty queue alone does not mean done.
+    async fn await_all_taken_deliveries_settled(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut previous = None;
+        loop {
+            let consumed = self.metric("notification_events_consumed_total").await;
+            let settled = self.metric("notification_processing_seconds_count").await;
+            if consumed == settled && previous == Some(consumed) {
+                return;
+            }
+            previous = (consumed == settled).then_some(consumed);
+            assert!(tokio::time::Instant::now() < deadline, "{settled} of {consumed} deliveries settled");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Polls until `queue` has exactly `count` messages ready.
     async fn await_ready(&self, queue: &str, count: u32) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -333,6 +352,7 @@ impl TestApp {
     /// record per distinct event.
     async fn assert_settled_exactly_once(&mut self, distinct_events: usize) {
         self.await_ready(&self.queue(), 0).await;
+        self.await_all_taken_deliveries_settled().await;
         self.stop_worker().await;
         assert_eq!(self.publisher.ready(&self.queue()).await, 0, "unsettled deliveries remain");
         assert_eq!(self.publisher.ready(&self.dead_letter_queue()).await, 0, "nothing is dead-lettered");
