@@ -959,7 +959,7 @@ async fn sixty_four_clients_locking_confirming_and_releasing_overlapping_seats_n
                 })
                 .await;
             if let Err(status) = locked {
-                return (booking, seats, Err(ApiError::from_status(&status)), false);
+                return (booking, seats, Err(ApiError::from_status(&status)), false, false);
             }
             let next = if confirm {
                 client
@@ -979,13 +979,13 @@ async fn sixty_four_clients_locking_confirming_and_releasing_overlapping_seats_n
                     .await
                     .map(drop)
             };
-            (booking, seats, next.map_err(|s| ApiError::from_status(&s)), confirm)
+            (booking, seats, next.map_err(|s| ApiError::from_status(&s)), confirm, true)
         });
     }
     let results = tasks.join_all().await;
 
     let mut expected = BTreeMap::new();
-    for (booking, seats, outcome, confirmed) in &results {
+    for (booking, seats, outcome, confirmed, _) in &results {
         match outcome {
             Ok(()) if *confirmed => {
                 for seat in seats {
@@ -996,7 +996,9 @@ async fn sixty_four_clients_locking_confirming_and_releasing_overlapping_seats_n
             Err(err) => assert_eq!(err.code, ErrorCode::SeatUnavailable, "{err}"),
         }
     }
-    assert!(!expected.is_empty(), "someone must have bought seats");
+    // The first lock to commit always wins, so the race had winners. Whether any winner
+    // was a buyer depends on timing (all winners may have been releasers).
+    assert!(results.iter().any(|(.., locked)| *locked), "some lock must have won");
     assert_eq!(app.taken_seats(&showtime).await, expected, "booked seats are exactly the confirmed ones");
 }
 
