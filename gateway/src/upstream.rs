@@ -199,12 +199,13 @@ impl Upstreams {
 
     /// NOT_FOUND unless the booking belongs to `user`: the booking service enforces it.
     pub async fn booking(&self, user: &UserId, id: &BookingId) -> Result<booking::Booking, GatewayError> {
-        let request = booking::GetBookingRequest { id: id.to_string(), user_id: user.to_string() };
+        let request =
+            booking::GetBookingRequest { id: id.to_string(), user_id: user.to_string(), as_admin: false };
         Ok(self.bookings().get_booking(request).await?.into_inner())
     }
 
     pub async fn bookings_of(&self, user: &UserId) -> Result<Vec<booking::Booking>, GatewayError> {
-        let request = booking::ListBookingsRequest { user_id: user.to_string() };
+        let request = booking::ListBookingsRequest { user_id: user.to_string(), ..Default::default() };
         Ok(self.bookings().list_bookings(request).await?.into_inner().bookings)
     }
 

@@ -52,6 +52,7 @@ fn render(booking: Booking) -> proto::Booking {
         expires_at: Some(to_proto(booking.expires_at)),
         created_at: Some(to_proto(booking.created_at)),
         payment_id: booking.payment_id.unwrap_or_default(),
+        ..Default::default()
     }
 }
 
@@ -106,6 +107,14 @@ impl BookingService for BookingApi {
     ) -> Result<Response<proto::ListBookingsResponse>, Status> {
         let user_id = UserId::parse(&request.get_ref().user_id).map_err(BookingError::from)?;
         let bookings = self.saga.list(user_id).await?.into_iter().map(render).collect();
-        Ok(Response::new(proto::ListBookingsResponse { bookings }))
+        Ok(Response::new(proto::ListBookingsResponse { bookings, next_page_token: String::new() }))
+    }
+
+    async fn cancel_booking(
+        &self,
+        _request: Request<proto::CancelBookingRequest>,
+    ) -> Result<Response<proto::Booking>, Status> {
+        // Replaced by the cancellation saga (issue #5) in the next commit.
+        Err(Status::unimplemented("CancelBooking is not available yet"))
     }
 }

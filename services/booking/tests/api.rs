@@ -162,7 +162,7 @@ impl TestApp {
     async fn get(&self, id: &str, user_id: &str) -> Result<Booking, ApiError> {
         self.booking
             .clone()
-            .get_booking(GetBookingRequest { id: id.into(), user_id: user_id.into() })
+            .get_booking(GetBookingRequest { id: id.into(), user_id: user_id.into(), as_admin: false })
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| ApiError::from_status(&status))
@@ -318,7 +318,7 @@ async fn a_retried_hold_returns_the_same_booking_and_a_reused_key_conflicts() {
     let listed = app
         .booking
         .clone()
-        .list_bookings(ListBookingsRequest { user_id: user_id.clone() })
+        .list_bookings(ListBookingsRequest { user_id: user_id.clone(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()
