@@ -8,6 +8,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::board::{SeatBoard, Verdict};
 use crate::catalog::{Category, NewCinema, NewMovie, NewScreen, NewShowtime};
 use crate::changes::{ChangeReason, SeatChange, SeatChanges};
 use crate::domain::{
@@ -36,13 +37,14 @@ pub struct CinemaApi {
     store: Store,
     policy: HoldPolicy,
     changes: SeatChanges,
+    board: SeatBoard,
     /// Ends open `WatchSeats` streams, so a graceful shutdown need not wait for them.
     stop: Shutdown,
 }
 
 impl CinemaApi {
-    pub fn new(store: Store, policy: HoldPolicy, changes: SeatChanges) -> Self {
-        Self { store, policy, changes, stop: Shutdown::new() }
+    pub fn new(store: Store, policy: HoldPolicy, changes: SeatChanges, board: SeatBoard) -> Self {
+        Self { store, policy, changes, board, stop: Shutdown::new() }
     }
 
     pub fn stopping_with(self, stop: Shutdown) -> Self {
@@ -227,6 +229,13 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         let booking = BookingId::parse(&req.booking_id)?;
         let seats = SeatSelection::parse(&req.seat_ids, self.policy.max_seats_per_hold)?;
         let ttl = HoldTtl::parse(req.ttl_seconds)?;
+        let wanted = seats.to_strings();
+        if let Verdict::Taken(taken) =
+            self.board.judge(showtime.as_uuid(), &wanted, booking.as_uuid(), chrono::Utc::now())
+        {
+            tracing::info!(seats.unavailable = %taken.join(","), "seats not locked (seat board)");
+            return Err(CinemaError::SeatsUnavailable(taken).into());
+        }
         if self.policy.no_orphan_seats {
             self.check_no_orphans(showtime, &seats).await?;
         }

@@ -1,6 +1,6 @@
 //! Live seat changes and the hold sweeper.
 //!
-//! A trigger (migration 0005) NOTIFYs `cinema_seat_changes` inside every transaction
+//! A trigger (migrations 0002, 0003) NOTIFYs `cinema_seat_changes` inside every transaction
 //! that changes a seat, so PostgreSQL delivers each change once it commits, in commit
 //! order. One `PgListener` per process receives them and fans them out to every
 //! `WatchSeats` stream through a broadcast channel.
@@ -15,6 +15,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use crate::board::SeatBoard;
 use crate::domain::SeatState;
 
 pub const CHANNEL: &str = "cinema_seat_changes";
@@ -41,14 +42,21 @@ pub struct SeatChange {
     pub state: SeatState,
     pub reason: ChangeReason,
     pub changed_at: DateTime<Utc>,
+    /// The booking holding or owning the seat, when held or booked.
+    pub holder: Option<Uuid>,
+    /// When a hold lapses, as written (a later ExtendHold is not announced).
+    pub hold_expires_at: Option<DateTime<Utc>>,
 }
 
 impl SeatChange {
-    /// Parses `showtime_id|seat_id|status|reason|changed_at_micros` (see migration 0005).
+    /// Parses `showtime_id|seat_id|status|reason|changed_at_micros|booking_id|hold_expires_micros`
+    /// (migration 0003; the first five fields alone are what migration 0002 wrote).
     pub fn parse(payload: &str) -> anyhow::Result<Self> {
         let fields: Vec<&str> = payload.split('|').collect();
-        let [showtime_id, seat_id, status, reason, micros] = fields[..] else {
-            anyhow::bail!("malformed seat change {payload:?}");
+        let (showtime_id, seat_id, status, reason, micros, holder, expires) = match fields[..] {
+            [a, b, c, d, e] => (a, b, c, d, e, "", ""),
+            [a, b, c, d, e, f, g] => (a, b, c, d, e, f, g),
+            _ => anyhow::bail!("malformed seat change {payload:?}"),
         };
         let reason = match reason {
             "held" => ChangeReason::Held,
@@ -67,8 +75,19 @@ impl SeatChange {
             state: SeatState::from_db(status)?,
             reason,
             changed_at: DateTime::from_timestamp_micros(micros).context("change time out of range")?,
+            holder: optional_field(holder, |raw| Uuid::parse_str(raw).ok())
+                .with_context(|| format!("bad holder in {payload:?}"))?,
+            hold_expires_at: optional_field(expires, |raw| {
+                raw.parse().ok().and_then(DateTime::from_timestamp_micros)
+            })
+            .with_context(|| format!("bad hold expiry in {payload:?}"))?,
         })
     }
+}
+
+/// `Ok(None)` for an empty field, `Err` for one that does not parse.
+fn optional_field<T>(raw: &str, parse: impl FnOnce(&str) -> Option<T>) -> anyhow::Result<Option<T>> {
+    if raw.is_empty() { Ok(None) } else { parse(raw).map(Some).context("unreadable field") }
 }
 
 /// The sending side of the fan-out; `subscribe` before answering a watcher so it
@@ -94,16 +113,31 @@ pub async fn listen(pool: &PgPool) -> anyhow::Result<(SeatChanges, PgListener)> 
     Ok((SeatChanges { sender }, listener))
 }
 
-/// Forwards notifications to the broadcast channel until shutdown.
-pub async fn relay(mut listener: PgListener, changes: SeatChanges, shutdown: Shutdown) -> anyhow::Result<()> {
+/// Forwards notifications to the seat board and the broadcast channel until shutdown.
+pub async fn relay(
+    mut listener: PgListener,
+    changes: SeatChanges,
+    board: SeatBoard,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     loop {
-        let notification = tokio::select! {
+        let received = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            received = listener.recv() => received.context("the seat change listener failed")?,
+            received = listener.try_recv() => received.context("the seat change listener failed")?,
+        };
+        let Some(notification) = received else {
+            // The connection dropped; the next call reconnects, but what was sent
+            // meanwhile is gone, so the board must not trust what it has.
+            tracing::warn!("seat change listener lost its connection; forgetting the seat board");
+            board.forget_all();
+            continue;
         };
         match SeatChange::parse(notification.payload()) {
-            // No watcher at all is the common case, not an error.
-            Ok(change) => drop(changes.sender.send(change)),
+            Ok(change) => {
+                board.apply(&change);
+                // No watcher at all is the common case, not an error.
+                drop(changes.sender.send(change));
+            }
             Err(error) => tracing::error!(error = format!("{error:#}"), "dropping an unreadable seat change"),
         }
     }
@@ -155,8 +189,26 @@ mod tests {
             ("C7", SeatState::Available, ChangeReason::Expired)
         );
         assert_eq!(change.changed_at.timestamp_micros(), 1_763_772_000_123_456);
-        for bad in ["", "x|C7|held|held|1", &format!("{id}|C7|held|stolen|1"), &format!("{id}|C7|held|held")]
-        {
+        assert_eq!((change.holder, change.hold_expires_at), (None, None));
+
+        let holder = Uuid::new_v4();
+        let held =
+            SeatChange::parse(&format!("{id}|C7|held|held|1763772000123456|{holder}|1763772480000000"))
+                .unwrap();
+        assert_eq!(held.holder, Some(holder));
+        assert_eq!(held.hold_expires_at.unwrap().timestamp_micros(), 1_763_772_480_000_000);
+        let freed = SeatChange::parse(&format!("{id}|C7|available|released|1763772000123456||")).unwrap();
+        assert_eq!((freed.holder, freed.hold_expires_at), (None, None));
+
+        for bad in [
+            "",
+            "x|C7|held|held|1",
+            &format!("{id}|C7|held|stolen|1"),
+            &format!("{id}|C7|held|held"),
+            &format!("{id}|C7|held|held|1|not-a-uuid|2"),
+            &format!("{id}|C7|held|held|1|{holder}|soon"),
+            &format!("{id}|C7|held|held|1|{holder}"),
+        ] {
             assert!(SeatChange::parse(bad).is_err(), "{bad}");
         }
     }

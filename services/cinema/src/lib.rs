@@ -7,6 +7,7 @@
 //! hold counts as free the moment it expires, whether or not anything released it.
 
 mod api;
+mod board;
 mod catalog;
 mod changes;
 mod domain;

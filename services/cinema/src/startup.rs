@@ -12,6 +12,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::net::TcpListener;
 
 use crate::api::{CinemaApi, HoldPolicy};
+use crate::board::SeatBoard;
 use crate::changes::{self, SeatChanges};
 use crate::domain::{HoldCutoff, HoldTtl};
 use crate::store::{self, Store};
@@ -27,6 +28,7 @@ pub struct Application {
     pool: PgPool,
     seat_listener: PgListener,
     changes: SeatChanges,
+    board: SeatBoard,
     sweep_interval: Option<Duration>,
 }
 
@@ -55,14 +57,16 @@ impl Application {
         let (seat_changes, seat_listener) = changes::listen(&pool).await?;
         let (listener, addr) = marquee_common::grpc::bind(&settings.cinema.server).await?;
         let sweep_ms = settings.cinema.hold_sweep_interval_ms;
+        let board = SeatBoard::new(pool.clone(), settings.cinema.seat_board);
         Ok(Application {
             listener,
             addr,
-            api: CinemaApi::new(Store::new(pool.clone()), policy, seat_changes.clone()),
+            api: CinemaApi::new(Store::new(pool.clone()), policy, seat_changes.clone(), board.clone()),
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
             pool,
             seat_listener,
             changes: seat_changes,
+            board,
             sweep_interval: (sweep_ms > 0).then(|| Duration::from_millis(sweep_ms)),
         })
     }
@@ -76,7 +80,8 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         // Background work also stops if the server fails on its own.
         let background = shutdown.child_token();
-        let relay = tokio::spawn(changes::relay(self.seat_listener, self.changes, background.clone()));
+        let relay =
+            tokio::spawn(changes::relay(self.seat_listener, self.changes, self.board, background.clone()));
         let sweeper = self
             .sweep_interval
             .map(|interval| tokio::spawn(changes::sweep(self.pool.clone(), interval, background.clone())));

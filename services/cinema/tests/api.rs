@@ -1537,3 +1537,77 @@ async fn watchers_see_holds_confirmations_releases_and_lapsed_holds_in_commit_or
         .unwrap_err();
     assert_eq!(code(err), ErrorCode::NotFound);
 }
+
+// ------------------------------------------------------------------------- seat board
+
+impl TestApp {
+    /// Changes a seat with the notify trigger off, as if the board had missed it.
+    async fn behind_the_boards_back(&self, showtime: &str, seat: &str, holder: Option<&str>) {
+        let mut tx = self.db.begin().await.unwrap();
+        sqlx::query("SET LOCAL session_replication_role = replica").execute(&mut *tx).await.unwrap();
+        sqlx::query(
+            "UPDATE showtime_seats
+                SET status = CASE WHEN $3::uuid IS NULL THEN 'available' ELSE 'held' END,
+                    booking_id = $3::uuid,
+                    hold_expires_at = CASE WHEN $3::uuid IS NULL THEN NULL ELSE now() + interval '5 minutes' END,
+                    hold_extended = false
+              WHERE showtime_id = $1::uuid AND seat_id = $2",
+        )
+        .bind(showtime)
+        .bind(seat)
+        .bind(holder)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_seat_board_refuses_taken_seats_without_asking_the_database_and_follows_notified_changes() {
+    let app = spawn_app_with(|s| s.cinema.seat_board = marquee_common::config::SeatBoardMode::Always).await;
+    let showtime = app.showtime().await.id;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+
+    // Make the database and the board disagree: a hold the board was told about, then
+    // freed behind its back. Only the board can still call F5 taken. Until it has loaded
+    // the showtime the database decides (and grants the seat), so go round until then.
+    // (Both seats are free in the database and, once loaded, on the board each time
+    // round, so the first lock always goes through.)
+    let (believed_holder, refusal) = loop {
+        assert!(std::time::Instant::now() < deadline, "the seat board never answered");
+        let holder = new_booking();
+        app.lock(&showtime, &holder, &["F5"]).await.unwrap();
+        app.behind_the_boards_back(&showtime, "F5", None).await;
+        let other = new_booking();
+        match app.lock(&showtime, &other, &["F5", "F6"]).await {
+            Err(refusal) => break (holder, refusal),
+            Ok(_) => assert_eq!(app.release(&showtime, &other).await, ["F5", "F6"]),
+        }
+    };
+    assert_eq!(
+        (refusal.code, refusal.meta_list("seat_ids")),
+        (ErrorCode::SeatUnavailable, vec!["F5".to_owned()])
+    );
+    assert!(app.taken_seats(&showtime).await.is_empty(), "the database had F5 free: the board answered");
+
+    // A notified change reaches the board: put the hold back silently, release it the
+    // normal way, and F5 can be held again (once the notification has arrived).
+    app.behind_the_boards_back(&showtime, "F5", Some(&believed_holder)).await;
+    assert_eq!(app.release(&showtime, &believed_holder).await, ["F5"]);
+    let winner = new_booking();
+    loop {
+        match app.lock(&showtime, &winner, &["F5"]).await {
+            Ok(hold) => {
+                assert_eq!(seat_ids(&hold.seats), ["F5"]);
+                break;
+            }
+            Err(err) => {
+                assert_eq!(err.code, ErrorCode::SeatUnavailable);
+                assert!(std::time::Instant::now() < deadline, "the board never saw F5 released");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert_eq!(app.taken_seats(&showtime).await, BTreeMap::from([("F5".to_owned(), held(&winner))]));
+}

@@ -172,6 +172,23 @@ pub struct CinemaSettings {
     /// How often lapsed holds are released and announced; 0 turns the sweeper off.
     #[serde(default = "default_hold_sweep_interval_ms")]
     pub hold_sweep_interval_ms: u64,
+    /// When LockSeats may refuse a seat from the in-memory seat board without asking
+    /// PostgreSQL (the board lags PostgreSQL by the notification delay).
+    #[serde(default)]
+    pub seat_board: SeatBoardMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeatBoardMode {
+    /// Every hold goes to PostgreSQL.
+    Off,
+    /// Only while every database connection is busy, i.e. when the request would
+    /// otherwise queue behind others (a rush on the same seats).
+    #[default]
+    WhenBusy,
+    /// Always (tests of the board itself).
+    Always,
 }
 
 fn default_hold_sweep_interval_ms() -> u64 {

@@ -1,0 +1,358 @@
+//! The seat board: per showtime, an in-memory replica of who holds or owns each seat,
+//! kept current by the seat change notifications.
+//!
+//! At a rush nearly every `LockSeats` is a loser asking for a seat someone already has.
+//! The board lets the service refuse those without a database round trip, so losers
+//! neither wait for a pool connection behind the winners nor load PostgreSQL. The board
+//! only ever refuses: a seat it does not know, or believes free, goes to
+//! `cinema_lock_seats`, which decides under row locks. It lags PostgreSQL by the
+//! notification delay, so a seat freed a moment ago may be refused once more, exactly as
+//! a client looking at the live seat map would have seen it taken. A hold the board
+//! believes lapsed (its extension is not announced) is simply asked of the database.
+//!
+//! `cinema.seat_board` says when the board is asked: by default only while every
+//! database connection is busy (a request would queue, so a quick refusal is worth the
+//! small lag), or always, or never.
+//!
+//! A showtime is loaded on first use (a snapshot query) while its notifications are
+//! queued, then the queue is replayed on top of the snapshot in commit order. When the
+//! listener loses its connection notifications may have been missed, so the whole board
+//! is forgotten and reloaded on demand.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use chrono::{DateTime, Utc};
+use marquee_common::config::SeatBoardMode;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::changes::SeatChange;
+use crate::domain::SeatState;
+
+/// Showtimes kept at once; the least recently loaded goes first. A 10,000-seat
+/// showtime takes about 1 MB.
+const CAPACITY: usize = 256;
+
+#[derive(Clone)]
+pub struct SeatBoard {
+    pool: PgPool,
+    mode: SeatBoardMode,
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    showtimes: HashMap<Uuid, Entry>,
+    /// Tells a finished load whether its entry is still the one it started.
+    next_load: u64,
+}
+
+enum Entry {
+    /// A snapshot query is running; changes wait here in commit order.
+    Loading {
+        load: u64,
+        queued: Vec<SeatChange>,
+    },
+    Ready {
+        load: u64,
+        seats: HashMap<String, Occupancy>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Occupancy {
+    state: SeatState,
+    holder: Option<Uuid>,
+    hold_expires_at: Option<DateTime<Utc>>,
+}
+
+impl Occupancy {
+    fn of(change: &SeatChange) -> Self {
+        Self { state: change.state, holder: change.holder, hold_expires_at: change.hold_expires_at }
+    }
+
+    /// Mirrors `cinema_lock_seats`: taken unless available, lapsed, or held by `booking`.
+    /// A hold without a known expiry is not judged here.
+    fn surely_taken_from(&self, booking: Uuid, now: DateTime<Utc>) -> bool {
+        match self.state {
+            SeatState::Available => false,
+            SeatState::Booked | SeatState::Blocked => true,
+            SeatState::Held => {
+                self.holder != Some(booking) && self.hold_expires_at.is_some_and(|expires| expires > now)
+            }
+        }
+    }
+}
+
+/// What the board can say about a hold request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Ask the database (showtime not loaded yet, or a seat it does not know).
+    Unknown,
+    /// Every seat looks free; the database still decides.
+    LooksFree,
+    /// These seats are taken by someone else: refuse without asking the database.
+    Taken(Vec<String>),
+}
+
+impl SeatBoard {
+    pub fn new(pool: PgPool, mode: SeatBoardMode) -> Self {
+        Self { pool, mode, inner: Arc::default() }
+    }
+
+    /// Whether to ask the board now. Under `WhenBusy` only while every connection is
+    /// in use: then a request would queue, and a loser is better answered at once. With
+    /// connections to spare the database answers as fast, and exactly.
+    fn consulted(&self) -> bool {
+        match self.mode {
+            SeatBoardMode::Off => false,
+            SeatBoardMode::Always => true,
+            SeatBoardMode::WhenBusy => {
+                self.pool.size() >= self.pool.options().get_max_connections() && self.pool.num_idle() == 0
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The map stays consistent even if a holder panicked: every update is one insert.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Judges `seats` of `showtime` for `booking`; starts loading an unknown showtime
+    /// in the background so the next request can be judged.
+    pub fn judge(&self, showtime: Uuid, seats: &[String], booking: Uuid, now: DateTime<Utc>) -> Verdict {
+        if !self.consulted() {
+            return Verdict::Unknown;
+        }
+        let mut inner = self.lock();
+        if let Some(verdict) = inner.judge(showtime, seats, booking, now) {
+            return verdict;
+        }
+        let load = inner.start_loading(showtime);
+        drop(inner);
+        tokio::spawn(self.clone().load(showtime, load));
+        Verdict::Unknown
+    }
+
+    /// Records a committed change (called for every notification, in commit order).
+    pub fn apply(&self, change: &SeatChange) {
+        self.lock().apply(change);
+    }
+
+    /// Drops everything: notifications may have been missed.
+    pub fn forget_all(&self) {
+        self.lock().showtimes.clear();
+    }
+
+    async fn load(self, showtime: Uuid, load: u64) {
+        let snapshot = sqlx::query_as::<_, SnapshotRow>(
+            "SELECT seat_id, status, booking_id, hold_expires_at FROM showtime_seats WHERE showtime_id = $1",
+        )
+        .bind(showtime)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|rows| {
+            rows.into_iter().map(SnapshotRow::into_seat).collect::<anyhow::Result<HashMap<_, _>>>()
+        });
+        if let Err(error) = &snapshot {
+            tracing::warn!(showtime.id = %showtime, error = format!("{error:#}"), "cannot load the seat board");
+        }
+        self.lock().finish_loading(showtime, load, snapshot.ok());
+    }
+}
+
+impl Inner {
+    /// `None` when the showtime is not on the board at all.
+    fn judge(&self, showtime: Uuid, seats: &[String], booking: Uuid, now: DateTime<Utc>) -> Option<Verdict> {
+        let board = match self.showtimes.get(&showtime)? {
+            Entry::Ready { seats, .. } => seats,
+            Entry::Loading { .. } => return Some(Verdict::Unknown),
+        };
+        let mut taken = Vec::new();
+        for seat in seats {
+            match board.get(seat) {
+                None => return Some(Verdict::Unknown),
+                Some(occupancy) if occupancy.surely_taken_from(booking, now) => taken.push(seat.clone()),
+                Some(_) => {}
+            }
+        }
+        Some(if taken.is_empty() { Verdict::LooksFree } else { Verdict::Taken(taken) })
+    }
+
+    fn apply(&mut self, change: &SeatChange) {
+        match self.showtimes.get_mut(&change.showtime_id) {
+            Some(Entry::Loading { queued, .. }) => queued.push(change.clone()),
+            Some(Entry::Ready { seats, .. }) => {
+                seats.insert(change.seat_id.clone(), Occupancy::of(change));
+            }
+            None => {}
+        }
+    }
+
+    fn start_loading(&mut self, showtime: Uuid) -> u64 {
+        if self.showtimes.len() >= CAPACITY {
+            let oldest = self
+                .showtimes
+                .iter()
+                .filter_map(|(id, entry)| match entry {
+                    Entry::Ready { load, .. } => Some((*load, *id)),
+                    Entry::Loading { .. } => None,
+                })
+                .min();
+            if let Some((_, id)) = oldest {
+                self.showtimes.remove(&id);
+            }
+        }
+        self.next_load += 1;
+        let load = self.next_load;
+        self.showtimes.insert(showtime, Entry::Loading { load, queued: Vec::new() });
+        load
+    }
+
+    /// Replays the changes queued during the load on top of its snapshot (`None` when
+    /// it failed). A load that was forgotten meanwhile is discarded: it may predate
+    /// notifications that were missed.
+    fn finish_loading(&mut self, showtime: Uuid, load: u64, snapshot: Option<HashMap<String, Occupancy>>) {
+        let current =
+            matches!(self.showtimes.get(&showtime), Some(Entry::Loading { load: l, .. }) if *l == load);
+        if !current {
+            return;
+        }
+        let Some(Entry::Loading { queued, .. }) = self.showtimes.remove(&showtime) else { return };
+        // An empty snapshot is an unknown showtime: nothing to judge, nothing to keep.
+        let Some(mut seats) = snapshot.filter(|seats| !seats.is_empty()) else { return };
+        for change in queued {
+            seats.insert(change.seat_id.clone(), Occupancy::of(&change));
+        }
+        self.showtimes.insert(showtime, Entry::Ready { load, seats });
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SnapshotRow {
+    seat_id: String,
+    status: String,
+    booking_id: Option<Uuid>,
+    hold_expires_at: Option<DateTime<Utc>>,
+}
+
+impl SnapshotRow {
+    fn into_seat(self) -> anyhow::Result<(String, Occupancy)> {
+        let state = SeatState::from_db(&self.status)?;
+        Ok((
+            self.seat_id,
+            Occupancy { state, holder: self.booking_id, hold_expires_at: self.hold_expires_at },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+    use crate::changes::ChangeReason;
+
+    fn occupancy(state: SeatState, holder: Option<Uuid>, expires: Option<DateTime<Utc>>) -> Occupancy {
+        Occupancy { state, holder, hold_expires_at: expires }
+    }
+
+    #[test]
+    fn only_a_live_hold_of_another_booking_or_a_sold_or_blocked_seat_is_taken() {
+        let now = Utc::now();
+        let (me, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let live = Some(now + Duration::seconds(60));
+        let lapsed = Some(now - Duration::seconds(1));
+        assert!(!occupancy(SeatState::Available, None, None).surely_taken_from(me, now));
+        assert!(occupancy(SeatState::Booked, Some(other), None).surely_taken_from(me, now));
+        assert!(occupancy(SeatState::Blocked, None, None).surely_taken_from(me, now));
+        assert!(occupancy(SeatState::Held, Some(other), live).surely_taken_from(me, now));
+        assert!(!occupancy(SeatState::Held, Some(me), live).surely_taken_from(me, now));
+        assert!(!occupancy(SeatState::Held, Some(other), lapsed).surely_taken_from(me, now));
+        // An old-format notification without an expiry is left to the database.
+        assert!(!occupancy(SeatState::Held, Some(other), None).surely_taken_from(me, now));
+    }
+
+    fn held_by(showtime: Uuid, seat: &str, holder: Uuid, expires: DateTime<Utc>) -> SeatChange {
+        SeatChange {
+            showtime_id: showtime,
+            seat_id: seat.into(),
+            state: SeatState::Held,
+            reason: ChangeReason::Held,
+            changed_at: expires,
+            holder: Some(holder),
+            hold_expires_at: Some(expires),
+        }
+    }
+
+    fn free(seats: &[&str]) -> HashMap<String, Occupancy> {
+        seats.iter().map(|s| ((*s).to_owned(), occupancy(SeatState::Available, None, None))).collect()
+    }
+
+    fn ask(
+        inner: &Inner,
+        showtime: Uuid,
+        seats: &[&str],
+        booking: Uuid,
+        now: DateTime<Utc>,
+    ) -> Option<Verdict> {
+        inner.judge(showtime, &seats.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(), booking, now)
+    }
+
+    #[test]
+    fn changes_queued_while_loading_land_on_top_of_the_snapshot() {
+        let mut inner = Inner::default();
+        let (showtime, holder, me) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let now = Utc::now();
+        assert_eq!(ask(&inner, showtime, &["A1"], me, now), None);
+
+        let load = inner.start_loading(showtime);
+        assert_eq!(ask(&inner, showtime, &["A1"], me, now), Some(Verdict::Unknown));
+        inner.apply(&held_by(showtime, "A1", holder, now + Duration::seconds(60)));
+        // The snapshot was read before the hold committed: it says both seats are free.
+        inner.finish_loading(showtime, load, Some(free(&["A1", "A2"])));
+
+        assert_eq!(ask(&inner, showtime, &["A1", "A2"], me, now), Some(Verdict::Taken(vec!["A1".into()])));
+        assert_eq!(ask(&inner, showtime, &["A2"], me, now), Some(Verdict::LooksFree));
+        assert_eq!(ask(&inner, showtime, &["A1"], holder, now), Some(Verdict::LooksFree));
+        assert_eq!(ask(&inner, showtime, &["Z9"], me, now), Some(Verdict::Unknown));
+        // Once the hold lapses the board no longer refuses it.
+        assert_eq!(ask(&inner, showtime, &["A1"], me, now + Duration::seconds(61)), Some(Verdict::LooksFree));
+    }
+
+    #[test]
+    fn a_load_forgotten_meanwhile_or_of_an_unknown_showtime_is_not_kept() {
+        let mut inner = Inner::default();
+        let showtime = Uuid::new_v4();
+        let load = inner.start_loading(showtime);
+        inner.showtimes.clear();
+        inner.finish_loading(showtime, load, Some(free(&["A1"])));
+        assert!(inner.showtimes.is_empty());
+
+        let load = inner.start_loading(showtime);
+        inner.finish_loading(showtime, load, Some(HashMap::new()));
+        assert!(inner.showtimes.is_empty());
+
+        let load = inner.start_loading(showtime);
+        inner.finish_loading(showtime, load, None);
+        assert!(inner.showtimes.is_empty());
+    }
+
+    #[test]
+    fn a_full_board_makes_room_by_dropping_the_oldest_showtime() {
+        let mut inner = Inner::default();
+        let first = Uuid::new_v4();
+        for i in 0..CAPACITY {
+            let showtime = if i == 0 { first } else { Uuid::new_v4() };
+            let load = inner.start_loading(showtime);
+            inner.finish_loading(showtime, load, Some(free(&["A1"])));
+        }
+        let newest = Uuid::new_v4();
+        inner.start_loading(newest);
+        assert_eq!(inner.showtimes.len(), CAPACITY);
+        assert!(!inner.showtimes.contains_key(&first));
+        assert!(inner.showtimes.contains_key(&newest));
+    }
+}
