@@ -178,40 +178,171 @@ impl Money {
     pub fn currency(&self) -> &str {
         &self.currency
     }
+
+    /// The same currency, another (non-negative) amount.
+    pub fn with_amount(&self, amount_minor: i64) -> Self {
+        Self { amount_minor: amount_minor.max(0), currency: self.currency.clone() }
+    }
 }
 
-/// Where a booking is in its saga. `Charging` is internal: a payment call is in
-/// flight, and clients see the booking as still held.
+/// Where a booking is in its saga. The `-ing` statuses are internal: a step with
+/// effects elsewhere is running (or its process died, and recovery resumes it once the
+/// lease lapses). Clients see them as the public status they lead to or come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum BookingStatus {
     Held,
+    /// Hold extension and charge in flight (payment method recorded).
     Charging,
+    /// Charged (payment id recorded); the seats are being booked.
+    Confirming,
+    /// Money is going back (amount recorded); ends FAILED or CANCELLED.
+    Refunding,
+    /// Seats are being given back; then a refund if one is due.
+    Cancelling,
     Confirmed,
     PaymentFailed,
     Failed,
+    Expired,
+    Cancelled,
 }
 
 impl BookingStatus {
+    pub const IN_FLIGHT: [Self; 4] = [Self::Charging, Self::Confirming, Self::Refunding, Self::Cancelling];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Held => "HELD",
             Self::Charging => "CHARGING",
+            Self::Confirming => "CONFIRMING",
+            Self::Refunding => "REFUNDING",
+            Self::Cancelling => "CANCELLING",
             Self::Confirmed => "CONFIRMED",
             Self::PaymentFailed => "PAYMENT_FAILED",
             Self::Failed => "FAILED",
+            Self::Expired => "EXPIRED",
+            Self::Cancelled => "CANCELLED",
         }
     }
 
     /// No saga step runs on a booking in a terminal status.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Confirmed | Self::PaymentFailed | Self::Failed)
+        matches!(self, Self::Confirmed | Self::PaymentFailed | Self::Failed | Self::Expired | Self::Cancelled)
+    }
+
+    /// Counts against the user's limit of active holds.
+    pub fn is_active_hold(self) -> bool {
+        matches!(self, Self::Held | Self::Charging)
     }
 }
 
 impl fmt::Display for BookingStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// What clients see. Stored beside the internal status so list filters can use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PublicStatus {
+    Held,
+    Confirmed,
+    PaymentFailed,
+    Expired,
+    Cancelled,
+    Failed,
+}
+
+impl PublicStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "HELD",
+            Self::Confirmed => "CONFIRMED",
+            Self::PaymentFailed => "PAYMENT_FAILED",
+            Self::Expired => "EXPIRED",
+            Self::Cancelled => "CANCELLED",
+            Self::Failed => "FAILED",
+        }
+    }
+}
+
+/// Why money goes back, which decides where a refund ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundCause {
+    /// Charged but the seats were taken: full refund, booking FAILED.
+    SeatsLost,
+    /// Cancelled by the customer or an admin: refund by policy, booking CANCELLED.
+    Cancelled,
+}
+
+impl RefundCause {
+    pub fn ends_in(self) -> BookingStatus {
+        match self {
+            Self::SeatsLost => BookingStatus::Failed,
+            Self::Cancelled => BookingStatus::Cancelled,
+        }
+    }
+}
+
+/// A refund decided (amount and fee) and, once payment made it, its id and time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    pub cause: RefundCause,
+    pub amount: Money,
+    pub fee: Money,
+    pub refund_id: Option<String>,
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// One step of the saga as recorded in the booking's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaStep {
+    pub step: String,
+    pub outcome: String,
+    pub at: DateTime<Utc>,
+    pub detail: String,
+}
+
+/// The cancellation refund policy: percent tiers by how long before the show.
+#[derive(Debug, Clone)]
+pub struct RefundPolicy {
+    cutoff: chrono::Duration,
+    /// Sorted by `hours_before`, largest first.
+    tiers: Vec<(chrono::Duration, u8)>,
+}
+
+impl RefundPolicy {
+    pub fn new(cutoff_minutes: i64, tiers: &[(i64, u8)]) -> anyhow::Result<Self> {
+        anyhow::ensure!(cutoff_minutes >= 0, "booking.cancel_cutoff_minutes must not be negative");
+        let mut sorted = Vec::with_capacity(tiers.len());
+        for &(hours, percent) in tiers {
+            anyhow::ensure!(hours >= 0 && percent <= 100, "refund tier ({hours} h, {percent}%) is not valid");
+            sorted.push((chrono::Duration::hours(hours), percent));
+        }
+        sorted.sort_by_key(|tier| std::cmp::Reverse(tier.0));
+        Ok(Self { cutoff: chrono::Duration::minutes(cutoff_minutes), tiers: sorted })
+    }
+
+    /// The last moment a booking for a show starting at `starts_at` can be cancelled.
+    pub fn closes_at(&self, starts_at: DateTime<Utc>) -> DateTime<Utc> {
+        starts_at - self.cutoff
+    }
+
+    /// (refund, fee) of cancelling `total` at `now`, or `None` past the cutoff.
+    pub fn refund(
+        &self,
+        total: &Money,
+        starts_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<(Money, Money)> {
+        if now > self.closes_at(starts_at) {
+            return None;
+        }
+        let ahead = starts_at - now;
+        let percent = self.tiers.iter().find(|(before, _)| ahead >= *before).map_or(0, |(_, p)| *p);
+        let amount = total.amount_minor() * i64::from(percent) / 100;
+        Some((total.with_amount(amount), total.with_amount(total.amount_minor() - amount)))
     }
 }
 
@@ -239,6 +370,63 @@ pub struct PayRequest {
     pub payment_method: PaymentMethod,
 }
 
+/// Who asks: a user reads and cancels only their own bookings, an admin any.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub user_id: UserId,
+    pub admin: bool,
+}
+
+impl Caller {
+    pub fn may_see(&self, booking: &Booking) -> bool {
+        self.admin || booking.user_id == self.user_id
+    }
+}
+
+/// A validated CancelBooking request.
+#[derive(Debug, Clone)]
+pub struct CancelRequest {
+    pub booking_id: BookingId,
+    pub caller: Caller,
+    pub reason: Option<String>,
+}
+
+/// A validated ListBookings request: one page, newest first.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub user_id: UserId,
+    pub statuses: Vec<PublicStatus>,
+    pub showtime_id: Option<ShowtimeId>,
+    pub page_size: u32,
+    /// Bookings older than this one (ids are time-ordered).
+    pub after: Option<BookingId>,
+}
+
+impl ListQuery {
+    pub const DEFAULT_PAGE: u32 = 20;
+    pub const MAX_PAGE: u32 = 100;
+
+    pub fn page_size(raw: i32) -> Result<u32, InvalidInput> {
+        match u32::try_from(raw) {
+            Ok(0) => Ok(Self::DEFAULT_PAGE),
+            Ok(n) => Ok(n.min(Self::MAX_PAGE)),
+            Err(_) => Err(invalid("page_size must not be negative")),
+        }
+    }
+}
+
+/// Parses a cancellation reason: optional, one line, bounded.
+pub fn cancel_reason(raw: &str) -> Result<Option<String>, InvalidInput> {
+    let reason = raw.trim();
+    if reason.is_empty() {
+        return Ok(None);
+    }
+    if reason.len() > 200 || reason.chars().any(char::is_control) {
+        return Err(invalid("reason must be one line of at most 200 bytes"));
+    }
+    Ok(Some(reason.to_owned()))
+}
+
 #[derive(Debug, Clone)]
 pub struct Booking {
     pub id: BookingId,
@@ -251,12 +439,37 @@ pub struct Booking {
     pub status: BookingStatus,
     pub expires_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
     /// Bumped by every state change; saga steps claim the booking by it.
     pub version: i64,
     pub payment_id: Option<String>,
+    /// Recorded when payment starts, so recovery can re-run the charge.
+    pub payment_method: Option<String>,
+    /// Cinema extends a hold once; recorded so a resumed charge does not ask again.
+    pub hold_extended: bool,
+    pub refund: Option<Refund>,
+    pub reason: Option<String>,
+    pub history: Vec<SagaStep>,
+    /// The `hold_slots` document this booking counts against while it is active.
+    pub slot: Option<String>,
 }
 
 impl Booking {
+    /// The status clients see.
+    pub fn public_status(&self) -> PublicStatus {
+        match self.status {
+            BookingStatus::Held | BookingStatus::Charging | BookingStatus::Confirming => PublicStatus::Held,
+            BookingStatus::Confirmed => PublicStatus::Confirmed,
+            BookingStatus::PaymentFailed => PublicStatus::PaymentFailed,
+            BookingStatus::Expired => PublicStatus::Expired,
+            BookingStatus::Cancelling | BookingStatus::Cancelled => PublicStatus::Cancelled,
+            BookingStatus::Failed => PublicStatus::Failed,
+            BookingStatus::Refunding => match self.refund.as_ref().map(|r| r.cause) {
+                Some(RefundCause::Cancelled) => PublicStatus::Cancelled,
+                _ => PublicStatus::Failed,
+            },
+        }
+    }
     /// True when `request` asks for exactly what this booking holds, so a retry
     /// with the same idempotency key may return it.
     pub fn answers(&self, request: &HoldRequest) -> bool {
@@ -303,6 +516,26 @@ mod tests {
     }
 
     #[test]
+    fn refunds_follow_the_first_tier_the_show_is_far_enough_away_for() {
+        let policy = RefundPolicy::new(30, &[(0, 50), (24, 100)]).unwrap();
+        let total = Money::parse(1999, "EUR").unwrap();
+        let now = Utc::now();
+        let at = |hours: i64, minutes: i64| {
+            now + chrono::Duration::hours(hours) + chrono::Duration::minutes(minutes)
+        };
+        let split =
+            |starts| policy.refund(&total, starts, now).map(|(r, f)| (r.amount_minor(), f.amount_minor()));
+        assert_eq!(split(at(48, 0)), Some((1999, 0)));
+        assert_eq!(split(at(24, 0)), Some((1999, 0)));
+        assert_eq!(split(at(23, 59)), Some((999, 1000)));
+        assert_eq!(split(at(0, 30)), Some((999, 1000)));
+        assert_eq!(split(at(0, 29)), None);
+        let nothing_late = RefundPolicy::new(0, &[(24, 100)]).unwrap();
+        assert_eq!(nothing_late.refund(&total, at(2, 0), now).map(|(r, _)| r.amount_minor()), Some(0));
+        assert!(RefundPolicy::new(30, &[(1, 101)]).is_err());
+    }
+
+    #[test]
     fn a_booking_answers_only_the_same_request() {
         let user_id = UserId::parse(&Uuid::new_v4().to_string()).unwrap();
         let showtime_id = ShowtimeId::parse(&Uuid::new_v4().to_string()).unwrap();
@@ -322,8 +555,15 @@ mod tests {
             status: BookingStatus::Held,
             expires_at: Utc::now(),
             created_at: Utc::now(),
+            updated_at: Utc::now(),
             version: 1,
             payment_id: None,
+            payment_method: None,
+            hold_extended: false,
+            refund: None,
+            reason: None,
+            history: Vec::new(),
+            slot: None,
         };
         let request = |seats: &[&str]| HoldRequest {
             user_id,

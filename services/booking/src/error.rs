@@ -1,5 +1,7 @@
 //! The booking service's error boundary: what a caller can act on, and the rest.
+//! The mapping to gRPC statuses (ErrorInfo reason = public code) lives here alone.
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use marquee_common::{ApiError, ErrorCode};
 use tonic::Status;
 
@@ -13,10 +15,16 @@ pub enum BookingError {
     NotFound,
     #[error("this idempotency key was already used for a different request")]
     IdempotencyKeyReused,
-    #[error("booking is {0}: another payment attempt is in progress")]
-    PaymentInProgress(BookingStatus),
+    /// Another saga step holds the booking, or its status does not allow the request
+    /// (e.g. paying a cancelled booking, or the loser of a pay/cancel race).
+    #[error("booking is {0}; the request does not apply to it now")]
+    Conflict(BookingStatus),
     #[error("the hold on this booking has expired")]
     HoldExpired,
+    #[error("at most {0} active bookings per showtime; pay for or cancel one first")]
+    HoldLimitReached(u32),
+    #[error("this booking can no longer be cancelled (cancellation closed at {})", .0.to_rfc3339_opts(SecondsFormat::Secs, true))]
+    CancellationClosed(DateTime<Utc>),
     /// The payment processor failed transiently on every retry; nothing was charged
     /// and the booking is still held, so paying again later is safe.
     #[error("the payment could not be processed right now; nothing was charged, try again")]
@@ -49,10 +57,16 @@ impl From<BookingError> for Status {
             BookingError::InvalidInput(_) => ApiError::bad_input(message).into(),
             BookingError::NotFound => ApiError::not_found(message).into(),
             BookingError::IdempotencyKeyReused => ApiError::new(ErrorCode::Conflict, message).into(),
-            BookingError::PaymentInProgress(status) => {
+            BookingError::Conflict(status) => {
                 ApiError::new(ErrorCode::Conflict, message).with_meta("status", status.as_str()).into()
             }
             BookingError::HoldExpired => ApiError::new(ErrorCode::HoldExpired, message).into(),
+            BookingError::HoldLimitReached(limit) => {
+                ApiError::new(ErrorCode::Conflict, message).with_meta("limit", limit.to_string()).into()
+            }
+            BookingError::CancellationClosed(at) => ApiError::bad_input(message)
+                .with_meta("closed_at", at.to_rfc3339_opts(SecondsFormat::Secs, true))
+                .into(),
             BookingError::PaymentUnavailable => ApiError::new(ErrorCode::PaymentDeclined, message)
                 .with_meta("retryable", "true")
                 .with_grpc_code(tonic::Code::Unavailable)

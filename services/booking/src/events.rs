@@ -14,6 +14,9 @@ use crate::domain::{Booking, Money};
 pub const BOOKING_HELD: &str = "booking.held";
 pub const BOOKING_CONFIRMED: &str = "booking.confirmed";
 pub const BOOKING_PAYMENT_FAILED: &str = "booking.payment_failed";
+pub const BOOKING_EXPIRED: &str = "booking.expired";
+pub const BOOKING_CANCELLED: &str = "booking.cancelled";
+pub const BOOKING_FAILED: &str = "booking.failed";
 
 pub fn money(money: &Money) -> common::Money {
     common::Money { amount_minor: money.amount_minor(), currency: money.currency().to_owned() }
@@ -58,4 +61,29 @@ pub fn booking_payment_failed(booking: &Booking, reason: &str, at: DateTime<Utc>
         reason: reason.to_owned(),
     });
     event(BOOKING_PAYMENT_FAILED, booking, at, payload)
+}
+
+pub fn booking_expired(booking: &Booking, at: DateTime<Utc>) -> OutboxEvent {
+    let payload = Payload::BookingExpired(proto::BookingExpired {
+        showtime_id: booking.showtime_id.to_string(),
+        seat_ids: booking.seat_ids(),
+    });
+    event(BOOKING_EXPIRED, booking, at, payload)
+}
+
+pub fn booking_cancelled(booking: &Booking, refund: Option<&Money>, at: DateTime<Utc>) -> OutboxEvent {
+    let payload = Payload::BookingCancelled(proto::BookingCancelled {
+        showtime_id: booking.showtime_id.to_string(),
+        seat_ids: booking.seat_ids(),
+        refund: refund.map(money),
+    });
+    event(BOOKING_CANCELLED, booking, at, payload)
+}
+
+pub fn booking_failed(booking: &Booking, reason: &str, at: DateTime<Utc>) -> OutboxEvent {
+    let payload = Payload::BookingFailed(proto::BookingFailed {
+        showtime_id: booking.showtime_id.to_string(),
+        reason: reason.to_owned(),
+    });
+    event(BOOKING_FAILED, booking, at, payload)
 }

@@ -6,8 +6,8 @@ use marquee_proto::booking::v1::booking_service_server::BookingService;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{
-    Booking, BookingId, BookingStatus, HoldRequest, IdempotencyKey, PayRequest, PaymentMethod, SeatSelection,
-    ShowtimeId, UserId,
+    Booking, BookingId, Caller, CancelRequest, HoldRequest, IdempotencyKey, InvalidInput, ListQuery,
+    PayRequest, PaymentMethod, PublicStatus, SeatSelection, ShowtimeId, UserId, cancel_reason,
 };
 use crate::error::BookingError;
 use crate::events::money;
@@ -23,17 +23,31 @@ impl BookingApi {
     }
 }
 
-fn status(status: BookingStatus) -> proto::BookingStatus {
+fn render_status(status: PublicStatus) -> proto::BookingStatus {
     match status {
-        // A charge in flight is still a hold to the client.
-        BookingStatus::Held | BookingStatus::Charging => proto::BookingStatus::Held,
-        BookingStatus::Confirmed => proto::BookingStatus::Confirmed,
-        BookingStatus::PaymentFailed => proto::BookingStatus::PaymentFailed,
-        BookingStatus::Failed => proto::BookingStatus::Failed,
+        PublicStatus::Held => proto::BookingStatus::Held,
+        PublicStatus::Confirmed => proto::BookingStatus::Confirmed,
+        PublicStatus::PaymentFailed => proto::BookingStatus::PaymentFailed,
+        PublicStatus::Expired => proto::BookingStatus::Expired,
+        PublicStatus::Cancelled => proto::BookingStatus::Cancelled,
+        PublicStatus::Failed => proto::BookingStatus::Failed,
+    }
+}
+
+fn parse_status(raw: i32) -> Result<PublicStatus, InvalidInput> {
+    match proto::BookingStatus::try_from(raw) {
+        Ok(proto::BookingStatus::Held) => Ok(PublicStatus::Held),
+        Ok(proto::BookingStatus::Confirmed) => Ok(PublicStatus::Confirmed),
+        Ok(proto::BookingStatus::PaymentFailed) => Ok(PublicStatus::PaymentFailed),
+        Ok(proto::BookingStatus::Expired) => Ok(PublicStatus::Expired),
+        Ok(proto::BookingStatus::Cancelled) => Ok(PublicStatus::Cancelled),
+        Ok(proto::BookingStatus::Failed) => Ok(PublicStatus::Failed),
+        _ => Err(InvalidInput(format!("status {raw} is not a booking status"))),
     }
 }
 
 fn render(booking: Booking) -> proto::Booking {
+    let status = render_status(booking.public_status());
     proto::Booking {
         id: booking.id.to_string(),
         user_id: booking.user_id.to_string(),
@@ -47,12 +61,32 @@ fn render(booking: Booking) -> proto::Booking {
                 price: Some(money(&seat.price)),
             })
             .collect(),
-        status: status(booking.status).into(),
+        status: status.into(),
         total: Some(money(&booking.total)),
         expires_at: Some(to_proto(booking.expires_at)),
         created_at: Some(to_proto(booking.created_at)),
         payment_id: booking.payment_id.unwrap_or_default(),
-        ..Default::default()
+        history: booking
+            .history
+            .into_iter()
+            .map(|step| proto::SagaStep {
+                step: step.step,
+                outcome: step.outcome,
+                at: Some(to_proto(step.at)),
+                detail: step.detail,
+            })
+            .collect(),
+        updated_at: Some(to_proto(booking.updated_at)),
+        // Only money that actually went back counts as a refund.
+        refund: booking.refund.filter(|r| r.refund_id.is_some() || r.at.is_some()).map(|r| {
+            proto::BookingRefund {
+                amount: Some(money(&r.amount)),
+                fee: Some(money(&r.fee)),
+                refund_id: r.refund_id.unwrap_or_default(),
+                at: r.at.map(to_proto),
+            }
+        }),
+        reason: booking.reason.unwrap_or_default(),
     }
 }
 
@@ -89,6 +123,27 @@ impl BookingService for BookingApi {
         Ok(Response::new(render(self.saga.pay(request).await?)))
     }
 
+    #[tracing::instrument(skip_all, fields(
+        booking.id = %request.get_ref().booking_id,
+        user.id = %request.get_ref().user_id,
+        as_admin = request.get_ref().as_admin,
+    ))]
+    async fn cancel_booking(
+        &self,
+        request: Request<proto::CancelBookingRequest>,
+    ) -> Result<Response<proto::Booking>, Status> {
+        let raw = request.into_inner();
+        let request = CancelRequest {
+            booking_id: BookingId::parse(&raw.booking_id).map_err(BookingError::from)?,
+            caller: Caller {
+                user_id: UserId::parse(&raw.user_id).map_err(BookingError::from)?,
+                admin: raw.as_admin,
+            },
+            reason: cancel_reason(&raw.reason).map_err(BookingError::from)?,
+        };
+        Ok(Response::new(render(self.saga.cancel(request).await?)))
+    }
+
     #[tracing::instrument(skip_all, fields(booking.id = %request.get_ref().id, user.id = %request.get_ref().user_id))]
     async fn get_booking(
         &self,
@@ -96,8 +151,9 @@ impl BookingService for BookingApi {
     ) -> Result<Response<proto::Booking>, Status> {
         let raw = request.into_inner();
         let id = BookingId::parse(&raw.id).map_err(BookingError::from)?;
-        let user_id = UserId::parse(&raw.user_id).map_err(BookingError::from)?;
-        Ok(Response::new(render(self.saga.get(id, user_id).await?)))
+        let caller =
+            Caller { user_id: UserId::parse(&raw.user_id).map_err(BookingError::from)?, admin: raw.as_admin };
+        Ok(Response::new(render(self.saga.get(id, caller).await?)))
     }
 
     #[tracing::instrument(skip_all, fields(user.id = %request.get_ref().user_id))]
@@ -105,16 +161,33 @@ impl BookingService for BookingApi {
         &self,
         request: Request<proto::ListBookingsRequest>,
     ) -> Result<Response<proto::ListBookingsResponse>, Status> {
-        let user_id = UserId::parse(&request.get_ref().user_id).map_err(BookingError::from)?;
-        let bookings = self.saga.list(user_id).await?.into_iter().map(render).collect();
-        Ok(Response::new(proto::ListBookingsResponse { bookings, next_page_token: String::new() }))
-    }
-
-    async fn cancel_booking(
-        &self,
-        _request: Request<proto::CancelBookingRequest>,
-    ) -> Result<Response<proto::Booking>, Status> {
-        // Replaced by the cancellation saga (issue #5) in the next commit.
-        Err(Status::unimplemented("CancelBooking is not available yet"))
+        let raw = request.into_inner();
+        let query = ListQuery {
+            user_id: UserId::parse(&raw.user_id).map_err(BookingError::from)?,
+            statuses: raw
+                .statuses
+                .iter()
+                .map(|s| parse_status(*s))
+                .collect::<Result<_, _>>()
+                .map_err(BookingError::from)?,
+            showtime_id: match raw.showtime_id.trim() {
+                "" => None,
+                id => Some(ShowtimeId::parse(id).map_err(BookingError::from)?),
+            },
+            page_size: ListQuery::page_size(raw.page_size).map_err(BookingError::from)?,
+            after: match raw.page_token.trim() {
+                "" => None,
+                token => Some(
+                    BookingId::parse(token)
+                        .map_err(|_| InvalidInput("page_token is not valid".to_owned()))
+                        .map_err(BookingError::from)?,
+                ),
+            },
+        };
+        let (bookings, next) = self.saga.list(query).await?;
+        Ok(Response::new(proto::ListBookingsResponse {
+            bookings: bookings.into_iter().map(render).collect(),
+            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+        }))
     }
 }

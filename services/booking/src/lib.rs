@@ -1,6 +1,8 @@
 //! The booking service: owns bookings (MongoDB) and orchestrates the booking saga
-//! over gRPC (user validates the customer, cinema holds and confirms seats, payment
-//! charges), with every state change's events relayed from an outbox to RabbitMQ.
+//! over gRPC (user validates the customer, cinema holds, confirms and frees seats,
+//! payment charges and refunds), with every state change's events relayed from an
+//! outbox to RabbitMQ. A background sweep expires overdue holds and resumes sagas
+//! whose process died mid-step.
 
 mod domain;
 mod error;
@@ -24,8 +26,10 @@ use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::domain::RefundPolicy;
 use crate::grpc::BookingApi;
-use crate::saga::{ChargeRetry, Saga};
+pub use crate::saga::SweepReport;
+use crate::saga::{Retry, Saga, SagaSettings};
 use crate::store::BookingStore;
 
 pub struct Application {
@@ -33,7 +37,37 @@ pub struct Application {
     addr: SocketAddr,
     api: BookingApi,
     relay: OutboxRelay<MongoOutbox>,
+    sweeper: Sweeper,
     grace: Duration,
+}
+
+/// Expires overdue holds and resumes stalled sagas; `run` does it periodically (and
+/// once at startup), `sweep` once, now.
+#[derive(Clone)]
+pub struct Sweeper {
+    saga: Saga,
+    interval: Duration,
+}
+
+impl Sweeper {
+    pub async fn sweep(&self) -> anyhow::Result<SweepReport> {
+        self.saga.sweep().await
+    }
+
+    async fn run(self, shutdown: Shutdown) {
+        loop {
+            if let Err(error) = self.saga.sweep().await {
+                tracing::warn!(error = format!("{error:#}"), "booking sweep failed");
+            }
+            if self.interval.is_zero() {
+                return;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
 }
 
 impl Application {
@@ -41,32 +75,60 @@ impl Application {
     /// connect lazily) and binds the gRPC listener. RabbitMQ is only needed by the
     /// relay, which connects in the background so a broker outage never blocks bookings.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, None).await
+    }
+
+    /// Test hook: an application whose saga fails at the named checkpoint exactly as
+    /// if its process died there (see `Saga::checkpoint`).
+    #[doc(hidden)]
+    pub async fn build_crashing_at(settings: Settings, checkpoint: &str) -> anyhow::Result<Self> {
+        Self::build_with(settings, Some(checkpoint.to_owned())).await
+    }
+
+    async fn build_with(settings: Settings, crash_at: Option<String>) -> anyhow::Result<Self> {
+        let config = &settings.booking;
         let db = marquee_common::mongo::connect(&settings.mongo, "booking").await?;
-        let store = BookingStore::new(&db).await?;
+        let store = BookingStore::new(&db, Duration::from_millis(config.saga_lease_ms)).await?;
         let channel = |url: &str| marquee_common::grpc::channel(url, &settings.grpc);
         let outbox_written = Arc::new(Notify::new());
+        let tiers: Vec<(i64, u8)> = config.refund_tiers.iter().map(|t| (t.hours_before, t.percent)).collect();
+        let saga_settings = SagaSettings {
+            hold_ttl_seconds: config.hold_ttl_seconds,
+            max_active_holds: config.max_active_holds_per_showtime.max(1),
+            charge_retry: Retry {
+                attempts: config.charge_attempts.max(1),
+                first_backoff: Duration::from_millis(config.charge_retry_backoff_ms),
+            },
+            upstream_retry: Retry {
+                attempts: config.upstream_attempts.max(1),
+                first_backoff: Duration::from_millis(config.upstream_backoff_ms),
+            },
+            deadline: Duration::from_millis(settings.grpc.request_timeout_ms),
+            policy: RefundPolicy::new(config.cancel_cutoff_minutes, &tiers)?,
+        };
         let saga = Saga::new(
             store.clone(),
             UserServiceClient::new(channel(&settings.upstream.user_url)?),
             CinemaServiceClient::new(channel(&settings.upstream.cinema_url)?),
             PaymentServiceClient::new(channel(&settings.upstream.payment_url)?),
-            settings.booking.hold_ttl_seconds,
-            ChargeRetry {
-                attempts: settings.booking.charge_attempts.max(1),
-                first_backoff: Duration::from_millis(settings.booking.charge_retry_backoff_ms),
-            },
+            saga_settings,
             outbox_written.clone(),
+            crash_at,
         );
         let relay = OutboxRelay::new(
             store.outbox().await?,
             &settings.rabbitmq,
-            Duration::from_millis(settings.booking.outbox_poll_ms),
+            Duration::from_millis(config.outbox_poll_ms),
             outbox_written,
         )?;
-        let (listener, addr) = marquee_common::grpc::bind(&settings.booking.server).await?;
+        let (listener, addr) = marquee_common::grpc::bind(&config.server).await?;
         Ok(Self {
             listener,
             addr,
+            sweeper: Sweeper {
+                saga: saga.clone(),
+                interval: Duration::from_millis(config.sweep_interval_ms),
+            },
             api: BookingApi::new(saga),
             relay,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
@@ -77,11 +139,16 @@ impl Application {
         self.addr
     }
 
-    /// Serves gRPC and runs the outbox relay until `shutdown`.
+    pub fn sweeper(&self) -> Sweeper {
+        self.sweeper.clone()
+    }
+
+    /// Serves gRPC and runs the outbox relay and the sweeper until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        // The relay also stops if the server fails on its own.
+        // The relay and the sweeper also stop if the server fails on its own.
         let relay_stop = shutdown.child_token();
         let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
+        let sweeper = tokio::spawn(self.sweeper.run(relay_stop.clone()));
         let served = marquee_common::grpc::serve(
             self.listener,
             tonic::service::Routes::new(BookingServiceServer::new(self.api)),
@@ -92,6 +159,7 @@ impl Application {
         .await;
         relay_stop.cancel();
         relay.await.context("outbox relay panicked")?;
+        sweeper.await.context("booking sweeper panicked")?;
         served
     }
 }

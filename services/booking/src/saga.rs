@@ -1,11 +1,15 @@
 //! The booking saga: hold seats, charge, confirm, and compensate when a step fails.
 //!
 //! Every state change is one conditional update on the booking's `version`, so two
-//! callers can never both run a step, and each step's effects on other services are
-//! idempotent (the charge key is derived from the booking), so a retry is harmless.
-//! A charge the payment service answers UNAVAILABLE is retried under that same key
-//! with backoff; if it keeps failing the booking goes back to HELD, nothing charged.
+//! callers can never both run a step. A step with effects elsewhere is recorded
+//! before it runs (an in-flight status with a lease: CHARGING, CONFIRMING, REFUNDING,
+//! CANCELLING) and after it completes (the next status). Every remote effect is
+//! idempotent: the charge and the refund are keyed by the booking, cinema's confirm,
+//! release and cancel are idempotent by booking. So when a process dies mid-step,
+//! recovery re-runs the step from the recorded status once the lease lapses, and a
+//! repeat is harmless (a re-run charge returns the first result).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,23 +18,48 @@ use chrono::{DateTime, Utc};
 use marquee_common::ErrorCode;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::cinema::v1::{
-    ConfirmSeatsRequest, LockSeatsRequest, LockSeatsResponse, ReleaseSeatsRequest,
+    CancelSeatsRequest, ConfirmSeatsRequest, ExtendHoldRequest, GetShowtimeRequest, LockSeatsRequest,
+    LockSeatsResponse, ReleaseSeatsRequest,
 };
 use marquee_proto::payment::v1::payment_service_client::PaymentServiceClient;
-use marquee_proto::payment::v1::{ChargeRequest, Payment, PaymentStatus};
+use marquee_proto::payment::v1::{ChargeRequest, Payment, PaymentStatus, RefundRequest};
 use marquee_proto::user::v1::GetUserRequest;
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use tokio::sync::Notify;
-use tonic::Code;
 use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
 
 use crate::domain::{
-    BookedSeat, Booking, BookingId, BookingStatus, HoldRequest, Money, PayRequest, PaymentMethod, SeatId,
-    ShowtimeId, UserId,
+    BookedSeat, Booking, BookingId, BookingStatus, Caller, CancelRequest, HoldRequest, ListQuery, Money,
+    PayRequest, RefundCause, RefundPolicy, SeatId, ShowtimeId,
 };
 use crate::error::BookingError;
 use crate::events;
 use crate::store::{BookingStore, InsertError, SagaEntry, Transition};
+
+/// Bookings looked at per sweep query.
+const SWEEP_BATCH: i64 = 100;
+
+/// How often, and how patiently, a transiently failing call is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Calls in total, at least one.
+    pub attempts: u32,
+    /// Wait before the first retry; doubles after each.
+    pub first_backoff: Duration,
+}
+
+/// What the saga is configured with.
+#[derive(Debug, Clone)]
+pub struct SagaSettings {
+    pub hold_ttl_seconds: i32,
+    pub max_active_holds: u32,
+    pub charge_retry: Retry,
+    pub upstream_retry: Retry,
+    /// The deadline every outgoing call carries.
+    pub deadline: Duration,
+    pub policy: RefundPolicy,
+}
 
 /// The orchestrator and the clients of the services it coordinates.
 #[derive(Clone)]
@@ -39,19 +68,27 @@ pub struct Saga {
     users: UserServiceClient<Channel>,
     cinema: CinemaServiceClient<Channel>,
     payments: PaymentServiceClient<Channel>,
-    hold_ttl_seconds: i32,
-    charge_retry: ChargeRetry,
+    settings: Arc<SagaSettings>,
     /// Wakes the outbox relay as soon as an event is written.
     outbox_written: Arc<Notify>,
+    /// Test hook: the named checkpoint fails as if the process died there.
+    crash_at: Option<Arc<str>>,
 }
 
-/// How often, and how patiently, a transiently failing charge is retried.
-#[derive(Debug, Clone, Copy)]
-pub struct ChargeRetry {
-    /// Calls in total, at least one.
-    pub attempts: u32,
-    /// Wait before the first retry; doubles after each.
-    pub first_backoff: Duration,
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub expired: usize,
+    pub resumed: usize,
+}
+
+/// Which way a transiently failing call may be retried.
+#[derive(Clone, Copy)]
+enum Idempotent {
+    /// Cinema: repeating is harmless, retry on UNAVAILABLE / DEADLINE_EXCEEDED.
+    ByBooking,
+    /// Payment: also ABORTED, which means the same key is still in flight.
+    ByKey,
 }
 
 impl Saga {
@@ -60,11 +97,62 @@ impl Saga {
         users: UserServiceClient<Channel>,
         cinema: CinemaServiceClient<Channel>,
         payments: PaymentServiceClient<Channel>,
-        hold_ttl_seconds: i32,
-        charge_retry: ChargeRetry,
+        settings: SagaSettings,
         outbox_written: Arc<Notify>,
+        crash_at: Option<String>,
     ) -> Self {
-        Self { store, users, cinema, payments, hold_ttl_seconds, charge_retry, outbox_written }
+        Self {
+            store,
+            users,
+            cinema,
+            payments,
+            settings: Arc::new(settings),
+            outbox_written,
+            crash_at: crash_at.map(Arc::from),
+        }
+    }
+
+    /// The test hook: fails exactly like a process dying at `point` (no write after it).
+    fn checkpoint(&self, point: &'static str) -> Result<(), BookingError> {
+        if self.crash_at.as_deref() == Some(point) {
+            tracing::warn!(point, "injected crash");
+            return Err(anyhow::anyhow!("injected crash at {point}").into());
+        }
+        Ok(())
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.settings.deadline);
+        request
+    }
+
+    /// Calls `call` until it succeeds, fails for good, or the attempts run out.
+    async fn retrying<T, F, Fut>(
+        &self,
+        name: &'static str,
+        kind: Idempotent,
+        retry: Retry,
+        call: F,
+    ) -> Result<T, Status>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut backoff = retry.first_backoff;
+        let mut attempt = 1;
+        loop {
+            match call().await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if attempt < retry.attempts && transient(&status, kind) => {
+                    tracing::warn!(call = name, attempt, code = ?status.code(), message = status.message(), "retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(status) => return Err(status),
+            }
+        }
     }
 
     pub async fn hold(&self, request: HoldRequest) -> Result<Booking, BookingError> {
@@ -73,30 +161,44 @@ impl Saga {
         }
         self.users
             .clone()
-            .get_user(GetUserRequest { id: request.user_id.to_string() })
+            .get_user(self.request(GetUserRequest { id: request.user_id.to_string() }))
             .await
             .map_err(|s| BookingError::upstream("user.GetUser", &s))?;
 
         let booking_id = BookingId::generate();
+        let limit = self.settings.max_active_holds;
+        let Some(slot) =
+            self.store.claim_slot(request.user_id, request.showtime_id, booking_id, limit).await?
+        else {
+            return Err(BookingError::HoldLimitReached(limit));
+        };
         let locked = self
             .cinema
             .clone()
-            .lock_seats(LockSeatsRequest {
+            .lock_seats(self.request(LockSeatsRequest {
                 showtime_id: request.showtime_id.to_string(),
                 seat_ids: request.seats.seats().iter().map(|s| s.as_str().to_owned()).collect(),
                 booking_id: booking_id.to_string(),
-                ttl_seconds: self.hold_ttl_seconds,
-            })
-            .await
-            .map_err(|s| BookingError::upstream("cinema.LockSeats", &s))?
-            .into_inner();
+                ttl_seconds: self.settings.hold_ttl_seconds,
+            }))
+            .await;
+        let locked = match locked {
+            Ok(locked) => locked.into_inner(),
+            Err(status) => {
+                self.free_slot(&slot, booking_id).await;
+                return Err(BookingError::upstream("cinema.LockSeats", &status));
+            }
+        };
 
-        // From here on the seats are ours: every failure must give them back.
+        // From here on the seats are ours: every failure must give them back. A crash
+        // before the insert leaves a cinema hold that lapses at its TTL and a slot that
+        // is reclaimed as abandoned.
         let now = Utc::now();
-        let booking = match held_booking(booking_id, &request, locked, now, self.hold_ttl_seconds) {
-            Ok(booking) => booking,
+        let booking = match held_booking(booking_id, &request, locked, now, self.settings.hold_ttl_seconds) {
+            Ok(booking) => Booking { slot: Some(slot.clone()), ..booking },
             Err(error) => {
                 self.release_seats(request.showtime_id, booking_id).await;
+                self.free_slot(&slot, booking_id).await;
                 return Err(error.into());
             }
         };
@@ -109,7 +211,8 @@ impl Saga {
             }
             Err(InsertError::DuplicateKey) => {
                 // A concurrent request with the same key won the insert.
-                self.release_seats(request.showtime_id, booking_id).await;
+                self.release_seats(booking.showtime_id, booking.id).await;
+                self.free_slot(&slot, booking_id).await;
                 let existing = self
                     .store
                     .find_by_key(request.user_id, &request.idempotency_key)
@@ -118,188 +221,357 @@ impl Saga {
                 replay(existing, &request)
             }
             Err(InsertError::Other(error)) => {
-                self.release_seats(request.showtime_id, booking_id).await;
+                self.release_seats(booking.showtime_id, booking.id).await;
+                self.free_slot(&slot, booking_id).await;
                 Err(error.into())
             }
         }
     }
 
     pub async fn pay(&self, request: PayRequest) -> Result<Booking, BookingError> {
-        let booking = self.owned(request.booking_id, request.user_id).await?;
-        match booking.status {
-            BookingStatus::Held => {}
-            BookingStatus::Charging => return Err(BookingError::PaymentInProgress(booking.status)),
-            // Paying a finished booking again answers with its outcome.
-            _ => return Ok(booking),
+        let caller = Caller { user_id: request.user_id, admin: false };
+        let booking = self.visible(request.booking_id, caller).await?;
+        if booking.status != BookingStatus::Held {
+            return paid_outcome(booking);
         }
-        if booking.expires_at <= Utc::now() {
-            return Err(BookingError::HoldExpired);
-        }
-
+        // An expired hold that the sweeper has not reached yet may still be paid: cinema
+        // re-acquires the seats on confirm if nobody took them, else the charge is refunded.
         let claim = Transition::to(BookingStatus::Charging)
             .step("charge", "started")
             .payment_method(request.payment_method.as_str());
         let Some(booking) = self.store.transition(&booking, claim).await? else {
-            return self.lost_race(booking.id).await;
+            let current = self.store.find(booking.id).await?.ok_or(BookingError::NotFound)?;
+            return paid_outcome(current);
         };
+        self.checkpoint("pay.claimed")?;
+        self.drive(booking).await
+    }
 
-        let payment = match self.charge(&booking, &request.payment_method).await {
+    pub async fn cancel(&self, request: CancelRequest) -> Result<Booking, BookingError> {
+        let booking = self.visible(request.booking_id, request.caller).await?;
+        let reason = request.reason.as_deref().unwrap_or(
+            if request.caller.admin && booking.user_id != request.caller.user_id {
+                "cancelled by an admin"
+            } else {
+                "cancelled by the customer"
+            },
+        );
+        let claim = match booking.status {
+            BookingStatus::Held => {
+                Transition::to(BookingStatus::Cancelling).step("cancel", "started").reason(reason)
+            }
+            BookingStatus::Confirmed => {
+                let showtime = self
+                    .retrying(
+                        "cinema.GetShowtime",
+                        Idempotent::ByBooking,
+                        self.settings.upstream_retry,
+                        || {
+                            let mut client = self.cinema.clone();
+                            let request =
+                                self.request(GetShowtimeRequest { id: booking.showtime_id.to_string() });
+                            async move { client.get_showtime(request).await }
+                        },
+                    )
+                    .await
+                    .map_err(|s| BookingError::upstream("cinema.GetShowtime", &s))?;
+                let starts_at = showtime
+                    .starts_at
+                    .as_ref()
+                    .and_then(marquee_common::time::from_proto)
+                    .context("cinema returned a showtime without a start")?;
+                let policy = &self.settings.policy;
+                let (amount, fee) = policy
+                    .refund(&booking.total, starts_at, Utc::now())
+                    .ok_or(BookingError::CancellationClosed(policy.closes_at(starts_at)))?;
+                Transition::to(BookingStatus::Cancelling)
+                    .entry(SagaEntry::new("cancel", "started").detail(format!(
+                        "refund {} of {}",
+                        amount.amount_minor(),
+                        booking.total.amount_minor()
+                    )))
+                    .reason(reason)
+                    .refund_due(RefundCause::Cancelled, &amount, &fee)
+            }
+            // Cancelling again answers with the outcome.
+            BookingStatus::Cancelled => return Ok(booking),
+            status => return Err(BookingError::Conflict(status)),
+        };
+        let Some(booking) = self.store.transition(&booking, claim).await? else {
+            let current = self.store.find(booking.id).await?.ok_or(BookingError::NotFound)?;
+            return Err(BookingError::Conflict(current.status));
+        };
+        self.checkpoint("cancel.claimed")?;
+        self.drive(booking).await
+    }
+
+    /// Runs the booking's saga from its recorded status until it is terminal or held.
+    async fn drive(&self, mut booking: Booking) -> Result<Booking, BookingError> {
+        loop {
+            booking = match booking.status {
+                BookingStatus::Charging => self.charge_step(booking).await?,
+                BookingStatus::Confirming => self.confirm_step(booking).await?,
+                BookingStatus::Refunding => self.refund_step(booking).await?,
+                BookingStatus::Cancelling => self.cancel_step(booking).await?,
+                _ => return Ok(booking),
+            };
+        }
+    }
+
+    /// CHARGING: extend the hold once, charge under the booking's key, record the result.
+    async fn charge_step(&self, booking: Booking) -> Result<Booking, BookingError> {
+        let booking = if booking.hold_extended { booking } else { self.extend_hold(booking).await? };
+        let method = booking.payment_method.clone().context("a charging booking has no payment method")?;
+        let payment = match self.charge(&booking, &method).await {
             Ok(payment) => payment,
-            Err(error) => {
-                // The charge key makes a later retry safe, so hand the booking back for one.
-                let outcome =
-                    if matches!(error, BookingError::PaymentUnavailable) { "unavailable" } else { "error" };
-                self.step(&booking, Transition::to(BookingStatus::Held).step("charge", outcome)).await?;
+            Err(error @ BookingError::PaymentUnavailable) => {
+                // Nothing charged: hand the booking back for another attempt.
+                self.advance(&booking, Transition::to(BookingStatus::Held).step("charge", "unavailable"))
+                    .await?;
                 return Err(error);
             }
-        };
-        match PaymentStatus::try_from(payment.status) {
-            Ok(PaymentStatus::Succeeded) => self.confirm(booking, payment).await,
-            Ok(PaymentStatus::Declined) => self.compensate_decline(booking, payment).await,
-            other => {
-                self.step(&booking, Transition::to(BookingStatus::Held).step("charge", "error")).await?;
-                Err(anyhow::anyhow!("payment {} came back in status {other:?}", payment.id).into())
+            Err(error @ BookingError::Upstream(_)) => {
+                self.advance(&booking, Transition::to(BookingStatus::Held).step("charge", "refused")).await?;
+                return Err(error);
             }
+            // The outcome is unknown: leave it CHARGING for recovery to ask again.
+            Err(error) => return Err(error),
+        };
+        self.checkpoint("pay.charged")?;
+        match PaymentStatus::try_from(payment.status) {
+            Ok(PaymentStatus::Succeeded) => {
+                let change = Transition::to(BookingStatus::Confirming)
+                    .entry(SagaEntry::new("charge", "succeeded").detail(&payment.id))
+                    .payment_id(&payment.id);
+                self.advance(&booking, change).await
+            }
+            Ok(PaymentStatus::Declined) => {
+                let released = self.release_seats(booking.showtime_id, booking.id).await;
+                self.checkpoint("pay.declined_released")?;
+                let reason = if payment.decline_reason.is_empty() {
+                    "declined"
+                } else {
+                    payment.decline_reason.as_str()
+                };
+                let event = events::booking_payment_failed(&booking, reason, Utc::now());
+                let change = Transition::to(BookingStatus::PaymentFailed)
+                    .entry(SagaEntry::new("charge", "declined").detail(reason))
+                    .step("release_seats", if released { "succeeded" } else { "failed" })
+                    .payment_id(&payment.id)
+                    .reason(reason)
+                    .event(event);
+                let booking = self.advance(&booking, change).await?;
+                tracing::info!(booking.id = %booking.id, payment.id = %payment.id, reason, "payment declined");
+                Ok(booking)
+            }
+            other => Err(anyhow::anyhow!("payment {} came back in status {other:?}", payment.id).into()),
         }
+    }
+
+    /// Asks cinema once for more time, so the hold outlives the charge. Its refusal is
+    /// no failure: confirming re-acquires lapsed seats nobody took.
+    async fn extend_hold(&self, booking: Booking) -> Result<Booking, BookingError> {
+        let extended = self
+            .retrying("cinema.ExtendHold", Idempotent::ByBooking, self.settings.upstream_retry, || {
+                let mut client = self.cinema.clone();
+                let request = self.request(ExtendHoldRequest {
+                    showtime_id: booking.showtime_id.to_string(),
+                    booking_id: booking.id.to_string(),
+                });
+                async move { client.extend_hold(request).await }
+            })
+            .await;
+        let (outcome, expires_at) = match extended {
+            Ok(reply) => ("succeeded", reply.expires_at.as_ref().and_then(marquee_common::time::from_proto)),
+            Err(status) => match marquee_common::ApiError::from_status(&status).code {
+                ErrorCode::HoldExpired => ("hold_expired", None),
+                ErrorCode::Conflict => ("already_extended", None),
+                _ => {
+                    tracing::warn!(booking.id = %booking.id, code = ?status.code(), message = status.message(), "cannot extend the hold");
+                    ("error", None)
+                }
+            },
+        };
+        self.checkpoint("pay.extended")?;
+        let change =
+            Transition::to(BookingStatus::Charging).step("extend_hold", outcome).hold_extended(expires_at);
+        self.advance(&booking, change).await
     }
 
     /// Charges under the booking's key, retrying with backoff while payment answers
     /// UNAVAILABLE (a transient processor or transport failure) or ABORTED (this very
     /// charge still in flight). The key makes every retry return the first charge
     /// instead of making a second one.
-    async fn charge(&self, booking: &Booking, method: &PaymentMethod) -> Result<Payment, BookingError> {
+    async fn charge(&self, booking: &Booking, method: &str) -> Result<Payment, BookingError> {
         let request = ChargeRequest {
             booking_id: booking.id.to_string(),
             amount: Some(events::money(&booking.total)),
-            payment_method: method.as_str().to_owned(),
+            payment_method: method.to_owned(),
             idempotency_key: format!("booking:{}:charge", booking.id),
             user_id: booking.user_id.to_string(),
         };
-        let mut backoff = self.charge_retry.first_backoff;
-        let mut last = Code::Unavailable;
-        for attempt in 1..=self.charge_retry.attempts {
-            match self.payments.clone().charge(request.clone()).await {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status) if matches!(status.code(), Code::Unavailable | Code::Aborted) => {
-                    tracing::warn!(
-                        booking.id = %booking.id,
-                        attempt,
-                        code = ?status.code(),
-                        message = status.message(),
-                        "charge failed transiently"
-                    );
-                    last = status.code();
-                    if attempt < self.charge_retry.attempts {
-                        tokio::time::sleep(backoff).await;
-                        backoff *= 2;
-                    }
-                }
-                Err(status) => return Err(BookingError::upstream("payment.Charge", &status)),
-            }
-        }
-        if last == Code::Aborted {
-            // Still in flight elsewhere: its outcome is unknown, so do not claim nothing was charged.
-            return Err(BookingError::PaymentInProgress(BookingStatus::Charging));
-        }
-        Err(BookingError::PaymentUnavailable)
-    }
-
-    async fn confirm(&self, booking: Booking, payment: Payment) -> Result<Booking, BookingError> {
-        let confirmed = self
-            .cinema
-            .clone()
-            .confirm_seats(ConfirmSeatsRequest {
-                showtime_id: booking.showtime_id.to_string(),
-                booking_id: booking.id.to_string(),
-                seat_ids: booking.seat_ids(),
+        let charged = self
+            .retrying("payment.Charge", Idempotent::ByKey, self.settings.charge_retry, || {
+                let mut client = self.payments.clone();
+                let request = self.request(request.clone());
+                async move { client.charge(request).await }
             })
             .await;
+        match charged {
+            Ok(payment) => Ok(payment),
+            // Still in flight elsewhere: its outcome is unknown, so do not claim nothing was charged.
+            Err(status) if status.code() == Code::Aborted => {
+                Err(BookingError::Conflict(BookingStatus::Charging))
+            }
+            Err(status) if status.code() == Code::Unavailable => Err(BookingError::PaymentUnavailable),
+            Err(status) => Err(BookingError::upstream("payment.Charge", &status)),
+        }
+    }
+
+    /// CONFIRMING: book the seats; if another booking took them, refund in full.
+    async fn confirm_step(&self, booking: Booking) -> Result<Booking, BookingError> {
+        let confirmed = self
+            .retrying("cinema.ConfirmSeats", Idempotent::ByBooking, self.settings.upstream_retry, || {
+                let mut client = self.cinema.clone();
+                let request = self.request(ConfirmSeatsRequest {
+                    showtime_id: booking.showtime_id.to_string(),
+                    booking_id: booking.id.to_string(),
+                    seat_ids: booking.seat_ids(),
+                });
+                async move { client.confirm_seats(request).await }
+            })
+            .await;
+        let payment_id = booking.payment_id.clone().unwrap_or_default();
         match confirmed {
             Ok(_) => {
-                let event = events::booking_confirmed(&booking, &payment.id, Utc::now());
-                let change = Transition::to(BookingStatus::Confirmed)
-                    .step("charge", "succeeded")
-                    .step("confirm_seats", "succeeded")
-                    .payment_id(&payment.id)
-                    .event(event);
-                let booking = self.step(&booking, change).await?;
-                tracing::info!(booking.id = %booking.id, payment.id = %payment.id, "booking confirmed");
+                self.checkpoint("pay.confirmed_seats")?;
+                let event = events::booking_confirmed(&booking, &payment_id, Utc::now());
+                let change =
+                    Transition::to(BookingStatus::Confirmed).step("confirm_seats", "succeeded").event(event);
+                let booking = self.advance(&booking, change).await?;
+                tracing::info!(booking.id = %booking.id, payment.id = %payment_id, "booking confirmed");
                 Ok(booking)
             }
             Err(status) => match BookingError::upstream("cinema.ConfirmSeats", &status) {
                 BookingError::Upstream(lost) if lost.code == ErrorCode::SeatUnavailable => {
-                    tracing::error!(
-                        booking.id = %booking.id,
-                        payment.id = %payment.id,
-                        seat_ids = ?lost.meta_list("seat_ids"),
-                        "PAID BUT SEATS LOST: booking marked FAILED; the payment needs a refund"
-                    );
-                    let change = Transition::to(BookingStatus::Failed)
-                        .step("charge", "succeeded")
-                        .step("confirm_seats", "seat_unavailable")
-                        .payment_id(&payment.id);
-                    Ok(self.step(&booking, change).await?)
+                    let seats = lost.meta_list("seat_ids").join(",");
+                    tracing::warn!(booking.id = %booking.id, payment.id = %payment_id, seat_ids = %seats, "paid but seats lost; refunding");
+                    let nothing = booking.total.with_amount(0);
+                    let change = Transition::to(BookingStatus::Refunding)
+                        .entry(SagaEntry::new("confirm_seats", "seat_unavailable").detail(seats))
+                        .reason("seats_lost")
+                        .refund_due(RefundCause::SeatsLost, &booking.total, &nothing);
+                    self.advance(&booking, change).await
                 }
-                error => {
-                    // Paid but not confirmed: back to HELD so a retry re-runs the
-                    // (idempotent) charge and the confirmation.
-                    let change = Transition::to(BookingStatus::Held)
-                        .step("charge", "succeeded")
-                        .step("confirm_seats", "error")
-                        .payment_id(&payment.id);
-                    self.step(&booking, change).await?;
-                    Err(error)
-                }
+                // Stays CONFIRMING; recovery tries again once the lease lapses.
+                error => Err(error),
             },
         }
     }
 
-    async fn compensate_decline(&self, booking: Booking, payment: Payment) -> Result<Booking, BookingError> {
-        let released = self.release_seats(booking.showtime_id, booking.id).await;
-        let reason =
-            if payment.decline_reason.is_empty() { "declined" } else { payment.decline_reason.as_str() };
-        let event = events::booking_payment_failed(&booking, reason, Utc::now());
-        let change = Transition::to(BookingStatus::PaymentFailed)
-            .step("charge", "declined")
-            .step("release_seats", if released { "succeeded" } else { "failed" })
-            .payment_id(&payment.id)
-            .event(event);
-        let booking = self.step(&booking, change).await?;
-        tracing::info!(booking.id = %booking.id, payment.id = %payment.id, reason, "payment declined");
+    /// REFUNDING: give the decided amount back under the booking's refund key.
+    async fn refund_step(&self, booking: Booking) -> Result<Booking, BookingError> {
+        let refund = booking.refund.clone().context("a refunding booking has no refund decided")?;
+        let mut change = Transition::to(refund.cause.ends_in());
+        if refund.amount.amount_minor() > 0 {
+            let payment_id = booking.payment_id.clone().context("a refunding booking has no payment")?;
+            let request = RefundRequest {
+                payment_id,
+                amount: Some(events::money(&refund.amount)),
+                reason: match refund.cause {
+                    RefundCause::SeatsLost => "seats lost after payment".to_owned(),
+                    RefundCause::Cancelled => "booking cancelled".to_owned(),
+                },
+                idempotency_key: format!("booking:{}:refund", booking.id),
+            };
+            let refunded = self
+                .retrying("payment.Refund", Idempotent::ByKey, self.settings.upstream_retry, || {
+                    let mut client = self.payments.clone();
+                    let request = self.request(request.clone());
+                    async move { client.refund(request).await }
+                })
+                .await
+                .map_err(|s| BookingError::upstream("payment.Refund", &s))?;
+            self.checkpoint("refund.done")?;
+            let refund_id = refunded.refund.map(|r| r.id).unwrap_or_default();
+            change = change
+                .entry(SagaEntry::new("refund", "succeeded").detail(&refund_id))
+                .refunded(&refund_id, Utc::now());
+        } else {
+            change = change.step("refund", "nothing_due");
+        }
+        let now = Utc::now();
+        let event = match refund.cause {
+            RefundCause::SeatsLost => events::booking_failed(&booking, "seats_lost", now),
+            RefundCause::Cancelled => events::booking_cancelled(&booking, Some(&refund.amount), now),
+        };
+        let booking = self.advance(&booking, change.event(event)).await?;
+        tracing::info!(booking.id = %booking.id, amount_minor = refund.amount.amount_minor(), status = %booking.status, "refunded");
         Ok(booking)
     }
 
-    /// A state change on a booking this call has claimed; losing it means the
-    /// claim was broken, which the version check should make impossible.
-    async fn step(&self, booking: &Booking, change: Transition) -> anyhow::Result<Booking> {
+    /// CANCELLING: give every seat back (held or booked), then refund if one is due.
+    async fn cancel_step(&self, booking: Booking) -> Result<Booking, BookingError> {
+        self.retrying("cinema.CancelSeats", Idempotent::ByBooking, self.settings.upstream_retry, || {
+            let mut client = self.cinema.clone();
+            let request = self.request(CancelSeatsRequest {
+                showtime_id: booking.showtime_id.to_string(),
+                booking_id: booking.id.to_string(),
+            });
+            async move { client.cancel_seats(request).await }
+        })
+        .await
+        .map_err(|s| BookingError::upstream("cinema.CancelSeats", &s))?;
+        self.checkpoint("cancel.released")?;
+        let refund_due = booking.payment_id.is_some()
+            && booking.refund.as_ref().is_some_and(|r| r.amount.amount_minor() > 0);
+        let change = if refund_due {
+            Transition::to(BookingStatus::Refunding).step("release_seats", "succeeded")
+        } else {
+            let refund = booking.refund.as_ref().map(|r| &r.amount);
+            let event = events::booking_cancelled(&booking, refund, Utc::now());
+            Transition::to(BookingStatus::Cancelled).step("release_seats", "succeeded").event(event)
+        };
+        self.advance(&booking, change).await
+    }
+
+    /// A state change on a booking this call drives. If another driver moved it first
+    /// (recovery, or a racing request), its outcome stands: a terminal booking is the
+    /// answer, anything else is a conflict.
+    async fn advance(&self, booking: &Booking, change: Transition) -> Result<Booking, BookingError> {
         let emits_event = change.emits_event();
-        let updated = self.store.transition(booking, change).await?.with_context(|| {
-            format!("booking {} changed while this call held its payment step", booking.id)
-        })?;
+        let target = change.target();
+        let Some(updated) = self.store.transition(booking, change).await? else {
+            let current = self.store.find(booking.id).await?.ok_or(BookingError::NotFound)?;
+            tracing::info!(booking.id = %booking.id, status = %current.status, "another driver moved the booking first");
+            return if current.status.is_terminal() {
+                Ok(current)
+            } else {
+                Err(BookingError::Conflict(current.status))
+            };
+        };
         if emits_event {
             self.outbox_written.notify_one();
+        }
+        if let Some(slot) =
+            updated.slot.as_ref().filter(|_| booking.status.is_active_hold() && !target.is_active_hold())
+        {
+            self.free_slot(slot, updated.id).await;
         }
         Ok(updated)
     }
 
-    async fn lost_race(&self, id: BookingId) -> Result<Booking, BookingError> {
-        let current = self.store.find(id).await?.ok_or(BookingError::NotFound)?;
-        if current.status.is_terminal() {
-            Ok(current)
-        } else {
-            Err(BookingError::PaymentInProgress(current.status))
-        }
-    }
-
-    /// Frees a booking's seats. Failure is logged, not raised: the hold expires by
-    /// itself, so the caller's outcome does not depend on it.
+    /// Frees a booking's held seats. Failure is logged, not raised: the hold lapses
+    /// by itself, so the caller's outcome does not depend on it.
     async fn release_seats(&self, showtime_id: ShowtimeId, booking_id: BookingId) -> bool {
         let released = self
-            .cinema
-            .clone()
-            .release_seats(ReleaseSeatsRequest {
-                showtime_id: showtime_id.to_string(),
-                booking_id: booking_id.to_string(),
+            .retrying("cinema.ReleaseSeats", Idempotent::ByBooking, self.settings.upstream_retry, || {
+                let mut client = self.cinema.clone();
+                let request = self.request(ReleaseSeatsRequest {
+                    showtime_id: showtime_id.to_string(),
+                    booking_id: booking_id.to_string(),
+                });
+                async move { client.release_seats(request).await }
             })
             .await;
         match released {
@@ -316,19 +588,93 @@ impl Saga {
         }
     }
 
-    async fn owned(&self, id: BookingId, user_id: UserId) -> Result<Booking, BookingError> {
+    /// A leftover slot is reclaimed by the next claim, so failing here is only logged.
+    async fn free_slot(&self, slot: &str, booking_id: BookingId) {
+        if let Err(error) = self.store.free_slot(slot, booking_id).await {
+            tracing::warn!(booking.id = %booking_id, error = format!("{error:#}"), "cannot free a hold slot");
+        }
+    }
+
+    /// Expires overdue holds, then resumes sagas whose process died mid-step. Safe to
+    /// run in every replica at once: each booking is claimed by a conditional update.
+    pub async fn sweep(&self) -> anyhow::Result<SweepReport> {
+        let mut report = SweepReport::default();
+        let now = Utc::now();
+        for booking in self.store.overdue_holds(now, SWEEP_BATCH).await? {
+            let event = events::booking_expired(&booking, now);
+            let change = Transition::to(BookingStatus::Expired).step("expire", "succeeded").event(event);
+            // Losing the claim means it was paid, cancelled or expired by another replica.
+            let Some(expired) = self.store.transition(&booking, change).await? else { continue };
+            self.outbox_written.notify_one();
+            report.expired += 1;
+            if let Some(slot) = &expired.slot {
+                self.free_slot(slot, expired.id).await;
+            }
+            if self.checkpoint("sweep.expired").is_err() {
+                continue;
+            }
+            let released = self.release_seats(expired.showtime_id, expired.id).await;
+            self.store
+                .note(
+                    expired.id,
+                    SagaEntry::new("release_seats", if released { "succeeded" } else { "failed" }),
+                )
+                .await?;
+            tracing::info!(booking.id = %expired.id, "hold expired");
+        }
+        for booking in self.store.stalled(Utc::now(), SWEEP_BATCH).await? {
+            let status = booking.status;
+            let claim = Transition::to(status).step("recover", "resumed");
+            let Some(claimed) = self.store.transition(&booking, claim).await? else { continue };
+            report.resumed += 1;
+            tracing::warn!(booking.id = %claimed.id, %status, "resuming a stalled saga");
+            match self.drive(claimed).await {
+                Ok(done) => {
+                    tracing::info!(booking.id = %done.id, status = %done.status, "stalled saga resumed")
+                }
+                Err(error) => {
+                    tracing::warn!(booking.id = %booking.id, error = %error, "stalled saga still unfinished")
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn visible(&self, id: BookingId, caller: Caller) -> Result<Booking, BookingError> {
         match self.store.find(id).await? {
-            Some(booking) if booking.user_id == user_id => Ok(booking),
+            Some(booking) if caller.may_see(&booking) => Ok(booking),
             _ => Err(BookingError::NotFound),
         }
     }
 
-    pub async fn get(&self, id: BookingId, user_id: UserId) -> Result<Booking, BookingError> {
-        self.owned(id, user_id).await
+    pub async fn get(&self, id: BookingId, caller: Caller) -> Result<Booking, BookingError> {
+        self.visible(id, caller).await
     }
 
-    pub async fn list(&self, user_id: UserId) -> Result<Vec<Booking>, BookingError> {
-        Ok(self.store.list_for_user(user_id).await?)
+    /// One page, newest first, and the cursor of the next (if any).
+    pub async fn list(&self, query: ListQuery) -> Result<(Vec<Booking>, Option<BookingId>), BookingError> {
+        let (bookings, more) = self.store.list(&query).await?;
+        let next = if more { bookings.last().map(|b| b.id) } else { None };
+        Ok((bookings, next))
+    }
+}
+
+/// Which errors of another service are worth repeating the same call for.
+fn transient(status: &Status, kind: Idempotent) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded => true,
+        Code::Aborted => matches!(kind, Idempotent::ByKey),
+        _ => false,
+    }
+}
+
+/// What PayBooking answers for a booking it did not (or no longer can) claim: a
+/// finished payment's outcome, else why not.
+fn paid_outcome(booking: Booking) -> Result<Booking, BookingError> {
+    match booking.status {
+        BookingStatus::Confirmed | BookingStatus::PaymentFailed | BookingStatus::Failed => Ok(booking),
+        BookingStatus::Expired => Err(BookingError::HoldExpired),
+        status => Err(BookingError::Conflict(status)),
     }
 }
 
@@ -380,7 +726,14 @@ fn held_booking(
         status: BookingStatus::Held,
         expires_at,
         created_at: now,
+        updated_at: now,
         version: 1,
         payment_id: None,
+        payment_method: None,
+        hold_extended: false,
+        refund: None,
+        reason: None,
+        history: Vec::new(),
+        slot: None,
     })
 }

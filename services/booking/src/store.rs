@@ -1,6 +1,9 @@
 //! The `bookings` collection: one document per booking carrying its state, its saga
 //! history and its outbox, so a state change and the events it causes are written
-//! by one atomic single-document update.
+//! by one atomic single-document update. Beside it, `hold_slots` caps a user's active
+//! holds per showtime: slot documents with unique ids, so the cap holds under races.
+
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -12,14 +15,22 @@ use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    BookedSeat, Booking, BookingId, BookingStatus, IdempotencyKey, Money, SeatId, ShowtimeId, UserId,
+    BookedSeat, Booking, BookingId, BookingStatus, IdempotencyKey, ListQuery, Money, PublicStatus, Refund,
+    RefundCause, SagaStep, SeatId, ShowtimeId, UserId,
 };
 use crate::events::OutboxEvent;
 
 #[derive(Clone)]
 pub struct BookingStore {
     bookings: Collection<BookingDoc>,
+    slots: Collection<Document>,
+    /// How long a saga step may run before recovery may take the booking over.
+    lease: chrono::Duration,
 }
+
+/// A slot claimed but never used by a booking (its hold crashed before the insert)
+/// is reclaimed after this long.
+const ABANDONED_SLOT: chrono::Duration = chrono::Duration::minutes(2);
 
 /// Why an insert failed: a duplicate idempotency key is an answer, not a fault.
 #[derive(Debug, thiserror::Error)]
@@ -34,17 +45,28 @@ pub enum InsertError {
 #[derive(Debug, Clone)]
 pub struct SagaEntry {
     step: &'static str,
-    outcome: &'static str,
+    outcome: String,
+    detail: String,
     at: DateTime<Utc>,
 }
 
 impl SagaEntry {
-    pub fn new(step: &'static str, outcome: &'static str) -> Self {
-        Self { step, outcome, at: Utc::now() }
+    pub fn new(step: &'static str, outcome: impl Into<String>) -> Self {
+        Self { step, outcome: outcome.into(), detail: String::new(), at: Utc::now() }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
     }
 
     fn to_bson(&self) -> Bson {
-        Bson::Document(doc! { "step": self.step, "outcome": self.outcome, "at": bson_time(self.at) })
+        Bson::Document(doc! {
+            "step": self.step,
+            "outcome": &self.outcome,
+            "detail": &self.detail,
+            "at": bson_time(self.at),
+        })
     }
 }
 
@@ -54,17 +76,26 @@ pub struct Transition {
     to: BookingStatus,
     history: Vec<SagaEntry>,
     event: Option<OutboxEvent>,
-    payment_id: Option<String>,
-    payment_method: Option<String>,
+    set: Document,
+    refund_cause: Option<RefundCause>,
 }
 
 impl Transition {
     pub fn to(status: BookingStatus) -> Self {
-        Self { to: status, history: Vec::new(), event: None, payment_id: None, payment_method: None }
+        Self { to: status, history: Vec::new(), event: None, set: Document::new(), refund_cause: None }
     }
 
-    pub fn step(mut self, step: &'static str, outcome: &'static str) -> Self {
+    pub fn target(&self) -> BookingStatus {
+        self.to
+    }
+
+    pub fn step(mut self, step: &'static str, outcome: impl Into<String>) -> Self {
         self.history.push(SagaEntry::new(step, outcome));
+        self
+    }
+
+    pub fn entry(mut self, entry: SagaEntry) -> Self {
+        self.history.push(entry);
         self
     }
 
@@ -74,18 +105,59 @@ impl Transition {
     }
 
     pub fn payment_id(mut self, payment_id: &str) -> Self {
-        self.payment_id = Some(payment_id.to_owned());
+        self.set.insert("payment_id", payment_id);
         self
     }
 
     pub fn payment_method(mut self, method: &str) -> Self {
-        self.payment_method = Some(method.to_owned());
+        self.set.insert("payment_method", method);
+        self
+    }
+
+    pub fn reason(mut self, reason: &str) -> Self {
+        self.set.insert("reason", reason);
+        self
+    }
+
+    /// Records the hold's new expiry after cinema extended it.
+    pub fn hold_extended(mut self, expires_at: Option<DateTime<Utc>>) -> Self {
+        self.set.insert("hold_extended", true);
+        if let Some(at) = expires_at {
+            self.set.insert("expires_at", bson_time(at));
+        }
+        self
+    }
+
+    /// Decides a refund (before it is made).
+    pub fn refund_due(mut self, cause: RefundCause, amount: &Money, fee: &Money) -> Self {
+        self.refund_cause = Some(cause);
+        self.set.insert(
+            "refund",
+            doc! {
+                "cause": bson::to_bson(&cause).unwrap_or(Bson::Null),
+                "amount": money_bson(amount),
+                "fee": money_bson(fee),
+                "refund_id": Bson::Null,
+                "at": Bson::Null,
+            },
+        );
+        self
+    }
+
+    /// Records the refund payment made.
+    pub fn refunded(mut self, refund_id: &str, at: DateTime<Utc>) -> Self {
+        self.set.insert("refund.refund_id", refund_id);
+        self.set.insert("refund.at", bson_time(at));
         self
     }
 
     pub fn emits_event(&self) -> bool {
         self.event.is_some()
     }
+}
+
+fn money_bson(money: &Money) -> Document {
+    doc! { "amount_minor": money.amount_minor(), "currency": money.currency() }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -101,8 +173,28 @@ struct SeatDoc {
     price: MoneyDoc,
 }
 
-/// The booking fields reads need; saga history and outbox stay in the document
-/// but are only ever appended to.
+#[derive(Debug, Serialize, Deserialize)]
+struct RefundDoc {
+    cause: RefundCause,
+    amount: MoneyDoc,
+    fee: MoneyDoc,
+    #[serde(default)]
+    refund_id: Option<String>,
+    #[serde(default)]
+    at: Option<bson::DateTime>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StepDoc {
+    step: String,
+    outcome: String,
+    #[serde(default)]
+    detail: String,
+    at: bson::DateTime,
+}
+
+/// The booking fields reads need; the outbox stays in the document but is only
+/// ever appended to.
 #[derive(Debug, Serialize, Deserialize)]
 struct BookingDoc {
     #[serde(rename = "_id")]
@@ -113,12 +205,31 @@ struct BookingDoc {
     seats: Vec<SeatDoc>,
     total: MoneyDoc,
     status: BookingStatus,
+    /// What clients see, kept beside `status` for list filters.
+    #[serde(default)]
+    public_status: String,
     expires_at: bson::DateTime,
     created_at: bson::DateTime,
     updated_at: bson::DateTime,
     version: i64,
     #[serde(default)]
     payment_id: Option<String>,
+    #[serde(default)]
+    payment_method: Option<String>,
+    #[serde(default)]
+    hold_extended: bool,
+    #[serde(default)]
+    refund: Option<RefundDoc>,
+    #[serde(default)]
+    reason: Option<String>,
+    /// The `hold_slots` document this booking counts against while active.
+    #[serde(default)]
+    slot: Option<String>,
+    /// While an in-flight step runs: when recovery may presume its process dead.
+    #[serde(default)]
+    lease_until: Option<bson::DateTime>,
+    #[serde(default, rename = "saga", skip_serializing)]
+    history: Vec<StepDoc>,
 }
 
 fn bson_time(at: DateTime<Utc>) -> bson::DateTime {
@@ -155,11 +266,19 @@ impl BookingDoc {
                 .collect(),
             total: money_doc(&booking.total),
             status: booking.status,
+            public_status: booking.public_status().as_str().to_owned(),
             expires_at: bson_time(booking.expires_at),
             created_at: bson_time(booking.created_at),
-            updated_at: bson_time(booking.created_at),
+            updated_at: bson_time(booking.updated_at),
             version: booking.version,
             payment_id: booking.payment_id.clone(),
+            payment_method: booking.payment_method.clone(),
+            hold_extended: booking.hold_extended,
+            refund: None,
+            reason: booking.reason.clone(),
+            slot: booking.slot.clone(),
+            lease_until: None,
+            history: Vec::new(),
         }
     }
 
@@ -186,30 +305,82 @@ impl BookingDoc {
                 status: self.status,
                 expires_at: chrono_time(self.expires_at)?,
                 created_at: chrono_time(self.created_at)?,
+                updated_at: chrono_time(self.updated_at)?,
                 version: self.version,
                 payment_id: self.payment_id,
+                payment_method: self.payment_method,
+                hold_extended: self.hold_extended,
+                refund: self
+                    .refund
+                    .map(|r| -> anyhow::Result<Refund> {
+                        Ok(Refund {
+                            cause: r.cause,
+                            amount: money(r.amount)?,
+                            fee: money(r.fee)?,
+                            refund_id: r.refund_id,
+                            at: r.at.map(chrono_time).transpose()?,
+                        })
+                    })
+                    .transpose()?,
+                reason: self.reason,
+                slot: self.slot,
+                history: self
+                    .history
+                    .into_iter()
+                    .map(|h| {
+                        Ok(SagaStep {
+                            step: h.step,
+                            outcome: h.outcome,
+                            at: chrono_time(h.at)?,
+                            detail: h.detail,
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
             })
         };
         parse().with_context(|| format!("stored booking {id} is invalid"))
     }
 }
 
+fn public_status(to: BookingStatus, cause: Option<RefundCause>) -> PublicStatus {
+    match to {
+        BookingStatus::Held | BookingStatus::Charging | BookingStatus::Confirming => PublicStatus::Held,
+        BookingStatus::Confirmed => PublicStatus::Confirmed,
+        BookingStatus::PaymentFailed => PublicStatus::PaymentFailed,
+        BookingStatus::Expired => PublicStatus::Expired,
+        BookingStatus::Cancelling | BookingStatus::Cancelled => PublicStatus::Cancelled,
+        BookingStatus::Failed => PublicStatus::Failed,
+        BookingStatus::Refunding => match cause {
+            Some(RefundCause::Cancelled) => PublicStatus::Cancelled,
+            _ => PublicStatus::Failed,
+        },
+    }
+}
+
+fn slot_id(user_id: UserId, showtime_id: ShowtimeId, n: u32) -> String {
+    format!("{user_id}:{showtime_id}:{n}")
+}
+
 impl BookingStore {
-    /// Opens the collection and creates the indexes every query here relies on.
-    pub async fn new(db: &Database) -> anyhow::Result<Self> {
+    /// Opens the collections and creates the indexes every query here relies on.
+    pub async fn new(db: &Database, lease: Duration) -> anyhow::Result<Self> {
         let bookings = db.collection::<BookingDoc>("bookings");
+        let index = |keys: Document, name: &str, unique: bool| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_owned()).unique(unique).build())
+                .build()
+        };
         let indexes = vec![
-            IndexModel::builder()
-                .keys(doc! { "user_id": 1, "idempotency_key": 1 })
-                .options(IndexOptions::builder().name("user_idempotency_key".to_owned()).unique(true).build())
-                .build(),
-            IndexModel::builder()
-                .keys(doc! { "user_id": 1, "created_at": -1 })
-                .options(IndexOptions::builder().name("user_newest_first".to_owned()).build())
-                .build(),
+            index(doc! { "user_id": 1, "idempotency_key": 1 }, "user_idempotency_key", true),
+            // Listing pages newest first: ids are time-ordered (UUIDv7).
+            index(doc! { "user_id": 1, "_id": -1 }, "user_newest_first", false),
+            index(doc! { "status": 1, "lease_until": 1 }, "stalled_sagas", false),
+            index(doc! { "status": 1, "expires_at": 1 }, "overdue_holds", false),
         ];
         bookings.create_indexes(indexes).await.context("cannot create booking indexes")?;
-        Ok(Self { bookings })
+        let lease = chrono::Duration::from_std(lease).context("booking.saga_lease_ms is out of range")?;
+        Ok(Self { bookings, slots: db.collection("hold_slots"), lease })
     }
 
     /// Inserts a new booking with its first saga entry and event.
@@ -251,30 +422,73 @@ impl BookingStore {
         found.map(BookingDoc::into_booking).transpose()
     }
 
-    /// The user's bookings, newest first.
-    pub async fn list_for_user(&self, user_id: UserId) -> anyhow::Result<Vec<Booking>> {
+    /// One page of the user's bookings, newest first, and whether more follow.
+    pub async fn list(&self, query: &ListQuery) -> anyhow::Result<(Vec<Booking>, bool)> {
+        let mut filter = doc! { "user_id": query.user_id.to_string() };
+        if !query.statuses.is_empty() {
+            let statuses: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
+            filter.insert("public_status", doc! { "$in": statuses });
+        }
+        if let Some(showtime_id) = query.showtime_id {
+            filter.insert("showtime_id", showtime_id.to_string());
+        }
+        if let Some(after) = query.after {
+            filter.insert("_id", doc! { "$lt": after.to_string() });
+        }
         let docs: Vec<BookingDoc> = self
             .bookings
-            .find(doc! { "user_id": user_id.to_string() })
-            .sort(doc! { "created_at": -1 })
+            .find(filter)
+            .sort(doc! { "_id": -1 })
+            .limit(i64::from(query.page_size) + 1)
             .await
             .context("cannot list bookings")?
             .try_collect()
             .await
             .context("cannot read listed bookings")?;
+        let more = docs.len() > query.page_size as usize;
+        let bookings = docs
+            .into_iter()
+            .take(query.page_size as usize)
+            .map(BookingDoc::into_booking)
+            .collect::<Result<_, _>>()?;
+        Ok((bookings, more))
+    }
+
+    /// Bookings whose in-flight step's lease lapsed: their process presumably died.
+    pub async fn stalled(&self, now: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<Booking>> {
+        let statuses: Vec<&str> = BookingStatus::IN_FLIGHT.iter().map(|s| s.as_str()).collect();
+        self.query(doc! { "status": { "$in": statuses }, "lease_until": { "$lt": bson_time(now) } }, limit)
+            .await
+            .context("cannot look for stalled sagas")
+    }
+
+    /// HELD bookings whose hold has lapsed.
+    pub async fn overdue_holds(&self, now: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<Booking>> {
+        self.query(
+            doc! { "status": BookingStatus::Held.as_str(), "expires_at": { "$lte": bson_time(now) } },
+            limit,
+        )
+        .await
+        .context("cannot look for overdue holds")
+    }
+
+    async fn query(&self, filter: Document, limit: i64) -> anyhow::Result<Vec<Booking>> {
+        let docs: Vec<BookingDoc> = self.bookings.find(filter).limit(limit).await?.try_collect().await?;
         docs.into_iter().map(BookingDoc::into_booking).collect()
     }
 
     /// Applies `change` only if the booking is still at the version and status it was
-    /// loaded with. `None` means another writer got there first.
+    /// loaded with. `None` means another writer got there first. Moving into an
+    /// in-flight status takes a fresh lease; any other status drops it.
     pub async fn transition(&self, booking: &Booking, change: Transition) -> anyhow::Result<Option<Booking>> {
-        let mut set = doc! { "status": change.to.as_str(), "updated_at": bson_time(Utc::now()) };
-        if let Some(payment_id) = &change.payment_id {
-            set.insert("payment_id", payment_id);
-        }
-        if let Some(method) = &change.payment_method {
-            set.insert("payment_method", method);
-        }
+        let now = Utc::now();
+        let cause = change.refund_cause.or(booking.refund.as_ref().map(|r| r.cause));
+        let mut set = change.set;
+        set.insert("status", change.to.as_str());
+        set.insert("public_status", public_status(change.to, cause).as_str());
+        set.insert("updated_at", bson_time(now));
+        let lease = BookingStatus::IN_FLIGHT.contains(&change.to).then(|| bson_time(now + self.lease));
+        set.insert("lease_until", lease.map_or(Bson::Null, Bson::DateTime));
         let mut inc = doc! { "version": 1_i64 };
         let history: Vec<Bson> = change.history.iter().map(SagaEntry::to_bson).collect();
         let mut push = doc! { "saga": { "$each": history } };
@@ -295,6 +509,79 @@ impl BookingStore {
             .await
             .with_context(|| format!("cannot move booking {} to {}", booking.id, change.to))?;
         updated.map(BookingDoc::into_booking).transpose()
+    }
+
+    /// Appends to the history of a booking without changing its state (a step run
+    /// after a terminal transition, e.g. releasing an expired hold's seats).
+    pub async fn note(&self, id: BookingId, entry: SagaEntry) -> anyhow::Result<()> {
+        self.bookings
+            .update_one(doc! { "_id": id.to_string() }, doc! { "$push": { "saga": entry.to_bson() } })
+            .await
+            .with_context(|| format!("cannot note a step of booking {id}"))?;
+        Ok(())
+    }
+
+    /// Claims one of the user's `limit` hold slots for this showtime for `booking_id`,
+    /// or `None` when all are taken by active bookings. A slot's unique id makes two
+    /// concurrent claims of it exclusive; a slot left behind by a finished booking
+    /// (or by a hold that died before its booking was written) is taken over with a
+    /// conditional update on its previous holder.
+    pub async fn claim_slot(
+        &self,
+        user_id: UserId,
+        showtime_id: ShowtimeId,
+        booking_id: BookingId,
+        limit: u32,
+    ) -> anyhow::Result<Option<String>> {
+        let now = Utc::now();
+        for n in 0..limit {
+            let id = slot_id(user_id, showtime_id, n);
+            let claim =
+                doc! { "_id": &id, "booking_id": booking_id.to_string(), "claimed_at": bson_time(now) };
+            match self.slots.insert_one(claim).await {
+                Ok(_) => return Ok(Some(id)),
+                Err(e) if marquee_common::mongo::is_duplicate_key(&e) => {}
+                Err(e) => return Err(anyhow::Error::new(e).context("cannot claim a hold slot")),
+            }
+            let Some(slot) =
+                self.slots.find_one(doc! { "_id": &id }).await.context("cannot read a hold slot")?
+            else {
+                continue;
+            };
+            let holder = slot.get_str("booking_id").unwrap_or_default().to_owned();
+            let claimed_at = slot.get_datetime("claimed_at").ok().and_then(|at| chrono_time(*at).ok());
+            let in_use = match BookingId::parse(&holder).ok() {
+                Some(holder_id) => match self.find(holder_id).await? {
+                    Some(booking) => booking.status.is_active_hold(),
+                    None => claimed_at.is_some_and(|at| now - at < ABANDONED_SLOT),
+                },
+                None => false,
+            };
+            if in_use {
+                continue;
+            }
+            let taken = self
+                .slots
+                .update_one(
+                    doc! { "_id": &id, "booking_id": &holder },
+                    doc! { "$set": { "booking_id": booking_id.to_string(), "claimed_at": bson_time(now) } },
+                )
+                .await
+                .context("cannot take over a hold slot")?;
+            if taken.modified_count == 1 {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Gives a slot back; a no-op unless `booking_id` still holds it.
+    pub async fn free_slot(&self, slot: &str, booking_id: BookingId) -> anyhow::Result<()> {
+        self.slots
+            .delete_one(doc! { "_id": slot, "booking_id": booking_id.to_string() })
+            .await
+            .context("cannot free a hold slot")?;
+        Ok(())
     }
 
     /// The outbox the relay drains: events live in the booking documents.

@@ -292,6 +292,22 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         showtime.id = %request.get_ref().showtime_id,
         booking.id = %request.get_ref().booking_id,
     ))]
+    async fn cancel_seats(
+        &self,
+        request: Request<pb::CancelSeatsRequest>,
+    ) -> Result<Response<pb::CancelSeatsResponse>, Status> {
+        let req = request.into_inner();
+        let showtime = ShowtimeId::parse(&req.showtime_id)?;
+        let booking = BookingId::parse(&req.booking_id)?;
+        let seat_ids = self.store.cancel_seats(showtime, booking).await?;
+        tracing::info!(seats = %seat_ids.join(","), "seats of a cancelled booking released");
+        Ok(Response::new(pb::CancelSeatsResponse { seat_ids }))
+    }
+
+    #[tracing::instrument(skip_all, fields(
+        showtime.id = %request.get_ref().showtime_id,
+        booking.id = %request.get_ref().booking_id,
+    ))]
     async fn extend_hold(
         &self,
         request: Request<pb::ExtendHoldRequest>,

@@ -482,6 +482,25 @@ impl Store {
         Ok(released)
     }
 
+    /// Frees every seat `booking` holds or has booked (a cancelled booking); returns
+    /// them (none on a repeated call).
+    pub async fn cancel_seats(
+        &self,
+        showtime: ShowtimeId,
+        booking: BookingId,
+    ) -> Result<Vec<String>, CinemaError> {
+        let rows = retry_conflicts(|| {
+            sqlx::query_as::<_, OutcomeRow>("SELECT * FROM cinema_cancel_seats($1, $2)")
+                .bind(showtime.as_uuid())
+                .bind(booking.as_uuid())
+                .fetch_all(&self.pool)
+        })
+        .await
+        .with_context(|| format!("cannot cancel seats of showtime {showtime}"))?;
+        let (released, _) = split_outcomes(showtime, rows, "released", "")?;
+        Ok(released)
+    }
+
     /// Pushes `booking`'s live hold back by `extension`, once per hold; returns the
     /// seats and their new expiry.
     pub async fn extend_hold(

@@ -221,6 +221,67 @@ pub struct BookingSettings {
     pub charge_attempts: u32,
     /// Wait before the first charge retry; doubles after each.
     pub charge_retry_backoff_ms: u64,
+    /// Active (held or being paid) bookings one user may have per showtime.
+    #[serde(default = "default_max_active_holds")]
+    pub max_active_holds_per_showtime: u32,
+    /// A confirmed booking can be cancelled until this long before the show.
+    #[serde(default = "default_cancel_cutoff_minutes")]
+    pub cancel_cutoff_minutes: i64,
+    /// What a cancellation refunds: the first tier whose `hours_before` the show is
+    /// still at least that far away applies; none applying refunds nothing.
+    #[serde(default = "default_refund_tiers")]
+    pub refund_tiers: Vec<RefundTier>,
+    /// How long a saga step may run before recovery presumes its process dead and
+    /// resumes it.
+    #[serde(default = "default_saga_lease_ms")]
+    pub saga_lease_ms: u64,
+    /// How often overdue holds are expired and stalled sagas recovered (0: never; tests
+    /// trigger it).
+    #[serde(default = "default_sweep_interval_ms")]
+    pub sweep_interval_ms: u64,
+    /// Calls in total to cinema (and payment refunds) when they fail transiently.
+    #[serde(default = "default_upstream_attempts")]
+    pub upstream_attempts: u32,
+    /// Wait before the first retry of such a call; doubles after each.
+    #[serde(default = "default_upstream_backoff_ms")]
+    pub upstream_backoff_ms: u64,
+}
+
+/// One step of the cancellation refund policy.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct RefundTier {
+    /// Applies while the show starts at least this many hours from now.
+    pub hours_before: i64,
+    /// Percent of the total refunded, 0 to 100.
+    pub percent: u8,
+}
+
+fn default_max_active_holds() -> u32 {
+    2
+}
+
+fn default_cancel_cutoff_minutes() -> i64 {
+    30
+}
+
+fn default_refund_tiers() -> Vec<RefundTier> {
+    vec![RefundTier { hours_before: 24, percent: 100 }, RefundTier { hours_before: 0, percent: 50 }]
+}
+
+fn default_saga_lease_ms() -> u64 {
+    30_000
+}
+
+fn default_sweep_interval_ms() -> u64 {
+    5_000
+}
+
+fn default_upstream_attempts() -> u32 {
+    4
+}
+
+fn default_upstream_backoff_ms() -> u64 {
+    100
 }
 
 #[derive(Clone, Debug, Deserialize)]
