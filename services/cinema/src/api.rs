@@ -54,12 +54,18 @@ impl CinemaApi {
 
 impl CinemaApi {
     /// Refuses a hold that would strand a seat, unless every block of that size would.
+    /// Orphans are row-local, so only the requested rows are read; the whole map only
+    /// when a seat would be stranded and the alternatives must be looked at.
     async fn check_no_orphans(&self, showtime: ShowtimeId, seats: &SeatSelection) -> Result<(), CinemaError> {
-        let map = self.store.seat_map(showtime).await?;
         let wanted = seats.to_strings();
+        let rows = self.store.seat_map_of_rows(showtime, &wanted).await?;
         let taking = wanted.iter().map(String::as_str).collect();
-        let stranded = seating::new_orphans(&map, &taking);
-        if stranded.is_empty() || !seating::clean_block_exists(&map, wanted.len()) {
+        let stranded = seating::new_orphans(&rows, &taking);
+        if stranded.is_empty() {
+            return Ok(());
+        }
+        let map = self.store.seat_map(showtime).await?;
+        if !seating::clean_block_exists(&map, wanted.len()) {
             return Ok(());
         }
         tracing::info!(seats.stranded = %stranded.join(","), "hold refused by the no-orphan rule");

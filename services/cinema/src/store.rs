@@ -339,6 +339,28 @@ impl Store {
     /// Every seat of the showtime; a hold past its expiry shows as available, which is
     /// exactly what `cinema_lock_seats` would treat it as.
     pub async fn seat_map(&self, showtime: ShowtimeId) -> Result<Vec<SeatRecord>, CinemaError> {
+        let map = self.seat_map_rows(showtime, None).await?;
+        if map.is_empty() && !self.showtime_exists(showtime).await? {
+            return Err(CinemaError::not_found("showtime", showtime));
+        }
+        Ok(map)
+    }
+
+    /// The seat map of only the rows the given seats sit in (empty for an unknown
+    /// showtime): all a row-local rule like the no-orphan rule needs to look at.
+    pub async fn seat_map_of_rows(
+        &self,
+        showtime: ShowtimeId,
+        seats: &[String],
+    ) -> Result<Vec<SeatRecord>, CinemaError> {
+        self.seat_map_rows(showtime, Some(seats)).await
+    }
+
+    async fn seat_map_rows(
+        &self,
+        showtime: ShowtimeId,
+        rows_of: Option<&[String]>,
+    ) -> Result<Vec<SeatRecord>, CinemaError> {
         let rows = sqlx::query_as::<_, MapRow>(
             "SELECT s.seat_id, s.row_label, s.seat_number, s.category, p.amount_minor, p.currency,
                     CASE WHEN s.status = 'held' AND s.hold_expires_at <= now() THEN 'available'
@@ -349,15 +371,16 @@ impl Store {
                JOIN screen_seats ss ON ss.screen_id = st.screen_id AND ss.seat_id = s.seat_id
                LEFT JOIN showtime_prices p ON p.showtime_id = s.showtime_id AND p.category = s.category
               WHERE s.showtime_id = $1
+                AND ($2::text[] IS NULL
+                     OR s.row_label IN (SELECT r.row_label FROM showtime_seats r
+                                         WHERE r.showtime_id = $1 AND r.seat_id = ANY ($2)))
               ORDER BY length(s.row_label), s.row_label, ss.position",
         )
         .bind(showtime.as_uuid())
+        .bind(rows_of)
         .fetch_all(&self.pool)
         .await
         .with_context(|| format!("cannot load the seat map of showtime {showtime}"))?;
-        if rows.is_empty() && !self.showtime_exists(showtime).await? {
-            return Err(CinemaError::not_found("showtime", showtime));
-        }
         Ok(rows
             .into_iter()
             .map(|row| Ok(SeatRecord { place: Some(row.place), ..row.seat.into_record()? }))
