@@ -7,6 +7,9 @@ mod denylist;
 mod domain;
 mod error;
 mod http;
+mod live;
+mod metrics;
+mod ratelimit;
 mod schema;
 mod upstream;
 
@@ -36,7 +39,11 @@ impl Application {
         let upstreams = upstream::Upstreams::connect(&settings)?;
         let schema = schema::build(upstreams.clone());
         let denylist = denylist::Denylist::connect(&settings.redis).await?;
-        let state = http::AppState::new(schema, keys, denylist, upstreams, settings.gateway.graphiql);
+        let limiter = ratelimit::RateLimiter::connect(&settings.redis, &settings.gateway.rate_limit).await?;
+        let metrics = metrics::Metrics::new()?;
+        let feeds = live::SeatFeeds::new(&settings, metrics.clone())?;
+        let services = http::Services { keys, denylist, upstreams, feeds, limiter, metrics };
+        let state = http::AppState::new(schema, services, &settings.gateway);
         let router = http::router(state, settings.gateway.max_body_bytes);
         let (listener, addr) = marquee_common::grpc::bind(&settings.gateway.server).await?;
         let grace = Duration::from_millis(settings.grpc.shutdown_grace_ms);
@@ -52,7 +59,9 @@ impl Application {
     /// at most the configured grace period.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let signal = shutdown.clone();
-        let server = axum::serve(self.listener, self.router)
+        // The peer address is the anonymous caller's rate-limit bucket.
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(self.listener, service)
             .with_graceful_shutdown(async move { signal.cancelled().await })
             .into_future();
         tokio::pin!(server);

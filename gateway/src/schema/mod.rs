@@ -3,9 +3,10 @@
 mod mutation;
 mod pagination;
 mod query;
+mod subscription;
 mod types;
 
-use async_graphql::{Context, EmptySubscription, Schema};
+use async_graphql::{Context, Schema};
 use marquee_common::Secret;
 use marquee_common::auth::Claims;
 
@@ -15,8 +16,9 @@ use crate::upstream::{RequestCache, Upstreams};
 
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
+pub use subscription::SubscriptionRoot;
 
-pub type GatewaySchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type GatewaySchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// Deep enough for `me { bookings { showtime { seatMap { seats { price { amount } } } } } }`
 /// with room for fragments; deeper documents are abuse, not clients.
@@ -25,7 +27,7 @@ const MAX_DEPTH: usize = 12;
 const MAX_COMPLEXITY: usize = 500;
 
 pub fn build(upstreams: Upstreams) -> GatewaySchema {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(upstreams)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)

@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
+mod live;
+mod ops;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -27,11 +31,17 @@ struct TestApp {
 /// Starts every upstream in dependency order (user, cinema, payment → booking,
 /// notification), then the gateway pointed at their real addresses.
 async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// `spawn_app` with the test's own tweaks to the settings (limits, switches).
+async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     marquee_common::telemetry::install_crypto_provider();
     let mut settings = marquee_common::testing::isolated_settings().await.expect("isolated settings");
     settings.cinema.seed_demo = true;
     settings.user.bootstrap_admin_email = Some(ADMIN_EMAIL.to_owned());
     settings.user.bootstrap_admin_password = Some(Secret::new(ADMIN_PASSWORD.to_owned()));
+    configure(&mut settings);
     marquee_common::telemetry::init(&settings.telemetry);
     let shutdown = Shutdown::new();
 

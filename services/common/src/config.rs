@@ -329,6 +329,43 @@ pub struct GatewaySettings {
     pub server: ServerSettings,
     pub graphiql: bool,
     pub max_body_bytes: usize,
+    /// Operations allowed in one batched `POST /graphql` (a JSON array); 0 refuses batches.
+    #[serde(default = "default_max_batch_size")]
+    pub max_batch_size: usize,
+    /// Schema introspection (`__schema`, `__type`); production turns it off.
+    #[serde(default = "default_true")]
+    pub introspection: bool,
+    /// Take the client address from the last `X-Forwarded-For` entry (set by Kong)
+    /// instead of the TCP peer. Only safe behind a proxy that always sets it.
+    #[serde(default)]
+    pub trust_forwarded_for: bool,
+    #[serde(default)]
+    pub rate_limit: RateLimitSettings,
+}
+
+fn default_max_batch_size() -> usize {
+    10
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Fixed-window request limits kept in Redis, shared by every gateway replica.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub window_seconds: u64,
+    /// GraphQL operations per window for one signed-in user (the token's `sub`).
+    pub per_user: u64,
+    /// GraphQL operations per window for one client address without a token.
+    pub per_ip: u64,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self { enabled: true, window_seconds: 60, per_user: 600, per_ip: 300 }
+    }
 }
 
 impl Settings {

@@ -1,0 +1,299 @@
+//! Live seat changes for subscriptions: one upstream `WatchSeats` stream per watched
+//! showtime, shared by every subscriber of that showtime.
+//!
+//! The first subscriber of a showtime starts a feed task that opens the stream and
+//! broadcasts each change; later subscribers join the broadcast. The last one to
+//! leave stops the task, which drops the stream. A broken stream is re-opened with
+//! backoff, and subscribers are told to reload the seat map, since changes between
+//! the break and the re-open are lost. Per subscriber the cost is one broadcast
+//! receiver; the buffer is per showtime.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use marquee_common::Settings;
+use marquee_proto::cinema::v1 as cinema;
+use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
+use tokio::sync::{broadcast, watch};
+use tokio::task::AbortHandle;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::domain::ShowtimeId;
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+
+/// Changes of one showtime a slow subscriber may fall behind before it is told to
+/// reload; shared by all its subscribers, so the memory is per showtime.
+const BACKLOG: usize = 256;
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// What a feed delivers to each subscriber.
+#[derive(Clone, Debug)]
+pub enum FeedEvent {
+    Change(Arc<cinema::SeatChange>),
+    /// Changes may have been missed (the subscriber fell behind, or the upstream
+    /// stream broke and was re-opened): reload the seat map.
+    Resync,
+    /// The feed ended for good (e.g. the showtime is gone).
+    Closed(Arc<GatewayError>),
+}
+
+/// Where a feed's first upstream open stands; subscribers wait for it, so the first
+/// answer to a subscription is a real one (e.g. NOT_FOUND for an unknown showtime).
+#[derive(Clone)]
+enum Opening {
+    Pending,
+    Open,
+    Failed(Arc<GatewayError>),
+}
+
+/// Cheap to clone; clones share the feeds.
+#[derive(Clone)]
+pub struct SeatFeeds {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Long-lived streams need a channel without the per-call deadline of
+    /// `Upstreams`, which would cut every stream after `grpc.request_timeout_ms`.
+    cinema: Channel,
+    open_timeout: Duration,
+    feeds: Mutex<HashMap<String, Feed>>,
+    next_generation: AtomicU64,
+    metrics: Metrics,
+}
+
+struct Feed {
+    /// Tells this feed from a later one of the same showtime, so a late leaver never
+    /// removes its successor.
+    generation: u64,
+    events: broadcast::Sender<FeedEvent>,
+    opening: watch::Receiver<Opening>,
+    subscribers: usize,
+    task: AbortHandle,
+}
+
+impl SeatFeeds {
+    pub fn new(settings: &Settings, metrics: Metrics) -> anyhow::Result<Self> {
+        let url = &settings.upstream.cinema_url;
+        let cinema = Endpoint::from_shared(url.clone())
+            .with_context(|| format!("invalid upstream URL {url}"))?
+            .connect_timeout(Duration::from_secs(2))
+            // Notices a dead cinema on an idle stream instead of waiting forever.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cinema,
+                open_timeout: Duration::from_millis(settings.grpc.request_timeout_ms),
+                feeds: Mutex::new(HashMap::new()),
+                next_generation: AtomicU64::new(0),
+                metrics,
+            }),
+        })
+    }
+
+    /// Joins the showtime's feed, starting it if nobody watches the showtime yet.
+    /// Returns once the upstream stream is open: every change committed after that
+    /// reaches the watch.
+    /// The error is shared by every subscriber that waited on the same open; it was
+    /// logged once, when it happened.
+    pub async fn watch(&self, showtime: &ShowtimeId) -> Result<SeatWatch, Arc<GatewayError>> {
+        let (events, mut opening, membership) = {
+            let mut feeds = self.inner.lock();
+            let feed = match feeds.get_mut(showtime.as_str()) {
+                Some(feed) => feed,
+                None => {
+                    let feed = self.start(showtime);
+                    feeds.entry(showtime.as_str().to_owned()).or_insert(feed)
+                }
+            };
+            feed.subscribers += 1;
+            let membership = Membership {
+                inner: self.inner.clone(),
+                showtime: showtime.as_str().to_owned(),
+                generation: feed.generation,
+                counted: false,
+            };
+            (feed.events.subscribe(), feed.opening.clone(), membership)
+        };
+        // `membership` leaves the feed on every early return, cancellation included.
+        let outcome = opening.wait_for(|o| !matches!(o, Opening::Pending)).await.map(|o| o.clone());
+        match outcome {
+            Ok(Opening::Open) => {}
+            Ok(Opening::Failed(error)) => return Err(error),
+            // The task is gone without a verdict: a bug, since a member keeps it alive.
+            Ok(Opening::Pending) | Err(_) => {
+                tracing::error!(%showtime, "the seat feed stopped while opening");
+                return Err(Arc::new(GatewayError::Unexpected(anyhow::anyhow!("the seat feed stopped"))));
+            }
+        }
+        let mut membership = membership;
+        membership.counted = true;
+        self.inner.metrics.subscriptions.increment(1.0);
+        Ok(SeatWatch { events, _membership: membership })
+    }
+
+    fn start(&self, showtime: &ShowtimeId) -> Feed {
+        let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+        let (events, _) = broadcast::channel(BACKLOG);
+        let (opened, opening) = watch::channel(Opening::Pending);
+        let task =
+            tokio::spawn(run_feed(self.inner.clone(), showtime.clone(), generation, events.clone(), opened));
+        Feed { generation, events, opening, subscribers: 0, task: task.abort_handle() }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Feed>> {
+        // A poisoned lock only means a panic elsewhere; the map itself stays valid.
+        self.feeds.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Drops the feed if it is still this generation's.
+    fn remove(&self, showtime: &str, generation: u64) {
+        let mut feeds = self.lock();
+        if feeds.get(showtime).is_some_and(|f| f.generation == generation) {
+            feeds.remove(showtime);
+        }
+    }
+}
+
+/// One subscriber's view of a feed.
+pub struct SeatWatch {
+    events: broadcast::Receiver<FeedEvent>,
+    _membership: Membership,
+}
+
+impl SeatWatch {
+    /// The next event; `None` once the feed has ended.
+    pub async fn next(&mut self) -> Option<FeedEvent> {
+        match self.events.recv().await {
+            Ok(event) => Some(event),
+            // The receiver skips ahead to the oldest change still buffered.
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(FeedEvent::Resync),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+/// A subscriber's place in a feed; leaving stops the feed when it was the last one.
+struct Membership {
+    inner: Arc<Inner>,
+    showtime: String,
+    generation: u64,
+    /// Counted in the active-subscriptions gauge (only once the stream was open).
+    counted: bool,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        if self.counted {
+            self.inner.metrics.subscriptions.decrement(1.0);
+        }
+        let mut feeds = self.inner.lock();
+        let Some(feed) = feeds.get_mut(&self.showtime) else { return };
+        if feed.generation != self.generation {
+            return;
+        }
+        feed.subscribers -= 1;
+        if feed.subscribers == 0 {
+            feed.task.abort();
+            feeds.remove(&self.showtime);
+        }
+    }
+}
+
+/// Counts an open upstream stream for as long as it lives, however the task ends.
+struct OpenStream(Metrics);
+
+impl OpenStream {
+    fn new(metrics: &Metrics) -> Self {
+        metrics.seat_streams.increment(1.0);
+        metrics.seat_streams_opened.increment(1);
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.seat_streams.decrement(1.0);
+    }
+}
+
+async fn run_feed(
+    inner: Arc<Inner>,
+    showtime: ShowtimeId,
+    generation: u64,
+    events: broadcast::Sender<FeedEvent>,
+    opening: watch::Sender<Opening>,
+) {
+    let mut retry = FIRST_RETRY;
+    let mut opened_before = false;
+    loop {
+        match open(&inner, &showtime).await {
+            Ok(mut stream) => {
+                let _open = OpenStream::new(&inner.metrics);
+                if opened_before {
+                    // Nobody listening is fine; `send` only fails then.
+                    let _ = events.send(FeedEvent::Resync);
+                } else {
+                    opening.send_replace(Opening::Open);
+                    opened_before = true;
+                }
+                retry = FIRST_RETRY;
+                loop {
+                    match stream.message().await {
+                        Ok(Some(change)) => {
+                            let _ = events.send(FeedEvent::Change(Arc::new(change)));
+                        }
+                        Ok(None) => {
+                            tracing::info!(%showtime, "seat stream ended upstream; re-opening");
+                            break;
+                        }
+                        Err(status) => {
+                            tracing::warn!(%showtime, code = ?status.code(), message = status.message(), "seat stream broke; re-opening");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(error) if !opened_before => {
+                // Removed first, so a subscriber arriving now starts afresh.
+                inner.remove(showtime.as_str(), generation);
+                if let GatewayError::Unexpected(cause) = &error {
+                    tracing::error!(%showtime, error = format!("{cause:#}"), "cannot open the seat stream");
+                }
+                opening.send_replace(Opening::Failed(Arc::new(error)));
+                return;
+            }
+            Err(error) if error.is_not_found() => {
+                inner.remove(showtime.as_str(), generation);
+                let _ = events.send(FeedEvent::Closed(Arc::new(error)));
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%showtime, error = ?error, "cannot re-open the seat stream");
+            }
+        }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(MAX_RETRY);
+    }
+}
+
+async fn open(
+    inner: &Inner,
+    showtime: &ShowtimeId,
+) -> Result<tonic::Streaming<cinema::SeatChange>, GatewayError> {
+    let mut client = CinemaServiceClient::new(inner.cinema.clone());
+    let request = cinema::WatchSeatsRequest { showtime_id: showtime.to_string() };
+    match tokio::time::timeout(inner.open_timeout, client.watch_seats(request)).await {
+        Ok(response) => Ok(response?.into_inner()),
+        Err(_) => Err(GatewayError::Unexpected(anyhow::anyhow!("opening the seat stream timed out"))),
+    }
+}

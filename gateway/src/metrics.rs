@@ -1,0 +1,91 @@
+//! The gateway's Prometheus metrics, on a recorder of its own rather than the
+//! process-global one (several gateways share a process in tests), rendered at
+//! `GET /metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+const REQUESTS: &str = "gateway_http_requests_total";
+const LATENCY: &str = "gateway_http_request_duration_seconds";
+const ERRORS: &str = "gateway_graphql_errors_total";
+const RATE_LIMITED: &str = "gateway_rate_limited_total";
+const SUBSCRIPTIONS: &str = "gateway_subscriptions_active";
+const SEAT_STREAMS: &str = "gateway_seat_streams_active";
+const SEAT_STREAMS_OPENED: &str = "gateway_seat_streams_opened_total";
+
+/// Seconds; from a cached catalog read to a payment that waits on the processor.
+const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// Cheap to clone; every clone feeds the same registry.
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+    /// GraphQL subscriptions currently delivering (WebSocket operations).
+    pub subscriptions: Gauge,
+    /// Upstream `WatchSeats` streams currently open (one per watched showtime).
+    pub seat_streams: Gauge,
+    /// Upstream `WatchSeats` streams opened since start, reconnects included.
+    pub seat_streams_opened: Counter,
+    pub rate_limited: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(LATENCY.to_owned()), LATENCY_BUCKETS)?
+            .build_recorder();
+        recorder.describe_counter(REQUESTS.into(), None, "HTTP requests by route and status".into());
+        recorder.describe_histogram(
+            LATENCY.into(),
+            Some(Unit::Seconds),
+            "Time to answer an HTTP request, by route".into(),
+        );
+        recorder.describe_counter(ERRORS.into(), None, "GraphQL errors sent, by extensions.code".into());
+        recorder.describe_counter(RATE_LIMITED.into(), None, "Requests refused as RATE_LIMITED".into());
+        recorder.describe_gauge(SUBSCRIPTIONS.into(), None, "Active GraphQL subscriptions".into());
+        recorder.describe_gauge(SEAT_STREAMS.into(), None, "Open upstream WatchSeats streams".into());
+        recorder.describe_counter(
+            SEAT_STREAMS_OPENED.into(),
+            None,
+            "Upstream WatchSeats streams opened, reconnects included".into(),
+        );
+        let name = Key::from_static_name;
+        Ok(Self {
+            subscriptions: recorder.register_gauge(&name(SUBSCRIPTIONS), &META),
+            seat_streams: recorder.register_gauge(&name(SEAT_STREAMS), &META),
+            seat_streams_opened: recorder.register_counter(&name(SEAT_STREAMS_OPENED), &META),
+            rate_limited: recorder.register_counter(&name(RATE_LIMITED), &META),
+            handle: recorder.handle(),
+            recorder: Arc::new(recorder),
+        })
+    }
+
+    /// `route` is one of the gateway's own paths (or "other"), never the raw path:
+    /// label values must stay few.
+    pub fn http_request(&self, route: &'static str, status: u16, elapsed: Duration) {
+        let status = Label::new("status", status.to_string());
+        let counter = Key::from_parts(REQUESTS, vec![Label::from_static_parts("route", route), status]);
+        self.recorder.register_counter(&counter, &META).increment(1);
+        let histogram = Key::from_parts(LATENCY, vec![Label::from_static_parts("route", route)]);
+        self.recorder.register_histogram(&histogram, &META).record(elapsed.as_secs_f64());
+    }
+
+    /// `code` is one of the public error codes (DESIGN.md), a closed set.
+    pub fn graphql_error(&self, code: &str) {
+        let key = Key::from_parts(ERRORS, vec![Label::new("code", code.to_owned())]);
+        self.recorder.register_counter(&key, &META).increment(1);
+    }
+
+    /// The Prometheus text exposition of everything recorded so far.
+    pub fn render(&self) -> String {
+        // Keeps summaries and histograms bounded even when scrapes are rare.
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}

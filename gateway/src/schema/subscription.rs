@@ -1,0 +1,118 @@
+//! `Subscription.seatMap`: live seat changes of one showtime, fanned out from one
+//! shared upstream stream per showtime (see `crate::live`).
+
+use std::sync::Arc;
+
+use async_graphql::futures_util::{Stream, stream};
+use async_graphql::{Context, Enum, ErrorExtensions, ID, SimpleObject, Subscription};
+use chrono::{DateTime, Utc};
+use marquee_proto::cinema::v1 as cinema;
+
+use super::types::SeatState;
+use crate::domain::ShowtimeId;
+use crate::error::GatewayError;
+use crate::live::{FeedEvent, SeatFeeds, SeatWatch};
+
+pub struct SubscriptionRoot;
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// Every seat change of the showtime from now on, in commit order: holds,
+    /// confirmations, releases, lapsed holds, blocks. An update with `resync: true`
+    /// means changes may have been missed: reload `showtime(id).seatMap`.
+    async fn seat_map(
+        &self,
+        ctx: &Context<'_>,
+        showtime_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<SeatMapUpdate>> + use<>> {
+        let showtime = ShowtimeId::parse(showtime_id.as_str())?;
+        let feeds = ctx.data::<SeatFeeds>().map_err(|e| {
+            // Missing data is a wiring bug in this crate, never the client's fault.
+            GatewayError::Unexpected(anyhow::anyhow!("{}", e.message))
+        })?;
+        let watch = feeds.watch(&showtime).await.map_err(|error| error.extend())?;
+        Ok(updates(watch, showtime_id))
+    }
+}
+
+fn updates(watch: SeatWatch, showtime: ID) -> impl Stream<Item = async_graphql::Result<SeatMapUpdate>> {
+    stream::unfold(Some(watch), move |state| {
+        let showtime = showtime.clone();
+        async move {
+            let mut watch = state?;
+            let update = match watch.next().await? {
+                FeedEvent::Change(change) => SeatMapUpdate::from_change(showtime, &change),
+                FeedEvent::Resync => Ok(SeatMapUpdate { showtime_id: showtime, change: None, resync: true }),
+                // The last item: the feed is over.
+                FeedEvent::Closed(error) => return Some((Err(error.extend()), None)),
+            };
+            Some((update, Some(watch)))
+        }
+    })
+}
+
+/// One message of `Subscription.seatMap`.
+#[derive(Clone, Debug, SimpleObject)]
+pub struct SeatMapUpdate {
+    pub showtime_id: ID,
+    /// What changed; null on a resync.
+    pub change: Option<SeatChange>,
+    /// Changes may have been missed (this subscriber fell behind, or the gateway had
+    /// to re-open its upstream stream): reload the seat map.
+    pub resync: bool,
+}
+
+#[derive(Clone, Debug, SimpleObject)]
+pub struct SeatChange {
+    pub seat_id: ID,
+    /// The seat's state after the change.
+    pub state: SeatState,
+    pub reason: SeatChangeReason,
+    pub changed_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum)]
+pub enum SeatChangeReason {
+    Held,
+    Booked,
+    Released,
+    /// A lapsed hold was freed.
+    Expired,
+    Blocked,
+    Unblocked,
+}
+
+impl SeatMapUpdate {
+    fn from_change(showtime: ID, change: &Arc<cinema::SeatChange>) -> async_graphql::Result<Self> {
+        let broken = |what: &str| {
+            async_graphql::Error::from(GatewayError::Unexpected(anyhow::anyhow!("upstream sent {what}")))
+        };
+        let state = match cinema::SeatState::try_from(change.state) {
+            Ok(cinema::SeatState::Available) => SeatState::Available,
+            Ok(cinema::SeatState::Held) => SeatState::Held,
+            Ok(cinema::SeatState::Booked) => SeatState::Booked,
+            Ok(cinema::SeatState::Blocked) => SeatState::Blocked,
+            Ok(cinema::SeatState::Unspecified) | Err(_) => {
+                return Err(broken("a seat change without a state"));
+            }
+        };
+        let reason = match cinema::SeatChangeReason::try_from(change.reason) {
+            Ok(cinema::SeatChangeReason::Held) => SeatChangeReason::Held,
+            Ok(cinema::SeatChangeReason::Booked) => SeatChangeReason::Booked,
+            Ok(cinema::SeatChangeReason::Released) => SeatChangeReason::Released,
+            Ok(cinema::SeatChangeReason::Expired) => SeatChangeReason::Expired,
+            Ok(cinema::SeatChangeReason::Blocked) => SeatChangeReason::Blocked,
+            Ok(cinema::SeatChangeReason::Unblocked) => SeatChangeReason::Unblocked,
+            Ok(cinema::SeatChangeReason::Unspecified) | Err(_) => {
+                return Err(broken("a seat change without a reason"));
+            }
+        };
+        let changed_at = change
+            .changed_at
+            .as_ref()
+            .and_then(marquee_common::time::from_proto)
+            .ok_or_else(|| broken("a seat change without a time"))?;
+        let change = SeatChange { seat_id: ID(change.seat_id.clone()), state, reason, changed_at };
+        Ok(Self { showtime_id: showtime, change: Some(change), resync: false })
+    }
+}

@@ -1,0 +1,200 @@
+//! Subscriptions over WebSocket (`graphql-transport-ws`): live seat maps fanned out
+//! from one upstream `WatchSeats` stream per showtime.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::ops::{metric, wait_for_metric};
+use super::{HOLD, PAY, TestApp, code, hold_input, pay_input, spawn_app};
+
+const SEAT_MAP: &str = "subscription($id: ID!) { seatMap(showtimeId: $id) {
+    showtimeId resync change { seatId state reason changedAt } } }";
+/// Long enough for a loaded CI machine; a missing message fails the test, not hangs it.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+struct Client {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    /// Connects with `graphql-transport-ws` and completes the handshake.
+    async fn connect(app: &TestApp, init: Value) -> Client {
+        let mut client = Self::open(app).await;
+        client.send(json!({ "type": "connection_init", "payload": init })).await;
+        let ack = client.next().await.expect("an answer to connection_init");
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+        client
+    }
+
+    async fn open(app: &TestApp) -> Client {
+        let mut request = format!("ws://{}/graphql", app.addr).into_client_request().unwrap();
+        request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+        let (socket, response) = tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade");
+        assert_eq!(response.headers()["sec-websocket-protocol"], "graphql-transport-ws");
+        Client { socket }
+    }
+
+    async fn send(&mut self, message: Value) {
+        self.socket.send(Message::Text(message.to_string().into())).await.unwrap();
+    }
+
+    async fn subscribe(&mut self, id: &str, showtime: &str) {
+        let payload = json!({ "query": SEAT_MAP, "variables": { "id": showtime } });
+        self.send(json!({ "id": id, "type": "subscribe", "payload": payload })).await;
+    }
+
+    /// The next protocol message; `None` once the server closed the connection.
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.socket.next())
+                .await
+                .expect("no WebSocket message in time")?
+                .ok()?;
+            match frame {
+                Message::Text(text) => return Some(serde_json::from_str(text.as_str()).unwrap()),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next `seatMap` update of subscription `id`.
+    async fn update(&mut self, id: &str) -> Value {
+        let message = self.next().await.expect("the connection stays open");
+        assert_eq!(message["type"], "next", "{message}");
+        assert_eq!(message["id"], id, "{message}");
+        assert!(message["payload"].get("errors").is_none(), "{message}");
+        message["payload"]["data"]["seatMap"].clone()
+    }
+}
+
+/// `(seatId, state, reason)` of a change update.
+fn change(update: &Value) -> (&str, &str, &str) {
+    assert_eq!(update["resync"], false, "{update}");
+    let change = &update["change"];
+    assert!(change["changedAt"].is_string(), "{update}");
+    (
+        change["seatId"].as_str().unwrap(),
+        change["state"].as_str().unwrap(),
+        change["reason"].as_str().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seat_map_subscribers_share_one_upstream_stream_and_see_every_change() {
+    let app = spawn_app().await;
+    let (ada, _) = app.register("ada").await;
+    let showtime = app.first_showtime().await;
+
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = Client::connect(&app, json!({})).await;
+        client.subscribe("seats", &showtime).await;
+        clients.push(client);
+    }
+    // A second subscription on one connection is one more subscriber, same stream.
+    clients[0].subscribe("again", &showtime).await;
+    // Counted once the upstream stream is open: changes from here on reach everyone.
+    wait_for_metric(&app, "gateway_subscriptions_active", 4.0).await;
+    assert_eq!(metric(&app, "gateway_seat_streams_opened_total").await, 1.0);
+    assert_eq!(metric(&app, "gateway_seat_streams_active").await, 1.0);
+
+    // Hold → confirm.
+    let held = app.data(Some(&ada), HOLD, hold_input(&showtime, &["A1"])).await;
+    let booking = held["holdSeats"]["id"].as_str().unwrap().to_owned();
+    app.data(Some(&ada), PAY, pay_input(&booking, "pm_card_ok")).await;
+    // Hold → declined payment, which releases.
+    let held = app.data(Some(&ada), HOLD, hold_input(&showtime, &["A2"])).await;
+    let declined = held["holdSeats"]["id"].as_str().unwrap().to_owned();
+    let error = app.error(Some(&ada), PAY, pay_input(&declined, "pm_card_declined")).await;
+    assert_eq!(code(&error), "PAYMENT_DECLINED");
+
+    let expected = [
+        ("A1", "HELD", "HELD"),
+        ("A1", "BOOKED", "BOOKED"),
+        ("A2", "HELD", "HELD"),
+        ("A2", "AVAILABLE", "RELEASED"),
+    ];
+    for client in &mut clients[1..] {
+        for want in expected {
+            let update = client.update("seats").await;
+            assert_eq!(update["showtimeId"], showtime.as_str());
+            assert_eq!(change(&update), want);
+        }
+    }
+    // Both subscriptions of the first connection get every change, interleaved.
+    let (mut seats, mut again) = (Vec::new(), Vec::new());
+    while seats.len() < expected.len() || again.len() < expected.len() {
+        let message = clients[0].next().await.expect("the connection stays open");
+        let update = message["payload"]["data"]["seatMap"].clone();
+        let (seat, state, reason) = change(&update);
+        let entry = (seat.to_owned(), state.to_owned(), reason.to_owned());
+        match message["id"].as_str() {
+            Some("seats") => seats.push(entry),
+            Some("again") => again.push(entry),
+            other => panic!("unexpected message for {other:?}: {message}"),
+        }
+    }
+    let expected: Vec<_> =
+        expected.iter().map(|(s, st, r)| ((*s).to_owned(), (*st).to_owned(), (*r).to_owned())).collect();
+    assert_eq!(seats, expected);
+    assert_eq!(again, expected);
+    assert_eq!(
+        metric(&app, "gateway_seat_streams_opened_total").await,
+        1.0,
+        "one stream for every subscriber"
+    );
+
+    // `complete` ends one subscription; the stream stays for the others.
+    clients[0].send(json!({ "id": "again", "type": "complete" })).await;
+    wait_for_metric(&app, "gateway_subscriptions_active", 3.0).await;
+    assert_eq!(metric(&app, "gateway_seat_streams_active").await, 1.0);
+
+    // The last subscriber leaving closes the upstream stream...
+    drop(clients);
+    wait_for_metric(&app, "gateway_subscriptions_active", 0.0).await;
+    wait_for_metric(&app, "gateway_seat_streams_active", 0.0).await;
+
+    // ...and the next one opens a fresh one, live from its start.
+    let mut late = Client::connect(&app, json!({})).await;
+    late.subscribe("late", &showtime).await;
+    wait_for_metric(&app, "gateway_subscriptions_active", 1.0).await;
+    assert_eq!(metric(&app, "gateway_seat_streams_opened_total").await, 2.0);
+    app.data(Some(&ada), HOLD, hold_input(&showtime, &["A3"])).await;
+    assert_eq!(change(&late.update("late").await), ("A3", "HELD", "HELD"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_refuse_unknown_showtimes_and_bad_tokens() {
+    let app = spawn_app().await;
+
+    let mut client = Client::connect(&app, json!({})).await;
+    client.subscribe("unknown", "00000000-0000-4000-8000-000000000000").await;
+    let message = client.next().await.unwrap();
+    assert_eq!(message["type"], "next", "{message}");
+    assert_eq!(code(&message["payload"]["errors"][0]), "NOT_FOUND", "{message}");
+    assert_eq!(client.next().await.unwrap(), json!({ "id": "unknown", "type": "complete" }));
+
+    client.subscribe("malformed", "not a showtime id").await;
+    let message = client.next().await.unwrap();
+    assert_eq!(code(&message["payload"]["errors"][0]), "BAD_USER_INPUT", "{message}");
+    assert_eq!(metric(&app, "gateway_seat_streams_active").await, 0.0, "failed opens leave no stream");
+
+    // A signed-in viewer may subscribe too; a forged token ends the connection.
+    let (token, _) = app.register("ada").await;
+    let mut signed_in = Client::connect(&app, json!({ "Authorization": format!("Bearer {token}") })).await;
+    signed_in.subscribe("seats", &app.first_showtime().await).await;
+    wait_for_metric(&app, "gateway_subscriptions_active", 1.0).await;
+
+    let mut forged = Client::open(&app).await;
+    forged
+        .send(json!({ "type": "connection_init", "payload": { "Authorization": "Bearer not.a.jwt" } }))
+        .await;
+    assert_eq!(forged.next().await, None, "the server closes the connection");
+}

@@ -1,0 +1,192 @@
+//! What operators rely on: rate limits, batches, introspection switches, request
+//! ids and Prometheus metrics.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use serde_json::{Value, json};
+
+use super::{TestApp, code, spawn_app, spawn_app_with};
+
+/// The value of one series in `/metrics`, e.g. `gateway_subscriptions_active` or
+/// `gateway_graphql_errors_total{code="NOT_FOUND"}`; 0 when not exported (yet).
+pub async fn metric(app: &TestApp, series: &str) -> f64 {
+    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.text().await.unwrap();
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// Polls `/metrics` until `series` reads `want`; fails after a generous deadline.
+pub async fn wait_for_metric(app: &TestApp, series: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let value = metric(app, series).await;
+        if value == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{series} stayed {value}, expected {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const ME: &str = "{ me { id } }";
+
+impl TestApp {
+    /// `POST /graphql` with extra headers; returns the raw response.
+    async fn post_with(
+        &self,
+        token: Option<&str>,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self.http.post(self.url("/graphql")).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("gateway unreachable")
+    }
+}
+
+/// Asserts a RATE_LIMITED refusal and returns its retry-after seconds.
+async fn assert_limited(response: reqwest::Response, window: u64) -> u64 {
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let header: u64 = response.headers()[RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    let body: Value = response.json().await.unwrap();
+    let error = &body["errors"][0];
+    assert_eq!(code(error), "RATE_LIMITED", "{body}");
+    assert_eq!(error["extensions"]["retryAfterSeconds"], header, "{body}");
+    assert!((1..=window).contains(&header), "retry after {header} s in a {window} s window");
+    header
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_rate_limited_per_user_and_per_anonymous_address() {
+    let app = spawn_app_with(|settings| {
+        let limits = &mut settings.gateway.rate_limit;
+        (limits.window_seconds, limits.per_user, limits.per_ip) = (120, 3, 4);
+        settings.gateway.trust_forwarded_for = true;
+    })
+    .await;
+    // Registering is anonymous: two of the loopback address's four.
+    let (ada, _) = app.register("ada").await;
+    let (bob, _) = app.register("bob").await;
+
+    for _ in 0..3 {
+        app.data(Some(&ada), ME, json!({})).await;
+    }
+    assert_limited(app.post_with(Some(&ada), json!({ "query": ME }), &[]).await, 120).await;
+    // graphql-response+json clients get the same 429.
+    let accept = [(ACCEPT.as_str(), "application/graphql-response+json")];
+    assert_limited(app.post_with(Some(&ada), json!({ "query": ME }), &accept).await, 120).await;
+
+    // Bob has his own budget; a batch spends one per operation.
+    app.data(Some(&bob), ME, json!({})).await;
+    let batch = json!([{ "query": ME }, { "query": ME }, { "query": ME }]);
+    assert_limited(app.post_with(Some(&bob), batch, &[]).await, 120).await;
+
+    // Anonymous callers spend their address's budget; signed-in ones did not touch it.
+    app.data(None, ME, json!({})).await;
+    app.data(None, ME, json!({})).await;
+    assert_limited(app.post_with(None, json!({ "query": ME }), &[]).await, 120).await;
+
+    // Behind Kong the address is the last X-Forwarded-For entry, the one Kong added.
+    let kong_saw = |client: &'static str| [("x-forwarded-for", client)];
+    for _ in 0..4 {
+        let response = app.post_with(None, json!({ "query": ME }), &kong_saw("203.0.113.7")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let spoofed = app.post_with(None, json!({ "query": ME }), &kong_saw("198.51.100.1, 203.0.113.7")).await;
+    assert_limited(spoofed, 120).await;
+    let other = app.post_with(None, json!({ "query": ME }), &kong_saw("203.0.113.7, 198.51.100.1")).await;
+    assert_eq!(other.status(), StatusCode::OK);
+
+    assert_eq!(super::ops::metric(&app, "gateway_rate_limited_total").await, 5.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_request_ids_and_metrics_are_served() {
+    let app = spawn_app().await;
+
+    // A batch is answered in order; too many operations, or none, are refused whole.
+    let batch = json!([{ "query": "{ cinemas { city } }" }, { "query": "{ movie(id: \"x y\") { id } }" }]);
+    let response = app.post_with(None, batch, &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let answers: Value = response.json().await.unwrap();
+    assert_eq!(answers[0]["data"]["cinemas"].as_array().unwrap().len(), 2, "{answers}");
+    assert_eq!(code(&answers[1]["errors"][0]), "BAD_USER_INPUT", "{answers}");
+    let max = app.settings.gateway.max_batch_size;
+    let too_many = Value::Array(vec![json!({ "query": "{ cinemas { city } }" }); max + 1]);
+    for refused in [too_many, json!([])] {
+        let response = app.post_with(None, refused, &[]).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(code(&body["errors"][0]), "BAD_USER_INPUT", "{body}");
+    }
+
+    // Request ids: the caller's X-Request-ID, else Kong's, else a new one.
+    let id_of =
+        |response: &reqwest::Response| response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let query = json!({ "query": "{ cinemas { city } }" });
+    let kong = app.post_with(None, query.clone(), &[("kong-request-id", "kong-7f3a")]).await;
+    assert_eq!(id_of(&kong), "kong-7f3a");
+    let both = app
+        .post_with(None, query.clone(), &[("kong-request-id", "kong-1"), ("x-request-id", "mine-1")])
+        .await;
+    assert_eq!(id_of(&both), "mine-1");
+    let fresh = app.post_with(None, query, &[]).await;
+    assert!(uuid::Uuid::parse_str(&id_of(&fresh)).is_ok());
+
+    // Introspection is on outside production.
+    let (_, body) = app.post(None, "{ __schema { queryType { name } } }", json!({})).await;
+    assert_eq!(body["data"]["__schema"]["queryType"]["name"], "Query", "{body}");
+
+    // Prometheus: requests and latency by route and status, errors by code, live gauges.
+    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert!(response.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
+    let body = response.text().await.unwrap();
+    assert!(body.contains("# TYPE gateway_http_request_duration_seconds histogram"), "{body}");
+    assert!(
+        body.contains(r#"gateway_http_request_duration_seconds_bucket{route="/graphql",le="+Inf"}"#),
+        "{body}"
+    );
+    assert!(metric(&app, r#"gateway_http_requests_total{route="/graphql",status="200"}"#).await >= 4.0);
+    assert_eq!(metric(&app, r#"gateway_http_requests_total{route="/graphql",status="400"}"#).await, 2.0);
+    // One bad id in the batch, two refused batches.
+    assert_eq!(metric(&app, r#"gateway_graphql_errors_total{code="BAD_USER_INPUT"}"#).await, 3.0);
+    assert!(body.contains("gateway_subscriptions_active 0"), "{body}");
+    assert!(body.contains("gateway_seat_streams_active 0"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_switches_turn_introspection_and_graphiql_off() {
+    let app = spawn_app_with(|settings| {
+        settings.gateway.introspection = false;
+        settings.gateway.graphiql = false;
+    })
+    .await;
+    let (status, body) = app.post(None, "{ __schema { queryType { name } } }", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(code(&body["errors"][0]), "FORBIDDEN", "{body}");
+    assert!(body["data"].is_null(), "{body}");
+    let fragment = "query { ...F } fragment F on Query { __type(name: \"Movie\") { name } }";
+    assert_eq!(code(&app.error(None, fragment, json!({})).await), "FORBIDDEN");
+    // __typename is not introspection of the schema.
+    assert_eq!(app.data(None, "{ __typename }", json!({})).await["__typename"], "Query");
+    // Ordinary queries still run.
+    let data = app.data(None, "{ cinemas { city } }", json!({})).await;
+    assert_eq!(data["cinemas"].as_array().unwrap().len(), 2);
+
+    // A browser gets no GraphiQL page, just the API's answer to a GET without a query.
+    let response =
+        app.http.get(app.url("/graphql")).header(ACCEPT, "text/html,*/*;q=0.8").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(!response.text().await.unwrap().to_lowercase().contains("graphiql"));
+}
