@@ -73,6 +73,27 @@ impl CinemaApi {
     }
 }
 
+/// Bounds one batch lookup, like a page.
+const MAX_BATCH_IDS: usize = 100;
+
+/// Every id of a batch lookup parsed, duplicates folded; all or nothing.
+fn batch_ids<T>(
+    raw: &[String],
+    parse: impl Fn(&str) -> Result<T, CinemaError>,
+    uuid: impl Fn(&T) -> uuid::Uuid,
+) -> Result<Vec<uuid::Uuid>, CinemaError> {
+    if raw.len() > MAX_BATCH_IDS {
+        return Err(CinemaError::BadInput(format!(
+            "at most {MAX_BATCH_IDS} ids per call, got {}",
+            raw.len()
+        )));
+    }
+    let mut ids = raw.iter().map(|id| parse(id).map(|id| uuid(&id))).collect::<Result<Vec<_>, _>>()?;
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
 #[tonic::async_trait]
 impl pb::cinema_service_server::CinemaService for CinemaApi {
     type WatchSeatsStream = ReceiverStream<Result<pb::SeatChange, Status>>;
@@ -206,6 +227,38 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
             .map_err(CinemaError::from)?
             .ok_or_else(|| CinemaError::not_found("showtime", id))?;
         Ok(Response::new(showtime_to_pb(showtime)))
+    }
+
+    #[tracing::instrument(skip_all, fields(ids = request.get_ref().ids.len()))]
+    async fn get_movies(
+        &self,
+        request: Request<pb::GetMoviesRequest>,
+    ) -> Result<Response<pb::GetMoviesResponse>, Status> {
+        let ids = batch_ids(&request.get_ref().ids, MovieId::parse, MovieId::as_uuid)?;
+        let movies = self.store.get_movies(&ids).await.map_err(CinemaError::from)?;
+        Ok(Response::new(pb::GetMoviesResponse { movies: movies.into_iter().map(movie_to_pb).collect() }))
+    }
+
+    #[tracing::instrument(skip_all, fields(ids = request.get_ref().ids.len()))]
+    async fn get_cinemas(
+        &self,
+        request: Request<pb::GetCinemasRequest>,
+    ) -> Result<Response<pb::GetCinemasResponse>, Status> {
+        let ids = batch_ids(&request.get_ref().ids, CinemaId::parse, CinemaId::as_uuid)?;
+        let cinemas = self.store.get_cinemas(&ids).await.map_err(CinemaError::from)?;
+        Ok(Response::new(pb::GetCinemasResponse { cinemas: cinemas.into_iter().map(cinema_to_pb).collect() }))
+    }
+
+    #[tracing::instrument(skip_all, fields(ids = request.get_ref().ids.len()))]
+    async fn get_showtimes(
+        &self,
+        request: Request<pb::GetShowtimesRequest>,
+    ) -> Result<Response<pb::GetShowtimesResponse>, Status> {
+        let ids = batch_ids(&request.get_ref().ids, ShowtimeId::parse, ShowtimeId::as_uuid)?;
+        let showtimes = self.store.get_showtimes(&ids).await.map_err(CinemaError::from)?;
+        Ok(Response::new(pb::GetShowtimesResponse {
+            showtimes: showtimes.into_iter().map(showtime_to_pb).collect(),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(showtime.id = %request.get_ref().showtime_id))]

@@ -240,6 +240,39 @@ impl Store {
         .with_context(|| format!("cannot load movie {id}"))
     }
 
+    /// The movies among `ids` that exist, in no particular order.
+    pub async fn get_movies(&self, ids: &[Uuid]) -> anyhow::Result<Vec<MovieRecord>> {
+        sqlx::query_as::<_, MovieRecord>(
+            "SELECT id, title, synopsis, runtime_minutes, rating, genres, poster_url, release_date, languages
+               FROM movies WHERE id = ANY ($1)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .context("cannot load movies by id")
+    }
+
+    /// The cinemas among `ids` that exist, in no particular order.
+    pub async fn get_cinemas(&self, ids: &[Uuid]) -> anyhow::Result<Vec<CinemaRecord>> {
+        sqlx::query_as::<_, CinemaRecord>(
+            "SELECT id, name, city, address, time_zone FROM cinemas WHERE id = ANY ($1)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .context("cannot load cinemas by id")
+    }
+
+    /// The showtimes among `ids` that exist (past ones too), with their prices.
+    pub async fn get_showtimes(&self, ids: &[Uuid]) -> anyhow::Result<Vec<ShowtimeRecord>> {
+        let rows = sqlx::query_as::<_, ShowtimeRow>(concat!(select_showtimes!(), " WHERE st.id = ANY ($1)"))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .context("cannot load showtimes by id")?;
+        self.with_prices(rows).await
+    }
+
     pub async fn list_cinemas(&self, city: Option<&City>) -> anyhow::Result<Vec<CinemaRecord>> {
         sqlx::query_as::<_, CinemaRecord>(
             "SELECT id, name, city, address, time_zone FROM cinemas

@@ -253,6 +253,41 @@ async fn movies_and_cinemas_are_found_by_id_or_the_error_says_why_not() {
 }
 
 #[tokio::test]
+async fn batch_lookups_answer_the_known_ids_in_one_call_and_skip_unknown_ones() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let missing = Uuid::new_v4().to_string();
+
+    let ids = vec![PROJECTIONIST.to_owned(), missing.clone(), PROJECTIONIST.to_owned()];
+    let movies = client.get_movies(pb::GetMoviesRequest { ids }).await.unwrap().into_inner().movies;
+    assert_eq!(movies.iter().map(|m| m.title.as_str()).collect::<Vec<_>>(), ["The Last Projectionist"]);
+
+    let ids = vec![BERLIN.to_owned(), LISBON.to_owned(), missing.clone()];
+    let cinemas = client.get_cinemas(pb::GetCinemasRequest { ids }).await.unwrap().into_inner().cinemas;
+    let cities: BTreeSet<&str> = cinemas.iter().map(|c| c.city.as_str()).collect();
+    assert_eq!(cities, BTreeSet::from(["Berlin", "Lisbon"]));
+
+    let wanted = app.showtimes_in_saal_1().await;
+    let mut ids: Vec<String> = wanted.iter().take(3).map(|s| s.id.clone()).collect();
+    ids.push(missing);
+    let found = client.get_showtimes(pb::GetShowtimesRequest { ids }).await.unwrap().into_inner().showtimes;
+    assert_eq!(found.len(), wanted.len().min(3));
+    for showtime in &found {
+        let listed = wanted.iter().find(|s| s.id == showtime.id).unwrap();
+        assert_eq!(showtime, listed, "the same showtime, prices included");
+    }
+
+    // Nothing asked, nothing answered; a malformed id or an oversized batch is refused.
+    let none = client.get_movies(pb::GetMoviesRequest { ids: vec![] }).await.unwrap().into_inner();
+    assert!(none.movies.is_empty());
+    let err = client.get_movies(pb::GetMoviesRequest { ids: vec!["42".into()] }).await.unwrap_err();
+    assert_eq!(code(err), ErrorCode::BadUserInput);
+    let too_many = vec![BERLIN.to_owned(); 101];
+    let err = client.get_cinemas(pb::GetCinemasRequest { ids: too_many }).await.unwrap_err();
+    assert_eq!(code(err), ErrorCode::BadUserInput);
+}
+
+#[tokio::test]
 async fn cinemas_filter_by_city_ignoring_case() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
