@@ -41,8 +41,8 @@ pub struct Application {
     grace: Duration,
 }
 
-/// Expires overdue holds and resumes stalled sagas; `run` does it periodically (and
-/// once at startup), `sweep` once, now.
+/// Expires overdue holds and resumes stalled sagas; `run` does it at startup and
+/// periodically, `sweep` once, now.
 #[derive(Clone)]
 pub struct Sweeper {
     saga: Saga,
@@ -54,13 +54,14 @@ impl Sweeper {
         self.saga.sweep().await
     }
 
+    /// Sweeps at once (recovery at startup), then every interval; never when it is 0.
     async fn run(self, shutdown: Shutdown) {
+        if self.interval.is_zero() {
+            return;
+        }
         loop {
             if let Err(error) = self.saga.sweep().await {
                 tracing::warn!(error = format!("{error:#}"), "booking sweep failed");
-            }
-            if self.interval.is_zero() {
-                return;
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,

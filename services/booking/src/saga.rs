@@ -430,6 +430,7 @@ impl Saga {
 
     /// CONFIRMING: book the seats; if another booking took them, refund in full.
     async fn confirm_step(&self, booking: Booking) -> Result<Booking, BookingError> {
+        self.checkpoint("confirm.start")?;
         let confirmed = self
             .retrying("cinema.ConfirmSeats", Idempotent::ByBooking, self.settings.upstream_retry, || {
                 let mut client = self.cinema.clone();
@@ -471,6 +472,7 @@ impl Saga {
 
     /// REFUNDING: give the decided amount back under the booking's refund key.
     async fn refund_step(&self, booking: Booking) -> Result<Booking, BookingError> {
+        self.checkpoint("refund.start")?;
         let refund = booking.refund.clone().context("a refunding booking has no refund decided")?;
         let mut change = Transition::to(refund.cause.ends_in());
         if refund.amount.amount_minor() > 0 {

@@ -13,14 +13,19 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use marquee_booking::Sweeper;
 use marquee_common::shutdown::Shutdown;
 use marquee_common::{ApiError, ErrorCode, Settings};
 use marquee_proto::booking::v1::booking_service_client::BookingServiceClient;
 use marquee_proto::booking::v1::{
-    Booking, BookingStatus, GetBookingRequest, HoldSeatsRequest, ListBookingsRequest, PayBookingRequest,
+    Booking, BookingStatus, CancelBookingRequest, GetBookingRequest, HoldSeatsRequest, ListBookingsRequest,
+    PayBookingRequest,
 };
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
-use marquee_proto::cinema::v1::{GetSeatMapRequest, ListShowtimesRequest, SeatState};
+use marquee_proto::cinema::v1::{
+    CategoryPrice, CreateCinemaRequest, CreateMovieRequest, CreateScreenRequest, CreateShowtimeRequest,
+    GetSeatMapRequest, LayoutRow, LayoutSeat, ListShowtimesRequest, SeatState,
+};
 use marquee_proto::events::v1::{Event, event::Payload};
 use marquee_proto::user::v1::RegisterRequest;
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
@@ -29,9 +34,16 @@ use prost::Message;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+mod cancel;
+mod outage;
+mod recovery;
+mod rush;
+
 struct TestApp {
     settings: Settings,
     booking: BookingServiceClient<Channel>,
+    /// The booking service's sweeper (tests that turn the periodic one off run it).
+    sweeper: Sweeper,
     users: UserServiceClient<Channel>,
     cinema: CinemaServiceClient<Channel>,
     shutdown: Shutdown,
@@ -43,11 +55,46 @@ impl Drop for TestApp {
     }
 }
 
+/// A booking service of its own on the test's stores, stoppable alone (a "crash").
+struct BookingNode {
+    client: BookingServiceClient<Channel>,
+    sweeper: Sweeper,
+    stop: Shutdown,
+    stopped: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl BookingNode {
+    async fn start(settings: &Settings, parent: &Shutdown, crash_at: Option<&str>) -> Self {
+        let app = match crash_at {
+            Some(point) => marquee_booking::Application::build_crashing_at(settings.clone(), point).await,
+            None => marquee_booking::Application::build(settings.clone()).await,
+        }
+        .unwrap();
+        let url = format!("http://{}", app.addr());
+        let sweeper = app.sweeper();
+        let stop = parent.child_token();
+        let stopped = tokio::spawn(app.run_until_stopped(stop.clone()));
+        Self { client: BookingServiceClient::connect(url).await.unwrap(), sweeper, stop, stopped }
+    }
+
+    /// Stops serving, sweeping and relaying, and waits until it has.
+    async fn kill(self) {
+        self.stop.cancel();
+        self.stopped.await.unwrap().unwrap();
+    }
+}
+
 async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// The whole mesh on port 0; `configure` adjusts the settings every service gets.
+async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     marquee_common::telemetry::install_crypto_provider();
     let mut settings = marquee_common::testing::isolated_settings().await.unwrap();
     marquee_common::telemetry::init(&settings.telemetry);
     settings.cinema.seed_demo = true;
+    configure(&mut settings);
     let shutdown = Shutdown::new();
 
     let user = marquee_user::Application::build(settings.clone()).await.unwrap();
@@ -62,10 +109,12 @@ async fn spawn_app() -> TestApp {
 
     let booking = marquee_booking::Application::build(settings.clone()).await.unwrap();
     let booking_url = format!("http://{}", booking.addr());
+    let sweeper = booking.sweeper();
     tokio::spawn(booking.run_until_stopped(shutdown.clone()));
 
     TestApp {
         booking: BookingServiceClient::connect(booking_url).await.unwrap(),
+        sweeper,
         users: UserServiceClient::connect(settings.upstream.user_url.clone()).await.unwrap(),
         cinema: CinemaServiceClient::connect(settings.upstream.cinema_url.clone()).await.unwrap(),
         settings,
@@ -132,31 +181,11 @@ impl TestApp {
         seats: &[String],
         key: &str,
     ) -> Result<Booking, ApiError> {
-        self.booking
-            .clone()
-            .hold_seats(HoldSeatsRequest {
-                user_id: user_id.into(),
-                showtime_id: showtime_id.into(),
-                seat_ids: seats.to_vec(),
-                idempotency_key: key.into(),
-            })
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|status| ApiError::from_status(&status))
+        hold_on(&self.booking, user_id, showtime_id, seats, key).await
     }
 
     async fn pay(&self, booking: &Booking, method: &str) -> Result<Booking, ApiError> {
-        self.booking
-            .clone()
-            .pay_booking(PayBookingRequest {
-                booking_id: booking.id.clone(),
-                user_id: booking.user_id.clone(),
-                payment_method: method.into(),
-                idempotency_key: Uuid::new_v4().to_string(),
-            })
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|status| ApiError::from_status(&status))
+        pay_on(&self.booking, booking, method).await
     }
 
     async fn get(&self, id: &str, user_id: &str) -> Result<Booking, ApiError> {
@@ -166,6 +195,80 @@ impl TestApp {
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| ApiError::from_status(&status))
+    }
+
+    async fn cancel(&self, booking_id: &str, user_id: &str, as_admin: bool) -> Result<Booking, ApiError> {
+        cancel_on(&self.booking, booking_id, user_id, as_admin).await
+    }
+
+    async fn pg(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(self.settings.postgres.url.expose()).await.unwrap()
+    }
+
+    /// A new showtime starting `starts_in` from now on a screen of its own with
+    /// `rows` (label, seat count), every seat "standard" at 12.50 EUR.
+    async fn create_showtime(&self, starts_in: chrono::Duration, rows: &[(&str, i32)]) -> String {
+        let mut cinema = self.cinema.clone();
+        let movie = cinema
+            .create_movie(CreateMovieRequest {
+                title: format!("Saga {}", Uuid::new_v4().simple()),
+                runtime_minutes: 60,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let site = cinema
+            .create_cinema(CreateCinemaRequest {
+                name: format!("Test House {}", Uuid::new_v4().simple()),
+                city: "Berlin".into(),
+                address: "Testweg 1".into(),
+                time_zone: "Europe/Berlin".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let layout = rows
+            .iter()
+            .map(|(label, seats)| LayoutRow {
+                label: (*label).into(),
+                seats: (1..=*seats)
+                    .map(|number| LayoutSeat { number, category: "standard".into(), ..Default::default() })
+                    .collect(),
+            })
+            .collect();
+        let screen = cinema
+            .create_screen(CreateScreenRequest { cinema_id: site.id, name: "Main".into(), rows: layout })
+            .await
+            .unwrap()
+            .into_inner();
+        let starts_at = chrono::Utc::now() + starts_in;
+        cinema
+            .create_showtime(CreateShowtimeRequest {
+                movie_id: movie.id,
+                screen_id: screen.id,
+                starts_at: Some(marquee_common::time::to_proto(starts_at)),
+                prices: vec![CategoryPrice {
+                    category: "standard".into(),
+                    price: Some(marquee_proto::common::v1::Money {
+                        amount_minor: 1250,
+                        currency: "EUR".into(),
+                    }),
+                }],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .id
+    }
+
+    async fn stored_booking(&self, id: &str) -> mongodb::bson::Document {
+        self.collection("booking", "bookings").await.find_one(doc! { "_id": id }).await.unwrap().unwrap()
+    }
+
+    async fn payments_of(&self, booking_id: &str) -> Vec<mongodb::bson::Document> {
+        let payments = self.collection("payment", "payments").await;
+        payments.find(doc! { "booking_id": booking_id }).await.unwrap().try_collect().await.unwrap()
     }
 
     async fn collection(&self, service: &str, name: &str) -> mongodb::Collection<mongodb::bson::Document> {
@@ -220,6 +323,84 @@ impl TestApp {
             .await
             .unwrap();
         (connection, consumer)
+    }
+}
+
+async fn hold_on(
+    client: &BookingServiceClient<Channel>,
+    user_id: &str,
+    showtime_id: &str,
+    seats: &[String],
+    key: &str,
+) -> Result<Booking, ApiError> {
+    client
+        .clone()
+        .hold_seats(HoldSeatsRequest {
+            user_id: user_id.into(),
+            showtime_id: showtime_id.into(),
+            seat_ids: seats.to_vec(),
+            idempotency_key: key.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| ApiError::from_status(&status))
+}
+
+async fn pay_on(
+    client: &BookingServiceClient<Channel>,
+    booking: &Booking,
+    method: &str,
+) -> Result<Booking, ApiError> {
+    client
+        .clone()
+        .pay_booking(PayBookingRequest {
+            booking_id: booking.id.clone(),
+            user_id: booking.user_id.clone(),
+            payment_method: method.into(),
+            idempotency_key: Uuid::new_v4().to_string(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| ApiError::from_status(&status))
+}
+
+async fn cancel_on(
+    client: &BookingServiceClient<Channel>,
+    booking_id: &str,
+    user_id: &str,
+    as_admin: bool,
+) -> Result<Booking, ApiError> {
+    client
+        .clone()
+        .cancel_booking(CancelBookingRequest {
+            booking_id: booking_id.into(),
+            user_id: user_id.into(),
+            as_admin,
+            reason: String::new(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| ApiError::from_status(&status))
+}
+
+/// Seat ids of a row: "A1".."A{count}".
+fn row(label: &str, count: i32) -> Vec<String> {
+    (1..=count).map(|n| format!("{label}{n}")).collect()
+}
+
+/// Polls `check` until it returns `Some`, failing after `within`.
+async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -1,0 +1,197 @@
+//! Crash safety: a booking service dies at every saga checkpoint (the test hook makes
+//! its saga stop there without another write, as a killed process would), then a
+//! fresh one on the same stores finishes or compensates every saga. The outcome is
+//! checked in PostgreSQL (seats) and in the payment service's MongoDB (charges,
+//! refunds), not only through the API.
+
+use marquee_proto::cinema::v1::LockSeatsRequest;
+
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Pay with a good card: ends CONFIRMED.
+    Pay,
+    /// Pay with a declined card: ends PAYMENT_FAILED, seats free.
+    Decline,
+    /// Pay after the hold lapsed and a rival took a seat: ends FAILED, refunded in full.
+    SeatsLost,
+    /// Cancel a confirmed booking two days ahead: ends CANCELLED, refunded in full.
+    Cancel,
+    /// The sweeper expires a lapsed hold: ends EXPIRED, no seat held.
+    Expire,
+}
+
+impl Flow {
+    fn ends_in(self) -> &'static str {
+        match self {
+            Self::Pay => "CONFIRMED",
+            Self::Decline => "PAYMENT_FAILED",
+            Self::SeatsLost => "FAILED",
+            Self::Cancel => "CANCELLED",
+            Self::Expire => "EXPIRED",
+        }
+    }
+
+    fn event(self) -> &'static str {
+        match self {
+            Self::Pay => "booking.confirmed",
+            Self::Decline => "booking.payment_failed",
+            Self::SeatsLost => "booking.failed",
+            Self::Cancel => "booking.cancelled",
+            Self::Expire => "booking.expired",
+        }
+    }
+}
+
+const CASES: &[(Flow, &str)] = &[
+    (Flow::Pay, "pay.claimed"),
+    (Flow::Pay, "pay.extended"),
+    (Flow::Pay, "pay.charged"),
+    (Flow::Pay, "confirm.start"),
+    (Flow::Pay, "pay.confirmed_seats"),
+    (Flow::Decline, "pay.claimed"),
+    (Flow::Decline, "pay.charged"),
+    (Flow::Decline, "pay.declined_released"),
+    (Flow::SeatsLost, "pay.charged"),
+    (Flow::SeatsLost, "confirm.start"),
+    (Flow::SeatsLost, "refund.start"),
+    (Flow::SeatsLost, "refund.done"),
+    (Flow::Cancel, "cancel.claimed"),
+    (Flow::Cancel, "cancel.released"),
+    (Flow::Cancel, "refund.start"),
+    (Flow::Cancel, "refund.done"),
+    (Flow::Expire, "sweep.expired"),
+];
+
+/// Runs `flow` on a booking service that crashes at `point`; returns the booking id.
+async fn crash(app: &TestApp, showtime: &str, row_label: &str, flow: Flow, point: &str) -> String {
+    let mut settings = app.settings.clone();
+    // The dying process never recovers anything itself.
+    settings.booking.sweep_interval_ms = 0;
+    if matches!(flow, Flow::SeatsLost | Flow::Expire) {
+        settings.booking.hold_ttl_seconds = 1;
+    }
+    let node = BookingNode::start(&settings, &app.shutdown, Some(point)).await;
+    let user_id = app.register().await;
+    let seats = row(row_label, 2);
+    let held = hold_on(&node.client, &user_id, showtime, &seats, "crash").await.unwrap();
+    let lapse = || async {
+        eventually(Duration::from_secs(10), "the hold to lapse", || async {
+            (chrono::Utc::now().timestamp() > held.expires_at.unwrap().seconds).then_some(())
+        })
+        .await
+    };
+    let died = match flow {
+        Flow::Pay => pay_on(&node.client, &held, "pm_card_ok").await.map(drop),
+        Flow::Decline => pay_on(&node.client, &held, "pm_card_declined").await.map(drop),
+        Flow::SeatsLost => {
+            lapse().await;
+            app.cinema
+                .clone()
+                .lock_seats(LockSeatsRequest {
+                    showtime_id: showtime.into(),
+                    seat_ids: vec![seats[1].clone()],
+                    booking_id: Uuid::now_v7().to_string(),
+                    ttl_seconds: 600,
+                })
+                .await
+                .unwrap();
+            pay_on(&node.client, &held, "pm_card_ok").await.map(drop)
+        }
+        Flow::Cancel => {
+            let paid = pay_on(&node.client, &held, "pm_card_ok").await.unwrap();
+            assert_eq!(paid.status(), BookingStatus::Confirmed);
+            cancel_on(&node.client, &held.id, &user_id, false).await.map(drop)
+        }
+        Flow::Expire => {
+            lapse().await;
+            let report = node.sweeper.sweep().await.unwrap();
+            assert_eq!(report.expired, 1, "{point}");
+            Err(ApiError::new(ErrorCode::Internal, "the sweeper died after its claim"))
+        }
+    };
+    let error = died.expect_err(point);
+    assert_eq!(error.code, ErrorCode::Internal, "{flow:?} at {point}: {error}");
+    node.kill().await;
+    held.id
+}
+
+#[tokio::test]
+async fn a_crash_at_any_saga_step_is_finished_or_compensated_by_a_fresh_application() {
+    // The mesh's own booking service must not expire or resume anything either.
+    let app = spawn_app_with(|settings| settings.booking.sweep_interval_ms = 0).await;
+    let labels: Vec<String> = (0..CASES.len()).map(|n| char::from(b'A' + n as u8).to_string()).collect();
+    let rows: Vec<(&str, i32)> = labels.iter().map(|l| (l.as_str(), 3)).collect();
+    let showtime = app.create_showtime(chrono::Duration::hours(48), &rows).await;
+
+    let crashed = futures::future::join_all(
+        CASES.iter().zip(&labels).map(|((flow, point), label)| crash(&app, &showtime, label, *flow, point)),
+    )
+    .await;
+
+    // A fresh process on the same stores; its sweeper resumes what the lease says died.
+    let mut settings = app.settings.clone();
+    settings.booking.sweep_interval_ms = 500;
+    let fresh = BookingNode::start(&settings, &app.shutdown, None).await;
+    let pg = app.pg().await;
+    for (((flow, point), label), id) in CASES.iter().zip(&labels).zip(&crashed) {
+        let case = format!("{flow:?} crashed at {point}");
+        let stored = eventually(Duration::from_secs(30), &case, || async {
+            let stored = app.stored_booking(id).await;
+            (stored.get_str("status").unwrap() == flow.ends_in()).then_some(stored)
+        })
+        .await;
+
+        // Exactly one terminal event was written for the outbox.
+        let events: Vec<&str> = stored
+            .get_array("outbox")
+            .unwrap()
+            .iter()
+            .map(|e| e.as_document().unwrap().get_str("type").unwrap())
+            .collect();
+        assert_eq!(events.iter().filter(|e| **e == flow.event()).count(), 1, "{case}: {events:?}");
+
+        // Seats: booked by this booking when confirmed; otherwise none held live or booked by it.
+        let seats: Vec<(String, String, Option<Uuid>, bool)> = sqlx::query_as(
+            "SELECT seat_id, status, booking_id, coalesce(hold_expires_at > now(), false)
+               FROM showtime_seats WHERE showtime_id = $1::uuid AND seat_id = ANY ($2) ORDER BY seat_id",
+        )
+        .bind(&showtime)
+        .bind(row(label, 2))
+        .fetch_all(&pg)
+        .await
+        .unwrap();
+        let mine = Uuid::parse_str(id).unwrap();
+        for (seat, status, holder, live) in &seats {
+            if *flow == Flow::Pay {
+                assert_eq!((status.as_str(), *holder), ("booked", Some(mine)), "{case}: {seat}");
+            } else {
+                let taken_by_me =
+                    *holder == Some(mine) && (status == "booked" || (status == "held" && *live));
+                assert!(!taken_by_me, "{case}: seat {seat} still {status} for the booking");
+            }
+        }
+
+        // Charges: never more than one payment per booking; refunds exactly once.
+        let payments = app.payments_of(id).await;
+        let statuses: Vec<&str> = payments.iter().map(|p| p.get_str("status").unwrap()).collect();
+        let expected: &[&str] = match flow {
+            Flow::Pay => &["SUCCEEDED"],
+            Flow::Decline => &["DECLINED"],
+            Flow::SeatsLost | Flow::Cancel => &["REFUNDED"],
+            Flow::Expire => &[],
+        };
+        assert_eq!(statuses, expected, "{case}");
+        if matches!(flow, Flow::SeatsLost | Flow::Cancel) {
+            let payment = &payments[0];
+            assert_eq!(payment.get_array("refunds").unwrap().len(), 1, "{case}");
+            assert_eq!(
+                payment.get_i64("refunded_minor").unwrap(),
+                payment.get_i64("amount_minor").unwrap(),
+                "{case}"
+            );
+        }
+    }
+    fresh.kill().await;
+}
