@@ -56,6 +56,7 @@ entity_id!(ShowtimeId, "showtime id");
 entity_id!(SeatId, "seat id");
 entity_id!(BookingId, "booking id");
 entity_id!(UserId, "user id");
+entity_id!(ScreenId, "screen id");
 
 /// A client-chosen key that makes a retried mutation return the first result.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +71,10 @@ impl IdempotencyKey {
             )));
         }
         Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 
     pub fn into_inner(self) -> String {
@@ -99,6 +104,13 @@ impl SeatSelection {
 
     pub fn into_strings(self) -> Vec<String> {
         self.0.into_iter().map(SeatId::into_inner).collect()
+    }
+
+    /// The same seats in any order give the same text (for idempotency payload hashes).
+    pub fn canonical(&self) -> String {
+        let mut ids: Vec<&str> = self.0.iter().map(SeatId::as_str).collect();
+        ids.sort_unstable();
+        ids.join(",")
     }
 }
 
@@ -130,6 +142,10 @@ impl PaymentMethod {
             return Err(GatewayError::bad_input("paymentMethod is not a valid payment method token"));
         }
         Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 
     pub fn into_inner(self) -> String {

@@ -13,6 +13,11 @@ use tonic::Status;
 pub enum GatewayError {
     /// No credentials where they are required, or credentials that do not verify.
     Unauthenticated(&'static str),
+    /// Authenticated, but the role does not allow this operation.
+    Forbidden(&'static str),
+    /// The request clashes with another one (e.g. an idempotency key reused for a
+    /// different payload, or still in flight).
+    Conflict(String),
     /// The client sent something malformed (an ID, a cursor, an empty list...).
     BadInput(String),
     /// The charge was declined; the booking is `PAYMENT_FAILED` and its seats are free.
@@ -32,9 +37,25 @@ impl GatewayError {
         Self::Unauthenticated("authentication required")
     }
 
+    /// A copy for each of the several resolvers that share one failed batch lookup.
+    /// The cause of an unexpected error survives as text, which is all the log needs.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::Unauthenticated(message) => Self::Unauthenticated(message),
+            Self::Forbidden(message) => Self::Forbidden(message),
+            Self::Conflict(message) => Self::Conflict(message.clone()),
+            Self::BadInput(message) => Self::BadInput(message.clone()),
+            Self::PaymentDeclined => Self::PaymentDeclined,
+            Self::Upstream(api) => Self::Upstream(api.clone()),
+            Self::Unexpected(cause) => Self::Unexpected(anyhow::anyhow!("{cause:#}")),
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::Conflict(_) => ErrorCode::Conflict,
             Self::BadInput(_) => ErrorCode::BadUserInput,
             Self::PaymentDeclined => ErrorCode::PaymentDeclined,
             Self::Upstream(api) => api.code,
@@ -71,8 +92,8 @@ impl From<anyhow::Error> for GatewayError {
 impl ErrorExtensions for GatewayError {
     fn extend(&self) -> async_graphql::Error {
         let message = match self {
-            Self::Unauthenticated(message) => (*message).to_owned(),
-            Self::BadInput(message) => message.clone(),
+            Self::Unauthenticated(message) | Self::Forbidden(message) => (*message).to_owned(),
+            Self::BadInput(message) | Self::Conflict(message) => message.clone(),
             Self::PaymentDeclined => "payment declined: the card was declined".to_owned(),
             Self::Upstream(api) => api.message.clone(),
             Self::Unexpected(_) => "internal error".to_owned(),
@@ -81,7 +102,7 @@ impl ErrorExtensions for GatewayError {
         async_graphql::Error::new(message).extend_with(|_, extensions| {
             extensions.set("code", code.as_str());
             if let Self::Upstream(api) = self {
-                if code == ErrorCode::SeatUnavailable {
+                if matches!(code, ErrorCode::SeatUnavailable | ErrorCode::SeatRuleViolation) {
                     extensions.set("seatIds", api.meta_list("seat_ids"));
                 }
                 // A transient failure (e.g. the payment processor): the same request may succeed.

@@ -7,10 +7,13 @@ mod denylist;
 mod domain;
 mod error;
 mod http;
+mod idempotency;
 mod live;
+mod loaders;
 mod metrics;
 mod ratelimit;
 mod schema;
+mod trace;
 mod upstream;
 
 use std::future::IntoFuture;

@@ -1,8 +1,6 @@
 //! gRPC clients for the services behind the gateway. Every call returns
 //! `GatewayError`, so upstream statuses are mapped in exactly one place.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use marquee_common::Settings;
@@ -14,7 +12,9 @@ use marquee_proto::notification::v1 as notification;
 use marquee_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use marquee_proto::user::v1 as user;
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
-use tokio::sync::OnceCell;
+use tonic::Status;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -24,24 +24,49 @@ use crate::domain::{
     BookingId, CinemaId, Filter, IdempotencyKey, MovieId, PaymentMethod, SeatSelection, ShowtimeId, UserId,
 };
 use crate::error::GatewayError;
+use crate::idempotency::IdempotencyStore;
+pub use crate::loaders::RequestCache;
+use crate::trace::{TRACEPARENT, TraceContext};
 
-/// How many notifications `User.notifications` shows.
-const NOTIFICATIONS_PAGE: i32 = 50;
 /// Readiness must answer quickly even when an upstream hangs.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One lazily connecting channel per upstream; cloning is cheap.
+/// One lazily connecting channel per upstream, plus the Redis-backed idempotency
+/// store; cloning is cheap.
 #[derive(Clone)]
 pub struct Upstreams {
     user: Channel,
     cinema: Channel,
     booking: Channel,
     notification: Channel,
+    idempotency: IdempotencyStore,
+    /// The request this handle serves; `None` outside a request (each call then
+    /// starts its own trace).
+    trace: Option<TraceContext>,
 }
 
-pub struct MoviePage {
-    pub movies: Vec<cinema::Movie>,
+/// One page of a cursor-paged upstream list.
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Empty on the last page.
     pub next_page_token: String,
+}
+
+type TracedChannel = InterceptedService<Channel, Traced>;
+
+/// Stamps `traceparent` on every upstream call.
+#[derive(Clone, Copy)]
+pub struct Traced(Option<TraceContext>);
+
+impl Interceptor for Traced {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let context = self.0.unwrap_or_else(TraceContext::root);
+        // Always ASCII hex and dashes, so the parse cannot fail; never fail a call over tracing.
+        if let Ok(value) = context.header_value().parse() {
+            request.metadata_mut().insert(TRACEPARENT, value);
+        }
+        Ok(request)
+    }
 }
 
 impl Upstreams {
@@ -53,23 +78,34 @@ impl Upstreams {
             cinema: channel(&urls.cinema_url)?,
             booking: channel(&urls.booking_url)?,
             notification: channel(&urls.notification_url)?,
+            idempotency: IdempotencyStore::new(&settings.redis)?,
+            trace: None,
         })
     }
 
-    fn users(&self) -> UserServiceClient<Channel> {
-        UserServiceClient::new(self.user.clone())
+    /// The same upstreams, for calls made on behalf of one traced request.
+    pub fn traced(&self, trace: TraceContext) -> Self {
+        Self { trace: Some(trace), ..self.clone() }
     }
 
-    fn cinemas(&self) -> CinemaServiceClient<Channel> {
-        CinemaServiceClient::new(self.cinema.clone())
+    pub fn idempotency(&self) -> &IdempotencyStore {
+        &self.idempotency
     }
 
-    fn bookings(&self) -> BookingServiceClient<Channel> {
-        BookingServiceClient::new(self.booking.clone())
+    fn users(&self) -> UserServiceClient<TracedChannel> {
+        UserServiceClient::with_interceptor(self.user.clone(), Traced(self.trace))
     }
 
-    fn notifications(&self) -> NotificationServiceClient<Channel> {
-        NotificationServiceClient::new(self.notification.clone())
+    fn cinemas(&self) -> CinemaServiceClient<TracedChannel> {
+        CinemaServiceClient::with_interceptor(self.cinema.clone(), Traced(self.trace))
+    }
+
+    fn bookings(&self) -> BookingServiceClient<TracedChannel> {
+        BookingServiceClient::with_interceptor(self.booking.clone(), Traced(self.trace))
+    }
+
+    fn notifications(&self) -> NotificationServiceClient<TracedChannel> {
+        NotificationServiceClient::with_interceptor(self.notification.clone(), Traced(self.trace))
     }
 
     pub async fn register(&self, request: user::RegisterRequest) -> Result<user::AuthResponse, GatewayError> {
@@ -121,10 +157,83 @@ impl Upstreams {
         search: Filter,
         page_size: i32,
         page_token: String,
-    ) -> Result<MoviePage, GatewayError> {
+    ) -> Result<Page<cinema::Movie>, GatewayError> {
         let request = cinema::ListMoviesRequest { search: search.into_inner(), page_size, page_token };
         let response = self.cinemas().list_movies(request).await?.into_inner();
-        Ok(MoviePage { movies: response.movies, next_page_token: response.next_page_token })
+        Ok(Page { items: response.movies, next_page_token: response.next_page_token })
+    }
+
+    /// The movies among `ids` that exist (at most 100 ids).
+    pub async fn movies_by_id(&self, ids: &[MovieId]) -> Result<Vec<cinema::Movie>, GatewayError> {
+        let ids = ids.iter().map(MovieId::to_string).collect();
+        Ok(self.cinemas().get_movies(cinema::GetMoviesRequest { ids }).await?.into_inner().movies)
+    }
+
+    pub async fn cinemas_by_id(&self, ids: &[CinemaId]) -> Result<Vec<cinema::Cinema>, GatewayError> {
+        let ids = ids.iter().map(CinemaId::to_string).collect();
+        Ok(self.cinemas().get_cinemas(cinema::GetCinemasRequest { ids }).await?.into_inner().cinemas)
+    }
+
+    pub async fn showtimes_by_id(&self, ids: &[ShowtimeId]) -> Result<Vec<cinema::Showtime>, GatewayError> {
+        let ids = ids.iter().map(ShowtimeId::to_string).collect();
+        Ok(self.cinemas().get_showtimes(cinema::GetShowtimesRequest { ids }).await?.into_inner().showtimes)
+    }
+
+    pub async fn suggest_seats(
+        &self,
+        request: cinema::SuggestSeatsRequest,
+    ) -> Result<Vec<cinema::Seat>, GatewayError> {
+        Ok(self.cinemas().suggest_seats(request).await?.into_inner().seats)
+    }
+
+    pub async fn create_movie(
+        &self,
+        request: cinema::CreateMovieRequest,
+    ) -> Result<cinema::Movie, GatewayError> {
+        Ok(self.cinemas().create_movie(request).await?.into_inner())
+    }
+
+    pub async fn create_cinema(
+        &self,
+        request: cinema::CreateCinemaRequest,
+    ) -> Result<cinema::Cinema, GatewayError> {
+        Ok(self.cinemas().create_cinema(request).await?.into_inner())
+    }
+
+    pub async fn create_screen(
+        &self,
+        request: cinema::CreateScreenRequest,
+    ) -> Result<cinema::Screen, GatewayError> {
+        Ok(self.cinemas().create_screen(request).await?.into_inner())
+    }
+
+    pub async fn create_showtime(
+        &self,
+        request: cinema::CreateShowtimeRequest,
+    ) -> Result<cinema::Showtime, GatewayError> {
+        Ok(self.cinemas().create_showtime(request).await?.into_inner())
+    }
+
+    /// The seats now blocked.
+    pub async fn block_seats(
+        &self,
+        showtime: &ShowtimeId,
+        seats: SeatSelection,
+    ) -> Result<Vec<String>, GatewayError> {
+        let request =
+            cinema::BlockSeatsRequest { showtime_id: showtime.to_string(), seat_ids: seats.into_strings() };
+        Ok(self.cinemas().block_seats(request).await?.into_inner().seat_ids)
+    }
+
+    /// The seats that were blocked and are on sale again.
+    pub async fn unblock_seats(
+        &self,
+        showtime: &ShowtimeId,
+        seats: SeatSelection,
+    ) -> Result<Vec<String>, GatewayError> {
+        let request =
+            cinema::UnblockSeatsRequest { showtime_id: showtime.to_string(), seat_ids: seats.into_strings() };
+        Ok(self.cinemas().unblock_seats(request).await?.into_inner().seat_ids)
     }
 
     pub async fn movie(&self, id: &MovieId) -> Result<cinema::Movie, GatewayError> {
@@ -134,10 +243,6 @@ impl Upstreams {
     pub async fn cinema_list(&self, city: Filter) -> Result<Vec<cinema::Cinema>, GatewayError> {
         let request = cinema::ListCinemasRequest { city: city.into_inner() };
         Ok(self.cinemas().list_cinemas(request).await?.into_inner().cinemas)
-    }
-
-    pub async fn cinema(&self, id: &CinemaId) -> Result<cinema::Cinema, GatewayError> {
-        Ok(self.cinemas().get_cinema(cinema::GetCinemaRequest { id: id.to_string() }).await?.into_inner())
     }
 
     pub async fn showtimes(
@@ -197,28 +302,65 @@ impl Upstreams {
         Ok(self.bookings().pay_booking(request).await?.into_inner())
     }
 
-    /// NOT_FOUND unless the booking belongs to `user`: the booking service enforces it.
-    pub async fn booking(&self, user: &UserId, id: &BookingId) -> Result<booking::Booking, GatewayError> {
-        let request =
-            booking::GetBookingRequest { id: id.to_string(), user_id: user.to_string(), as_admin: false };
+    /// NOT_FOUND unless the booking belongs to `user` or `as_admin` is set (the caller's
+    /// verified role): the booking service enforces it.
+    pub async fn booking(
+        &self,
+        user: &UserId,
+        id: &BookingId,
+        as_admin: bool,
+    ) -> Result<booking::Booking, GatewayError> {
+        let request = booking::GetBookingRequest { id: id.to_string(), user_id: user.to_string(), as_admin };
         Ok(self.bookings().get_booking(request).await?.into_inner())
     }
 
-    pub async fn bookings_of(&self, user: &UserId) -> Result<Vec<booking::Booking>, GatewayError> {
-        let request = booking::ListBookingsRequest { user_id: user.to_string(), ..Default::default() };
-        Ok(self.bookings().list_bookings(request).await?.into_inner().bookings)
+    /// Same ownership rule as `booking`.
+    pub async fn cancel_booking(
+        &self,
+        user: &UserId,
+        id: BookingId,
+        as_admin: bool,
+        reason: String,
+    ) -> Result<booking::Booking, GatewayError> {
+        let request = booking::CancelBookingRequest {
+            booking_id: id.into_inner(),
+            user_id: user.to_string(),
+            as_admin,
+            reason,
+        };
+        Ok(self.bookings().cancel_booking(request).await?.into_inner())
     }
 
+    /// Newest first.
+    pub async fn bookings_of(
+        &self,
+        user: &UserId,
+        statuses: Vec<booking::BookingStatus>,
+        page_size: i32,
+        page_token: String,
+    ) -> Result<Page<booking::Booking>, GatewayError> {
+        let request = booking::ListBookingsRequest {
+            user_id: user.to_string(),
+            statuses: statuses.into_iter().map(i32::from).collect(),
+            page_size,
+            page_token,
+            ..Default::default()
+        };
+        let response = self.bookings().list_bookings(request).await?.into_inner();
+        Ok(Page { items: response.bookings, next_page_token: response.next_page_token })
+    }
+
+    /// Newest first.
     pub async fn notifications_of(
         &self,
         user: &UserId,
-    ) -> Result<Vec<notification::Notification>, GatewayError> {
-        let request = notification::ListNotificationsRequest {
-            user_id: user.to_string(),
-            page_size: NOTIFICATIONS_PAGE,
-            ..Default::default()
-        };
-        Ok(self.notifications().list_notifications(request).await?.into_inner().notifications)
+        page_size: i32,
+        page_token: String,
+    ) -> Result<Page<notification::Notification>, GatewayError> {
+        let request =
+            notification::ListNotificationsRequest { user_id: user.to_string(), page_size, page_token };
+        let response = self.notifications().list_notifications(request).await?.into_inner();
+        Ok(Page { items: response.notifications, next_page_token: response.next_page_token })
     }
 
     /// Asks every upstream's `grpc.health.v1` for its own service; returns the ones
@@ -252,33 +394,5 @@ async fn serving(channel: &Channel, service: &str) -> Result<(), String> {
             ServingStatus::Serving => Ok(()),
             other => Err(other.as_str_name().to_owned()),
         },
-    }
-}
-
-/// Per-request memo of catalog lookups: a showtime list names the same few movies
-/// and cinemas many times, and each should cost one upstream call per request.
-#[derive(Default)]
-pub struct RequestCache {
-    movies: Memo<cinema::Movie>,
-    cinemas: Memo<cinema::Cinema>,
-}
-
-type Memo<T> = Mutex<HashMap<String, Arc<OnceCell<T>>>>;
-
-fn cell<T>(memo: &Memo<T>, key: &str) -> Arc<OnceCell<T>> {
-    // A poisoned lock only means another resolver panicked; the map is still valid.
-    let mut map = memo.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    map.entry(key.to_owned()).or_default().clone()
-}
-
-impl RequestCache {
-    pub async fn movie(&self, upstreams: &Upstreams, id: &MovieId) -> Result<cinema::Movie, GatewayError> {
-        let cell = cell(&self.movies, id.as_str());
-        cell.get_or_try_init(|| upstreams.movie(id)).await.cloned()
-    }
-
-    pub async fn cinema(&self, upstreams: &Upstreams, id: &CinemaId) -> Result<cinema::Cinema, GatewayError> {
-        let cell = cell(&self.cinemas, id.as_str());
-        cell.get_or_try_init(|| upstreams.cinema(id)).await.cloned()
     }
 }

@@ -295,6 +295,8 @@ async fn execute(
         Ok(viewer) => viewer,
         Err(refusal) => return refusal,
     };
+    let traceparent = headers.get(crate::trace::TRACEPARENT).and_then(|v| v.to_str().ok());
+    let request = request.data(crate::trace::TraceContext::for_request(traceparent));
     let response = run(state, &viewer, request).await;
     let status = match media {
         ResponseMedia::GraphqlResponseJson if is_request_error(&response) => StatusCode::BAD_REQUEST,

@@ -6,12 +6,16 @@ mod query;
 mod subscription;
 mod types;
 
-use async_graphql::{Context, Schema};
+use std::sync::Arc;
+
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest};
+use async_graphql::{Context, Schema, ServerResult};
 use marquee_common::Secret;
-use marquee_common::auth::Claims;
+use marquee_common::auth::{Claims, Role};
 
 use crate::domain::UserId;
 use crate::error::GatewayError;
+use crate::trace::TraceContext;
 use crate::upstream::{RequestCache, Upstreams};
 
 pub use mutation::MutationRoot;
@@ -31,7 +35,35 @@ pub fn build(upstreams: Upstreams) -> GatewaySchema {
         .data(upstreams)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
+        .extension(Tracing)
         .finish()
+}
+
+/// Gives every request a trace context (W3C Trace Context): the one the HTTP layer
+/// derived from an incoming `traceparent`, or a new trace. Resolvers stamp it on every
+/// upstream call, so one request is one trace.
+struct Tracing;
+
+impl ExtensionFactory for Tracing {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(Tracing)
+    }
+}
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for Tracing {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        mut request: async_graphql::Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<async_graphql::Request> {
+        let given = request.data.contains_key(&std::any::TypeId::of::<TraceContext>());
+        if !given {
+            request.data.insert(TraceContext::root());
+        }
+        next.run(ctx, request).await
+    }
 }
 
 /// Who is calling: set per request from a verified access token.
@@ -41,6 +73,8 @@ pub struct Viewer(Option<Identity>);
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub user_id: UserId,
+    /// From the verified token: a role change applies from the next token on.
+    pub role: Role,
     /// Forwarded to the user service on logout, which denies its `jti`.
     pub access_token: Secret<String>,
 }
@@ -54,6 +88,7 @@ impl Viewer {
     pub fn from_claims(claims: Claims, token: &str) -> Self {
         Self(Some(Identity {
             user_id: UserId::from_trusted(claims.sub),
+            role: claims.role,
             access_token: Secret::new(token.to_owned()),
         }))
     }
@@ -65,11 +100,27 @@ impl Viewer {
     pub fn require(&self) -> Result<&Identity, GatewayError> {
         self.identity().ok_or_else(GatewayError::unauthenticated)
     }
+
+    /// UNAUTHENTICATED for anonymous callers, FORBIDDEN unless the token says ADMIN.
+    pub fn require_admin(&self) -> Result<&Identity, GatewayError> {
+        let identity = self.require()?;
+        if !identity.is_admin() {
+            return Err(GatewayError::Forbidden("this operation needs the ADMIN role"));
+        }
+        Ok(identity)
+    }
+}
+
+impl Identity {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
 }
 
 /// Request-scoped values every resolver reads.
 pub(crate) struct Scope<'a> {
-    pub upstreams: &'a Upstreams,
+    /// Stamped with the request's trace context.
+    pub upstreams: Upstreams,
     pub cache: &'a RequestCache,
     pub viewer: &'a Viewer,
 }
@@ -77,8 +128,9 @@ pub(crate) struct Scope<'a> {
 pub(crate) fn scope<'a>(ctx: &Context<'a>) -> Result<Scope<'a>, GatewayError> {
     // Missing data is a wiring bug in this crate, never the client's fault.
     let missing = |e: async_graphql::Error| GatewayError::Unexpected(anyhow::anyhow!("{}", e.message));
+    let trace = ctx.data::<TraceContext>().map_err(missing)?;
     Ok(Scope {
-        upstreams: ctx.data::<Upstreams>().map_err(missing)?,
+        upstreams: ctx.data::<Upstreams>().map_err(missing)?.traced(*trace),
         cache: ctx.data::<RequestCache>().map_err(missing)?,
         viewer: ctx.data::<Viewer>().map_err(missing)?,
     })

@@ -1,11 +1,110 @@
 use async_graphql::{Context, ID, InputObject, Object};
-
+use chrono::{DateTime, Utc};
+use marquee_proto::cinema::v1 as cinema;
+use marquee_proto::common::v1 as common;
 use marquee_proto::user::v1 as user;
 
 use super::scope;
-use super::types::{AuthPayload, Booking, BookingStatus, Role, User};
-use crate::domain::{BookingId, IdempotencyKey, PaymentMethod, Phone, SeatSelection, ShowtimeId, UserId};
+use super::types::{AuthPayload, Booking, BookingStatus, Cinema, Date, Movie, Role, Screen, Showtime, User};
+use crate::domain::{
+    BookingId, CinemaId, IdempotencyKey, MovieId, PaymentMethod, Phone, ScreenId, SeatSelection, ShowtimeId,
+    UserId,
+};
 use crate::error::GatewayError;
+use crate::idempotency::Operation;
+
+/// The cinema service judges titles, layouts, prices and time zones precisely; the
+/// gateway only bounds what it forwards.
+const MAX_LIST: usize = 100;
+
+fn bounded<T>(list: Vec<T>, field: &str) -> Result<Vec<T>, GatewayError> {
+    if list.len() > MAX_LIST {
+        return Err(GatewayError::bad_input(format!("{field} takes at most {MAX_LIST} entries")));
+    }
+    Ok(list)
+}
+
+#[derive(InputObject)]
+pub struct CreateMovieInput {
+    pub title: String,
+    #[graphql(default)]
+    pub synopsis: String,
+    pub runtime_minutes: i32,
+    /// e.g. "PG-13".
+    #[graphql(default)]
+    pub rating: String,
+    #[graphql(default)]
+    pub genres: Vec<String>,
+    pub poster_url: Option<String>,
+    pub release_date: Option<Date>,
+    /// Spoken languages, e.g. "en".
+    #[graphql(default)]
+    pub languages: Vec<String>,
+}
+
+#[derive(InputObject)]
+pub struct CreateCinemaInput {
+    pub name: String,
+    pub city: String,
+    pub address: String,
+    /// IANA time zone, e.g. "Europe/Berlin".
+    pub time_zone: String,
+}
+
+#[derive(InputObject)]
+pub struct LayoutSeatInput {
+    /// Unique within its row; the seat id is row label + number, e.g. "C7".
+    pub number: i32,
+    /// e.g. "standard"; every showtime prices each category of its screen.
+    pub category: String,
+    #[graphql(default)]
+    pub accessible: bool,
+    #[graphql(default)]
+    pub companion: bool,
+    /// Blocked in every showtime of this screen.
+    #[graphql(default)]
+    pub blocked: bool,
+    /// Empty places (aisle, gap) before this seat.
+    #[graphql(default)]
+    pub gap_before: i32,
+}
+
+#[derive(InputObject)]
+pub struct LayoutRowInput {
+    /// e.g. "A"; rows front to back, seats left to right.
+    pub label: String,
+    pub seats: Vec<LayoutSeatInput>,
+}
+
+#[derive(InputObject)]
+pub struct CreateScreenInput {
+    pub cinema_id: ID,
+    pub name: String,
+    pub rows: Vec<LayoutRowInput>,
+}
+
+#[derive(InputObject)]
+pub struct MoneyInput {
+    /// Integer minor units (cents).
+    pub amount: i64,
+    /// ISO 4217, e.g. "EUR".
+    pub currency: String,
+}
+
+#[derive(InputObject)]
+pub struct CategoryPriceInput {
+    pub category: String,
+    pub price: MoneyInput,
+}
+
+#[derive(InputObject)]
+pub struct CreateShowtimeInput {
+    pub movie_id: ID,
+    pub screen_id: ID,
+    pub starts_at: DateTime<Utc>,
+    /// Exactly one positive price per seat category of the screen, one currency.
+    pub prices: Vec<CategoryPriceInput>,
+}
 
 #[derive(InputObject)]
 pub struct RegisterInput {
@@ -128,6 +227,8 @@ impl MutationRoot {
     }
 
     /// Holds every listed seat for the caller, or none (SEAT_UNAVAILABLE with `seatIds`).
+    /// A repeat with the same `idempotencyKey` and seats returns the first result for
+    /// 24 h; the same key with other seats is CONFLICT.
     async fn hold_seats(&self, ctx: &Context<'_>, input: HoldSeatsInput) -> async_graphql::Result<Booking> {
         let scope = scope(ctx)?;
         let identity = scope.viewer.require()?;
@@ -135,22 +236,183 @@ impl MutationRoot {
         let seat_ids: Vec<&str> = input.seat_ids.iter().map(|id| id.as_str()).collect();
         let seats = SeatSelection::parse(&seat_ids)?;
         let key = IdempotencyKey::parse(&input.idempotency_key)?;
-        let booking = scope.upstreams.hold_seats(&identity.user_id, showtime, seats, key).await?;
+        let operation = Operation {
+            user: &identity.user_id,
+            mutation: "holdSeats",
+            key: &key,
+            payload: format!("{showtime}\n{}", seats.canonical()),
+        };
+        let upstreams = &scope.upstreams;
+        let booking = upstreams
+            .idempotency()
+            .run(operation, || upstreams.hold_seats(&identity.user_id, showtime.clone(), seats, key.clone()))
+            .await?;
         Ok(Booking(booking))
     }
 
     /// Charges the held booking. A declined card is PAYMENT_DECLINED; the booking is
-    /// then PAYMENT_FAILED and its seats are free again.
+    /// then PAYMENT_FAILED and its seats are free again. Idempotent like `holdSeats`:
+    /// a repeat never charges twice.
     async fn pay_booking(&self, ctx: &Context<'_>, input: PayBookingInput) -> async_graphql::Result<Booking> {
         let scope = scope(ctx)?;
         let identity = scope.viewer.require()?;
         let booking_id = BookingId::parse(&input.booking_id)?;
         let method = PaymentMethod::parse(&input.payment_method)?;
         let key = IdempotencyKey::parse(&input.idempotency_key)?;
-        let booking = scope.upstreams.pay_booking(&identity.user_id, booking_id, method, key).await?;
+        let operation = Operation {
+            user: &identity.user_id,
+            mutation: "payBooking",
+            key: &key,
+            payload: format!("{booking_id}\n{}", method.as_str()),
+        };
+        let upstreams = &scope.upstreams;
+        let booking = upstreams
+            .idempotency()
+            .run(operation, || {
+                upstreams.pay_booking(&identity.user_id, booking_id.clone(), method, key.clone())
+            })
+            .await?;
         if BookingStatus::from_proto(booking.status)? == BookingStatus::PaymentFailed {
             return Err(GatewayError::PaymentDeclined.into());
         }
         Ok(Booking(booking))
+    }
+
+    /// Cancels one of the caller's bookings (any booking for an ADMIN): a HELD one at
+    /// once, a CONFIRMED one until the cutoff before the show, refunded by policy
+    /// (`refund` states amount and fee). Someone else's booking is NOT_FOUND.
+    async fn cancel_booking(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        reason: Option<String>,
+    ) -> async_graphql::Result<Booking> {
+        let scope = scope(ctx)?;
+        let identity = scope.viewer.require()?;
+        let id = BookingId::parse(&id)?;
+        let reason = crate::domain::Filter::parse(reason.as_deref(), "reason")?.into_inner();
+        let booking =
+            scope.upstreams.cancel_booking(&identity.user_id, id, identity.is_admin(), reason).await?;
+        Ok(Booking(booking))
+    }
+
+    /// Admin only.
+    async fn create_movie(&self, ctx: &Context<'_>, input: CreateMovieInput) -> async_graphql::Result<Movie> {
+        let scope = scope(ctx)?;
+        scope.viewer.require_admin()?;
+        let request = cinema::CreateMovieRequest {
+            title: input.title,
+            synopsis: input.synopsis,
+            runtime_minutes: input.runtime_minutes,
+            rating: input.rating,
+            genres: bounded(input.genres, "genres")?,
+            poster_url: input.poster_url.unwrap_or_default(),
+            release_date: input.release_date.map(|d| d.0.format("%Y-%m-%d").to_string()).unwrap_or_default(),
+            languages: bounded(input.languages, "languages")?,
+        };
+        Ok(Movie(scope.upstreams.create_movie(request).await?))
+    }
+
+    /// Admin only.
+    async fn create_cinema(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateCinemaInput,
+    ) -> async_graphql::Result<Cinema> {
+        let scope = scope(ctx)?;
+        scope.viewer.require_admin()?;
+        let request = cinema::CreateCinemaRequest {
+            name: input.name,
+            city: input.city,
+            address: input.address,
+            time_zone: input.time_zone,
+        };
+        Ok(Cinema(scope.upstreams.create_cinema(request).await?))
+    }
+
+    /// Admin only. The layout lists rows front to back, seats left to right.
+    async fn create_screen(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateScreenInput,
+    ) -> async_graphql::Result<Screen> {
+        let scope = scope(ctx)?;
+        scope.viewer.require_admin()?;
+        let cinema_id = CinemaId::parse(&input.cinema_id)?;
+        let rows = bounded(input.rows, "rows")?
+            .into_iter()
+            .map(|row| {
+                let seats = bounded(row.seats, "a row's seats")?
+                    .into_iter()
+                    .map(|seat| cinema::LayoutSeat {
+                        number: seat.number,
+                        category: seat.category,
+                        accessible: seat.accessible,
+                        companion: seat.companion,
+                        blocked: seat.blocked,
+                        gap_before: seat.gap_before,
+                    })
+                    .collect();
+                Ok(cinema::LayoutRow { label: row.label, seats })
+            })
+            .collect::<Result<_, GatewayError>>()?;
+        let request =
+            cinema::CreateScreenRequest { cinema_id: cinema_id.into_inner(), name: input.name, rows };
+        Ok(Screen(scope.upstreams.create_screen(request).await?))
+    }
+
+    /// Admin only. CONFLICT when it overlaps another showtime on the screen.
+    async fn create_showtime(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateShowtimeInput,
+    ) -> async_graphql::Result<Showtime> {
+        let scope = scope(ctx)?;
+        scope.viewer.require_admin()?;
+        let movie_id = MovieId::parse(&input.movie_id)?;
+        let screen_id = ScreenId::parse(&input.screen_id)?;
+        let prices = bounded(input.prices, "prices")?
+            .into_iter()
+            .map(|p| cinema::CategoryPrice {
+                category: p.category,
+                price: Some(common::Money { amount_minor: p.price.amount, currency: p.price.currency }),
+            })
+            .collect();
+        let request = cinema::CreateShowtimeRequest {
+            movie_id: movie_id.into_inner(),
+            screen_id: screen_id.into_inner(),
+            starts_at: Some(marquee_common::time::to_proto(input.starts_at)),
+            prices,
+        };
+        Ok(Showtime(scope.upstreams.create_showtime(request).await?))
+    }
+
+    /// Admin only: takes seats out of sale; returns the seats now blocked.
+    /// SEAT_UNAVAILABLE (with `seatIds`) if any is held or booked.
+    async fn block_seats(
+        &self,
+        ctx: &Context<'_>,
+        showtime_id: ID,
+        seat_ids: Vec<ID>,
+    ) -> async_graphql::Result<Vec<ID>> {
+        let scope = scope(ctx)?;
+        scope.viewer.require_admin()?;
+        let showtime = ShowtimeId::parse(&showtime_id)?;
+        let seats = SeatSelection::parse(&seat_ids.iter().map(|id| id.as_str()).collect::<Vec<_>>())?;
+        Ok(scope.upstreams.block_seats(&showtime, seats).await?.into_iter().map(ID).collect())
+    }
+
+    /// Admin only: puts blocked seats back on sale; returns those that were blocked.
+    async fn unblock_seats(
+        &self,
+        ctx: &Context<'_>,
+        showtime_id: ID,
+        seat_ids: Vec<ID>,
+    ) -> async_graphql::Result<Vec<ID>> {
+        let scope = scope(ctx)?;
+        scope.viewer.require_admin()?;
+        let showtime = ShowtimeId::parse(&showtime_id)?;
+        let seats = SeatSelection::parse(&seat_ids.iter().map(|id| id.as_str()).collect::<Vec<_>>())?;
+        Ok(scope.upstreams.unblock_seats(&showtime, seats).await?.into_iter().map(ID).collect())
     }
 }

@@ -1,21 +1,18 @@
-use async_graphql::connection::{Connection, DefaultConnectionName, DefaultEdgeName, Edge, EmptyFields};
+use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, Object};
+use marquee_proto::cinema::v1 as cinema;
 
-use super::pagination::{MovieCursor, PageRequest};
-use super::types::{Booking, Cinema, Date, Movie, Showtime, User};
+use super::pagination::{PageCursor, PageRequest};
+use super::types::{Booking, Cinema, Date, Movie, Seat, Showtime, User, prefetch_for_showtimes};
 use super::{found, scope};
 use crate::domain::{BookingId, CinemaId, Filter, MovieId, ShowtimeId};
+use crate::error::GatewayError;
 
-/// Relay connection named `MovieConnection` / `MovieEdge`, without the `nodes` shortcut.
-pub type MovieConnection = Connection<
-    MovieCursor,
-    Movie,
-    EmptyFields,
-    EmptyFields,
-    DefaultConnectionName,
-    DefaultEdgeName,
-    async_graphql::connection::DisableNodesField,
->;
+/// Relay connection named `MovieConnection` / `MovieEdge`.
+pub type MovieConnection = Connection<PageCursor, Movie>;
+
+/// A party larger than this is not one booking (the cinema caps holds lower still).
+const MAX_PARTY: i32 = 50;
 
 pub struct QueryRoot;
 
@@ -33,13 +30,7 @@ impl QueryRoot {
         let search = Filter::parse(search.as_deref(), "search")?;
         let request = PageRequest::new(first, after.as_deref())?;
         let page = scope.upstreams.movies(search, request.page_size, request.page_token.clone()).await?;
-        let mut connection = MovieConnection::new(false, !page.next_page_token.is_empty());
-        connection.edges = request
-            .edges(page.movies, &page.next_page_token)
-            .into_iter()
-            .map(|(cursor, movie)| Edge::new(cursor, Movie(movie)))
-            .collect();
-        Ok(connection)
+        Ok(request.page(page.items, &page.next_page_token).into_connection(Movie))
     }
 
     async fn movie(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Movie>> {
@@ -66,6 +57,7 @@ impl QueryRoot {
         let movie = movie_id.map(|id| MovieId::parse(&id)).transpose()?;
         let cinema = cinema_id.map(|id| CinemaId::parse(&id)).transpose()?;
         let showtimes = scope.upstreams.showtimes(movie, cinema, date.map(|d| d.0)).await?;
+        prefetch_for_showtimes(&scope, &showtimes, &[ctx.look_ahead()]).await?;
         Ok(showtimes.into_iter().map(Showtime).collect())
     }
 
@@ -75,6 +67,33 @@ impl QueryRoot {
         Ok(found(scope.upstreams.showtime(&id).await)?.map(Showtime))
     }
 
+    /// The best free block of `count` adjacent seats: rows nearest the middle first,
+    /// never stranding a single seat unless no other block exists. Empty when no block
+    /// of that size is free. `accessible` asks for a block with a wheelchair space.
+    async fn suggest_seats(
+        &self,
+        ctx: &Context<'_>,
+        showtime_id: ID,
+        count: i32,
+        category: Option<String>,
+        accessible: Option<bool>,
+    ) -> async_graphql::Result<Vec<Seat>> {
+        let scope = scope(ctx)?;
+        let showtime = ShowtimeId::parse(&showtime_id)?;
+        if !(1..=MAX_PARTY).contains(&count) {
+            return Err(GatewayError::bad_input(format!("count must be between 1 and {MAX_PARTY}")).into());
+        }
+        let category = Filter::parse(category.as_deref(), "category")?;
+        let request = cinema::SuggestSeatsRequest {
+            showtime_id: showtime.into_inner(),
+            count,
+            category: category.into_inner(),
+            accessible: accessible.unwrap_or(false),
+        };
+        let seats = scope.upstreams.suggest_seats(request).await?;
+        Ok(seats.into_iter().map(Seat::from_proto).collect::<Result<_, GatewayError>>()?)
+    }
+
     /// The caller; null when the request carries no access token.
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
         let scope = scope(ctx)?;
@@ -82,11 +101,13 @@ impl QueryRoot {
         Ok(found(scope.upstreams.user(&identity.user_id).await)?.map(User))
     }
 
-    /// One of the caller's bookings; null for an unknown id or someone else's booking.
+    /// One of the caller's bookings (any booking for an ADMIN); null for an unknown id
+    /// or someone else's booking, so its existence does not leak.
     async fn booking(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Booking>> {
         let scope = scope(ctx)?;
         let identity = scope.viewer.require()?;
         let id = BookingId::parse(&id)?;
-        Ok(found(scope.upstreams.booking(&identity.user_id, &id).await)?.map(Booking))
+        let booking = scope.upstreams.booking(&identity.user_id, &id, identity.is_admin()).await;
+        Ok(found(booking)?.map(Booking))
     }
 }

@@ -1,8 +1,10 @@
 //! GraphQL output types over the upstream messages. Nested fields that need another
 //! service (a showtime's movie, a user's bookings) are resolved only when selected.
 
+use async_graphql::connection::Connection;
 use async_graphql::{
-    Context, Enum, ID, InputValueError, InputValueResult, Object, Scalar, ScalarType, SimpleObject, Value,
+    Context, Enum, ID, InputValueError, InputValueResult, Lookahead, Object, Scalar, ScalarType,
+    SimpleObject, Value,
 };
 use chrono::{DateTime, NaiveDate, Utc};
 use marquee_proto::booking::v1 as booking;
@@ -11,8 +13,9 @@ use marquee_proto::common::v1 as common;
 use marquee_proto::notification::v1 as notification;
 use marquee_proto::user::v1 as user;
 
-use super::scope;
-use crate::domain::{CinemaId, MovieId, ShowtimeId};
+use super::pagination::{PageCursor, PageRequest};
+use super::{Scope, scope};
+use crate::domain::{CinemaId, MovieId, ShowtimeId, UserId};
 use crate::error::GatewayError;
 
 /// A response from our own services that breaks its contract (a missing timestamp,
@@ -27,6 +30,47 @@ fn timestamp(ts: Option<&prost_types::Timestamp>, what: &str) -> Result<DateTime
 
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
+}
+
+/// Loads, with one batch call per kind, the movies and cinemas the selected fields of
+/// these showtimes will ask for (see `RequestCache` priming).
+pub(crate) async fn prefetch_for_showtimes(
+    scope: &Scope<'_>,
+    showtimes: &[cinema::Showtime],
+    selection: &[Lookahead<'_>],
+) -> Result<(), GatewayError> {
+    let selected = |field: &str| selection.iter().any(|s| s.field(field).exists());
+    let movies = async {
+        if !selected("movie") {
+            return Ok(());
+        }
+        let ids = showtimes.iter().map(|s| MovieId::from_trusted(s.movie_id.clone()));
+        scope.cache.prime_movies(&scope.upstreams, ids).await
+    };
+    let cinemas = async {
+        if !selected("cinema") {
+            return Ok(());
+        }
+        let ids = showtimes.iter().map(|s| CinemaId::from_trusted(s.cinema_id.clone()));
+        scope.cache.prime_cinemas(&scope.upstreams, ids).await
+    };
+    tokio::try_join!(movies, cinemas)?;
+    Ok(())
+}
+
+/// As `prefetch_for_showtimes`, for the showtimes of these bookings and what they show.
+async fn prefetch_for_bookings<'b>(
+    scope: &Scope<'_>,
+    bookings: impl Iterator<Item = &'b booking::Booking>,
+    selection: &[Lookahead<'_>],
+) -> Result<(), GatewayError> {
+    let showtime: Vec<Lookahead<'_>> = selection.iter().map(|s| s.field("showtime")).collect();
+    if !showtime.iter().any(Lookahead::exists) {
+        return Ok(());
+    }
+    let ids = bookings.map(|b| ShowtimeId::from_trusted(b.showtime_id.clone()));
+    let showtimes = scope.cache.prime_showtimes(&scope.upstreams, ids).await?;
+    prefetch_for_showtimes(scope, &showtimes, &showtime).await
 }
 
 /// A calendar day, `YYYY-MM-DD`.
@@ -57,7 +101,7 @@ pub struct Money {
 }
 
 impl Money {
-    fn from_proto(money: Option<&common::Money>, what: &str) -> Result<Self, GatewayError> {
+    pub fn from_proto(money: Option<&common::Money>, what: &str) -> Result<Self, GatewayError> {
         let money = money.ok_or_else(|| broken(what))?;
         Ok(Self { amount: money.amount_minor, currency: money.currency.clone() })
     }
@@ -146,13 +190,17 @@ impl Showtime {
     async fn movie(&self, ctx: &Context<'_>) -> async_graphql::Result<Movie> {
         let scope = scope(ctx)?;
         let id = MovieId::from_trusted(self.0.movie_id.clone());
-        Ok(Movie(scope.cache.movie(scope.upstreams, &id).await?))
+        Ok(Movie(scope.cache.movie(&scope.upstreams, &id).await?))
     }
 
     async fn cinema(&self, ctx: &Context<'_>) -> async_graphql::Result<Cinema> {
         let scope = scope(ctx)?;
         let id = CinemaId::from_trusted(self.0.cinema_id.clone());
-        Ok(Cinema(scope.cache.cinema(scope.upstreams, &id).await?))
+        Ok(Cinema(scope.cache.cinema(&scope.upstreams, &id).await?))
+    }
+
+    async fn screen_id(&self) -> ID {
+        ID(self.0.screen_id.clone())
     }
 
     async fn screen_name(&self) -> &str {
@@ -211,6 +259,22 @@ pub struct Seat {
     pub category: String,
     pub state: SeatState,
     pub price: Money,
+    /// A wheelchair space.
+    pub accessible: bool,
+}
+
+impl Seat {
+    pub fn from_proto(seat: cinema::Seat) -> Result<Self, GatewayError> {
+        Ok(Seat {
+            price: Money::from_proto(seat.price.as_ref(), "a seat without a price")?,
+            state: SeatState::from_proto(seat.state)?,
+            id: ID(seat.seat_id),
+            row: seat.row,
+            number: seat.number,
+            category: seat.category,
+            accessible: seat.accessible,
+        })
+    }
 }
 
 #[derive(Clone, Debug, SimpleObject)]
@@ -221,20 +285,7 @@ pub struct SeatMap {
 
 impl SeatMap {
     fn from_proto(map: cinema::SeatMap) -> Result<Self, GatewayError> {
-        let seats = map
-            .seats
-            .into_iter()
-            .map(|seat| {
-                Ok(Seat {
-                    price: Money::from_proto(seat.price.as_ref(), "a seat without a price")?,
-                    state: SeatState::from_proto(seat.state)?,
-                    id: ID(seat.seat_id),
-                    row: seat.row,
-                    number: seat.number,
-                    category: seat.category,
-                })
-            })
-            .collect::<Result<_, GatewayError>>()?;
+        let seats = map.seats.into_iter().map(Seat::from_proto).collect::<Result<_, GatewayError>>()?;
         Ok(Self { showtime_id: ID(map.showtime_id), seats })
     }
 }
@@ -262,6 +313,37 @@ impl BookingStatus {
             Ok(Proto::Unspecified) | Err(_) => Err(broken("a booking without a status")),
         }
     }
+
+    pub fn to_proto(self) -> booking::BookingStatus {
+        use booking::BookingStatus as Proto;
+        match self {
+            Self::Held => Proto::Held,
+            Self::Confirmed => Proto::Confirmed,
+            Self::PaymentFailed => Proto::PaymentFailed,
+            Self::Expired => Proto::Expired,
+            Self::Cancelled => Proto::Cancelled,
+            Self::Failed => Proto::Failed,
+        }
+    }
+}
+
+/// Money that went back to the customer.
+#[derive(Clone, Debug, SimpleObject)]
+pub struct Refund {
+    pub amount: Money,
+    /// What the cancellation policy kept.
+    pub fee: Money,
+    pub refunded_at: Option<DateTime<Utc>>,
+}
+
+/// One step of the booking saga, e.g. `charge` / `succeeded`.
+#[derive(Clone, Debug, SimpleObject)]
+pub struct BookingStep {
+    /// e.g. "lock_seats", "charge", "confirm_seats", "release_seats", "refund".
+    pub step: String,
+    /// e.g. "started", "succeeded", "declined", "error".
+    pub outcome: String,
+    pub at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, SimpleObject)]
@@ -286,7 +368,7 @@ impl Booking {
     async fn showtime(&self, ctx: &Context<'_>) -> async_graphql::Result<Showtime> {
         let scope = scope(ctx)?;
         let id = ShowtimeId::from_trusted(self.0.showtime_id.clone());
-        Ok(Showtime(scope.upstreams.showtime(&id).await?))
+        Ok(Showtime(scope.cache.showtime(&scope.upstreams, &id).await?))
     }
 
     async fn seats(&self) -> async_graphql::Result<Vec<BookedSeat>> {
@@ -315,6 +397,65 @@ impl Booking {
 
     async fn payment_id(&self) -> Option<&str> {
         non_empty(&self.0.payment_id)
+    }
+
+    async fn updated_at(&self) -> Option<DateTime<Utc>> {
+        self.0.updated_at.as_ref().and_then(marquee_common::time::from_proto)
+    }
+
+    /// Why it ended PAYMENT_FAILED, FAILED or CANCELLED, when known.
+    async fn reason(&self) -> Option<&str> {
+        non_empty(&self.0.reason)
+    }
+
+    /// Set once money went back to the customer (a cancellation or a compensation).
+    async fn refund(&self) -> async_graphql::Result<Option<Refund>> {
+        let Some(refund) = &self.0.refund else { return Ok(None) };
+        Ok(Some(Refund {
+            amount: Money::from_proto(refund.amount.as_ref(), "a refund without an amount")?,
+            fee: Money::from_proto(refund.fee.as_ref(), "a refund without a fee")?,
+            refunded_at: refund.at.as_ref().and_then(marquee_common::time::from_proto),
+        }))
+    }
+
+    /// The saga's steps, oldest first.
+    async fn history(&self) -> Vec<BookingStep> {
+        self.0
+            .history
+            .iter()
+            .map(|step| BookingStep {
+                step: step.step.clone(),
+                outcome: step.outcome.clone(),
+                at: step.at.as_ref().and_then(marquee_common::time::from_proto),
+            })
+            .collect()
+    }
+}
+
+/// A screen of a cinema, as created by `createScreen`.
+pub struct Screen(pub cinema::Screen);
+
+#[Object]
+impl Screen {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+
+    async fn cinema_id(&self) -> ID {
+        ID(self.0.cinema_id.clone())
+    }
+
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    async fn seat_count(&self) -> i32 {
+        self.0.seat_count
+    }
+
+    /// Distinct seat categories, sorted; each showtime prices every one.
+    async fn categories(&self) -> &[String] {
+        &self.0.categories
     }
 }
 
@@ -376,17 +517,40 @@ impl User {
         }
     }
 
-    async fn bookings(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Booking>> {
+    /// Newest first; `statuses` keeps only those (all when omitted).
+    async fn bookings(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        statuses: Option<Vec<BookingStatus>>,
+    ) -> async_graphql::Result<Connection<PageCursor, Booking>> {
         let scope = scope(ctx)?;
-        let id = crate::domain::UserId::from_trusted(self.0.id.clone());
-        Ok(scope.upstreams.bookings_of(&id).await?.into_iter().map(Booking).collect())
+        let request = PageRequest::new(first, after.as_deref())?;
+        let id = UserId::from_trusted(self.0.id.clone());
+        let statuses = statuses.unwrap_or_default().into_iter().map(BookingStatus::to_proto).collect();
+        let page =
+            scope.upstreams.bookings_of(&id, statuses, request.page_size, request.page_token.clone()).await?;
+        let paged = request.page(page.items, &page.next_page_token);
+        let look = ctx.look_ahead();
+        let nodes = [look.field("edges").field("node"), look.field("nodes")];
+        prefetch_for_bookings(&scope, paged.edges.iter().map(|(_, b)| b), &nodes).await?;
+        Ok(paged.into_connection(Booking))
     }
 
-    async fn notifications(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Notification>> {
+    /// Newest first.
+    async fn notifications(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<PageCursor, Notification>> {
         let scope = scope(ctx)?;
-        let id = crate::domain::UserId::from_trusted(self.0.id.clone());
-        let notifications = scope.upstreams.notifications_of(&id).await?;
-        Ok(notifications.into_iter().map(Notification).collect())
+        let request = PageRequest::new(first, after.as_deref())?;
+        let id = UserId::from_trusted(self.0.id.clone());
+        let page =
+            scope.upstreams.notifications_of(&id, request.page_size, request.page_token.clone()).await?;
+        Ok(request.page(page.items, &page.next_page_token).into_connection(Notification))
     }
 }
 

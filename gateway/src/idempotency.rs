@@ -1,0 +1,243 @@
+//! Gateway-level idempotency for `holdSeats` and `payBooking`.
+//!
+//! A result is stored in Redis under (caller, mutation, idempotency key) for 24 hours,
+//! next to a hash of the request's payload. A repeat with the same key and payload
+//! gets the stored result without reaching the booking service again; the same key
+//! with another payload is CONFLICT. While the first request is still running, a
+//! repeat waits for its result (polling) and gets CONFLICT if it does not come in time.
+//!
+//! Only successful upstream answers are stored. A failed attempt frees the key, so the
+//! client may retry it (the booking service is itself idempotent for holds and keys
+//! charges by booking, so such a retry cannot double-book or double-charge).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use marquee_common::config::RedisSettings;
+use prost::Message;
+use redis::aio::ConnectionManager;
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+
+use crate::domain::{IdempotencyKey, UserId};
+use crate::error::GatewayError;
+
+/// How long a stored result answers repeats.
+const RESULT_TTL_SECONDS: u64 = 24 * 60 * 60;
+/// A claim outlives the longest upstream call (grpc.request_timeout_ms) by far; it only
+/// matters when a gateway dies mid-call, and then frees the key after this long.
+const PENDING_TTL_SECONDS: u64 = 60;
+/// How long a repeat waits for the first request's result before giving up.
+const WAIT_FOR_FIRST: Duration = Duration::from_secs(10);
+const POLL_EVERY: Duration = Duration::from_millis(25);
+
+const PENDING: u8 = b'P';
+const DONE: u8 = b'D';
+/// Hex SHA-256 of the payload.
+const HASH_LEN: usize = 64;
+
+/// `SET key done EX ttl`, but only while the key still holds this request's claim.
+const COMPLETE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0";
+/// `DEL key`, but only while the key still holds this request's claim.
+const ABANDON: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// Connects on first use, so the gateway starts while Redis is still coming up.
+#[derive(Clone)]
+pub struct IdempotencyStore {
+    client: redis::Client,
+    connection: Arc<OnceCell<ConnectionManager>>,
+    prefix: String,
+}
+
+/// One idempotent mutation call.
+pub struct Operation<'a> {
+    pub user: &'a UserId,
+    /// The GraphQL field, e.g. "holdSeats".
+    pub mutation: &'static str,
+    pub key: &'a IdempotencyKey,
+    /// Everything that makes two requests "the same request", in a canonical form.
+    pub payload: String,
+}
+
+impl IdempotencyStore {
+    pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
+        let client = redis::Client::open(settings.url.expose().as_str()).context("invalid Redis URL")?;
+        Ok(Self { client, connection: Arc::new(OnceCell::new()), prefix: settings.key_prefix.clone() })
+    }
+
+    async fn redis(&self) -> Result<ConnectionManager, GatewayError> {
+        let connection = self
+            .connection
+            .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
+            .await
+            .context("cannot connect to Redis for idempotency keys")?;
+        Ok(connection.clone())
+    }
+
+    /// Runs `call` once per (user, mutation, key); see the module docs.
+    pub async fn run<T, F, Fut>(&self, operation: Operation<'_>, call: F) -> Result<T, GatewayError>
+    where
+        T: Message + Default,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, GatewayError>>,
+    {
+        let key = format!(
+            "{}gateway:idempotency:{}:{}:{}",
+            self.prefix,
+            sha256_hex(operation.user.as_str()),
+            operation.mutation,
+            sha256_hex(operation.key.as_str())
+        );
+        let hash = sha256_hex(&operation.payload);
+        let mut redis = self.redis().await?;
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_FIRST;
+        loop {
+            let claim = claim_value(&hash);
+            let claimed: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&claim)
+                .arg("NX")
+                .arg("EX")
+                .arg(PENDING_TTL_SECONDS)
+                .query_async(&mut redis)
+                .await
+                .context("cannot claim an idempotency key")?;
+            if claimed.is_some() {
+                let result = call().await;
+                self.settle(&mut redis, &key, &claim, &hash, &result).await;
+                return result;
+            }
+            let stored: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .context("cannot read an idempotency key")?;
+            // Gone between SET and GET: the first attempt failed or its claim lapsed.
+            let Some(stored) = stored else { continue };
+            let (state, stored_hash, body) = parse_stored(&stored)?;
+            if stored_hash != hash.as_bytes() {
+                return Err(GatewayError::Conflict(format!(
+                    "idempotencyKey was already used for a different {} request",
+                    operation.mutation
+                )));
+            }
+            if state == DONE {
+                return T::decode(body).map_err(|e| {
+                    GatewayError::Unexpected(anyhow::anyhow!("a stored result does not decode: {e}"))
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(GatewayError::Conflict(format!(
+                    "a {} request with this idempotencyKey is still in progress; retry later",
+                    operation.mutation
+                )));
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+
+    /// Stores a success for repeats, frees the key after a failure. A Redis failure
+    /// here must not turn the caller's completed call into an error: it is logged, and
+    /// the claim lapses on its own.
+    async fn settle<T: Message>(
+        &self,
+        redis: &mut ConnectionManager,
+        key: &str,
+        claim: &[u8],
+        hash: &str,
+        result: &Result<T, GatewayError>,
+    ) {
+        let outcome: redis::RedisResult<i64> = match result {
+            Ok(value) => {
+                let mut done = Vec::with_capacity(1 + HASH_LEN + value.encoded_len());
+                done.push(DONE);
+                done.extend_from_slice(hash.as_bytes());
+                done.extend_from_slice(&value.encode_to_vec());
+                redis::Script::new(COMPLETE)
+                    .key(key)
+                    .arg(claim)
+                    .arg(done)
+                    .arg(RESULT_TTL_SECONDS)
+                    .invoke_async(redis)
+                    .await
+            }
+            Err(_) => redis::Script::new(ABANDON).key(key).arg(claim).invoke_async(redis).await,
+        };
+        if let Err(error) = outcome {
+            tracing::warn!(%error, "cannot settle an idempotency key; it lapses on its own");
+        }
+    }
+}
+
+/// A unique claim: the payload hash plus a random token, so only its owner settles it.
+fn claim_value(hash: &str) -> Vec<u8> {
+    let mut token = [0u8; 16];
+    // Uniqueness only guards against settling someone else's claim after ours lapsed;
+    // the clock is a good enough fallback.
+    if getrandom::fill(&mut token).is_err() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        token = nanos.as_nanos().to_be_bytes();
+    }
+    let mut value = Vec::with_capacity(1 + HASH_LEN + 32);
+    value.push(PENDING);
+    value.extend_from_slice(hash.as_bytes());
+    value.extend_from_slice(hex(&token).as_bytes());
+    value
+}
+
+fn parse_stored(stored: &[u8]) -> Result<(u8, &[u8], &[u8]), GatewayError> {
+    match stored {
+        [state @ (PENDING | DONE), rest @ ..] if rest.len() >= HASH_LEN => {
+            let (hash, body) = rest.split_at(HASH_LEN);
+            Ok((*state, hash, body))
+        }
+        _ => Err(GatewayError::Unexpected(anyhow::anyhow!("a malformed idempotency record"))),
+    }
+}
+
+fn sha256_hex(input: &str) -> String {
+    hex(&Sha256::digest(input.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_records_round_trip_their_state_hash_and_body() {
+        let hash = sha256_hex("showtime\nA1,A2");
+        let claim = claim_value(&hash);
+        let (state, stored_hash, _) = parse_stored(&claim).unwrap();
+        assert_eq!((state, stored_hash), (PENDING, hash.as_bytes()));
+        assert_ne!(claim_value(&hash), claim, "every claim is unique");
+
+        let mut done = vec![DONE];
+        done.extend_from_slice(hash.as_bytes());
+        done.extend_from_slice(b"\x0a\x02id");
+        let (state, stored_hash, body) = parse_stored(&done).unwrap();
+        assert_eq!((state, stored_hash, body), (DONE, hash.as_bytes(), &b"\x0a\x02id"[..]));
+
+        assert!(parse_stored(b"").is_err());
+        assert!(parse_stored(b"Dshort").is_err());
+        assert!(parse_stored(&[b'X'; 80]).is_err());
+    }
+}
