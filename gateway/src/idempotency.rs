@@ -58,6 +58,7 @@ pub struct IdempotencyStore {
     client: redis::Client,
     connection: Arc<OnceCell<ConnectionManager>>,
     prefix: String,
+    wait: Duration,
 }
 
 /// One idempotent mutation call.
@@ -73,7 +74,17 @@ pub struct Operation<'a> {
 impl IdempotencyStore {
     pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
         let client = redis::Client::open(settings.url.expose().as_str()).context("invalid Redis URL")?;
-        Ok(Self { client, connection: Arc::new(OnceCell::new()), prefix: settings.key_prefix.clone() })
+        Ok(Self {
+            client,
+            connection: Arc::new(OnceCell::new()),
+            prefix: settings.key_prefix.clone(),
+            wait: WAIT_FOR_FIRST,
+        })
+    }
+
+    #[cfg(test)]
+    fn waiting_at_most(self, wait: Duration) -> Self {
+        Self { wait, ..self }
     }
 
     async fn redis(&self) -> Result<ConnectionManager, GatewayError> {
@@ -101,7 +112,7 @@ impl IdempotencyStore {
         );
         let hash = sha256_hex(&operation.payload);
         let mut redis = self.redis().await?;
-        let deadline = tokio::time::Instant::now() + WAIT_FOR_FIRST;
+        let deadline = tokio::time::Instant::now() + self.wait;
         loop {
             let claim = claim_value(&hash);
             let claimed: Option<String> = redis::cmd("SET")
@@ -220,7 +231,128 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use marquee_proto::booking::v1::Booking;
+    use tokio::sync::oneshot;
+
     use super::*;
+
+    fn store() -> IdempotencyStore {
+        let mut settings = marquee_common::Settings::for_tests().unwrap();
+        settings.redis.key_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+        IdempotencyStore::new(&settings.redis).unwrap()
+    }
+
+    fn booking(id: &str) -> Booking {
+        Booking { id: id.to_owned(), ..Default::default() }
+    }
+
+    /// Runs `operation` for (user, key, payload); `calls` counts the upstream calls.
+    async fn run(
+        store: &IdempotencyStore,
+        key: &str,
+        payload: &str,
+        calls: &AtomicUsize,
+        result: Result<Booking, GatewayError>,
+    ) -> Result<Booking, GatewayError> {
+        let user = UserId::from_trusted("user-1".to_owned());
+        let key = IdempotencyKey::parse(key).unwrap();
+        let operation =
+            Operation { user: &user, mutation: "holdSeats", key: &key, payload: payload.to_owned() };
+        store
+            .run(operation, || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                result
+            })
+            .await
+    }
+
+    /// Against the real Redis: what a repeat sees while the first call is in flight,
+    /// after it succeeded, and after it failed.
+    #[tokio::test]
+    async fn repeats_wait_for_the_first_call_get_its_result_or_a_conflict() {
+        let store = store().waiting_at_most(Duration::from_millis(200));
+        let (started_tx, started) = oneshot::channel::<()>();
+        let (release, released) = oneshot::channel::<()>();
+        let first = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let user = UserId::from_trusted("user-1".to_owned());
+                let key = IdempotencyKey::parse("k-1").unwrap();
+                let operation =
+                    Operation { user: &user, mutation: "holdSeats", key: &key, payload: "A1".to_owned() };
+                store
+                    .run(operation, || async {
+                        let _ = started_tx.send(());
+                        let _ = released.await;
+                        Ok(booking("b-1"))
+                    })
+                    .await
+            })
+        };
+        started.await.unwrap();
+
+        // In flight: a repeat waits, then gives up; another payload is refused at once.
+        let calls = AtomicUsize::new(0);
+        let waited = run(&store, "k-1", "A1", &calls, Ok(booking("never"))).await.unwrap_err();
+        assert_eq!(waited.code(), marquee_common::ErrorCode::Conflict);
+        let other = run(&store, "k-1", "A2", &calls, Ok(booking("never"))).await.unwrap_err();
+        assert_eq!(other.code(), marquee_common::ErrorCode::Conflict);
+
+        // Done: repeats get the stored result.
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap().id, "b-1");
+        assert_eq!(run(&store, "k-1", "A1", &calls, Ok(booking("never"))).await.unwrap().id, "b-1");
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "no repeat reached upstream");
+        let other = run(&store, "k-1", "A2", &calls, Ok(booking("never"))).await.unwrap_err();
+        assert_eq!(other.code(), marquee_common::ErrorCode::Conflict);
+
+        // A failure is not stored: the same key runs again, and then sticks.
+        let failed = run(&store, "k-2", "B1", &calls, Err(GatewayError::bad_input("no"))).await.unwrap_err();
+        assert_eq!(failed.code(), marquee_common::ErrorCode::BadUserInput);
+        assert_eq!(run(&store, "k-2", "B1", &calls, Ok(booking("b-2"))).await.unwrap().id, "b-2");
+        assert_eq!(run(&store, "k-2", "B1", &calls, Ok(booking("never"))).await.unwrap().id, "b-2");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A repeat that arrives while the first call runs gets the first call's result.
+    #[tokio::test]
+    async fn a_waiting_repeat_gets_the_first_calls_result() {
+        let store = store();
+        let (started_tx, started) = oneshot::channel::<()>();
+        let (release, released) = oneshot::channel::<()>();
+        let first = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let user = UserId::from_trusted("user-1".to_owned());
+                let key = IdempotencyKey::parse("k-3").unwrap();
+                let operation =
+                    Operation { user: &user, mutation: "payBooking", key: &key, payload: "p".to_owned() };
+                store
+                    .run(operation, || async {
+                        let _ = started_tx.send(());
+                        let _ = released.await;
+                        Ok(booking("b-3"))
+                    })
+                    .await
+            })
+        };
+        started.await.unwrap();
+        let repeat = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let user = UserId::from_trusted("user-1".to_owned());
+                let key = IdempotencyKey::parse("k-3").unwrap();
+                let operation =
+                    Operation { user: &user, mutation: "payBooking", key: &key, payload: "p".to_owned() };
+                store.run(operation, || async { Ok(booking("second call")) }).await
+            })
+        };
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap().id, "b-3");
+        assert_eq!(repeat.await.unwrap().unwrap().id, "b-3");
+    }
 
     #[test]
     fn stored_records_round_trip_their_state_hash_and_body() {

@@ -32,6 +32,12 @@ impl TraceContext {
         }
     }
 
+    /// `for_request` with the request's `traceparent` header. Each operation of a
+    /// batch gets its own gateway span within the caller's trace.
+    pub fn from_headers(headers: &axum::http::HeaderMap) -> Self {
+        Self::for_request(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()))
+    }
+
     /// A new trace, sampled.
     pub fn root() -> Self {
         let mut trace_id = [0u8; 16];

@@ -207,6 +207,7 @@ async fn execute_batch(
     };
     let mut responses = Vec::with_capacity(requests.len());
     for request in requests {
+        let request = request.data(crate::trace::TraceContext::from_headers(headers));
         responses.push(run(state, &viewer, request).await);
     }
     render(async_graphql::BatchResponse::Batch(responses), media, StatusCode::OK)
@@ -295,8 +296,7 @@ async fn execute(
         Ok(viewer) => viewer,
         Err(refusal) => return refusal,
     };
-    let traceparent = headers.get(crate::trace::TRACEPARENT).and_then(|v| v.to_str().ok());
-    let request = request.data(crate::trace::TraceContext::for_request(traceparent));
+    let request = request.data(crate::trace::TraceContext::from_headers(headers));
     let response = run(state, &viewer, request).await;
     let status = match media {
         ResponseMedia::GraphqlResponseJson if is_request_error(&response) => StatusCode::BAD_REQUEST,

@@ -277,6 +277,19 @@ async fn every_upstream_call_of_a_request_carries_its_trace() {
     }
     assert!(parents.windows(2).all(|w| w[0] == w[1]), "one gateway span per request: {parents:?}");
 
+    // Each operation of a batch continues it too.
+    let batch = app
+        .http
+        .post(app.url("/graphql"))
+        .header("traceparent", incoming)
+        .json(&json!([{ "query": query }, { "query": "{ showtimes { id movie { title } } }" }]));
+    let (response, calls) = cinema_calls.during(batch.send()).await;
+    assert!(response.unwrap().status().is_success());
+    assert_eq!(calls.len(), 5, "{calls:?}");
+    assert!(
+        calls.iter().all(|c| c.traceparent.as_deref().unwrap().contains("4bf92f3577b34da6a3ce929d0e0e4736"))
+    );
+
     // Without one, the gateway starts a trace: one per request, shared by its calls.
     let trace_of = |call: &Call| call.traceparent.as_deref().unwrap()[3..35].to_owned();
     let (_, first) = cinema_calls.during(app.data(None, query, json!({}))).await;
