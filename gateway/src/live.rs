@@ -30,6 +30,9 @@ use crate::metrics::Metrics;
 const BACKLOG: usize = 256;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
+/// Attempts at the first open before waiting subscribers get the error: a transient
+/// failure (timeout, cinema restarting) should not fail thousands of them at once.
+const FIRST_OPEN_ATTEMPTS: u32 = 3;
 
 /// What a feed delivers to each subscriber.
 #[derive(Clone, Debug)]
@@ -235,7 +238,9 @@ async fn run_feed(
 ) {
     let mut retry = FIRST_RETRY;
     let mut opened_before = false;
+    let mut attempts = 0;
     loop {
+        attempts += 1;
         match open(&inner, &showtime).await {
             Ok(mut stream) => {
                 let _open = OpenStream::new(&inner.metrics);
@@ -262,6 +267,10 @@ async fn run_feed(
                         }
                     }
                 }
+            }
+            // Client errors (unknown or malformed showtime) are final at once.
+            Err(GatewayError::Unexpected(cause)) if !opened_before && attempts < FIRST_OPEN_ATTEMPTS => {
+                tracing::warn!(%showtime, error = format!("{cause:#}"), "cannot open the seat stream; retrying");
             }
             Err(error) if !opened_before => {
                 // Removed first, so a subscriber arriving now starts afresh.
@@ -295,5 +304,48 @@ async fn open(
     match tokio::time::timeout(inner.open_timeout, client.watch_seats(request)).await {
         Ok(response) => Ok(response?.into_inner()),
         Err(_) => Err(GatewayError::Unexpected(anyhow::anyhow!("opening the seat stream timed out"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(seat: &str) -> FeedEvent {
+        FeedEvent::Change(Arc::new(cinema::SeatChange { seat_id: seat.to_owned(), ..Default::default() }))
+    }
+
+    fn seat(event: Option<FeedEvent>) -> String {
+        match event {
+            Some(FeedEvent::Change(change)) => change.seat_id.clone(),
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_to_resync_then_continues() {
+        let settings = Settings::for_tests().unwrap();
+        let feeds = SeatFeeds::new(&settings, Metrics::new().unwrap()).unwrap();
+        let (sender, events) = broadcast::channel(2);
+        // A member of no feed in the map: leaving touches nothing.
+        let membership = Membership {
+            inner: feeds.inner.clone(),
+            showtime: "s".to_owned(),
+            generation: u64::MAX,
+            counted: false,
+        };
+        let mut watch = SeatWatch { events, _membership: membership };
+
+        for seat in ["A1", "A2", "A3"] {
+            sender.send(change(seat)).unwrap();
+        }
+        assert!(matches!(watch.next().await, Some(FeedEvent::Resync)));
+        // The oldest changes still buffered follow, then whatever comes next.
+        assert_eq!(seat(watch.next().await), "A2");
+        assert_eq!(seat(watch.next().await), "A3");
+        sender.send(change("A4")).unwrap();
+        assert_eq!(seat(watch.next().await), "A4");
+        drop(sender);
+        assert!(watch.next().await.is_none(), "the feed ended");
     }
 }
