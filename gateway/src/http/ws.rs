@@ -3,8 +3,9 @@
 //!
 //! A token, when the client has one, comes in the `connection_init` payload as
 //! `{"Authorization": "Bearer <token>"}` (browsers cannot set headers on a
-//! WebSocket); an invalid one closes the connection with 4403, as over HTTP it is
-//! refused rather than downgraded to anonymous.
+//! WebSocket), or else in the upgrade request's `Authorization` header. An invalid
+//! one closes the connection, as over HTTP it is refused rather than downgraded to
+//! anonymous.
 
 use async_graphql::Data;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
@@ -32,25 +33,28 @@ pub async fn upgrade(state: AppState, mut parts: Parts) -> Response {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
         let schema = state.schema.clone();
         GraphQLWebSocket::new(socket, schema, protocol)
-            .on_connection_init(move |payload| connection_data(state, payload))
+            .on_connection_init(move |payload| connection_data(state, header, payload))
             .serve()
     })
 }
 
 /// The per-connection data every subscription of the connection sees.
-async fn connection_data(state: AppState, payload: serde_json::Value) -> async_graphql::Result<Data> {
-    let authorization = ["Authorization", "authorization"]
+async fn connection_data(
+    state: AppState,
+    header: Option<String>,
+    payload: serde_json::Value,
+) -> async_graphql::Result<Data> {
+    let in_payload = ["Authorization", "authorization"]
         .iter()
         .find_map(|key| payload.get(key))
         .and_then(serde_json::Value::as_str);
-    let viewer = authenticate(&state, authorization).await.map_err(|e| async_graphql::Error {
-        message: e.message,
-        source: None,
-        extensions: e.extensions,
-    })?;
+    let viewer = authenticate(&state, in_payload.or(header.as_deref()))
+        .await
+        .map_err(|e| async_graphql::Error { message: e.message, source: None, extensions: e.extensions })?;
     let mut data = Data::default();
     data.insert(viewer);
     data.insert(state.feeds.clone());

@@ -33,8 +33,16 @@ impl Client {
     }
 
     async fn open(app: &TestApp) -> Client {
+        Self::open_with(app, None).await
+    }
+
+    /// Opens the WebSocket, with an `Authorization` header on the upgrade request.
+    async fn open_with(app: &TestApp, authorization: Option<&str>) -> Client {
         let mut request = format!("ws://{}/graphql", app.addr).into_client_request().unwrap();
         request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+        if let Some(value) = authorization {
+            request.headers_mut().insert("authorization", value.parse().unwrap());
+        }
         let (socket, response) = tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade");
         assert_eq!(response.headers()["sec-websocket-protocol"], "graphql-transport-ws");
         Client { socket }
@@ -196,6 +204,14 @@ async fn subscriptions_refuse_unknown_showtimes_and_bad_tokens() {
     forged
         .send(json!({ "type": "connection_init", "payload": { "Authorization": "Bearer not.a.jwt" } }))
         .await;
+    assert_eq!(forged.next().await, None, "the server closes the connection");
+
+    // Clients that can set headers may send the token on the upgrade request instead.
+    let mut by_header = Client::open_with(&app, Some(&format!("Bearer {token}"))).await;
+    by_header.send(json!({ "type": "connection_init", "payload": {} })).await;
+    assert_eq!(by_header.next().await.unwrap()["type"], "connection_ack");
+    let mut forged = Client::open_with(&app, Some("Bearer not.a.jwt")).await;
+    forged.send(json!({ "type": "connection_init", "payload": {} })).await;
     assert_eq!(forged.next().await, None, "the server closes the connection");
 }
 

@@ -190,3 +190,59 @@ async fn production_switches_turn_introspection_and_graphiql_off() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert!(!response.text().await.unwrap().to_lowercase().contains("graphiql"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_a_4xx_or_a_coded_error_never_a_5xx() {
+    let app = spawn_app().await;
+    let json = "application/json";
+    let deep_document = format!("{}{}", "{ movies ".repeat(5_000), "}".repeat(5_000));
+    let deep_variables = format!(
+        r#"{{"query": "{{ cinemas {{ city }} }}", "variables": {{"v": {}1{}}}}}"#,
+        "[".repeat(5_000),
+        "]".repeat(5_000)
+    );
+    let huge_search =
+        format!(r#"{{ movies(search: "{}") {{ pageInfo {{ hasNextPage }} }} }}"#, "x".repeat(60_000));
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("invalid JSON", json, br#"{"query": "{ cinemas "#.to_vec()),
+        ("not an object", json, b"42".to_vec()),
+        ("query not a string", json, br#"{"query": 42}"#.to_vec()),
+        ("variables not an object", json, br#"{"query": "{ cinemas { city } }", "variables": "v"}"#.to_vec()),
+        ("wrong content type", "text/plain", b"{ cinemas { city } }".to_vec()),
+        ("form post", "application/x-www-form-urlencoded", b"query=%7B%20cinemas%20%7B%20city%20%7D%20%7D".to_vec()),
+        ("unknown field", json, br#"{"query": "{ cinemas { nope } }"}"#.to_vec()),
+        (
+            "wrong variable type",
+            json,
+            br#"{"query": "query($n: Int) { movies(first: $n) { pageInfo { hasNextPage } } }", "variables": {"n": "ten"}}"#.to_vec(),
+        ),
+        ("huge string", json, serde_json::to_vec(&json!({ "query": huge_search })).unwrap()),
+        ("deeply nested document", json, serde_json::to_vec(&json!({ "query": deep_document })).unwrap()),
+        ("deeply nested variables", json, deep_variables.into_bytes()),
+        ("10 MB body", json, serde_json::to_vec(&json!({ "query": "x".repeat(10 << 20) })).unwrap()),
+    ];
+    for (name, content_type, body) in cases {
+        let response = app
+            .http
+            .post(app.url("/graphql"))
+            .header(CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        assert!(status.is_client_error() || status == StatusCode::OK, "{name}: {status}");
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            continue;
+        }
+        let body: Value = response.json().await.unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
+        let errors = body["errors"].as_array().unwrap_or_else(|| panic!("{name}: no errors in {body}"));
+        assert!(errors.iter().all(|e| e["extensions"]["code"].is_string()), "{name}: {body}");
+        assert!(errors.iter().all(|e| e["extensions"]["code"] != "INTERNAL"), "{name}: {body}");
+    }
+    // The gateway is still fine.
+    assert_eq!(
+        app.data(None, "{ cinemas { city } }", json!({})).await["cinemas"].as_array().unwrap().len(),
+        2
+    );
+}
