@@ -93,8 +93,12 @@ async fn a_customer_books_two_seats_pays_and_is_notified() {
     let map = seat_states(&mesh, &showtime).await;
     assert!(seats.iter().all(|s| state_of(&map, s) == "BOOKED"), "paid seats are BOOKED");
 
-    let mine = mesh.graphql(Some(&token), "{ me { bookings { id status } } }", json!({})).await.unwrap();
-    assert_eq!(mine.data().unwrap()["me"]["bookings"], json!([{ "id": booking_id, "status": "CONFIRMED" }]));
+    let mine =
+        mesh.graphql(Some(&token), "{ me { bookings { nodes { id status } } } }", json!({})).await.unwrap();
+    assert_eq!(
+        mine.data().unwrap()["me"]["bookings"]["nodes"],
+        json!([{ "id": booking_id, "status": "CONFIRMED" }])
+    );
 
     // booking.confirmed travels booking outbox -> RabbitMQ -> notification worker.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -102,12 +106,12 @@ async fn a_customer_books_two_seats_pays_and_is_notified() {
         let gql = mesh
             .graphql(
                 Some(&token),
-                "{ me { notifications { bookingId channel eventType subject } } }",
+                "{ me { notifications { nodes { bookingId channel eventType subject } } } }",
                 json!({}),
             )
             .await
             .unwrap();
-        let notes = gql.data().unwrap()["me"]["notifications"].as_array().unwrap().clone();
+        let notes = gql.data().unwrap()["me"]["notifications"]["nodes"].as_array().unwrap().clone();
         if let Some(note) = notes.iter().find(|n| n["bookingId"] == booking_id.as_str()) {
             assert_eq!(note["eventType"], "booking.confirmed");
             assert_eq!(notes.len(), 1, "exactly one notification: {notes:?}");
