@@ -170,7 +170,11 @@ impl Saga {
         let Some(slot) =
             self.store.claim_slot(request.user_id, request.showtime_id, booking_id, limit).await?
         else {
-            return Err(BookingError::HoldLimitReached(limit));
+            // A concurrent retry of this very request may hold the last slot.
+            return match self.store.find_by_key(request.user_id, &request.idempotency_key).await? {
+                Some(existing) => replay(existing, &request),
+                None => Err(BookingError::HoldLimitReached(limit)),
+            };
         };
         let locked = self
             .cinema

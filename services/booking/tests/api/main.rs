@@ -282,9 +282,13 @@ impl TestApp {
     /// A server-named queue bound to the test's exchange, declared before any event
     /// is published so nothing is missed.
     async fn subscribe(&self, routing_key: &str) -> (Connection, lapin::Consumer) {
+        self.subscribe_at(self.settings.rabbitmq.url.expose(), routing_key).await
+    }
+
+    /// Like `subscribe`, connecting to the broker at `url`.
+    async fn subscribe_at(&self, url: &str, routing_key: &str) -> (Connection, lapin::Consumer) {
         let rabbit = &self.settings.rabbitmq;
-        let connection =
-            Connection::connect(rabbit.url.expose(), ConnectionProperties::default()).await.unwrap();
+        let connection = Connection::connect(url, ConnectionProperties::default()).await.unwrap();
         let channel = connection.create_channel().await.unwrap();
         channel
             .exchange_declare(

@@ -1,1 +1,125 @@
+//! A RabbitMQ outage never blocks bookings: events wait in the outbox and are
+//! published once the broker is back, none lost and none twice. The outage is a
+//! test-owned TCP proxy between the services and the shared broker being cut.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use marquee_common::Secret;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::*;
+
+/// Forwards TCP connections to `upstream` while up; cutting it drops every open
+/// connection and refuses new ones (accepted, then closed at once).
+struct Proxy {
+    addr: SocketAddr,
+    up: watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, _) = watch::channel(true);
+        let state = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                let mut watcher = state.subscribe();
+                if !*watcher.borrow_and_update() {
+                    continue; // dropped: the broker is "down"
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watcher.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up }
+    }
+
+    fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+#[tokio::test]
+async fn bookings_succeed_while_rabbitmq_is_down_and_their_events_follow_once_it_is_back() {
+    let real = marquee_common::Settings::for_tests().unwrap().rabbitmq.url.expose().clone();
+    let (credentials, rest) = real.split_once('@').expect("the broker url has credentials");
+    let (broker, vhost) = rest.split_once('/').expect("the broker url has a vhost");
+    let proxy = Proxy::start(broker.to_owned()).await;
+    let proxied = format!("{credentials}@{}/{vhost}", proxy.addr);
+    let app = spawn_app_with(|settings| settings.rabbitmq.url = Secret::new(proxied)).await;
+    // The test listens on the broker directly, through no proxy.
+    let (_connection, mut events) = app.subscribe_at(&real, "booking.#").await;
+    let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 10)]).await;
+
+    // Through the proxy, events flow.
+    let user_id = app.register().await;
+    let before = app.hold(&user_id, &showtime, &row("A", 1), "before").await.unwrap();
+    next_event_for(&mut events, &before.id).await;
+
+    proxy.cut();
+    let mut booked = Vec::new();
+    for n in 2..=5 {
+        let user_id = app.register().await;
+        let held = app.hold(&user_id, &showtime, &[format!("A{n}")], "during").await.unwrap();
+        let paid = app.pay(&held, "pm_card_ok").await.unwrap();
+        assert_eq!(paid.status(), BookingStatus::Confirmed);
+        booked.push(paid.id);
+    }
+    // Nothing could be published: every event waits in its booking's outbox.
+    for id in &booked {
+        assert_eq!(app.stored_booking(id).await.get_i32("unsent_events").unwrap(), 2, "{id}");
+    }
+
+    proxy.restore();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut kinds: Vec<(String, String)> = Vec::new();
+    let wanted = booked.len() * 2;
+    tokio::time::timeout(Duration::from_secs(40), async {
+        while kinds.len() < wanted {
+            let delivery = events.next().await.expect("consumer ended").unwrap();
+            delivery.acker.ack(BasicAckOptions::default()).await.unwrap();
+            let event = Event::decode(delivery.data.as_slice()).unwrap();
+            if booked.contains(&event.booking_id) {
+                *seen.entry(event.event_id.clone()).or_default() += 1;
+                if seen[&event.event_id] == 1 {
+                    kinds.push((event.booking_id, event.r#type));
+                }
+            }
+        }
+    })
+    .await
+    .expect("the outbox was not relayed after the broker came back");
+    for id in &booked {
+        let mut types: Vec<&str> = kinds.iter().filter(|(b, _)| b == id).map(|(_, t)| t.as_str()).collect();
+        types.sort_unstable();
+        assert_eq!(types, ["booking.confirmed", "booking.held"], "{id}");
+    }
+    // Once every event is marked sent, nothing arrives a second time.
+    for id in &booked {
+        eventually(Duration::from_secs(10), "the outbox to be marked sent", || async {
+            (app.stored_booking(id).await.get_i32("unsent_events").unwrap() == 0).then_some(())
+        })
+        .await;
+    }
+    while let Ok(Some(delivery)) = tokio::time::timeout(Duration::from_millis(500), events.next()).await {
+        let event = Event::decode(delivery.unwrap().data.as_slice()).unwrap();
+        if booked.contains(&event.booking_id) {
+            *seen.entry(event.event_id).or_default() += 1;
+        }
+    }
+    assert!(seen.values().all(|n| *n == 1), "duplicated events: {seen:?}");
+}
