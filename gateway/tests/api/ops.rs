@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{TestApp, code, spawn_app, spawn_app_with};
 
@@ -219,7 +220,6 @@ async fn malformed_requests_get_a_4xx_or_a_coded_error_never_a_5xx() {
         ("huge string", json, serde_json::to_vec(&json!({ "query": huge_search })).unwrap()),
         ("deeply nested document", json, serde_json::to_vec(&json!({ "query": deep_document })).unwrap()),
         ("deeply nested variables", json, deep_variables.into_bytes()),
-        ("10 MB body", json, serde_json::to_vec(&json!({ "query": "x".repeat(10 << 20) })).unwrap()),
     ];
     for (name, content_type, body) in cases {
         let response = app
@@ -232,14 +232,25 @@ async fn malformed_requests_get_a_4xx_or_a_coded_error_never_a_5xx() {
             .unwrap();
         let status = response.status();
         assert!(status.is_client_error() || status == StatusCode::OK, "{name}: {status}");
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            continue;
-        }
         let body: Value = response.json().await.unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
         let errors = body["errors"].as_array().unwrap_or_else(|| panic!("{name}: no errors in {body}"));
         assert!(errors.iter().all(|e| e["extensions"]["code"].is_string()), "{name}: {body}");
         assert!(errors.iter().all(|e| e["extensions"]["code"] != "INTERNAL"), "{name}: {body}");
     }
+    // A 10 MB body is refused from its Content-Length, before it is read (a client
+    // still writing it would see the connection close, so this one waits).
+    let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {}\r\nContent-Type: {json}\r\nContent-Length: {}\r\n\r\n",
+        app.addr,
+        10 << 20
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 64];
+    let read = socket.read(&mut answer).await.unwrap();
+    let status_line = String::from_utf8_lossy(&answer[..read]);
+    assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
+
     // The gateway is still fine.
     assert_eq!(
         app.data(None, "{ cinemas { city } }", json!({})).await["cinemas"].as_array().unwrap().len(),
