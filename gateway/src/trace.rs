@@ -49,8 +49,7 @@ impl TraceContext {
         Self { trace_id, span_id: random_span_id(), flags: 0x01 }
     }
 
-    #[cfg(test)]
-    fn trace_id(&self) -> String {
+    pub fn trace_id(&self) -> String {
         hex(&self.trace_id)
     }
 

@@ -8,7 +8,9 @@ mod types;
 
 use std::sync::Arc;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest};
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextPrepareRequest,
+};
 use async_graphql::{Context, Schema, ServerResult};
 use marquee_common::Secret;
 use marquee_common::auth::{Claims, Role};
@@ -63,6 +65,20 @@ impl Extension for Tracing {
             request.data.insert(TraceContext::root());
         }
         next.run(ctx, request).await
+    }
+
+    /// Logs of the operation (an internal error, above all) carry the trace id, so they
+    /// can be found next to the upstream services' records of the same trace.
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> async_graphql::Response {
+        use tracing::Instrument as _;
+        let trace_id = ctx.data_opt::<TraceContext>().map(TraceContext::trace_id).unwrap_or_default();
+        let span = tracing::error_span!("graphql", trace.id = %trace_id);
+        next.run(ctx, operation_name).instrument(span).await
     }
 }
 
