@@ -1,0 +1,66 @@
+//! Where the CPU went: per-process CPU time from /proc, grouped by what the process is
+//! (this process = the in-process mesh plus the load generator; PostgreSQL; the
+//! MongoDB-wire server; RabbitMQ; Redis; everything else on the machine).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::stats::round1;
+
+/// Linux's USER_HZ; `getconf CLK_TCK` is 100 on every mainstream kernel config.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot(BTreeMap<&'static str, u64>);
+
+fn group(pid: u32, comm: &str) -> &'static str {
+    if pid == std::process::id() {
+        return "marquee (mesh + load generator)";
+    }
+    match comm {
+        "postgres" | "pgbench" => "postgresql",
+        c if c.starts_with("secantus") => "secantusdb (mongodb wire)",
+        "beam.smp" | "erl_child_setup" | "inet_gethost" | "epmd" => "rabbitmq",
+        "redis-server" => "redis",
+        _ => "other",
+    }
+}
+
+/// CPU ticks (user + system) of every process, summed per group.
+pub fn snapshot() -> Snapshot {
+    let mut totals = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Snapshot(totals) };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After comm: state(0) ... utime(11) stime(12).
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        *totals.entry(group(pid, comm)).or_default() += ticks(11) + ticks(12);
+    }
+    Snapshot(totals)
+}
+
+/// CPU seconds per group between two snapshots, and the share of the machine's
+/// CPU capacity over `seconds` of wall time.
+pub fn between(before: &Snapshot, after: &Snapshot, seconds: f64) -> Value {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let mut groups = serde_json::Map::new();
+    for (name, &end) in &after.0 {
+        let start = before.0.get(name).copied().unwrap_or(0);
+        // A process that exited in between drops out of `after`; others only grow.
+        let cpu_seconds = end.saturating_sub(start) as f64 / TICKS_PER_SECOND;
+        groups.insert(
+            (*name).to_owned(),
+            json!({
+                "cpu_seconds": round1(cpu_seconds),
+                "share_of_machine_pct": round1(100.0 * cpu_seconds / (seconds * cpus).max(f64::EPSILON)),
+            }),
+        );
+    }
+    json!({ "wall_seconds": round1(seconds), "cpus": cpus, "groups": groups })
+}

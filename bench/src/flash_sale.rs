@@ -1,0 +1,534 @@
+//! The flash sale: many customers register, then all try to book seats of one big
+//! showtime through GraphQL at the same moment. Half of them aim at a handful of hot
+//! seats, the rest at random seats of the whole hall. Every hold and payment carries an
+//! idempotency key and is retried with the same key after a timeout.
+//!
+//! After the rush, `verify` reads the stores themselves (PostgreSQL `showtime_seats`,
+//! MongoDB bookings, payments and notifications) and counts every broken promise.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::TryStreamExt;
+use marquee_common::Settings;
+use mongodb::bson::{Document, doc};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::sync::Barrier;
+use uuid::Uuid;
+
+use crate::catalog::{Rng, SEATS, SEATS_PER_ROW, seat_id};
+use crate::gql::{Answer, Client};
+use crate::stats::{Samples, round1};
+
+const REGISTER: &str = "mutation($input: RegisterInput!) { register(input: $input) { token } }";
+const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { token } }";
+const HOLD: &str = "mutation($input: HoldSeatsInput!) { holdSeats(input: $input) { id status } }";
+const PAY: &str = "mutation($input: PayBookingInput!) { payBooking(input: $input) { id status } }";
+const PASSWORD: &str = "correct horse battery staple";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Concurrent customers.
+    pub users: usize,
+    /// How many seats half of the customers fight over.
+    pub hot_seats: usize,
+    /// Purchase attempts per customer, one after the other (1 = a single rush).
+    pub rounds: usize,
+    /// Client-side timeout of one GraphQL request; a timed-out request is retried.
+    pub request_timeout: Duration,
+    /// Sends of one operation (first try + retries) before the customer gives up.
+    pub max_sends: u32,
+    /// How long to wait for the notification worker to record every confirmation.
+    pub notification_deadline: Duration,
+}
+
+impl Config {
+    pub fn bench() -> Self {
+        Self {
+            users: 256,
+            hot_seats: 10,
+            rounds: 8,
+            request_timeout: Duration::from_secs(10),
+            max_sends: 5,
+            notification_deadline: Duration::from_secs(300),
+        }
+    }
+
+    pub fn smoke() -> Self {
+        Self {
+            users: 32,
+            hot_seats: 5,
+            rounds: 1,
+            request_timeout: Duration::from_secs(10),
+            max_sends: 5,
+            notification_deadline: Duration::from_secs(40),
+        }
+    }
+}
+
+/// Hot seats sit in the middle of the middle row: the seats everyone wants.
+fn hot_seat(index: usize) -> usize {
+    50 * SEATS_PER_ROW + 45 + index
+}
+
+/// The seat ids the hot half of the customers aim at.
+pub fn hot_seat_ids(hot_seats: usize) -> Vec<String> {
+    (0..hot_seats).map(|i| seat_id(hot_seat(i))).collect()
+}
+
+fn is_hot(k: usize, hot_seats: usize) -> bool {
+    (hot_seat(0)..hot_seat(hot_seats)).contains(&k)
+}
+
+/// What the customers saw.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub registered: usize,
+    pub attempts: usize,
+    /// booking id -> seat, for every booking the client saw CONFIRMED.
+    pub confirmed: HashMap<String, String>,
+    /// Seats whose hold was refused, with the refusal's code.
+    pub refused: Vec<(String, String)>,
+    /// Holds that succeeded but whose payment did not confirm, with the final answer.
+    pub unpaid: Vec<(String, String)>,
+    /// Operations that gave up after `max_sends`, by final label.
+    pub gave_up: BTreeMap<String, usize>,
+    /// Sends beyond the first, per operation.
+    pub retries: BTreeMap<&'static str, usize>,
+    pub register_ms: Samples,
+    pub hold_won_ms: Samples,
+    pub hold_lost_ms: Samples,
+    pub pay_ms: Samples,
+    /// From the start signal to the last customer's last answer.
+    pub rush_seconds: f64,
+}
+
+impl Outcome {
+    pub fn bookings_per_s(&self) -> f64 {
+        self.confirmed.len() as f64 / self.rush_seconds.max(f64::EPSILON)
+    }
+
+    /// Refusals whose code was not SEAT_UNAVAILABLE.
+    pub fn wrong_refusals(&self) -> usize {
+        self.refused.iter().filter(|(_, code)| code != "SEAT_UNAVAILABLE").count()
+    }
+}
+
+/// Sends one operation until it gets a definite answer: retries timeouts, dropped
+/// connections and retryable errors with the very same variables (so the same
+/// idempotency key). Returns the last answer, the time until it, and the sends.
+async fn send_until_definite(
+    client: &Client,
+    token: Option<&str>,
+    query: &str,
+    variables: &Value,
+    max_sends: u32,
+) -> (Answer, f64, u32) {
+    let started = Instant::now();
+    let mut sends = 0;
+    loop {
+        sends += 1;
+        let answer = client.send(token, query, variables.clone()).await;
+        if !answer.worth_retrying() || sends >= max_sends {
+            return (answer, started.elapsed().as_secs_f64() * 1000.0, sends);
+        }
+        // A short pause so that a retry after an overload does not add to it at once.
+        tokio::time::sleep(Duration::from_millis(50 * u64::from(sends))).await;
+    }
+}
+
+async fn register(client: &Client, name: &str, max_sends: u32) -> anyhow::Result<(String, f64, u32)> {
+    let email = format!("{name}.{}@example.com", Uuid::new_v4().simple());
+    let input = json!({ "input": { "email": email, "password": PASSWORD, "name": name } });
+    let (answer, ms, sends) = send_until_definite(client, None, REGISTER, &input, max_sends).await;
+    let answer = match answer {
+        // A retried registration whose first send did get through: the account exists.
+        Answer::Errors { ref code, .. } if code == "CONFLICT" && sends > 1 => {
+            let login = json!({ "input": { "email": email, "password": PASSWORD } });
+            send_until_definite(client, None, LOGIN, &login, max_sends).await.0
+        }
+        answer => answer,
+    };
+    match answer {
+        Answer::Data(data) => {
+            let path = if data.get("register").is_some() { "register" } else { "login" };
+            let token = data[path]["token"].as_str().context("no token in the answer")?.to_owned();
+            Ok((token, ms, sends))
+        }
+        other => anyhow::bail!("registration of {name} failed: {}", other.label()),
+    }
+}
+
+enum Attempt {
+    Confirmed { booking: String, seat: String },
+    Refused { seat: String, code: String },
+    Unpaid { booking: String, label: String },
+    GaveUp { label: String },
+}
+
+struct UserLog {
+    attempts: Vec<Attempt>,
+    hold_won_ms: Samples,
+    hold_lost_ms: Samples,
+    pay_ms: Samples,
+    hold_retries: usize,
+    pay_retries: usize,
+}
+
+/// Registers `config.users` customers, then releases them all at once on `showtime`.
+pub async fn run(graphql_url: &str, showtime: &str, config: &Config) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(config.hot_seats > 0 && hot_seat(config.hot_seats) <= SEATS, "bad hot seat count");
+    let client = Client::new(graphql_url.to_owned(), config.request_timeout)?;
+    let mut outcome = Outcome::default();
+
+    let mut registrations = tokio::task::JoinSet::new();
+    for i in 0..config.users {
+        let client = client.clone();
+        let max_sends = config.max_sends;
+        registrations.spawn(async move { register(&client, &format!("fan{i}"), max_sends).await });
+    }
+    let mut tokens = Vec::with_capacity(config.users);
+    let mut register_retries = 0;
+    for registration in registrations.join_all().await {
+        let (token, ms, sends) = registration?;
+        outcome.register_ms.push(ms);
+        register_retries += (sends - 1) as usize;
+        tokens.push(token);
+    }
+    outcome.registered = tokens.len();
+    outcome.retries.insert("register", register_retries);
+
+    // Everyone waits at the gate; the rush starts when the last one arrives.
+    let gate = Arc::new(Barrier::new(config.users + 1));
+    let mut customers = tokio::task::JoinSet::new();
+    for (i, token) in tokens.into_iter().enumerate() {
+        let (client, gate, config, showtime) =
+            (client.clone(), gate.clone(), config.clone(), showtime.to_owned());
+        let aims_hot = i % 2 == 0;
+        customers.spawn(async move {
+            gate.wait().await;
+            customer(&client, &token, &showtime, aims_hot, &config).await
+        });
+    }
+    gate.wait().await;
+    let started = Instant::now();
+    let mut logs = Vec::with_capacity(config.users);
+    for log in customers.join_all().await {
+        logs.push(log);
+    }
+    outcome.rush_seconds = started.elapsed().as_secs_f64();
+
+    let (mut hold_retries, mut pay_retries) = (0, 0);
+    for log in logs {
+        outcome.attempts += log.attempts.len();
+        hold_retries += log.hold_retries;
+        pay_retries += log.pay_retries;
+        outcome.hold_won_ms.extend(log.hold_won_ms);
+        outcome.hold_lost_ms.extend(log.hold_lost_ms);
+        outcome.pay_ms.extend(log.pay_ms);
+        for attempt in log.attempts {
+            match attempt {
+                Attempt::Confirmed { booking, seat } => {
+                    outcome.confirmed.insert(booking, seat);
+                }
+                Attempt::Refused { seat, code } => outcome.refused.push((seat, code)),
+                Attempt::Unpaid { booking, label } => outcome.unpaid.push((booking, label)),
+                Attempt::GaveUp { label } => *outcome.gave_up.entry(label).or_default() += 1,
+            }
+        }
+    }
+    outcome.retries.insert("holdSeats", hold_retries);
+    outcome.retries.insert("payBooking", pay_retries);
+    Ok(outcome)
+}
+
+/// One customer's rush: `rounds` purchase attempts, each a hold then a payment.
+async fn customer(client: &Client, token: &str, showtime: &str, aims_hot: bool, config: &Config) -> UserLog {
+    let mut rng = Rng::seeded();
+    let mut log = UserLog {
+        attempts: Vec::new(),
+        hold_won_ms: Samples::default(),
+        hold_lost_ms: Samples::default(),
+        pay_ms: Samples::default(),
+        hold_retries: 0,
+        pay_retries: 0,
+    };
+    for _ in 0..config.rounds {
+        let k = if aims_hot {
+            hot_seat(rng.below(config.hot_seats))
+        } else {
+            loop {
+                let k = rng.below(SEATS);
+                if !is_hot(k, config.hot_seats) {
+                    break k;
+                }
+            }
+        };
+        let seat = seat_id(k);
+        let hold = json!({ "input": {
+            "showtimeId": showtime,
+            "seatIds": [seat],
+            "idempotencyKey": Uuid::new_v4().to_string(),
+        } });
+        let (answer, ms, sends) =
+            send_until_definite(client, Some(token), HOLD, &hold, config.max_sends).await;
+        log.hold_retries += (sends - 1) as usize;
+        // An error the client may not retry is the gateway's final word on this hold.
+        let definite = !answer.worth_retrying();
+        let booking = match answer {
+            Answer::Data(data) => {
+                log.hold_won_ms.push(ms);
+                match data["holdSeats"]["id"].as_str() {
+                    Some(id) => id.to_owned(),
+                    None => {
+                        log.attempts.push(Attempt::GaveUp { label: "HOLD_WITHOUT_ID".to_owned() });
+                        continue;
+                    }
+                }
+            }
+            Answer::Errors { code, .. } if definite => {
+                log.hold_lost_ms.push(ms);
+                log.attempts.push(Attempt::Refused { seat, code });
+                continue;
+            }
+            other => {
+                log.attempts.push(Attempt::GaveUp { label: format!("holdSeats {}", other.label()) });
+                continue;
+            }
+        };
+        let pay = json!({ "input": {
+            "bookingId": booking,
+            "paymentMethod": "pm_card_ok",
+            "idempotencyKey": Uuid::new_v4().to_string(),
+        } });
+        let (answer, ms, sends) = send_until_definite(client, Some(token), PAY, &pay, config.max_sends).await;
+        log.pay_retries += (sends - 1) as usize;
+        log.pay_ms.push(ms);
+        match answer {
+            Answer::Data(data) if data["payBooking"]["status"] == "CONFIRMED" => {
+                log.attempts.push(Attempt::Confirmed { booking, seat });
+            }
+            Answer::Data(data) => {
+                let status = data["payBooking"]["status"].as_str().unwrap_or("?").to_owned();
+                log.attempts.push(Attempt::Unpaid { booking, label: format!("status {status}") });
+            }
+            other => log.attempts.push(Attempt::Unpaid { booking, label: other.label() }),
+        }
+    }
+    log
+}
+
+/// Broken promises, counted from the stores after the rush.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Seats that more than one confirmed booking claims (as stored, or as told to the
+    /// customers).
+    pub double_booked_seats: usize,
+    /// Bookings charged (a succeeded payment) more than once.
+    pub double_charges: usize,
+    /// CONFIRMED bookings without any succeeded payment.
+    pub uncharged_confirmed: usize,
+    /// Succeeded payments of bookings that are not CONFIRMED.
+    pub charged_unconfirmed: usize,
+    /// Confirmed bookings (client or store) that disagree with the seat table or with
+    /// each other: a CONFIRMED booking whose seat is not `booked` for it, a `booked` seat
+    /// of no CONFIRMED booking, a client-confirmed booking the store does not have.
+    pub store_mismatches: usize,
+    /// Holds refused with any code but SEAT_UNAVAILABLE.
+    pub wrong_refusals: usize,
+    /// CONFIRMED bookings without a `booking.confirmed` notification at the deadline.
+    pub lost_notifications: usize,
+    /// CONFIRMED bookings with more than one `booking.confirmed` notification.
+    pub duplicate_notifications: usize,
+    pub confirmed_in_store: usize,
+    pub booked_seats: usize,
+    /// Seconds from the end of the rush until every confirmation was notified (or the
+    /// deadline passed).
+    pub notification_drain_seconds: f64,
+}
+
+impl Verdict {
+    pub fn is_clean(&self) -> bool {
+        self.double_booked_seats == 0
+            && self.double_charges == 0
+            && self.uncharged_confirmed == 0
+            && self.charged_unconfirmed == 0
+            && self.store_mismatches == 0
+            && self.wrong_refusals == 0
+            && self.lost_notifications == 0
+            && self.duplicate_notifications == 0
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "double_booked_seats": self.double_booked_seats,
+            "double_charges": self.double_charges,
+            "uncharged_confirmed": self.uncharged_confirmed,
+            "charged_unconfirmed": self.charged_unconfirmed,
+            "store_mismatches": self.store_mismatches,
+            "wrong_refusals": self.wrong_refusals,
+            "lost_notifications": self.lost_notifications,
+            "duplicate_notifications": self.duplicate_notifications,
+            "confirmed_in_store": self.confirmed_in_store,
+            "booked_seats": self.booked_seats,
+            "notification_drain_seconds": round1(self.notification_drain_seconds),
+        })
+    }
+}
+
+/// Reads the stores the mesh wrote and checks every promise of the flash sale.
+pub async fn verify(
+    settings: &Settings,
+    showtime: &str,
+    outcome: &Outcome,
+    config: &Config,
+) -> anyhow::Result<Verdict> {
+    let mut verdict = Verdict { wrong_refusals: outcome.wrong_refusals(), ..Verdict::default() };
+
+    // PostgreSQL: who holds each taken seat of the showtime.
+    let mut pg = sqlx::PgConnection::connect(settings.postgres.url.expose())
+        .await
+        .context("cannot reach PostgreSQL")?;
+    let rows: Vec<(String, String, Option<Uuid>)> = sqlx::query_as(
+        "SELECT seat_id, status, booking_id FROM showtime_seats \
+         WHERE showtime_id = $1::uuid AND status <> 'available'",
+    )
+    .bind(showtime)
+    .fetch_all(&mut pg)
+    .await
+    .context("cannot read showtime_seats")?;
+    let booked: HashMap<String, String> = rows
+        .iter()
+        .filter(|(_, status, _)| status == "booked")
+        .filter_map(|(seat, _, booking)| Some((seat.clone(), booking.as_ref()?.to_string())))
+        .collect();
+    verdict.booked_seats = booked.len();
+
+    // MongoDB: the bookings of the showtime, as the booking service stored them.
+    let mongo =
+        mongodb::Client::with_uri_str(settings.mongo.url.expose()).await.context("cannot reach MongoDB")?;
+    let bookings: Vec<Document> = mongo
+        .database(&settings.mongo.database_name("booking"))
+        .collection::<Document>("bookings")
+        .find(doc! { "showtime_id": showtime })
+        .projection(doc! { "_id": 1, "status": 1, "seats.seat_id": 1 })
+        .await?
+        .try_collect()
+        .await
+        .context("cannot read bookings")?;
+    let mut confirmed: HashMap<String, Vec<String>> = HashMap::new();
+    for booking in &bookings {
+        if booking.get_str("status").ok() != Some("CONFIRMED") {
+            continue;
+        }
+        let id = booking.get_str("_id").context("a booking without a string _id")?.to_owned();
+        let seats = booking
+            .get_array("seats")
+            .context("a booking without seats")?
+            .iter()
+            .filter_map(|s| Some(s.as_document()?.get_str("seat_id").ok()?.to_owned()))
+            .collect();
+        confirmed.insert(id, seats);
+    }
+    verdict.confirmed_in_store = confirmed.len();
+
+    // Who was told (client) or recorded (store) to own each seat.
+    let mut claims: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for (id, seats) in &confirmed {
+        for seat in seats {
+            claims.entry(seat.as_str()).or_default().insert(id.as_str());
+        }
+    }
+    for (id, seat) in &outcome.confirmed {
+        claims.entry(seat.as_str()).or_default().insert(id.as_str());
+    }
+    verdict.double_booked_seats = claims.values().filter(|owners| owners.len() > 1).count();
+    let mut mismatches = 0;
+    for (id, seats) in &confirmed {
+        mismatches += seats.iter().filter(|seat| booked.get(seat.as_str()) != Some(id)).count();
+    }
+    mismatches += booked.values().filter(|id| !confirmed.contains_key(id.as_str())).count();
+    mismatches += outcome.confirmed.keys().filter(|id| !confirmed.contains_key(id.as_str())).count();
+    verdict.store_mismatches = mismatches;
+
+    // Payments: one succeeded charge per confirmed booking, none for any other.
+    let payments: Vec<Document> = mongo
+        .database(&settings.mongo.database_name("payment"))
+        .collection::<Document>("payments")
+        .find(doc! {})
+        .projection(doc! { "booking_id": 1, "status": 1 })
+        .await?
+        .try_collect()
+        .await
+        .context("cannot read payments")?;
+    let ours: HashSet<&str> = bookings.iter().filter_map(|b| b.get_str("_id").ok()).collect();
+    let mut charges: HashMap<String, usize> = HashMap::new();
+    for payment in &payments {
+        let charged =
+            matches!(payment.get_str("status"), Ok("SUCCEEDED" | "PARTIALLY_REFUNDED" | "REFUNDED"));
+        let Ok(booking) = payment.get_str("booking_id") else { continue };
+        if charged && ours.contains(booking) {
+            *charges.entry(booking.to_owned()).or_default() += 1;
+        }
+    }
+    verdict.double_charges = charges.values().filter(|&&n| n > 1).count();
+    verdict.uncharged_confirmed = confirmed.keys().filter(|id| !charges.contains_key(id.as_str())).count();
+    verdict.charged_unconfirmed = charges.keys().filter(|id| !confirmed.contains_key(id.as_str())).count();
+
+    // Notifications: the worker drains RabbitMQ at its own pace; wait for it.
+    let notifications =
+        mongo.database(&settings.mongo.database_name("notification")).collection::<Document>("notifications");
+    let waiting = Instant::now();
+    let deadline = waiting + config.notification_deadline;
+    loop {
+        let notes: Vec<Document> = notifications
+            .find(doc! { "event_type": "booking.confirmed" })
+            .projection(doc! { "booking_id": 1 })
+            .await?
+            .try_collect()
+            .await
+            .context("cannot read notifications")?;
+        let mut per_booking: HashMap<&str, usize> = HashMap::new();
+        for note in &notes {
+            if let Ok(booking) = note.get_str("booking_id") {
+                *per_booking.entry(booking).or_default() += 1;
+            }
+        }
+        verdict.lost_notifications =
+            confirmed.keys().filter(|id| !per_booking.contains_key(id.as_str())).count();
+        verdict.duplicate_notifications = per_booking.values().filter(|&&n| n > 1).count();
+        if verdict.lost_notifications == 0 || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    verdict.notification_drain_seconds = waiting.elapsed().as_secs_f64();
+    Ok(verdict)
+}
+
+/// The outcome as JSON, for results files.
+pub fn outcome_json(outcome: &mut Outcome, config: &Config) -> Value {
+    json!({
+        "users": config.users,
+        "hot_seats": config.hot_seats,
+        "rounds": config.rounds,
+        "attempts": outcome.attempts,
+        "winners": outcome.confirmed.len(),
+        "losers": outcome.refused.len(),
+        "unpaid": outcome.unpaid.len(),
+        "gave_up": outcome.gave_up,
+        "retries": outcome.retries,
+        "rush_seconds": round1(outcome.rush_seconds),
+        "bookings_per_s": round1(outcome.bookings_per_s()),
+        "attempts_per_s": round1(outcome.attempts as f64 / outcome.rush_seconds.max(f64::EPSILON)),
+        "latency": {
+            "register": outcome.register_ms.summary(),
+            "holdSeats_won": outcome.hold_won_ms.summary(),
+            "holdSeats_lost": outcome.hold_lost_ms.summary(),
+            "payBooking": outcome.pay_ms.summary(),
+        },
+    })
+}

@@ -1,0 +1,20 @@
+//! Marquee's load generator and benchmarks (never run by `scripts/test`, except the
+//! flash-sale smoke test in `tests/flash_sale.rs`):
+//! - `cinema`: LockSeats + ConfirmSeats through gRPC against pgbench on the same SQL,
+//!   and hot-seat contention (`scripts/bench-cinema`);
+//! - `rush`: the whole mesh through GraphQL: the flash sale with its verification from
+//!   the stores, browsing at fixed arrival rates, and the pgbench baseline of the same
+//!   seat SQL in the same run (`scripts/bench`).
+
+pub mod browse;
+pub mod catalog;
+pub mod cinema;
+pub mod cpu;
+pub mod flash_sale;
+pub mod gql;
+pub mod mesh;
+pub mod pgbench;
+pub mod report;
+pub mod rush;
+pub mod stats;
+pub mod subscribers;

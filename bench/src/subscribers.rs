@@ -1,0 +1,279 @@
+//! Connected users: many WebSocket connections to the gateway (graphql-transport-ws),
+//! each holding one `seatMap(showtimeId)` subscription, counting every seat change it
+//! is sent and how late it arrives (receive time minus the change's `changedAt`).
+//!
+//! One loopback address has ~28,000 ephemeral ports toward one gateway port, so the
+//! connections bind their source to 127.0.0.1, 127.0.0.2, ... in turn.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpSocket;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::stats::Samples;
+
+const SUBSCRIBE: &str =
+    "subscription($id: ID!) { seatMap(showtimeId: $id) { resync change { seatId state changedAt } } }";
+/// Connections per source address: well under the ~28,000 ephemeral ports of one.
+const PER_SOURCE_ADDRESS: usize = 10_000;
+/// Handshakes in flight at once: the gateway's accept queue is finite.
+const CONCURRENT_HANDSHAKES: usize = 256;
+
+/// What one subscriber saw.
+#[derive(Debug, Default)]
+pub struct Log {
+    pub showtime: usize,
+    pub changes: usize,
+    pub resyncs: usize,
+    /// Seats this subscriber was told became BOOKED.
+    pub booked: HashSet<String>,
+    pub latency_ms: Samples,
+    /// Protocol errors, error messages, a connection closed before the end.
+    pub failures: Vec<String>,
+}
+
+/// The open subscriptions. `stop` closes them and returns what each one saw.
+pub struct Subscribers {
+    tasks: JoinSet<Log>,
+    stop: watch::Sender<bool>,
+    /// Per showtime index: subscribers that have received at least one change.
+    heard: Arc<Vec<AtomicUsize>>,
+    pub per_showtime: Vec<usize>,
+    pub failed_to_open: usize,
+}
+
+/// Opens `count` subscriptions spread round-robin over `showtimes` (index i watches
+/// `showtimes[i % len]`, after the first `focused` which all watch `showtimes[0]`).
+pub async fn open(
+    gateway: SocketAddr,
+    showtimes: &[String],
+    count: usize,
+    focused: usize,
+) -> anyhow::Result<Subscribers> {
+    anyhow::ensure!(!showtimes.is_empty(), "no showtime to watch");
+    let (stop, stopped) = watch::channel(false);
+    let heard: Arc<Vec<AtomicUsize>> = Arc::new(showtimes.iter().map(|_| AtomicUsize::new(0)).collect());
+    let subscribed = Arc::new(AtomicUsize::new(0));
+    let handshakes = Arc::new(Semaphore::new(CONCURRENT_HANDSHAKES));
+    let mut tasks = JoinSet::new();
+    let mut per_showtime = vec![0; showtimes.len()];
+    for i in 0..count {
+        let which = if i < focused { 0 } else { i % showtimes.len() };
+        per_showtime[which] += 1;
+        let octet = u8::try_from(1 + i / PER_SOURCE_ADDRESS).context("too many connections for 127.0.0.x")?;
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet));
+        let (showtime, stopped, heard, subscribed, handshakes) = (
+            showtimes[which].clone(),
+            stopped.clone(),
+            heard.clone(),
+            subscribed.clone(),
+            handshakes.clone(),
+        );
+        tasks.spawn(async move {
+            let mut log = Log { showtime: which, ..Log::default() };
+            let permit = handshakes.acquire_owned().await;
+            match connect(gateway, source, &showtime).await {
+                Ok(socket) => {
+                    drop(permit);
+                    subscribed.fetch_add(1, Ordering::Relaxed);
+                    listen(socket, &mut log, stopped, &heard[which]).await;
+                }
+                Err(error) => log.failures.push(format!("open: {error:#}")),
+            }
+            log
+        });
+    }
+    // Wait until every connection is subscribed or has failed.
+    let mut failed_to_open = 0;
+    loop {
+        let done = subscribed.load(Ordering::Relaxed);
+        while let Some(finished) = tasks.try_join_next() {
+            if finished.map(|log| !log.failures.is_empty()).unwrap_or(true) {
+                failed_to_open += 1;
+            }
+        }
+        if done + failed_to_open >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Subscribers { tasks, stop, heard, per_showtime, failed_to_open })
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn connect(gateway: SocketAddr, source: IpAddr, showtime: &str) -> anyhow::Result<Socket> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("cannot bind {source}"))?;
+    let stream = socket.connect(gateway).await.context("connect")?;
+    stream.set_nodelay(true)?;
+    let mut request = format!("ws://{gateway}/graphql").into_client_request()?;
+    request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("graphql-transport-ws"));
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(request, stream).await.context("WebSocket handshake")?;
+    ws.send(Message::text(json!({ "type": "connection_init", "payload": {} }).to_string())).await?;
+    loop {
+        let message = ws.next().await.context("closed before connection_ack")??;
+        if let Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text)?;
+            match value["type"].as_str() {
+                Some("connection_ack") => break,
+                Some("ping") => ws.send(Message::text(r#"{"type":"pong"}"#)).await?,
+                _ => anyhow::bail!("unexpected before connection_ack: {text}"),
+            }
+        }
+    }
+    let subscribe = json!({
+        "id": "1",
+        "type": "subscribe",
+        "payload": { "query": SUBSCRIBE, "variables": { "id": showtime } },
+    });
+    ws.send(Message::text(subscribe.to_string())).await?;
+    Ok(ws)
+}
+
+async fn listen(mut ws: Socket, log: &mut Log, mut stopped: watch::Receiver<bool>, heard: &AtomicUsize) {
+    loop {
+        let message = tokio::select! {
+            message = ws.next() => message,
+            _ = stopped.changed() => break,
+        };
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(_))) | None => {
+                log.failures.push("closed by the gateway".to_owned());
+                return;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => {
+                log.failures.push(format!("read: {error}"));
+                return;
+            }
+        };
+        let received = chrono::Utc::now();
+        let Ok(value) = serde_json::from_str::<Value>(&text) else {
+            log.failures.push("a message that is not JSON".to_owned());
+            continue;
+        };
+        match value["type"].as_str() {
+            Some("next") => {
+                let update = &value["payload"]["data"]["seatMap"];
+                if update.is_null() {
+                    log.failures.push(format!("next without data: {text}"));
+                    continue;
+                }
+                if log.changes == 0 && log.resyncs == 0 {
+                    heard.fetch_add(1, Ordering::Relaxed);
+                }
+                if update["resync"] == true {
+                    log.resyncs += 1;
+                    continue;
+                }
+                log.changes += 1;
+                let change = &update["change"];
+                if change["state"] == "BOOKED" {
+                    log.booked.insert(change["seatId"].as_str().unwrap_or_default().to_owned());
+                }
+                if let Some(at) =
+                    change["changedAt"].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                {
+                    log.latency_ms.push((received - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                }
+            }
+            Some("ping") => {
+                if ws.send(Message::text(r#"{"type":"pong"}"#)).await.is_err() {
+                    log.failures.push("cannot answer ping".to_owned());
+                    return;
+                }
+            }
+            Some("pong") => {}
+            _ => log.failures.push(format!("unexpected: {text}")),
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+impl Subscribers {
+    /// Subscribers of showtime `index` that have received something.
+    pub fn heard(&self, index: usize) -> usize {
+        self.heard[index].load(Ordering::Relaxed)
+    }
+
+    /// Waits until every open subscriber of showtime `index` has received something.
+    pub async fn wait_heard(&self, index: usize, deadline: Duration) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        while self.heard(index) < self.per_showtime[index].saturating_sub(self.failed_to_open) {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
+    }
+
+    pub fn open_now(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Closes every connection and collects the logs.
+    pub async fn stop(mut self) -> Vec<Log> {
+        let _ = self.stop.send(true);
+        let mut logs = Vec::new();
+        while let Some(done) = self.tasks.join_next().await {
+            if let Ok(log) = done {
+                logs.push(log);
+            }
+        }
+        logs
+    }
+}
+
+/// Per showtime: did every subscriber get every change? A subscriber missed changes
+/// when it saw fewer than the most any subscriber of its showtime saw, saw a resync,
+/// or was not told about a seat `must_book` says was booked.
+pub fn judge(logs: &mut [Log], must_book: &HashMap<usize, HashSet<String>>) -> Value {
+    let mut most: HashMap<usize, usize> = HashMap::new();
+    for log in logs.iter() {
+        let entry = most.entry(log.showtime).or_default();
+        *entry = (*entry).max(log.changes);
+    }
+    let (mut missed, mut failed, mut delivered) = (0, 0, 0);
+    let mut latency = Samples::default();
+    let mut failure_examples = Vec::new();
+    for log in logs.iter_mut() {
+        delivered += log.changes;
+        let complete = log.changes == most[&log.showtime]
+            && log.resyncs == 0
+            && must_book.get(&log.showtime).is_none_or(|seats| seats.is_subset(&log.booked));
+        if !complete {
+            missed += 1;
+        }
+        if !log.failures.is_empty() {
+            failed += 1;
+            if failure_examples.len() < 5 {
+                failure_examples.push(log.failures[0].clone());
+            }
+        }
+        latency.extend(std::mem::take(&mut log.latency_ms));
+    }
+    json!({
+        "subscribers": logs.len(),
+        "changes_per_showtime": most,
+        "delivered": delivered,
+        "subscribers_missing_changes": missed,
+        "subscribers_with_failures": failed,
+        "failure_examples": failure_examples,
+        "delivery_latency": latency.summary(),
+    })
+}
