@@ -77,14 +77,12 @@ fn render(booking: Booking) -> proto::Booking {
             })
             .collect(),
         updated_at: Some(to_proto(booking.updated_at)),
-        // Only money that actually went back counts as a refund.
-        refund: booking.refund.filter(|r| r.refund_id.is_some() || r.at.is_some()).map(|r| {
-            proto::BookingRefund {
-                amount: Some(money(&r.amount)),
-                fee: Some(money(&r.fee)),
-                refund_id: r.refund_id.unwrap_or_default(),
-                at: r.at.map(to_proto),
-            }
+        // Stated once the booking is finished: while REFUNDING, the money is not back yet.
+        refund: booking.refund.filter(|_| booking.status.is_terminal()).map(|r| proto::BookingRefund {
+            amount: Some(money(&r.amount)),
+            fee: Some(money(&r.fee)),
+            refund_id: r.refund_id.unwrap_or_default(),
+            at: r.at.map(to_proto),
         }),
         reason: booking.reason.unwrap_or_default(),
     }

@@ -1,5 +1,7 @@
 //! Cancellation, its refund policy, the per-user hold limit and hold expiry.
 
+use marquee_proto::cinema::v1::ConfirmSeatsRequest;
+
 use super::*;
 
 fn hours(n: i64) -> chrono::Duration {
@@ -57,6 +59,18 @@ async fn cancelling_refunds_by_the_policy_tier_frees_the_seats_and_closes_before
         let states = app.seat_states(showtime).await;
         assert!(row("A", 2).iter().all(|s| states[s] == SeatState::Available), "{states:?}");
     }
+    // Cinema forgot the cancelled booking: a late confirmation cannot take the seats back.
+    let late_confirm = app
+        .cinema
+        .clone()
+        .confirm_seats(ConfirmSeatsRequest {
+            showtime_id: far.clone(),
+            booking_id: full.id.clone(),
+            seat_ids: row("A", 2),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ApiError::from_status(&late_confirm).code, ErrorCode::SeatUnavailable);
     // Cancelling again answers with the outcome and refunds nothing more.
     let again = app.cancel(&full.id, &owner, false).await.unwrap();
     assert_eq!(again.status(), BookingStatus::Cancelled);
