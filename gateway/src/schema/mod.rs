@@ -43,7 +43,8 @@ pub fn build(upstreams: Upstreams) -> GatewaySchema {
 
 /// Gives every request a trace context (W3C Trace Context): the one the HTTP layer
 /// derived from an incoming `traceparent`, or a new trace. Resolvers stamp it on every
-/// upstream call, so one request is one trace.
+/// upstream call, so one request is one trace. Also gives every request its loader
+/// cache when the transport did not.
 struct Tracing;
 
 impl ExtensionFactory for Tracing {
@@ -60,9 +61,14 @@ impl Extension for Tracing {
         mut request: async_graphql::Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<async_graphql::Request> {
-        let given = request.data.contains_key(&std::any::TypeId::of::<TraceContext>());
-        if !given {
+        let has = |data: &async_graphql::Data, id: std::any::TypeId| data.contains_key(&id);
+        if !has(&request.data, std::any::TypeId::of::<TraceContext>()) {
             request.data.insert(TraceContext::root());
+        }
+        // Operations over WebSocket get no per-request data from the HTTP layer; each
+        // still needs its own loader cache (one per connection would serve stale data).
+        if !has(&request.data, std::any::TypeId::of::<RequestCache>()) {
+            request.data.insert(RequestCache::default());
         }
         next.run(ctx, request).await
     }
@@ -164,6 +170,18 @@ pub(crate) fn found<T>(result: Result<T, GatewayError>) -> Result<Option<T>, Gat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A query over WebSocket comes with connection data only (the viewer); the
+    /// schema supplies the per-operation trace context and loader cache itself.
+    #[tokio::test]
+    async fn an_operation_without_per_request_data_still_resolves() {
+        let settings = marquee_common::Settings::for_tests().unwrap();
+        let schema = build(Upstreams::connect(&settings).unwrap());
+        let request = async_graphql::Request::new("{ me { id } }").data(Viewer::anonymous());
+        let response = schema.execute(request).await;
+        assert!(response.errors.is_empty(), "{:?}", response.errors);
+        assert_eq!(response.data.to_string(), "{me: null}");
+    }
 
     /// The names clients and acceptance tests rely on (DESIGN.md) must not drift.
     #[tokio::test]
