@@ -9,7 +9,7 @@
 //! receiver; the buffer is per showtime.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -209,6 +209,40 @@ impl Drop for Membership {
             feed.task.abort();
             feeds.remove(&self.showtime);
         }
+    }
+}
+
+/// How many subscriptions one WebSocket connection may hold at once; shared by the
+/// connection's subscriptions through the connection data.
+#[derive(Clone)]
+pub struct ConnectionQuota {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One subscription's share of its connection's quota, given back on drop.
+pub struct QuotaSlot(Arc<AtomicUsize>);
+
+impl ConnectionQuota {
+    pub fn new(max: usize) -> Self {
+        Self { open: Arc::new(AtomicUsize::new(0)), max }
+    }
+
+    /// A slot, or `None` when the connection already holds `max` subscriptions.
+    pub fn take(&self) -> Option<QuotaSlot> {
+        let max = self.max;
+        self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(QuotaSlot(self.open.clone()))
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+impl Drop for QuotaSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -68,6 +68,7 @@ struct Options {
     introspection: bool,
     max_batch_size: usize,
     trust_forwarded_for: bool,
+    max_subscriptions_per_connection: usize,
 }
 
 impl AppState {
@@ -78,6 +79,7 @@ impl AppState {
             introspection: settings.introspection,
             max_batch_size: settings.max_batch_size,
             trust_forwarded_for: settings.trust_forwarded_for,
+            max_subscriptions_per_connection: settings.max_subscriptions_per_connection,
         };
         Self {
             schema,
@@ -225,10 +227,11 @@ struct GetParams {
 
 async fn graphql_get(State(state): State<AppState>, request: axum::extract::Request) -> Response {
     let (parts, _) = request.into_parts();
-    if ws::is_upgrade(&parts.headers) {
-        return ws::upgrade(state, parts).await;
-    }
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned().map(Extension);
+    if ws::is_upgrade(&parts.headers) {
+        let client = client_address(&state, peer, &parts.headers);
+        return ws::upgrade(state, parts, client).await;
+    }
     let headers = parts.headers;
     let accept = header_str(&headers, header::ACCEPT);
     if state.options.graphiql && prefers_html(accept) {

@@ -15,7 +15,12 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{AppState, authenticate};
+use std::net::IpAddr;
+
+use super::negotiate::ResponseMedia;
+use super::{AppState, authenticate, rate_limited};
+use crate::live::ConnectionQuota;
+use crate::ratelimit::{Caller, Verdict};
 
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers
@@ -24,7 +29,9 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-pub async fn upgrade(state: AppState, mut parts: Parts) -> Response {
+/// `client` spends one of its address's rate-limit budget per connection; the
+/// subscriptions on it are bounded by `max_subscriptions_per_connection`.
+pub async fn upgrade(state: AppState, mut parts: Parts, client: IpAddr) -> Response {
     let Ok(protocol) = GraphQLProtocol::from_request_parts(&mut parts, &()).await else {
         let message = "Sec-WebSocket-Protocol must be graphql-transport-ws";
         return (StatusCode::BAD_REQUEST, message).into_response();
@@ -33,6 +40,15 @@ pub async fn upgrade(state: AppState, mut parts: Parts) -> Response {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    match state.limiter.check(&Caller::Address(client), 1).await {
+        Ok(Verdict::Allowed) => {}
+        Ok(Verdict::Limited { retry_after_seconds }) => {
+            state.metrics.rate_limited.increment(1);
+            return rate_limited(ResponseMedia::Json, retry_after_seconds);
+        }
+        // Fail open, as for HTTP requests.
+        Err(error) => tracing::warn!(error = format!("{error:#}"), "rate limit not checked"),
+    }
     let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
         let schema = state.schema.clone();
@@ -58,5 +74,6 @@ async fn connection_data(
     let mut data = Data::default();
     data.insert(viewer);
     data.insert(state.feeds.clone());
+    data.insert(ConnectionQuota::new(state.options.max_subscriptions_per_connection));
     Ok(data)
 }

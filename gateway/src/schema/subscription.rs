@@ -6,12 +6,13 @@ use std::sync::Arc;
 use async_graphql::futures_util::{Stream, stream};
 use async_graphql::{Context, Enum, ErrorExtensions, ID, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
+use marquee_common::{ApiError, ErrorCode};
 use marquee_proto::cinema::v1 as cinema;
 
 use super::types::SeatState;
 use crate::domain::ShowtimeId;
 use crate::error::GatewayError;
-use crate::live::{FeedEvent, SeatFeeds, SeatWatch};
+use crate::live::{ConnectionQuota, FeedEvent, QuotaSlot, SeatFeeds, SeatWatch};
 
 pub struct SubscriptionRoot;
 
@@ -26,27 +27,36 @@ impl SubscriptionRoot {
         showtime_id: ID,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<SeatMapUpdate>> + use<>> {
         let showtime = ShowtimeId::parse(showtime_id.as_str())?;
-        let feeds = ctx.data::<SeatFeeds>().map_err(|e| {
-            // Missing data is a wiring bug in this crate, never the client's fault.
-            GatewayError::Unexpected(anyhow::anyhow!("{}", e.message))
+        // Missing data is a wiring bug in this crate, never the client's fault.
+        let missing = |e: async_graphql::Error| GatewayError::Unexpected(anyhow::anyhow!("{}", e.message));
+        let feeds = ctx.data::<SeatFeeds>().map_err(missing)?;
+        let quota = ctx.data::<ConnectionQuota>().map_err(missing)?;
+        let slot = quota.take().ok_or_else(|| {
+            let message = format!("a connection holds at most {} subscriptions", quota.max());
+            GatewayError::Upstream(ApiError::new(ErrorCode::RateLimited, message))
         })?;
         let watch = feeds.watch(&showtime).await.map_err(|error| error.extend())?;
-        Ok(updates(watch, showtime_id))
+        Ok(updates(watch, slot, showtime_id))
     }
 }
 
-fn updates(watch: SeatWatch, showtime: ID) -> impl Stream<Item = async_graphql::Result<SeatMapUpdate>> {
-    stream::unfold(Some(watch), move |state| {
+/// The stream owns the quota slot: ending the subscription gives it back.
+fn updates(
+    watch: SeatWatch,
+    slot: QuotaSlot,
+    showtime: ID,
+) -> impl Stream<Item = async_graphql::Result<SeatMapUpdate>> {
+    stream::unfold(Some((watch, slot)), move |state| {
         let showtime = showtime.clone();
         async move {
-            let mut watch = state?;
+            let (mut watch, slot) = state?;
             let update = match watch.next().await? {
                 FeedEvent::Change(change) => SeatMapUpdate::from_change(showtime, &change),
                 FeedEvent::Resync => Ok(SeatMapUpdate { showtime_id: showtime, change: None, resync: true }),
                 // The last item: the feed is over.
                 FeedEvent::Closed(error) => return Some((Err(error.extend()), None)),
             };
-            Some((update, Some(watch)))
+            Some((update, Some((watch, slot))))
         }
     })
 }

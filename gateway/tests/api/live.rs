@@ -316,3 +316,28 @@ async fn thousands_of_subscriptions_cost_little_memory_and_one_stream() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holds_a_bounded_number_of_subscriptions() {
+    let app = super::spawn_app_with(|settings| settings.gateway.max_subscriptions_per_connection = 2).await;
+    let showtime = app.first_showtime().await;
+    let mut client = Client::connect(&app, json!({})).await;
+    client.subscribe("a", &showtime).await;
+    client.subscribe("b", &showtime).await;
+    wait_for_metric(&app, "gateway_subscriptions_active", 2.0).await;
+
+    client.subscribe("c", &showtime).await;
+    let refused = client.next().await.unwrap();
+    assert_eq!(refused["id"], "c", "{refused}");
+    assert_eq!(code(&refused["payload"]["errors"][0]), "RATE_LIMITED", "{refused}");
+    assert_eq!(client.next().await.unwrap(), json!({ "id": "c", "type": "complete" }));
+
+    // Ending one frees its place; other connections have their own.
+    client.send(json!({ "id": "a", "type": "complete" })).await;
+    wait_for_metric(&app, "gateway_subscriptions_active", 1.0).await;
+    client.subscribe("d", &showtime).await;
+    let mut other = Client::connect(&app, json!({})).await;
+    other.subscribe("a", &showtime).await;
+    other.subscribe("b", &showtime).await;
+    wait_for_metric(&app, "gateway_subscriptions_active", 4.0).await;
+}

@@ -7,6 +7,7 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::{TestApp, code, spawn_app, spawn_app_with};
 
@@ -109,7 +110,19 @@ async fn requests_are_rate_limited_per_user_and_per_anonymous_address() {
     let other = app.post_with(None, json!({ "query": ME }), &kong_saw("203.0.113.7, 198.51.100.1")).await;
     assert_eq!(other.status(), StatusCode::OK);
 
-    assert_eq!(super::ops::metric(&app, "gateway_rate_limited_total").await, 5.0);
+    // A WebSocket connection spends one of its address's budget too.
+    let mut request = format!("ws://{}/graphql", app.addr).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+    let upgrade = tokio_tungstenite::connect_async(request).await;
+    match upgrade {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert!(response.headers().contains_key(RETRY_AFTER));
+        }
+        other => panic!("expected a refused upgrade, got {other:?}"),
+    }
+
+    assert_eq!(metric(&app, "gateway_rate_limited_total").await, 6.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -341,6 +341,13 @@ pub struct GatewaySettings {
     pub trust_forwarded_for: bool,
     #[serde(default)]
     pub rate_limit: RateLimitSettings,
+    /// Subscriptions one WebSocket connection may hold at once.
+    #[serde(default = "default_max_subscriptions_per_connection")]
+    pub max_subscriptions_per_connection: usize,
+}
+
+fn default_max_subscriptions_per_connection() -> usize {
+    500
 }
 
 fn default_max_batch_size() -> usize {
