@@ -455,6 +455,11 @@ pub struct Booking {
 }
 
 impl Booking {
+    /// Why a request that does not apply to this booking now was refused.
+    pub fn conflict(&self) -> crate::error::BookingError {
+        crate::error::BookingError::Conflict(self.public_status(), self.status)
+    }
+
     /// The status clients see.
     pub fn public_status(&self) -> PublicStatus {
         match self.status {

@@ -5,7 +5,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use marquee_common::{ApiError, ErrorCode};
 use tonic::Status;
 
-use crate::domain::{BookingStatus, InvalidInput};
+use crate::domain::{BookingStatus, InvalidInput, PublicStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BookingError {
@@ -16,9 +16,10 @@ pub enum BookingError {
     #[error("this idempotency key was already used for a different request")]
     IdempotencyKeyReused,
     /// Another saga step holds the booking, or its status does not allow the request
-    /// (e.g. paying a cancelled booking, or the loser of a pay/cancel race).
-    #[error("booking is {0}; the request does not apply to it now")]
-    Conflict(BookingStatus),
+    /// (e.g. paying a cancelled booking, or the loser of a pay/cancel race). Carries the
+    /// status clients see and the saga's own.
+    #[error("booking is {} ({}); the request does not apply to it now", .0.as_str(), .1.as_str())]
+    Conflict(PublicStatus, BookingStatus),
     #[error("the hold on this booking has expired")]
     HoldExpired,
     #[error("at most {0} active bookings per showtime; pay for or cancel one first")]
@@ -57,9 +58,10 @@ impl From<BookingError> for Status {
             BookingError::InvalidInput(_) => ApiError::bad_input(message).into(),
             BookingError::NotFound => ApiError::not_found(message).into(),
             BookingError::IdempotencyKeyReused => ApiError::new(ErrorCode::Conflict, message).into(),
-            BookingError::Conflict(status) => {
-                ApiError::new(ErrorCode::Conflict, message).with_meta("status", status.as_str()).into()
-            }
+            BookingError::Conflict(status, saga_status) => ApiError::new(ErrorCode::Conflict, message)
+                .with_meta("status", status.as_str())
+                .with_meta("saga_status", saga_status.as_str())
+                .into(),
             BookingError::HoldExpired => ApiError::new(ErrorCode::HoldExpired, message).into(),
             BookingError::HoldLimitReached(limit) => {
                 ApiError::new(ErrorCode::Conflict, message).with_meta("limit", limit.to_string()).into()

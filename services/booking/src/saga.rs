@@ -31,7 +31,7 @@ use tonic::{Code, Request, Status};
 
 use crate::domain::{
     BookedSeat, Booking, BookingId, BookingStatus, Caller, CancelRequest, HoldRequest, ListQuery, Money,
-    PayRequest, RefundCause, RefundPolicy, SeatId, ShowtimeId,
+    PayRequest, PublicStatus, RefundCause, RefundPolicy, SeatId, ShowtimeId,
 };
 use crate::error::BookingError;
 use crate::events;
@@ -299,11 +299,11 @@ impl Saga {
             }
             // Cancelling again answers with the outcome.
             BookingStatus::Cancelled => return Ok(booking),
-            status => return Err(BookingError::Conflict(status)),
+            _ => return Err(booking.conflict()),
         };
         let Some(booking) = self.store.transition(&booking, claim).await? else {
             let current = self.store.find(booking.id).await?.ok_or(BookingError::NotFound)?;
-            return Err(BookingError::Conflict(current.status));
+            return Err(current.conflict());
         };
         self.checkpoint("cancel.claimed")?;
         self.drive(booking).await
@@ -425,7 +425,7 @@ impl Saga {
             Ok(payment) => Ok(payment),
             // Still in flight elsewhere: its outcome is unknown, so do not claim nothing was charged.
             Err(status) if status.code() == Code::Aborted => {
-                Err(BookingError::Conflict(BookingStatus::Charging))
+                Err(BookingError::Conflict(PublicStatus::Held, BookingStatus::Charging))
             }
             Err(status) if status.code() == Code::Unavailable => Err(BookingError::PaymentUnavailable),
             Err(status) => Err(BookingError::upstream("payment.Charge", &status)),
@@ -550,11 +550,7 @@ impl Saga {
         let Some(updated) = self.store.transition(booking, change).await? else {
             let current = self.store.find(booking.id).await?.ok_or(BookingError::NotFound)?;
             tracing::info!(booking.id = %booking.id, status = %current.status, "another driver moved the booking first");
-            return if current.status.is_terminal() {
-                Ok(current)
-            } else {
-                Err(BookingError::Conflict(current.status))
-            };
+            return if current.status.is_terminal() { Ok(current) } else { Err(current.conflict()) };
         };
         if emits_event {
             self.outbox_written.notify_one();
@@ -680,7 +676,7 @@ fn paid_outcome(booking: Booking) -> Result<Booking, BookingError> {
     match booking.status {
         BookingStatus::Confirmed | BookingStatus::PaymentFailed | BookingStatus::Failed => Ok(booking),
         BookingStatus::Expired => Err(BookingError::HoldExpired),
-        status => Err(BookingError::Conflict(status)),
+        _ => Err(booking.conflict()),
     }
 }
 

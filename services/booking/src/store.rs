@@ -374,7 +374,7 @@ impl BookingStore {
         let indexes = vec![
             index(doc! { "user_id": 1, "idempotency_key": 1 }, "user_idempotency_key", true),
             // Listing pages newest first: ids are time-ordered (UUIDv7).
-            index(doc! { "user_id": 1, "_id": -1 }, "user_newest_first", false),
+            index(doc! { "user_id": 1, "_id": -1 }, "user_newest_id_first", false),
             index(doc! { "status": 1, "lease_until": 1 }, "stalled_sagas", false),
             index(doc! { "status": 1, "expires_at": 1 }, "overdue_holds", false),
         ];
