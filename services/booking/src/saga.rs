@@ -80,6 +80,8 @@ pub struct Saga {
 pub struct SweepReport {
     pub expired: usize,
     pub resumed: usize,
+    /// Holds whose process died after locking seats but before writing the booking.
+    pub abandoned: usize,
 }
 
 /// Which way a transiently failing call may be retried.
@@ -194,9 +196,10 @@ impl Saga {
             }
         };
 
-        // From here on the seats are ours: every failure must give them back. A crash
-        // before the insert leaves a cinema hold that lapses at its TTL and a slot that
-        // is reclaimed as abandoned.
+        // From here on the seats are ours: every failure must give them back. If this
+        // process dies before the insert, the slot claim (written before LockSeats)
+        // tells recovery to release them.
+        self.checkpoint("hold.locked")?;
         let now = Utc::now();
         let booking = match held_booking(booking_id, &request, locked, now, self.settings.hold_ttl_seconds) {
             Ok(booking) => Booking { slot: Some(slot.clone()), ..booking },
@@ -637,6 +640,19 @@ impl Saga {
                 Err(error) => {
                     tracing::warn!(booking.id = %booking.id, error = %error, "stalled saga still unfinished")
                 }
+            }
+        }
+        for claim in self.store.unchecked_slots(Utc::now(), SWEEP_BATCH).await? {
+            if self.store.find(claim.booking_id).await?.is_some() {
+                self.store.mark_slot_checked(&claim).await?;
+                continue;
+            }
+            // The hold died between claiming its slot and writing its booking: give
+            // back whatever cinema may hold for it (idempotent by booking id).
+            if self.release_seats(claim.showtime_id, claim.booking_id).await {
+                self.free_slot(&claim.slot, claim.booking_id).await;
+                report.abandoned += 1;
+                tracing::warn!(booking.id = %claim.booking_id, "released the seats of an abandoned hold");
             }
         }
         Ok(report)

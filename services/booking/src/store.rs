@@ -28,6 +28,14 @@ pub struct BookingStore {
     lease: chrono::Duration,
 }
 
+/// A hold slot's claim: which booking's hold it counts, on which showtime.
+#[derive(Debug, Clone)]
+pub struct SlotClaim {
+    pub slot: String,
+    pub booking_id: BookingId,
+    pub showtime_id: ShowtimeId,
+}
+
 /// A slot claimed but never used by a booking (its hold crashed before the insert)
 /// is reclaimed after this long.
 const ABANDONED_SLOT: chrono::Duration = chrono::Duration::minutes(2);
@@ -536,8 +544,12 @@ impl BookingStore {
         let now = Utc::now();
         for n in 0..limit {
             let id = slot_id(user_id, showtime_id, n);
-            let claim =
-                doc! { "_id": &id, "booking_id": booking_id.to_string(), "claimed_at": bson_time(now) };
+            let claim = doc! {
+                "_id": &id,
+                "booking_id": booking_id.to_string(),
+                "showtime_id": showtime_id.to_string(),
+                "claimed_at": bson_time(now),
+            };
             match self.slots.insert_one(claim).await {
                 Ok(_) => return Ok(Some(id)),
                 Err(e) if marquee_common::mongo::is_duplicate_key(&e) => {}
@@ -564,7 +576,14 @@ impl BookingStore {
                 .slots
                 .update_one(
                     doc! { "_id": &id, "booking_id": &holder },
-                    doc! { "$set": { "booking_id": booking_id.to_string(), "claimed_at": bson_time(now) } },
+                    doc! {
+                        "$set": {
+                            "booking_id": booking_id.to_string(),
+                            "showtime_id": showtime_id.to_string(),
+                            "claimed_at": bson_time(now),
+                            "checked": false,
+                        },
+                    },
                 )
                 .await
                 .context("cannot take over a hold slot")?;
@@ -573,6 +592,44 @@ impl BookingStore {
             }
         }
         Ok(None)
+    }
+
+    /// Slots claimed longer than a lease ago that recovery has not looked at yet: the
+    /// claim is the record, written before LockSeats, that a hold is under way.
+    pub async fn unchecked_slots(&self, now: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<SlotClaim>> {
+        let filter =
+            doc! { "checked": { "$ne": true }, "claimed_at": { "$lt": bson_time(now - self.lease) } };
+        let docs: Vec<Document> = self
+            .slots
+            .find(filter)
+            .limit(limit)
+            .await
+            .context("cannot look for unchecked hold slots")?
+            .try_collect()
+            .await
+            .context("cannot read unchecked hold slots")?;
+        docs.iter()
+            .map(|slot| {
+                Ok(SlotClaim {
+                    slot: slot.get_str("_id")?.to_owned(),
+                    booking_id: BookingId::parse(slot.get_str("booking_id")?)?,
+                    showtime_id: ShowtimeId::parse(slot.get_str("showtime_id")?)?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()
+            .context("stored hold slot is invalid")
+    }
+
+    /// Marks a slot whose booking was written: recovery need not look at it again.
+    pub async fn mark_slot_checked(&self, claim: &SlotClaim) -> anyhow::Result<()> {
+        self.slots
+            .update_one(
+                doc! { "_id": &claim.slot, "booking_id": claim.booking_id.to_string() },
+                doc! { "$set": { "checked": true } },
+            )
+            .await
+            .context("cannot mark a hold slot checked")?;
+        Ok(())
     }
 
     /// Gives a slot back; a no-op unless `booking_id` still holds it.

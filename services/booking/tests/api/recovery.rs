@@ -206,3 +206,44 @@ async fn a_crash_at_any_saga_step_is_finished_or_compensated_by_a_fresh_applicat
     }
     fresh.kill().await;
 }
+
+#[tokio::test]
+async fn a_hold_that_dies_after_locking_seats_gives_them_back_on_recovery() {
+    let app = spawn_app_with(|settings| settings.booking.sweep_interval_ms = 0).await;
+    let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 4)]).await;
+    let user_id = app.register().await;
+    let mut settings = app.settings.clone();
+    let node = BookingNode::start(&settings, &app.shutdown, Some("hold.locked")).await;
+    let died = hold_on(&node.client, &user_id, &showtime, &row("A", 2), "dies").await.unwrap_err();
+    assert_eq!(died.code, ErrorCode::Internal);
+    node.kill().await;
+
+    // Cinema holds the seats for a booking that was never written.
+    let pg = app.pg().await;
+    let live_holds = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM showtime_seats
+              WHERE showtime_id = $1::uuid AND status = 'held' AND hold_expires_at > now()",
+        )
+        .bind(&showtime)
+        .fetch_one(&pg)
+        .await
+        .unwrap()
+    };
+    assert_eq!(live_holds().await, 2);
+    let bookings = app.collection("booking", "bookings").await;
+    assert_eq!(bookings.count_documents(doc! { "showtime_id": &showtime }).await.unwrap(), 0);
+
+    // Once the claim's lease lapses, a fresh process releases them and frees the slot.
+    settings.booking.sweep_interval_ms = 500;
+    let fresh = BookingNode::start(&settings, &app.shutdown, None).await;
+    eventually(Duration::from_secs(20), "the abandoned hold to be released", || async {
+        (live_holds().await == 0).then_some(())
+    })
+    .await;
+    for n in 1..=2 {
+        let seats = [format!("A{n}")];
+        hold_on(&fresh.client, &user_id, &showtime, &seats, &format!("again-{n}")).await.unwrap();
+    }
+    fresh.kill().await;
+}
