@@ -32,6 +32,9 @@ pub struct Application {
     addr: SocketAddr,
     router: Router,
     grace: Duration,
+    /// Cancelled when shutdown starts: WebSocket connections are upgraded out of the
+    /// HTTP server's sight, so they watch this to close themselves.
+    closing: Shutdown,
 }
 
 impl Application {
@@ -45,12 +48,14 @@ impl Application {
         let limiter = ratelimit::RateLimiter::connect(&settings.redis, &settings.gateway.rate_limit).await?;
         let metrics = metrics::Metrics::new()?;
         let feeds = live::SeatFeeds::new(&settings, metrics.clone())?;
-        let services = http::Services { keys, denylist, upstreams, feeds, limiter, metrics };
+        let closing = Shutdown::new();
+        let services =
+            http::Services { keys, denylist, upstreams, feeds, limiter, metrics, closing: closing.clone() };
         let state = http::AppState::new(schema, services, &settings.gateway);
         let router = http::router(state, settings.gateway.max_body_bytes);
         let (listener, addr) = marquee_common::grpc::bind(&settings.gateway.server).await?;
         let grace = Duration::from_millis(settings.grpc.shutdown_grace_ms);
-        Ok(Self { listener, addr, router, grace })
+        Ok(Self { listener, addr, router, grace, closing })
     }
 
     /// The HTTP address, e.g. `http://{addr}/graphql`.
@@ -72,6 +77,8 @@ impl Application {
             result = &mut server => return result.context("HTTP server failed"),
             () = shutdown.cancelled() => {}
         }
+        // Subscribers are told to go (1001) and reconnect to another replica.
+        self.closing.cancel();
         match tokio::time::timeout(self.grace, server).await {
             Ok(result) => result.context("HTTP server failed while draining"),
             Err(_) => {

@@ -20,6 +20,7 @@ use axum::{Extension, Json, Router};
 use marquee_common::ErrorCode;
 use marquee_common::auth::TokenKeys;
 use marquee_common::config::GatewaySettings;
+use marquee_common::shutdown::Shutdown;
 use serde::Deserialize;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -48,6 +49,8 @@ pub struct Services {
     pub feeds: SeatFeeds,
     pub limiter: RateLimiter,
     pub metrics: Metrics,
+    /// Cancelled when the gateway starts shutting down.
+    pub closing: Shutdown,
 }
 
 #[derive(Clone)]
@@ -59,6 +62,7 @@ pub struct AppState {
     feeds: SeatFeeds,
     limiter: RateLimiter,
     metrics: Metrics,
+    closing: Shutdown,
     options: Arc<Options>,
 }
 
@@ -73,7 +77,7 @@ struct Options {
 
 impl AppState {
     pub fn new(schema: GatewaySchema, services: Services, settings: &GatewaySettings) -> Self {
-        let Services { keys, denylist, upstreams, feeds, limiter, metrics } = services;
+        let Services { keys, denylist, upstreams, feeds, limiter, metrics, closing } = services;
         let options = Options {
             graphiql: settings.graphiql,
             introspection: settings.introspection,
@@ -89,6 +93,7 @@ impl AppState {
             feeds,
             limiter,
             metrics,
+            closing,
             options: Arc::new(options),
         }
     }

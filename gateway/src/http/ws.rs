@@ -8,8 +8,10 @@
 //! anonymous.
 
 use async_graphql::Data;
+use async_graphql::futures_util::{SinkExt, StreamExt};
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use axum::extract::{FromRequestParts, WebSocketUpgrade};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -50,12 +52,28 @@ pub async fn upgrade(state: AppState, mut parts: Parts, client: IpAddr) -> Respo
         Err(error) => tracing::warn!(error = format!("{error:#}"), "rate limit not checked"),
     }
     let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
-        let schema = state.schema.clone();
-        GraphQLWebSocket::new(socket, schema, protocol)
-            .on_connection_init(move |payload| connection_data(state, header, payload))
-            .serve()
-    })
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| serve(state, socket, protocol, header))
+}
+
+/// Serves the connection until the client leaves or the gateway shuts down; then it
+/// closes with 1001 (going away), so the client reconnects to another replica.
+async fn serve(state: AppState, socket: WebSocket, protocol: GraphQLProtocol, header: Option<String>) {
+    let schema = state.schema.clone();
+    let closing = state.closing.clone();
+    let (mut sink, stream) = socket.split();
+    // Ending the input ends the session and drops its subscriptions.
+    let input = stream.take_until(closing.clone().cancelled_owned());
+    GraphQLWebSocket::new_with_pair(&mut sink, input, schema, protocol)
+        .on_connection_init(move |payload| connection_data(state, header, payload))
+        .serve()
+        .await;
+    if closing.is_cancelled() {
+        let frame = CloseFrame { code: close_code::AWAY, reason: "the server is shutting down".into() };
+        // The client may be gone already; nothing is left to do either way.
+        let _ = sink.send(Message::Close(Some(frame))).await;
+    }
 }
 
 /// The per-connection data every subscription of the connection sees.

@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use marquee_common::shutdown::Shutdown;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::ops::{metric, wait_for_metric};
@@ -340,4 +342,35 @@ async fn a_connection_holds_a_bounded_number_of_subscriptions() {
     other.subscribe("a", &showtime).await;
     other.subscribe("b", &showtime).await;
     wait_for_metric(&app, "gateway_subscriptions_active", 4.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_shutting_down_sends_its_subscribers_away() {
+    let app = spawn_app().await;
+    let showtime = app.first_showtime().await;
+    // A second gateway over the same mesh, stopped on its own.
+    let gateway = marquee_gateway::Application::build(app.settings.clone()).await.unwrap();
+    let stop = Shutdown::new();
+    let lone = TestApp {
+        addr: gateway.addr(),
+        settings: app.settings.clone(),
+        http: app.http.clone(),
+        _stop: stop.clone().drop_guard(),
+    };
+    let server = tokio::spawn(gateway.run_until_stopped(stop.clone()));
+    let mut client = Client::connect(&lone, json!({})).await;
+    client.subscribe("seats", &showtime).await;
+    wait_for_metric(&lone, "gateway_subscriptions_active", 1.0).await;
+
+    stop.cancel();
+    let frame = loop {
+        match tokio::time::timeout(PATIENCE, client.socket.next()).await.expect("a close frame in time") {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(frame.expect("a close code").code, CloseCode::Away);
+    // The open subscription does not hold the shutdown up.
+    tokio::time::timeout(PATIENCE, server).await.expect("a prompt shutdown").unwrap().unwrap();
 }
