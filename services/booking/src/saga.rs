@@ -1,5 +1,14 @@
 //! The booking saga: hold seats, charge, confirm, and compensate when a step fails.
 //!
+//! ```text
+//! HELD ──pay──▶ CHARGING ──charged──▶ CONFIRMING ──seats booked──▶ CONFIRMED ──cancel──▶ CANCELLING
+//!  │  │            │ declined: release ▶ PAYMENT_FAILED   │ seats taken             │ seats freed
+//!  │  │            │ unavailable ──▶ HELD                  ▼                         ▼
+//!  │  │            │                              REFUNDING (full) ──▶ FAILED    REFUNDING (policy) ──▶ CANCELLED
+//!  │  └─cancel──▶ CANCELLING ──seats freed──▶ CANCELLED
+//!  └─lapsed (sweeper)──▶ EXPIRED
+//! ```
+//!
 //! Every state change is one conditional update on the booking's `version`, so two
 //! callers can never both run a step. A step with effects elsewhere is recorded
 //! before it runs (an in-flight status with a lease: CHARGING, CONFIRMING, REFUNDING,
@@ -7,7 +16,9 @@
 //! idempotent: the charge and the refund are keyed by the booking, cinema's confirm,
 //! release and cancel are idempotent by booking. So when a process dies mid-step,
 //! recovery re-runs the step from the recorded status once the lease lapses, and a
-//! repeat is harmless (a re-run charge returns the first result).
+//! repeat is harmless (a re-run charge returns the first result). A hold is recorded
+//! before LockSeats by its hold-slot claim, which recovery uses to release the seats
+//! of a hold whose booking was never written.
 
 use std::future::Future;
 use std::sync::Arc;
