@@ -115,10 +115,14 @@ async fn seat_map_subscribers_share_one_upstream_stream_and_see_every_change() {
     assert_eq!(metric(&app, "gateway_seat_streams_opened_total").await, 1.0);
     assert_eq!(metric(&app, "gateway_seat_streams_active").await, 1.0);
 
-    // Hold → confirm.
+    // Hold → confirm → cancel of one seat.
     let held = app.data(Some(&ada), HOLD, hold_input(&showtime, &["A1"])).await;
     let booking = held["holdSeats"]["id"].as_str().unwrap().to_owned();
     app.data(Some(&ada), PAY, pay_input(&booking, "pm_card_ok")).await;
+    // → cancel, which releases the booked seat.
+    let cancel = "mutation($id: ID!) { cancelBooking(id: $id) { status } }";
+    let cancelled = app.data(Some(&ada), cancel, json!({ "id": booking })).await;
+    assert_eq!(cancelled["cancelBooking"]["status"], "CANCELLED", "{cancelled}");
     // Hold → declined payment, which releases.
     let held = app.data(Some(&ada), HOLD, hold_input(&showtime, &["A2"])).await;
     let declined = held["holdSeats"]["id"].as_str().unwrap().to_owned();
@@ -128,6 +132,7 @@ async fn seat_map_subscribers_share_one_upstream_stream_and_see_every_change() {
     let expected = [
         ("A1", "HELD", "HELD"),
         ("A1", "BOOKED", "BOOKED"),
+        ("A1", "AVAILABLE", "RELEASED"),
         ("A2", "HELD", "HELD"),
         ("A2", "AVAILABLE", "RELEASED"),
     ];
