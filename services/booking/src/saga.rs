@@ -203,6 +203,12 @@ impl Saga {
             Ok(locked) => locked.into_inner(),
             Err(status) => {
                 self.free_slot(&slot, booking_id).await;
+                // A concurrent retry of this very request may have taken the seats first.
+                if let Some(existing) =
+                    self.store.find_by_key(request.user_id, &request.idempotency_key).await?
+                {
+                    return replay(existing, &request);
+                }
                 return Err(BookingError::upstream("cinema.LockSeats", &status));
             }
         };
