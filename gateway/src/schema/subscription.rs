@@ -16,7 +16,7 @@ use crate::live::{ConnectionQuota, FeedEvent, QuotaSlot, SeatFeeds, SeatWatch};
 
 pub struct SubscriptionRoot;
 
-#[Subscription]
+#[Subscription(name = "Subscription")]
 impl SubscriptionRoot {
     /// Every seat change of the showtime from now on, in commit order: holds,
     /// confirmations, releases, lapsed holds, blocks. An update with `resync: true`
@@ -124,5 +124,30 @@ impl SeatMapUpdate {
             .ok_or_else(|| broken("a seat change without a time"))?;
         let change = SeatChange { seat_id: ID(change.seat_id.clone()), state, reason, changed_at };
         Ok(Self { showtime_id: showtime, change: Some(change), resync: false })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::upstream::Upstreams;
+
+    /// The subscription names clients rely on (DESIGN.md) must not drift.
+    #[tokio::test]
+    async fn the_sdl_keeps_the_subscription_contract() {
+        let settings = marquee_common::Settings::for_tests().unwrap();
+        let sdl = super::super::build(Upstreams::connect(&settings).unwrap()).sdl();
+        for line in [
+            "type Subscription {",
+            "seatMap(showtimeId: ID!): SeatMapUpdate!",
+            "type SeatMapUpdate {",
+            "change: SeatChange",
+            "resync: Boolean!",
+            "seatId: ID!",
+            "state: SeatState!",
+            "reason: SeatChangeReason!",
+            "changedAt: DateTime!",
+        ] {
+            assert!(sdl.contains(line), "missing `{line}` in\n{sdl}");
+        }
     }
 }
