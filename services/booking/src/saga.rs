@@ -27,6 +27,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use marquee_common::ErrorCode;
+use marquee_common::trace::in_new_trace;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::cinema::v1::{
     CancelSeatsRequest, ConfirmSeatsRequest, ExtendHoldRequest, GetShowtimeRequest, LockSeatsRequest,
@@ -39,6 +40,7 @@ use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
+use tracing::Instrument as _;
 
 use crate::domain::{
     BookedSeat, Booking, BookingId, BookingStatus, Caller, CancelRequest, HoldRequest, ListQuery, Money,
@@ -46,7 +48,7 @@ use crate::domain::{
 };
 use crate::error::BookingError;
 use crate::events;
-use crate::store::{BookingStore, InsertError, SagaEntry, Transition};
+use crate::store::{BookingStore, InsertError, SagaEntry, SlotClaim, Transition};
 
 /// Bookings looked at per sweep query.
 const SWEEP_BATCH: i64 = 100;
@@ -134,8 +136,10 @@ impl Saga {
         Ok(())
     }
 
+    /// Every outgoing call: within the deadline, and in the current trace (the
+    /// caller's, or the sweep's per booking) as a new span.
     fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
+        let mut request = marquee_common::trace::outgoing(message);
         request.set_timeout(self.settings.deadline);
         request
     }
@@ -619,60 +623,81 @@ impl Saga {
 
     /// Expires overdue holds, then resumes sagas whose process died mid-step. Safe to
     /// run in every replica at once: each booking is claimed by a conditional update.
+    /// No caller traced this work, so each booking handled is a trace of its own.
     pub async fn sweep(&self) -> anyhow::Result<SweepReport> {
         let mut report = SweepReport::default();
         let now = Utc::now();
         for booking in self.store.overdue_holds(now, SWEEP_BATCH).await? {
-            let event = events::booking_expired(&booking, now);
-            let change = Transition::to(BookingStatus::Expired).step("expire", "succeeded").event(event);
-            // Losing the claim means it was paid, cancelled or expired by another replica.
-            let Some(expired) = self.store.transition(&booking, change).await? else { continue };
-            self.outbox_written.notify_one();
-            report.expired += 1;
-            if let Some(slot) = &expired.slot {
-                self.free_slot(slot, expired.id).await;
-            }
-            if self.checkpoint("sweep.expired").is_err() {
-                continue;
-            }
-            let released = self.release_seats(expired.showtime_id, expired.id).await;
-            self.store
-                .note(
-                    expired.id,
-                    SagaEntry::new("release_seats", if released { "succeeded" } else { "failed" }),
-                )
-                .await?;
-            tracing::info!(booking.id = %expired.id, "hold expired");
+            let span = tracing::info_span!("sweep.expire", booking.id = %booking.id);
+            in_new_trace(self.expire(booking, now, &mut report).instrument(span)).await?;
         }
         for booking in self.store.stalled(Utc::now(), SWEEP_BATCH).await? {
-            let status = booking.status;
-            let claim = Transition::to(status).step("recover", "resumed");
-            let Some(claimed) = self.store.transition(&booking, claim).await? else { continue };
-            report.resumed += 1;
-            tracing::warn!(booking.id = %claimed.id, %status, "resuming a stalled saga");
-            match self.drive(claimed).await {
-                Ok(done) => {
-                    tracing::info!(booking.id = %done.id, status = %done.status, "stalled saga resumed")
-                }
-                Err(error) => {
-                    tracing::warn!(booking.id = %booking.id, error = %error, "stalled saga still unfinished")
-                }
-            }
+            let span = tracing::info_span!("sweep.resume", booking.id = %booking.id);
+            in_new_trace(self.resume(booking, &mut report).instrument(span)).await?;
         }
         for claim in self.store.unchecked_slots(Utc::now(), SWEEP_BATCH).await? {
-            if self.store.find(claim.booking_id).await?.is_some() {
-                self.store.mark_slot_checked(&claim).await?;
-                continue;
-            }
-            // The hold died between claiming its slot and writing its booking: give
-            // back whatever cinema may hold for it (idempotent by booking id).
-            if self.release_seats(claim.showtime_id, claim.booking_id).await {
-                self.free_slot(&claim.slot, claim.booking_id).await;
-                report.abandoned += 1;
-                tracing::warn!(booking.id = %claim.booking_id, "released the seats of an abandoned hold");
-            }
+            let span = tracing::info_span!("sweep.slot", booking.id = %claim.booking_id);
+            in_new_trace(self.check_slot(claim, &mut report).instrument(span)).await?;
         }
         Ok(report)
+    }
+
+    async fn expire(
+        &self,
+        booking: Booking,
+        now: DateTime<Utc>,
+        report: &mut SweepReport,
+    ) -> anyhow::Result<()> {
+        let event = events::booking_expired(&booking, now);
+        let change = Transition::to(BookingStatus::Expired).step("expire", "succeeded").event(event);
+        // Losing the claim means it was paid, cancelled or expired by another replica.
+        let Some(expired) = self.store.transition(&booking, change).await? else { return Ok(()) };
+        self.outbox_written.notify_one();
+        report.expired += 1;
+        if let Some(slot) = &expired.slot {
+            self.free_slot(slot, expired.id).await;
+        }
+        if self.checkpoint("sweep.expired").is_err() {
+            return Ok(());
+        }
+        let released = self.release_seats(expired.showtime_id, expired.id).await;
+        self.store
+            .note(expired.id, SagaEntry::new("release_seats", if released { "succeeded" } else { "failed" }))
+            .await?;
+        tracing::info!(booking.id = %expired.id, "hold expired");
+        Ok(())
+    }
+
+    async fn resume(&self, booking: Booking, report: &mut SweepReport) -> anyhow::Result<()> {
+        let status = booking.status;
+        let claim = Transition::to(status).step("recover", "resumed");
+        let Some(claimed) = self.store.transition(&booking, claim).await? else { return Ok(()) };
+        report.resumed += 1;
+        tracing::warn!(booking.id = %claimed.id, %status, "resuming a stalled saga");
+        match self.drive(claimed).await {
+            Ok(done) => {
+                tracing::info!(booking.id = %done.id, status = %done.status, "stalled saga resumed")
+            }
+            Err(error) => {
+                tracing::warn!(booking.id = %booking.id, error = %error, "stalled saga still unfinished")
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_slot(&self, claim: SlotClaim, report: &mut SweepReport) -> anyhow::Result<()> {
+        if self.store.find(claim.booking_id).await?.is_some() {
+            self.store.mark_slot_checked(&claim).await?;
+            return Ok(());
+        }
+        // The hold died between claiming its slot and writing its booking: give
+        // back whatever cinema may hold for it (idempotent by booking id).
+        if self.release_seats(claim.showtime_id, claim.booking_id).await {
+            self.free_slot(&claim.slot, claim.booking_id).await;
+            report.abandoned += 1;
+            tracing::warn!(booking.id = %claim.booking_id, "released the seats of an abandoned hold");
+        }
+        Ok(())
     }
 
     async fn visible(&self, id: BookingId, caller: Caller) -> Result<Booking, BookingError> {

@@ -1,17 +1,23 @@
-//! gRPC server scaffolding (health, reflection, graceful drain) and client channels.
+//! gRPC server scaffolding (health, reflection, tracing, graceful drain) and client
+//! channels.
 
 use std::net::SocketAddr;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::http;
 use tonic::service::Routes;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic_health::ServingStatus;
+use tracing::Instrument as _;
+use tracing::instrument::Instrumented;
 
 use crate::config::{GrpcSettings, ServerSettings};
+use crate::trace::{TRACEPARENT, TraceContext, TraceParent};
 
 /// Binds the configured address (port 0 picks a free port) and reports the real one.
 pub async fn bind(settings: &ServerSettings) -> anyhow::Result<(TcpListener, SocketAddr)> {
@@ -24,7 +30,8 @@ pub async fn bind(settings: &ServerSettings) -> anyhow::Result<(TcpListener, Soc
 
 /// Serves `routes` plus `grpc.health.v1` (the service reported SERVING) and server
 /// reflection, until `shutdown` is cancelled; then drains in-flight calls for at most
-/// `grace`.
+/// `grace`. Every call runs in a `grpc.request` span of the caller's trace (see
+/// `TraceLayer`).
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
@@ -44,6 +51,7 @@ pub async fn serve(
 
     let signal = shutdown.clone();
     let server = Server::builder()
+        .layer(TraceLayer { service: service_name })
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection)
@@ -73,4 +81,60 @@ pub fn channel(url: &str, settings: &GrpcSettings) -> anyhow::Result<Channel> {
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_millis(settings.request_timeout_ms));
     Ok(endpoint.connect_lazy())
+}
+
+/// Runs each call in the trace its `traceparent` names (a new trace when it is
+/// missing or malformed): inside a `grpc.request` span carrying `trace.id`, this
+/// hop's `span.id` and the caller's `parent.id`, so every log line of the call
+/// carries them, and with that context as `trace::current()` for the handler.
+#[derive(Clone, Copy, Debug)]
+pub struct TraceLayer {
+    /// Names the service in the span: several services may share one process (tests).
+    pub service: &'static str,
+}
+
+impl<S> tower::Layer<S> for TraceLayer {
+    type Service = Traced<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Traced { inner, service: self.service }
+    }
+}
+
+/// The service `TraceLayer` wraps.
+#[derive(Clone, Debug)]
+pub struct Traced<S> {
+    inner: S,
+    service: &'static str,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Traced<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Instrumented<tokio::task::futures::TaskLocalFuture<TraceContext, S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let parent =
+            request.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
+        let context = parent.as_ref().map_or_else(TraceContext::root, TraceParent::child);
+        let span = tracing::info_span!(
+            "grpc.request",
+            service = self.service,
+            rpc = request.uri().path(),
+            trace.id = %context.trace_id(),
+            span.id = %context.span_id(),
+            parent.id = tracing::field::Empty,
+        );
+        if let Some(parent) = parent {
+            span.record("parent.id", parent.parent_id());
+        }
+        context.scope(self.inner.call(request)).instrument(span)
+    }
 }

@@ -16,6 +16,7 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
+pub mod trace;
 
 pub use config::Settings;
 pub use error::{ApiError, ErrorCode};

@@ -38,6 +38,7 @@ mod cancel;
 mod outage;
 mod recovery;
 mod rush;
+mod trace;
 
 struct TestApp {
     settings: Settings,
