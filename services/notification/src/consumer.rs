@@ -382,7 +382,8 @@ impl Handler {
             Err(error) => return Outcome::DeadLetter(format!("invalid {event_type} event: {error}")),
         };
         let span = tracing::info_span!("notify", event.id = %event.event_id, booking.id = %event.booking_id);
-        self.handle_claimed(&event, shutdown).instrument(span).await
+        // Each consumed event is a trace of its own, through its calls to user and cinema.
+        marquee_common::trace::in_new_trace(self.handle_claimed(&event, shutdown).instrument(span)).await
     }
 
     /// Takes the event's claim, waiting while another delivery holds it (it finishes,

@@ -8,6 +8,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
+use marquee_common::trace::outgoing;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::cinema::v1::{GetCinemaRequest, GetMovieRequest, GetShowtimeRequest};
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
@@ -56,7 +57,7 @@ impl Directory {
         let user = self
             .users
             .clone()
-            .get_user(GetUserRequest { id: user_id.to_string() })
+            .get_user(outgoing(GetUserRequest { id: user_id.to_string() }))
             .await
             .map_err(|status| upstream("user.GetUser", status))?
             .into_inner();
@@ -82,7 +83,7 @@ impl Directory {
         let showtime = self
             .cinema
             .clone()
-            .get_showtime(GetShowtimeRequest { id: showtime_id.to_string() })
+            .get_showtime(outgoing(GetShowtimeRequest { id: showtime_id.to_string() }))
             .await
             .map_err(|status| upstream("cinema.GetShowtime", status))?
             .into_inner();
@@ -90,13 +91,13 @@ impl Directory {
         let (movie, cinema) = tokio::try_join!(
             async {
                 movies
-                    .get_movie(GetMovieRequest { id: showtime.movie_id.clone() })
+                    .get_movie(outgoing(GetMovieRequest { id: showtime.movie_id.clone() }))
                     .await
                     .map_err(|status| upstream("cinema.GetMovie", status))
             },
             async {
                 cinemas
-                    .get_cinema(GetCinemaRequest { id: showtime.cinema_id.clone() })
+                    .get_cinema(outgoing(GetCinemaRequest { id: showtime.cinema_id.clone() }))
                     .await
                     .map_err(|status| upstream("cinema.GetCinema", status))
             },

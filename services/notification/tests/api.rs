@@ -501,6 +501,28 @@ async fn each_confirmed_booking_is_notified_exactly_once_even_when_redelivered()
 }
 
 #[tokio::test]
+async fn each_consumed_event_is_one_trace_through_its_user_and_cinema_lookups() {
+    use marquee_common::telemetry::capture;
+    let app = spawn_app().await;
+    assert!(capture::start(), "the kit's subscriber (with the span capture) is the process's");
+    let (alice, _) = app.register("alice").await;
+    app.publisher.publish_event(&app.confirmed_event(&alice, &["A1"])).await;
+    app.await_notifications(&alice, 1).await;
+
+    // The consumer started a trace for the event; its lookups are calls in it.
+    let spans = capture::all();
+    let consumed = spans.iter().filter(|span| span.name == "trace").find(|root| {
+        let of_trace = capture::spans_of(&root.trace_id);
+        let called = |rpc: &str| of_trace.iter().any(|span| span.name == "grpc.request" && span.rpc == rpc);
+        called("/marquee.user.v1.UserService/GetUser")
+            && called("/marquee.cinema.v1.CinemaService/GetShowtime")
+    });
+    let consumed = consumed.expect("one trace holds the event's user and cinema lookups");
+    let lookups = capture::spans_of(&consumed.trace_id);
+    assert!(lookups.iter().filter(|span| span.name == "grpc.request").all(|span| span.parent_id.is_some()));
+}
+
+#[tokio::test]
 async fn each_event_kind_is_rendered_with_its_details_on_every_channel_the_user_chose() {
     let app = spawn_app().await;
     let (ida, ida_email) = app.register("ida").await;
