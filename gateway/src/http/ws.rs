@@ -24,6 +24,11 @@ use super::{AppState, authenticate, rate_limited};
 use crate::live::ConnectionQuota;
 use crate::ratelimit::{Caller, Verdict};
 
+const WS_BUFFER_BYTES: usize = 4 * 1024;
+/// The largest client message (a `subscribe` carries a document), as
+/// `gateway.max_body_bytes`' default is for HTTP.
+const WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
@@ -54,6 +59,13 @@ pub async fn upgrade(state: AppState, mut parts: Parts, client: IpAddr) -> Respo
     let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        // tungstenite's defaults: a 128 KiB read buffer, zero-filled on first read, so
+        // ~130 KB resident per idle connection; and 64 MiB messages one client could
+        // make the gateway buffer. Protocol messages are small.
+        .read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES)
+        .max_message_size(WS_MAX_MESSAGE_BYTES)
+        .max_frame_size(WS_MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| serve(state, socket, protocol, header))
 }
 
