@@ -133,7 +133,7 @@ where
             parent.id = tracing::field::Empty,
         );
         if let Some(parent) = parent {
-            span.record("parent.id", parent.parent_id());
+            span.record("parent.id", tracing::field::display(parent.parent_id()));
         }
         context.scope(self.inner.call(request)).instrument(span)
     }

@@ -12,6 +12,14 @@ pub fn init(settings: &TelemetrySettings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Tests log at `warn`, but the capture needs the kit's trace spans. One global
+    // filter for every layer: per-layer filters can silently drop spans
+    // (tokio-rs/tracing#2519), which would cost log lines their trace id.
+    #[cfg(feature = "testing")]
+    let filter = capture::TARGETS
+        .iter()
+        .filter_map(|target| format!("{target}=info").parse().ok())
+        .fold(filter, EnvFilter::add_directive);
     // Colour only for a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let output = tracing_subscriber::fmt::layer().with_ansi(ansi);
@@ -19,11 +27,9 @@ pub fn init(settings: &TelemetrySettings) {
         LogFormat::Json => output.json().flatten_event(true).boxed(),
         LogFormat::Pretty => output.compact().boxed(),
     };
-    // The level filter applies to the output only, so the test capture below sees
-    // request spans even when tests log at `warn`.
-    let subscriber = tracing_subscriber::registry().with(output.with_filter(filter));
+    let subscriber = tracing_subscriber::registry().with(filter).with(output);
     #[cfg(feature = "testing")]
-    let subscriber = subscriber.with(capture::layer());
+    let subscriber = subscriber.with(capture::Capture);
     if subscriber.try_init().is_ok() {
         #[cfg(feature = "testing")]
         capture::installed();
@@ -45,11 +51,10 @@ pub mod capture {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    use tracing::Subscriber;
     use tracing::field::{Field, Visit};
     use tracing::span::{Attributes, Id, Record};
-    use tracing::{Level, Subscriber};
     use tracing_subscriber::Layer;
-    use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::Context;
     use tracing_subscriber::registry::LookupSpan;
 
@@ -93,18 +98,10 @@ pub mod capture {
         INSTALLED.store(true, Ordering::SeqCst);
     }
 
-    pub(super) fn layer<S>() -> impl Layer<S>
-    where
-        S: Subscriber + for<'a> LookupSpan<'a>,
-    {
-        // Only the kit's own spans, so the capture enables no other callsite.
-        let targets = Targets::new()
-            .with_target("marquee_common::grpc", Level::INFO)
-            .with_target("marquee_common::trace", Level::INFO);
-        Capture.with_filter(targets)
-    }
+    /// Where the kit opens its trace spans: the only spans recorded.
+    pub(super) const TARGETS: [&str; 2] = ["marquee_common::grpc", "marquee_common::trace"];
 
-    struct Capture;
+    pub(super) struct Capture;
 
     /// Where a span's record sits in `SPANS`, kept in the span's extensions.
     struct Slot(usize);
@@ -114,7 +111,7 @@ pub mod capture {
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
         fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-            if !RECORDING.load(Ordering::Relaxed) {
+            if !RECORDING.load(Ordering::Relaxed) || !TARGETS.contains(&attrs.metadata().target()) {
                 return;
             }
             let mut span = TraceSpan { name: attrs.metadata().name(), ..TraceSpan::default() };

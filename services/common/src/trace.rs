@@ -143,6 +143,8 @@ pub fn outgoing<T>(message: T) -> tonic::Request<T> {
 /// Sets `traceparent` on outgoing metadata, as `outgoing` does.
 pub fn stamp(metadata: &mut MetadataMap) {
     let context = current().map_or_else(TraceContext::root, |current| current.child());
+    // The callee logs this id as its `parent.id`: this line joins the two hops' logs.
+    tracing::debug!(call.span.id = %context.span_id(), "outgoing call");
     // Always ASCII hex and dashes, so the parse cannot fail; never fail a call over tracing.
     if let Ok(value) = MetadataValue::try_from(context.header_value()) {
         metadata.insert(TRACEPARENT, value);
