@@ -28,6 +28,9 @@ const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { toke
 const HOLD: &str = "mutation($input: HoldSeatsInput!) { holdSeats(input: $input) { id status } }";
 const PAY: &str = "mutation($input: PayBookingInput!) { payBooking(input: $input) { id status } }";
 const PASSWORD: &str = "correct horse battery staple";
+const REGISTRATIONS_AT_ONCE: usize = 8;
+/// Booking statuses of a saga between two steps.
+const IN_FLIGHT: [&str; 4] = ["CHARGING", "CONFIRMING", "REFUNDING", "CANCELLING"];
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -43,6 +46,8 @@ pub struct Config {
     pub max_sends: u32,
     /// How long to wait for the notification worker to record every confirmation.
     pub notification_deadline: Duration,
+    /// How long to wait for sagas the customers gave up on to reach a final status.
+    pub saga_deadline: Duration,
 }
 
 impl Config {
@@ -54,6 +59,7 @@ impl Config {
             request_timeout: Duration::from_secs(10),
             max_sends: 5,
             notification_deadline: Duration::from_secs(300),
+            saga_deadline: Duration::from_secs(120),
         }
     }
 
@@ -65,9 +71,14 @@ impl Config {
             request_timeout: Duration::from_secs(10),
             max_sends: 5,
             notification_deadline: Duration::from_secs(40),
+            saga_deadline: Duration::from_secs(40),
         }
     }
 }
+
+/// A seat no customer aims at: the subscription scenario changes it to prove its
+/// subscribers are live before the rush.
+pub const PROBE_SEAT: usize = SEATS - 1;
 
 /// Hot seats sit in the middle of the middle row: the seats everyone wants.
 fn hot_seat(index: usize) -> usize {
@@ -184,11 +195,17 @@ pub async fn run(graphql_url: &str, showtime: &str, config: &Config) -> anyhow::
     let client = Client::new(graphql_url.to_owned(), config.request_timeout)?;
     let mut outcome = Outcome::default();
 
+    // Accounts exist before a sale opens: registering is setup, a few at a time, so
+    // that password hashing (argon2, deliberately slow) does not time out under load.
+    let registering = Arc::new(tokio::sync::Semaphore::new(REGISTRATIONS_AT_ONCE));
     let mut registrations = tokio::task::JoinSet::new();
     for i in 0..config.users {
-        let client = client.clone();
+        let (client, registering) = (client.clone(), registering.clone());
         let max_sends = config.max_sends;
-        registrations.spawn(async move { register(&client, &format!("fan{i}"), max_sends).await });
+        registrations.spawn(async move {
+            let _turn = registering.acquire_owned().await;
+            register(&client, &format!("fan{i}"), max_sends).await
+        });
     }
     let mut tokens = Vec::with_capacity(config.users);
     let mut register_retries = 0;
@@ -262,7 +279,7 @@ async fn customer(client: &Client, token: &str, showtime: &str, aims_hot: bool, 
         } else {
             loop {
                 let k = rng.below(SEATS);
-                if !is_hot(k, config.hot_seats) {
+                if !is_hot(k, config.hot_seats) && k != PROBE_SEAT {
                     break k;
                 }
             }
@@ -343,6 +360,8 @@ pub struct Verdict {
     pub lost_notifications: usize,
     /// CONFIRMED bookings with more than one `booking.confirmed` notification.
     pub duplicate_notifications: usize,
+    /// Bookings still mid-saga (CHARGING, CONFIRMING, ...) when the deadline passed.
+    pub unsettled_sagas: usize,
     pub confirmed_in_store: usize,
     pub booked_seats: usize,
     /// Seconds from the end of the rush until every confirmation was notified (or the
@@ -360,6 +379,7 @@ impl Verdict {
             && self.wrong_refusals == 0
             && self.lost_notifications == 0
             && self.duplicate_notifications == 0
+            && self.unsettled_sagas == 0
     }
 
     pub fn to_json(&self) -> Value {
@@ -372,6 +392,7 @@ impl Verdict {
             "wrong_refusals": self.wrong_refusals,
             "lost_notifications": self.lost_notifications,
             "duplicate_notifications": self.duplicate_notifications,
+            "unsettled_sagas": self.unsettled_sagas,
             "confirmed_in_store": self.confirmed_in_store,
             "booked_seats": self.booked_seats,
             "notification_drain_seconds": round1(self.notification_drain_seconds),
@@ -388,7 +409,30 @@ pub async fn verify(
 ) -> anyhow::Result<Verdict> {
     let mut verdict = Verdict { wrong_refusals: outcome.wrong_refusals(), ..Verdict::default() };
 
-    // PostgreSQL: who holds each taken seat of the showtime.
+    // MongoDB: the bookings of the showtime, as the booking service stored them, once
+    // no saga is mid-step (a payment the customer gave up on may still be confirming).
+    let mongo =
+        mongodb::Client::with_uri_str(settings.mongo.url.expose()).await.context("cannot reach MongoDB")?;
+    let collection =
+        mongo.database(&settings.mongo.database_name("booking")).collection::<Document>("bookings");
+    let settling = Instant::now() + config.saga_deadline;
+    let bookings: Vec<Document> = loop {
+        let bookings: Vec<Document> = collection
+            .find(doc! { "showtime_id": showtime })
+            .projection(doc! { "_id": 1, "status": 1, "seats.seat_id": 1 })
+            .await?
+            .try_collect()
+            .await
+            .context("cannot read bookings")?;
+        verdict.unsettled_sagas =
+            bookings.iter().filter(|b| IN_FLIGHT.contains(&b.get_str("status").unwrap_or_default())).count();
+        if verdict.unsettled_sagas == 0 || Instant::now() >= settling {
+            break bookings;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // PostgreSQL, after the sagas settled: who holds each taken seat of the showtime.
     let mut pg = sqlx::PgConnection::connect(settings.postgres.url.expose())
         .await
         .context("cannot reach PostgreSQL")?;
@@ -406,19 +450,6 @@ pub async fn verify(
         .filter_map(|(seat, _, booking)| Some((seat.clone(), booking.as_ref()?.to_string())))
         .collect();
     verdict.booked_seats = booked.len();
-
-    // MongoDB: the bookings of the showtime, as the booking service stored them.
-    let mongo =
-        mongodb::Client::with_uri_str(settings.mongo.url.expose()).await.context("cannot reach MongoDB")?;
-    let bookings: Vec<Document> = mongo
-        .database(&settings.mongo.database_name("booking"))
-        .collection::<Document>("bookings")
-        .find(doc! { "showtime_id": showtime })
-        .projection(doc! { "_id": 1, "status": 1, "seats.seat_id": 1 })
-        .await?
-        .try_collect()
-        .await
-        .context("cannot read bookings")?;
     let mut confirmed: HashMap<String, Vec<String>> = HashMap::new();
     for booking in &bookings {
         if booking.get_str("status").ok() != Some("CONFIRMED") {
@@ -519,6 +550,8 @@ pub fn outcome_json(outcome: &mut Outcome, config: &Config) -> Value {
         "winners": outcome.confirmed.len(),
         "losers": outcome.refused.len(),
         "unpaid": outcome.unpaid.len(),
+        "refusals_by_code": tally(outcome.refused.iter().map(|(_, code)| code.as_str())),
+        "unpaid_by_answer": tally(outcome.unpaid.iter().map(|(_, answer)| answer.as_str())),
         "gave_up": outcome.gave_up,
         "retries": outcome.retries,
         "rush_seconds": round1(outcome.rush_seconds),
@@ -531,4 +564,12 @@ pub fn outcome_json(outcome: &mut Outcome, config: &Config) -> Value {
             "payBooking": outcome.pay_ms.summary(),
         },
     })
+}
+
+fn tally<'a>(labels: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, usize> {
+    let mut counts = BTreeMap::new();
+    for label in labels {
+        *counts.entry(label).or_default() += 1;
+    }
+    counts
 }

@@ -30,12 +30,16 @@ impl Answer {
         matches!(self, Answer::Data(_))
     }
 
-    /// A timeout, a dropped connection, or an error the gateway marked retryable: the
-    /// client may send the same request (same idempotency key) again.
+    /// A timeout, a dropped connection, an error the gateway marked retryable, or
+    /// INTERNAL (what the gateway answers when its own upstream call timed out): the
+    /// client sends the same request (same idempotency key) again, which is what the
+    /// key is for.
     pub fn worth_retrying(&self) -> bool {
         match self {
             Answer::Data(_) => false,
-            Answer::Errors { retryable, code, .. } => *retryable || code == "RATE_LIMITED",
+            Answer::Errors { retryable, code, .. } => {
+                *retryable || code == "RATE_LIMITED" || code == "INTERNAL"
+            }
             Answer::Transport(_) => true,
         }
     }

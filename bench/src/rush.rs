@@ -10,6 +10,7 @@
 //!
 //! Writes `bench/results/flash_sale.json` and the `bench-rush` section of BENCHMARKS.md.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,12 +19,15 @@ use marquee_common::Settings;
 use serde_json::{Value, json};
 use tonic::transport::Endpoint;
 
-use crate::catalog::{SEATS, build_hall};
-use crate::flash_sale::{self, Config};
+use marquee_proto::cinema::v1 as pb;
+use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
+
+use crate::catalog::{SEATS, build_hall, seat_id};
+use crate::flash_sale::{self, Config, PROBE_SEAT};
 use crate::gql::{Answer, Client};
-use crate::mesh::Mesh;
+use crate::mesh::{GatewayProcess, Mesh};
 use crate::stats::{round1, round2, round3};
-use crate::{browse, cpu, pgbench, report};
+use crate::{browse, cpu, pgbench, report, subscribers};
 
 /// pgbench clients and bookings per client: 16 x 600 = 9,600 of the 10,000 seats.
 const PGBENCH_CLIENTS: usize = 16;
@@ -36,12 +40,17 @@ const BROWSE_MEASURE: Duration = Duration::from_secs(15);
 pub struct Options {
     pub flash: Config,
     pub browse: bool,
+    /// WebSocket `seatMap` subscriptions held open during a second flash sale (0: skip).
+    pub subscribers: usize,
+    /// How many of them watch the showtime of that flash sale; the rest are spread
+    /// over other showtimes of the hall.
+    pub focused: usize,
 }
 
 impl Options {
-    /// `--users N --rounds N --hot-seats N --no-browse`.
+    /// `--users N --rounds N --hot-seats N --no-browse --subscribers N --focused N`.
     pub fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
-        let mut options = Self { flash: Config::bench(), browse: true };
+        let mut options = Self { flash: Config::bench(), browse: true, subscribers: 50_000, focused: 5_000 };
         while let Some(arg) = args.next() {
             let mut number = |name: &str| -> anyhow::Result<usize> {
                 args.next()
@@ -54,10 +63,13 @@ impl Options {
                 "--rounds" => options.flash.rounds = number("--rounds")?,
                 "--hot-seats" => options.flash.hot_seats = number("--hot-seats")?,
                 "--no-browse" => options.browse = false,
+                "--subscribers" => options.subscribers = number("--subscribers")?,
+                "--focused" => options.focused = number("--focused")?,
                 other => anyhow::bail!("unknown option {other}"),
             }
         }
         anyhow::ensure!(options.flash.users >= 2, "--users must be at least 2");
+        options.focused = options.focused.min(options.subscribers);
         Ok(options)
     }
 }
@@ -84,17 +96,22 @@ pub async fn bench_settings() -> anyhow::Result<Settings> {
     Ok(settings)
 }
 
+/// Showtimes of the hall: flash sale, pgbench baseline, the flash sale under
+/// subscriptions, and quiet ones that only the spread-out subscribers watch.
+const QUIET_SHOWTIMES: usize = 7;
+
 pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     let settings = bench_settings().await?;
     let database_url = settings.postgres.url.expose().clone();
-    let mesh = Mesh::start(settings).await?;
+    let mesh = Mesh::start_services(settings).await?;
+    let gateway = GatewayProcess::start(&mesh, &root.join("config")).await?;
+    let graphql_url = gateway.graphql_url();
     let channel = Endpoint::from_shared(mesh.cinema_url())?.connect().await.context("cinema unreachable")?;
-    let showtimes = build_hall(channel, 2).await?;
-    let (flash_showtime, baseline_showtime) = (showtimes[0].clone(), showtimes[1].clone());
-    eprintln!("mesh up; hall of {SEATS} seats; gateway at {}", mesh.graphql_url());
+    let showtimes = build_hall(channel.clone(), 3 + QUIET_SHOWTIMES).await?;
+    eprintln!("mesh up; hall of {SEATS} seats; gateway process at {graphql_url}");
 
     let pgbench_tps = {
-        let (url, showtime) = (database_url.clone(), baseline_showtime.clone());
+        let (url, showtime) = (database_url.clone(), showtimes[1].clone());
         tokio::task::spawn_blocking(move || {
             pgbench::lock_confirm(&url, &showtime, PGBENCH_CLIENTS, PGBENCH_PER_CLIENT)
         })
@@ -105,7 +122,7 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
 
     let config = options.flash.clone();
     let cpu_before = cpu::snapshot();
-    let mut outcome = flash_sale::run(&mesh.graphql_url(), &flash_showtime, &config).await?;
+    let mut outcome = flash_sale::run(&graphql_url, &showtimes[0], &config).await?;
     let cpu_rush = cpu::between(&cpu_before, &cpu::snapshot(), outcome.rush_seconds);
     eprintln!(
         "flash sale: {} confirmed, {} refused, {:.1} bookings/s over {:.1} s",
@@ -114,11 +131,11 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
         outcome.bookings_per_s(),
         outcome.rush_seconds
     );
-    let verdict = flash_sale::verify(&mesh.settings, &flash_showtime, &outcome, &config).await?;
+    let verdict = flash_sale::verify(&mesh.settings, &showtimes[0], &outcome, &config).await?;
     eprintln!("verification: {verdict:?}");
 
     let browse_results = if options.browse {
-        let client = Client::new(mesh.graphql_url(), Duration::from_secs(5))?;
+        let client = Client::new(graphql_url.clone(), Duration::from_secs(5))?;
         let targets = demo_showtimes(&client).await?;
         let cpu_before = cpu::snapshot();
         let started = Instant::now();
@@ -135,32 +152,61 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     } else {
         None
     };
+
+    // Each subscription is a socket in the gateway and one in this process; both
+    // inherit this process's descriptor limit, which only root can raise.
+    let fd_limit = open_files_limit();
+    let requested = options.subscribers;
+    let fits = fd_limit.map(|limit| limit.saturating_sub(FD_RESERVE));
+    let mut options = options;
+    if let Some(fits) = fits
+        && options.subscribers > fits
+    {
+        eprintln!(
+            "RLIMIT_NOFILE is {fd_limit:?}: holding {fits} subscriptions, not {} (raise the hard limit as root)",
+            options.subscribers
+        );
+        options.subscribers = fits;
+        options.focused = options.focused.min(fits);
+    }
+    let connected = if options.subscribers > 0 {
+        let watched = [&showtimes[2..3], &showtimes[3..]].concat();
+        Some(connected_users(&gateway, &channel, &mesh.settings, &watched, &options, requested).await?)
+    } else {
+        None
+    };
+    gateway.stop().await;
     mesh.stop().await;
 
     let bookings_per_s = outcome.bookings_per_s();
     let browse_p99 = browse_results.as_ref().and_then(|b| b["at_half_max"]["latency"]["p99_ms"].as_f64());
+    let connected_clean = connected.as_ref().is_none_or(|c| c["clean"] == true);
     let results = json!({
         "bookings_per_s": round1(bookings_per_s),
         "pgbench_same_sql_tps": round1(pgbench_tps),
         "ratio": round3(bookings_per_s / pgbench_tps),
-        "double_booked_seats": verdict.double_booked_seats,
-        "double_charges": verdict.double_charges,
-        "lost_notifications": verdict.lost_notifications,
+        "double_booked_seats": verdict.double_booked_seats
+            + connected.as_ref().and_then(|c| c["flash_sale_verification"]["double_booked_seats"].as_u64()).unwrap_or(0) as usize,
+        "double_charges": verdict.double_charges
+            + connected.as_ref().and_then(|c| c["flash_sale_verification"]["double_charges"].as_u64()).unwrap_or(0) as usize,
+        "lost_notifications": verdict.lost_notifications
+            + connected.as_ref().and_then(|c| c["flash_sale_verification"]["lost_notifications"].as_u64()).unwrap_or(0) as usize,
         "browse_p99_ms": browse_p99.map(round2),
-        // The 50,000-subscription scenario is not built (see BENCHMARKS.md): null, not 0.
-        "subscribers": Value::Null,
-        "gateway_rss_mb": Value::Null,
-        "seat_change_p99_ms": Value::Null,
+        // Null when the scenario did not run: never a made-up number.
+        "subscribers": connected.as_ref().map(|c| c["subscribers_held"].clone()),
+        "gateway_rss_mb": connected.as_ref().map(|c| c["gateway_rss_mb"]["peak"].clone()),
+        "seat_change_p99_ms": connected.as_ref().map(|c| c["deliveries"]["delivery_latency"]["p99_ms"].clone()),
         "verification": verdict.to_json(),
-        "verification_clean": verdict.is_clean(),
+        "verification_clean": verdict.is_clean() && connected_clean,
         "flash_sale": flash_sale::outcome_json(&mut outcome, &config),
         "flash_sale_cpu": cpu_rush,
         "browse": browse_results,
+        "connected_users": connected,
         "setup": {
             "seats_per_showtime": SEATS,
             "pgbench_clients": PGBENCH_CLIENTS,
             "pgbench_bookings": PGBENCH_CLIENTS * PGBENCH_PER_CLIENT,
-            "mesh": "all six services in this one release process (marquee-bench rush), each on its own loopback port",
+            "mesh": "user, cinema, payment, booking and notification in the load generator's release process (marquee-bench rush), each on its own loopback port; the gateway is the release marquee-gateway binary in its own process",
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             "measured_at": chrono::Utc::now().to_rfc3339(),
         },
@@ -168,8 +214,125 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     report::write_json(&root.join("bench/results/flash_sale.json"), &results)?;
     report::update_section(&root.join("BENCHMARKS.md"), "bench-rush", &summary(&results))?;
     println!("{}", serde_json::to_string_pretty(&results)?);
-    anyhow::ensure!(verdict.is_clean(), "the flash sale broke a promise: {verdict:?}");
+    anyhow::ensure!(verdict.is_clean() && connected_clean, "the rush broke a promise; see the results");
     Ok(())
+}
+
+/// Descriptors kept free for everything but subscriptions (pools, the mesh's own
+/// connections, the browse client).
+const FD_RESERVE: usize = 2_000;
+
+/// The soft RLIMIT_NOFILE of this process (the gateway child inherits it).
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// 50,000 connected users: opens the subscriptions (`focused` of them on `watched[0]`,
+/// the rest spread over all of `watched`), proves each is live with a probe seat change
+/// per showtime, runs a single-round flash sale on `watched[0]` while they are held,
+/// then checks that every subscriber got every change of its showtime.
+async fn connected_users(
+    gateway: &GatewayProcess,
+    channel: &tonic::transport::Channel,
+    settings: &Settings,
+    watched: &[String],
+    options: &Options,
+    requested: usize,
+) -> anyhow::Result<Value> {
+    let rss_before = gateway.rss_mb();
+    let opening = Instant::now();
+    let subs = subscribers::open(gateway.addr, watched, options.subscribers, options.focused).await?;
+    let open_seconds = opening.elapsed().as_secs_f64();
+    let rss_open = gateway.rss_mb();
+    eprintln!(
+        "{} subscriptions open in {open_seconds:.1} s ({} failed); gateway RSS {rss_open:?} MiB",
+        subs.open_now(),
+        subs.failed_to_open
+    );
+
+    // A probe change per showtime: every subscriber must hear it before the rush, so a
+    // subscription that was not yet live cannot count as a missed change later.
+    let mut cinema = CinemaServiceClient::new(channel.clone());
+    let probe = seat_id(PROBE_SEAT);
+    let mut live = true;
+    for (index, showtime) in watched.iter().enumerate() {
+        let booking = uuid::Uuid::new_v4().to_string();
+        cinema
+            .lock_seats(pb::LockSeatsRequest {
+                showtime_id: showtime.clone(),
+                seat_ids: vec![probe.clone()],
+                booking_id: booking.clone(),
+                ttl_seconds: 300,
+            })
+            .await
+            .context("probe hold")?;
+        live &= subs.wait_heard(index, Duration::from_secs(120)).await;
+        cinema
+            .release_seats(pb::ReleaseSeatsRequest { showtime_id: showtime.clone(), booking_id: booking })
+            .await
+            .context("probe release")?;
+    }
+    eprintln!("probes heard by every subscriber: {live}");
+
+    // RSS sampled through the rush: the peak is what a machine must provide.
+    let peak = std::sync::Arc::new(std::sync::Mutex::new(rss_open.unwrap_or(0.0)));
+    let sampler = {
+        let (peak, pid_rss) = (peak.clone(), gateway.rss_reader());
+        tokio::spawn(async move {
+            loop {
+                if let Some(rss) = pid_rss()
+                    && let Ok(mut p) = peak.lock()
+                {
+                    *p = p.max(rss);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let config = Config { rounds: 1, ..options.flash.clone() };
+    let mut outcome = flash_sale::run(&gateway.graphql_url(), &watched[0], &config).await?;
+    eprintln!(
+        "flash sale under subscriptions: {} confirmed, {:.1} bookings/s",
+        outcome.confirmed.len(),
+        outcome.bookings_per_s()
+    );
+    let verdict = flash_sale::verify(settings, &watched[0], &outcome, &config).await?;
+    let quiet = subs.wait_quiet(Duration::from_secs(3), Duration::from_secs(300)).await;
+    sampler.abort();
+    let rss_peak = peak.lock().map(|p| *p).unwrap_or(0.0);
+    let held = subs.open_now();
+    let mut logs = subs.stop().await;
+    let booked: HashSet<String> = outcome.confirmed.values().cloned().collect();
+    let deliveries = subscribers::judge(&mut logs, &HashMap::from([(0, booked)]));
+    let clean = verdict.is_clean()
+        && live
+        && quiet
+        && held == options.subscribers
+        && deliveries["subscribers_missing_changes"] == 0
+        && deliveries["subscribers_with_failures"] == 0;
+    eprintln!("deliveries: {deliveries}");
+    Ok(json!({
+        "subscribers_requested": requested,
+        "open_files_limit": open_files_limit(),
+        "subscribers_held": held,
+        "focused_on_rush_showtime": options.focused,
+        "showtimes_watched": watched.len(),
+        "failed_to_open": logs.iter().filter(|l| l.failures.iter().any(|f| f.starts_with("open"))).count(),
+        "open_seconds": round1(open_seconds),
+        "probes_heard_by_all": live,
+        "deliveries_settled": quiet,
+        "gateway_rss_mb": {
+            "before": rss_before.map(round1),
+            "subscriptions_open": rss_open.map(round1),
+            "peak": round1(rss_peak),
+        },
+        "deliveries": deliveries,
+        "flash_sale": flash_sale::outcome_json(&mut outcome, &config),
+        "flash_sale_verification": verdict.to_json(),
+        "clean": clean,
+    }))
 }
 
 /// Seat-map targets for browsing: the demo catalog's showtimes (ordinary screens), not
@@ -235,6 +398,7 @@ fn summary(results: &Value) -> String {
         }
     }
     let setup = &results["setup"];
+    let connected = connected_summary(&results["connected_users"]);
     format!(
         "## Friday-night rush: the whole mesh through GraphQL\n\n\
          Generated by `scripts/bench` (release build of `marquee-bench rush`; not part of\n\
@@ -244,7 +408,8 @@ fn summary(results: &Value) -> String {
          **Flash sale.** {users} customers register, then all start at once on one showtime of a\n\
          {seats}-seat hall: half aim at {hot} hot seats, half at random seats of the hall; each\n\
          makes {rounds} purchase attempt(s) in a row (holdSeats with an idempotency key, then\n\
-         payBooking with `pm_card_ok`; a timeout is retried with the same key).\n\
+         payBooking with `pm_card_ok`; a timeout, a retryable error or INTERNAL\n\
+         is retried with the same key, up to 5 sends).\n\
          pgbench runs the cinema's lock + confirm SQL for one seat per booking\n\
          (`cinema_lock_seats`, `cinema_confirm_seats`) with {pg_clients} clients in the same run.\n\n\
          | bookings/s end to end | pgbench same SQL /s | ratio (goal >= 0.3) | winners | losers | attempts/s |\n\
@@ -255,9 +420,9 @@ fn summary(results: &Value) -> String {
          {ops}\n\
          **Verified from the stores** (PostgreSQL `showtime_seats`, MongoDB bookings, payments,\n\
          notifications) after the rush; notifications waited for {drain} s:\n\n\
-         | double-booked seats | double charges | confirmed without charge | charged unconfirmed | store mismatches | losers without SEAT_UNAVAILABLE | lost notifications | duplicate notifications |\n\
-         |---|---|---|---|---|---|---|---|\n\
-         | {dbs} | {dc} | {uc} | {cu} | {sm} | {wr} | {ln} | {dn} |\n\n\
+         | double-booked seats | double charges | confirmed without charge | charged unconfirmed | store mismatches | sagas unsettled after 120 s | losers without SEAT_UNAVAILABLE | lost notifications | duplicate notifications |\n\
+         |---|---|---|---|---|---|---|---|---|\n\
+         | {dbs} | {dc} | {uc} | {cu} | {sm} | {us} | {wr} | {ln} | {dn} |\n\n\
          **Where the CPU went during the rush** (CPU seconds per process group from /proc over\n\
          {wall} s of wall time; 100% = all cores):\n\n\
          | process | CPU s | share |\n\
@@ -270,8 +435,7 @@ fn summary(results: &Value) -> String {
          | offered /s | ok | failed | p50 ms | p99 ms | p99.9 ms |\n\
          |---|---|---|---|---|---|\n\
          {browse}\n\
-         **50,000 WebSocket subscriptions: not measured.** The `seatMap` subscription was not in the\n\
-         gateway when this ran; `subscribers`, `gateway_rss_mb` and `seat_change_p99_ms` are null.\n",
+         {connected}",
         measured_at = setup["measured_at"].as_str().unwrap_or_default(),
         cpus = setup["cpus"],
         mesh = setup["mesh"].as_str().unwrap_or_default(),
@@ -292,9 +456,58 @@ fn summary(results: &Value) -> String {
         uc = verification["uncharged_confirmed"],
         cu = verification["charged_unconfirmed"],
         sm = verification["store_mismatches"],
+        us = verification["unsettled_sagas"],
         wr = verification["wrong_refusals"],
         ln = verification["lost_notifications"],
         dn = verification["duplicate_notifications"],
         wall = results["flash_sale_cpu"]["wall_seconds"],
+        connected = connected,
+    )
+}
+
+fn connected_summary(c: &Value) -> String {
+    if c.is_null() {
+        return "**Connected users (WebSocket subscriptions): not measured in this run** (`--subscribers 0`);\n\
+                `subscribers`, `gateway_rss_mb` and `seat_change_p99_ms` are null.\n"
+            .to_owned();
+    }
+    let d = &c["deliveries"];
+    let rss = &c["gateway_rss_mb"];
+    let v = &c["flash_sale_verification"];
+    format!(
+        "**Connected users.** {held} `seatMap` subscriptions (graphql-transport-ws) held open over\n\
+         WebSocket connections from 127.0.0.1, 127.0.0.2, ... ({requested} requested; this\n\
+         process's RLIMIT_NOFILE is {limit}, and each connection is a descriptor in the gateway\n\
+         and one in the load generator). {focused} of them watch the showtime of a second,\n\
+         single-round flash sale ({users} customers) run while they are held; the rest are spread\n\
+         over {showtimes} showtimes of the hall. Before the sale a probe seat change per showtime\n\
+         proves every subscription live. Every subscriber must receive every change of its\n\
+         showtime (as many as any subscriber of that showtime, no resync, every sold seat seen\n\
+         BOOKED). Latency = arrival at the subscriber minus the change's `changedAt`. The gateway\n\
+         is the release `marquee-gateway` binary in its own process; RSS is its VmRSS.\n\n\
+         | subscribers held | changes delivered | missing changes | failures | seat-change p50 ms | p99 ms (goal <= 250) | p99.9 ms | gateway RSS before / open / peak MiB (goal <= 1536) |\n\
+         |---|---|---|---|---|---|---|---|\n\
+         | {held} | {delivered} | {missing} | {failures} | {p50} | {p99} | {p999} | {before} / {open} / {peak} |\n\n\
+         The second flash sale verified from the stores too: {dbs} double-booked seats, {dc} double\n\
+         charges, {ln} lost notifications, {wr} losers without SEAT_UNAVAILABLE.\n",
+        held = c["subscribers_held"],
+        requested = c["subscribers_requested"],
+        limit = report::cell(&c["open_files_limit"]),
+        focused = c["focused_on_rush_showtime"],
+        users = c["flash_sale"]["users"],
+        showtimes = c["showtimes_watched"],
+        delivered = d["delivered"],
+        missing = d["subscribers_missing_changes"],
+        failures = d["subscribers_with_failures"],
+        p50 = report::cell(&d["delivery_latency"]["p50_ms"]),
+        p99 = report::cell(&d["delivery_latency"]["p99_ms"]),
+        p999 = report::cell(&d["delivery_latency"]["p999_ms"]),
+        before = report::cell(&rss["before"]),
+        open = report::cell(&rss["subscriptions_open"]),
+        peak = report::cell(&rss["peak"]),
+        dbs = v["double_booked_seats"],
+        dc = v["double_charges"],
+        ln = v["lost_notifications"],
+        wr = v["wrong_refusals"],
     )
 }

@@ -49,6 +49,8 @@ pub struct Subscribers {
     stop: watch::Sender<bool>,
     /// Per showtime index: subscribers that have received at least one change.
     heard: Arc<Vec<AtomicUsize>>,
+    /// Updates received by all subscribers together.
+    delivered: Arc<AtomicUsize>,
     pub per_showtime: Vec<usize>,
     pub failed_to_open: usize,
 }
@@ -65,6 +67,7 @@ pub async fn open(
     let (stop, stopped) = watch::channel(false);
     let heard: Arc<Vec<AtomicUsize>> = Arc::new(showtimes.iter().map(|_| AtomicUsize::new(0)).collect());
     let subscribed = Arc::new(AtomicUsize::new(0));
+    let delivered = Arc::new(AtomicUsize::new(0));
     let handshakes = Arc::new(Semaphore::new(CONCURRENT_HANDSHAKES));
     let mut tasks = JoinSet::new();
     let mut per_showtime = vec![0; showtimes.len()];
@@ -73,12 +76,13 @@ pub async fn open(
         per_showtime[which] += 1;
         let octet = u8::try_from(1 + i / PER_SOURCE_ADDRESS).context("too many connections for 127.0.0.x")?;
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet));
-        let (showtime, stopped, heard, subscribed, handshakes) = (
+        let (showtime, stopped, heard, subscribed, handshakes, delivered) = (
             showtimes[which].clone(),
             stopped.clone(),
             heard.clone(),
             subscribed.clone(),
             handshakes.clone(),
+            delivered.clone(),
         );
         tasks.spawn(async move {
             let mut log = Log { showtime: which, ..Log::default() };
@@ -87,7 +91,7 @@ pub async fn open(
                 Ok(socket) => {
                     drop(permit);
                     subscribed.fetch_add(1, Ordering::Relaxed);
-                    listen(socket, &mut log, stopped, &heard[which]).await;
+                    listen(socket, &mut log, stopped, &heard[which], &delivered).await;
                 }
                 Err(error) => log.failures.push(format!("open: {error:#}")),
             }
@@ -108,7 +112,7 @@ pub async fn open(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(Subscribers { tasks, stop, heard, per_showtime, failed_to_open })
+    Ok(Subscribers { tasks, stop, heard, delivered, per_showtime, failed_to_open })
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -143,7 +147,13 @@ async fn connect(gateway: SocketAddr, source: IpAddr, showtime: &str) -> anyhow:
     Ok(ws)
 }
 
-async fn listen(mut ws: Socket, log: &mut Log, mut stopped: watch::Receiver<bool>, heard: &AtomicUsize) {
+async fn listen(
+    mut ws: Socket,
+    log: &mut Log,
+    mut stopped: watch::Receiver<bool>,
+    heard: &AtomicUsize,
+    delivered: &AtomicUsize,
+) {
     loop {
         let message = tokio::select! {
             message = ws.next() => message,
@@ -176,6 +186,7 @@ async fn listen(mut ws: Socket, log: &mut Log, mut stopped: watch::Receiver<bool
                 if log.changes == 0 && log.resyncs == 0 {
                     heard.fetch_add(1, Ordering::Relaxed);
                 }
+                delivered.fetch_add(1, Ordering::Relaxed);
                 if update["resync"] == true {
                     log.resyncs += 1;
                     continue;
@@ -222,8 +233,29 @@ impl Subscribers {
         true
     }
 
+    /// Connections still open.
     pub fn open_now(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// Waits until no update has arrived for `quiet`, or `deadline` passed; returns
+    /// whether it went quiet.
+    pub async fn wait_quiet(&self, quiet: Duration, deadline: Duration) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        let mut last = self.delivered.load(Ordering::Relaxed);
+        let mut since = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = self.delivered.load(Ordering::Relaxed);
+            if now != last {
+                (last, since) = (now, tokio::time::Instant::now());
+            } else if since.elapsed() >= quiet {
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+        }
     }
 
     /// Closes every connection and collects the logs.

@@ -19,7 +19,7 @@ async fn a_small_flash_sale_sells_every_seat_once_charges_once_and_notifies_once
     let showtime = build_hall(channel, 1).await.unwrap().remove(0);
     let config = Config::smoke();
 
-    let mut outcome = flash_sale::run(&mesh.graphql_url(), &showtime, &config).await.unwrap();
+    let mut outcome = flash_sale::run(&mesh.graphql_url().unwrap(), &showtime, &config).await.unwrap();
     let verdict = flash_sale::verify(&mesh.settings, &showtime, &outcome, &config).await.unwrap();
     let report = flash_sale::outcome_json(&mut outcome, &config);
 
