@@ -2,7 +2,7 @@
 
 use async_graphql::ErrorExtensions;
 use marquee_common::{ApiError, ErrorCode};
-use tonic::Status;
+use tonic::{Code, Status};
 
 /// Everything a resolver can fail with.
 ///
@@ -24,6 +24,10 @@ pub enum GatewayError {
     PaymentDeclined,
     /// A client-actionable error reported by an upstream service.
     Upstream(ApiError),
+    /// An upstream did not answer in time or could not be reached. Still `INTERNAL`
+    /// (the contract has no other code for it) but marked retryable: repeating the
+    /// request with the same idempotency key is safe and may succeed.
+    Transient(anyhow::Error),
     /// Anything else: logged once when it becomes a GraphQL error, opaque to clients.
     Unexpected(anyhow::Error),
 }
@@ -47,6 +51,7 @@ impl GatewayError {
             Self::BadInput(message) => Self::BadInput(message.clone()),
             Self::PaymentDeclined => Self::PaymentDeclined,
             Self::Upstream(api) => Self::Upstream(api.clone()),
+            Self::Transient(cause) => Self::Transient(anyhow::anyhow!("{cause:#}")),
             Self::Unexpected(cause) => Self::Unexpected(anyhow::anyhow!("{cause:#}")),
         }
     }
@@ -59,7 +64,7 @@ impl GatewayError {
             Self::BadInput(_) => ErrorCode::BadUserInput,
             Self::PaymentDeclined => ErrorCode::PaymentDeclined,
             Self::Upstream(api) => api.code,
-            Self::Unexpected(_) => ErrorCode::Internal,
+            Self::Transient(_) | Self::Unexpected(_) => ErrorCode::Internal,
         }
     }
 
@@ -71,6 +76,16 @@ impl GatewayError {
 impl From<Status> for GatewayError {
     fn from(status: Status) -> Self {
         let api = ApiError::from_status(&status);
+        let transient = matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled);
+        if api.code == ErrorCode::Internal && transient {
+            // A deadline, a timeout or a refused connection: the call may still have
+            // taken effect upstream, which the idempotency key makes safe to repeat.
+            return Self::Transient(anyhow::anyhow!(
+                "upstream call did not complete: {:?}: {}",
+                status.code(),
+                status.message()
+            ));
+        }
         if api.code == ErrorCode::Internal {
             // Keep the upstream's own words for the log; the client sees none of it.
             return Self::Unexpected(anyhow::anyhow!(
@@ -96,11 +111,17 @@ impl ErrorExtensions for GatewayError {
             Self::BadInput(message) | Self::Conflict(message) => message.clone(),
             Self::PaymentDeclined => "payment declined: the card was declined".to_owned(),
             Self::Upstream(api) => api.message.clone(),
+            Self::Transient(_) => {
+                "a service did not answer in time; retry with the same idempotency key".to_owned()
+            }
             Self::Unexpected(_) => "internal error".to_owned(),
         };
         let code = self.code();
         async_graphql::Error::new(message).extend_with(|_, extensions| {
             extensions.set("code", code.as_str());
+            if let Self::Transient(_) = self {
+                extensions.set("retryable", true);
+            }
             if let Self::Upstream(api) = self {
                 if matches!(code, ErrorCode::SeatUnavailable | ErrorCode::SeatRuleViolation) {
                     extensions.set("seatIds", api.meta_list("seat_ids"));
@@ -116,9 +137,15 @@ impl ErrorExtensions for GatewayError {
 
 impl From<GatewayError> for async_graphql::Error {
     fn from(error: GatewayError) -> Self {
-        if let GatewayError::Unexpected(cause) = &error {
+        match &error {
             // Runs inside the HTTP request span, which carries the request id.
-            tracing::error!(error = format!("{cause:#}"), "unexpected error");
+            GatewayError::Unexpected(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "unexpected error")
+            }
+            GatewayError::Transient(cause) => {
+                tracing::warn!(error = format!("{cause:#}"), "upstream unavailable")
+            }
+            _ => {}
         }
         error.extend()
     }
@@ -161,9 +188,29 @@ mod tests {
 
     #[test]
     fn internal_upstream_errors_are_opaque() {
-        let error = async_graphql::Error::from(GatewayError::from(Status::unavailable("tcp connect error")));
+        let error =
+            async_graphql::Error::from(GatewayError::from(Status::internal("mongo write failed at node 3")));
         assert_eq!(error.message, "internal error");
         assert_eq!(extension(&error, "code"), Some(Value::from("INTERNAL")));
+        assert_eq!(extension(&error, "retryable"), None);
+    }
+
+    #[test]
+    fn an_upstream_that_did_not_answer_is_internal_but_retryable_and_still_opaque() {
+        for status in [
+            Status::unavailable("tcp connect error 127.0.0.1:7003"),
+            Status::deadline_exceeded("deadline"),
+            Status::cancelled("Timeout expired"),
+        ] {
+            let error = async_graphql::Error::from(GatewayError::from(status));
+            assert_eq!(extension(&error, "code"), Some(Value::from("INTERNAL")));
+            assert_eq!(extension(&error, "retryable"), Some(Value::from(true)));
+            assert!(
+                !error.message.contains("127.0.0.1") && !error.message.contains("Timeout"),
+                "{}",
+                error.message
+            );
+        }
     }
 
     #[test]

@@ -303,13 +303,15 @@ async fn run_feed(
                 }
             }
             // Client errors (unknown or malformed showtime) are final at once.
-            Err(GatewayError::Unexpected(cause)) if !opened_before && attempts < FIRST_OPEN_ATTEMPTS => {
+            Err(GatewayError::Unexpected(cause) | GatewayError::Transient(cause))
+                if !opened_before && attempts < FIRST_OPEN_ATTEMPTS =>
+            {
                 tracing::warn!(%showtime, error = format!("{cause:#}"), "cannot open the seat stream; retrying");
             }
             Err(error) if !opened_before => {
                 // Removed first, so a subscriber arriving now starts afresh.
                 inner.remove(showtime.as_str(), generation);
-                if let GatewayError::Unexpected(cause) = &error {
+                if let GatewayError::Unexpected(cause) | GatewayError::Transient(cause) = &error {
                     tracing::error!(%showtime, error = format!("{cause:#}"), "cannot open the seat stream");
                 }
                 opening.send_replace(Opening::Failed(Arc::new(error)));
