@@ -460,6 +460,18 @@ impl Booking {
         crate::error::BookingError::Conflict(self.public_status(), self.status)
     }
 
+    /// A payment's steps are running: the charge, the confirm, or the full refund when
+    /// the seats were lost after the charge (a cancellation's refund is not a payment's).
+    pub fn is_paying(&self) -> bool {
+        match self.status {
+            BookingStatus::Charging | BookingStatus::Confirming => true,
+            BookingStatus::Refunding => {
+                self.refund.as_ref().is_some_and(|r| r.cause == RefundCause::SeatsLost)
+            }
+            _ => false,
+        }
+    }
+
     /// The status clients see.
     pub fn public_status(&self) -> PublicStatus {
         match self.status {
@@ -579,5 +591,43 @@ mod tests {
         assert!(booking.answers(&request(&["A2", "A1"])));
         assert!(!booking.answers(&request(&["A1"])));
         assert!(!booking.answers(&request(&["A1", "A3"])));
+    }
+
+    #[test]
+    fn only_the_steps_of_a_payment_count_as_paying() {
+        let total = Money::parse(2000, "EUR").unwrap();
+        let booking = |status, cause: Option<RefundCause>| Booking {
+            id: BookingId::generate(),
+            user_id: UserId::parse(&Uuid::new_v4().to_string()).unwrap(),
+            showtime_id: ShowtimeId::parse(&Uuid::new_v4().to_string()).unwrap(),
+            idempotency_key: IdempotencyKey::parse("k").unwrap(),
+            seats: Vec::new(),
+            total: total.clone(),
+            status,
+            expires_at: Utc::now(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            version: 1,
+            payment_id: None,
+            payment_method: None,
+            hold_extended: false,
+            refund: cause.map(|cause| Refund {
+                cause,
+                amount: total.clone(),
+                fee: total.with_amount(0),
+                refund_id: None,
+                at: None,
+            }),
+            reason: None,
+            history: Vec::new(),
+            slot: None,
+        };
+        assert!(booking(BookingStatus::Charging, None).is_paying());
+        assert!(booking(BookingStatus::Confirming, None).is_paying());
+        assert!(booking(BookingStatus::Refunding, Some(RefundCause::SeatsLost)).is_paying());
+        assert!(!booking(BookingStatus::Refunding, Some(RefundCause::Cancelled)).is_paying());
+        assert!(!booking(BookingStatus::Cancelling, None).is_paying());
+        assert!(!booking(BookingStatus::Held, None).is_paying());
+        assert!(!booking(BookingStatus::Confirmed, None).is_paying());
     }
 }

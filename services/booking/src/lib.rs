@@ -106,6 +106,7 @@ impl Application {
             },
             deadline: Duration::from_millis(settings.grpc.request_timeout_ms),
             policy: RefundPolicy::new(config.cancel_cutoff_minutes, &tiers)?,
+            pay_wait: Duration::from_millis(config.pay_wait_ms),
         };
         let saga = Saga::new(
             store.clone(),

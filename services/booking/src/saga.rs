@@ -72,6 +72,8 @@ pub struct SagaSettings {
     /// The deadline every outgoing call carries.
     pub deadline: Duration,
     pub policy: RefundPolicy,
+    /// How long a repeated PayBooking waits for the payment in flight to finish.
+    pub pay_wait: Duration,
 }
 
 /// The orchestrator and the clients of the services it coordinates.
@@ -259,6 +261,11 @@ impl Saga {
     pub async fn pay(&self, request: PayRequest) -> Result<Booking, BookingError> {
         let caller = Caller { user_id: request.user_id, admin: false };
         let booking = self.visible(request.booking_id, caller).await?;
+        // Only the owner sees the booking, so a pay in flight is this caller's own
+        // earlier attempt (typically timed out at the gateway and retried): wait for it.
+        // If it ended back in HELD (nothing charged), this call pays afresh, as a retry
+        // after it would have.
+        let booking = self.await_payment(booking).await?;
         if booking.status != BookingStatus::Held {
             return paid_outcome(booking);
         }
@@ -268,11 +275,35 @@ impl Saga {
             .step("charge", "started")
             .payment_method(request.payment_method.as_str());
         let Some(booking) = self.store.transition(&booking, claim).await? else {
+            // A concurrent pay won the claim (wait for its outcome), or a cancel did.
             let current = self.store.find(booking.id).await?.ok_or(BookingError::NotFound)?;
-            return paid_outcome(current);
+            return paid_outcome(self.await_payment(current).await?);
         };
         self.checkpoint("pay.claimed")?;
         self.drive(booking).await
+    }
+
+    /// Polls a booking whose payment is in flight until that payment's steps are done
+    /// or `pay_wait` has passed, and returns it as last read. Any other booking (e.g.
+    /// one being cancelled) comes back at once: only a pay repeating a pay waits. A
+    /// step whose process died stays in flight until recovery resumes it after the
+    /// lease, so the wait may end with the booking still in flight (CONFLICT, as before).
+    async fn await_payment(&self, mut booking: Booking) -> Result<Booking, BookingError> {
+        const FIRST_POLL: Duration = Duration::from_millis(50);
+        const MAX_POLL: Duration = Duration::from_millis(250);
+        let deadline = tokio::time::Instant::now() + self.settings.pay_wait;
+        let mut poll = FIRST_POLL;
+        while booking.is_paying() {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                tracing::info!(booking.id = %booking.id, status = %booking.status, "payment still in flight; giving up waiting");
+                break;
+            }
+            tokio::time::sleep(poll.min(deadline - now)).await;
+            poll = (poll * 2).min(MAX_POLL);
+            booking = self.store.find(booking.id).await?.ok_or(BookingError::NotFound)?;
+        }
+        Ok(booking)
     }
 
     pub async fn cancel(&self, request: CancelRequest) -> Result<Booking, BookingError> {

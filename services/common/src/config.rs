@@ -245,6 +245,11 @@ pub struct BookingSettings {
     /// Wait before the first retry of such a call; doubles after each.
     #[serde(default = "default_upstream_backoff_ms")]
     pub upstream_backoff_ms: u64,
+    /// How long a repeated PayBooking waits for the same booking's payment already in
+    /// flight to finish, to answer with its outcome instead of CONFLICT. Must stay under
+    /// the gateway's upstream deadline, or the wait only ends in the gateway's timeout.
+    #[serde(default = "default_pay_wait_ms")]
+    pub pay_wait_ms: u64,
 }
 
 /// One step of the cancellation refund policy.
@@ -282,6 +287,10 @@ fn default_upstream_attempts() -> u32 {
 
 fn default_upstream_backoff_ms() -> u64 {
     100
+}
+
+fn default_pay_wait_ms() -> u64 {
+    4_000
 }
 
 #[derive(Clone, Debug, Deserialize)]
