@@ -268,30 +268,40 @@ mod tests {
             .await
     }
 
+    /// Starts a first call of `mutation` for `key` whose upstream part blocks until the
+    /// returned sender fires (answering booking `id`); returns once it is in flight.
+    async fn start_blocked(
+        store: &IdempotencyStore,
+        mutation: &'static str,
+        key: &'static str,
+        payload: &'static str,
+        id: &'static str,
+    ) -> (tokio::task::JoinHandle<Result<Booking, GatewayError>>, oneshot::Sender<()>) {
+        let (started_tx, started) = oneshot::channel::<()>();
+        let (release, released) = oneshot::channel::<()>();
+        let store = store.clone();
+        let first = tokio::spawn(async move {
+            let user = UserId::from_trusted("user-1".to_owned());
+            let key = IdempotencyKey::parse(key).unwrap();
+            let operation = Operation { user: &user, mutation, key: &key, payload: payload.to_owned() };
+            store
+                .run(operation, || async {
+                    let _ = started_tx.send(());
+                    let _ = released.await;
+                    Ok(booking(id))
+                })
+                .await
+        });
+        started.await.unwrap();
+        (first, release)
+    }
+
     /// Against the real Redis: what a repeat sees while the first call is in flight,
     /// after it succeeded, and after it failed.
     #[tokio::test]
     async fn repeats_wait_for_the_first_call_get_its_result_or_a_conflict() {
         let store = store().waiting_at_most(Duration::from_millis(200));
-        let (started_tx, started) = oneshot::channel::<()>();
-        let (release, released) = oneshot::channel::<()>();
-        let first = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let user = UserId::from_trusted("user-1".to_owned());
-                let key = IdempotencyKey::parse("k-1").unwrap();
-                let operation =
-                    Operation { user: &user, mutation: "holdSeats", key: &key, payload: "A1".to_owned() };
-                store
-                    .run(operation, || async {
-                        let _ = started_tx.send(());
-                        let _ = released.await;
-                        Ok(booking("b-1"))
-                    })
-                    .await
-            })
-        };
-        started.await.unwrap();
+        let (first, release) = start_blocked(&store, "holdSeats", "k-1", "A1", "b-1").await;
 
         // In flight: a repeat waits, then gives up; another payload is refused at once.
         let calls = AtomicUsize::new(0);
@@ -320,25 +330,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_repeat_gets_the_first_calls_result() {
         let store = store();
-        let (started_tx, started) = oneshot::channel::<()>();
-        let (release, released) = oneshot::channel::<()>();
-        let first = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let user = UserId::from_trusted("user-1".to_owned());
-                let key = IdempotencyKey::parse("k-3").unwrap();
-                let operation =
-                    Operation { user: &user, mutation: "payBooking", key: &key, payload: "p".to_owned() };
-                store
-                    .run(operation, || async {
-                        let _ = started_tx.send(());
-                        let _ = released.await;
-                        Ok(booking("b-3"))
-                    })
-                    .await
-            })
-        };
-        started.await.unwrap();
+        let (first, release) = start_blocked(&store, "payBooking", "k-3", "p", "b-3").await;
         let repeat = {
             let store = store.clone();
             tokio::spawn(async move {
