@@ -526,16 +526,7 @@ impl Store {
         showtime: ShowtimeId,
         booking: BookingId,
     ) -> Result<Vec<String>, CinemaError> {
-        let rows = retry_conflicts(|| {
-            sqlx::query_as::<_, OutcomeRow>("SELECT * FROM cinema_release_seats($1, $2)")
-                .bind(showtime.as_uuid())
-                .bind(booking.as_uuid())
-                .fetch_all(&self.pool)
-        })
-        .await
-        .with_context(|| format!("cannot release seats of showtime {showtime}"))?;
-        let (released, _) = split_outcomes(showtime, rows, "released", "")?;
-        Ok(released)
+        self.free_seats("SELECT * FROM cinema_release_seats($1, $2)", "release", showtime, booking).await
     }
 
     /// Frees every seat `booking` holds or has booked (a cancelled booking); returns
@@ -545,16 +536,27 @@ impl Store {
         showtime: ShowtimeId,
         booking: BookingId,
     ) -> Result<Vec<String>, CinemaError> {
+        self.free_seats("SELECT * FROM cinema_cancel_seats($1, $2)", "cancel", showtime, booking).await
+    }
+
+    /// Runs one of the seat-freeing SQL functions for `booking`; returns the freed seats.
+    async fn free_seats(
+        &self,
+        sql: &'static str,
+        verb: &str,
+        showtime: ShowtimeId,
+        booking: BookingId,
+    ) -> Result<Vec<String>, CinemaError> {
         let rows = retry_conflicts(|| {
-            sqlx::query_as::<_, OutcomeRow>("SELECT * FROM cinema_cancel_seats($1, $2)")
+            sqlx::query_as::<_, OutcomeRow>(sql)
                 .bind(showtime.as_uuid())
                 .bind(booking.as_uuid())
                 .fetch_all(&self.pool)
         })
         .await
-        .with_context(|| format!("cannot cancel seats of showtime {showtime}"))?;
-        let (released, _) = split_outcomes(showtime, rows, "released", "")?;
-        Ok(released)
+        .with_context(|| format!("cannot {verb} seats of showtime {showtime}"))?;
+        let (freed, _) = split_outcomes(showtime, rows, "released", "")?;
+        Ok(freed)
     }
 
     /// Pushes `booking`'s live hold back by `extension`, once per hold; returns the
