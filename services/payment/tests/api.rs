@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use marquee_common::shutdown::Shutdown;
 use marquee_common::{ApiError, ErrorCode, Settings};
 use marquee_payment::Application;
@@ -120,35 +119,7 @@ impl TestApp {
     /// A server-named queue bound to this test's exchange, declared before anything
     /// is published so no event is missed.
     async fn subscribe(&self, routing_key: &str) -> (lapin::Connection, lapin::Consumer) {
-        let (connection, channel) = marquee_common::rabbit::connect(&self.settings.rabbitmq).await.unwrap();
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                self.settings.rabbitmq.exchange.clone().into(),
-                routing_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        (connection, consumer)
+        marquee_common::testing::subscribe_events(&self.settings.rabbitmq, routing_key).await.unwrap()
     }
 
     async fn stored_payments(&self) -> u64 {

@@ -8,11 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::Connection;
+use lapin::options::BasicAckOptions;
 use marquee_booking::Sweeper;
 use marquee_common::shutdown::Shutdown;
 use marquee_common::{ApiError, ErrorCode, Settings};
@@ -289,46 +286,9 @@ impl TestApp {
 
     /// Like `subscribe`, connecting to the broker at `url`.
     async fn subscribe_at(&self, url: &str, routing_key: &str) -> (Connection, lapin::Consumer) {
-        let rabbit = &self.settings.rabbitmq;
-        let connection = Connection::connect(url, ConnectionProperties::default()).await.unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        channel
-            .exchange_declare(
-                rabbit.exchange.clone().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                rabbit.exchange.clone().into(),
-                routing_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        (connection, consumer)
+        let mut rabbit = self.settings.rabbitmq.clone();
+        rabbit.url = marquee_common::Secret::new(url.to_owned());
+        marquee_common::testing::subscribe_events(&rabbit, routing_key).await.unwrap()
     }
 }
 
