@@ -891,16 +891,7 @@ impl Store {
         showtime: ShowtimeId,
         seats: &SeatSelection,
     ) -> Result<Vec<String>, CinemaError> {
-        let seat_ids = seats.to_strings();
-        let rows = retry_conflicts(|| {
-            sqlx::query_as::<_, OutcomeRow>("SELECT * FROM cinema_block_seats($1, $2)")
-                .bind(showtime.as_uuid())
-                .bind(&seat_ids)
-                .fetch_all(&self.pool)
-        })
-        .await
-        .with_context(|| format!("cannot block seats of showtime {showtime}"))?;
-        seat_outcomes(showtime, rows, "blocked")
+        self.staff_change("SELECT * FROM cinema_block_seats($1, $2)", "block", showtime, seats).await
     }
 
     /// Puts the blocked ones among `seats` back on sale; returns those.
@@ -909,16 +900,28 @@ impl Store {
         showtime: ShowtimeId,
         seats: &SeatSelection,
     ) -> Result<Vec<String>, CinemaError> {
+        self.staff_change("SELECT * FROM cinema_unblock_seats($1, $2)", "unblock", showtime, seats).await
+    }
+
+    /// Runs the block or unblock SQL function (`verb`) over `seats`; its success tag is
+    /// the verb's past tense.
+    async fn staff_change(
+        &self,
+        sql: &'static str,
+        verb: &str,
+        showtime: ShowtimeId,
+        seats: &SeatSelection,
+    ) -> Result<Vec<String>, CinemaError> {
         let seat_ids = seats.to_strings();
         let rows = retry_conflicts(|| {
-            sqlx::query_as::<_, OutcomeRow>("SELECT * FROM cinema_unblock_seats($1, $2)")
+            sqlx::query_as::<_, OutcomeRow>(sql)
                 .bind(showtime.as_uuid())
                 .bind(&seat_ids)
                 .fetch_all(&self.pool)
         })
         .await
-        .with_context(|| format!("cannot unblock seats of showtime {showtime}"))?;
-        seat_outcomes(showtime, rows, "unblocked")
+        .with_context(|| format!("cannot {verb} seats of showtime {showtime}"))?;
+        seat_outcomes(showtime, rows, &format!("{verb}ed"))
     }
 }
 
