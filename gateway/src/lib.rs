@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::serve::ListenerExt as _;
 use marquee_common::Settings;
 use marquee_common::auth::TokenKeys;
 use marquee_common::shutdown::Shutdown;
@@ -69,7 +70,13 @@ impl Application {
         let signal = shutdown.clone();
         // The peer address is the anonymous caller's rate-limit bucket.
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(self.listener, service)
+        // TCP_NODELAY: a small response must not wait for the client's delayed ACK.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
+        let server = axum::serve(listener, service)
             .with_graceful_shutdown(async move { signal.cancelled().await })
             .into_future();
         tokio::pin!(server);
