@@ -139,7 +139,7 @@ impl SeatFeeds {
         let mut membership = membership;
         membership.counted = true;
         self.inner.metrics.subscriptions.increment(1.0);
-        Ok(SeatWatch { events, _membership: membership })
+        Ok(SeatWatch { events, held_back: None, _membership: membership })
     }
 
     fn start(&self, showtime: &ShowtimeId) -> Feed {
@@ -170,18 +170,60 @@ impl Inner {
 /// One subscriber's view of a feed.
 pub struct SeatWatch {
     events: broadcast::Receiver<FeedEvent>,
+    /// An event read while gathering a batch that cannot join it (see `next_batch`).
+    held_back: Option<FeedEvent>,
     _membership: Membership,
+}
+
+/// What `SeatWatch::next_batch` delivers.
+#[derive(Debug)]
+pub enum Batch {
+    /// One or more changes, in commit order.
+    Changes(Vec<Arc<cinema::SeatChange>>),
+    /// A resync or the feed's end: never merged with changes.
+    Other(FeedEvent),
 }
 
 impl SeatWatch {
     /// The next event; `None` once the feed has ended.
     pub async fn next(&mut self) -> Option<FeedEvent> {
+        if let Some(event) = self.held_back.take() {
+            return Some(event);
+        }
         match self.events.recv().await {
             Ok(event) => Some(event),
             // The receiver skips ahead to the oldest change still buffered.
             Err(broadcast::error::RecvError::Lagged(_)) => Some(FeedEvent::Resync),
             Err(broadcast::error::RecvError::Closed) => None,
         }
+    }
+
+    /// The next event and, when it is a change, every change already waiting behind it
+    /// (at most `max`): a subscriber that fell behind catches up in one message
+    /// instead of one per change, so the fan-out costs less exactly when it is behind.
+    /// A resync or the feed's end is held back for the following call.
+    pub async fn next_batch(&mut self, max: usize) -> Option<Batch> {
+        let first = match self.next().await? {
+            FeedEvent::Change(change) => change,
+            other => return Some(Batch::Other(other)),
+        };
+        let mut changes = vec![first];
+        while changes.len() < max {
+            match self.events.try_recv() {
+                Ok(FeedEvent::Change(change)) => changes.push(change),
+                Ok(other) => {
+                    self.held_back = Some(other);
+                    break;
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.held_back = Some(FeedEvent::Resync);
+                    break;
+                }
+                // Empty: caught up. Closed: the next call reports the end.
+                Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => break,
+            }
+        }
+        Some(Batch::Changes(changes))
     }
 }
 
@@ -370,7 +412,7 @@ mod tests {
             generation: u64::MAX,
             counted: false,
         };
-        let mut watch = SeatWatch { events, _membership: membership };
+        let mut watch = SeatWatch { events, held_back: None, _membership: membership };
 
         for seat in ["A1", "A2", "A3"] {
             sender.send(change(seat)).unwrap();
@@ -383,5 +425,57 @@ mod tests {
         assert_eq!(seat(watch.next().await), "A4");
         drop(sender);
         assert!(watch.next().await.is_none(), "the feed ended");
+    }
+
+    fn watch_of(feeds: &SeatFeeds, events: broadcast::Receiver<FeedEvent>) -> SeatWatch {
+        let membership = Membership {
+            inner: feeds.inner.clone(),
+            showtime: "s".to_owned(),
+            generation: u64::MAX,
+            counted: false,
+        };
+        SeatWatch { events, held_back: None, _membership: membership }
+    }
+
+    fn seats(batch: Option<Batch>) -> Vec<String> {
+        match batch {
+            Some(Batch::Changes(changes)) => changes.iter().map(|c| c.seat_id.clone()).collect(),
+            other => panic!("expected changes, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_gathers_the_waiting_changes_up_to_its_limit_and_never_merges_a_resync() {
+        let settings = Settings::for_tests().unwrap();
+        let feeds = SeatFeeds::new(&settings, Metrics::new().unwrap()).unwrap();
+        let (sender, events) = broadcast::channel(4);
+        let mut watch = watch_of(&feeds, events);
+
+        for seat in ["A1", "A2", "A3"] {
+            sender.send(change(seat)).unwrap();
+        }
+        assert_eq!(seats(watch.next_batch(2).await), ["A1", "A2"]);
+        assert_eq!(seats(watch.next_batch(2).await), ["A3"]);
+
+        sender.send(change("B1")).unwrap();
+        sender.send(FeedEvent::Resync).unwrap();
+        sender.send(change("B2")).unwrap();
+        assert_eq!(seats(watch.next_batch(10).await), ["B1"]);
+        assert!(matches!(watch.next_batch(10).await, Some(Batch::Other(FeedEvent::Resync))));
+        assert_eq!(seats(watch.next_batch(10).await), ["B2"]);
+
+        // Falling behind the backlog while gathering: the gathered changes, then a resync,
+        // then the oldest changes still buffered.
+        sender.send(change("C1")).unwrap();
+        let first = watch.next().await;
+        assert_eq!(seat(first), "C1");
+        for seat in ["C2", "C3", "C4", "C5", "C6"] {
+            sender.send(change(seat)).unwrap();
+        }
+        assert!(matches!(watch.next_batch(10).await, Some(Batch::Other(FeedEvent::Resync))));
+        assert_eq!(seats(watch.next_batch(10).await), ["C3", "C4", "C5", "C6"]);
+
+        drop(sender);
+        assert!(watch.next_batch(10).await.is_none(), "the feed ended");
     }
 }

@@ -12,7 +12,7 @@ use marquee_proto::cinema::v1 as cinema;
 use super::types::SeatState;
 use crate::domain::ShowtimeId;
 use crate::error::GatewayError;
-use crate::live::{ConnectionQuota, FeedEvent, QuotaSlot, SeatFeeds, SeatWatch};
+use crate::live::{Batch, ConnectionQuota, FeedEvent, QuotaSlot, SeatFeeds, SeatWatch};
 
 pub struct SubscriptionRoot;
 
@@ -21,10 +21,16 @@ impl SubscriptionRoot {
     /// Every seat change of the showtime from now on, in commit order: holds,
     /// confirmations, releases, lapsed holds, blocks. An update with `resync: true`
     /// means changes may have been missed: reload `showtime(id).seatMap`.
+    ///
+    /// With `coalesce: true` an update carries in `changes` every change that was
+    /// waiting for this subscriber (at most 256), so a client that falls behind during
+    /// a rush catches up in one message; `change` is then the latest of them. Without
+    /// it every update carries exactly one change.
     async fn seat_map(
         &self,
         ctx: &Context<'_>,
         showtime_id: ID,
+        #[graphql(default = false)] coalesce: bool,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<SeatMapUpdate>> + use<>> {
         let showtime = ShowtimeId::parse(showtime_id.as_str())?;
         // Missing data is a wiring bug in this crate, never the client's fault.
@@ -36,25 +42,36 @@ impl SubscriptionRoot {
             GatewayError::Upstream(ApiError::new(ErrorCode::RateLimited, message))
         })?;
         let watch = feeds.watch(&showtime).await.map_err(|error| error.extend())?;
-        Ok(updates(watch, slot, showtime_id))
+        let batch = if coalesce { MAX_COALESCED } else { 1 };
+        Ok(updates(watch, slot, showtime_id, batch))
     }
 }
+
+/// The most changes one coalesced update carries: the feed's whole backlog.
+const MAX_COALESCED: usize = 256;
 
 /// The stream owns the quota slot: ending the subscription gives it back.
 fn updates(
     watch: SeatWatch,
     slot: QuotaSlot,
     showtime: ID,
+    batch: usize,
 ) -> impl Stream<Item = async_graphql::Result<SeatMapUpdate>> {
     stream::unfold(Some((watch, slot)), move |state| {
         let showtime = showtime.clone();
         async move {
             let (mut watch, slot) = state?;
-            let update = match watch.next().await? {
-                FeedEvent::Change(change) => SeatMapUpdate::from_change(showtime, &change),
-                FeedEvent::Resync => Ok(SeatMapUpdate { showtime_id: showtime, change: None, resync: true }),
+            let update = match watch.next_batch(batch).await? {
+                Batch::Changes(changes) => SeatMapUpdate::from_changes(showtime, &changes),
+                Batch::Other(FeedEvent::Change(change)) => SeatMapUpdate::from_changes(showtime, &[change]),
+                Batch::Other(FeedEvent::Resync) => Ok(SeatMapUpdate {
+                    showtime_id: showtime,
+                    change: None,
+                    changes: Vec::new(),
+                    resync: true,
+                }),
                 // The last item: the feed is over.
-                FeedEvent::Closed(error) => return Some((Err(error.extend()), None)),
+                Batch::Other(FeedEvent::Closed(error)) => return Some((Err(error.extend()), None)),
             };
             Some((update, Some((watch, slot))))
         }
@@ -65,8 +82,11 @@ fn updates(
 #[derive(Clone, Debug, SimpleObject)]
 pub struct SeatMapUpdate {
     pub showtime_id: ID,
-    /// What changed; null on a resync.
+    /// What changed (with `coalesce`, the latest of `changes`); null on a resync.
     pub change: Option<SeatChange>,
+    /// Every change this update carries, in commit order: one, or with `coalesce`
+    /// all that were waiting; empty on a resync.
+    pub changes: Vec<SeatChange>,
     /// Changes may have been missed (this subscriber fell behind, or the gateway had
     /// to re-open its upstream stream): reload the seat map.
     pub resync: bool,
@@ -93,7 +113,15 @@ pub enum SeatChangeReason {
 }
 
 impl SeatMapUpdate {
-    fn from_change(showtime: ID, change: &Arc<cinema::SeatChange>) -> async_graphql::Result<Self> {
+    fn from_changes(showtime: ID, changes: &[Arc<cinema::SeatChange>]) -> async_graphql::Result<Self> {
+        let changes =
+            changes.iter().map(|c| SeatChange::from_proto(c)).collect::<async_graphql::Result<Vec<_>>>()?;
+        Ok(Self { showtime_id: showtime, change: changes.last().cloned(), changes, resync: false })
+    }
+}
+
+impl SeatChange {
+    fn from_proto(change: &cinema::SeatChange) -> async_graphql::Result<Self> {
         let broken = |what: &str| {
             async_graphql::Error::from(GatewayError::Unexpected(anyhow::anyhow!("upstream sent {what}")))
         };
@@ -122,8 +150,7 @@ impl SeatMapUpdate {
             .as_ref()
             .and_then(marquee_common::time::from_proto)
             .ok_or_else(|| broken("a seat change without a time"))?;
-        let change = SeatChange { seat_id: ID(change.seat_id.clone()), state, reason, changed_at };
-        Ok(Self { showtime_id: showtime, change: Some(change), resync: false })
+        Ok(Self { seat_id: ID(change.seat_id.clone()), state, reason, changed_at })
     }
 }
 
@@ -138,9 +165,12 @@ mod tests {
         let sdl = super::super::build(Upstreams::connect(&settings).unwrap()).sdl();
         for line in [
             "type Subscription {",
-            "seatMap(showtimeId: ID!): SeatMapUpdate!",
+            // DESIGN.md's `seatMap(showtimeId: ID!): SeatMapUpdate!`, plus an optional
+            // argument: every query written against the contract stays valid.
+            "seatMap(showtimeId: ID!, coalesce: Boolean! = false): SeatMapUpdate!",
             "type SeatMapUpdate {",
             "change: SeatChange",
+            "changes: [SeatChange!]!",
             "resync: Boolean!",
             "seatId: ID!",
             "state: SeatState!",

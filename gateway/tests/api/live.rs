@@ -190,6 +190,78 @@ async fn seat_map_subscribers_share_one_upstream_stream_and_see_every_change() {
     assert_eq!(change(&late.update("late").await), ("A3", "HELD", "HELD"));
 }
 
+const COALESCED: &str = "subscription($id: ID!) { seatMap(showtimeId: $id, coalesce: true) {
+    resync change { seatId state } changes { seatId state reason changedAt } } }";
+
+/// The `(seatId, state)` pairs an update carries in `changes`; with `coalesce`,
+/// `change` must be the latest of them.
+fn carried(update: &Value) -> Vec<(String, String)> {
+    assert_eq!(update["resync"], false, "{update}");
+    let changes: Vec<(String, String)> = update["changes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no changes list: {update}"))
+        .iter()
+        .map(|c| {
+            assert!(c["changedAt"].is_string(), "{update}");
+            (c["seatId"].as_str().unwrap().to_owned(), c["state"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let last = changes.last().unwrap_or_else(|| panic!("an update without changes: {update}"));
+    assert_eq!(
+        (update["change"]["seatId"].as_str().unwrap(), update["change"]["state"].as_str().unwrap()),
+        (last.0.as_str(), last.1.as_str())
+    );
+    changes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_subscribers_get_every_change_once_in_order_and_others_one_per_update() {
+    let app = spawn_app().await;
+    let (ada, _) = app.register("ada").await;
+    let showtime = app.first_showtime().await;
+
+    let mut coalesced = Client::connect(&app, json!({})).await;
+    let payload = json!({ "query": COALESCED, "variables": { "id": showtime } });
+    coalesced.send(json!({ "id": "c", "type": "subscribe", "payload": payload })).await;
+    let mut single = Client::connect(&app, json!({})).await;
+    single.subscribe("s", &showtime).await;
+    wait_for_metric(&app, "gateway_subscriptions_active", 2.0).await;
+
+    // One transaction holds four seats (four changes committed at once), then the
+    // payment books them.
+    let seats = ["B1", "B2", "B3", "B4"];
+    let held = app.data(Some(&ada), HOLD, hold_input(&showtime, &seats)).await;
+    let booking = held["holdSeats"]["id"].as_str().unwrap().to_owned();
+    app.data(Some(&ada), PAY, pay_input(&booking, "pm_card_ok")).await;
+
+    let mut received = Vec::new();
+    let mut updates = 0;
+    while received.len() < 2 * seats.len() {
+        received.extend(carried(&coalesced.update("c").await));
+        updates += 1;
+    }
+    assert!(updates <= 2 * seats.len());
+    assert_eq!(received.len(), 2 * seats.len(), "no change twice: {received:?}");
+    let mut held: Vec<_> =
+        received[..4].iter().map(|(seat, state)| (seat.as_str(), state.as_str())).collect();
+    let mut booked: Vec<_> =
+        received[4..].iter().map(|(seat, state)| (seat.as_str(), state.as_str())).collect();
+    held.sort_unstable();
+    booked.sort_unstable();
+    assert_eq!(held, seats.map(|seat| (seat, "HELD")), "every hold before any booking");
+    assert_eq!(booked, seats.map(|seat| (seat, "BOOKED")));
+
+    // Without `coalesce`, one change per update, the same changes in the same order.
+    let mut one_by_one = Vec::new();
+    for _ in 0..2 * seats.len() {
+        let update = single.update("s").await;
+        let (seat, state, _) = change(&update);
+        assert_eq!(update["changes"], Value::Null, "not selected: {update}");
+        one_by_one.push((seat.to_owned(), state.to_owned()));
+    }
+    assert_eq!(one_by_one, received);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_refuse_unknown_showtimes_and_bad_tokens() {
     let app = spawn_app().await;
