@@ -23,8 +23,10 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::stats::Samples;
 
-const SUBSCRIBE: &str =
-    "subscription($id: ID!) { seatMap(showtimeId: $id) { resync change { seatId state changedAt } } }";
+/// Coalesced: a subscriber that fell behind during the rush gets the changes waiting
+/// for it in one message (as a real seat-map client would ask for).
+const SUBSCRIBE: &str = "subscription($id: ID!) { seatMap(showtimeId: $id, coalesce: true) { \
+     resync changes { seatId state changedAt } } }";
 /// Connections per source address: well under the ~28,000 ephemeral ports of one.
 const PER_SOURCE_ADDRESS: usize = 10_000;
 /// Handshakes in flight at once: the gateway's accept queue is finite.
@@ -35,6 +37,8 @@ const CONCURRENT_HANDSHAKES: usize = 256;
 pub struct Log {
     pub showtime: usize,
     pub changes: usize,
+    /// `next` messages: fewer than `changes` when changes were coalesced.
+    pub messages: usize,
     pub resyncs: usize,
     /// Seats this subscriber was told became BOOKED.
     pub booked: HashSet<String>,
@@ -186,20 +190,29 @@ async fn listen(
                 if log.changes == 0 && log.resyncs == 0 {
                     heard.fetch_add(1, Ordering::Relaxed);
                 }
-                delivered.fetch_add(1, Ordering::Relaxed);
+                log.messages += 1;
                 if update["resync"] == true {
+                    delivered.fetch_add(1, Ordering::Relaxed);
                     log.resyncs += 1;
                     continue;
                 }
-                log.changes += 1;
-                let change = &update["change"];
-                if change["state"] == "BOOKED" {
-                    log.booked.insert(change["seatId"].as_str().unwrap_or_default().to_owned());
+                let changes = update["changes"].as_array().map(Vec::as_slice).unwrap_or_default();
+                if changes.is_empty() {
+                    log.failures.push(format!("an update without changes: {text}"));
+                    continue;
                 }
-                if let Some(at) =
-                    change["changedAt"].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
-                {
-                    log.latency_ms.push((received - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                delivered.fetch_add(changes.len(), Ordering::Relaxed);
+                for change in changes {
+                    log.changes += 1;
+                    if change["state"] == "BOOKED" {
+                        log.booked.insert(change["seatId"].as_str().unwrap_or_default().to_owned());
+                    }
+                    if let Some(at) = change["changedAt"]
+                        .as_str()
+                        .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                    {
+                        log.latency_ms.push((received - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                    }
                 }
             }
             Some("ping") => {
@@ -280,11 +293,12 @@ pub fn judge(logs: &mut [Log], must_book: &HashMap<usize, HashSet<String>>) -> V
         let entry = most.entry(log.showtime).or_default();
         *entry = (*entry).max(log.changes);
     }
-    let (mut missed, mut failed, mut delivered) = (0, 0, 0);
+    let (mut missed, mut failed, mut delivered, mut messages) = (0, 0, 0, 0);
     let mut latency = Samples::default();
     let mut failure_examples = Vec::new();
     for log in logs.iter_mut() {
         delivered += log.changes;
+        messages += log.messages;
         let complete = log.changes == most[&log.showtime]
             && log.resyncs == 0
             && must_book.get(&log.showtime).is_none_or(|seats| seats.is_subset(&log.booked));
@@ -303,6 +317,7 @@ pub fn judge(logs: &mut [Log], must_book: &HashMap<usize, HashSet<String>>) -> V
         "subscribers": logs.len(),
         "changes_per_showtime": most,
         "delivered": delivered,
+        "messages": messages,
         "subscribers_missing_changes": missed,
         "subscribers_with_failures": failed,
         "failure_examples": failure_examples,
