@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::stats::round1;
+use crate::stats::{round1, round3};
 
 /// Linux's USER_HZ; `getconf CLK_TCK` is 100 on every mainstream kernel config.
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -48,19 +48,30 @@ pub fn snapshot() -> Snapshot {
 /// CPU seconds per group between two snapshots, and the share of the machine's
 /// CPU capacity over `seconds` of wall time.
 pub fn between(before: &Snapshot, after: &Snapshot, seconds: f64) -> Value {
+    per_group(before, after, seconds, None)
+}
+
+/// `between`, plus each group's CPU seconds per confirmed booking (null without one).
+pub fn per_booking(before: &Snapshot, after: &Snapshot, seconds: f64, confirmed: usize) -> Value {
+    per_group(before, after, seconds, Some(confirmed))
+}
+
+fn per_group(before: &Snapshot, after: &Snapshot, seconds: f64, confirmed: Option<usize>) -> Value {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     let mut groups = serde_json::Map::new();
     for (name, &end) in &after.0 {
         let start = before.0.get(name).copied().unwrap_or(0);
         // A process that exited in between drops out of `after`; others only grow.
         let cpu_seconds = end.saturating_sub(start) as f64 / TICKS_PER_SECOND;
-        groups.insert(
-            (*name).to_owned(),
-            json!({
-                "cpu_seconds": round1(cpu_seconds),
-                "share_of_machine_pct": round1(100.0 * cpu_seconds / (seconds * cpus).max(f64::EPSILON)),
-            }),
-        );
+        let mut group = json!({
+            "cpu_seconds": round1(cpu_seconds),
+            "share_of_machine_pct": round1(100.0 * cpu_seconds / (seconds * cpus).max(f64::EPSILON)),
+        });
+        if let Some(confirmed) = confirmed {
+            group["cpu_seconds_per_confirmed_booking"] =
+                json!((confirmed > 0).then(|| round3(cpu_seconds / confirmed as f64)));
+        }
+        groups.insert((*name).to_owned(), group);
     }
     json!({ "wall_seconds": round1(seconds), "cpus": cpus, "groups": groups })
 }

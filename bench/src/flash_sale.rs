@@ -1,7 +1,10 @@
 //! The flash sale: many customers register, then all try to book seats of one big
 //! showtime through GraphQL at the same moment. Half of them aim at a handful of hot
 //! seats, the rest at random seats of the whole hall. Every hold and payment carries an
-//! idempotency key and is retried with the same key after a timeout.
+//! idempotency key and is retried with the same key after a timeout. A payment that
+//! ends without a final answer (still in flight, or no answer at all) is followed the way
+//! a "payment processing..." screen would: the customer polls `booking(id)` until the
+//! booking settles, and only then starts the next purchase.
 //!
 //! After the rush, `verify` reads the stores themselves (PostgreSQL `showtime_seats`,
 //! MongoDB bookings, payments and notifications) and counts every broken promise.
@@ -27,6 +30,7 @@ const REGISTER: &str = "mutation($input: RegisterInput!) { register(input: $inpu
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { token } }";
 const HOLD: &str = "mutation($input: HoldSeatsInput!) { holdSeats(input: $input) { id status } }";
 const PAY: &str = "mutation($input: PayBookingInput!) { payBooking(input: $input) { id status } }";
+const BOOKING: &str = "query($id: ID!) { booking(id: $id) { id status } }";
 const PASSWORD: &str = "correct horse battery staple";
 const REGISTRATIONS_AT_ONCE: usize = 8;
 /// Booking statuses of a saga between two steps.
@@ -48,6 +52,10 @@ pub struct Config {
     pub notification_deadline: Duration,
     /// How long to wait for sagas the customers gave up on to reach a final status.
     pub saga_deadline: Duration,
+    /// After a payment without a final answer, how often the customer asks for the
+    /// booking's status, and for how long before giving up on it (UNSETTLED).
+    pub settle_poll_interval: Duration,
+    pub settle_deadline: Duration,
 }
 
 impl Config {
@@ -60,6 +68,8 @@ impl Config {
             max_sends: 5,
             notification_deadline: Duration::from_secs(300),
             saga_deadline: Duration::from_secs(120),
+            settle_poll_interval: Duration::from_millis(500),
+            settle_deadline: Duration::from_secs(60),
         }
     }
 
@@ -72,6 +82,8 @@ impl Config {
             max_sends: 5,
             notification_deadline: Duration::from_secs(40),
             saga_deadline: Duration::from_secs(40),
+            settle_poll_interval: Duration::from_millis(500),
+            settle_deadline: Duration::from_secs(30),
         }
     }
 }
@@ -99,12 +111,22 @@ fn is_hot(k: usize, hot_seats: usize) -> bool {
 pub struct Outcome {
     pub registered: usize,
     pub attempts: usize,
-    /// booking id -> seat, for every booking the client saw CONFIRMED.
+    /// booking id -> seat, for every booking the client saw CONFIRMED: in payBooking's
+    /// answer, or by polling the booking after a payment without a final answer.
     pub confirmed: HashMap<String, String>,
+    /// How many of `confirmed` the customers learnt by polling.
+    pub confirmed_after_polling: usize,
     /// Seats whose hold was refused, with the refusal's code.
     pub refused: Vec<(String, String)>,
-    /// Holds that succeeded but whose payment did not confirm, with the final answer.
+    /// Holds that succeeded but whose payment did not confirm, with the final answer: an
+    /// error code, `status X` for a final booking status, or UNSETTLED for a booking still
+    /// in flight at the settle deadline.
     pub unpaid: Vec<(String, String)>,
+    /// The payBooking answers that sent customers polling, by label.
+    pub polled_after: BTreeMap<String, usize>,
+    /// `booking` queries sent while polling, and how many of them got no status back.
+    pub polls: usize,
+    pub polls_without_status: usize,
     /// Operations that gave up after `max_sends`, by final label.
     pub gave_up: BTreeMap<String, usize>,
     /// Sends beyond the first, per operation.
@@ -113,6 +135,9 @@ pub struct Outcome {
     pub hold_won_ms: Samples,
     pub hold_lost_ms: Samples,
     pub pay_ms: Samples,
+    /// Payments that needed polling: from the first payBooking send until the customer
+    /// saw a final status.
+    pub pay_until_final_ms: Samples,
     /// From the start signal to the last customer's last answer.
     pub rush_seconds: f64,
 }
@@ -173,30 +198,114 @@ async fn register(client: &Client, name: &str, max_sends: u32) -> anyhow::Result
     }
 }
 
+/// Public booking statuses a booking never leaves. HELD is not one: it also covers a
+/// payment whose charge or confirmation is still running.
+fn is_final(status: &str) -> bool {
+    matches!(status, "CONFIRMED" | "PAYMENT_FAILED" | "EXPIRED" | "CANCELLED" | "FAILED")
+}
+
+/// What a payBooking answer tells the customer about the booking.
+#[derive(Debug, PartialEq, Eq)]
+enum Paid {
+    /// The booking's final status.
+    Settled(String),
+    /// A definite refusal (e.g. HOLD_EXPIRED, or a decline that is not worth retrying).
+    Refused(String),
+    /// Nothing final: CONFLICT (another send of this payment is still in flight), a
+    /// timeout or retryable error after the last send, or a booking still HELD.
+    Unknown,
+}
+
+fn paid(answer: &Answer) -> Paid {
+    match answer {
+        Answer::Data(data) => match data["payBooking"]["status"].as_str() {
+            Some(status) if is_final(status) => Paid::Settled(status.to_owned()),
+            _ => Paid::Unknown,
+        },
+        Answer::Errors { code, .. } if code != "CONFLICT" && !answer.worth_retrying() => {
+            Paid::Refused(code.clone())
+        }
+        _ => Paid::Unknown,
+    }
+}
+
+/// What polling a booking ended with.
+#[derive(Debug)]
+pub struct Settled {
+    /// The final status; None when the deadline passed first.
+    pub status: Option<String>,
+    /// `booking` queries sent, and how many of them got no status back.
+    pub polls: usize,
+    pub polls_without_status: usize,
+}
+
+/// The "payment processing..." screen: asks for the booking's status every
+/// `settle_poll_interval` until it is final or `settle_deadline` has passed.
+pub async fn poll_until_settled(client: &Client, token: &str, booking: &str, config: &Config) -> Settled {
+    let deadline = Instant::now() + config.settle_deadline;
+    let variables = json!({ "id": booking });
+    let mut settled = Settled { status: None, polls: 0, polls_without_status: 0 };
+    loop {
+        // The payment was just reported in flight: give it a moment before asking.
+        tokio::time::sleep(config.settle_poll_interval).await;
+        settled.polls += 1;
+        match client.send(Some(token), BOOKING, variables.clone()).await {
+            Answer::Data(data) if data["booking"]["status"].is_string() => {
+                let status = data["booking"]["status"].as_str().unwrap_or_default();
+                if is_final(status) {
+                    settled.status = Some(status.to_owned());
+                    return settled;
+                }
+            }
+            _ => settled.polls_without_status += 1,
+        }
+        if Instant::now() + config.settle_poll_interval > deadline {
+            return settled;
+        }
+    }
+}
+
 enum Attempt {
-    Confirmed { booking: String, seat: String },
+    Confirmed { booking: String, seat: String, polled: bool },
     Refused { seat: String, code: String },
     Unpaid { booking: String, label: String },
     GaveUp { label: String },
 }
 
+#[derive(Default)]
 struct UserLog {
     attempts: Vec<Attempt>,
     hold_won_ms: Samples,
     hold_lost_ms: Samples,
     pay_ms: Samples,
+    pay_until_final_ms: Samples,
+    polled_after: BTreeMap<String, usize>,
+    polls: usize,
+    polls_without_status: usize,
     hold_retries: usize,
     pay_retries: usize,
 }
 
+/// Registered customers waiting for the sale to open.
+pub struct Crowd {
+    client: Client,
+    tokens: Vec<String>,
+    register_ms: Samples,
+    register_retries: usize,
+}
+
 /// Registers `config.users` customers, then releases them all at once on `showtime`.
 pub async fn run(graphql_url: &str, showtime: &str, config: &Config) -> anyhow::Result<Outcome> {
+    let crowd = register_crowd(graphql_url, config).await?;
+    Ok(rush(crowd, showtime, config).await)
+}
+
+/// Registers `config.users` customers. Accounts exist before a sale opens: registering
+/// is setup, a few at a time, so that password hashing (argon2, deliberately slow) does
+/// not time out under load.
+pub async fn register_crowd(graphql_url: &str, config: &Config) -> anyhow::Result<Crowd> {
     anyhow::ensure!(config.hot_seats > 0 && hot_seat(config.hot_seats) <= SEATS, "bad hot seat count");
     let client = Client::new(graphql_url.to_owned(), config.request_timeout)?;
-    let mut outcome = Outcome::default();
-
-    // Accounts exist before a sale opens: registering is setup, a few at a time, so
-    // that password hashing (argon2, deliberately slow) does not time out under load.
     let registering = Arc::new(tokio::sync::Semaphore::new(REGISTRATIONS_AT_ONCE));
     let mut registrations = tokio::task::JoinSet::new();
     for i in 0..config.users {
@@ -207,19 +316,29 @@ pub async fn run(graphql_url: &str, showtime: &str, config: &Config) -> anyhow::
             register(&client, &format!("fan{i}"), max_sends).await
         });
     }
-    let mut tokens = Vec::with_capacity(config.users);
-    let mut register_retries = 0;
+    let mut crowd = Crowd {
+        client,
+        tokens: Vec::with_capacity(config.users),
+        register_ms: Samples::default(),
+        register_retries: 0,
+    };
     for registration in registrations.join_all().await {
         let (token, ms, sends) = registration?;
-        outcome.register_ms.push(ms);
-        register_retries += (sends - 1) as usize;
-        tokens.push(token);
+        crowd.register_ms.push(ms);
+        crowd.register_retries += (sends - 1) as usize;
+        crowd.tokens.push(token);
     }
-    outcome.registered = tokens.len();
+    Ok(crowd)
+}
+
+/// Releases the whole crowd at once on `showtime` and collects what each customer saw.
+pub async fn rush(crowd: Crowd, showtime: &str, config: &Config) -> Outcome {
+    let Crowd { client, tokens, register_ms, register_retries } = crowd;
+    let mut outcome = Outcome { registered: tokens.len(), register_ms, ..Outcome::default() };
     outcome.retries.insert("register", register_retries);
 
     // Everyone waits at the gate; the rush starts when the last one arrives.
-    let gate = Arc::new(Barrier::new(config.users + 1));
+    let gate = Arc::new(Barrier::new(tokens.len() + 1));
     let mut customers = tokio::task::JoinSet::new();
     for (i, token) in tokens.into_iter().enumerate() {
         let (client, gate, config, showtime) =
@@ -232,10 +351,7 @@ pub async fn run(graphql_url: &str, showtime: &str, config: &Config) -> anyhow::
     }
     gate.wait().await;
     let started = Instant::now();
-    let mut logs = Vec::with_capacity(config.users);
-    for log in customers.join_all().await {
-        logs.push(log);
-    }
+    let logs = customers.join_all().await;
     outcome.rush_seconds = started.elapsed().as_secs_f64();
 
     let (mut hold_retries, mut pay_retries) = (0, 0);
@@ -243,12 +359,19 @@ pub async fn run(graphql_url: &str, showtime: &str, config: &Config) -> anyhow::
         outcome.attempts += log.attempts.len();
         hold_retries += log.hold_retries;
         pay_retries += log.pay_retries;
+        outcome.polls += log.polls;
+        outcome.polls_without_status += log.polls_without_status;
         outcome.hold_won_ms.extend(log.hold_won_ms);
         outcome.hold_lost_ms.extend(log.hold_lost_ms);
         outcome.pay_ms.extend(log.pay_ms);
+        outcome.pay_until_final_ms.extend(log.pay_until_final_ms);
+        for (label, n) in log.polled_after {
+            *outcome.polled_after.entry(label).or_default() += n;
+        }
         for attempt in log.attempts {
             match attempt {
-                Attempt::Confirmed { booking, seat } => {
+                Attempt::Confirmed { booking, seat, polled } => {
+                    outcome.confirmed_after_polling += usize::from(polled);
                     outcome.confirmed.insert(booking, seat);
                 }
                 Attempt::Refused { seat, code } => outcome.refused.push((seat, code)),
@@ -259,20 +382,14 @@ pub async fn run(graphql_url: &str, showtime: &str, config: &Config) -> anyhow::
     }
     outcome.retries.insert("holdSeats", hold_retries);
     outcome.retries.insert("payBooking", pay_retries);
-    Ok(outcome)
+    outcome
 }
 
-/// One customer's rush: `rounds` purchase attempts, each a hold then a payment.
+/// One customer's rush: `rounds` purchase attempts, each a hold then a payment, the next
+/// one only once the previous booking is settled (or given up on at the deadline).
 async fn customer(client: &Client, token: &str, showtime: &str, aims_hot: bool, config: &Config) -> UserLog {
     let mut rng = Rng::seeded();
-    let mut log = UserLog {
-        attempts: Vec::new(),
-        hold_won_ms: Samples::default(),
-        hold_lost_ms: Samples::default(),
-        pay_ms: Samples::default(),
-        hold_retries: 0,
-        pay_retries: 0,
-    };
+    let mut log = UserLog::default();
     for _ in 0..config.rounds {
         let k = if aims_hot {
             hot_seat(rng.below(config.hot_seats))
@@ -321,19 +438,35 @@ async fn customer(client: &Client, token: &str, showtime: &str, aims_hot: bool, 
             "paymentMethod": "pm_card_ok",
             "idempotencyKey": Uuid::new_v4().to_string(),
         } });
+        let paying = Instant::now();
         let (answer, ms, sends) = send_until_definite(client, Some(token), PAY, &pay, config.max_sends).await;
         log.pay_retries += (sends - 1) as usize;
         log.pay_ms.push(ms);
-        match answer {
-            Answer::Data(data) if data["payBooking"]["status"] == "CONFIRMED" => {
-                log.attempts.push(Attempt::Confirmed { booking, seat });
+        let attempt = match paid(&answer) {
+            Paid::Settled(status) if status == "CONFIRMED" => {
+                Attempt::Confirmed { booking, seat, polled: false }
             }
-            Answer::Data(data) => {
-                let status = data["payBooking"]["status"].as_str().unwrap_or("?").to_owned();
-                log.attempts.push(Attempt::Unpaid { booking, label: format!("status {status}") });
+            Paid::Settled(status) => Attempt::Unpaid { booking, label: format!("status {status}") },
+            Paid::Refused(code) => Attempt::Unpaid { booking, label: code },
+            Paid::Unknown => {
+                *log.polled_after.entry(answer.label()).or_default() += 1;
+                let settled = poll_until_settled(client, token, &booking, config).await;
+                log.polls += settled.polls;
+                log.polls_without_status += settled.polls_without_status;
+                match settled.status {
+                    Some(status) => {
+                        log.pay_until_final_ms.push(paying.elapsed().as_secs_f64() * 1000.0);
+                        if status == "CONFIRMED" {
+                            Attempt::Confirmed { booking, seat, polled: true }
+                        } else {
+                            Attempt::Unpaid { booking, label: format!("status {status}") }
+                        }
+                    }
+                    None => Attempt::Unpaid { booking, label: "UNSETTLED".to_owned() },
+                }
             }
-            other => log.attempts.push(Attempt::Unpaid { booking, label: other.label() }),
-        }
+        };
+        log.attempts.push(attempt);
     }
     log
 }
@@ -548,10 +681,18 @@ pub fn outcome_json(outcome: &mut Outcome, config: &Config) -> Value {
         "rounds": config.rounds,
         "attempts": outcome.attempts,
         "winners": outcome.confirmed.len(),
+        "confirmed_after_polling": outcome.confirmed_after_polling,
         "losers": outcome.refused.len(),
         "unpaid": outcome.unpaid.len(),
         "refusals_by_code": tally(outcome.refused.iter().map(|(_, code)| code.as_str())),
         "unpaid_by_answer": tally(outcome.unpaid.iter().map(|(_, answer)| answer.as_str())),
+        "polling": {
+            "settle_poll_interval_ms": config.settle_poll_interval.as_millis(),
+            "settle_deadline_s": config.settle_deadline.as_secs(),
+            "after_pay_answer": outcome.polled_after,
+            "queries": outcome.polls,
+            "queries_without_status": outcome.polls_without_status,
+        },
         "gave_up": outcome.gave_up,
         "retries": outcome.retries,
         "rush_seconds": round1(outcome.rush_seconds),
@@ -562,6 +703,7 @@ pub fn outcome_json(outcome: &mut Outcome, config: &Config) -> Value {
             "holdSeats_won": outcome.hold_won_ms.summary(),
             "holdSeats_lost": outcome.hold_lost_ms.summary(),
             "payBooking": outcome.pay_ms.summary(),
+            "payBooking_until_final_after_polling": outcome.pay_until_final_ms.summary(),
         },
     })
 }
@@ -572,4 +714,34 @@ fn tally<'a>(labels: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, usize> 
         *counts.entry(label).or_default() += 1;
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{Paid, paid};
+    use crate::gql::Answer;
+
+    fn error(code: &str, retryable: bool) -> Answer {
+        Answer::Errors { code: code.to_owned(), retryable, body: json!({}) }
+    }
+
+    fn booking(status: &str) -> Answer {
+        Answer::Data(json!({ "payBooking": { "id": "b", "status": status } }))
+    }
+
+    #[test]
+    fn only_a_final_status_or_a_definite_refusal_ends_a_payment_without_polling() {
+        assert_eq!(paid(&booking("CONFIRMED")), Paid::Settled("CONFIRMED".to_owned()));
+        assert_eq!(paid(&booking("EXPIRED")), Paid::Settled("EXPIRED".to_owned()));
+        assert_eq!(paid(&error("HOLD_EXPIRED", false)), Paid::Refused("HOLD_EXPIRED".to_owned()));
+        assert_eq!(paid(&error("PAYMENT_DECLINED", false)), Paid::Refused("PAYMENT_DECLINED".to_owned()));
+        // Still HELD, the payment in flight, or no answer at all: the status will tell.
+        assert_eq!(paid(&booking("HELD")), Paid::Unknown);
+        assert_eq!(paid(&error("CONFLICT", false)), Paid::Unknown);
+        assert_eq!(paid(&error("PAYMENT_DECLINED", true)), Paid::Unknown);
+        assert_eq!(paid(&error("INTERNAL", false)), Paid::Unknown);
+        assert_eq!(paid(&Answer::Transport("timeout".to_owned())), Paid::Unknown);
+    }
 }

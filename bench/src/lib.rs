@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod flash_sale;
 pub mod gql;
 pub mod mesh;
+pub mod mongo_ops;
 pub mod pgbench;
 pub mod report;
 pub mod rush;

@@ -27,7 +27,7 @@ use crate::flash_sale::{self, Config, PROBE_SEAT};
 use crate::gql::{Answer, Client};
 use crate::mesh::{GatewayProcess, Mesh};
 use crate::stats::{round1, round2, round3};
-use crate::{browse, cpu, pgbench, report, subscribers};
+use crate::{browse, cpu, mongo_ops, pgbench, report, subscribers};
 
 /// pgbench clients and bookings per client: 16 x 600 = 9,600 of the 10,000 seats.
 const PGBENCH_CLIENTS: usize = 16;
@@ -121,16 +121,28 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     eprintln!("pgbench, same SQL: {pgbench_tps:.0} bookings/s");
 
     let config = options.flash.clone();
+    let crowd = flash_sale::register_crowd(&graphql_url, &config).await?;
+    // The profile covers the rush alone, not the registrations before it.
+    let mongo = mongodb::Client::with_uri_str(mesh.settings.mongo.url.expose())
+        .await
+        .context("cannot reach MongoDB")?;
+    let ops_before = mongo_ops::read(&mongo).await;
     let cpu_before = cpu::snapshot();
-    let mut outcome = flash_sale::run(&graphql_url, &showtimes[0], &config).await?;
-    let cpu_rush = cpu::between(&cpu_before, &cpu::snapshot(), outcome.rush_seconds);
+    let started = Instant::now();
+    let mut outcome = flash_sale::rush(crowd, &showtimes[0], &config).await;
+    let cpu_after = cpu::snapshot();
+    let wall = started.elapsed().as_secs_f64();
+    let ops_after = mongo_ops::read(&mongo).await;
+    let profile = rush_profile(&outcome, &cpu_before, &cpu_after, wall, ops_before, ops_after);
     eprintln!(
-        "flash sale: {} confirmed, {} refused, {:.1} bookings/s over {:.1} s",
+        "flash sale: {} confirmed ({} after polling), {} refused, {:.1} bookings/s over {:.1} s",
         outcome.confirmed.len(),
+        outcome.confirmed_after_polling,
         outcome.refused.len(),
         outcome.bookings_per_s(),
         outcome.rush_seconds
     );
+    eprintln!("profile: {profile}");
     let verdict = flash_sale::verify(&mesh.settings, &showtimes[0], &outcome, &config).await?;
     eprintln!("verification: {verdict:?}");
 
@@ -199,7 +211,7 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
         "verification": verdict.to_json(),
         "verification_clean": verdict.is_clean() && connected_clean,
         "flash_sale": flash_sale::outcome_json(&mut outcome, &config),
-        "flash_sale_cpu": cpu_rush,
+        "profile": profile,
         "browse": browse_results,
         "connected_users": connected,
         "setup": {
@@ -216,6 +228,31 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(&results)?);
     anyhow::ensure!(verdict.is_clean() && connected_clean, "the rush broke a promise; see the results");
     Ok(())
+}
+
+/// Where the rush's time went: CPU per process group and MongoDB commands, in all and
+/// per confirmed booking, from the start signal to the last customer's last answer.
+fn rush_profile(
+    outcome: &flash_sale::Outcome,
+    cpu_before: &cpu::Snapshot,
+    cpu_after: &cpu::Snapshot,
+    wall: f64,
+    ops_before: anyhow::Result<mongo_ops::OpCounters>,
+    ops_after: anyhow::Result<mongo_ops::OpCounters>,
+) -> Value {
+    let confirmed = outcome.confirmed.len();
+    let mongodb = match (ops_before, ops_after) {
+        (Ok(before), Ok(after)) => mongo_ops::between(&before, &after, confirmed),
+        // Not measured is said so, never a made-up zero.
+        (Err(error), _) | (_, Err(error)) => json!({ "error": format!("{error:#}") }),
+    };
+    json!({
+        "window": "from the start signal to the last customer's last answer (every booking settled or given up on)",
+        "wall_seconds": round1(wall),
+        "confirmed_bookings": confirmed,
+        "cpu": cpu::per_booking(cpu_before, cpu_after, wall, confirmed),
+        "mongodb_opcounters": mongodb,
+    })
 }
 
 /// Descriptors kept free for everything but subscriptions (pools, the mesh's own
@@ -355,7 +392,9 @@ fn summary(results: &Value) -> String {
     let verification = &results["verification"];
     let latency = &flash["latency"];
     let mut ops = String::new();
-    for op in ["register", "holdSeats_won", "holdSeats_lost", "payBooking"] {
+    for op in
+        ["register", "holdSeats_won", "holdSeats_lost", "payBooking", "payBooking_until_final_after_polling"]
+    {
         let l = &latency[op];
         ops.push_str(&format!(
             "| {op} | {} | {} | {} | {} |\n",
@@ -365,12 +404,19 @@ fn summary(results: &Value) -> String {
             report::cell(&l["p999_ms"])
         ));
     }
+    let profile = &results["profile"];
     let mut cpu = String::new();
-    if let Some(groups) = results["flash_sale_cpu"]["groups"].as_object() {
+    if let Some(groups) = profile["cpu"]["groups"].as_object() {
         for (name, g) in groups {
-            cpu.push_str(&format!("| {name} | {} | {}% |\n", g["cpu_seconds"], g["share_of_machine_pct"]));
+            cpu.push_str(&format!(
+                "| {name} | {} | {}% | {} |\n",
+                g["cpu_seconds"],
+                g["share_of_machine_pct"],
+                report::cell(&g["cpu_seconds_per_confirmed_booking"])
+            ));
         }
     }
+    let mongo = mongo_summary(&profile["mongodb_opcounters"]);
     let mut browse = String::new();
     if let Some(steps) = results["browse"]["steps"].as_array() {
         for s in steps {
@@ -409,12 +455,19 @@ fn summary(results: &Value) -> String {
          {seats}-seat hall: half aim at {hot} hot seats, half at random seats of the hall; each\n\
          makes {rounds} purchase attempt(s) in a row (holdSeats with an idempotency key, then\n\
          payBooking with `pm_card_ok`; a timeout, a retryable error or INTERNAL\n\
-         is retried with the same key, up to 5 sends).\n\
+         is retried with the same key, up to 5 sends). A payment that ends without a final\n\
+         answer (CONFLICT while it is in flight, or still no answer after the sends) is followed\n\
+         like a \"payment processing...\" screen: the customer polls `booking(id)` every\n\
+         {poll_ms} ms until the booking settles (up to {poll_s} s, then UNSETTLED), and only then\n\
+         starts the next attempt; a booking CONFIRMED that way counts as a winner.\n\
          pgbench runs the cinema's lock + confirm SQL for one seat per booking\n\
          (`cinema_lock_seats`, `cinema_confirm_seats`) with {pg_clients} clients in the same run.\n\n\
-         | bookings/s end to end | pgbench same SQL /s | ratio (goal >= 0.3) | winners | losers | attempts/s |\n\
-         |---|---|---|---|---|---|\n\
-         | {bps} | {pg} | {ratio} | {winners} | {losers} | {aps} |\n\n\
+         | bookings/s end to end | pgbench same SQL /s | ratio (goal >= 0.3) | winners (after polling) | losers | unpaid | attempts/s |\n\
+         |---|---|---|---|---|---|---|\n\
+         | {bps} | {pg} | {ratio} | {winners} ({polled}) | {losers} | {unpaid} | {aps} |\n\n\
+         Holds refused, by code: {refusals}. Payments without a confirmation, by final answer:\n\
+         {unpaid_by}. payBooking answers that sent the customer polling: {polled_after}\n\
+         ({queries} `booking` queries).\n\n\
          | operation | count | p50 ms | p99 ms | p99.9 ms |\n\
          |---|---|---|---|---|\n\
          {ops}\n\
@@ -423,11 +476,13 @@ fn summary(results: &Value) -> String {
          | double-booked seats | double charges | confirmed without charge | charged unconfirmed | store mismatches | sagas unsettled after 120 s | losers without SEAT_UNAVAILABLE | lost notifications | duplicate notifications |\n\
          |---|---|---|---|---|---|---|---|---|\n\
          | {dbs} | {dc} | {uc} | {cu} | {sm} | {us} | {wr} | {ln} | {dn} |\n\n\
-         **Where the CPU went during the rush** (CPU seconds per process group from /proc over\n\
-         {wall} s of wall time; 100% = all cores):\n\n\
-         | process | CPU s | share |\n\
-         |---|---|---|\n\
+         **Where the time went during the rush**, from the start signal to the last customer's\n\
+         last answer ({wall} s, registrations excluded), per {confirmed} confirmed bookings.\n\
+         CPU seconds per process group from /proc (100% = all cores):\n\n\
+         | process | CPU s | share | CPU s per confirmed booking |\n\
+         |---|---|---|---|\n\
          {cpu}\n\
+         {mongo}\n\
          **Browse** (open model: fixed arrival rate, latency from the scheduled send time;\n\
          catalog `showtimes` and `showtime.seatMap` alternate; GraphQL `errors` count as failures;\n\
          a step is sustainable with <= 1% failures and p99 <= 1 s). Goal: p99 <= 50 ms at half\n\
@@ -448,7 +503,17 @@ fn summary(results: &Value) -> String {
         pg = results["pgbench_same_sql_tps"],
         ratio = results["ratio"],
         winners = flash["winners"],
+        polled = flash["confirmed_after_polling"],
         losers = flash["losers"],
+        unpaid = flash["unpaid"],
+        refusals = counts(&flash["refusals_by_code"]),
+        unpaid_by = counts(&flash["unpaid_by_answer"]),
+        polled_after = counts(&flash["polling"]["after_pay_answer"]),
+        queries = flash["polling"]["queries"],
+        poll_ms = flash["polling"]["settle_poll_interval_ms"],
+        poll_s = flash["polling"]["settle_deadline_s"],
+        confirmed = profile["confirmed_bookings"],
+        mongo = mongo,
         aps = flash["attempts_per_s"],
         drain = verification["notification_drain_seconds"],
         dbs = verification["double_booked_seats"],
@@ -460,8 +525,41 @@ fn summary(results: &Value) -> String {
         wr = verification["wrong_refusals"],
         ln = verification["lost_notifications"],
         dn = verification["duplicate_notifications"],
-        wall = results["flash_sale_cpu"]["wall_seconds"],
+        wall = profile["wall_seconds"],
         connected = connected,
+    )
+}
+
+/// `{"A": 1, "B": 2}` as "A 1, B 2"; "none" when empty.
+fn counts(tally: &Value) -> String {
+    match tally.as_object() {
+        Some(map) if !map.is_empty() => {
+            map.iter().map(|(label, n)| format!("{label} {n}")).collect::<Vec<_>>().join(", ")
+        }
+        _ => "none".to_owned(),
+    }
+}
+
+fn mongo_summary(ops: &Value) -> String {
+    if !ops["error"].is_null() {
+        return format!(
+            "MongoDB opcounters: not measured ({}).\n",
+            ops["error"].as_str().unwrap_or_default()
+        );
+    }
+    let mut head = String::from("| |");
+    let mut rule = String::from("|---|");
+    let (mut during, mut per) = (String::from("| commands |"), String::from("| per confirmed booking |"));
+    for bucket in mongo_ops::BUCKETS.iter().chain(&["total"]) {
+        head.push_str(&format!(" {bucket} |"));
+        rule.push_str("---|");
+        during.push_str(&format!(" {} |", ops["commands"][bucket]));
+        per.push_str(&format!(" {} |", report::cell(&ops["per_confirmed_booking"][bucket])));
+    }
+    format!(
+        "Commands the MongoDB-wire server (SecantusDB) counted in `serverStatus` `opcounters`\n\
+         over the same window (server-wide: every client, including the drivers' monitoring\n\
+         `hello`s in `command`):\n\n{head}\n{rule}\n{during}\n{per}\n"
     )
 }
 
