@@ -5,6 +5,7 @@
 //! whose process died mid-step.
 
 mod domain;
+mod drivers;
 mod error;
 mod events;
 mod grpc;
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::domain::RefundPolicy;
+use crate::drivers::Drivers;
 use crate::grpc::BookingApi;
 pub use crate::saga::SweepReport;
 use crate::saga::{Retry, Saga, SagaSettings};
@@ -38,6 +40,7 @@ pub struct Application {
     api: BookingApi,
     relay: OutboxRelay<MongoOutbox>,
     sweeper: Sweeper,
+    drivers: Drivers,
     grace: Duration,
 }
 
@@ -68,6 +71,28 @@ impl Sweeper {
                 () = tokio::time::sleep(self.interval) => {}
             }
         }
+    }
+}
+
+/// What a test can see of the local saga drivers (`Application::pay_waits`).
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct PayWaits(Drivers);
+
+impl PayWaits {
+    /// Bookings whose saga step this process is driving right now.
+    pub fn in_flight(&self) -> usize {
+        self.0.in_flight()
+    }
+
+    /// Waits for a payment in flight that this process's driver of it answered.
+    pub fn woken(&self) -> u64 {
+        self.0.woken()
+    }
+
+    /// Reads of a booking whose payment was in flight with no local driver.
+    pub fn polls(&self) -> u64 {
+        self.0.polls()
     }
 }
 
@@ -107,6 +132,7 @@ impl Application {
             deadline: Duration::from_millis(settings.grpc.request_timeout_ms),
             policy: RefundPolicy::new(config.cancel_cutoff_minutes, &tiers)?,
             pay_wait: Duration::from_millis(config.pay_wait_ms),
+            lease: Duration::from_millis(config.saga_lease_ms),
         };
         let saga = Saga::new(
             store.clone(),
@@ -131,6 +157,7 @@ impl Application {
                 saga: saga.clone(),
                 interval: Duration::from_millis(config.sweep_interval_ms),
             },
+            drivers: saga.drivers(),
             api: BookingApi::new(saga),
             relay,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
@@ -143,6 +170,12 @@ impl Application {
 
     pub fn sweeper(&self) -> Sweeper {
         self.sweeper.clone()
+    }
+
+    /// Test probe: the saga steps this process drives and how repeated pays waited.
+    #[doc(hidden)]
+    pub fn pay_waits(&self) -> PayWaits {
+        PayWaits(self.drivers.clone())
     }
 
     /// Serves gRPC and runs the outbox relay and the sweeper until `shutdown`.

@@ -19,6 +19,15 @@
 //! repeat is harmless (a re-run charge returns the first result). A hold is recorded
 //! before LockSeats by its hold-slot claim, which recovery uses to release the seats
 //! of a hold whose booking was never written.
+//!
+//! MongoDB round trips are the scarce resource, so a step writes once, at its end,
+//! with everything it learned (history entries, fields, event) in that one update.
+//! In particular CHARGING normally runs the confirm too, going straight to
+//! CONFIRMED, FAILED's refund or PAYMENT_FAILED: a crash before that write re-runs
+//! the charge, which returns the first result. Only a charge that used up half the
+//! lease is recorded as CONFIRMING before the confirm, which then gets a fresh lease.
+//! A PayBooking repeating a pay that this process is driving waits for the driver
+//! (`drivers`) to finish instead of polling the booking.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,6 +47,7 @@ use marquee_proto::payment::v1::{ChargeRequest, Payment, PaymentStatus, RefundRe
 use marquee_proto::user::v1::GetUserRequest;
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tracing::Instrument as _;
@@ -46,6 +56,7 @@ use crate::domain::{
     BookedSeat, Booking, BookingId, BookingStatus, Caller, CancelRequest, HoldRequest, ListQuery, Money,
     PayRequest, PublicStatus, RefundCause, RefundPolicy, SeatId, ShowtimeId,
 };
+use crate::drivers::{Drivers, Driving};
 use crate::error::BookingError;
 use crate::events;
 use crate::store::{BookingStore, InsertError, SagaEntry, SlotClaim, Transition};
@@ -74,6 +85,8 @@ pub struct SagaSettings {
     pub policy: RefundPolicy,
     /// How long a repeated PayBooking waits for the payment in flight to finish.
     pub pay_wait: Duration,
+    /// How long a saga step may run before recovery may take the booking over.
+    pub lease: Duration,
 }
 
 /// The orchestrator and the clients of the services it coordinates.
@@ -86,6 +99,8 @@ pub struct Saga {
     settings: Arc<SagaSettings>,
     /// Wakes the outbox relay as soon as an event is written.
     outbox_written: Arc<Notify>,
+    /// The bookings this process drives a step of right now.
+    drivers: Drivers,
     /// Test hook: the named checkpoint fails as if the process died there.
     crash_at: Option<Arc<str>>,
 }
@@ -125,8 +140,13 @@ impl Saga {
             payments,
             settings: Arc::new(settings),
             outbox_written,
+            drivers: Drivers::default(),
             crash_at: crash_at.map(Arc::from),
         }
+    }
+
+    pub fn drivers(&self) -> Drivers {
+        self.drivers.clone()
     }
 
     /// The test hook: fails exactly like a process dying at `point` (no write after it).
@@ -183,7 +203,13 @@ impl Saga {
             .get_user(self.request(GetUserRequest { id: request.user_id.to_string() }))
             .await
             .map_err(|s| BookingError::upstream("user.GetUser", &s))?;
+        let this = self.clone();
+        detached(async move { this.hold_seats(request).await }).await
+    }
 
+    /// Claims a hold slot, holds the seats and records the booking: the part of a hold
+    /// that must not stop halfway because its caller gave up.
+    async fn hold_seats(&self, request: HoldRequest) -> Result<Booking, BookingError> {
         let booking_id = BookingId::generate();
         let limit = self.settings.max_active_holds;
         let Some(slot) =
@@ -209,13 +235,15 @@ impl Saga {
             Ok(locked) => locked.into_inner(),
             Err(status) => {
                 self.free_slot(&slot, booking_id).await;
+                let refused = BookingError::upstream("cinema.LockSeats", &status);
                 // A concurrent retry of this very request may have taken the seats first.
-                if let Some(existing) =
-                    self.store.find_by_key(request.user_id, &request.idempotency_key).await?
+                if may_be_a_concurrent_retry(&refused, &request)
+                    && let Some(existing) =
+                        self.store.find_by_key(request.user_id, &request.idempotency_key).await?
                 {
                     return replay(existing, &request);
                 }
-                return Err(BookingError::upstream("cinema.LockSeats", &status));
+                return Err(refused);
             }
         };
 
@@ -260,50 +288,94 @@ impl Saga {
 
     pub async fn pay(&self, request: PayRequest) -> Result<Booking, BookingError> {
         let caller = Caller { user_id: request.user_id, admin: false };
-        let booking = self.visible(request.booking_id, caller).await?;
+        let mut booking = self.visible(request.booking_id, caller).await?;
         // Only the owner sees the booking, so a pay in flight is this caller's own
         // earlier attempt (typically timed out at the gateway and retried): wait for it.
         // If it ended back in HELD (nothing charged), this call pays afresh, as a retry
         // after it would have.
-        let booking = self.await_payment(booking).await?;
-        if booking.status != BookingStatus::Held {
-            return paid_outcome(booking);
-        }
+        let deadline = Instant::now() + self.settings.pay_wait;
+        let driving = loop {
+            booking = self.await_payment(booking, deadline).await?;
+            if booking.status != BookingStatus::Held {
+                return paid_outcome(booking);
+            }
+            // Entered before the claim, so that a repeat arriving meanwhile waits for
+            // this call instead of losing the claim to it.
+            if let Some(driving) = self.drivers.enter(booking.id) {
+                break driving;
+            }
+            if Instant::now() >= deadline {
+                let current = self.store.find(booking.id).await?.ok_or(BookingError::NotFound)?;
+                return paid_outcome(current);
+            }
+            // A repeat of this pay in this process is claiming the booking right now.
+            booking = self.await_local_driver(booking, deadline).await?;
+        };
         // An expired hold that the sweeper has not reached yet may still be paid: cinema
         // re-acquires the seats on confirm if nobody took them, else the charge is refunded.
         let claim = Transition::to(BookingStatus::Charging)
             .step("charge", "started")
             .payment_method(request.payment_method.as_str());
-        let Some(booking) = self.store.transition(&booking, claim).await? else {
-            // A concurrent pay won the claim (wait for its outcome), or a cancel did.
-            let current = self.store.find(booking.id).await?.ok_or(BookingError::NotFound)?;
-            return paid_outcome(self.await_payment(current).await?);
-        };
-        self.checkpoint("pay.claimed")?;
-        self.drive(booking).await
+        let (this, id) = (self.clone(), booking.id);
+        let paid = detached(async move {
+            let Some(booking) = this.store.transition(&booking, claim).await? else { return Ok(None) };
+            this.checkpoint("pay.claimed")?;
+            this.drive(booking, Some(&driving)).await.map(Some)
+        })
+        .await?;
+        if let Some(paid) = paid {
+            return Ok(paid);
+        }
+        // A pay in another process won the claim (wait for its outcome), or a cancel
+        // or the expiry did.
+        let current = self.store.find(id).await?.ok_or(BookingError::NotFound)?;
+        paid_outcome(self.await_payment(current, deadline).await?)
     }
 
-    /// Polls a booking whose payment is in flight until that payment's steps are done
-    /// or `pay_wait` has passed, and returns it as last read. Any other booking (e.g.
-    /// one being cancelled) comes back at once: only a pay repeating a pay waits. A
-    /// step whose process died stays in flight until recovery resumes it after the
-    /// lease, so the wait may end with the booking still in flight (CONFLICT, as before).
-    async fn await_payment(&self, mut booking: Booking) -> Result<Booking, BookingError> {
-        const FIRST_POLL: Duration = Duration::from_millis(50);
-        const MAX_POLL: Duration = Duration::from_millis(250);
-        let deadline = tokio::time::Instant::now() + self.settings.pay_wait;
+    /// Waits until a booking's payment steps are done or `deadline` has passed, and
+    /// returns it as last seen. Any other booking (e.g. one being cancelled) comes back
+    /// at once: only a pay repeating a pay waits. While this process drives the step,
+    /// its driver says when it is done; otherwise (another replica drives it, or it
+    /// awaits recovery after a crash) the booking is polled. A step whose process died
+    /// stays in flight until recovery resumes it after the lease, so the wait may end
+    /// with the booking still in flight (CONFLICT, as before).
+    async fn await_payment(&self, mut booking: Booking, deadline: Instant) -> Result<Booking, BookingError> {
+        const FIRST_POLL: Duration = Duration::from_millis(250);
+        const MAX_POLL: Duration = Duration::from_secs(1);
         let mut poll = FIRST_POLL;
         while booking.is_paying() {
-            let now = tokio::time::Instant::now();
+            let now = Instant::now();
             if now >= deadline {
                 tracing::info!(booking.id = %booking.id, status = %booking.status, "payment still in flight; giving up waiting");
                 break;
             }
+            if self.drivers.driver(booking.id).is_some() {
+                booking = self.await_local_driver(booking, deadline).await?;
+                continue;
+            }
             tokio::time::sleep(poll.min(deadline - now)).await;
             poll = (poll * 2).min(MAX_POLL);
+            self.drivers.count_poll();
             booking = self.store.find(booking.id).await?.ok_or(BookingError::NotFound)?;
         }
         Ok(booking)
+    }
+
+    /// Waits for this process's driver of the booking to settle it (no payment
+    /// running any more) or to finish, and returns the booking then: as the driver
+    /// published it, else as stored. At the deadline, or without a local driver, it
+    /// returns `booking` unchanged.
+    async fn await_local_driver(&self, booking: Booking, deadline: Instant) -> Result<Booking, BookingError> {
+        let Some(driver) = self.drivers.driver(booking.id) else { return Ok(booking) };
+        let Ok(settled) = tokio::time::timeout_at(deadline, driver.settled()).await else {
+            return Ok(booking);
+        };
+        self.drivers.count_woken();
+        match settled {
+            Some(settled) => Ok(settled),
+            // It failed, or left the booking in flight for recovery.
+            None => self.store.find(booking.id).await?.ok_or(BookingError::NotFound),
+        }
     }
 
     pub async fn cancel(&self, request: CancelRequest) -> Result<Booking, BookingError> {
@@ -356,19 +428,32 @@ impl Saga {
             BookingStatus::Cancelled => return Ok(booking),
             _ => return Err(booking.conflict()),
         };
-        let Some(booking) = self.store.transition(&booking, claim).await? else {
-            let current = self.store.find(booking.id).await?.ok_or(BookingError::NotFound)?;
-            return Err(current.conflict());
-        };
-        self.checkpoint("cancel.claimed")?;
-        self.drive(booking).await
+        let (this, id) = (self.clone(), booking.id);
+        let cancelled = detached(async move {
+            let Some(booking) = this.store.transition(&booking, claim).await? else { return Ok(None) };
+            this.checkpoint("cancel.claimed")?;
+            // Unregistered only if a pay of this process was about to claim it (and lost).
+            let driving = this.drivers.enter(booking.id);
+            this.drive(booking, driving.as_ref()).await.map(Some)
+        })
+        .await?;
+        match cancelled {
+            Some(cancelled) => Ok(cancelled),
+            None => Err(self.store.find(id).await?.ok_or(BookingError::NotFound)?.conflict()),
+        }
     }
 
-    /// Runs the booking's saga from its recorded status until it is terminal or held.
-    async fn drive(&self, mut booking: Booking) -> Result<Booking, BookingError> {
+    /// Runs the booking's saga from its recorded status until it is terminal or held,
+    /// telling this process's waiters (through `driving`) each state it reaches.
+    async fn drive(&self, mut booking: Booking, driving: Option<&Driving>) -> Result<Booking, BookingError> {
         loop {
+            if let Some(driving) = driving {
+                driving.publish(&booking);
+            }
+            // Every step starts right after the write that took its lease.
+            let leased_at = Instant::now();
             booking = match booking.status {
-                BookingStatus::Charging => self.charge_step(booking).await?,
+                BookingStatus::Charging => self.charge_step(booking, leased_at).await?,
                 BookingStatus::Confirming => self.confirm_step(booking).await?,
                 BookingStatus::Refunding => self.refund_step(booking).await?,
                 BookingStatus::Cancelling => self.cancel_step(booking).await?,
@@ -377,20 +462,29 @@ impl Saga {
         }
     }
 
-    /// CHARGING: extend the hold once, charge under the booking's key, record the result.
-    async fn charge_step(&self, booking: Booking) -> Result<Booking, BookingError> {
-        let booking = if booking.hold_extended { booking } else { self.extend_hold(booking).await? };
+    /// CHARGING: extend the hold once, charge under the booking's key, then (normally)
+    /// confirm at once. What the step learns along the way rides along with the write
+    /// that ends it. If the process dies before that write, recovery runs the step
+    /// again, which is harmless: cinema answers a second extension as already done, and
+    /// a charge repeated under the booking's key returns the first result.
+    async fn charge_step(&self, booking: Booking, leased_at: Instant) -> Result<Booking, BookingError> {
+        let record = if booking.hold_extended {
+            Transition::to(BookingStatus::Charging)
+        } else {
+            self.extend_hold(&booking).await?
+        };
         let method = booking.payment_method.clone().context("a charging booking has no payment method")?;
         let payment = match self.charge(&booking, &method).await {
             Ok(payment) => payment,
             Err(error @ BookingError::PaymentUnavailable) => {
                 // Nothing charged: hand the booking back for another attempt.
-                self.advance(&booking, Transition::to(BookingStatus::Held).step("charge", "unavailable"))
-                    .await?;
+                let change = record.retarget(BookingStatus::Held).step("charge", "unavailable");
+                self.advance(&booking, change).await?;
                 return Err(error);
             }
             Err(error @ BookingError::Upstream(_)) => {
-                self.advance(&booking, Transition::to(BookingStatus::Held).step("charge", "refused")).await?;
+                self.advance(&booking, record.retarget(BookingStatus::Held).step("charge", "refused"))
+                    .await?;
                 return Err(error);
             }
             // The outcome is unknown: leave it CHARGING for recovery to ask again.
@@ -399,10 +493,15 @@ impl Saga {
         self.checkpoint("pay.charged")?;
         match PaymentStatus::try_from(payment.status) {
             Ok(PaymentStatus::Succeeded) => {
-                let change = Transition::to(BookingStatus::Confirming)
+                let record = record
                     .entry(SagaEntry::new("charge", "succeeded").detail(&payment.id))
                     .payment_id(&payment.id);
-                self.advance(&booking, change).await
+                if leased_at.elapsed() > self.settings.lease / 2 {
+                    // A slow charge: record it, with a fresh lease, before confirming,
+                    // so that recovery does not take over a live confirm.
+                    return self.advance(&booking, record.retarget(BookingStatus::Confirming)).await;
+                }
+                self.confirm(booking, &payment.id, record).await
             }
             Ok(PaymentStatus::Declined) => {
                 let released = self.release_seats(booking.showtime_id, booking.id).await;
@@ -413,7 +512,8 @@ impl Saga {
                     payment.decline_reason.as_str()
                 };
                 let event = events::booking_payment_failed(&booking, reason, Utc::now());
-                let change = Transition::to(BookingStatus::PaymentFailed)
+                let change = record
+                    .retarget(BookingStatus::PaymentFailed)
                     .entry(SagaEntry::new("charge", "declined").detail(reason))
                     .step("release_seats", if released { "succeeded" } else { "failed" })
                     .payment_id(&payment.id)
@@ -427,9 +527,10 @@ impl Saga {
         }
     }
 
-    /// Asks cinema once for more time, so the hold outlives the charge. Its refusal is
-    /// no failure: confirming re-acquires lapsed seats nobody took.
-    async fn extend_hold(&self, booking: Booking) -> Result<Booking, BookingError> {
+    /// Asks cinema once for more time, so the hold outlives the charge, and returns
+    /// the record of it (for the step's next write). Its refusal is no failure:
+    /// confirming re-acquires lapsed seats nobody took.
+    async fn extend_hold(&self, booking: &Booking) -> Result<Transition, BookingError> {
         let extended = self
             .retrying("cinema.ExtendHold", Idempotent::ByBooking, self.settings.upstream_retry, || {
                 let mut client = self.cinema.clone();
@@ -452,9 +553,7 @@ impl Saga {
             },
         };
         self.checkpoint("pay.extended")?;
-        let change =
-            Transition::to(BookingStatus::Charging).step("extend_hold", outcome).hold_extended(expires_at);
-        self.advance(&booking, change).await
+        Ok(Transition::to(BookingStatus::Charging).step("extend_hold", outcome).hold_extended(expires_at))
     }
 
     /// Charges under the booking's key, retrying with backoff while payment answers
@@ -487,8 +586,21 @@ impl Saga {
         }
     }
 
-    /// CONFIRMING: book the seats; if another booking took them, refund in full.
+    /// CONFIRMING (a charge recorded before its confirm): book the seats.
     async fn confirm_step(&self, booking: Booking) -> Result<Booking, BookingError> {
+        let payment_id = booking.payment_id.clone().context("a confirming booking has no payment")?;
+        self.confirm(booking, &payment_id, Transition::to(BookingStatus::Confirming)).await
+    }
+
+    /// Books the seats of a paid booking, CHARGING (`record` holds what its step
+    /// learned, the charge included) or CONFIRMING; if another booking took them,
+    /// refunds in full.
+    async fn confirm(
+        &self,
+        booking: Booking,
+        payment_id: &str,
+        record: Transition,
+    ) -> Result<Booking, BookingError> {
         self.checkpoint("confirm.start")?;
         let confirmed = self
             .retrying("cinema.ConfirmSeats", Idempotent::ByBooking, self.settings.upstream_retry, || {
@@ -501,13 +613,12 @@ impl Saga {
                 async move { client.confirm_seats(request).await }
             })
             .await;
-        let payment_id = booking.payment_id.clone().unwrap_or_default();
         match confirmed {
             Ok(_) => {
                 self.checkpoint("pay.confirmed_seats")?;
-                let event = events::booking_confirmed(&booking, &payment_id, Utc::now());
+                let event = events::booking_confirmed(&booking, payment_id, Utc::now());
                 let change =
-                    Transition::to(BookingStatus::Confirmed).step("confirm_seats", "succeeded").event(event);
+                    record.retarget(BookingStatus::Confirmed).step("confirm_seats", "succeeded").event(event);
                 let booking = self.advance(&booking, change).await?;
                 tracing::info!(booking.id = %booking.id, payment.id = %payment_id, "booking confirmed");
                 Ok(booking)
@@ -517,14 +628,21 @@ impl Saga {
                     let seats = lost.meta_list("seat_ids").join(",");
                     tracing::warn!(booking.id = %booking.id, payment.id = %payment_id, seat_ids = %seats, "paid but seats lost; refunding");
                     let nothing = booking.total.with_amount(0);
-                    let change = Transition::to(BookingStatus::Refunding)
+                    let change = record
+                        .retarget(BookingStatus::Refunding)
                         .entry(SagaEntry::new("confirm_seats", "seat_unavailable").detail(seats))
                         .reason("seats_lost")
                         .refund_due(RefundCause::SeatsLost, &booking.total, &nothing);
                     self.advance(&booking, change).await
                 }
-                // Stays CONFIRMING; recovery tries again once the lease lapses.
-                error => Err(error),
+                error => {
+                    // Recovery tries again once the lease lapses. A charge not recorded
+                    // yet is recorded now, so that it need not ask payment again.
+                    if booking.status == BookingStatus::Charging {
+                        self.advance(&booking, record.retarget(BookingStatus::Confirming)).await?;
+                    }
+                    Err(error)
+                }
             },
         }
     }
@@ -666,46 +784,65 @@ impl Saga {
             let span = tracing::info_span!("sweep.resume", booking.id = %booking.id);
             in_new_trace(self.resume(booking, &mut report).instrument(span)).await?;
         }
-        for claim in self.store.unchecked_slots(Utc::now(), SWEEP_BATCH).await? {
+        // One look-up and one update for the whole batch of slots, not two per slot.
+        let claims = self.store.unchecked_slots(Utc::now(), SWEEP_BATCH).await?;
+        let ids: Vec<BookingId> = claims.iter().map(|claim| claim.booking_id).collect();
+        let written = self.store.existing(&ids).await?;
+        let (checked, abandoned): (Vec<&SlotClaim>, Vec<&SlotClaim>) =
+            claims.iter().partition(|claim| written.contains(&claim.booking_id));
+        self.store.mark_slots_checked(&checked).await?;
+        for claim in abandoned {
             let span = tracing::info_span!("sweep.slot", booking.id = %claim.booking_id);
-            in_new_trace(self.check_slot(claim, &mut report).instrument(span)).await?;
+            in_new_trace(self.release_abandoned(claim, &mut report).instrument(span)).await;
         }
         Ok(report)
     }
 
+    /// Releases the seats first, so the expiry records how that went in its own
+    /// write. The hold has lapsed, so cinema already lets anyone take the seats:
+    /// releasing them early changes nothing for a pay that claims the booking first
+    /// (its confirm re-acquires them if nobody took them, as for any lapsed hold).
     async fn expire(
         &self,
         booking: Booking,
         now: DateTime<Utc>,
         report: &mut SweepReport,
     ) -> anyhow::Result<()> {
+        if self.drivers.driver(booking.id).is_some() {
+            // A pay of this process is claiming it right now; the next sweep looks again.
+            return Ok(());
+        }
+        let released = self.release_seats(booking.showtime_id, booking.id).await;
         let event = events::booking_expired(&booking, now);
-        let change = Transition::to(BookingStatus::Expired).step("expire", "succeeded").event(event);
+        let change = Transition::to(BookingStatus::Expired)
+            .step("expire", "succeeded")
+            .step("release_seats", if released { "succeeded" } else { "failed" })
+            .event(event);
         // Losing the claim means it was paid, cancelled or expired by another replica.
         let Some(expired) = self.store.transition(&booking, change).await? else { return Ok(()) };
         self.outbox_written.notify_one();
         report.expired += 1;
-        if let Some(slot) = &expired.slot {
-            self.free_slot(slot, expired.id).await;
-        }
         if self.checkpoint("sweep.expired").is_err() {
             return Ok(());
         }
-        let released = self.release_seats(expired.showtime_id, expired.id).await;
-        self.store
-            .note(expired.id, SagaEntry::new("release_seats", if released { "succeeded" } else { "failed" }))
-            .await?;
+        if let Some(slot) = &expired.slot {
+            self.free_slot(slot, expired.id).await;
+        }
         tracing::info!(booking.id = %expired.id, "hold expired");
         Ok(())
     }
 
     async fn resume(&self, booking: Booking, report: &mut SweepReport) -> anyhow::Result<()> {
+        let Some(driving) = self.drivers.enter(booking.id) else {
+            // This process is driving it: its step is slow, not dead.
+            return Ok(());
+        };
         let status = booking.status;
         let claim = Transition::to(status).step("recover", "resumed");
         let Some(claimed) = self.store.transition(&booking, claim).await? else { return Ok(()) };
         report.resumed += 1;
         tracing::warn!(booking.id = %claimed.id, %status, "resuming a stalled saga");
-        match self.drive(claimed).await {
+        match self.drive(claimed, Some(&driving)).await {
             Ok(done) => {
                 tracing::info!(booking.id = %done.id, status = %done.status, "stalled saga resumed")
             }
@@ -716,19 +853,14 @@ impl Saga {
         Ok(())
     }
 
-    async fn check_slot(&self, claim: SlotClaim, report: &mut SweepReport) -> anyhow::Result<()> {
-        if self.store.find(claim.booking_id).await?.is_some() {
-            self.store.mark_slot_checked(&claim).await?;
-            return Ok(());
-        }
-        // The hold died between claiming its slot and writing its booking: give
-        // back whatever cinema may hold for it (idempotent by booking id).
+    /// The hold died between claiming its slot and writing its booking: gives back
+    /// whatever cinema may hold for it (idempotent by booking id), then the slot.
+    async fn release_abandoned(&self, claim: &SlotClaim, report: &mut SweepReport) {
         if self.release_seats(claim.showtime_id, claim.booking_id).await {
             self.free_slot(&claim.slot, claim.booking_id).await;
             report.abandoned += 1;
             tracing::warn!(booking.id = %claim.booking_id, "released the seats of an abandoned hold");
         }
-        Ok(())
     }
 
     async fn visible(&self, id: BookingId, caller: Caller) -> Result<Booking, BookingError> {
@@ -750,6 +882,25 @@ impl Saga {
     }
 }
 
+/// Runs saga work on a task of its own, in the caller's trace, and waits for it. A
+/// gRPC handler is dropped when its caller gives up (deadline, disconnect); work it
+/// ran itself would stop halfway, leaving seats held for a booking never written or a
+/// step in flight until recovery takes it over after the lease, while the caller's
+/// retry finds the seats taken or has to wait. On its own task the work finishes, and
+/// a repeated pay waits for it here.
+async fn detached<T, F>(work: F) -> Result<T, BookingError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, BookingError>> + Send + 'static,
+{
+    let work = work.instrument(tracing::Span::current());
+    let task = match marquee_common::trace::current() {
+        Some(context) => tokio::spawn(context.scope(work)),
+        None => tokio::spawn(work),
+    };
+    task.await.context("a saga task panicked")?
+}
+
 /// Which errors of another service are worth repeating the same call for.
 fn transient(status: &Status, kind: Idempotent) -> bool {
     match status.code() {
@@ -766,6 +917,19 @@ fn paid_outcome(booking: Booking) -> Result<Booking, BookingError> {
         BookingStatus::Confirmed | BookingStatus::PaymentFailed | BookingStatus::Failed => Ok(booking),
         BookingStatus::Expired => Err(BookingError::HoldExpired),
         _ => Err(booking.conflict()),
+    }
+}
+
+/// Whether a refused LockSeats may be explained by a concurrent retry of this very
+/// request holding the seats. Holds are all or nothing, so such a retry holds every
+/// seat asked for: a SEAT_UNAVAILABLE naming only some of them is somebody else's.
+fn may_be_a_concurrent_retry(refused: &BookingError, request: &HoldRequest) -> bool {
+    match refused {
+        BookingError::Upstream(error) if error.code == ErrorCode::SeatUnavailable => {
+            let taken = error.meta_list("seat_ids");
+            request.seats.seats().iter().all(|seat| taken.iter().any(|t| t == seat.as_str()))
+        }
+        _ => true,
     }
 }
 

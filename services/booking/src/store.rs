@@ -3,6 +3,7 @@
 //! by one atomic single-document update. Beside it, `hold_slots` caps a user's active
 //! holds per showtime: slot documents with unique ids, so the cap holds under races.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -95,6 +96,13 @@ impl Transition {
 
     pub fn target(&self) -> BookingStatus {
         self.to
+    }
+
+    /// The same record (history, fields, event) written with another status: a step
+    /// gathers what it learned and lets it ride along with the write that follows.
+    pub fn retarget(mut self, status: BookingStatus) -> Self {
+        self.to = status;
+        self
     }
 
     pub fn step(mut self, step: &'static str, outcome: impl Into<String>) -> Self {
@@ -519,21 +527,12 @@ impl BookingStore {
         updated.map(BookingDoc::into_booking).transpose()
     }
 
-    /// Appends to the history of a booking without changing its state (a step run
-    /// after a terminal transition, e.g. releasing an expired hold's seats).
-    pub async fn note(&self, id: BookingId, entry: SagaEntry) -> anyhow::Result<()> {
-        self.bookings
-            .update_one(doc! { "_id": id.to_string() }, doc! { "$push": { "saga": entry.to_bson() } })
-            .await
-            .with_context(|| format!("cannot note a step of booking {id}"))?;
-        Ok(())
-    }
-
     /// Claims one of the user's `limit` hold slots for this showtime for `booking_id`,
     /// or `None` when all are taken by active bookings. A slot's unique id makes two
-    /// concurrent claims of it exclusive; a slot left behind by a finished booking
-    /// (or by a hold that died before its booking was written) is taken over with a
-    /// conditional update on its previous holder.
+    /// concurrent claims of it exclusive. Free slots are tried first (one insert each);
+    /// only when none is free is a slot left behind by a finished booking (or by a hold
+    /// that died before its booking was written) taken over, with a conditional update
+    /// on its previous holder.
     pub async fn claim_slot(
         &self,
         user_id: UserId,
@@ -542,19 +541,24 @@ impl BookingStore {
         limit: u32,
     ) -> anyhow::Result<Option<String>> {
         let now = Utc::now();
-        for n in 0..limit {
-            let id = slot_id(user_id, showtime_id, n);
-            let claim = doc! {
-                "_id": &id,
+        let claim = |id: &str| {
+            doc! {
+                "_id": id,
                 "booking_id": booking_id.to_string(),
                 "showtime_id": showtime_id.to_string(),
                 "claimed_at": bson_time(now),
-            };
-            match self.slots.insert_one(claim).await {
+            }
+        };
+        for n in 0..limit {
+            let id = slot_id(user_id, showtime_id, n);
+            match self.slots.insert_one(claim(&id)).await {
                 Ok(_) => return Ok(Some(id)),
                 Err(e) if marquee_common::mongo::is_duplicate_key(&e) => {}
                 Err(e) => return Err(anyhow::Error::new(e).context("cannot claim a hold slot")),
             }
+        }
+        for n in 0..limit {
+            let id = slot_id(user_id, showtime_id, n);
             let Some(slot) =
                 self.slots.find_one(doc! { "_id": &id }).await.context("cannot read a hold slot")?
             else {
@@ -620,15 +624,43 @@ impl BookingStore {
             .context("stored hold slot is invalid")
     }
 
-    /// Marks a slot whose booking was written: recovery need not look at it again.
-    pub async fn mark_slot_checked(&self, claim: &SlotClaim) -> anyhow::Result<()> {
-        self.slots
-            .update_one(
-                doc! { "_id": &claim.slot, "booking_id": claim.booking_id.to_string() },
-                doc! { "$set": { "checked": true } },
-            )
+    /// Which of `ids` have a booking document.
+    pub async fn existing(&self, ids: &[BookingId]) -> anyhow::Result<HashSet<BookingId>> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let found: Vec<Document> = self
+            .bookings
+            .clone_with_type::<Document>()
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "_id": 1 })
             .await
-            .context("cannot mark a hold slot checked")?;
+            .context("cannot look up bookings by id")?
+            .try_collect()
+            .await
+            .context("cannot read bookings looked up by id")?;
+        found
+            .iter()
+            .map(|doc| Ok(BookingId::parse(doc.get_str("_id")?)?))
+            .collect::<anyhow::Result<_>>()
+            .context("stored booking id is invalid")
+    }
+
+    /// Marks slots whose booking was written: recovery need not look at them again. A
+    /// slot some other booking has claimed since is left alone.
+    pub async fn mark_slots_checked(&self, claims: &[&SlotClaim]) -> anyhow::Result<()> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let held_by: Vec<Document> = claims
+            .iter()
+            .map(|claim| doc! { "_id": &claim.slot, "booking_id": claim.booking_id.to_string() })
+            .collect();
+        self.slots
+            .update_many(doc! { "$or": held_by }, doc! { "$set": { "checked": true } })
+            .await
+            .context("cannot mark hold slots checked")?;
         Ok(())
     }
 

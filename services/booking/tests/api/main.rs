@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use lapin::Connection;
 use lapin::options::BasicAckOptions;
-use marquee_booking::Sweeper;
+use marquee_booking::{PayWaits, Sweeper};
 use marquee_common::shutdown::Shutdown;
 use marquee_common::{ApiError, ErrorCode, Settings};
 use marquee_proto::booking::v1::booking_service_client::BookingServiceClient;
@@ -37,12 +37,15 @@ mod recovery;
 mod retry;
 mod rush;
 mod trace;
+mod wait;
 
 struct TestApp {
     settings: Settings,
     booking: BookingServiceClient<Channel>,
     /// The booking service's sweeper (tests that turn the periodic one off run it).
     sweeper: Sweeper,
+    /// The booking service's local saga drivers and how repeated pays waited.
+    pay_waits: PayWaits,
     users: UserServiceClient<Channel>,
     cinema: CinemaServiceClient<Channel>,
     shutdown: Shutdown,
@@ -58,6 +61,7 @@ impl Drop for TestApp {
 struct BookingNode {
     client: BookingServiceClient<Channel>,
     sweeper: Sweeper,
+    pay_waits: PayWaits,
     stop: Shutdown,
     stopped: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -70,10 +74,10 @@ impl BookingNode {
         }
         .unwrap();
         let url = format!("http://{}", app.addr());
-        let sweeper = app.sweeper();
+        let (sweeper, pay_waits) = (app.sweeper(), app.pay_waits());
         let stop = parent.child_token();
         let stopped = tokio::spawn(app.run_until_stopped(stop.clone()));
-        Self { client: BookingServiceClient::connect(url).await.unwrap(), sweeper, stop, stopped }
+        Self { client: BookingServiceClient::connect(url).await.unwrap(), sweeper, pay_waits, stop, stopped }
     }
 
     /// Stops serving, sweeping and relaying, and waits until it has.
@@ -108,12 +112,13 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 
     let booking = marquee_booking::Application::build(settings.clone()).await.unwrap();
     let booking_url = format!("http://{}", booking.addr());
-    let sweeper = booking.sweeper();
+    let (sweeper, pay_waits) = (booking.sweeper(), booking.pay_waits());
     tokio::spawn(booking.run_until_stopped(shutdown.clone()));
 
     TestApp {
         booking: BookingServiceClient::connect(booking_url).await.unwrap(),
         sweeper,
+        pay_waits,
         users: UserServiceClient::connect(settings.upstream.user_url.clone()).await.unwrap(),
         cinema: CinemaServiceClient::connect(settings.upstream.cinema_url.clone()).await.unwrap(),
         settings,

@@ -26,7 +26,7 @@ async fn pay_and_repeat_while_charging(
 }
 
 /// The saga's "charge started" entries: one per attempt that claimed the booking.
-fn charges_started(booking: &Booking) -> usize {
+pub(super) fn charges_started(booking: &Booking) -> usize {
     booking.history.iter().filter(|s| s.step == "charge" && s.outcome == "started").count()
 }
 
