@@ -11,6 +11,7 @@ mod events;
 mod grpc;
 mod saga;
 mod store;
+mod turns;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

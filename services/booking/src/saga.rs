@@ -60,6 +60,7 @@ use crate::drivers::{Drivers, Driving};
 use crate::error::BookingError;
 use crate::events;
 use crate::store::{BookingStore, InsertError, SagaEntry, SlotClaim, Transition};
+use crate::turns::Turns;
 
 /// Bookings looked at per sweep query.
 const SWEEP_BATCH: i64 = 100;
@@ -101,6 +102,8 @@ pub struct Saga {
     outbox_written: Arc<Notify>,
     /// The bookings this process drives a step of right now.
     drivers: Drivers,
+    /// Holds of this process by idempotency key: a repeat waits for the first.
+    turns: Turns,
     /// Test hook: the named checkpoint fails as if the process died there.
     crash_at: Option<Arc<str>>,
 }
@@ -141,6 +144,7 @@ impl Saga {
             settings: Arc::new(settings),
             outbox_written,
             drivers: Drivers::default(),
+            turns: Turns::default(),
             crash_at: crash_at.map(Arc::from),
         }
     }
@@ -195,16 +199,22 @@ impl Saga {
     }
 
     pub async fn hold(&self, request: HoldRequest) -> Result<Booking, BookingError> {
-        if let Some(existing) = self.store.find_by_key(request.user_id, &request.idempotency_key).await? {
-            return replay(existing, &request);
-        }
-        self.users
-            .clone()
-            .get_user(self.request(GetUserRequest { id: request.user_id.to_string() }))
-            .await
-            .map_err(|s| BookingError::upstream("user.GetUser", &s))?;
         let this = self.clone();
-        detached(async move { this.hold_seats(request).await }).await
+        detached(async move {
+            // A repeat of a hold still running here waits for it, then finds its booking.
+            let key = format!("{}:{}", request.user_id, request.idempotency_key.as_str());
+            let _turn = this.turns.take(key).await;
+            if let Some(existing) = this.store.find_by_key(request.user_id, &request.idempotency_key).await? {
+                return replay(existing, &request);
+            }
+            this.users
+                .clone()
+                .get_user(this.request(GetUserRequest { id: request.user_id.to_string() }))
+                .await
+                .map_err(|s| BookingError::upstream("user.GetUser", &s))?;
+            this.hold_seats(request).await
+        })
+        .await
     }
 
     /// Claims a hold slot, holds the seats and records the booking: the part of a hold
