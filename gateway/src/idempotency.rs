@@ -6,7 +6,8 @@
 //! with another payload is CONFLICT. While the first request is still running, a
 //! repeat waits for its result (polling) and gets CONFLICT if it does not come in time.
 //!
-//! Only successful upstream answers are stored. A failed attempt frees the key, so the
+//! Only successful upstream answers are stored. A failed attempt frees the key (so does
+//! one cancelled mid-call because its client went away), so the
 //! client may retry it (the booking service is itself idempotent for holds and keys
 //! charges by booking, so such a retry cannot double-book or double-charge).
 
@@ -125,8 +126,15 @@ impl IdempotencyStore {
                 .await
                 .context("cannot claim an idempotency key")?;
             if claimed.is_some() {
+                let mut held = HeldClaim {
+                    redis: redis.clone(),
+                    key: key.clone(),
+                    claim: claim.clone(),
+                    settled: false,
+                };
                 let result = call().await;
                 self.settle(&mut redis, &key, &claim, &hash, &result).await;
+                held.settled = true;
                 return result;
             }
             let stored: Option<Vec<u8>> = redis::cmd("GET")
@@ -188,6 +196,35 @@ impl IdempotencyStore {
         if let Err(error) = outcome {
             tracing::warn!(%error, "cannot settle an idempotency key; it lapses on its own");
         }
+    }
+}
+
+/// A claim being worked on. Dropped unsettled, the request was cancelled mid-call (its
+/// client went away, so axum dropped the handler): the key is freed in the background,
+/// or every retry of it would wait and then get CONFLICT until the claim lapsed.
+struct HeldClaim {
+    redis: ConnectionManager,
+    key: String,
+    claim: Vec<u8>,
+    settled: bool,
+}
+
+impl Drop for HeldClaim {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (mut redis, key, claim) =
+            (self.redis.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.claim));
+        runtime.spawn(async move {
+            // Compare-and-delete: a no-op if the result was stored after all.
+            let freed: redis::RedisResult<i64> =
+                redis::Script::new(ABANDON).key(&key).arg(claim).invoke_async(&mut redis).await;
+            if let Err(error) = freed {
+                tracing::warn!(%error, "cannot free an abandoned idempotency key; it lapses on its own");
+            }
+        });
     }
 }
 
@@ -344,6 +381,26 @@ mod tests {
         release.send(()).unwrap();
         assert_eq!(first.await.unwrap().unwrap().id, "b-3");
         assert_eq!(repeat.await.unwrap().unwrap().id, "b-3");
+    }
+
+    /// Against the real Redis: a first call cancelled mid-way (its client left) frees
+    /// the key, so a retry runs at once instead of waiting for the claim to lapse.
+    #[tokio::test]
+    async fn a_call_cancelled_mid_way_frees_its_key_for_the_retry() {
+        let store = store().waiting_at_most(Duration::from_secs(5));
+        let (first, _release) = start_blocked(&store, "holdSeats", "k-4", "C1", "never").await;
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+
+        let calls = AtomicUsize::new(0);
+        let retry = tokio::time::timeout(
+            Duration::from_secs(2),
+            run(&store, "k-4", "C1", &calls, Ok(booking("b-4"))),
+        )
+        .await
+        .expect("the retry waited for a cancelled call's claim");
+        assert_eq!(retry.unwrap().id, "b-4");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the retry ran the call");
     }
 
     #[test]
