@@ -127,6 +127,8 @@ pub struct Outcome {
     /// `booking` queries sent while polling, and how many of them got no status back.
     pub polls: usize,
     pub polls_without_status: usize,
+    /// What the `booking` queries without a status got instead, by label.
+    pub poll_failures: BTreeMap<String, usize>,
     /// Operations that gave up after `max_sends`, by final label.
     pub gave_up: BTreeMap<String, usize>,
     /// Sends beyond the first, per operation.
@@ -237,6 +239,8 @@ pub struct Settled {
     /// `booking` queries sent, and how many of them got no status back.
     pub polls: usize,
     pub polls_without_status: usize,
+    /// What the queries without a status got instead, by label.
+    pub failures: BTreeMap<String, usize>,
 }
 
 /// The "payment processing..." screen: asks for the booking's status every
@@ -244,7 +248,7 @@ pub struct Settled {
 pub async fn poll_until_settled(client: &Client, token: &str, booking: &str, config: &Config) -> Settled {
     let deadline = Instant::now() + config.settle_deadline;
     let variables = json!({ "id": booking });
-    let mut settled = Settled { status: None, polls: 0, polls_without_status: 0 };
+    let mut settled = Settled { status: None, polls: 0, polls_without_status: 0, failures: BTreeMap::new() };
     loop {
         // The payment was just reported in flight: give it a moment before asking.
         tokio::time::sleep(config.settle_poll_interval).await;
@@ -257,7 +261,10 @@ pub async fn poll_until_settled(client: &Client, token: &str, booking: &str, con
                     return settled;
                 }
             }
-            _ => settled.polls_without_status += 1,
+            other => {
+                settled.polls_without_status += 1;
+                *settled.failures.entry(other.label()).or_default() += 1;
+            }
         }
         if Instant::now() + config.settle_poll_interval > deadline {
             return settled;
@@ -282,6 +289,7 @@ struct UserLog {
     polled_after: BTreeMap<String, usize>,
     polls: usize,
     polls_without_status: usize,
+    poll_failures: BTreeMap<String, usize>,
     hold_retries: usize,
     pay_retries: usize,
 }
@@ -361,6 +369,9 @@ pub async fn rush(crowd: Crowd, showtime: &str, config: &Config) -> Outcome {
         pay_retries += log.pay_retries;
         outcome.polls += log.polls;
         outcome.polls_without_status += log.polls_without_status;
+        for (label, count) in log.poll_failures {
+            *outcome.poll_failures.entry(label).or_default() += count;
+        }
         outcome.hold_won_ms.extend(log.hold_won_ms);
         outcome.hold_lost_ms.extend(log.hold_lost_ms);
         outcome.pay_ms.extend(log.pay_ms);
@@ -453,6 +464,9 @@ async fn customer(client: &Client, token: &str, showtime: &str, aims_hot: bool, 
                 let settled = poll_until_settled(client, token, &booking, config).await;
                 log.polls += settled.polls;
                 log.polls_without_status += settled.polls_without_status;
+                for (label, count) in settled.failures {
+                    *log.poll_failures.entry(label).or_default() += count;
+                }
                 match settled.status {
                     Some(status) => {
                         log.pay_until_final_ms.push(paying.elapsed().as_secs_f64() * 1000.0);
@@ -692,6 +706,7 @@ pub fn outcome_json(outcome: &mut Outcome, config: &Config) -> Value {
             "after_pay_answer": outcome.polled_after,
             "queries": outcome.polls,
             "queries_without_status": outcome.polls_without_status,
+            "queries_without_status_by_answer": outcome.poll_failures,
         },
         "gave_up": outcome.gave_up,
         "retries": outcome.retries,
