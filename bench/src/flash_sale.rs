@@ -158,6 +158,11 @@ impl Outcome {
 /// Sends one operation until it gets a definite answer: retries timeouts, dropped
 /// connections and retryable errors with the very same variables (so the same
 /// idempotency key). Returns the last answer, the time until it, and the sends.
+/// The pause before send `sends + 1`.
+fn retry_pause(sends: u32) -> Duration {
+    Duration::from_millis(250 << sends.saturating_sub(1).min(4))
+}
+
 async fn send_until_definite(
     client: &Client,
     token: Option<&str>,
@@ -173,8 +178,9 @@ async fn send_until_definite(
         if !answer.worth_retrying() || sends >= max_sends {
             return (answer, started.elapsed().as_secs_f64() * 1000.0, sends);
         }
-        // A short pause so that a retry after an overload does not add to it at once.
-        tokio::time::sleep(Duration::from_millis(50 * u64::from(sends))).await;
+        // Exponential backoff, as a well-behaved app does: a retry after an overload
+        // (a timeout) must not add to it at once. 250 ms, 500 ms, 1 s, 2 s, then 4 s.
+        tokio::time::sleep(retry_pause(sends)).await;
     }
 }
 
@@ -735,8 +741,17 @@ fn tally<'a>(labels: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, usize> 
 mod tests {
     use serde_json::json;
 
-    use super::{Paid, paid};
+    use std::time::Duration;
+
+    use super::{Paid, paid, retry_pause};
     use crate::gql::Answer;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_four_seconds() {
+        let pauses: Vec<Duration> = (1..=7).map(retry_pause).collect();
+        let ms = |m| Duration::from_millis(m);
+        assert_eq!(pauses, [ms(250), ms(500), ms(1000), ms(2000), ms(4000), ms(4000), ms(4000)]);
+    }
 
     fn error(code: &str, retryable: bool) -> Answer {
         Answer::Errors { code: code.to_owned(), retryable, body: json!({}) }
