@@ -405,14 +405,7 @@ mod tests {
         let settings = Settings::for_tests().unwrap();
         let feeds = SeatFeeds::new(&settings, Metrics::new().unwrap()).unwrap();
         let (sender, events) = broadcast::channel(2);
-        // A member of no feed in the map: leaving touches nothing.
-        let membership = Membership {
-            inner: feeds.inner.clone(),
-            showtime: "s".to_owned(),
-            generation: u64::MAX,
-            counted: false,
-        };
-        let mut watch = SeatWatch { events, held_back: None, _membership: membership };
+        let mut watch = watch_of(&feeds, events);
 
         for seat in ["A1", "A2", "A3"] {
             sender.send(change(seat)).unwrap();
@@ -427,6 +420,7 @@ mod tests {
         assert!(watch.next().await.is_none(), "the feed ended");
     }
 
+    /// A member of no feed in the map: leaving touches nothing.
     fn watch_of(feeds: &SeatFeeds, events: broadcast::Receiver<FeedEvent>) -> SeatWatch {
         let membership = Membership {
             inner: feeds.inner.clone(),
