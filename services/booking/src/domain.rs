@@ -552,22 +552,14 @@ mod tests {
         assert!(RefundPolicy::new(30, &[(1, 101)]).is_err());
     }
 
-    #[test]
-    fn a_booking_answers_only_the_same_request() {
-        let user_id = UserId::parse(&Uuid::new_v4().to_string()).unwrap();
-        let showtime_id = ShowtimeId::parse(&Uuid::new_v4().to_string()).unwrap();
-        let price = Money::parse(1000, "EUR").unwrap();
-        let seat = |id: &str| BookedSeat {
-            seat_id: SeatId::parse(id).unwrap(),
-            category: "standard".into(),
-            price: price.clone(),
-        };
-        let booking = Booking {
+    /// A HELD booking of 20.00 EUR for nobody in particular, no seats: tests set the rest.
+    fn held_booking() -> Booking {
+        Booking {
             id: BookingId::generate(),
-            user_id,
-            showtime_id,
+            user_id: UserId::parse(&Uuid::new_v4().to_string()).unwrap(),
+            showtime_id: ShowtimeId::parse(&Uuid::new_v4().to_string()).unwrap(),
             idempotency_key: IdempotencyKey::parse("k").unwrap(),
-            seats: vec![seat("A1"), seat("A2")],
+            seats: Vec::new(),
             total: Money::parse(2000, "EUR").unwrap(),
             status: BookingStatus::Held,
             expires_at: Utc::now(),
@@ -581,7 +573,20 @@ mod tests {
             reason: None,
             history: Vec::new(),
             slot: None,
+        }
+    }
+
+    #[test]
+    fn a_booking_answers_only_the_same_request() {
+        let user_id = UserId::parse(&Uuid::new_v4().to_string()).unwrap();
+        let showtime_id = ShowtimeId::parse(&Uuid::new_v4().to_string()).unwrap();
+        let price = Money::parse(1000, "EUR").unwrap();
+        let seat = |id: &str| BookedSeat {
+            seat_id: SeatId::parse(id).unwrap(),
+            category: "standard".into(),
+            price: price.clone(),
         };
+        let booking = Booking { user_id, showtime_id, seats: vec![seat("A1"), seat("A2")], ..held_booking() };
         let request = |seats: &[&str]| HoldRequest {
             user_id,
             showtime_id,
@@ -595,32 +600,16 @@ mod tests {
 
     #[test]
     fn only_the_steps_of_a_payment_count_as_paying() {
-        let total = Money::parse(2000, "EUR").unwrap();
-        let booking = |status, cause: Option<RefundCause>| Booking {
-            id: BookingId::generate(),
-            user_id: UserId::parse(&Uuid::new_v4().to_string()).unwrap(),
-            showtime_id: ShowtimeId::parse(&Uuid::new_v4().to_string()).unwrap(),
-            idempotency_key: IdempotencyKey::parse("k").unwrap(),
-            seats: Vec::new(),
-            total: total.clone(),
-            status,
-            expires_at: Utc::now(),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            version: 1,
-            payment_id: None,
-            payment_method: None,
-            hold_extended: false,
-            refund: cause.map(|cause| Refund {
+        let booking = |status, cause: Option<RefundCause>| {
+            let held = held_booking();
+            let refund = cause.map(|cause| Refund {
                 cause,
-                amount: total.clone(),
-                fee: total.with_amount(0),
+                amount: held.total.clone(),
+                fee: held.total.with_amount(0),
                 refund_id: None,
                 at: None,
-            }),
-            reason: None,
-            history: Vec::new(),
-            slot: None,
+            });
+            Booking { status, refund, ..held }
         };
         assert!(booking(BookingStatus::Charging, None).is_paying());
         assert!(booking(BookingStatus::Confirming, None).is_paying());

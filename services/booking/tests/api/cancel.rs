@@ -334,17 +334,7 @@ async fn bookings_list_newest_first_in_pages_filtered_by_status_and_showtime_wit
     assert_eq!(on_first.bookings.len(), 2);
 
     let history = &confirmed.bookings[1].history;
-    let steps: Vec<_> = history.iter().map(|s| format!("{}:{}", s.step, s.outcome)).collect();
-    assert_eq!(
-        steps,
-        [
-            "lock_seats:succeeded",
-            "charge:started",
-            "extend_hold:succeeded",
-            "charge:succeeded",
-            "confirm_seats:succeeded"
-        ]
-    );
+    assert_eq!(steps(&confirmed.bookings[1]), PAID_STEPS);
     assert!(history.windows(2).all(|w| w[0].at.unwrap().seconds <= w[1].at.unwrap().seconds));
 
     let bad = list(ListBookingsRequest { page_token: "nonsense".into(), ..base.clone() }).await.unwrap_err();

@@ -354,6 +354,20 @@ async fn cancel_on(
         .map_err(|status| ApiError::from_status(&status))
 }
 
+/// The saga history as `step:outcome`.
+fn steps(booking: &Booking) -> Vec<String> {
+    booking.history.iter().map(|s| format!("{}:{}", s.step, s.outcome)).collect()
+}
+
+/// The steps of a hold paid without trouble.
+const PAID_STEPS: [&str; 5] = [
+    "lock_seats:succeeded",
+    "charge:started",
+    "extend_hold:succeeded",
+    "charge:succeeded",
+    "confirm_seats:succeeded",
+];
+
 /// Seat ids of a row: "A1".."A{count}".
 fn row(label: &str, count: i32) -> Vec<String> {
     (1..=count).map(|n| format!("{label}{n}")).collect()

@@ -204,17 +204,7 @@ async fn a_paid_booking_is_written_three_times_unless_its_charge_was_slow() {
     assert_eq!(stored.get_i64("version").unwrap(), 3, "{stored:?}");
     assert!(stored.get_bool("hold_extended").unwrap());
     assert_eq!(stored.get_str("payment_id").unwrap(), paid.payment_id);
-    let steps: Vec<_> = paid.history.iter().map(|s| format!("{}:{}", s.step, s.outcome)).collect();
-    assert_eq!(
-        steps,
-        [
-            "lock_seats:succeeded",
-            "charge:started",
-            "extend_hold:succeeded",
-            "charge:succeeded",
-            "confirm_seats:succeeded"
-        ]
-    );
+    assert_eq!(steps(&paid), PAID_STEPS);
     // The hold slot went back when the booking stopped counting as an active hold.
     assert_eq!(slots.count_documents(doc! { "booking_id": &held.id }).await.unwrap(), 0);
 
