@@ -80,12 +80,17 @@ impl Application {
             .with_graceful_shutdown(async move { signal.cancelled().await })
             .into_future();
         tokio::pin!(server);
-        tokio::select! {
-            result = &mut server => return result.context("HTTP server failed"),
-            () = shutdown.cancelled() => {}
-        }
-        // Subscribers are told to go (1001) and reconnect to another replica.
+        let stopped = tokio::select! {
+            result = &mut server => Some(result),
+            () = shutdown.cancelled() => None,
+        };
+        // Subscribers are told to go (1001) and reconnect to another replica, however the
+        // server stopped: their upgraded connections are not the HTTP server's to wait
+        // for, so on shutdown it may finish first (no HTTP request in flight).
         self.closing.cancel();
+        if let Some(result) = stopped {
+            return result.context("HTTP server failed");
+        }
         match tokio::time::timeout(self.grace, server).await {
             Ok(result) => result.context("HTTP server failed while draining"),
             Err(_) => {
