@@ -26,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
 use crate::catalog::{Rng, SEATS, build_hall, seat_id};
+use crate::lean_grpc::LeanChannel;
 use crate::stats::{Samples, round1};
 use crate::{pgbench, report};
 
@@ -36,6 +37,10 @@ const OPS_PER_WORKER: usize = 600;
 const HOT_SEATS: usize = 10;
 const CONTENTION_LEVELS: [usize; 4] = [1, 8, 64, 256];
 const CONTENTION_SECONDS: u64 = 3;
+/// Hot-seat clients share this many HTTP/2 connections (fewer, fuller writes).
+const LEAN_CONNECTIONS: usize = 8;
+/// The level also measured through tonic's client.
+const TONIC_LEVEL: usize = 256;
 const BENCH_DB: &str = "marquee_bench";
 
 /// Runs the benchmark; `root` is the repository (config/, bench/results/, BENCHMARKS.md).
@@ -50,7 +55,8 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     settings.cinema.hold_sweep_interval_ms = 0;
 
     let app = Application::build(settings.clone()).await?;
-    let url = format!("http://{}", app.addr());
+    let app_addr = app.addr();
+    let url = format!("http://{app_addr}");
     let shutdown = Shutdown::new();
     let service = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let channels = connect(&url, WORKERS).await?;
@@ -64,12 +70,22 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         pgbench::lock_confirm(&format!("{server_url}/{BENCH_DB}"), &showtimes[1], WORKERS, OPS_PER_WORKER)?;
     eprintln!("pgbench, same SQL: {pgbench_tps:.0}/s");
 
+    let lean: Vec<Caller> = connect_lean(app_addr).await?.into_iter().map(Caller::Lean).collect();
     let mut contention = Vec::new();
     for clients in CONTENTION_LEVELS {
-        let level = hot_seats(&channels, &showtimes[2], clients).await?;
+        let level = hot_seats(&lean, &showtimes[2], clients).await?;
         eprintln!("{clients} clients on {HOT_SEATS} seats: {level}");
         contention.push(level);
     }
+    // The same top level through tonic's client stack (what the booking service uses),
+    // for comparison: the client's own CPU comes out of the server's two cores.
+    let tonic: Vec<Caller> = channels
+        .iter()
+        .take(LEAN_CONNECTIONS)
+        .map(|c| Caller::Tonic(CinemaServiceClient::new(c.clone())))
+        .collect();
+    let via_tonic = hot_seats(&tonic, &showtimes[2], TONIC_LEVEL).await?;
+    eprintln!("{TONIC_LEVEL} clients on {HOT_SEATS} seats, tonic client: {via_tonic}");
 
     shutdown.cancel();
     service.await.context("the cinema service panicked")??;
@@ -80,12 +96,14 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         "pgbench_same_sql_tps": round1(pgbench_tps),
         "ratio": (ratio * 1000.0).round() / 1000.0,
         "contention": contention,
+        "contention_via_tonic_client": via_tonic,
         "setup": {
             "seats_per_showtime": SEATS,
             "throughput_clients": WORKERS,
             "lock_confirm_pairs": WORKERS * OPS_PER_WORKER,
             "hot_seats": HOT_SEATS,
             "contention_seconds_per_level": CONTENTION_SECONDS,
+            "hot_seat_connections": LEAN_CONNECTIONS,
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             "measured_at": chrono::Utc::now().to_rfc3339(),
         },
@@ -115,6 +133,41 @@ async fn recreate_database(settings: &Settings) -> anyhow::Result<String> {
             .context("cannot recreate the bench database")?;
     }
     Ok(server.to_owned())
+}
+
+const LOCK_SEATS: &str = "/marquee.cinema.v1.CinemaService/LockSeats";
+const RELEASE_SEATS: &str = "/marquee.cinema.v1.CinemaService/ReleaseSeats";
+
+async fn connect_lean(addr: std::net::SocketAddr) -> anyhow::Result<Vec<LeanChannel>> {
+    let mut channels = Vec::with_capacity(LEAN_CONNECTIONS);
+    for _ in 0..LEAN_CONNECTIONS {
+        channels.push(LeanChannel::connect(addr).await?);
+    }
+    Ok(channels)
+}
+
+/// A hot-seat client's connection: the lean load-tool client, or tonic's.
+#[derive(Clone)]
+enum Caller {
+    Lean(LeanChannel),
+    Tonic(CinemaServiceClient<Channel>),
+}
+
+impl Caller {
+    async fn lock(&mut self, request: pb::LockSeatsRequest) -> anyhow::Result<Result<(), tonic::Status>> {
+        match self {
+            Self::Lean(channel) => channel.unary(LOCK_SEATS, &request).await,
+            Self::Tonic(client) => Ok(client.lock_seats(request).await.map(drop)),
+        }
+    }
+
+    async fn release(&mut self, request: pb::ReleaseSeatsRequest) -> anyhow::Result<()> {
+        let outcome = match self {
+            Self::Lean(channel) => channel.unary(RELEASE_SEATS, &request).await?,
+            Self::Tonic(client) => client.release_seats(request).await.map(drop),
+        };
+        outcome.context("release")
+    }
 }
 
 async fn connect(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
@@ -206,38 +259,36 @@ impl serde::Serialize for Level {
 
 /// `clients` clients each lock one of the hot seats for a fresh booking, over and over;
 /// a winner releases at once (not timed) so the seat is contested again.
-async fn hot_seats(channels: &[Channel], showtime: &str, clients: usize) -> anyhow::Result<Level> {
+async fn hot_seats(callers: &[Caller], showtime: &str, clients: usize) -> anyhow::Result<Level> {
     let deadline = Instant::now() + Duration::from_secs(CONTENTION_SECONDS);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
-        let mut client = CinemaServiceClient::new(channels[c % channels.len()].clone());
+        let mut caller = callers[c % callers.len()].clone();
         let showtime = showtime.to_owned();
         tasks.spawn(async move {
             let mut rng = Rng::seeded();
             let (mut won, mut lost) = (Samples::default(), Samples::default());
             while Instant::now() < deadline {
                 let booking = Uuid::new_v4().to_string();
+                let lock = pb::LockSeatsRequest {
+                    showtime_id: showtime.clone(),
+                    seat_ids: vec![seat_id(rng.below(HOT_SEATS))],
+                    booking_id: booking.clone(),
+                    ttl_seconds: 300,
+                };
                 let t0 = Instant::now();
-                let outcome = client
-                    .lock_seats(pb::LockSeatsRequest {
-                        showtime_id: showtime.clone(),
-                        seat_ids: vec![seat_id(rng.below(HOT_SEATS))],
-                        booking_id: booking.clone(),
-                        ttl_seconds: 300,
-                    })
-                    .await;
+                let outcome = caller.lock(lock).await?;
                 let elapsed = t0.elapsed().as_secs_f64() * 1000.0;
                 match outcome {
-                    Ok(_) => {
+                    Ok(()) => {
                         won.push(elapsed);
-                        client
-                            .release_seats(pb::ReleaseSeatsRequest {
+                        caller
+                            .release(pb::ReleaseSeatsRequest {
                                 showtime_id: showtime.clone(),
                                 booking_id: booking,
                             })
-                            .await
-                            .context("release")?;
+                            .await?;
                     }
                     Err(status) if ApiError::from_status(&status).code == ErrorCode::SeatUnavailable => {
                         lost.push(elapsed)
@@ -270,9 +321,16 @@ async fn hot_seats(channels: &[Channel], showtime: &str, clients: usize) -> anyh
 
 fn write_summary(path: &Path, results: &serde_json::Value) -> anyhow::Result<()> {
     let mut table = String::new();
-    for level in results["contention"].as_array().into_iter().flatten() {
+    let tonic_row = results["contention_via_tonic_client"].clone();
+    let rows = results["contention"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| (l, ""))
+        .chain([(&tonic_row, " (tonic client)")]);
+    for (level, via) in rows {
         table.push_str(&format!(
-            "| {} | {} | {} / {} | {} | {} | {} |\n",
+            "| {}{via} | {} | {} / {} | {} | {} | {} |\n",
             level["clients"],
             level["resolved_per_s"],
             level["winners"],
@@ -299,7 +357,12 @@ fn write_summary(path: &Path, results: &serde_json::Value) -> anyhow::Result<()>
          | {grpc} | {pgbench} | {ratio} |\n\n\
          **Hot seats.** N clients lock one of {hot} seats for a fresh booking, over and over, for\n\
          {secs} s per level; a winner releases at once (untimed) so the seat stays contested.\n\
-         Latency is per LockSeats call; resolved = winners + losers.\n\n\
+         Latency is per LockSeats call; resolved = winners + losers. The clients share {conns}\n\
+         HTTP/2 connections and call through a lean gRPC client (`bench/src/lean_grpc.rs`:\n\
+         frames the request on an h2 stream and reads the status, as h2load or ghz would),\n\
+         because the load generator runs on the same 2 cores as the service and PostgreSQL.\n\
+         The last row is the top level again through tonic's client stack, which the\n\
+         booking service uses.\n\n\
          | clients | resolved/s | won / lost | p50 ms | p99 ms | losers p99 ms |\n\
          |---|---|---|---|---|---|\n\
          {table}",
@@ -313,6 +376,7 @@ fn write_summary(path: &Path, results: &serde_json::Value) -> anyhow::Result<()>
         ratio = results["ratio"],
         hot = setup["hot_seats"],
         secs = setup["contention_seconds_per_level"],
+        conns = setup["hot_seat_connections"],
     );
     report::update_section(path, "bench-cinema", &text)
 }

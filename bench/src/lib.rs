@@ -12,6 +12,7 @@ pub mod cinema;
 pub mod cpu;
 pub mod flash_sale;
 pub mod gql;
+pub mod lean_grpc;
 pub mod mesh;
 pub mod mongo_ops;
 pub mod pgbench;

@@ -8,7 +8,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::board::{SeatBoard, Verdict};
+use crate::board::{Freed, SeatBoard, Verdict};
 use crate::catalog::{Category, NewCinema, NewMovie, NewScreen, NewShowtime};
 use crate::changes::{ChangeReason, SeatChange, SeatChanges};
 use crate::domain::{
@@ -18,6 +18,7 @@ use crate::domain::{
 use crate::error::CinemaError;
 use crate::seating;
 use crate::store::{CinemaRecord, MovieRecord, SeatRecord, ShowtimeRecord, Store};
+use crate::turns::SeatTurns;
 
 /// Seat-hold limits and catalog rules from config, checked once at startup.
 #[derive(Clone, Copy, Debug)]
@@ -38,13 +39,14 @@ pub struct CinemaApi {
     policy: HoldPolicy,
     changes: SeatChanges,
     board: SeatBoard,
+    turns: SeatTurns,
     /// Ends open `WatchSeats` streams, so a graceful shutdown need not wait for them.
     stop: Shutdown,
 }
 
 impl CinemaApi {
     pub fn new(store: Store, policy: HoldPolicy, changes: SeatChanges, board: SeatBoard) -> Self {
-        Self { store, policy, changes, board, stop: Shutdown::new() }
+        Self { store, policy, changes, board, turns: SeatTurns::default(), stop: Shutdown::new() }
     }
 
     pub fn stopping_with(self, stop: Shutdown) -> Self {
@@ -295,6 +297,14 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
             tracing::info!(seats.unavailable = %taken.join(","), "seats not locked (seat board)");
             return Err(CinemaError::SeatsUnavailable(taken).into());
         }
+        let mut turns = match self.turns.take(showtime.as_uuid(), &wanted, booking.as_uuid()).await {
+            Ok(turns) => turns,
+            Err(taken) => {
+                tracing::info!(seats.unavailable = %taken.join(","), "seats not locked (won by the attempt waited for)");
+                return Err(CinemaError::SeatsUnavailable(taken).into());
+            }
+        };
+        let since = self.board.mark();
         if self.policy.no_orphan_seats {
             self.check_no_orphans(showtime, &seats).await?;
         }
@@ -306,6 +316,9 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
                     }
                 },
             )?;
+        self.board.record_hold(showtime.as_uuid(), &wanted, booking.as_uuid(), hold.expires_at, since);
+        turns.won_by(booking.as_uuid());
+        drop(turns);
         tracing::info!(expires_at = %hold.expires_at, "seats locked");
         Ok(Response::new(pb::LockSeatsResponse {
             seats: hold.seats.into_iter().map(seat_to_pb).collect(),
@@ -342,7 +355,9 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         let req = request.into_inner();
         let showtime = ShowtimeId::parse(&req.showtime_id)?;
         let booking = BookingId::parse(&req.booking_id)?;
+        let since = self.board.mark();
         let seat_ids = self.store.release_seats(showtime, booking).await?;
+        self.board.record_freed(showtime.as_uuid(), &seat_ids, Freed::OfBooking(booking.as_uuid()), since);
         tracing::info!(seats = %seat_ids.join(","), "seats released");
         Ok(Response::new(pb::ReleaseSeatsResponse { seat_ids }))
     }
@@ -358,7 +373,9 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         let req = request.into_inner();
         let showtime = ShowtimeId::parse(&req.showtime_id)?;
         let booking = BookingId::parse(&req.booking_id)?;
+        let since = self.board.mark();
         let seat_ids = self.store.cancel_seats(showtime, booking).await?;
+        self.board.record_freed(showtime.as_uuid(), &seat_ids, Freed::OfBooking(booking.as_uuid()), since);
         tracing::info!(seats = %seat_ids.join(","), "seats of a cancelled booking released");
         Ok(Response::new(pb::CancelSeatsResponse { seat_ids }))
     }
@@ -484,7 +501,9 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         let req = request.into_inner();
         let showtime = ShowtimeId::parse(&req.showtime_id)?;
         let seats = SeatSelection::parse(&req.seat_ids, MAX_SEATS_PER_BLOCK)?;
+        let since = self.board.mark();
         let seat_ids = self.store.unblock_seats(showtime, &seats).await?;
+        self.board.record_freed(showtime.as_uuid(), &seat_ids, Freed::Blocked, since);
         tracing::info!(seats = %seat_ids.join(","), "seats unblocked");
         Ok(Response::new(pb::UnblockSeatsResponse { seat_ids }))
     }

@@ -5,14 +5,21 @@
 //! The board lets the service refuse those without a database round trip, so losers
 //! neither wait for a pool connection behind the winners nor load PostgreSQL. The board
 //! only ever refuses: a seat it does not know, or believes free, goes to
-//! `cinema_lock_seats`, which decides under row locks. It lags PostgreSQL by the
-//! notification delay, so a seat freed a moment ago may be refused once more, exactly as
-//! a client looking at the live seat map would have seen it taken. A hold the board
-//! believes lapsed (its extension is not announced) is simply asked of the database.
+//! `cinema_lock_seats`, which decides under row locks. A hold the board believes lapsed
+//! (its extension is not announced) is simply asked of the database.
 //!
-//! `cinema.seat_board` says when the board is asked: by default only while every
-//! database connection is busy (a request would queue, so a quick refusal is worth the
-//! small lag), or always, or never.
+//! Changes made by this process (holds won, seats released, cancelled or unblocked) are written
+//! on the board as soon as they commit, ahead of their notifications; notifications
+//! still in flight for such a seat are older and are skipped until the seat's own one
+//! arrives. So for its own changes the board is exact: a seat this service freed is
+//! never refused, and a seat it just sold is refused at once. Changes made elsewhere
+//! (another replica, the hold sweeper) reach the board with
+//! the notification delay, so such a seat may be refused for that moment, exactly as a
+//! client looking at the live seat map would have seen it taken.
+//!
+//! `cinema.seat_board` says when the board is asked: always (the default), only while
+//! every database connection is busy (`when_busy`: exact answers while the database
+//! has room, at the price of sending a rush's losers to it), or never (`off`).
 //!
 //! A showtime is loaded on first use (a snapshot query) while its notifications are
 //! queued, then the queue is replayed on top of the snapshot in commit order. When the
@@ -30,6 +37,9 @@ use uuid::Uuid;
 use crate::changes::SeatChange;
 use crate::domain::SeatState;
 
+/// How long a hold this process recorded itself is believed without its notification.
+const LOCAL_TRUST: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+
 /// Showtimes kept at once; the least recently loaded goes first. A 10,000-seat
 /// showtime takes about 1 MB.
 const CAPACITY: usize = 256;
@@ -46,7 +56,23 @@ struct Inner {
     showtimes: HashMap<Uuid, Entry>,
     /// Tells a finished load whether its entry is still the one it started.
     next_load: u64,
+    /// Counts notifications and loads: what a seat last heard is stamped with it, so a
+    /// change this process made can tell whether news of the seat arrived meanwhile.
+    heard: u64,
 }
+
+/// What seats freed by this process were.
+#[derive(Clone, Copy, Debug)]
+pub enum Freed {
+    /// Held or booked by this booking (released or cancelled).
+    OfBooking(Uuid),
+    /// Blocked by staff.
+    Blocked,
+}
+
+/// Where the notifications stood when a change of this process began (`SeatBoard::mark`).
+#[derive(Clone, Copy, Debug)]
+pub struct Mark(u64);
 
 enum Entry {
     /// A snapshot query is running; changes wait here in commit order.
@@ -65,11 +91,31 @@ struct Occupancy {
     state: SeatState,
     holder: Option<Uuid>,
     hold_expires_at: Option<DateTime<Utc>>,
+    /// `Inner::heard` when the board last heard of the seat from PostgreSQL.
+    heard: u64,
+    /// Set on a change this process recorded itself, until its own notification
+    /// arrives: notifications still in flight are older than it and must not undo it.
+    /// Believed until this instant at most.
+    unconfirmed_until: Option<DateTime<Utc>>,
 }
 
 impl Occupancy {
-    fn of(change: &SeatChange) -> Self {
-        Self { state: change.state, holder: change.holder, hold_expires_at: change.hold_expires_at }
+    fn of(change: &SeatChange, heard: u64) -> Self {
+        Self {
+            state: change.state,
+            holder: change.holder,
+            hold_expires_at: change.hold_expires_at,
+            heard,
+            unconfirmed_until: None,
+        }
+    }
+
+    /// Whether `news` (a notification) is older than this unconfirmed record of this
+    /// process: notifications arrive in commit order, so until the record's own one
+    /// (same state, same holder) arrives, any other was committed before it.
+    fn outdates(&self, news: &Occupancy, now: DateTime<Utc>) -> bool {
+        self.unconfirmed_until.is_some_and(|until| until > now)
+            && (self.state, self.holder) != (news.state, news.holder)
     }
 
     /// Mirrors `cinema_lock_seats`: taken unless available, lapsed, or held by `booking`.
@@ -103,7 +149,7 @@ impl SeatBoard {
 
     /// Whether to ask the board now. Under `WhenBusy` only while every connection is
     /// in use: then a request would queue, and a loser is better answered at once. With
-    /// connections to spare the database answers as fast, and exactly.
+    /// connections to spare the database answers exactly (no notification lag).
     fn consulted(&self) -> bool {
         match self.mode {
             SeatBoardMode::Off => false,
@@ -137,7 +183,56 @@ impl SeatBoard {
 
     /// Records a committed change (called for every notification, in commit order).
     pub fn apply(&self, change: &SeatChange) {
-        self.lock().apply(change);
+        self.lock().apply(change, Utc::now());
+    }
+
+    /// Notes where the notifications stand, before a change of this process begins.
+    pub fn mark(&self) -> Mark {
+        Mark(self.lock().heard)
+    }
+
+    /// Records a hold this process committed (begun at `since`) before its notification
+    /// arrives, so the board refuses the seats at once instead of sending every request
+    /// to the database until then. Nothing can free a hold before its booking is told it
+    /// has it, so a seat heard of as free since `since` heard of an older release; a
+    /// seat heard of otherwise is left alone (the news is as new as this hold, or newer).
+    /// The one exception, a release sent for a hold still being taken, is covered by
+    /// trusting the record for `LOCAL_TRUST` only: then the board asks the database.
+    pub fn record_hold(
+        &self,
+        showtime: Uuid,
+        seats: &[String],
+        holder: Uuid,
+        expires_at: DateTime<Utc>,
+        since: Mark,
+    ) {
+        let trusted_until = Utc::now() + LOCAL_TRUST;
+        let occupancy = Occupancy {
+            state: SeatState::Held,
+            holder: Some(holder),
+            hold_expires_at: Some(expires_at.min(trusted_until)),
+            heard: since.0,
+            unconfirmed_until: Some(trusted_until),
+        };
+        self.lock().record(showtime, seats, occupancy, |known| known.state == SeatState::Available);
+    }
+
+    /// Records seats this process freed (begun at `since`), likewise, so a seat freed a
+    /// moment ago is not refused until its notification arrives. `from` says what the
+    /// seats were (held or booked by a booking, or blocked): news of that heard since
+    /// `since` is older than the change; other news of the seat is left alone.
+    pub fn record_freed(&self, showtime: Uuid, seats: &[String], from: Freed, since: Mark) {
+        let occupancy = Occupancy {
+            state: SeatState::Available,
+            holder: None,
+            hold_expires_at: None,
+            heard: since.0,
+            unconfirmed_until: Some(Utc::now() + LOCAL_TRUST),
+        };
+        self.lock().record(showtime, seats, occupancy, |known| match from {
+            Freed::OfBooking(booking) => known.holder == Some(booking),
+            Freed::Blocked => known.state == SeatState::Blocked,
+        });
     }
 
     /// Drops everything: notifications may have been missed.
@@ -181,13 +276,41 @@ impl Inner {
         Some(if taken.is_empty() { Verdict::LooksFree } else { Verdict::Taken(taken) })
     }
 
-    fn apply(&mut self, change: &SeatChange) {
+    fn apply(&mut self, change: &SeatChange, now: DateTime<Utc>) {
+        self.heard += 1;
         match self.showtimes.get_mut(&change.showtime_id) {
             Some(Entry::Loading { queued, .. }) => queued.push(change.clone()),
             Some(Entry::Ready { seats, .. }) => {
-                seats.insert(change.seat_id.clone(), Occupancy::of(change));
+                let news = Occupancy::of(change, self.heard);
+                match seats.get_mut(&change.seat_id) {
+                    // Already superseded by this process's own record.
+                    Some(known) if known.outdates(&news, now) => {}
+                    Some(known) => *known = news,
+                    None => {
+                        seats.insert(change.seat_id.clone(), news);
+                    }
+                }
             }
             None => {}
+        }
+    }
+
+    /// Writes a change of this process over seats not heard of since it began, or heard
+    /// of as `older` says. A showtime not (yet) on the board is left to its load.
+    fn record(
+        &mut self,
+        showtime: Uuid,
+        seat_ids: &[String],
+        occupancy: Occupancy,
+        older: impl Fn(&Occupancy) -> bool,
+    ) {
+        let Some(Entry::Ready { seats, .. }) = self.showtimes.get_mut(&showtime) else { return };
+        for seat in seat_ids {
+            if let Some(known) = seats.get_mut(seat)
+                && (known.heard <= occupancy.heard || older(known))
+            {
+                *known = occupancy;
+            }
         }
     }
 
@@ -223,8 +346,14 @@ impl Inner {
         let Some(Entry::Loading { queued, .. }) = self.showtimes.remove(&showtime) else { return };
         // An empty snapshot is an unknown showtime: nothing to judge, nothing to keep.
         let Some(mut seats) = snapshot.filter(|seats| !seats.is_empty()) else { return };
+        // Everything loaded counts as heard now: a change begun before the load is not
+        // written over it.
+        self.heard += 1;
+        for occupancy in seats.values_mut() {
+            occupancy.heard = self.heard;
+        }
         for change in queued {
-            seats.insert(change.seat_id.clone(), Occupancy::of(&change));
+            seats.insert(change.seat_id.clone(), Occupancy::of(&change, self.heard));
         }
         self.showtimes.insert(showtime, Entry::Ready { load, seats });
     }
@@ -243,7 +372,13 @@ impl SnapshotRow {
         let state = SeatState::from_db(&self.status)?;
         Ok((
             self.seat_id,
-            Occupancy { state, holder: self.booking_id, hold_expires_at: self.hold_expires_at },
+            Occupancy {
+                state,
+                holder: self.booking_id,
+                hold_expires_at: self.hold_expires_at,
+                heard: 0,
+                unconfirmed_until: None,
+            },
         ))
     }
 }
@@ -256,7 +391,7 @@ mod tests {
     use crate::changes::ChangeReason;
 
     fn occupancy(state: SeatState, holder: Option<Uuid>, expires: Option<DateTime<Utc>>) -> Occupancy {
-        Occupancy { state, holder, hold_expires_at: expires }
+        Occupancy { state, holder, hold_expires_at: expires, heard: 0, unconfirmed_until: None }
     }
 
     #[test]
@@ -310,7 +445,7 @@ mod tests {
 
         let load = inner.start_loading(showtime);
         assert_eq!(ask(&inner, showtime, &["A1"], me, now), Some(Verdict::Unknown));
-        inner.apply(&held_by(showtime, "A1", holder, now + Duration::seconds(60)));
+        inner.apply(&held_by(showtime, "A1", holder, now + Duration::seconds(60)), now);
         // The snapshot was read before the hold committed: it says both seats are free.
         inner.finish_loading(showtime, load, Some(free(&["A1", "A2"])));
 

@@ -15,5 +15,6 @@ mod error;
 mod seating;
 mod startup;
 mod store;
+mod turns;
 
 pub use startup::Application;

@@ -185,9 +185,10 @@ pub enum SeatBoardMode {
     Off,
     /// Only while every database connection is busy, i.e. when the request would
     /// otherwise queue behind others (a rush on the same seats).
-    #[default]
     WhenBusy,
-    /// Always (tests of the board itself).
+    /// Always: the service's own changes are on the board the moment they commit;
+    /// other replicas' arrive with the notification delay.
+    #[default]
     Always,
 }
 
