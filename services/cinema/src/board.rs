@@ -206,15 +206,7 @@ impl SeatBoard {
         expires_at: DateTime<Utc>,
         since: Mark,
     ) {
-        let trusted_until = Utc::now() + LOCAL_TRUST;
-        let occupancy = Occupancy {
-            state: SeatState::Held,
-            holder: Some(holder),
-            hold_expires_at: Some(expires_at.min(trusted_until)),
-            heard: since.0,
-            unconfirmed_until: Some(trusted_until),
-        };
-        self.lock().record(showtime, seats, occupancy, |known| known.state == SeatState::Available);
+        self.lock().record_hold(showtime, seats, holder, expires_at, since, Utc::now());
     }
 
     /// Records seats this process freed (begun at `since`), likewise, so a seat freed a
@@ -222,17 +214,7 @@ impl SeatBoard {
     /// seats were (held or booked by a booking, or blocked): news of that heard since
     /// `since` is older than the change; other news of the seat is left alone.
     pub fn record_freed(&self, showtime: Uuid, seats: &[String], from: Freed, since: Mark) {
-        let occupancy = Occupancy {
-            state: SeatState::Available,
-            holder: None,
-            hold_expires_at: None,
-            heard: since.0,
-            unconfirmed_until: Some(Utc::now() + LOCAL_TRUST),
-        };
-        self.lock().record(showtime, seats, occupancy, |known| match from {
-            Freed::OfBooking(booking) => known.holder == Some(booking),
-            Freed::Blocked => known.state == SeatState::Blocked,
-        });
+        self.lock().record_freed(showtime, seats, from, since, Utc::now());
     }
 
     /// Drops everything: notifications may have been missed.
@@ -293,6 +275,47 @@ impl Inner {
             }
             None => {}
         }
+    }
+
+    fn record_hold(
+        &mut self,
+        showtime: Uuid,
+        seats: &[String],
+        holder: Uuid,
+        expires_at: DateTime<Utc>,
+        since: Mark,
+        now: DateTime<Utc>,
+    ) {
+        let trusted_until = now + LOCAL_TRUST;
+        let occupancy = Occupancy {
+            state: SeatState::Held,
+            holder: Some(holder),
+            hold_expires_at: Some(expires_at.min(trusted_until)),
+            heard: since.0,
+            unconfirmed_until: Some(trusted_until),
+        };
+        self.record(showtime, seats, occupancy, |known| known.state == SeatState::Available);
+    }
+
+    fn record_freed(
+        &mut self,
+        showtime: Uuid,
+        seats: &[String],
+        from: Freed,
+        since: Mark,
+        now: DateTime<Utc>,
+    ) {
+        let occupancy = Occupancy {
+            state: SeatState::Available,
+            holder: None,
+            hold_expires_at: None,
+            heard: since.0,
+            unconfirmed_until: Some(now + LOCAL_TRUST),
+        };
+        self.record(showtime, seats, occupancy, |known| match from {
+            Freed::OfBooking(booking) => known.holder == Some(booking),
+            Freed::Blocked => known.state == SeatState::Blocked,
+        });
     }
 
     /// Writes a change of this process over seats not heard of since it began, or heard
@@ -489,5 +512,88 @@ mod tests {
         assert_eq!(inner.showtimes.len(), CAPACITY);
         assert!(!inner.showtimes.contains_key(&first));
         assert!(inner.showtimes.contains_key(&newest));
+    }
+
+    fn released(showtime: Uuid, seat: &str, at: DateTime<Utc>) -> SeatChange {
+        SeatChange {
+            showtime_id: showtime,
+            seat_id: seat.into(),
+            state: SeatState::Available,
+            reason: ChangeReason::Released,
+            changed_at: at,
+            holder: None,
+            hold_expires_at: None,
+        }
+    }
+
+    fn ready(seats: &[&str]) -> (Inner, Uuid) {
+        let mut inner = Inner::default();
+        let showtime = Uuid::new_v4();
+        let load = inner.start_loading(showtime);
+        inner.finish_loading(showtime, load, Some(free(seats)));
+        (inner, showtime)
+    }
+
+    #[test]
+    fn a_hold_of_this_process_is_refused_at_once_and_older_news_in_flight_does_not_undo_it() {
+        let (mut inner, showtime) = ready(&["A1"]);
+        let (previous, winner, me) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let now = Utc::now();
+        let expires = now + Duration::seconds(300);
+        // `previous` held and released A1; its notifications are still in flight when
+        // this process's hold for `winner` commits.
+        let since = Mark(inner.heard);
+        inner.record_hold(showtime, &["A1".into()], winner, expires, since, now);
+        assert_eq!(ask(&inner, showtime, &["A1"], me, now), Some(Verdict::Taken(vec!["A1".into()])));
+        assert_eq!(ask(&inner, showtime, &["A1"], winner, now), Some(Verdict::LooksFree));
+
+        inner.apply(&held_by(showtime, "A1", previous, expires), now);
+        inner.apply(&released(showtime, "A1", now), now);
+        assert_eq!(ask(&inner, showtime, &["A1"], me, now), Some(Verdict::Taken(vec!["A1".into()])));
+
+        // The hold's own notification confirms it, with its real expiry.
+        inner.apply(&held_by(showtime, "A1", winner, expires), now);
+        let later = now + LOCAL_TRUST + Duration::seconds(1);
+        assert_eq!(ask(&inner, showtime, &["A1"], me, later), Some(Verdict::Taken(vec!["A1".into()])));
+        // And later news applies as usual.
+        inner.apply(&released(showtime, "A1", later), later);
+        assert_eq!(ask(&inner, showtime, &["A1"], me, later), Some(Verdict::LooksFree));
+    }
+
+    #[test]
+    fn an_unconfirmed_hold_is_believed_only_briefly() {
+        let (mut inner, showtime) = ready(&["A1"]);
+        let (winner, me) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Utc::now();
+        let since = Mark(inner.heard);
+        inner.record_hold(showtime, &["A1".into()], winner, now + Duration::seconds(300), since, now);
+        // Its notification never came (say the hold was released before it was even
+        // answered): past the trust window the database is asked again.
+        let later = now + LOCAL_TRUST + Duration::milliseconds(1);
+        assert_eq!(ask(&inner, showtime, &["A1"], me, later), Some(Verdict::LooksFree));
+        // And news of the seat is no longer held back by it.
+        inner.apply(&held_by(showtime, "A1", me, later + Duration::seconds(60)), later);
+        assert_eq!(ask(&inner, showtime, &["A1"], winner, later), Some(Verdict::Taken(vec!["A1".into()])));
+    }
+
+    #[test]
+    fn a_seat_this_process_freed_is_not_refused_while_its_notification_is_in_flight() {
+        let (mut inner, showtime) = ready(&["A1", "A2"]);
+        let (holder, other, me) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let now = Utc::now();
+        let expires = now + Duration::seconds(300);
+        inner.apply(&held_by(showtime, "A1", holder, expires), now);
+        inner.apply(&held_by(showtime, "A2", holder, expires), now);
+        let since = Mark(inner.heard);
+        // While the release ran, A1's hold was heard of again (news older than the
+        // release) and A2 was taken by someone else right after it (newer news).
+        inner.apply(&held_by(showtime, "A1", holder, expires), now);
+        inner.apply(&held_by(showtime, "A2", other, expires), now);
+        inner.record_freed(showtime, &["A1".into(), "A2".into()], Freed::OfBooking(holder), since, now);
+        assert_eq!(ask(&inner, showtime, &["A1"], me, now), Some(Verdict::LooksFree));
+        assert_eq!(ask(&inner, showtime, &["A2"], me, now), Some(Verdict::Taken(vec!["A2".into()])));
+        // A stale hold notification of A1 arriving now does not bring it back.
+        inner.apply(&held_by(showtime, "A1", holder, expires), now);
+        assert_eq!(ask(&inner, showtime, &["A1"], me, now), Some(Verdict::LooksFree));
     }
 }

@@ -8,7 +8,7 @@
 //! a new span id, a child of the handler's span. Background work with no caller
 //! (sweeps, consumed events) starts a trace per unit of work with `in_new_trace`.
 
-use std::fmt::Write as _;
+use std::cell::Cell;
 use std::future::Future;
 
 use tokio::task::futures::TaskLocalFuture;
@@ -50,13 +50,7 @@ impl TraceContext {
 
     /// A new trace, sampled.
     pub fn root() -> Self {
-        let mut trace_id = [0u8; 16];
-        // All zeros is invalid; an OS without randomness still gets a valid (if
-        // guessable) id, since tracing must never fail a request.
-        if getrandom::fill(&mut trace_id).is_err() || trace_id == [0; 16] {
-            trace_id = fallback_bytes();
-        }
-        Self { trace_id, span_id: random_span_id(), flags: 0x01 }
+        Self { trace_id: random_id(), span_id: random_span_id(), flags: 0x01 }
     }
 
     /// A new span in the same trace, a child of this one.
@@ -172,27 +166,60 @@ fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
 }
 
 fn random_span_id() -> [u8; 8] {
-    let mut id = [0u8; 8];
-    if getrandom::fill(&mut id).is_err() || id == [0; 8] {
-        id.copy_from_slice(&fallback_bytes()[8..]);
-    }
-    id
+    random_id()
 }
 
-fn fallback_bytes() -> [u8; 16] {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(1)
-        .max(1);
-    nanos.to_be_bytes()
+/// `N` random bytes, not all zero (an all-zero id is invalid).
+///
+/// Ids must be unique, not secret, so they come from a per-thread SplitMix64 stream
+/// seeded once from the OS: no system call per id on every request. The stream is a
+/// bijection of a counter, so one thread never repeats an id within 2^64 draws.
+fn random_id<const N: usize>() -> [u8; N] {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    loop {
+        let mut id = [0u8; N];
+        for chunk in id.chunks_mut(8) {
+            let word = STATE.with(|state| {
+                let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+                state.set(next);
+                let mut z = next;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^ (z >> 31)
+            });
+            chunk.copy_from_slice(&word.to_be_bytes()[..chunk.len()]);
+        }
+        if id != [0; N] {
+            return id;
+        }
+    }
+}
+
+/// A per-thread seed from the OS; without OS randomness (tracing must never fail a
+/// request) the clock and the thread, which still differ between threads.
+fn seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_ok() {
+        return u64::from_ne_bytes(bytes);
+    }
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos());
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&std::thread::current().id(), &mut hasher);
+    // Truncating the nanoseconds keeps their fast-moving low bits.
+    (nanos as u64) ^ std::hash::Hasher::finish(&hasher)
 }
 
 #[cfg(test)]
@@ -249,6 +276,20 @@ mod tests {
             assert!(TraceParent::parse(&context.header_value()).is_some(), "{raw:?}");
         }
         assert_ne!(TraceContext::root().trace_id(), TraceContext::root().trace_id());
+    }
+
+    #[test]
+    fn ids_are_distinct_across_threads_and_never_zero() {
+        let ids: Vec<Vec<String>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| (0..10_000).map(|_| TraceContext::root().header_value()).collect()))
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let all: std::collections::HashSet<&String> = ids.iter().flatten().collect();
+        assert_eq!(all.len(), 40_000);
+        assert!(all.iter().all(|header| TraceParent::parse(header).is_some()));
+        assert_eq!(hex(&[0x00, 0x9f, 0xa0, 0xff]), "009fa0ff");
     }
 
     #[test]
