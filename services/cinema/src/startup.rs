@@ -19,6 +19,9 @@ use crate::store::{self, Store};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../init-scripts/postgres/migrations");
 
+/// A pooled connection idle this long is pinged before use (see `Application::build`).
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(10);
+
 /// The cinema service, bound and ready to serve.
 pub struct Application {
     listener: TcpListener,
@@ -47,6 +50,19 @@ impl Application {
         let pool = PgPoolOptions::new()
             .max_connections(settings.postgres.max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            // sqlx pings every connection it hands out: a second round trip (and a
+            // wake-up of the server process) for every statement. A connection in
+            // steady use proves itself on each query; only one that sat idle, which
+            // the server or network may have dropped meanwhile, is pinged first.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(settings.postgres.url.expose())
             .await
             .context("cannot connect to PostgreSQL")?;
