@@ -300,7 +300,7 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         let mut turns = match self.turns.take(showtime.as_uuid(), &wanted, booking.as_uuid()).await {
             Ok(turns) => turns,
             Err(taken) => {
-                tracing::info!(seats.unavailable = %taken.join(","), "seats not locked (won by the attempt waited for)");
+                tracing::info!(seats.unavailable = %taken.join(","), "seats not locked (seat turns)");
                 return Err(CinemaError::SeatsUnavailable(taken).into());
             }
         };

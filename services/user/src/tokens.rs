@@ -129,10 +129,16 @@ impl RefreshTokens {
         if let Some(doc) = spent {
             // A reuse may have revoked the family after this token was issued (its
             // predecessor replayed while the refresh that made it was in flight): any
-            // revoked member dooms the whole family.
+            // other revoked member dooms the whole family. This token itself does not:
+            // a concurrent replay of it revokes it right after this spend, and then this
+            // spend is the one use that wins (its successor is born into a revoked family).
             let revoked = self
                 .tokens
-                .find_one(doc! { "family_id": &doc.family_id, "revoked_at": { "$ne": null } })
+                .find_one(doc! {
+                    "family_id": &doc.family_id,
+                    "revoked_at": { "$ne": null },
+                    "_id": { "$ne": &hash },
+                })
                 .await
                 .context("cannot check refresh token family")?;
             if revoked.is_some() {
