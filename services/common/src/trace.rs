@@ -50,12 +50,12 @@ impl TraceContext {
 
     /// A new trace, sampled.
     pub fn root() -> Self {
-        Self { trace_id: random_id(), span_id: random_span_id(), flags: 0x01 }
+        Self { trace_id: random_id(), span_id: random_id(), flags: 0x01 }
     }
 
     /// A new span in the same trace, a child of this one.
     pub fn child(&self) -> Self {
-        Self { trace_id: self.trace_id, span_id: random_span_id(), flags: self.flags }
+        Self { trace_id: self.trace_id, span_id: random_id(), flags: self.flags }
     }
 
     pub fn trace_id(&self) -> String {
@@ -109,7 +109,7 @@ impl TraceParent {
 
     /// This hop's span: same trace and sampling decision, a new span id.
     pub fn child(&self) -> TraceContext {
-        TraceContext { trace_id: self.trace_id, span_id: random_span_id(), flags: self.flags }
+        TraceContext { trace_id: self.trace_id, span_id: random_id(), flags: self.flags }
     }
 
     pub fn trace_id(&self) -> String {
@@ -173,10 +173,6 @@ fn hex(bytes: &[u8]) -> String {
         s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     s
-}
-
-fn random_span_id() -> [u8; 8] {
-    random_id()
 }
 
 /// `N` random bytes, not all zero (an all-zero id is invalid).
