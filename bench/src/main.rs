@@ -5,6 +5,10 @@ use std::path::Path;
 
 use anyhow::Context;
 
+/// The same allocator as the services' binaries, which this one embeds.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     marquee_common::telemetry::install_crypto_provider();

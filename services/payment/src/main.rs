@@ -1,6 +1,11 @@
 use marquee_common::Settings;
 use marquee_payment::Application;
 
+/// mimalloc: far less time in the allocator than glibc's under many small, short-lived
+/// allocations across threads (BENCHMARKS.md, cinema).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     marquee_common::telemetry::install_crypto_provider();
