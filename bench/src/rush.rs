@@ -424,7 +424,7 @@ fn summary(results: &Value) -> String {
                 "| {} | {} | {} | {} | {} | {} |\n",
                 s["rate_per_s"],
                 s["ok"],
-                s["sent"].as_u64().unwrap_or(0).saturating_sub(s["ok"].as_u64().unwrap_or(0)),
+                browse_failures(s),
                 report::cell(&s["latency"]["p50_ms"]),
                 report::cell(&s["latency"]["p99_ms"]),
                 report::cell(&s["latency"]["p999_ms"]),
@@ -436,7 +436,7 @@ fn summary(results: &Value) -> String {
                 "| **{} (half of max)** | {} | {} | {} | {} | {} |\n",
                 half["rate_per_s"],
                 half["ok"],
-                half["sent"].as_u64().unwrap_or(0).saturating_sub(half["ok"].as_u64().unwrap_or(0)),
+                browse_failures(half),
                 report::cell(&half["latency"]["p50_ms"]),
                 report::cell(&half["latency"]["p99_ms"]),
                 report::cell(&half["latency"]["p999_ms"]),
@@ -608,4 +608,10 @@ fn connected_summary(c: &Value) -> String {
         ln = v["lost_notifications"],
         wr = v["wrong_refusals"],
     )
+}
+
+/// A browse step's failures, every label counted: answers with errors, transport
+/// failures and requests not sent because too many were in flight.
+fn browse_failures(step: &Value) -> u64 {
+    step["failures"].as_object().map_or(0, |by_label| by_label.values().filter_map(Value::as_u64).sum())
 }
