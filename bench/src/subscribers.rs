@@ -50,6 +50,10 @@ pub struct Log {
 /// The open subscriptions. `stop` closes them and returns what each one saw.
 pub struct Subscribers {
     tasks: JoinSet<Log>,
+    /// The subscribers' own runtime, as if they ran on client machines: their sockets'
+    /// wake-ups must not queue ahead of the services this process embeds (one runtime
+    /// for both starved booking and payment while 1.8M changes arrived).
+    runtime: Option<tokio::runtime::Runtime>,
     stop: watch::Sender<bool>,
     /// Per showtime index: subscribers that have received at least one change.
     heard: Arc<Vec<AtomicUsize>>,
@@ -73,6 +77,12 @@ pub async fn open(
     let subscribed = Arc::new(AtomicUsize::new(0));
     let delivered = Arc::new(AtomicUsize::new(0));
     let handshakes = Arc::new(Semaphore::new(CONCURRENT_HANDSHAKES));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("subscribers")
+        .enable_all()
+        .build()
+        .context("cannot start the subscribers' runtime")?;
     let mut tasks = JoinSet::new();
     let mut per_showtime = vec![0; showtimes.len()];
     for i in 0..count {
@@ -88,19 +98,22 @@ pub async fn open(
             handshakes.clone(),
             delivered.clone(),
         );
-        tasks.spawn(async move {
-            let mut log = Log { showtime: which, ..Log::default() };
-            let permit = handshakes.acquire_owned().await;
-            match connect(gateway, source, &showtime).await {
-                Ok(socket) => {
-                    drop(permit);
-                    subscribed.fetch_add(1, Ordering::Relaxed);
-                    listen(socket, &mut log, stopped, &heard[which], &delivered).await;
+        tasks.spawn_on(
+            async move {
+                let mut log = Log { showtime: which, ..Log::default() };
+                let permit = handshakes.acquire_owned().await;
+                match connect(gateway, source, &showtime).await {
+                    Ok(socket) => {
+                        drop(permit);
+                        subscribed.fetch_add(1, Ordering::Relaxed);
+                        listen(socket, &mut log, stopped, &heard[which], &delivered).await;
+                    }
+                    Err(error) => log.failures.push(format!("open: {error:#}")),
                 }
-                Err(error) => log.failures.push(format!("open: {error:#}")),
-            }
-            log
-        });
+                log
+            },
+            runtime.handle(),
+        );
     }
     // Wait until every connection is subscribed or has failed.
     let mut failed_to_open = 0;
@@ -116,7 +129,7 @@ pub async fn open(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(Subscribers { tasks, stop, heard, delivered, per_showtime, failed_to_open })
+    Ok(Subscribers { tasks, runtime: Some(runtime), stop, heard, delivered, per_showtime, failed_to_open })
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -281,6 +294,17 @@ impl Subscribers {
             }
         }
         logs
+    }
+}
+
+impl Drop for Subscribers {
+    /// A runtime may not be dropped inside another one's task; its (finished or
+    /// aborted) tasks need no waiting for.
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
