@@ -17,6 +17,10 @@ async fn main() -> anyhow::Result<()> {
     match args.next().as_deref() {
         Some("cinema") => marquee_bench::cinema::run(&root).await,
         Some("rush") => {
+            if std::env::var_os("RUST_LOG").is_some() {
+                let settings = marquee_common::Settings::load_from(&root.join("config"), "test")?;
+                marquee_common::telemetry::init(&settings.telemetry);
+            }
             let options = marquee_bench::rush::Options::parse(args).context("bad options")?;
             marquee_bench::rush::run(&root, options).await
         }
