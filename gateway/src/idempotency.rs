@@ -10,6 +10,13 @@
 //! one cancelled mid-call because its client went away), so the
 //! client may retry it (the booking service is itself idempotent for holds and keys
 //! charges by booking, so such a retry cannot double-book or double-charge).
+//!
+//! A Redis command whose reply is lost (the connection's 500 ms response timeout, e.g.
+//! while the gateway is busy) may still have been applied. A claim is therefore sent
+//! again with the same unique value and recognised as this request's own when it
+//! was; a request that gives up frees whatever it may hold; and a settlement that
+//! fails is retried in the background. Otherwise a claim nobody works on would make
+//! every retry of the key wait and get CONFLICT until it lapsed, a minute later.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,6 +40,11 @@ const PENDING_TTL_SECONDS: u64 = 60;
 /// How long a repeat waits for the first request's result before giving up.
 const WAIT_FOR_FIRST: Duration = Duration::from_secs(10);
 const POLL_EVERY: Duration = Duration::from_millis(25);
+/// Sends of a claim whose reply does not come before the request fails.
+const CLAIM_ATTEMPTS: u32 = 3;
+/// Pauses between background retries of a settlement that failed.
+const SETTLE_RETRY_PAUSES: [Duration; 3] =
+    [Duration::from_millis(100), Duration::from_millis(400), Duration::from_millis(1600)];
 
 const PENDING: u8 = b'P';
 const DONE: u8 = b'D';
@@ -114,34 +126,52 @@ impl IdempotencyStore {
         let hash = sha256_hex(&operation.payload);
         let mut redis = self.redis().await?;
         let deadline = tokio::time::Instant::now() + self.wait;
+        let claim = claim_value(&hash);
+        // Armed from the first claim that may have been applied: dropped armed (an
+        // error, or the client went away), it frees the key if it holds this claim.
+        let mut held =
+            HeldClaim { redis: redis.clone(), key: key.clone(), claim: claim.clone(), armed: false };
+        let mut lost_claims = 0;
         loop {
-            let claim = claim_value(&hash);
-            let claimed: Option<String> = redis::cmd("SET")
+            let claimed: redis::RedisResult<Option<String>> = redis::cmd("SET")
                 .arg(&key)
                 .arg(&claim)
                 .arg("NX")
                 .arg("EX")
                 .arg(PENDING_TTL_SECONDS)
                 .query_async(&mut redis)
-                .await
-                .context("cannot claim an idempotency key")?;
-            if claimed.is_some() {
-                let mut held = HeldClaim {
-                    redis: redis.clone(),
-                    key: key.clone(),
-                    claim: claim.clone(),
-                    settled: false,
-                };
+                .await;
+            let claimed = match claimed {
+                Ok(claimed) => claimed.is_some(),
+                Err(error) => {
+                    held.armed = true;
+                    lost_claims += 1;
+                    if lost_claims >= CLAIM_ATTEMPTS {
+                        return Err(anyhow::Error::new(error)
+                            .context("cannot claim an idempotency key")
+                            .into());
+                    }
+                    tracing::debug!(%error, "an idempotency claim got no answer; sending it again");
+                    continue;
+                }
+            };
+            let stored: Option<Vec<u8>> = if claimed {
+                None
+            } else {
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut redis)
+                    .await
+                    .context("cannot read an idempotency key")?
+            };
+            // Claimed now, or by an earlier send of this request whose answer was lost.
+            if claimed || stored.as_deref() == Some(claim.as_slice()) {
+                held.armed = true;
                 let result = call().await;
                 self.settle(&mut redis, &key, &claim, &hash, &result).await;
-                held.settled = true;
+                held.armed = false;
                 return result;
             }
-            let stored: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut redis)
-                .await
-                .context("cannot read an idempotency key")?;
             // Gone between SET and GET: the first attempt failed or its claim lapsed.
             let Some(stored) = stored else { continue };
             let (state, stored_hash, body) = parse_stored(&stored)?;
@@ -167,8 +197,10 @@ impl IdempotencyStore {
     }
 
     /// Stores a success for repeats, frees the key after a failure. A Redis failure
-    /// here must not turn the caller's completed call into an error: it is logged, and
-    /// the claim lapses on its own.
+    /// here must not turn the caller's completed call into an error: the settlement is
+    /// retried in the background (both scripts only act on this request's claim, so a
+    /// repeat is harmless), and if a result still cannot be stored the key is freed,
+    /// so that a repeat runs the idempotent upstream call again instead of waiting.
     async fn settle<T: Message>(
         &self,
         redis: &mut ConnectionManager,
@@ -177,41 +209,73 @@ impl IdempotencyStore {
         hash: &str,
         result: &Result<T, GatewayError>,
     ) {
-        let outcome: redis::RedisResult<i64> = match result {
+        let settlement = match result {
             Ok(value) => {
                 let mut done = Vec::with_capacity(1 + HASH_LEN + value.encoded_len());
                 done.push(DONE);
                 done.extend_from_slice(hash.as_bytes());
                 done.extend_from_slice(&value.encode_to_vec());
+                Settlement::Complete(done)
+            }
+            Err(_) => Settlement::Abandon,
+        };
+        let Err(error) = settlement.apply(redis, key, claim).await else { return };
+        tracing::warn!(%error, "cannot settle an idempotency key yet; retrying in the background");
+        let (mut redis, key, claim) = (redis.clone(), key.to_owned(), claim.to_vec());
+        tokio::spawn(async move {
+            for pause in SETTLE_RETRY_PAUSES {
+                tokio::time::sleep(pause).await;
+                if settlement.apply(&mut redis, &key, &claim).await.is_ok() {
+                    return;
+                }
+            }
+            if let Err(error) = Settlement::Abandon.apply(&mut redis, &key, &claim).await {
+                tracing::warn!(%error, "cannot settle an idempotency key; it lapses on its own");
+            }
+        });
+    }
+}
+
+/// What becomes of a claim once its call has an answer.
+enum Settlement {
+    /// Store this record (a success) for repeats.
+    Complete(Vec<u8>),
+    /// Free the key.
+    Abandon,
+}
+
+impl Settlement {
+    /// Acts only while the key holds `claim`; applying it twice changes nothing more.
+    async fn apply(&self, redis: &mut ConnectionManager, key: &str, claim: &[u8]) -> redis::RedisResult<i64> {
+        match self {
+            Settlement::Complete(done) => {
                 redis::Script::new(COMPLETE)
                     .key(key)
                     .arg(claim)
-                    .arg(done)
+                    .arg(done.as_slice())
                     .arg(RESULT_TTL_SECONDS)
                     .invoke_async(redis)
                     .await
             }
-            Err(_) => redis::Script::new(ABANDON).key(key).arg(claim).invoke_async(redis).await,
-        };
-        if let Err(error) = outcome {
-            tracing::warn!(%error, "cannot settle an idempotency key; it lapses on its own");
+            Settlement::Abandon => redis::Script::new(ABANDON).key(key).arg(claim).invoke_async(redis).await,
         }
     }
 }
 
-/// A claim being worked on. Dropped unsettled, the request was cancelled mid-call (its
-/// client went away, so axum dropped the handler): the key is freed in the background,
-/// or every retry of it would wait and then get CONFLICT until the claim lapsed.
+/// A claim this request holds or may hold. Dropped armed, the request was cancelled
+/// mid-call (its client went away, so axum dropped the handler) or gave up after a
+/// claim whose answer was lost: the key is freed in the background, or every retry of
+/// it would wait and then get CONFLICT until the claim lapsed.
 struct HeldClaim {
     redis: ConnectionManager,
     key: String,
     claim: Vec<u8>,
-    settled: bool,
+    armed: bool,
 }
 
 impl Drop for HeldClaim {
     fn drop(&mut self) {
-        if self.settled {
+        if !self.armed {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
@@ -401,6 +465,86 @@ mod tests {
         .expect("the retry waited for a cancelled call's claim");
         assert_eq!(retry.unwrap().id, "b-4");
         assert_eq!(calls.load(Ordering::SeqCst), 1, "the retry ran the call");
+    }
+
+    /// A TCP proxy to the real Redis that can hold the next reply back for longer than
+    /// the connection's 500 ms response timeout, as a gateway too busy to read it does:
+    /// the command was applied, but its sender hears "timed out".
+    struct SlowReplies {
+        addr: std::net::SocketAddr,
+        hold_next: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl SlowReplies {
+        const HOLD: Duration = Duration::from_millis(800);
+
+        async fn start() -> Self {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let settings = marquee_common::Settings::for_tests().unwrap();
+            let redis =
+                settings.redis.url.expose().trim_start_matches("redis://").trim_end_matches('/').to_owned();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let hold_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let hold = hold_next.clone();
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let server = tokio::net::TcpStream::connect(&redis).await.unwrap();
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut server_write).await });
+                    let hold = hold.clone();
+                    tokio::spawn(async move {
+                        let mut buffer = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = server_read.read(&mut buffer).await {
+                            if hold.swap(false, Ordering::SeqCst) {
+                                tokio::time::sleep(Self::HOLD).await;
+                            }
+                            if client_write.write_all(&buffer[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            });
+            Self { addr, hold_next }
+        }
+
+        fn store(&self) -> IdempotencyStore {
+            let mut settings = marquee_common::Settings::for_tests().unwrap();
+            settings.redis.url = marquee_common::secret::Secret::new(format!("redis://{}", self.addr));
+            settings.redis.key_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+            IdempotencyStore::new(&settings.redis).unwrap()
+        }
+
+        fn hold_next_reply(&self) {
+            self.hold_next.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Against the real Redis: the claim's reply comes after the response timeout.
+    /// The claim was applied all the same, so it is this request's: the call runs and
+    /// its result is stored, instead of the request failing and leaving the key
+    /// claimed by nobody (every retry waiting, then CONFLICT, for a minute).
+    #[tokio::test]
+    async fn a_claim_answered_too_late_is_still_this_requests() {
+        let proxy = SlowReplies::start().await;
+        let store = proxy.store();
+        let calls = AtomicUsize::new(0);
+        // The connection is made (through the proxy) before any reply is held back.
+        run(&store, "k-5-warm", "W", &calls, Ok(booking("w"))).await.unwrap();
+
+        proxy.hold_next_reply();
+        let first = run(&store, "k-5", "D1", &calls, Ok(booking("b-5"))).await;
+        assert_eq!(first.expect("the late claim was this request's").id, "b-5");
+        let repeat = tokio::time::timeout(
+            Duration::from_secs(2),
+            run(&store, "k-5", "D1", &calls, Ok(booking("never"))),
+        )
+        .await
+        .expect("the repeat waited for a claim nobody works on");
+        assert_eq!(repeat.unwrap().id, "b-5", "the repeat gets the stored result");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the warm-up and the first call reached upstream");
     }
 
     #[test]
