@@ -283,9 +283,7 @@ impl Drop for HeldClaim {
             (self.redis.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.claim));
         runtime.spawn(async move {
             // Compare-and-delete: a no-op if the result was stored after all.
-            let freed: redis::RedisResult<i64> =
-                redis::Script::new(ABANDON).key(&key).arg(claim).invoke_async(&mut redis).await;
-            if let Err(error) = freed {
+            if let Err(error) = Settlement::Abandon.apply(&mut redis, &key, &claim).await {
                 tracing::warn!(%error, "cannot free an abandoned idempotency key; it lapses on its own");
             }
         });
@@ -340,9 +338,14 @@ mod tests {
     use super::*;
 
     fn store() -> IdempotencyStore {
-        let mut settings = marquee_common::Settings::for_tests().unwrap();
-        settings.redis.key_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
-        IdempotencyStore::new(&settings.redis).unwrap()
+        IdempotencyStore::new(&redis_settings()).unwrap()
+    }
+
+    /// The test Redis, under a key prefix of this test's own.
+    fn redis_settings() -> RedisSettings {
+        let mut settings = marquee_common::Settings::for_tests().unwrap().redis;
+        settings.key_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+        settings
     }
 
     fn booking(id: &str) -> Booking {
@@ -480,9 +483,8 @@ mod tests {
 
         async fn start() -> Self {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let settings = marquee_common::Settings::for_tests().unwrap();
-            let redis =
-                settings.redis.url.expose().trim_start_matches("redis://").trim_end_matches('/').to_owned();
+            let settings = redis_settings();
+            let redis = settings.url.expose().trim_start_matches("redis://").trim_end_matches('/').to_owned();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let hold_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -511,10 +513,9 @@ mod tests {
         }
 
         fn store(&self) -> IdempotencyStore {
-            let mut settings = marquee_common::Settings::for_tests().unwrap();
-            settings.redis.url = marquee_common::secret::Secret::new(format!("redis://{}", self.addr));
-            settings.redis.key_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
-            IdempotencyStore::new(&settings.redis).unwrap()
+            let mut settings = redis_settings();
+            settings.url = marquee_common::secret::Secret::new(format!("redis://{}", self.addr));
+            IdempotencyStore::new(&settings).unwrap()
         }
 
         fn hold_next_reply(&self) {
