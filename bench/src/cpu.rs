@@ -20,7 +20,7 @@ fn group(pid: u32, comm: &str) -> &'static str {
     }
     match comm {
         "postgres" | "pgbench" => "postgresql",
-        c if c.starts_with("secantus") => "secantusdb (mongodb wire)",
+        c if c.starts_with("secantus") => "secantusd-rs (mongodb wire)",
         "beam.smp" | "erl_child_setup" | "inet_gethost" | "epmd" => "rabbitmq",
         "redis-server" => "redis",
         _ => "other",
