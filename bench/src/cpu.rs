@@ -1,12 +1,13 @@
 //! Where the CPU went: per-process CPU time from /proc, grouped by what the process is
-//! (this process = the in-process mesh plus the load generator; PostgreSQL; the
-//! MongoDB-wire server; RabbitMQ; Redis; everything else on the machine).
+//! (this process = the in-process mesh plus the load generator; the gateway's own
+//! process; PostgreSQL; the MongoDB-wire server; RabbitMQ; Redis; everything else on
+//! the machine).
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::stats::{round1, round3};
+use crate::stats::{round1, round2, round3};
 
 /// Linux's USER_HZ; `getconf CLK_TCK` is 100 on every mainstream kernel config.
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -19,6 +20,8 @@ fn group(pid: u32, comm: &str) -> &'static str {
         return "marquee (mesh + load generator)";
     }
     match comm {
+        // comm is the executable's name cut to 15 bytes: exactly this one.
+        "marquee-gateway" => "marquee-gateway",
         "postgres" | "pgbench" => "postgresql",
         c if c.starts_with("secantus") => "secantusd-rs (mongodb wire)",
         "beam.smp" | "erl_child_setup" | "inet_gethost" | "epmd" => "rabbitmq",
@@ -59,10 +62,12 @@ pub fn per_booking(before: &Snapshot, after: &Snapshot, seconds: f64, confirmed:
 fn per_group(before: &Snapshot, after: &Snapshot, seconds: f64, confirmed: Option<usize>) -> Value {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     let mut groups = serde_json::Map::new();
+    let mut total = 0.0;
     for (name, &end) in &after.0 {
         let start = before.0.get(name).copied().unwrap_or(0);
         // A process that exited in between drops out of `after`; others only grow.
         let cpu_seconds = end.saturating_sub(start) as f64 / TICKS_PER_SECOND;
+        total += cpu_seconds;
         let mut group = json!({
             "cpu_seconds": round1(cpu_seconds),
             "share_of_machine_pct": round1(100.0 * cpu_seconds / (seconds * cpus).max(f64::EPSILON)),
@@ -70,8 +75,24 @@ fn per_group(before: &Snapshot, after: &Snapshot, seconds: f64, confirmed: Optio
         if let Some(confirmed) = confirmed {
             group["cpu_seconds_per_confirmed_booking"] =
                 json!((confirmed > 0).then(|| round3(cpu_seconds / confirmed as f64)));
+            group["cpu_ms_per_confirmed_booking"] = ms_per(cpu_seconds, confirmed);
         }
         groups.insert((*name).to_owned(), group);
     }
-    json!({ "wall_seconds": round1(seconds), "cpus": cpus, "groups": groups })
+    let mut summary = json!({
+        "wall_seconds": round1(seconds),
+        "cpus": cpus,
+        "groups": groups,
+        "total_cpu_seconds": round1(total),
+        "machine_busy_pct": round1(100.0 * total / (seconds * cpus).max(f64::EPSILON)),
+    });
+    if let Some(confirmed) = confirmed {
+        summary["total_cpu_ms_per_confirmed_booking"] = ms_per(total, confirmed);
+    }
+    summary
+}
+
+/// Milliseconds of CPU per confirmed booking; null without one.
+fn ms_per(cpu_seconds: f64, confirmed: usize) -> Value {
+    json!((confirmed > 0).then(|| round2(1000.0 * cpu_seconds / confirmed as f64)))
 }

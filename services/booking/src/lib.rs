@@ -24,7 +24,6 @@ use marquee_common::shutdown::Shutdown;
 use marquee_proto::booking::v1::booking_service_server::BookingServiceServer;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::payment::v1::payment_service_client::PaymentServiceClient;
-use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -137,7 +136,6 @@ impl Application {
         };
         let saga = Saga::new(
             store.clone(),
-            UserServiceClient::new(channel(&settings.upstream.user_url)?),
             CinemaServiceClient::new(channel(&settings.upstream.cinema_url)?),
             PaymentServiceClient::new(channel(&settings.upstream.payment_url)?),
             saga_settings,

@@ -44,8 +44,6 @@ use marquee_proto::cinema::v1::{
 };
 use marquee_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use marquee_proto::payment::v1::{ChargeRequest, Payment, PaymentStatus, RefundRequest};
-use marquee_proto::user::v1::GetUserRequest;
-use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -94,7 +92,6 @@ pub struct SagaSettings {
 #[derive(Clone)]
 pub struct Saga {
     store: BookingStore,
-    users: UserServiceClient<Channel>,
     cinema: CinemaServiceClient<Channel>,
     payments: PaymentServiceClient<Channel>,
     settings: Arc<SagaSettings>,
@@ -129,7 +126,6 @@ enum Idempotent {
 impl Saga {
     pub fn new(
         store: BookingStore,
-        users: UserServiceClient<Channel>,
         cinema: CinemaServiceClient<Channel>,
         payments: PaymentServiceClient<Channel>,
         settings: SagaSettings,
@@ -138,7 +134,6 @@ impl Saga {
     ) -> Self {
         Self {
             store,
-            users,
             cinema,
             payments,
             settings: Arc::new(settings),
@@ -207,11 +202,8 @@ impl Saga {
             if let Some(existing) = this.store.find_by_key(request.user_id, &request.idempotency_key).await? {
                 return replay(existing, &request);
             }
-            this.users
-                .clone()
-                .get_user(this.request(GetUserRequest { id: request.user_id.to_string() }))
-                .await
-                .map_err(|s| BookingError::upstream("user.GetUser", &s))?;
+            // The user id is the gateway's, from a token the user service signed (and
+            // accounts are never deleted), so it is not looked up again here.
             this.hold_seats(request).await
         })
         .await
