@@ -7,10 +7,10 @@ use mongodb::bson::{Document, doc};
 use mongodb::{Collection, Database};
 
 /// A database of this test's own (dropped at the end of the test).
-async fn isolated_database() -> Database {
-    let mut settings = Settings::for_tests().unwrap();
+async fn isolated_database() -> anyhow::Result<Database> {
+    let mut settings = Settings::for_tests()?;
     settings.mongo.database_prefix = format!("mqt_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    marquee_common::mongo::connect(&settings.mongo, "outbox").await.unwrap()
+    marquee_common::mongo::connect(&settings.mongo, "outbox").await
 }
 
 fn event(kind: &'static str) -> OutboxEvent {
@@ -18,7 +18,11 @@ fn event(kind: &'static str) -> OutboxEvent {
 }
 
 /// A document with `events` in its outbox, none of them sent.
-async fn insert_with_events(collection: &Collection<Document>, id: &str, events: &[OutboxEvent]) {
+async fn insert_with_events(
+    collection: &Collection<Document>,
+    id: &str,
+    events: &[OutboxEvent],
+) -> anyhow::Result<()> {
     let ids: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
     collection
         .insert_one(doc! {
@@ -27,18 +31,18 @@ async fn insert_with_events(collection: &Collection<Document>, id: &str, events:
             "pending_events": &ids,
             "unsent_events": ids.len() as i32,
         })
-        .await
-        .unwrap();
+        .await?;
+    Ok(())
 }
 
 #[tokio::test]
 async fn one_bulk_mark_records_every_confirmed_event_and_a_repeat_changes_nothing() {
-    let db = isolated_database().await;
+    let db = isolated_database().await.unwrap();
     let collection = db.collection::<Document>("bookings");
     let outbox = MongoOutbox::new(&collection).await.unwrap();
     let (held, confirmed, other) = (event("booking.held"), event("booking.confirmed"), event("booking.held"));
-    insert_with_events(&collection, "b1", &[held.clone(), confirmed.clone()]).await;
-    insert_with_events(&collection, "b2", &[other.clone()]).await;
+    insert_with_events(&collection, "b1", &[held.clone(), confirmed.clone()]).await.unwrap();
+    insert_with_events(&collection, "b2", std::slice::from_ref(&other)).await.unwrap();
 
     let pending = outbox.pending_events(100).await.unwrap();
     let mut ids: Vec<String> = pending.iter().map(|p| p.event_id.clone()).collect();
