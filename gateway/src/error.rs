@@ -71,6 +71,15 @@ impl GatewayError {
     pub fn is_not_found(&self) -> bool {
         self.code() == ErrorCode::NotFound
     }
+
+    /// How long the client should wait before repeating the request, when the upstream
+    /// said (a login lock-out, a busy service).
+    fn retry_after_seconds(&self) -> Option<u64> {
+        let Self::Upstream(api) = self else { return None };
+        let hinted = api.retry_after_seconds();
+        // SERVICE_BUSY always carries a hint, even from an upstream that sent none.
+        hinted.or_else(|| (api.code == ErrorCode::ServiceBusy).then_some(1))
+    }
 }
 
 impl From<Status> for GatewayError {
@@ -126,10 +135,16 @@ impl ErrorExtensions for GatewayError {
                 if matches!(code, ErrorCode::SeatUnavailable | ErrorCode::SeatRuleViolation) {
                     extensions.set("seatIds", api.meta_list("seat_ids"));
                 }
-                // A transient failure (e.g. the payment processor): the same request may succeed.
-                if api.metadata.get("retryable").is_some_and(|v| v == "true") {
+                // A transient failure (e.g. the payment processor, or a service at
+                // capacity that refused without doing anything): the same request may succeed.
+                if code == ErrorCode::ServiceBusy
+                    || api.metadata.get("retryable").is_some_and(|v| v == "true")
+                {
                     extensions.set("retryable", true);
                 }
+            }
+            if let Some(seconds) = self.retry_after_seconds() {
+                extensions.set("retryAfterSeconds", seconds);
             }
         })
     }
@@ -184,6 +199,18 @@ mod tests {
             "declined",
         ))));
         assert_eq!(extension(&declined, "retryable"), None);
+    }
+
+    #[test]
+    fn a_busy_upstream_says_when_to_retry() {
+        let status = Status::from(ApiError::new(ErrorCode::ServiceBusy, "busy").with_retry_after(2));
+        let error = async_graphql::Error::from(GatewayError::from(status));
+        assert_eq!(extension(&error, "code"), Some(Value::from("SERVICE_BUSY")));
+        assert_eq!(extension(&error, "retryAfterSeconds"), Some(Value::from(2u64)));
+        assert_eq!(extension(&error, "retryable"), Some(Value::from(true)));
+        let without_hint = GatewayError::from(Status::from(ApiError::new(ErrorCode::ServiceBusy, "busy")));
+        let error = async_graphql::Error::from(without_hint);
+        assert_eq!(extension(&error, "retryAfterSeconds"), Some(Value::from(1u64)));
     }
 
     #[test]

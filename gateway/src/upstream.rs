@@ -43,6 +43,9 @@ pub struct Upstreams {
     /// The request this handle serves; `None` outside a request (each call then
     /// starts its own trace).
     trace: Option<TraceContext>,
+    /// Sent as `grpc-timeout`, so a service knows when its caller gives up and can
+    /// refuse work it could not finish in time (the channel enforces it here too).
+    deadline: Duration,
 }
 
 /// One page of a cursor-paged upstream list.
@@ -54,12 +57,13 @@ pub struct Page<T> {
 
 type TracedChannel = InterceptedService<Channel, Traced>;
 
-/// Stamps `traceparent` on every upstream call.
+/// Stamps `traceparent` and the deadline on every upstream call.
 #[derive(Clone, Copy)]
-pub struct Traced(Option<TraceContext>);
+pub struct Traced(Option<TraceContext>, Duration);
 
 impl Interceptor for Traced {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        request.set_timeout(self.1);
         let context = self.0.unwrap_or_else(TraceContext::root);
         // Always ASCII hex and dashes, so the parse cannot fail; never fail a call over tracing.
         if let Ok(value) = context.header_value().parse() {
@@ -80,6 +84,7 @@ impl Upstreams {
             notification: channel(&urls.notification_url)?,
             idempotency: IdempotencyStore::new(&settings.redis)?,
             trace: None,
+            deadline: Duration::from_millis(settings.grpc.request_timeout_ms),
         })
     }
 
@@ -93,19 +98,22 @@ impl Upstreams {
     }
 
     fn users(&self) -> UserServiceClient<TracedChannel> {
-        UserServiceClient::with_interceptor(self.user.clone(), Traced(self.trace))
+        UserServiceClient::with_interceptor(self.user.clone(), Traced(self.trace, self.deadline))
     }
 
     fn cinemas(&self) -> CinemaServiceClient<TracedChannel> {
-        CinemaServiceClient::with_interceptor(self.cinema.clone(), Traced(self.trace))
+        CinemaServiceClient::with_interceptor(self.cinema.clone(), Traced(self.trace, self.deadline))
     }
 
     fn bookings(&self) -> BookingServiceClient<TracedChannel> {
-        BookingServiceClient::with_interceptor(self.booking.clone(), Traced(self.trace))
+        BookingServiceClient::with_interceptor(self.booking.clone(), Traced(self.trace, self.deadline))
     }
 
     fn notifications(&self) -> NotificationServiceClient<TracedChannel> {
-        NotificationServiceClient::with_interceptor(self.notification.clone(), Traced(self.trace))
+        NotificationServiceClient::with_interceptor(
+            self.notification.clone(),
+            Traced(self.trace, self.deadline),
+        )
     }
 
     pub async fn register(&self, request: user::RegisterRequest) -> Result<user::AuthResponse, GatewayError> {

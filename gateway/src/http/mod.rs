@@ -306,11 +306,41 @@ async fn execute(
     };
     let request = request.data(crate::trace::TraceContext::from_headers(headers));
     let response = run(state, &viewer, request).await;
-    let status = match media {
-        ResponseMedia::GraphqlResponseJson if is_request_error(&response) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::OK,
-    };
-    render(response, media, status)
+    let (status, retry_after_seconds) = executed_status(media, &response);
+    let mut rendered = render(response, media, status);
+    if let Some(seconds) = retry_after_seconds {
+        rendered.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    rendered
+}
+
+/// The HTTP status of an operation that ran, and the `Retry-After` that goes with it.
+fn executed_status(media: ResponseMedia, response: &async_graphql::Response) -> (StatusCode, Option<u64>) {
+    match media {
+        ResponseMedia::GraphqlResponseJson if is_request_error(response) => (StatusCode::BAD_REQUEST, None),
+        // Nothing came back because a service had no capacity: 503 tells clients and
+        // proxies to back off, whatever the media type (like a 429, the server is
+        // refusing, not judging the request). Partial data must stay 2xx.
+        _ if response.data == Value::Null => match service_busy(response) {
+            Some(seconds) => (StatusCode::SERVICE_UNAVAILABLE, Some(seconds)),
+            None => (StatusCode::OK, None),
+        },
+        _ => (StatusCode::OK, None),
+    }
+}
+
+/// The longest `retryAfterSeconds` among the response's SERVICE_BUSY errors, if any.
+fn service_busy(response: &async_graphql::Response) -> Option<u64> {
+    response
+        .errors
+        .iter()
+        .filter_map(|error| error.extensions.as_ref())
+        .filter(|extensions| extensions.get("code") == Some(&Value::from(ErrorCode::ServiceBusy.as_str())))
+        .map(|extensions| match extensions.get("retryAfterSeconds") {
+            Some(Value::Number(seconds)) => seconds.as_u64().unwrap_or(1),
+            _ => 1,
+        })
+        .max()
 }
 
 async fn run(
@@ -560,6 +590,39 @@ mod tests {
         assert!(asks_for_introspection("{ ... on Query { __schema { queryType { name } } } }"));
         assert!(!asks_for_introspection("{ __typename cinemas { __typename city } }"));
         assert!(!asks_for_introspection("not graphql"));
+    }
+
+    fn busy_error(retry_after_seconds: u64) -> ServerError {
+        let error = GatewayError::Upstream(
+            marquee_common::ApiError::new(ErrorCode::ServiceBusy, "busy")
+                .with_retry_after(retry_after_seconds),
+        );
+        let mut error = server_error(&error);
+        error.path = vec![async_graphql::PathSegment::Field("register".to_owned())];
+        error
+    }
+
+    #[test]
+    fn service_busy_errors_carry_the_longest_retry_hint() {
+        let mut response = async_graphql::Response::from_errors(vec![busy_error(1), busy_error(3)]);
+        assert_eq!(service_busy(&response), Some(3));
+        response.errors = vec![server_error(&GatewayError::bad_input("no"))];
+        assert_eq!(service_busy(&response), None);
+    }
+
+    #[test]
+    fn a_busy_refusal_is_503_only_where_graphql_over_http_allows() {
+        use ResponseMedia::{GraphqlResponseJson, Json};
+        let busy = async_graphql::Response::from_errors(vec![busy_error(1)]);
+        assert_eq!(executed_status(GraphqlResponseJson, &busy), (StatusCode::SERVICE_UNAVAILABLE, Some(1)));
+        assert_eq!(executed_status(Json, &busy), (StatusCode::SERVICE_UNAVAILABLE, Some(1)));
+        // With partial data the spec requires a 2xx.
+        let mut partial = async_graphql::Response::from_errors(vec![busy_error(1)]);
+        partial.data = Value::from_json(serde_json::json!({ "me": { "id": "u1" } })).unwrap();
+        assert_eq!(executed_status(GraphqlResponseJson, &partial), (StatusCode::OK, None));
+        // Request errors (no path, no data) stay 400.
+        let invalid = async_graphql::Response::from_errors(vec![ServerError::new("syntax error", None)]);
+        assert_eq!(executed_status(GraphqlResponseJson, &invalid), (StatusCode::BAD_REQUEST, None));
     }
 
     #[test]

@@ -270,3 +270,62 @@ async fn malformed_requests_get_a_4xx_or_a_coded_error_never_a_5xx() {
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_user_service_is_a_503_with_retry_after() {
+    let app = spawn_app_with(|s| {
+        // One hash at a time and no queue, at a cost (64 MiB, 3 passes) that keeps the
+        // slot busy while the other registrations arrive: those are refused.
+        s.auth.hash_concurrency = 1;
+        s.auth.hash_queue_per_slot = 0;
+        s.auth.argon2_memory_kib = 65536;
+        s.auth.argon2_iterations = 3;
+    })
+    .await;
+    const REGISTER: &str = "mutation($input: RegisterInput!) { register(input: $input) { token } }";
+    const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+    let attempts = (0..16).map(|i| {
+        let app = &app;
+        // Half ask for graphql-response+json, half are legacy JSON clients.
+        let accept = if i % 2 == 0 { GRAPHQL_RESPONSE } else { "application/json" };
+        async move {
+            let input = json!({ "input": {
+                "email": format!("fan{i}@example.com"), "password": "correct horse battery", "name": "Fan" } });
+            let body = json!({ "query": REGISTER, "variables": input });
+            (accept, app.post_with(None, body, &[(ACCEPT.as_str(), accept)]).await)
+        }
+    });
+    let responses = futures::future::join_all(attempts).await;
+
+    let (mut registered, mut busy_graphql_response, mut busy_json) = (0, 0, 0);
+    for (accept, response) in responses {
+        let status = response.status();
+        let retry_after = response.headers().get(RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = response.json().await.unwrap();
+        if body.get("errors").is_none() {
+            assert_eq!(status, StatusCode::OK);
+            assert!(body["data"]["register"]["token"].is_string(), "{body}");
+            registered += 1;
+            continue;
+        }
+        let error = &body["errors"][0];
+        assert_eq!(code(error), "SERVICE_BUSY", "{body}");
+        assert_eq!(error["extensions"]["retryAfterSeconds"], 1, "{body}");
+        assert_eq!(error["extensions"]["retryable"], true, "{body}");
+        assert!(body["data"].is_null(), "{body}");
+        // Both media types: the server is refusing, as with a 429.
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{accept}: {body}");
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        if accept == GRAPHQL_RESPONSE {
+            busy_graphql_response += 1;
+        } else {
+            busy_json += 1;
+        }
+    }
+    assert!(
+        registered >= 1 && busy_graphql_response >= 1 && busy_json >= 1,
+        "{registered} {busy_graphql_response} {busy_json}"
+    );
+    let counted = metric(&app, r#"gateway_graphql_errors_total{code="SERVICE_BUSY"}"#).await;
+    assert_eq!(counted, f64::from(busy_graphql_response + busy_json));
+}

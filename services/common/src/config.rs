@@ -95,6 +95,12 @@ pub struct AuthSettings {
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
+    /// Password hashes (and verifications) computed at once; 0 = one per CPU core.
+    pub hash_concurrency: usize,
+    /// Callers that may wait for a hashing slot, per slot; beyond that SERVICE_BUSY at once.
+    pub hash_queue_per_slot: usize,
+    /// Longest wait for a hashing slot (shorter if the caller's gRPC deadline is nearer).
+    pub hash_max_wait_ms: u64,
     /// `HS256` signs with `jwt_secret`; `RS256` with the PEM key files below.
     #[serde(default)]
     pub algorithm: JwtAlgorithm,

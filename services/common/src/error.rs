@@ -7,12 +7,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::time::Duration;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// The domain in every `ErrorInfo` Marquee emits.
 pub const ERROR_DOMAIN: &str = "marquee";
+
+/// `ErrorInfo` metadata key: whole seconds a client should wait before retrying.
+pub const RETRY_AFTER_SECONDS: &str = "retry_after_seconds";
 
 /// Public error codes (the DESIGN.md contract).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,6 +32,8 @@ pub enum ErrorCode {
     PaymentDeclined,
     Conflict,
     RateLimited,
+    /// The service is at capacity for expensive work right now; retry after a pause.
+    ServiceBusy,
     Internal,
 }
 
@@ -44,6 +50,7 @@ impl ErrorCode {
             Self::PaymentDeclined => "PAYMENT_DECLINED",
             Self::Conflict => "CONFLICT",
             Self::RateLimited => "RATE_LIMITED",
+            Self::ServiceBusy => "SERVICE_BUSY",
             Self::Internal => "INTERNAL",
         }
     }
@@ -60,6 +67,7 @@ impl ErrorCode {
             "PAYMENT_DECLINED" => Self::PaymentDeclined,
             "CONFLICT" => Self::Conflict,
             "RATE_LIMITED" => Self::RateLimited,
+            "SERVICE_BUSY" => Self::ServiceBusy,
             "INTERNAL" => Self::Internal,
             _ => return None,
         })
@@ -76,7 +84,7 @@ impl ErrorCode {
                 Code::FailedPrecondition
             }
             Self::Conflict => Code::Aborted,
-            Self::RateLimited => Code::ResourceExhausted,
+            Self::RateLimited | Self::ServiceBusy => Code::ResourceExhausted,
             Self::Internal => Code::Internal,
         }
     }
@@ -89,6 +97,7 @@ impl ErrorCode {
             Code::AlreadyExists | Code::Aborted => Self::Conflict,
             Code::Unauthenticated => Self::Unauthenticated,
             Code::PermissionDenied => Self::Forbidden,
+            // Only a status with an ErrorInfo can say SERVICE_BUSY.
             Code::ResourceExhausted => Self::RateLimited,
             _ => Self::Internal,
         }
@@ -136,6 +145,16 @@ impl ApiError {
         Self::new(ErrorCode::NotFound, message)
     }
 
+    /// Tells the client how long to back off; travels as metadata and as a `RetryInfo`.
+    pub fn with_retry_after(self, seconds: u64) -> Self {
+        self.with_meta(RETRY_AFTER_SECONDS, seconds.to_string())
+    }
+
+    /// The back-off hint set by `with_retry_after`, if any.
+    pub fn retry_after_seconds(&self) -> Option<u64> {
+        self.metadata.get(RETRY_AFTER_SECONDS).and_then(|v| v.parse().ok())
+    }
+
     /// Reads the error back out of a status received from another service.
     /// Transport failures and statuses without details become `Internal` (or the
     /// closest code), with the original message kept for logs.
@@ -177,7 +196,12 @@ impl From<ApiError> for Status {
         if error.code == ErrorCode::Internal {
             return Status::internal("internal error");
         }
-        let details = ErrorDetails::with_error_info(error.code.as_str(), ERROR_DOMAIN, error.metadata);
+        let retry_after = error.retry_after_seconds();
+        let mut details = ErrorDetails::with_error_info(error.code.as_str(), ERROR_DOMAIN, error.metadata);
+        if let Some(seconds) = retry_after {
+            // The standard detail, for gRPC clients that know nothing of our metadata.
+            details.set_retry_info(Some(Duration::from_secs(seconds)));
+        }
         let grpc_code = error.grpc_code.unwrap_or_else(|| error.code.grpc_code());
         Status::with_error_details(grpc_code, error.message, details)
     }
@@ -210,6 +234,23 @@ mod tests {
         );
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert_eq!(ApiError::from_status(&status).code, ErrorCode::Conflict);
+    }
+
+    #[test]
+    fn service_busy_is_resource_exhausted_with_a_retry_hint() {
+        assert_eq!(ErrorCode::parse("SERVICE_BUSY"), Some(ErrorCode::ServiceBusy));
+        assert_eq!(ErrorCode::ServiceBusy.as_str(), "SERVICE_BUSY");
+        let status = Status::from(ApiError::new(ErrorCode::ServiceBusy, "busy").with_retry_after(1));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let info = status.get_details_error_info().map(|i| (i.reason, i.metadata));
+        let expected_meta = HashMap::from([(RETRY_AFTER_SECONDS.to_owned(), "1".to_owned())]);
+        assert_eq!(info, Some(("SERVICE_BUSY".to_owned(), expected_meta)));
+        let retry = status.get_details_retry_info().and_then(|r| r.retry_delay);
+        assert_eq!(retry, Some(Duration::from_secs(1)));
+        let received = ApiError::from_status(&status);
+        assert_eq!((received.code, received.retry_after_seconds()), (ErrorCode::ServiceBusy, Some(1)));
+        // Without an ErrorInfo, RESOURCE_EXHAUSTED stays the rate limit it always was.
+        assert_eq!(ApiError::from_status(&Status::resource_exhausted("x")).code, ErrorCode::RateLimited);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod domain;
 mod password;
+mod pool;
 mod service;
 mod startup;
 mod store;

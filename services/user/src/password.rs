@@ -1,16 +1,25 @@
 //! argon2id password hashing. Both hashing and verification burn CPU for tens of
-//! milliseconds by design, so they run on tokio's blocking pool, never on a worker.
+//! milliseconds by design, so they run on tokio's blocking pool, never on a worker,
+//! and under a bound sized to the cores: an overload is refused (SERVICE_BUSY) rather
+//! than queued until every caller has timed out.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use anyhow::Context;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, PasswordHash, Version};
 use marquee_common::Secret;
 use marquee_common::config::AuthSettings;
+use tokio::time::Instant;
 
-/// Hashes and verifies passwords with the configured cost.
+use crate::pool::{CpuPool, PoolError};
+
+/// Hashes and verifies passwords with the configured cost, a bounded number at a time.
 #[derive(Clone)]
 pub struct PasswordHasherService {
     params: Params,
+    pool: CpuPool,
     /// Verified when the email is unknown, so that answer costs as much as a wrong password.
     dummy_hash: String,
 }
@@ -24,45 +33,67 @@ impl PasswordHasherService {
             None,
         )
         .map_err(|e| anyhow::anyhow!("invalid argon2 parameters: {e}"))?;
-        let mut service = Self { params, dummy_hash: String::new() };
+        let slots = match settings.hash_concurrency {
+            0 => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            n => n,
+        };
+        let max_wait = Duration::from_millis(settings.hash_max_wait_ms);
+        let pool = CpuPool::new(slots, settings.hash_queue_per_slot, max_wait);
+        tracing::info!(slots, queue_per_slot = settings.hash_queue_per_slot, "password hashing bounded");
+        let mut service = Self { params, pool, dummy_hash: String::new() };
         let dummy = uuid::Uuid::new_v4().to_string();
         service.dummy_hash =
-            service.hash(Secret::new(dummy)).await.context("cannot compute the dummy hash")?;
+            service.hash(Secret::new(dummy), None).await.context("cannot compute the dummy hash")?;
         Ok(service)
     }
 
     /// Returns a PHC string (`$argon2id$v=19$m=…`) with a fresh random salt.
-    pub async fn hash(&self, password: Secret<String>) -> anyhow::Result<String> {
+    /// `deadline` is when the caller stops waiting, if known.
+    pub async fn hash(
+        &self,
+        password: Secret<String>,
+        deadline: Option<Instant>,
+    ) -> Result<String, PoolError> {
         let argon2 = self.argon2();
-        tokio::task::spawn_blocking(move || {
-            argon2
-                .hash_password(password.expose().as_bytes())
-                .map(|hash| hash.to_string())
-                .map_err(|e| anyhow::anyhow!("argon2 hashing failed: {e}"))
-        })
-        .await
-        .context("password hashing task failed")?
+        self.pool
+            .run(deadline, move || {
+                argon2
+                    .hash_password(password.expose().as_bytes())
+                    .map(|hash| hash.to_string())
+                    .map_err(|e| anyhow::anyhow!("argon2 hashing failed: {e}"))
+            })
+            .await
     }
 
     /// True when `password` matches `stored`; a corrupt stored hash is an error.
-    pub async fn verify(&self, password: Secret<String>, stored: String) -> anyhow::Result<bool> {
+    pub async fn verify(
+        &self,
+        password: Secret<String>,
+        stored: String,
+        deadline: Option<Instant>,
+    ) -> Result<bool, PoolError> {
         let argon2 = self.argon2();
-        tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&stored)
-                .map_err(|e| anyhow::anyhow!("stored password hash is corrupt: {e}"))?;
-            match argon2.verify_password(password.expose().as_bytes(), &parsed) {
-                Ok(()) => Ok(true),
-                Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
-                Err(e) => Err(anyhow::anyhow!("argon2 verification failed: {e}")),
-            }
-        })
-        .await
-        .context("password verification task failed")?
+        self.pool
+            .run(deadline, move || {
+                let parsed = PasswordHash::new(&stored)
+                    .map_err(|e| anyhow::anyhow!("stored password hash is corrupt: {e}"))?;
+                match argon2.verify_password(password.expose().as_bytes(), &parsed) {
+                    Ok(()) => Ok(true),
+                    Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
+                    Err(e) => Err(anyhow::anyhow!("argon2 verification failed: {e}")),
+                }
+            })
+            .await
     }
 
-    /// Spends the same work as a real verification and always fails.
-    pub async fn verify_dummy(&self, password: Secret<String>) -> anyhow::Result<bool> {
-        self.verify(password, self.dummy_hash.clone()).await.map(|_| false)
+    /// Spends the same work as a real verification (and waits in the same queue), and
+    /// always fails.
+    pub async fn verify_dummy(
+        &self,
+        password: Secret<String>,
+        deadline: Option<Instant>,
+    ) -> Result<bool, PoolError> {
+        self.verify(password, self.dummy_hash.clone(), deadline).await.map(|_| false)
     }
 
     fn argon2(&self) -> Argon2<'static> {
@@ -83,6 +114,9 @@ mod tests {
             argon2_memory_kib: 1024,
             argon2_iterations: 1,
             argon2_parallelism: 1,
+            hash_concurrency: 0,
+            hash_queue_per_slot: 2,
+            hash_max_wait_ms: 1000,
             algorithm: marquee_common::config::JwtAlgorithm::Hs256,
             rsa_private_key_path: None,
             rsa_public_key_path: None,
@@ -92,16 +126,46 @@ mod tests {
         }
     }
 
+    fn secret(password: &str) -> Secret<String> {
+        Secret::new(password.to_owned())
+    }
+
     #[tokio::test]
     async fn hashes_are_salted_argon2id_and_verify() {
         let hasher = PasswordHasherService::new(&settings()).await.unwrap();
-        let first = hasher.hash(Secret::new("correct horse".to_owned())).await.unwrap();
-        let second = hasher.hash(Secret::new("correct horse".to_owned())).await.unwrap();
+        let first = hasher.hash(secret("correct horse"), None).await.unwrap();
+        let second = hasher.hash(secret("correct horse"), None).await.unwrap();
         assert!(first.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
         assert_ne!(first, second);
-        assert!(hasher.verify(Secret::new("correct horse".to_owned()), first.clone()).await.unwrap());
-        assert!(!hasher.verify(Secret::new("wrong horse".to_owned()), first).await.unwrap());
-        assert!(!hasher.verify_dummy(Secret::new("correct horse".to_owned())).await.unwrap());
-        assert!(hasher.verify(Secret::new("x".to_owned()), "not a hash".to_owned()).await.is_err());
+        assert!(hasher.verify(secret("correct horse"), first.clone(), None).await.unwrap());
+        assert!(!hasher.verify(secret("wrong horse"), first, None).await.unwrap());
+        assert!(!hasher.verify_dummy(secret("correct horse"), None).await.unwrap());
+        assert!(hasher.verify(secret("x"), "not a hash".to_owned(), None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn hashing_and_every_verification_are_refused_when_the_bound_is_full() {
+        let settings = AuthSettings { hash_concurrency: 1, hash_queue_per_slot: 0, ..settings() };
+        let hasher = PasswordHasherService::new(&settings).await.unwrap();
+        let stored = hasher.hash(secret("correct horse"), None).await.unwrap();
+        // Hold the only slot with work that ends when the test says so.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let occupied = hasher.pool.run(None, move || {
+            let _ = gate.recv();
+            Ok(())
+        });
+        tokio::pin!(occupied);
+        assert!(futures::poll!(&mut occupied).is_pending());
+
+        assert!(matches!(hasher.hash(secret("another horse"), None).await, Err(PoolError::Busy)));
+        assert!(matches!(
+            hasher.verify(secret("correct horse"), stored.clone(), None).await,
+            Err(PoolError::Busy)
+        ));
+        assert!(matches!(hasher.verify_dummy(secret("correct horse"), None).await, Err(PoolError::Busy)));
+
+        drop(release);
+        occupied.await.unwrap();
+        assert!(hasher.verify(secret("correct horse"), stored, None).await.unwrap());
     }
 }

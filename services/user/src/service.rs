@@ -5,10 +5,12 @@ use chrono::Utc;
 use marquee_common::auth::{Role, TokenKeys};
 use marquee_common::{ApiError, ErrorCode, Secret};
 use marquee_proto::user::v1 as pb;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{Email, InvalidInput, NewPassword, NotificationPreferences, Phone, UserId, UserName};
 use crate::password::PasswordHasherService;
+use crate::pool::{PoolError, grpc_deadline};
 use crate::store::{Inserted, NotifyDoc, Profile, UserDoc, UserStore};
 use crate::throttle::LoginThrottle;
 use crate::tokens::{AccessDenylist, RefreshTokens, Spent};
@@ -38,8 +40,26 @@ pub enum UserError {
     ConcurrentUpdate,
     #[error("user not found")]
     NotFound,
+    /// Password hashing is at capacity: refused at once, nothing was changed.
+    #[error("the service is busy; retry in {retry_after_seconds} s")]
+    ServiceBusy { retry_after_seconds: u64 },
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
+}
+
+/// A refusal is cheap to repeat, and a slot frees within one hash time, so a short hint.
+const BUSY_RETRY_AFTER_SECONDS: u64 = 1;
+
+impl From<PoolError> for UserError {
+    fn from(error: PoolError) -> Self {
+        match error {
+            PoolError::Busy => {
+                tracing::debug!("password hashing at capacity; call refused");
+                UserError::ServiceBusy { retry_after_seconds: BUSY_RETRY_AFTER_SECONDS }
+            }
+            PoolError::Failed(cause) => UserError::Unexpected(cause),
+        }
+    }
 }
 
 impl From<UserError> for Status {
@@ -54,12 +74,14 @@ impl From<UserError> for Status {
             UserError::RateLimited { .. } => ErrorCode::RateLimited,
             UserError::Forbidden => ErrorCode::Forbidden,
             UserError::NotFound => ErrorCode::NotFound,
+            UserError::ServiceBusy { .. } => ErrorCode::ServiceBusy,
             UserError::Unexpected(e) => return marquee_common::error::internal(e),
         };
         let mut api = ApiError::new(code, error.to_string());
         match &error {
-            UserError::RateLimited { retry_after_seconds } => {
-                api = api.with_meta("retry_after_seconds", retry_after_seconds.to_string());
+            UserError::RateLimited { retry_after_seconds }
+            | UserError::ServiceBusy { retry_after_seconds } => {
+                api = api.with_retry_after(*retry_after_seconds);
             }
             // The contract's gRPC code for a taken email; clients still see CONFLICT.
             UserError::EmailTaken => api = api.with_grpc_code(tonic::Code::AlreadyExists),
@@ -81,7 +103,12 @@ pub struct UserServiceImpl {
 }
 
 impl UserServiceImpl {
-    async fn register(&self, req: pb::RegisterRequest) -> Result<pb::AuthResponse, UserError> {
+    /// `deadline`, here and below: when the caller stops waiting (its `grpc-timeout`).
+    async fn register(
+        &self,
+        req: pb::RegisterRequest,
+        deadline: Option<Instant>,
+    ) -> Result<pb::AuthResponse, UserError> {
         let email = Email::parse(&req.email)?;
         let name = UserName::parse(&req.name)?;
         let password = NewPassword::parse(req.password, &email)?;
@@ -90,7 +117,7 @@ impl UserServiceImpl {
             raw => Some(Phone::parse(raw)?),
         };
 
-        let password_hash = self.hasher.hash(password.into_secret()).await?;
+        let password_hash = self.hasher.hash(password.into_secret(), deadline).await?;
         let id = UserId::generate();
         tracing::Span::current().record("user.id", tracing::field::display(id));
         let mut user = new_user(id, &email, &name, Role::Customer, password_hash);
@@ -103,7 +130,11 @@ impl UserServiceImpl {
         self.auth_response(&user, None).await
     }
 
-    async fn login(&self, req: pb::LoginRequest) -> Result<pb::AuthResponse, UserError> {
+    async fn login(
+        &self,
+        req: pb::LoginRequest,
+        deadline: Option<Instant>,
+    ) -> Result<pb::AuthResponse, UserError> {
         // A malformed email cannot belong to an account, so it gets the same answer.
         let Ok(email) = Email::parse(&req.email) else {
             return Err(UserError::InvalidCredentials);
@@ -116,11 +147,11 @@ impl UserServiceImpl {
         let verified = match self.store.find_by_email(&email).await? {
             Some(user) => {
                 tracing::Span::current().record("user.id", user.id.as_str());
-                let ok = self.hasher.verify(password, user.password_hash.clone()).await?;
+                let ok = self.hasher.verify(password, user.password_hash.clone(), deadline).await?;
                 ok.then_some(user)
             }
             None => {
-                self.hasher.verify_dummy(password).await?;
+                self.hasher.verify_dummy(password, deadline).await?;
                 None
             }
         };
@@ -224,7 +255,7 @@ impl UserServiceImpl {
         let policy_checked = NewPassword::parse(password.expose().clone(), &email)
             .context("user.bootstrap_admin_password breaks the password policy")?;
         if self.store.find_by_email(&email).await?.is_none() {
-            let hash = self.hasher.hash(policy_checked.into_secret()).await?;
+            let hash = self.hasher.hash(policy_checked.into_secret(), None).await?;
             let name = UserName::parse("Administrator").context("admin display name")?;
             let admin = new_user(UserId::generate(), &email, &name, Role::Admin, hash);
             if let Inserted::Created = self.store.insert(&admin).await? {
@@ -237,7 +268,7 @@ impl UserServiceImpl {
         if existing.role == Role::Admin {
             return Ok(());
         }
-        if self.hasher.verify(password, existing.password_hash.clone()).await? {
+        if self.hasher.verify(password, existing.password_hash.clone(), None).await? {
             self.store.set_role_by_email(&email, Role::Admin).await?;
             tracing::info!("bootstrap admin promoted");
         } else {
@@ -307,12 +338,14 @@ impl pb::user_service_server::UserService for UserServiceImpl {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::AuthResponse>, Status> {
-        Ok(Response::new(UserServiceImpl::register(self, request.into_inner()).await?))
+        let deadline = grpc_deadline(request.metadata());
+        Ok(Response::new(UserServiceImpl::register(self, request.into_inner(), deadline).await?))
     }
 
     #[tracing::instrument(name = "user.login", skip_all, fields(user.id = tracing::field::Empty))]
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::AuthResponse>, Status> {
-        Ok(Response::new(UserServiceImpl::login(self, request.into_inner()).await?))
+        let deadline = grpc_deadline(request.metadata());
+        Ok(Response::new(UserServiceImpl::login(self, request.into_inner(), deadline).await?))
     }
 
     #[tracing::instrument(name = "user.get_user", skip_all, fields(user.id = tracing::field::Empty))]

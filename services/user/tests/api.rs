@@ -8,6 +8,7 @@ use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use marquee_user::Application;
 use mongodb::bson::{Document, doc};
 use tonic::transport::Channel;
+use tonic_types::StatusExt;
 
 struct TestApp {
     client: UserServiceClient<Channel>,
@@ -240,7 +241,8 @@ async fn new_accounts_are_notified_by_email_only_and_get_full_claims() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_concurrent_registrations_of_one_email_make_one_account() {
-    let app = spawn_app().await;
+    // Room for all sixteen: this is about the unique email, not about overload.
+    let app = spawn_app_with(|s| s.auth.hash_queue_per_slot = 16).await;
     let attempts = (0..16).map(|i| {
         let app = &app;
         async move { app.register(" Race@Example.com", PASSWORD, &format!("Racer {i}")).await }
@@ -462,4 +464,100 @@ async fn the_bootstrap_admin_is_idempotent_and_only_admins_set_roles() {
         keys.verify(&app.refresh(&session.refresh_token).await.unwrap().access_token).unwrap().role,
         Role::Staff
     );
+}
+
+/// One argon2id hash with the service's parameters, timed on a blocking thread as the
+/// service runs it.
+async fn one_hash_time(auth: &marquee_common::config::AuthSettings) -> std::time::Duration {
+    use argon2::password_hash::PasswordHasher;
+    let params =
+        argon2::Params::new(auth.argon2_memory_kib, auth.argon2_iterations, auth.argon2_parallelism, None)
+            .unwrap();
+    let argon2 = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        argon2.hash_password(PASSWORD.as_bytes()).unwrap();
+        started.elapsed()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_overload_of_registrations_is_refused_at_once_and_a_refusal_changes_nothing() {
+    let app = spawn_app_with(|s| {
+        // One hash at a time, two waiting. RFC 9106's second recommended cost (64 MiB,
+        // 3 passes): one hash keeps the slot busy while the rest arrive, and is long
+        // next to a refusal's round trip through a debug-built gRPC stack.
+        s.auth.hash_concurrency = 1;
+        s.auth.hash_queue_per_slot = 2;
+        s.auth.argon2_memory_kib = 65536;
+        s.auth.argon2_iterations = 3;
+        // Whoever got a queue place runs; only the bound refuses here (the wait limit
+        // has its own unit test).
+        s.auth.hash_max_wait_ms = 60_000;
+    })
+    .await;
+    let hash_time = one_hash_time(&app.settings.auth).await;
+
+    let calls = (0..64).map(|i| {
+        let mut client = app.client.clone();
+        async move {
+            let email = format!("fan{i}@example.com");
+            let request = pb::RegisterRequest {
+                email: email.clone(),
+                password: PASSWORD.into(),
+                name: format!("Fan {i}"),
+                ..Default::default()
+            };
+            let started = std::time::Instant::now();
+            let result = client.register(request).await;
+            (email, result, started.elapsed())
+        }
+    });
+    let outcomes = futures::future::join_all(calls).await;
+
+    let (mut registered, mut refused, mut refusal_times) = (Vec::new(), Vec::new(), Vec::new());
+    for (email, result, took) in outcomes {
+        match result {
+            Ok(_) => registered.push(email),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                let info = status.get_details_error_info().expect("an ErrorInfo");
+                assert_eq!(info.reason, "SERVICE_BUSY");
+                assert_eq!(info.metadata.get("retry_after_seconds").map(String::as_str), Some("1"));
+                let retry = status.get_details_retry_info().and_then(|r| r.retry_delay);
+                assert_eq!(retry, Some(std::time::Duration::from_secs(1)));
+                refused.push(email);
+                refusal_times.push(took);
+            }
+        }
+    }
+    refusal_times.sort();
+    eprintln!(
+        "one hash {hash_time:?}; {} registered, {} refused; refusal median {:?}, max {:?}",
+        registered.len(),
+        refused.len(),
+        refusal_times.get(refusal_times.len() / 2),
+        refusal_times.last()
+    );
+    assert!(!registered.is_empty() && !refused.is_empty(), "{} registered", registered.len());
+    // Refused without waiting for anyone's hash.
+    for took in &refusal_times {
+        assert!(*took < hash_time / 2, "a refusal took {took:?}; one hash takes {hash_time:?}");
+    }
+
+    for email in &registered {
+        assert_eq!(app.users.count_documents(doc! { "email": email }).await.unwrap(), 1, "{email}");
+    }
+    for email in &refused {
+        assert_eq!(app.users.count_documents(doc! { "email": email }).await.unwrap(), 0, "{email}");
+    }
+    let registered_count = u64::try_from(registered.len()).unwrap();
+    assert_eq!(app.stored_users().await, registered_count);
+    assert_eq!(app.refresh_tokens.count_documents(doc! {}).await.unwrap(), registered_count);
+
+    // Once the rush is over, a refused registration goes through as it is.
+    let retried = app.register(&refused[0], PASSWORD, "Fan again").await.unwrap();
+    assert_eq!(retried.user.unwrap().email, refused[0]);
 }
