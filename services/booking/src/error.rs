@@ -30,6 +30,9 @@ pub enum BookingError {
     /// and the booking is still held, so paying again later is safe.
     #[error("the payment could not be processed right now; nothing was charged, try again")]
     PaymentUnavailable,
+    /// Too many steps in flight in this process; nothing was done.
+    #[error("the booking service is busy; nothing was done, retry in a moment")]
+    Busy,
     /// A client-actionable error from user, cinema or payment, passed through as is
     /// (e.g. SEAT_UNAVAILABLE with its seat ids).
     #[error("{0}")]
@@ -73,6 +76,7 @@ impl From<BookingError> for Status {
                 .with_meta("retryable", "true")
                 .with_grpc_code(tonic::Code::Unavailable)
                 .into(),
+            BookingError::Busy => ApiError::new(ErrorCode::ServiceBusy, message).with_retry_after(1).into(),
             BookingError::Upstream(error) => error.into(),
             BookingError::Unexpected(error) => marquee_common::error::internal(&error),
         }

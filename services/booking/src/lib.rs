@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use marquee_common::Settings;
 use marquee_common::outbox::{MongoOutbox, OutboxRelay};
+use marquee_common::readiness::{Probe, Readiness, Scope};
 use marquee_common::shutdown::Shutdown;
 use marquee_proto::booking::v1::booking_service_server::BookingServiceServer;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
@@ -42,6 +43,7 @@ pub struct Application {
     sweeper: Sweeper,
     drivers: Drivers,
     grace: Duration,
+    readiness: Readiness,
 }
 
 /// Expires overdue holds and resumes stalled sagas; `run` does it at startup and
@@ -133,6 +135,7 @@ impl Application {
             policy: RefundPolicy::new(config.cancel_cutoff_minutes, &tiers)?,
             pay_wait: Duration::from_millis(config.pay_wait_ms),
             lease: Duration::from_millis(config.saga_lease_ms),
+            max_in_flight: config.max_in_flight_steps.max(1),
         };
         let saga = Saga::new(
             store.clone(),
@@ -150,6 +153,8 @@ impl Application {
         )?;
         let (listener, addr) = marquee_common::grpc::bind(&config.server).await?;
         Ok(Self {
+            // Only MongoDB: while RabbitMQ is down, events wait in the outbox.
+            readiness: Readiness::default().with(Probe::mongo(&db, Scope::Api)),
             listener,
             addr,
             sweeper: Sweeper {
@@ -187,6 +192,7 @@ impl Application {
             self.listener,
             tonic::service::Routes::new(BookingServiceServer::new(self.api)),
             <BookingServiceServer<BookingApi> as tonic::server::NamedService>::NAME,
+            self.readiness,
             shutdown,
             self.grace,
         )

@@ -44,7 +44,7 @@ use marquee_proto::cinema::v1::{
 };
 use marquee_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use marquee_proto::payment::v1::{ChargeRequest, Payment, PaymentStatus, RefundRequest};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -68,9 +68,12 @@ const SWEEP_BATCH: i64 = 100;
 pub struct Retry {
     /// Calls in total, at least one.
     pub attempts: u32,
-    /// Wait before the first retry; doubles after each.
+    /// Wait before the first retry; doubles after each, jittered.
     pub first_backoff: Duration,
 }
+
+/// A retried call never waits longer than this between attempts: the caller waits.
+const MAX_CALL_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What the saga is configured with.
 #[derive(Debug, Clone)]
@@ -86,6 +89,8 @@ pub struct SagaSettings {
     pub pay_wait: Duration,
     /// How long a saga step may run before recovery may take the booking over.
     pub lease: Duration,
+    /// Steps (hold, pay, cancel) running at once before SERVICE_BUSY.
+    pub max_in_flight: usize,
 }
 
 /// The orchestrator and the clients of the services it coordinates.
@@ -103,6 +108,8 @@ pub struct Saga {
     turns: Turns,
     /// Test hook: the named checkpoint fails as if the process died there.
     crash_at: Option<Arc<str>>,
+    /// One permit per hold, pay or cancel step running on its own task.
+    in_flight: Arc<Semaphore>,
 }
 
 /// What one sweep did.
@@ -136,11 +143,12 @@ impl Saga {
             store,
             cinema,
             payments,
-            settings: Arc::new(settings),
             outbox_written,
             drivers: Drivers::default(),
             turns: Turns::default(),
             crash_at: crash_at.map(Arc::from),
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            settings: Arc::new(settings),
         }
     }
 
@@ -177,15 +185,14 @@ impl Saga {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let mut backoff = retry.first_backoff;
+        let backoff = marquee_common::backoff::Backoff::new(retry.first_backoff, MAX_CALL_BACKOFF);
         let mut attempt = 1;
         loop {
             match call().await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if attempt < retry.attempts && transient(&status, kind) => {
                     tracing::warn!(call = name, attempt, code = ?status.code(), message = status.message(), "retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+                    tokio::time::sleep(backoff.delay(attempt - 1)).await;
                     attempt += 1;
                 }
                 Err(status) => return Err(status),
@@ -195,7 +202,7 @@ impl Saga {
 
     pub async fn hold(&self, request: HoldRequest) -> Result<Booking, BookingError> {
         let this = self.clone();
-        detached(async move {
+        self.detached(async move {
             // A repeat of a hold still running here waits for it, then finds its booking.
             let key = format!("{}:{}", request.user_id, request.idempotency_key.as_str());
             let _turn = this.turns.take(key).await;
@@ -319,12 +326,13 @@ impl Saga {
             .step("charge", "started")
             .payment_method(request.payment_method.as_str());
         let (this, id) = (self.clone(), booking.id);
-        let paid = detached(async move {
-            let Some(booking) = this.store.transition(&booking, claim).await? else { return Ok(None) };
-            this.checkpoint("pay.claimed")?;
-            this.drive(booking, Some(&driving)).await.map(Some)
-        })
-        .await?;
+        let paid = self
+            .detached(async move {
+                let Some(booking) = this.store.transition(&booking, claim).await? else { return Ok(None) };
+                this.checkpoint("pay.claimed")?;
+                this.drive(booking, Some(&driving)).await.map(Some)
+            })
+            .await?;
         if let Some(paid) = paid {
             return Ok(paid);
         }
@@ -431,14 +439,15 @@ impl Saga {
             _ => return Err(booking.conflict()),
         };
         let (this, id) = (self.clone(), booking.id);
-        let cancelled = detached(async move {
-            let Some(booking) = this.store.transition(&booking, claim).await? else { return Ok(None) };
-            this.checkpoint("cancel.claimed")?;
-            // Unregistered only if a pay of this process was about to claim it (and lost).
-            let driving = this.drivers.enter(booking.id);
-            this.drive(booking, driving.as_ref()).await.map(Some)
-        })
-        .await?;
+        let cancelled = self
+            .detached(async move {
+                let Some(booking) = this.store.transition(&booking, claim).await? else { return Ok(None) };
+                this.checkpoint("cancel.claimed")?;
+                // Unregistered only if a pay of this process was about to claim it (and lost).
+                let driving = this.drivers.enter(booking.id);
+                this.drive(booking, driving.as_ref()).await.map(Some)
+            })
+            .await?;
         match cancelled {
             Some(cancelled) => Ok(cancelled),
             None => Err(self.store.find(id).await?.ok_or(BookingError::NotFound)?.conflict()),
@@ -884,23 +893,34 @@ impl Saga {
     }
 }
 
-/// Runs saga work on a task of its own, in the caller's trace, and waits for it. A
-/// gRPC handler is dropped when its caller gives up (deadline, disconnect); work it
-/// ran itself would stop halfway, leaving seats held for a booking never written or a
-/// step in flight until recovery takes it over after the lease, while the caller's
-/// retry finds the seats taken or has to wait. On its own task the work finishes, and
-/// a repeated pay waits for it here.
-async fn detached<T, F>(work: F) -> Result<T, BookingError>
-where
-    T: Send + 'static,
-    F: Future<Output = Result<T, BookingError>> + Send + 'static,
-{
-    let work = work.instrument(tracing::Span::current());
-    let task = match marquee_common::trace::current() {
-        Some(context) => tokio::spawn(context.scope(work)),
-        None => tokio::spawn(work),
-    };
-    task.await.context("a saga task panicked")?
+impl Saga {
+    /// Runs saga work on a task of its own, in the caller's trace, and waits for it. A
+    /// gRPC handler is dropped when its caller gives up (deadline, disconnect); work it
+    /// ran itself would stop halfway, leaving seats held for a booking never written or a
+    /// step in flight until recovery takes it over after the lease, while the caller's
+    /// retry finds the seats taken or has to wait. On its own task the work finishes, and
+    /// a repeated pay waits for it here.
+    ///
+    /// Detached work outlives its callers, so it is bounded: with `max_in_flight` steps
+    /// running, another is refused at once, before it writes anything.
+    async fn detached<T, F>(&self, work: F) -> Result<T, BookingError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, BookingError>> + Send + 'static,
+    {
+        let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| BookingError::Busy)?;
+        let work = async move {
+            let result = work.await;
+            drop(permit);
+            result
+        }
+        .instrument(tracing::Span::current());
+        let task = match marquee_common::trace::current() {
+            Some(context) => tokio::spawn(context.scope(work)),
+            None => tokio::spawn(work),
+        };
+        task.await.context("a saga task panicked")?
+    }
 }
 
 /// Which errors of another service are worth repeating the same call for.

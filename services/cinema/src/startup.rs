@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use marquee_common::Settings;
+use marquee_common::readiness::{Probe, Readiness, Scope};
 use marquee_common::shutdown::Shutdown;
 use marquee_proto::cinema::v1::cinema_service_server::CinemaServiceServer;
 use sqlx::PgPool;
@@ -33,6 +34,7 @@ pub struct Application {
     changes: SeatChanges,
     board: SeatBoard,
     sweep_interval: Option<Duration>,
+    readiness: Readiness,
 }
 
 impl Application {
@@ -74,7 +76,16 @@ impl Application {
         let (listener, addr) = marquee_common::grpc::bind(&settings.cinema.server).await?;
         let sweep_ms = settings.cinema.hold_sweep_interval_ms;
         let board = SeatBoard::new(pool.clone(), settings.cinema.seat_board);
+        let ping = pool.clone();
+        let readiness = Readiness::default().with(Probe::new("postgres", Scope::Api, move || {
+            let pool = ping.clone();
+            async move {
+                sqlx::query("select 1").execute(&pool).await?;
+                Ok(())
+            }
+        }));
         Ok(Application {
+            readiness,
             listener,
             addr,
             api: CinemaApi::new(Store::new(pool.clone()), policy, seat_changes.clone(), board.clone()),
@@ -105,6 +116,7 @@ impl Application {
             self.listener,
             tonic::service::Routes::new(CinemaServiceServer::new(self.api.stopping_with(background.clone()))),
             <CinemaServiceServer<CinemaApi> as tonic::server::NamedService>::NAME,
+            self.readiness,
             shutdown,
             self.grace,
         )

@@ -257,6 +257,9 @@ pub struct BookingSettings {
     /// the gateway's upstream deadline, or the wait only ends in the gateway's timeout.
     #[serde(default = "default_pay_wait_ms")]
     pub pay_wait_ms: u64,
+    /// Hold, pay and cancel steps this process runs at once; beyond it a request is
+    /// refused at once with SERVICE_BUSY, before anything is written.
+    pub max_in_flight_steps: usize,
 }
 
 /// One step of the cancellation refund policy.
@@ -322,9 +325,19 @@ pub struct NotificationSettings {
     pub server: ServerSettings,
     pub claim_ttl_seconds: u64,
     pub done_ttl_seconds: u64,
-    /// Deliveries of one message (`x-delivery-limit`) before it is dead-lettered.
+    /// Deliveries of one message (`x-delivery-limit`) before the broker dead-letters
+    /// it. Only deliveries that were never settled count (the worker crashed or lost
+    /// its connection holding it): failures the worker sees are retried through the
+    /// retry queues instead.
     #[serde(default = "default_delivery_limit")]
     pub delivery_limit: u32,
+    /// The first pause before retrying an event whose dependency (user, cinema,
+    /// MongoDB) is down; it doubles on each retry up to `retry_max_ms`, jittered.
+    pub retry_first_ms: u64,
+    pub retry_max_ms: u64,
+    /// How long an event keeps being retried after its first failure before it is
+    /// sent with what it carries (showtime details missing) or dead-lettered.
+    pub retry_budget_seconds: u64,
     /// Where Prometheus scrapes `/metrics` (on `host`); 0 picks a free port (tests).
     pub metrics_port: u16,
     /// `smtp://host[:port]` of a plain (no TLS, no auth) SMTP relay; when set, email
@@ -336,7 +349,7 @@ pub struct NotificationSettings {
 }
 
 fn default_delivery_limit() -> u32 {
-    5
+    20
 }
 
 #[derive(Clone, Debug, Deserialize)]

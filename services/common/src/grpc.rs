@@ -17,6 +17,7 @@ use tracing::Instrument as _;
 use tracing::instrument::Instrumented;
 
 use crate::config::{GrpcSettings, ServerSettings};
+use crate::readiness::Readiness;
 use crate::trace::{TRACEPARENT, TraceContext, TraceParent};
 
 /// Binds the configured address (port 0 picks a free port) and reports the real one.
@@ -28,20 +29,23 @@ pub async fn bind(settings: &ServerSettings) -> anyhow::Result<(TcpListener, Soc
     Ok((listener, addr))
 }
 
-/// Serves `routes` plus `grpc.health.v1` (the service reported SERVING) and server
-/// reflection, until `shutdown` is cancelled; then drains in-flight calls for at most
-/// `grace`. Every call runs in a `grpc.request` span of the caller's trace (see
-/// `TraceLayer`).
+/// Serves `routes` plus `grpc.health.v1` and server reflection, until `shutdown` is
+/// cancelled; then drains in-flight calls for at most `grace`. Health is SERVING
+/// while every probe of `readiness` answers (see `readiness`). Every call runs in a
+/// `grpc.request` span of the caller's trace (see `TraceLayer`).
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     service_name: &'static str,
+    readiness: Readiness,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status(service_name, ServingStatus::Serving).await;
     reporter.set_service_status("", ServingStatus::Serving).await;
+    let watcher = tokio::spawn(readiness.watch(reporter.clone(), service_name, shutdown.clone()));
+    let _stop_watching = AbortOnDrop(watcher);
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(marquee_proto::FILE_DESCRIPTOR_SET)
@@ -73,6 +77,15 @@ pub async fn serve(
             tracing::warn!(service = service_name, "drain deadline passed; dropping in-flight calls");
             Ok(())
         }
+    }
+}
+
+/// Stops a background task when the scope that started it ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -4,12 +4,14 @@
 //! MongoDB, time and gRPC clients.
 
 pub mod auth;
+pub mod backoff;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod mongo;
 pub mod outbox;
 pub mod rabbit;
+pub mod readiness;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;

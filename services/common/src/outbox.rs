@@ -28,7 +28,6 @@ use crate::config::RabbitSettings;
 
 /// Documents read per outbox query.
 const BATCH: i64 = 100;
-const PERSISTENT: u8 = 2;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -295,7 +294,7 @@ impl<S: OutboxStore> OutboxRelay<S> {
         let message_id = ShortString::try_new(event.event_id.clone())
             .map_err(|e| anyhow::anyhow!("event id {:?} is not a valid message id: {e}", event.event_id))?;
         let properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
+            .with_delivery_mode(crate::rabbit::PERSISTENT)
             .with_message_id(message_id)
             .with_content_type("application/x-protobuf".into())
             .with_type(routing_key.clone());

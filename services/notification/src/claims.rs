@@ -53,6 +53,13 @@ impl EventClaims {
         format!("{}notification:event:{event_id}", self.prefix)
     }
 
+    /// Redis answers PING (readiness).
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let _: String =
+            redis::cmd("PING").query_async(&mut self.redis.clone()).await.context("Redis PING failed")?;
+        Ok(())
+    }
+
     pub async fn claim(&self, event_id: Uuid) -> anyhow::Result<Claim> {
         let key = self.key(event_id);
         let token = format!("processing:{}", Uuid::new_v4());

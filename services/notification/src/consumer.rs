@@ -2,25 +2,28 @@
 //! into exactly one message per channel the user chose, acknowledging a delivery
 //! only once its work is durable.
 //!
-//! Topology: the quorum queue `<queue>` bound to `booking.*` and `payment.*` on the
-//! events exchange, dead-lettering into the fanout exchange `<queue>.dlx` and its
-//! queue `<queue>.dlq` once a message fails `delivery_limit` times, or at once
-//! when it cannot be parsed.
+//! A failure is either transient (a dependency is down: user, cinema, MongoDB) or
+//! permanent (the message can never be handled). A transient one goes to a delay
+//! queue and comes back later, with backoff, for `retry_budget_seconds`; after that
+//! a confirmation is sent without the showtime's details rather than not at all, and
+//! only what still cannot be sent is dead-lettered. A permanent one is dead-lettered
+//! at once. Queues: `topology.rs`; the schedule: `retry.rs`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel as AmqpChannel, Connection, ExchangeKind};
+use lapin::{BasicProperties, Channel as AmqpChannel};
 use marquee_common::config::RabbitSettings;
-use marquee_common::rabbit::short_name;
+use marquee_common::rabbit::{PERSISTENT, publish_confirmed, short_name};
 use marquee_common::shutdown::Shutdown;
 use marquee_proto::events::v1::Event;
 use prost::Message;
@@ -31,14 +34,16 @@ use uuid::Uuid;
 
 use crate::channel::Channel;
 use crate::claims::{Claim, EventClaims};
-use crate::directory::Directory;
+use crate::directory::{Directory, LookupError};
 use crate::domain::Notice;
 use crate::metrics::Metrics;
-use crate::render;
+use crate::render::{self, Showing};
+use crate::retry::{Next, RetryPolicy, RetryState, delay_queue};
 use crate::store::{NotificationDoc, bson_time};
+use crate::topology::{Session, Topology};
 
-/// Pause before requeueing, so a failing event does not spin.
-const RETRY_DELAY: Duration = Duration::from_millis(500);
+/// Pause before requeueing when even the delay queue cannot take a message.
+const REQUEUE_DELAY: Duration = Duration::from_millis(500);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a delivery waiting on another delivery's claim looks again.
@@ -47,121 +52,21 @@ const CLAIM_POLL: Duration = Duration::from_millis(100);
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(1);
 /// Longest pause between Redis attempts while Redis is down.
 const MAX_REDIS_BACKOFF: Duration = Duration::from_secs(2);
-/// The events the queue receives; those nobody is notified about are acked and skipped.
-const BINDINGS: [&str; 2] = ["booking.*", "payment.*"];
+/// How often the dead-letter and delay queue depths are read for `/metrics`.
+const DEPTH_EVERY: Duration = Duration::from_secs(5);
 
-/// Exchanges, queues and bindings; declared on every (re)connect, idempotently.
-struct Topology {
-    settings: RabbitSettings,
-    exchange: ShortString,
-    queue: ShortString,
-    dead_letter_exchange: ShortString,
-    dead_letter_queue: ShortString,
-    delivery_limit: u32,
-    prefetch: u16,
-    queue_expires_ms: Option<u32>,
-}
-
-/// An open consuming session.
-struct Session {
-    connection: Connection,
-    channel: AmqpChannel,
-}
-
-impl Topology {
-    fn new(settings: &RabbitSettings, delivery_limit: u32) -> anyhow::Result<Self> {
-        let queue = &settings.notification_queue;
-        Ok(Self {
-            settings: settings.clone(),
-            exchange: short_name(&settings.exchange, "rabbitmq.exchange")?,
-            queue: short_name(queue, "rabbitmq.notification_queue")?,
-            dead_letter_exchange: short_name(&format!("{queue}.dlx"), "dead-letter exchange")?,
-            dead_letter_queue: short_name(&format!("{queue}.dlq"), "dead-letter queue")?,
-            delivery_limit,
-            prefetch: settings.prefetch,
-            queue_expires_ms: settings.queue_expires_ms,
-        })
-    }
-
-    fn quorum_arguments(&self) -> FieldTable {
-        let mut arguments = FieldTable::default();
-        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-        if let Some(expires) = self.queue_expires_ms {
-            arguments.insert("x-expires".into(), AMQPValue::LongLongInt(i64::from(expires)));
-        }
-        arguments
-    }
-
-    async fn open(&self) -> anyhow::Result<Session> {
-        let (connection, channel) = marquee_common::rabbit::connect(&self.settings).await?;
-        let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-        channel
-            .exchange_declare(
-                self.dead_letter_exchange.clone(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
-                FieldTable::default(),
-            )
-            .await
-            .context("cannot declare the dead-letter exchange")?;
-        channel
-            .queue_declare(self.dead_letter_queue.clone(), durable, self.quorum_arguments())
-            .await
-            .context("cannot declare the dead-letter queue")?;
-        channel
-            .queue_bind(
-                self.dead_letter_queue.clone(),
-                self.dead_letter_exchange.clone(),
-                ShortString::default(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .context("cannot bind the dead-letter queue")?;
-
-        let mut arguments = self.quorum_arguments();
-        arguments.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(self.dead_letter_exchange.as_str().into()),
-        );
-        arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(self.delivery_limit)));
-        channel
-            .queue_declare(self.queue.clone(), durable, arguments)
-            .await
-            // Queue arguments are fixed at creation: one declared by an older version
-            // (without dead-lettering) must be deleted once to be redeclared.
-            .with_context(|| {
-                format!(
-                    "cannot declare the notification queue {} (if it exists with other arguments, \
-                     drain it and run `rabbitmqctl delete_queue {}` once)",
-                    self.queue, self.queue
-                )
-            })?;
-        for pattern in BINDINGS {
-            channel
-                .queue_bind(
-                    self.queue.clone(),
-                    self.exchange.clone(),
-                    pattern.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("cannot bind the notification queue to {pattern}"))?;
-        }
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
-            .await
-            .context("cannot set the consumer prefetch")?;
-        Ok(Session { connection, channel })
-    }
-}
+/// Why a message went to the dead-letter queue (`x-marquee-dead-letter-reason`).
+pub const DEAD_LETTER_REASON_HEADER: &str = "x-marquee-dead-letter-reason";
+/// The error that put it there (`x-marquee-error`).
+pub const DEAD_LETTER_ERROR_HEADER: &str = "x-marquee-error";
 
 pub struct Consumer {
     topology: Topology,
+    prefetch: u16,
     /// The session opened by `connect`, used by the first run.
     session: Option<Session>,
     handler: Arc<Handler>,
+    consuming: Arc<AtomicBool>,
 }
 
 /// What to tell the broker about one delivery.
@@ -171,12 +76,44 @@ enum Outcome {
     /// An event type nobody is notified about.
     Skipped,
     Duplicate,
-    /// Requeue: counts towards the delivery limit.
-    Retry,
-    /// Straight to the dead-letter queue.
-    DeadLetter(String),
+    /// A dependency is down: try again later through a delay queue.
+    Transient(anyhow::Error),
+    /// It can never succeed: straight to the dead-letter queue.
+    Permanent(DeadLetterReason, anyhow::Error),
     /// Shutting down mid-way: leave it unsettled, the broker redelivers it.
     Abandon,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// Not an event, or not a valid one.
+    Unparseable,
+    /// Well formed, but it cannot be handled (e.g. its user does not exist).
+    Permanent,
+    /// Its dependency stayed down for the whole retry budget.
+    RetriesExhausted,
+}
+
+impl DeadLetterReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unparseable => "unparseable",
+            Self::Permanent => "permanent",
+            Self::RetriesExhausted => "retries_exhausted",
+        }
+    }
+}
+
+/// Why sending failed, and so what becomes of the event.
+enum SendError {
+    Transient(anyhow::Error),
+    Permanent(anyhow::Error),
+}
+
+impl From<LookupError> for SendError {
+    fn from(error: LookupError) -> Self {
+        if error.is_transient() { Self::Transient(error.into()) } else { Self::Permanent(error.into()) }
+    }
 }
 
 struct Handler {
@@ -185,6 +122,17 @@ struct Handler {
     channel: Arc<dyn Channel>,
     metrics: Metrics,
     delivery_limit: u32,
+    policy: RetryPolicy,
+    queue: String,
+    dead_letter_exchange: String,
+}
+
+/// What the worker is given to build its consumer.
+pub struct ConsumerParts {
+    pub claims: EventClaims,
+    pub directory: Directory,
+    pub channel: Arc<dyn Channel>,
+    pub metrics: Metrics,
 }
 
 impl Consumer {
@@ -193,48 +141,72 @@ impl Consumer {
     pub async fn connect(
         settings: &RabbitSettings,
         delivery_limit: u32,
-        claims: EventClaims,
-        directory: Directory,
-        channel: Arc<dyn Channel>,
-        metrics: Metrics,
+        policy: RetryPolicy,
+        parts: ConsumerParts,
     ) -> anyhow::Result<Self> {
-        let topology = Topology::new(settings, delivery_limit)?;
-        let session = topology.open().await?;
-        let handler = Handler { claims, directory, channel, metrics, delivery_limit };
-        Ok(Self { topology, session: Some(session), handler: Arc::new(handler) })
+        let topology = Topology::new(settings, delivery_limit, policy);
+        let session = topology.open(settings.prefetch).await?;
+        let ConsumerParts { claims, directory, channel, metrics } = parts;
+        let handler = Handler {
+            claims,
+            directory,
+            channel,
+            metrics,
+            delivery_limit,
+            policy,
+            queue: topology.names.queue.clone(),
+            dead_letter_exchange: topology.names.dead_letter_exchange.clone(),
+        };
+        Ok(Self {
+            topology,
+            prefetch: settings.prefetch,
+            session: Some(session),
+            handler: Arc::new(handler),
+            consuming: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// True while the consumer is attached to the broker (readiness).
+    pub fn consuming(&self) -> Arc<AtomicBool> {
+        self.consuming.clone()
     }
 
     /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
     pub async fn run(mut self, shutdown: Shutdown) {
-        let mut backoff = FIRST_BACKOFF;
+        let backoff = marquee_common::backoff::Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+        let mut failures = 0;
         loop {
             let opened = match self.session.take() {
                 Some(session) => Ok(session),
                 None => tokio::select! {
                     () = shutdown.cancelled() => return,
-                    opened = self.topology.open() => opened,
+                    opened = self.topology.open(self.prefetch) => opened,
                 },
             };
             let failure = match opened {
                 Ok(session) => {
-                    backoff = FIRST_BACKOFF;
-                    match self.consume(session, &shutdown).await {
+                    failures = 0;
+                    self.consuming.store(true, Ordering::Relaxed);
+                    let consumed = self.consume(session, &shutdown).await;
+                    self.consuming.store(false, Ordering::Relaxed);
+                    match consumed {
                         Ok(()) => return,
                         Err(failure) => failure,
                     }
                 }
                 Err(failure) => failure,
             };
+            let pause = backoff.delay(failures);
+            failures = failures.saturating_add(1);
             tracing::warn!(
                 error = format!("{failure:#}"),
-                retry_in_ms = backoff.as_millis() as u64,
+                retry_in_ms = pause.as_millis() as u64,
                 "notification consumer interrupted"
             );
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(pause) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -243,30 +215,38 @@ impl Consumer {
     /// finish; on a broker failure they are dropped, as their acks could no longer
     /// reach the broker, which requeues whatever was never settled.
     async fn consume(&self, session: Session, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let queue = short_name(&self.topology.names.queue, "rabbitmq.notification_queue")?;
         let mut deliveries = session
-            .channel
+            .consume
             .basic_consume(
-                self.topology.queue.clone(),
+                queue,
                 ShortString::default(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
             .context("cannot start consuming")?;
-        tracing::info!(queue = %self.topology.queue, "notification consumer started");
+        tracing::info!(queue = %self.topology.names.queue, "notification consumer started");
         let mut in_flight = JoinSet::new();
+        let mut depth_timer = tokio::time::interval(DEPTH_EVERY);
+        let spawn = |in_flight: &mut JoinSet<()>, delivery: Delivery| {
+            let handler = self.handler.clone();
+            let shutdown = shutdown.clone();
+            let publish = session.publish.clone();
+            in_flight.spawn(async move { handler.settle(delivery, &publish, &shutdown).await });
+        };
         let result = loop {
             tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
                 next = deliveries.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let handler = self.handler.clone();
-                        let shutdown = shutdown.clone();
-                        in_flight.spawn(async move { handler.settle(delivery, &shutdown).await });
-                    }
+                    Some(Ok(delivery)) => spawn(&mut in_flight, delivery),
                     Some(Err(error)) => break Err(anyhow::Error::new(error).context("consuming failed")),
                     None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
                 },
+                _ = depth_timer.tick() => {
+                    let (channel, topology) = (session.publish.clone(), self.depth_probe());
+                    in_flight.spawn(async move { topology.refresh(&channel).await });
+                }
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => log_panic(joined),
             }
         };
@@ -276,14 +256,12 @@ impl Consumer {
                 // stream yields those, then ends once the cancel is confirmed.
                 let drained = async {
                     session
-                        .channel
+                        .consume
                         .basic_cancel(deliveries.tag(), BasicCancelOptions::default())
                         .await
                         .context("cannot cancel the consumer")?;
                     while let Some(Ok(delivery)) = deliveries.next().await {
-                        let handler = self.handler.clone();
-                        let shutdown = shutdown.clone();
-                        in_flight.spawn(async move { handler.settle(delivery, &shutdown).await });
+                        spawn(&mut in_flight, delivery);
                     }
                     anyhow::Ok(())
                 };
@@ -304,6 +282,49 @@ impl Consumer {
             tracing::debug!(%error, "RabbitMQ connection was already closed");
         }
         result
+    }
+
+    fn depth_probe(&self) -> DepthProbe {
+        DepthProbe {
+            dead_letter_queue: self.topology.names.dead_letter_queue.clone(),
+            delay_queues: self.topology.delay_queues().into_iter().map(|(_, name)| name).collect(),
+            metrics: self.handler.metrics.clone(),
+        }
+    }
+}
+
+/// Reads how many messages wait in the dead-letter and delay queues.
+struct DepthProbe {
+    dead_letter_queue: String,
+    delay_queues: Vec<String>,
+    metrics: Metrics,
+}
+
+impl DepthProbe {
+    async fn refresh(self, channel: &AmqpChannel) {
+        let depth = |name: String| async move {
+            let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+            let queue =
+                channel.queue_declare(short_name(&name, "queue")?, passive, FieldTable::default()).await?;
+            anyhow::Ok(f64::from(queue.message_count()))
+        };
+        match depth(self.dead_letter_queue.clone()).await {
+            Ok(count) => self.metrics.dead_letter_depth.set(count),
+            Err(error) => {
+                tracing::debug!(error = format!("{error:#}"), "cannot read the dead-letter queue depth")
+            }
+        }
+        let mut waiting = 0.0;
+        for name in self.delay_queues {
+            match depth(name).await {
+                Ok(count) => waiting += count,
+                Err(error) => {
+                    tracing::debug!(error = format!("{error:#}"), "cannot read a delay queue depth");
+                    return;
+                }
+            }
+        }
+        self.metrics.retry_depth.set(waiting);
     }
 }
 
@@ -328,6 +349,10 @@ fn previous_deliveries(delivery: &Delivery) -> u64 {
     }
 }
 
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// Either the wait ended with a value, or the process is shutting down.
 enum Waited<T> {
     Ready(T),
@@ -335,42 +360,126 @@ enum Waited<T> {
 }
 
 impl Handler {
-    async fn settle(&self, delivery: Delivery, shutdown: &Shutdown) {
+    async fn settle(&self, delivery: Delivery, publish: &AmqpChannel, shutdown: &Shutdown) {
         let started = Instant::now();
         self.metrics.consumed.increment(1);
-        let outcome = self.handle(&delivery.data, shutdown).await;
-        let settled = match &outcome {
+        let retry = RetryState::from_headers(delivery.properties.headers().as_ref());
+        let last_chance = self.policy.last_chance(retry, now_ms());
+        let outcome = self.handle(&delivery.data, last_chance, shutdown).await;
+        let settled = match outcome {
             Outcome::Handled | Outcome::Skipped => delivery.acker.ack(BasicAckOptions::default()).await,
             Outcome::Duplicate => {
                 self.metrics.duplicates.increment(1);
                 delivery.acker.ack(BasicAckOptions::default()).await
             }
-            Outcome::Retry => {
-                // The broker dead-letters once a message was returned more than the limit.
-                if previous_deliveries(&delivery) + 1 > u64::from(self.delivery_limit) {
-                    tracing::error!("delivery limit reached; the broker dead-letters this event");
-                    self.metrics.over_delivery_limit.increment(1);
+            Outcome::Transient(error) => match self.policy.next(retry, now_ms(), fastrand::f64()) {
+                Next::RetryIn { step, after, state } => {
+                    self.retry_later(&delivery, publish, &error, step, after, state).await
                 }
-                tokio::time::sleep(RETRY_DELAY).await;
-                delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await
-            }
-            Outcome::DeadLetter(reason) => {
-                tracing::error!(reason, "dead-lettering a message that can never be handled");
-                self.metrics.unparseable.increment(1);
-                delivery.acker.reject(BasicRejectOptions { requeue: false }).await
-            }
+                Next::GiveUp => {
+                    let error =
+                        error.context(format!("still failing after {:?} of retries", self.policy.budget));
+                    self.dead_letter(&delivery, publish, DeadLetterReason::RetriesExhausted, &error).await
+                }
+            },
+            Outcome::Permanent(reason, error) => self.dead_letter(&delivery, publish, reason, &error).await,
             Outcome::Abandon => return,
         };
         self.metrics.observe(started.elapsed());
         if let Err(error) = settled {
-            tracing::warn!(%error, ?outcome, "cannot settle a delivery; the broker will redeliver it");
+            tracing::warn!(%error, "cannot settle a delivery; the broker will redeliver it");
         }
     }
 
-    async fn handle(&self, data: &[u8], shutdown: &Shutdown) -> Outcome {
+    /// Republishes the event to the delay queue of `step`, expiring after `after`,
+    /// then acks this delivery. Should the delay queue refuse it, the delivery is
+    /// requeued instead (that counts towards the delivery limit).
+    async fn retry_later(
+        &self,
+        delivery: &Delivery,
+        publish: &AmqpChannel,
+        error: &anyhow::Error,
+        step: Duration,
+        after: Duration,
+        state: RetryState,
+    ) -> Result<bool, lapin::Error> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        state.write(&mut headers);
+        let properties = delivery
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(PERSISTENT)
+            .with_expiration(after.as_millis().to_string().into());
+        let queue = delay_queue(&self.queue, step);
+        match publish_confirmed(publish, "", &queue, &delivery.data, properties).await {
+            Ok(()) => {
+                self.metrics.retries.increment(1);
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    retry = state.retries,
+                    retry_in_ms = after.as_millis() as u64,
+                    "a dependency is unavailable; the event is retried later"
+                );
+                delivery.acker.ack(BasicAckOptions::default()).await
+            }
+            Err(refused) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    delay_queue = format!("{refused:#}"),
+                    "cannot delay the event; requeueing it"
+                );
+                if previous_deliveries(delivery) + 1 > u64::from(self.delivery_limit) {
+                    tracing::error!("delivery limit reached; the broker dead-letters this event");
+                    self.metrics.over_delivery_limit.increment(1);
+                }
+                tokio::time::sleep(REQUEUE_DELAY).await;
+                delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await
+            }
+        }
+    }
+
+    /// Publishes the event to the dead-letter exchange with why, then acks it; if
+    /// that fails, rejects it, which dead-letters it without the why.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        publish: &AmqpChannel,
+        reason: DeadLetterReason,
+        error: &anyhow::Error,
+    ) -> Result<bool, lapin::Error> {
+        let error = format!("{error:#}");
+        tracing::error!(reason = reason.as_str(), error, "dead-lettering an event that cannot be handled");
+        self.metrics.dead_lettered(reason).increment(1);
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(DEAD_LETTER_REASON_HEADER.into(), AMQPValue::LongString(reason.as_str().into()));
+        headers.insert(DEAD_LETTER_ERROR_HEADER.into(), AMQPValue::LongString(error.as_str().into()));
+        let properties: BasicProperties =
+            delivery.properties.clone().with_headers(headers).with_delivery_mode(PERSISTENT);
+        let routing_key = delivery.routing_key.as_str();
+        match publish_confirmed(publish, &self.dead_letter_exchange, routing_key, &delivery.data, properties)
+            .await
+        {
+            Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+            Err(refused) => {
+                tracing::warn!(
+                    error = format!("{refused:#}"),
+                    "cannot publish the dead letter; rejecting it"
+                );
+                delivery.acker.reject(BasicRejectOptions { requeue: false }).await
+            }
+        }
+    }
+
+    async fn handle(&self, data: &[u8], last_chance: bool, shutdown: &Shutdown) -> Outcome {
         let event = match Event::decode(data) {
             Ok(event) => event,
-            Err(error) => return Outcome::DeadLetter(format!("undecodable event: {error}")),
+            Err(error) => {
+                return Outcome::Permanent(
+                    DeadLetterReason::Unparseable,
+                    anyhow::Error::new(error).context("undecodable event"),
+                );
+            }
         };
         let event_type = event.r#type.clone();
         let event = match Notice::from_event(event) {
@@ -379,11 +488,19 @@ impl Handler {
                 tracing::debug!(event.r#type = %event_type, "event notifies nobody; skipped");
                 return Outcome::Skipped;
             }
-            Err(error) => return Outcome::DeadLetter(format!("invalid {event_type} event: {error}")),
+            Err(error) => {
+                return Outcome::Permanent(
+                    DeadLetterReason::Unparseable,
+                    anyhow::Error::new(error).context(format!("invalid {event_type} event")),
+                );
+            }
         };
         let span = tracing::info_span!("notify", event.id = %event.event_id, booking.id = %event.booking_id);
         // Each consumed event is a trace of its own, through its calls to user and cinema.
-        marquee_common::trace::in_new_trace(self.handle_claimed(&event, shutdown).instrument(span)).await
+        marquee_common::trace::in_new_trace(
+            self.handle_claimed(&event, last_chance, shutdown).instrument(span),
+        )
+        .await
     }
 
     /// Takes the event's claim, waiting while another delivery holds it (it finishes,
@@ -445,7 +562,7 @@ impl Handler {
         }
     }
 
-    async fn handle_claimed(&self, event: &Notice, shutdown: &Shutdown) -> Outcome {
+    async fn handle_claimed(&self, event: &Notice, last_chance: bool, shutdown: &Shutdown) -> Outcome {
         let token = match self.claim(event.event_id, shutdown).await {
             Waited::Ready(Claim::Acquired(token)) => token,
             Waited::Ready(Claim::Done) => {
@@ -455,7 +572,7 @@ impl Handler {
             // `claim` waits these out.
             Waited::Ready(Claim::HeldElsewhere) | Waited::ShuttingDown => return Outcome::Abandon,
         };
-        let sent = self.send(event).await;
+        let sent = self.send(event, last_chance).await;
         if sent.is_err()
             && let Err(error) = self.claims.release(event.event_id, &token).await
         {
@@ -473,28 +590,35 @@ impl Handler {
                 // The record exists; its unique index turns the redelivery into a no-op.
                 Waited::ShuttingDown => Outcome::Abandon,
             },
-            Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), event.id = %event.event_id, "notification failed; will retry");
-                Outcome::Retry
-            }
+            Err(SendError::Transient(error)) => Outcome::Transient(error),
+            Err(SendError::Permanent(error)) => Outcome::Permanent(DeadLetterReason::Permanent, error),
         }
     }
 
     /// Sends one message per channel the user chose (none if they chose none).
-    /// Every failure is retried, an unknown user or showtime too, up to the
-    /// delivery limit, after which the event waits in the dead-letter queue.
-    async fn send(&self, notice: &Notice) -> anyhow::Result<()> {
+    /// The showtime's details are only a courtesy: on the last chance, or when the
+    /// showtime is gone, the message goes out with what the event carries.
+    async fn send(&self, notice: &Notice, last_chance: bool) -> Result<(), SendError> {
         let contact = self.directory.contact(notice.user_id).await?;
         if contact.addresses.is_empty() {
             tracing::info!(user.id = %notice.user_id, "the user wants no notifications");
             return Ok(());
         }
         let showing = match notice.kind.showtime_id() {
-            Some(showtime_id) => Some(self.directory.showing(showtime_id).await?),
+            Some(showtime_id) => match self.directory.showing(showtime_id).await {
+                Ok(showing) => Some(showing),
+                Err(error) if error.is_transient() && !last_chance => return Err(error.into()),
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "sending without the showtime's details");
+                    self.metrics.without_showtime.increment(1);
+                    Some(Showing::unknown())
+                }
+            },
             None => None,
         };
         for (medium, recipient) in &contact.addresses {
-            let message = render::render(notice, &contact.name, showing.as_ref(), *medium)?;
+            let message = render::render(notice, &contact.name, showing.as_ref(), *medium)
+                .map_err(SendError::Permanent)?;
             let record = NotificationDoc {
                 id: Uuid::now_v7().to_string(),
                 user_id: notice.user_id.to_string(),
@@ -507,7 +631,8 @@ impl Handler {
                 event_type: notice.event_type.clone(),
                 sent_at: bson_time(chrono::Utc::now()),
             };
-            self.channel.deliver(&record).await?;
+            // MongoDB or the SMTP relay being down passes.
+            self.channel.deliver(&record).await.map_err(SendError::Transient)?;
             self.metrics.sent.increment(1);
         }
         Ok(())

@@ -7,7 +7,6 @@ use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context;
 use marquee_common::trace::outgoing;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::cinema::v1::{GetCinemaRequest, GetMovieRequest, GetShowtimeRequest};
@@ -41,8 +40,40 @@ pub struct Directory {
     showings: TtlCache<Uuid, Showing>,
 }
 
-fn upstream(call: &str, status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{call} failed: {:?}: {}", status.code(), status.message())
+/// A lookup that failed, and whether trying again later can help.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("{call} failed: {code:?}: {message}")]
+    Upstream { call: &'static str, code: tonic::Code, message: String },
+    /// The answer cannot be used (e.g. a showtime without a start time).
+    #[error("{0}")]
+    Unusable(String),
+}
+
+impl LookupError {
+    /// The service is down, overloaded or failed inside (its database may be down):
+    /// the same question may well be answered later. NOT_FOUND, INVALID_ARGUMENT and
+    /// an unusable answer would be the same next time.
+    pub fn is_transient(&self) -> bool {
+        use tonic::Code;
+        match self {
+            Self::Upstream { code, .. } => matches!(
+                code,
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Aborted
+                    | Code::Cancelled
+                    | Code::Unknown
+                    | Code::Internal
+            ),
+            Self::Unusable(_) => false,
+        }
+    }
+}
+
+fn upstream(call: &'static str) -> impl FnOnce(tonic::Status) -> LookupError {
+    move |status| LookupError::Upstream { call, code: status.code(), message: status.message().to_owned() }
 }
 
 impl Directory {
@@ -50,7 +81,7 @@ impl Directory {
         Self { users, cinema, contacts: TtlCache::new(CONTACT_TTL), showings: TtlCache::new(SHOWING_TTL) }
     }
 
-    pub async fn contact(&self, user_id: UserId) -> anyhow::Result<Contact> {
+    pub async fn contact(&self, user_id: UserId) -> Result<Contact, LookupError> {
         if let Some(contact) = self.contacts.get(&user_id) {
             return Ok(contact);
         }
@@ -59,7 +90,7 @@ impl Directory {
             .clone()
             .get_user(outgoing(GetUserRequest { id: user_id.to_string() }))
             .await
-            .map_err(|status| upstream("user.GetUser", status))?
+            .map_err(upstream("user.GetUser"))?
             .into_inner();
         // A user service that predates preferences means the original default.
         let wanted =
@@ -76,7 +107,7 @@ impl Directory {
         Ok(contact)
     }
 
-    pub async fn showing(&self, showtime_id: Uuid) -> anyhow::Result<Showing> {
+    pub async fn showing(&self, showtime_id: Uuid) -> Result<Showing, LookupError> {
         if let Some(showing) = self.showings.get(&showtime_id) {
             return Ok(showing);
         }
@@ -85,7 +116,7 @@ impl Directory {
             .clone()
             .get_showtime(outgoing(GetShowtimeRequest { id: showtime_id.to_string() }))
             .await
-            .map_err(|status| upstream("cinema.GetShowtime", status))?
+            .map_err(upstream("cinema.GetShowtime"))?
             .into_inner();
         let (mut movies, mut cinemas) = (self.cinema.clone(), self.cinema.clone());
         let (movie, cinema) = tokio::try_join!(
@@ -93,25 +124,23 @@ impl Directory {
                 movies
                     .get_movie(outgoing(GetMovieRequest { id: showtime.movie_id.clone() }))
                     .await
-                    .map_err(|status| upstream("cinema.GetMovie", status))
+                    .map_err(upstream("cinema.GetMovie"))
             },
             async {
                 cinemas
                     .get_cinema(outgoing(GetCinemaRequest { id: showtime.cinema_id.clone() }))
                     .await
-                    .map_err(|status| upstream("cinema.GetCinema", status))
+                    .map_err(upstream("cinema.GetCinema"))
             },
         )?;
         let (movie, cinema) = (movie.into_inner(), cinema.into_inner());
-        let starts_at = showtime
-            .starts_at
-            .as_ref()
-            .and_then(marquee_common::time::from_proto)
-            .context("the showtime has no valid start time")?;
-        let zone: chrono_tz::Tz = cinema
-            .time_zone
-            .parse()
-            .map_err(|e| anyhow::anyhow!("cinema {} has an unknown time zone: {e}", cinema.id))?;
+        let starts_at =
+            showtime.starts_at.as_ref().and_then(marquee_common::time::from_proto).ok_or_else(|| {
+                LookupError::Unusable(format!("showtime {showtime_id} has no valid start time"))
+            })?;
+        let zone: chrono_tz::Tz = cinema.time_zone.parse().map_err(|e| {
+            LookupError::Unusable(format!("cinema {} has an unknown time zone: {e}", cinema.id))
+        })?;
         let showing =
             Showing { movie: movie.title, cinema: cinema.name, starts_at: local_start(starts_at, zone) };
         self.showings.put(showtime_id, showing.clone());

@@ -8,19 +8,26 @@
 mod channel;
 mod claims;
 mod consumer;
+pub mod dead_letters;
 mod directory;
 mod domain;
 mod error;
 mod grpc;
 mod metrics;
 mod render;
+mod retry;
 mod store;
+mod topology;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use marquee_common::Settings;
+use marquee_common::backoff::Backoff;
+use marquee_common::config::NotificationSettings;
+use marquee_common::readiness::{Probe, Readiness, Scope};
 use marquee_common::shutdown::Shutdown;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::notification::v1::notification_service_server::NotificationServiceServer;
@@ -29,10 +36,11 @@ use tokio::net::TcpListener;
 
 use crate::channel::{Channel, RecordingChannel, SmtpChannel};
 use crate::claims::EventClaims;
-use crate::consumer::Consumer;
+use crate::consumer::{Consumer, ConsumerParts};
 use crate::directory::Directory;
 use crate::grpc::NotificationApi;
 use crate::metrics::{Metrics, MetricsServer};
+use crate::retry::RetryPolicy;
 use crate::store::NotificationStore;
 
 pub struct Application {
@@ -42,6 +50,7 @@ pub struct Application {
     consumer: Consumer,
     metrics: MetricsServer,
     grace: Duration,
+    readiness: Readiness,
 }
 
 impl Application {
@@ -76,18 +85,23 @@ impl Application {
         let consumer = Consumer::connect(
             &settings.rabbitmq,
             settings.notification.delivery_limit,
-            claims,
-            Directory::new(users, cinema),
-            channel,
-            metrics.clone(),
+            retry_policy(&settings.notification)?,
+            ConsumerParts {
+                claims: claims.clone(),
+                directory: Directory::new(users, cinema),
+                channel,
+                metrics: metrics.clone(),
+            },
         )
         .await?;
+        let readiness = readiness(&db, &claims, consumer.consuming());
         let (listener, addr) = marquee_common::grpc::bind(&settings.notification.server).await?;
         Ok(Self {
             listener,
             addr,
             api: NotificationApi::new(store),
             consumer,
+            readiness,
             metrics: metrics_server,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
         })
@@ -115,6 +129,7 @@ impl Application {
                 self.listener,
                 tonic::service::Routes::new(NotificationServiceServer::new(self.api)),
                 <NotificationServiceServer<NotificationApi> as tonic::server::NamedService>::NAME,
+                self.readiness,
                 shutdown,
                 self.grace,
             )
@@ -125,4 +140,33 @@ impl Application {
         let (served, (), metrics) = tokio::join!(serve, consume, metrics);
         served.and(metrics)
     }
+}
+
+/// Listing notifications needs MongoDB; consuming also needs Redis and the broker.
+fn readiness(db: &mongodb::Database, claims: &EventClaims, consuming: Arc<AtomicBool>) -> Readiness {
+    let claims = claims.clone();
+    Readiness::default()
+        .with(Probe::mongo(db, Scope::Api))
+        .with(Probe::new("redis", Scope::Background, move || {
+            let claims = claims.clone();
+            async move { claims.ping().await }
+        }))
+        .with(Probe::new("rabbitmq", Scope::Background, move || {
+            let attached = consuming.load(Ordering::Relaxed);
+            async move {
+                anyhow::ensure!(attached, "the consumer is not attached to the broker");
+                Ok(())
+            }
+        }))
+}
+
+fn retry_policy(settings: &NotificationSettings) -> anyhow::Result<RetryPolicy> {
+    anyhow::ensure!(settings.retry_first_ms > 0, "notification.retry_first_ms must be positive");
+    Ok(RetryPolicy {
+        backoff: Backoff::new(
+            Duration::from_millis(settings.retry_first_ms),
+            Duration::from_millis(settings.retry_max_ms),
+        ),
+        budget: Duration::from_secs(settings.retry_budget_seconds),
+    })
 }

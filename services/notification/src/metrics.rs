@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use marquee_common::shutdown::Shutdown;
-use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
@@ -16,6 +16,12 @@ const SENT: &str = "notification_messages_sent_total";
 const DUPLICATES: &str = "notification_duplicates_skipped_total";
 const DEAD_LETTERED: &str = "notification_dead_lettered_total";
 const LATENCY: &str = "notification_processing_seconds";
+const RETRIES: &str = "notification_retries_scheduled_total";
+const WITHOUT_SHOWTIME: &str = "notification_sent_without_showtime_total";
+const DEAD_LETTER_DEPTH: &str = "notification_dead_letter_queue_depth";
+const RETRY_DEPTH: &str = "notification_retry_queue_depth";
+
+use crate::consumer::DeadLetterReason;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -24,10 +30,22 @@ pub struct Metrics {
     /// Messages delivered through a channel (one event may send an email and an SMS).
     pub sent: Counter,
     pub duplicates: Counter,
-    /// Rejected at once because the message cannot be parsed.
-    pub unparseable: Counter,
-    /// Failed on the last delivery the queue allows: the broker dead-letters it.
+    /// Dead-lettered at once because the message cannot be parsed.
+    unparseable: Counter,
+    /// Dead-lettered at once because it can never be handled (e.g. an unknown user).
+    permanent: Counter,
+    /// Dead-lettered because a dependency stayed down for the whole retry budget.
+    retries_exhausted: Counter,
+    /// Requeued on the last delivery the queue allows: the broker dead-letters it.
     pub over_delivery_limit: Counter,
+    /// Events put in a delay queue because a dependency was down.
+    pub retries: Counter,
+    /// Confirmations sent without the showtime's details (cinema down too long).
+    pub without_showtime: Counter,
+    /// Messages waiting in the dead-letter queue for an operator.
+    pub dead_letter_depth: Gauge,
+    /// Events waiting in the delay queues for their next attempt.
+    pub retry_depth: Gauge,
     /// From receiving a delivery to settling it.
     pub latency: Histogram,
     handle: PrometheusHandle,
@@ -40,6 +58,10 @@ impl Metrics {
         let counter = |name: &'static str, help: &'static str| {
             recorder.describe_counter(name.into(), None, help.into());
             recorder.register_counter(&Key::from_static_name(name), &meta)
+        };
+        let gauge = |name: &'static str, help: &'static str| {
+            recorder.describe_gauge(name.into(), None, help.into());
+            recorder.register_gauge(&Key::from_static_name(name), &meta)
         };
         let dead_lettered = |reason: &'static str| {
             let key = Key::from_parts(DEAD_LETTERED, vec![Label::from_static_parts("reason", reason)]);
@@ -59,10 +81,27 @@ impl Metrics {
             consumed: counter(CONSUMED, "Deliveries received from the queue"),
             sent: counter(SENT, "Messages delivered through a channel"),
             duplicates: counter(DUPLICATES, "Deliveries of already notified events, skipped"),
-            unparseable: dead_lettered("unparseable"),
+            unparseable: dead_lettered(DeadLetterReason::Unparseable.as_str()),
+            permanent: dead_lettered(DeadLetterReason::Permanent.as_str()),
+            retries_exhausted: dead_lettered(DeadLetterReason::RetriesExhausted.as_str()),
             over_delivery_limit: dead_lettered("delivery_limit"),
+            retries: counter(RETRIES, "Events delayed for another attempt because a dependency was down"),
+            without_showtime: counter(
+                WITHOUT_SHOWTIME,
+                "Notifications sent without the showtime's details after the retry budget",
+            ),
+            dead_letter_depth: gauge(DEAD_LETTER_DEPTH, "Messages waiting in the dead-letter queue"),
+            retry_depth: gauge(RETRY_DEPTH, "Events waiting in the delay queues"),
             latency: recorder.register_histogram(&Key::from_static_name(LATENCY), &meta),
             handle: recorder.handle(),
+        }
+    }
+
+    pub fn dead_lettered(&self, reason: DeadLetterReason) -> &Counter {
+        match reason {
+            DeadLetterReason::Unparseable => &self.unparseable,
+            DeadLetterReason::Permanent => &self.permanent,
+            DeadLetterReason::RetriesExhausted => &self.retries_exhausted,
         }
     }
 

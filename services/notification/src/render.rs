@@ -38,6 +38,20 @@ pub struct Showing {
     pub starts_at: String,
 }
 
+impl Showing {
+    /// What a message says when the showtime cannot be looked up (the cinema service
+    /// stayed down past the retry budget, or the showtime is gone): a confirmation
+    /// with the seats, the total and the booking id, pointing to the booking for the
+    /// rest, beats no confirmation at all.
+    pub fn unknown() -> Self {
+        Self {
+            movie: "your film".to_owned(),
+            cinema: "the cinema".to_owned(),
+            starts_at: "the time shown in your booking".to_owned(),
+        }
+    }
+}
+
 fn template(kind: &Kind, medium: Medium) -> &'static str {
     use Medium::{Email, Sms};
     match (kind, medium) {
@@ -214,6 +228,11 @@ mod tests {
         assert_eq!(confirmed.subject, "Your tickets for Dune are confirmed");
         assert!(confirmed.body.contains("C7, C8") && confirmed.body.contains("25.00 EUR"));
         assert!(confirmed.body.contains("Sat 21 Nov 2026, 19:30 CET"));
+
+        let unknown = Showing::unknown();
+        let degraded = render(&notices[0], "Ada", Some(&unknown), Medium::Sms).unwrap();
+        assert!(degraded.body.contains("C7, C8") && degraded.body.contains("25.00 EUR"), "{}", degraded.body);
+        assert!(degraded.body.contains(&notices[0].booking_id.to_string()));
     }
 
     #[test]

@@ -45,6 +45,8 @@ struct TestApp {
     log: Collection<Document>,
     worker: Worker,
     shutdown: Shutdown,
+    user: Dependency,
+    cinema: Dependency,
     /// A showtime of the demo catalog, and how notifications must describe it.
     showtime: Showtime,
     movie_title: String,
@@ -52,8 +54,26 @@ struct TestApp {
     local_start: String,
 }
 
+/// A service the worker depends on (user or cinema), which a test may stop and
+/// start again on the same address.
+struct Dependency {
+    addr: std::net::SocketAddr,
+    shutdown: Shutdown,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Dependency {
+    async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
 /// One running notification Application.
 struct Worker {
+    addr: std::net::SocketAddr,
     metrics: std::net::SocketAddr,
     shutdown: Shutdown,
     task: JoinHandle<anyhow::Result<()>>,
@@ -63,7 +83,28 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
         self.worker.shutdown.cancel();
+        self.user.shutdown.cancel();
+        self.cinema.shutdown.cancel();
     }
+}
+
+async fn start_user(settings: &Settings, port: u16) -> Dependency {
+    let mut settings = settings.clone();
+    settings.user.server.port = port;
+    let app = marquee_user::Application::build(settings).await.unwrap();
+    let (addr, shutdown) = (app.addr(), Shutdown::new());
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    Dependency { addr, shutdown, task: Some(task) }
+}
+
+async fn start_cinema(settings: &Settings, port: u16) -> Dependency {
+    let mut settings = settings.clone();
+    settings.cinema.server.port = port;
+    settings.cinema.seed_demo = true;
+    let app = marquee_cinema::Application::build(settings).await.unwrap();
+    let (addr, shutdown) = (app.addr(), Shutdown::new());
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    Dependency { addr, shutdown, task: Some(task) }
 }
 
 /// Spawns the user service and the notification service. Prefetch 1 makes the
@@ -80,13 +121,10 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     configure(&mut settings);
     let shutdown = Shutdown::new();
 
-    let user = marquee_user::Application::build(settings.clone()).await.unwrap();
-    settings.upstream.user_url = format!("http://{}", user.addr());
-    tokio::spawn(user.run_until_stopped(shutdown.clone()));
-    settings.cinema.seed_demo = true;
-    let cinema = marquee_cinema::Application::build(settings.clone()).await.unwrap();
-    settings.upstream.cinema_url = format!("http://{}", cinema.addr());
-    tokio::spawn(cinema.run_until_stopped(shutdown.clone()));
+    let user = start_user(&settings, 0).await;
+    settings.upstream.user_url = format!("http://{}", user.addr);
+    let cinema_service = start_cinema(&settings, 0).await;
+    settings.upstream.cinema_url = format!("http://{}", cinema_service.addr);
 
     let mut catalog = CinemaServiceClient::connect(settings.upstream.cinema_url.clone()).await.unwrap();
     let showtime = catalog
@@ -116,6 +154,8 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         log,
         worker,
         shutdown,
+        user,
+        cinema: cinema_service,
         settings,
         showtime,
         movie_title: movie.title,
@@ -126,11 +166,12 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 
 async fn start_worker(settings: &Settings) -> (Worker, NotificationServiceClient<Channel>) {
     let app = marquee_notification::Application::build(settings.clone()).await.unwrap();
-    let url = format!("http://{}", app.addr());
+    let addr = app.addr();
+    let url = format!("http://{addr}");
     let metrics = app.metrics_addr();
     let shutdown = Shutdown::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    (Worker { metrics, shutdown, task }, NotificationServiceClient::connect(url).await.unwrap())
+    (Worker { addr, metrics, shutdown, task }, NotificationServiceClient::connect(url).await.unwrap())
 }
 
 struct Publisher {
@@ -297,6 +338,59 @@ impl TestApp {
                 return;
             }
             assert!(tokio::time::Instant::now() < deadline, "{series} stuck at {current}, not {value}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The worker's `grpc.health.v1` status for `service` ("" = the whole process).
+    async fn health(&self, service: &str) -> tonic_health::pb::health_check_response::ServingStatus {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let url = format!("http://{}", self.worker.addr);
+        let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+        let mut client = HealthClient::new(channel);
+        let request = HealthCheckRequest { service: service.to_owned() };
+        client.check(request).await.unwrap().into_inner().status()
+    }
+
+    async fn await_health(
+        &self,
+        service: &str,
+        wanted: tonic_health::pb::health_check_response::ServingStatus,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = self.health(service).await;
+            if status == wanted {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "health of {service:?} stuck at {status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls until a gauge, which may go up and down, reads `value`.
+    async fn await_gauge(&self, series: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let current = self.metric(series).await;
+            if current == value {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{series} stuck at {current}, not {value}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls until the metric reaches at least `value`.
+    async fn await_metric_at_least(&self, series: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let current = self.metric(series).await;
+            if current >= value {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{series} stuck at {current}, below {value}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -629,16 +723,16 @@ async fn an_undecodable_message_is_dead_lettered_at_once_without_blocking_the_ne
     assert_eq!(listed[0].event_id, valid.event_id);
     let dead = app.await_dead_letters(1).await;
     assert_eq!(dead[0].data, garbage);
-    assert_eq!(death_reason(&dead[0]), "rejected", "rejected on its first delivery, never retried");
+    assert_eq!(death_reason(&dead[0]), "unparseable", "dead-lettered on its first delivery, never retried");
     app.await_metric(r#"notification_dead_lettered_total{reason="unparseable"}"#, 1.0).await;
     app.await_metric("notification_events_consumed_total", 2.0).await;
 }
 
 #[tokio::test]
-async fn a_poison_event_is_dead_lettered_after_the_delivery_limit_while_others_keep_flowing() {
-    let mut app = spawn_app_with(|settings| settings.notification.delivery_limit = 3).await;
+async fn an_event_for_an_unknown_user_is_dead_lettered_at_once_while_others_keep_flowing() {
+    let mut app = spawn_app().await;
     let (erin, _) = app.register("erin").await;
-    // Well formed, but its user does not exist: every attempt fails.
+    // Well formed, but its user does not exist: no retry can help (NOT_FOUND).
     let poison = app.confirmed_event(&Uuid::new_v4().to_string(), &["P1"]);
     let healthy: Vec<Event> = (0..50).map(|i| app.confirmed_event(&erin, &[&format!("H{i}")])).collect();
 
@@ -647,8 +741,13 @@ async fn a_poison_event_is_dead_lettered_after_the_delivery_limit_while_others_k
     app.await_logged(50, Duration::from_secs(30)).await;
     let dead = app.await_dead_letters(1).await;
     assert_eq!(Event::decode(dead[0].data.as_slice()).unwrap().event_id, poison.event_id);
-    assert_eq!(death_reason(&dead[0]), "delivery_limit");
-    app.await_metric(r#"notification_dead_lettered_total{reason="delivery_limit"}"#, 1.0).await;
+    assert_eq!(death_reason(&dead[0]), "permanent");
+    app.await_metric(r#"notification_dead_lettered_total{reason="permanent"}"#, 1.0).await;
+    assert_eq!(
+        app.metric("notification_retries_scheduled_total").await,
+        0.0,
+        "a permanent failure is not retried"
+    );
     app.await_metric("notification_messages_sent_total", 50.0).await;
     app.assert_settled_exactly_once(50).await;
 }
@@ -749,6 +848,115 @@ async fn while_redis_is_down_nothing_is_acked_and_everything_is_notified_once_it
     app.start_worker().await;
     app.await_logged(100, Duration::from_secs(30)).await;
     app.assert_settled_exactly_once(100).await;
+}
+
+/// Retries every 0.1 s doubling to 0.4 s, and a delivery limit of 2: the dozens of
+/// attempts an outage causes must not count towards it.
+fn quick_retries(settings: &mut Settings) {
+    settings.notification.retry_first_ms = 100;
+    settings.notification.retry_max_ms = 400;
+    settings.notification.retry_budget_seconds = 120;
+    settings.notification.delivery_limit = 2;
+}
+
+#[tokio::test]
+async fn a_confirmation_published_while_cinema_is_down_is_sent_in_full_once_it_returns() {
+    let mut app = spawn_app_with(quick_retries).await;
+    let (ivy, _) = app.register("ivy").await;
+    app.cinema.stop().await;
+    let event = app.confirmed_event(&ivy, &["F1"]);
+    app.publisher.publish_event(&event).await;
+
+    app.await_metric_at_least("notification_retries_scheduled_total", 5.0).await;
+    assert_eq!(app.logged().await, (0, 0), "nothing is sent while the showtime cannot be looked up");
+    assert_eq!(app.publisher.ready(&app.dead_letter_queue()).await, 0, "an outage is not a poison message");
+
+    app.cinema = start_cinema(&app.settings, app.cinema.addr.port()).await;
+    let listed = app.await_notifications(&ivy, 1).await;
+    assert_eq!(listed[0].event_id, event.event_id);
+    let body = &listed[0].body;
+    assert!(body.contains(&app.movie_title) && body.contains(&app.local_start), "{body}");
+    app.assert_settled_exactly_once(1).await;
+}
+
+#[tokio::test]
+async fn when_cinema_stays_down_past_the_budget_the_confirmation_goes_out_without_the_showtime() {
+    let mut app = spawn_app_with(|settings| {
+        quick_retries(settings);
+        settings.notification.retry_budget_seconds = 1;
+    })
+    .await;
+    let (kim, _) = app.register("kim").await;
+    app.cinema.stop().await;
+    app.publisher.publish_event(&app.confirmed_event(&kim, &["F2"])).await;
+
+    let listed = app.await_notifications(&kim, 1).await;
+    let body = &listed[0].body;
+    assert!(body.contains("F2") && body.contains("25.00 EUR") && body.contains("your film"), "{body}");
+    assert!(!body.contains(&app.movie_title), "{body}");
+    assert!(app.metric("notification_retries_scheduled_total").await >= 2.0);
+    app.await_metric("notification_sent_without_showtime_total", 1.0).await;
+    app.assert_settled_exactly_once(1).await;
+}
+
+#[tokio::test]
+async fn an_event_dead_lettered_after_a_long_user_outage_is_listed_and_replayed_exactly_once() {
+    use marquee_notification::dead_letters::{self, Replayed};
+    let mut app = spawn_app_with(|settings| {
+        quick_retries(settings);
+        settings.notification.retry_budget_seconds = 1;
+    })
+    .await;
+    let (jo, _) = app.register("jo").await;
+    app.user.stop().await;
+    let event = app.confirmed_event(&jo, &["G1"]);
+    app.publisher.publish_event(&event).await;
+
+    app.await_metric(r#"notification_dead_lettered_total{reason="retries_exhausted"}"#, 1.0).await;
+    app.await_gauge("notification_dead_letter_queue_depth", 1.0).await;
+    let (total, listed) = dead_letters::list(&app.settings.rabbitmq, 10).await.unwrap();
+    assert_eq!((total, listed.len()), (1, 1));
+    assert_eq!(
+        (listed[0].event_id.as_str(), listed[0].reason.as_str()),
+        (event.event_id.as_str(), "retries_exhausted")
+    );
+    assert!(listed[0].error.contains("user.GetUser"), "{}", listed[0].error);
+    app.await_ready(&app.dead_letter_queue(), 1).await;
+
+    app.user = start_user(&app.settings, app.user.addr.port()).await;
+    let replayed = dead_letters::replay(&app.settings.rabbitmq, 10).await.unwrap();
+    assert_eq!(replayed, Replayed { replayed: 1, left: 0 });
+    let sent = app.await_notifications(&jo, 1).await;
+    assert_eq!(sent[0].event_id, event.event_id);
+    assert!(sent[0].body.contains(&app.movie_title), "a replayed event is sent in full: {}", sent[0].body);
+
+    // Nothing is left to replay, and a second copy of the event (a replay that
+    // crashed between publishing and acking) is skipped.
+    assert_eq!(
+        dead_letters::replay(&app.settings.rabbitmq, 10).await.unwrap(),
+        Replayed { replayed: 0, left: 0 }
+    );
+    app.publisher.publish_event(&event).await;
+    app.await_metric("notification_duplicates_skipped_total", 1.0).await;
+    app.await_gauge("notification_dead_letter_queue_depth", 0.0).await;
+    app.assert_settled_exactly_once(1).await;
+}
+
+#[tokio::test]
+async fn health_is_not_serving_while_redis_is_down_and_serving_once_it_returns() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut redis = PrivateRedis::start();
+    let app = spawn_app_with(|settings| settings.redis.url = Secret::new(redis.url())).await;
+    let api = "marquee.notification.v1.NotificationService";
+    assert_eq!(app.health("").await, ServingStatus::Serving);
+
+    redis.shut_down();
+    app.await_health("", ServingStatus::NotServing).await;
+    // Listing needs only MongoDB: the API itself stays up, only consuming stops.
+    assert_eq!(app.health(api).await, ServingStatus::Serving);
+
+    redis.restart();
+    app.await_health("", ServingStatus::Serving).await;
 }
 
 #[tokio::test]
@@ -921,9 +1129,13 @@ impl Drop for SmtpSink {
     }
 }
 
-/// Why the broker dead-lettered a message (`x-death[0].reason`).
+/// Why a message was dead-lettered: the worker's reason header, or the broker's
+/// own (`x-death[0].reason`) when the broker did it.
 fn death_reason(delivery: &Delivery) -> String {
     let headers = delivery.properties.headers().clone().unwrap_or_default();
+    if let Some(AMQPValue::LongString(reason)) = headers.inner().get("x-marquee-dead-letter-reason") {
+        return String::from_utf8_lossy(reason.as_bytes()).into_owned();
+    }
     let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
         panic!("a dead letter without x-death: {headers:?}");
     };

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use marquee_common::Settings;
 use marquee_common::outbox::{MongoOutbox, OutboxRelay};
+use marquee_common::readiness::{Probe, Readiness, Scope};
 use marquee_common::shutdown::Shutdown;
 use marquee_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use tokio::net::TcpListener;
@@ -26,6 +27,7 @@ pub struct Application {
     service: PaymentServiceImpl,
     relay: OutboxRelay<MongoOutbox>,
     grace: Duration,
+    readiness: Readiness,
 }
 
 impl Application {
@@ -56,6 +58,8 @@ impl Application {
         let processor = Processor::new(Duration::from_millis(config.slow_card_delay_ms));
         let (listener, addr) = marquee_common::grpc::bind(&config.server).await?;
         Ok(Application {
+            // Only MongoDB: while RabbitMQ is down, events wait in the outbox.
+            readiness: Readiness::default().with(Probe::mongo(&db, Scope::Api)),
             listener,
             addr,
             service: PaymentServiceImpl::new(store, processor, policy, outbox_written),
@@ -77,6 +81,7 @@ impl Application {
             self.listener,
             Routes::new(PaymentServiceServer::new(self.service)),
             <PaymentServiceServer<PaymentServiceImpl> as NamedService>::NAME,
+            self.readiness,
             shutdown,
             self.grace,
         )

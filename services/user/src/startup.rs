@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use marquee_common::Settings;
 use marquee_common::auth::TokenKeys;
+use marquee_common::readiness::{Probe, Readiness, Scope};
 use marquee_common::shutdown::Shutdown;
 use marquee_proto::user::v1::user_service_server::UserServiceServer;
 use tokio::net::TcpListener;
@@ -25,6 +26,7 @@ pub struct Application {
     addr: SocketAddr,
     service: UserServiceImpl,
     grace: Duration,
+    readiness: Readiness,
 }
 
 impl Application {
@@ -37,6 +39,7 @@ impl Application {
         let client =
             redis::Client::open(settings.redis.url.expose().as_str()).context("invalid Redis URL")?;
         let redis = redis::aio::ConnectionManager::new(client).await.context("cannot connect to Redis")?;
+        let redis_probe = redis.clone();
         let prefix = settings.redis.key_prefix.clone();
         let throttle = LoginThrottle::new(
             redis.clone(),
@@ -61,6 +64,7 @@ impl Application {
         }
         let (listener, addr) = marquee_common::grpc::bind(&settings.user.server).await?;
         Ok(Application {
+            readiness: readiness(&db, redis_probe),
             listener,
             addr,
             service,
@@ -77,9 +81,21 @@ impl Application {
             self.listener,
             Routes::new(UserServiceServer::new(self.service)),
             <UserServiceServer<UserServiceImpl> as NamedService>::NAME,
+            self.readiness,
             shutdown,
             self.grace,
         )
         .await
     }
+}
+
+/// Accounts live in MongoDB; login throttling and the logout denylist in Redis.
+fn readiness(db: &mongodb::Database, redis: redis::aio::ConnectionManager) -> Readiness {
+    Readiness::default().with(Probe::mongo(db, Scope::Api)).with(Probe::new("redis", Scope::Api, move || {
+        let mut redis = redis.clone();
+        async move {
+            let _: String = redis::cmd("PING").query_async(&mut redis).await?;
+            Ok(())
+        }
+    }))
 }

@@ -31,6 +31,7 @@ use prost::Message;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+mod busy;
 mod cancel;
 mod outage;
 mod recovery;
