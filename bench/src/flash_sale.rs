@@ -14,27 +14,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures::TryStreamExt;
 use marquee_common::Settings;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 use serde_json::{Value, json};
-use sqlx::Connection;
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
 use crate::catalog::{Rng, SEATS, SEATS_PER_ROW, seat_id};
 use crate::gql::{Answer, Client};
 use crate::stats::{Samples, round1};
+use crate::stores::{IN_FLIGHT, Stores, is_charged};
 
 const REGISTER: &str = "mutation($input: RegisterInput!) { register(input: $input) { token } }";
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { token } }";
-const HOLD: &str = "mutation($input: HoldSeatsInput!) { holdSeats(input: $input) { id status } }";
-const PAY: &str = "mutation($input: PayBookingInput!) { payBooking(input: $input) { id status } }";
-const BOOKING: &str = "query($id: ID!) { booking(id: $id) { id status } }";
-const PASSWORD: &str = "correct horse battery staple";
+pub const HOLD: &str = "mutation($input: HoldSeatsInput!) { holdSeats(input: $input) { id status } }";
+pub const PAY: &str = "mutation($input: PayBookingInput!) { payBooking(input: $input) { id status } }";
+pub const BOOKING: &str = "query($id: ID!) { booking(id: $id) { id status } }";
+pub const PASSWORD: &str = "correct horse battery staple";
 const REGISTRATIONS_AT_ONCE: usize = 8;
-/// Booking statuses of a saga between two steps.
-const IN_FLIGHT: [&str; 4] = ["CHARGING", "CONFIRMING", "REFUNDING", "CANCELLING"];
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -155,15 +152,15 @@ impl Outcome {
     }
 }
 
-/// Sends one operation until it gets a definite answer: retries timeouts, dropped
-/// connections and retryable errors with the very same variables (so the same
-/// idempotency key). Returns the last answer, the time until it, and the sends.
 /// The pause before send `sends + 1`.
 fn retry_pause(sends: u32) -> Duration {
     Duration::from_millis(250 << sends.saturating_sub(1).min(4))
 }
 
-async fn send_until_definite(
+/// Sends one operation until it gets a definite answer: retries timeouts, dropped
+/// connections and retryable errors with the very same variables (so the same
+/// idempotency key). Returns the last answer, the time until it, and the sends.
+pub async fn send_until_definite(
     client: &Client,
     token: Option<&str>,
     query: &str,
@@ -184,37 +181,56 @@ async fn send_until_definite(
     }
 }
 
+/// Registers the account `input` describes (RegisterInput's fields; the password is
+/// `PASSWORD`), retrying like `send_until_definite`. A CONFLICT for a registration
+/// that was sent before (by a retry here, or by an earlier call: `sent_before`) means
+/// an earlier send did get through and the account exists: the customer logs in.
+/// Returns the last answer (register's or login's), the time until it, and the sends.
+pub async fn register_or_login(
+    client: &Client,
+    input: &Value,
+    sent_before: bool,
+    max_sends: u32,
+) -> (Answer, f64, u32) {
+    let variables = json!({ "input": input });
+    let (answer, ms, sends) = send_until_definite(client, None, REGISTER, &variables, max_sends).await;
+    match answer {
+        Answer::Errors { ref code, .. } if code == "CONFLICT" && (sends > 1 || sent_before) => {
+            let login = json!({ "input": { "email": input["email"], "password": PASSWORD } });
+            let (answer, login_ms, login_sends) =
+                send_until_definite(client, None, LOGIN, &login, max_sends).await;
+            (answer, ms + login_ms, sends + login_sends)
+        }
+        answer => (answer, ms, sends),
+    }
+}
+
+/// The access token of a `register` or `login` answer.
+pub fn token_of(data: &Value) -> Option<&str> {
+    data["register"]["token"].as_str().or_else(|| data["login"]["token"].as_str())
+}
+
 async fn register(client: &Client, name: &str, max_sends: u32) -> anyhow::Result<(String, f64, u32)> {
     let email = format!("{name}.{}@example.com", Uuid::new_v4().simple());
-    let input = json!({ "input": { "email": email, "password": PASSWORD, "name": name } });
-    let (answer, ms, sends) = send_until_definite(client, None, REGISTER, &input, max_sends).await;
-    let answer = match answer {
-        // A retried registration whose first send did get through: the account exists.
-        Answer::Errors { ref code, .. } if code == "CONFLICT" && sends > 1 => {
-            let login = json!({ "input": { "email": email, "password": PASSWORD } });
-            send_until_definite(client, None, LOGIN, &login, max_sends).await.0
-        }
-        answer => answer,
-    };
-    match answer {
-        Answer::Data(data) => {
-            let path = if data.get("register").is_some() { "register" } else { "login" };
-            let token = data[path]["token"].as_str().context("no token in the answer")?.to_owned();
+    let input = json!({ "email": email, "password": PASSWORD, "name": name });
+    match register_or_login(client, &input, false, max_sends).await {
+        (Answer::Data(data), ms, sends) => {
+            let token = token_of(&data).context("no token in the answer")?.to_owned();
             Ok((token, ms, sends))
         }
-        other => anyhow::bail!("registration of {name} failed: {}", other.label()),
+        (other, _, _) => anyhow::bail!("registration of {name} failed: {}", other.label()),
     }
 }
 
 /// Public booking statuses a booking never leaves. HELD is not one: it also covers a
 /// payment whose charge or confirmation is still running.
-fn is_final(status: &str) -> bool {
+pub fn is_final(status: &str) -> bool {
     matches!(status, "CONFIRMED" | "PAYMENT_FAILED" | "EXPIRED" | "CANCELLED" | "FAILED")
 }
 
 /// What a payBooking answer tells the customer about the booking.
 #[derive(Debug, PartialEq, Eq)]
-enum Paid {
+pub enum Paid {
     /// The booking's final status.
     Settled(String),
     /// A definite refusal (e.g. HOLD_EXPIRED, or a decline that is not worth retrying).
@@ -224,7 +240,7 @@ enum Paid {
     Unknown,
 }
 
-fn paid(answer: &Answer) -> Paid {
+pub fn paid(answer: &Answer) -> Paid {
     match answer {
         Answer::Data(data) => match data["payBooking"]["status"].as_str() {
             Some(status) if is_final(status) => Paid::Settled(status.to_owned()),
@@ -564,21 +580,11 @@ pub async fn verify(
 
     // MongoDB: the bookings of the showtime, as the booking service stored them, once
     // no saga is mid-step (a payment the customer gave up on may still be confirming).
-    let mongo =
-        mongodb::Client::with_uri_str(settings.mongo.url.expose()).await.context("cannot reach MongoDB")?;
-    let collection =
-        mongo.database(&settings.mongo.database_name("booking")).collection::<Document>("bookings");
+    let stores = Stores::connect(settings).await?;
     let settling = Instant::now() + config.saga_deadline;
-    let bookings: Vec<Document> = loop {
-        let bookings: Vec<Document> = collection
-            .find(doc! { "showtime_id": showtime })
-            .projection(doc! { "_id": 1, "status": 1, "seats.seat_id": 1 })
-            .await?
-            .try_collect()
-            .await
-            .context("cannot read bookings")?;
-        verdict.unsettled_sagas =
-            bookings.iter().filter(|b| IN_FLIGHT.contains(&b.get_str("status").unwrap_or_default())).count();
+    let bookings = loop {
+        let bookings = stores.bookings(doc! { "showtime_id": showtime }).await?;
+        verdict.unsettled_sagas = bookings.iter().filter(|b| IN_FLIGHT.contains(&b.status.as_str())).count();
         if verdict.unsettled_sagas == 0 || Instant::now() >= settling {
             break bookings;
         }
@@ -586,44 +592,26 @@ pub async fn verify(
     };
 
     // PostgreSQL, after the sagas settled: who holds each taken seat of the showtime.
-    let mut pg = sqlx::PgConnection::connect(settings.postgres.url.expose())
-        .await
-        .context("cannot reach PostgreSQL")?;
-    let rows: Vec<(String, String, Option<Uuid>)> = sqlx::query_as(
-        "SELECT seat_id, status, booking_id FROM showtime_seats \
-         WHERE showtime_id = $1::uuid AND status <> 'available'",
-    )
-    .bind(showtime)
-    .fetch_all(&mut pg)
-    .await
-    .context("cannot read showtime_seats")?;
-    let booked: HashMap<String, String> = rows
-        .iter()
-        .filter(|(_, status, _)| status == "booked")
-        .filter_map(|(seat, _, booking)| Some((seat.clone(), booking.as_ref()?.to_string())))
+    let booked: HashMap<String, String> = stores
+        .taken_seats(showtime)
+        .await?
+        .into_iter()
+        .filter(|seat| seat.status == "booked")
+        .filter_map(|seat| Some((seat.seat_id, seat.booking_id?)))
         .collect();
     verdict.booked_seats = booked.len();
-    let mut confirmed: HashMap<String, Vec<String>> = HashMap::new();
-    for booking in &bookings {
-        if booking.get_str("status").ok() != Some("CONFIRMED") {
-            continue;
-        }
-        let id = booking.get_str("_id").context("a booking without a string _id")?.to_owned();
-        let seats = booking
-            .get_array("seats")
-            .context("a booking without seats")?
-            .iter()
-            .filter_map(|s| Some(s.as_document()?.get_str("seat_id").ok()?.to_owned()))
-            .collect();
-        confirmed.insert(id, seats);
-    }
+    let confirmed: HashMap<&str, Vec<&str>> = bookings
+        .iter()
+        .filter(|b| b.status == "CONFIRMED")
+        .map(|b| (b.id.as_str(), b.seat_ids().collect()))
+        .collect();
     verdict.confirmed_in_store = confirmed.len();
 
     // Who was told (client) or recorded (store) to own each seat.
     let mut claims: HashMap<&str, HashSet<&str>> = HashMap::new();
     for (id, seats) in &confirmed {
         for seat in seats {
-            claims.entry(seat.as_str()).or_default().insert(id.as_str());
+            claims.entry(seat).or_default().insert(id);
         }
     }
     for (id, seat) in &outcome.confirmed {
@@ -632,57 +620,35 @@ pub async fn verify(
     verdict.double_booked_seats = claims.values().filter(|owners| owners.len() > 1).count();
     let mut mismatches = 0;
     for (id, seats) in &confirmed {
-        mismatches += seats.iter().filter(|seat| booked.get(seat.as_str()) != Some(id)).count();
+        mismatches += seats.iter().filter(|seat| booked.get(**seat).map(String::as_str) != Some(*id)).count();
     }
     mismatches += booked.values().filter(|id| !confirmed.contains_key(id.as_str())).count();
     mismatches += outcome.confirmed.keys().filter(|id| !confirmed.contains_key(id.as_str())).count();
     verdict.store_mismatches = mismatches;
 
     // Payments: one succeeded charge per confirmed booking, none for any other.
-    let payments: Vec<Document> = mongo
-        .database(&settings.mongo.database_name("payment"))
-        .collection::<Document>("payments")
-        .find(doc! {})
-        .projection(doc! { "booking_id": 1, "status": 1 })
-        .await?
-        .try_collect()
-        .await
-        .context("cannot read payments")?;
-    let ours: HashSet<&str> = bookings.iter().filter_map(|b| b.get_str("_id").ok()).collect();
-    let mut charges: HashMap<String, usize> = HashMap::new();
+    let payments = stores.payments(doc! {}).await?;
+    let ours: HashSet<&str> = bookings.iter().map(|b| b.id.as_str()).collect();
+    let mut charges: HashMap<&str, usize> = HashMap::new();
     for payment in &payments {
-        let charged =
-            matches!(payment.get_str("status"), Ok("SUCCEEDED" | "PARTIALLY_REFUNDED" | "REFUNDED"));
-        let Ok(booking) = payment.get_str("booking_id") else { continue };
-        if charged && ours.contains(booking) {
-            *charges.entry(booking.to_owned()).or_default() += 1;
+        if is_charged(&payment.status) && ours.contains(payment.booking_id.as_str()) {
+            *charges.entry(payment.booking_id.as_str()).or_default() += 1;
         }
     }
     verdict.double_charges = charges.values().filter(|&&n| n > 1).count();
-    verdict.uncharged_confirmed = confirmed.keys().filter(|id| !charges.contains_key(id.as_str())).count();
-    verdict.charged_unconfirmed = charges.keys().filter(|id| !confirmed.contains_key(id.as_str())).count();
+    verdict.uncharged_confirmed = confirmed.keys().filter(|id| !charges.contains_key(*id)).count();
+    verdict.charged_unconfirmed = charges.keys().filter(|id| !confirmed.contains_key(*id)).count();
 
     // Notifications: the worker drains RabbitMQ at its own pace; wait for it.
-    let notifications =
-        mongo.database(&settings.mongo.database_name("notification")).collection::<Document>("notifications");
     let waiting = Instant::now();
     let deadline = waiting + config.notification_deadline;
     loop {
-        let notes: Vec<Document> = notifications
-            .find(doc! { "event_type": "booking.confirmed" })
-            .projection(doc! { "booking_id": 1 })
-            .await?
-            .try_collect()
-            .await
-            .context("cannot read notifications")?;
+        let notes = stores.notifications(doc! { "event_type": "booking.confirmed" }).await?;
         let mut per_booking: HashMap<&str, usize> = HashMap::new();
         for note in &notes {
-            if let Ok(booking) = note.get_str("booking_id") {
-                *per_booking.entry(booking).or_default() += 1;
-            }
+            *per_booking.entry(note.booking_id.as_str()).or_default() += 1;
         }
-        verdict.lost_notifications =
-            confirmed.keys().filter(|id| !per_booking.contains_key(id.as_str())).count();
+        verdict.lost_notifications = confirmed.keys().filter(|id| !per_booking.contains_key(*id)).count();
         verdict.duplicate_notifications = per_booking.values().filter(|&&n| n > 1).count();
         if verdict.lost_notifications == 0 || Instant::now() >= deadline {
             break;

@@ -30,15 +30,15 @@ impl Answer {
         matches!(self, Answer::Data(_))
     }
 
-    /// A timeout, a dropped connection, an error the gateway marked retryable, or
-    /// INTERNAL (what the gateway answers when its own upstream call timed out): the
-    /// client sends the same request (same idempotency key) again, which is what the
-    /// key is for.
+    /// A timeout, a dropped connection, an error the gateway marked retryable,
+    /// INTERNAL (what the gateway answers when its own upstream call timed out), or a
+    /// refusal to take more work now (RATE_LIMITED, SERVICE_BUSY): the client sends the
+    /// same request (same idempotency key) again, which is what the key is for.
     pub fn worth_retrying(&self) -> bool {
         match self {
             Answer::Data(_) => false,
             Answer::Errors { retryable, code, .. } => {
-                *retryable || code == "RATE_LIMITED" || code == "INTERNAL"
+                *retryable || matches!(code.as_str(), "RATE_LIMITED" | "SERVICE_BUSY" | "INTERNAL")
             }
             Answer::Transport(_) => true,
         }

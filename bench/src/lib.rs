@@ -4,10 +4,15 @@
 //!   and hot-seat contention (`scripts/bench-cinema`);
 //! - `rush`: the whole mesh through GraphQL: the flash sale with its verification from
 //!   the stores, browsing at fixed arrival rates, and the pgbench baseline of the same
-//!   seat SQL in the same run (`scripts/bench`).
+//!   seat SQL in the same run (`scripts/bench`);
+//! - `chaos`: the six real processes under GraphQL customers while every process is
+//!   SIGKILLed in turn and the brokers restarted, then every promise checked from the
+//!   stores (`scripts/chaos`).
 
+pub mod brokers;
 pub mod browse;
 pub mod catalog;
+pub mod chaos;
 pub mod cinema;
 pub mod cpu;
 pub mod flash_sale;
@@ -16,7 +21,10 @@ pub mod lean_grpc;
 pub mod mesh;
 pub mod mongo_ops;
 pub mod pgbench;
+pub mod procs;
 pub mod report;
 pub mod rush;
+pub mod signups;
 pub mod stats;
+pub mod stores;
 pub mod subscribers;

@@ -1,5 +1,7 @@
-//! `marquee-bench cinema` (scripts/bench-cinema) or `marquee-bench rush [options]`
-//! (scripts/bench); see `marquee_bench::rush::Options` for the options.
+//! `marquee-bench cinema` (scripts/bench-cinema), `marquee-bench rush [options]`
+//! (scripts/bench), `marquee-bench chaos [options]` (scripts/chaos) or `marquee-bench
+//! signups [options]` (against a running `scripts/up`); see
+//! `marquee_bench::rush::Options` and `marquee_bench::chaos::Options` for the options.
 
 use std::path::Path;
 
@@ -24,8 +26,18 @@ async fn main() -> anyhow::Result<()> {
             let options = marquee_bench::rush::Options::parse(args).context("bad options")?;
             marquee_bench::rush::run(&root, options).await
         }
+        Some("signups") => {
+            let options = marquee_bench::signups::Options::parse(&root, args).context("bad options")?;
+            marquee_bench::signups::run(&root, options).await
+        }
+        Some("chaos") => {
+            let options = marquee_bench::chaos::Options::parse(args).context("bad options")?;
+            marquee_bench::chaos::run(&root, options).await
+        }
         _ => anyhow::bail!(
-            "usage: marquee-bench cinema | marquee-bench rush [--users N] [--rounds N] [--hot-seats N]"
+            "usage: marquee-bench cinema | marquee-bench rush [--users N] [--rounds N] [--hot-seats N] | {} | {}",
+            marquee_bench::chaos::Options::USAGE,
+            marquee_bench::signups::Options::USAGE
         ),
     }
 }
