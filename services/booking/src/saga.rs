@@ -119,12 +119,14 @@ pub struct SweepReport {
     pub resumed: usize,
     /// Holds whose process died after locking seats but before writing the booking.
     pub abandoned: usize,
+    /// Finished bookings whose seats are released now, after cinema was down.
+    pub released_late: usize,
 }
 
 /// Which way a transiently failing call may be retried.
 #[derive(Clone, Copy)]
 enum Idempotent {
-    /// Cinema: repeating is harmless, retry on UNAVAILABLE / DEADLINE_EXCEEDED.
+    /// Cinema: repeating is harmless, retry when the call did not get through.
     ByBooking,
     /// Payment: also ABORTED, which means the same key is still in flight.
     ByKey,
@@ -526,7 +528,7 @@ impl Saga {
                 let change = record
                     .retarget(BookingStatus::PaymentFailed)
                     .entry(SagaEntry::new("charge", "declined").detail(reason))
-                    .step("release_seats", if released { "succeeded" } else { "failed" })
+                    .seats_released(released)
                     .payment_id(&payment.id)
                     .reason(reason)
                     .event(event);
@@ -795,6 +797,15 @@ impl Saga {
             let span = tracing::info_span!("sweep.resume", booking.id = %booking.id);
             in_new_trace(self.resume(booking, &mut report).instrument(span)).await?;
         }
+        for (booking_id, showtime_id) in self.store.pending_releases(SWEEP_BATCH).await? {
+            let span = tracing::info_span!("sweep.release", booking.id = %booking_id);
+            let released = in_new_trace(self.release_seats(showtime_id, booking_id).instrument(span)).await;
+            if released {
+                self.store.release_done(booking_id).await?;
+                report.released_late += 1;
+                tracing::info!(booking.id = %booking_id, "seats of a finished booking released");
+            }
+        }
         // One look-up and one update for the whole batch of slots, not two per slot.
         let claims = self.store.unchecked_slots(Utc::now(), SWEEP_BATCH).await?;
         let ids: Vec<BookingId> = claims.iter().map(|claim| claim.booking_id).collect();
@@ -827,7 +838,7 @@ impl Saga {
         let event = events::booking_expired(&booking, now);
         let change = Transition::to(BookingStatus::Expired)
             .step("expire", "succeeded")
-            .step("release_seats", if released { "succeeded" } else { "failed" })
+            .seats_released(released)
             .event(event);
         // Losing the claim means it was paid, cancelled or expired by another replica.
         let Some(expired) = self.store.transition(&booking, change).await? else { return Ok(()) };
@@ -926,7 +937,9 @@ impl Saga {
 /// Which errors of another service are worth repeating the same call for.
 fn transient(status: &Status, kind: Idempotent) -> bool {
     match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded => true,
+        // UNKNOWN and CANCELLED: the call was cut off mid-way (the callee died); both
+        // kinds of call are safe to repeat.
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => true,
         Code::Aborted => matches!(kind, Idempotent::ByKey),
         _ => false,
     }

@@ -130,6 +130,16 @@ impl Transition {
         self
     }
 
+    /// The seats could not be released (cinema was down): the sweeper tries again
+    /// until it can, rather than leaving them held until the hold lapses.
+    pub fn seats_released(mut self, released: bool) -> Self {
+        self.history.push(SagaEntry::new("release_seats", if released { "succeeded" } else { "failed" }));
+        if !released {
+            self.set.insert("release_pending", true);
+        }
+        self
+    }
+
     pub fn reason(mut self, reason: &str) -> Self {
         self.set.insert("reason", reason);
         self
@@ -393,6 +403,7 @@ impl BookingStore {
             index(doc! { "user_id": 1, "_id": -1 }, "user_newest_id_first", false),
             index(doc! { "status": 1, "lease_until": 1 }, "stalled_sagas", false),
             index(doc! { "status": 1, "expires_at": 1 }, "overdue_holds", false),
+            index(doc! { "release_pending": 1 }, "pending_releases", false),
         ];
         bookings.create_indexes(indexes).await.context("cannot create booking indexes")?;
         let lease = chrono::Duration::from_std(lease).context("booking.saga_lease_ms is out of range")?;
@@ -476,6 +487,23 @@ impl BookingStore {
         self.query(doc! { "status": { "$in": statuses }, "lease_until": { "$lt": bson_time(now) } }, limit)
             .await
             .context("cannot look for stalled sagas")
+    }
+
+    /// Finished bookings whose seats cinema could not be told to release (it was
+    /// down): (booking, showtime) pairs for the sweeper to try again.
+    pub async fn pending_releases(&self, limit: i64) -> anyhow::Result<Vec<(BookingId, ShowtimeId)>> {
+        let bookings = self.query(doc! { "release_pending": true }, limit).await;
+        let bookings = bookings.context("cannot look for pending seat releases")?;
+        Ok(bookings.into_iter().map(|booking| (booking.id, booking.showtime_id)).collect())
+    }
+
+    /// The seats of a finished booking are released at last.
+    pub async fn release_done(&self, id: BookingId) -> anyhow::Result<()> {
+        self.bookings
+            .update_one(doc! { "_id": id.to_string() }, doc! { "$set": { "release_pending": false } })
+            .await
+            .context("cannot record a seat release")?;
+        Ok(())
     }
 
     /// HELD bookings whose hold has lapsed.

@@ -292,7 +292,7 @@ fn default_sweep_interval_ms() -> u64 {
 }
 
 fn default_upstream_attempts() -> u32 {
-    4
+    6
 }
 
 fn default_upstream_backoff_ms() -> u64 {

@@ -133,11 +133,29 @@ impl fmt::Display for Money {
 /// What happened, with what each message about it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
-    BookingConfirmed { showtime_id: Uuid, seat_ids: Vec<String>, total: Money },
-    BookingCancelled { showtime_id: Uuid, seat_ids: Vec<String>, refund: Money },
-    BookingExpired { showtime_id: Uuid, seat_ids: Vec<String> },
-    BookingPaymentFailed { showtime_id: Uuid, reason: String },
-    PaymentRefunded { amount: Money, reason: String },
+    BookingConfirmed {
+        showtime_id: Uuid,
+        seat_ids: Vec<String>,
+        total: Money,
+    },
+    /// `refund` is `None` for a hold cancelled before it was paid: nothing was charged.
+    BookingCancelled {
+        showtime_id: Uuid,
+        seat_ids: Vec<String>,
+        refund: Option<Money>,
+    },
+    BookingExpired {
+        showtime_id: Uuid,
+        seat_ids: Vec<String>,
+    },
+    BookingPaymentFailed {
+        showtime_id: Uuid,
+        reason: String,
+    },
+    PaymentRefunded {
+        amount: Money,
+        reason: String,
+    },
 }
 
 impl Kind {
@@ -182,7 +200,7 @@ impl Notice {
             ("booking.cancelled", Some(Payload::BookingCancelled(p))) => Kind::BookingCancelled {
                 showtime_id: uuid(&p.showtime_id, "showtime_id")?,
                 seat_ids: seats(p.seat_ids)?,
-                refund: Money::parse(p.refund, "refund")?,
+                refund: p.refund.map(|refund| Money::parse(Some(refund), "refund")).transpose()?,
             },
             ("booking.expired", Some(Payload::BookingExpired(p))) => Kind::BookingExpired {
                 showtime_id: uuid(&p.showtime_id, "showtime_id")?,

@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 
-use crate::domain::{Kind, Notice};
+use crate::domain::{Kind, Money, Notice};
 
 /// How a message reaches the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +86,8 @@ fn variables(notice: &Notice, name: &str, showing: Option<&Showing>) -> Vec<(&'s
         }
         Kind::BookingCancelled { seat_ids, refund, .. } => {
             vars.push(("seats", seat_ids.join(", ")));
-            vars.push(("refund", refund.to_string()));
+            let refund = refund.as_ref().map_or_else(|| "nothing was charged".to_owned(), Money::to_string);
+            vars.push(("refund", refund));
         }
         Kind::BookingExpired { seat_ids, .. } => vars.push(("seats", seat_ids.join(", "))),
         Kind::BookingPaymentFailed { reason, .. } => vars.push(("reason", reason.clone())),
@@ -228,6 +229,18 @@ mod tests {
         assert_eq!(confirmed.subject, "Your tickets for Dune are confirmed");
         assert!(confirmed.body.contains("C7, C8") && confirmed.body.contains("25.00 EUR"));
         assert!(confirmed.body.contains("Sat 21 Nov 2026, 19:30 CET"));
+
+        // A hold cancelled before it was paid: nothing to refund, and the message says so.
+        let unpaid = notice(
+            "booking.cancelled",
+            Payload::BookingCancelled(events::BookingCancelled {
+                showtime_id: showtime(),
+                seat_ids: vec!["C7".to_owned()],
+                refund: None,
+            }),
+        );
+        let cancelled = render(&unpaid, "Ada", Some(&showing), Medium::Sms).unwrap();
+        assert!(cancelled.body.contains("Refund: nothing was charged"), "{}", cancelled.body);
 
         let unknown = Showing::unknown();
         let degraded = render(&notices[0], "Ada", Some(&unknown), Medium::Sms).unwrap();

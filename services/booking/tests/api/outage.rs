@@ -123,3 +123,37 @@ async fn bookings_succeed_while_rabbitmq_is_down_and_their_events_follow_once_it
     }
     assert!(seen.values().all(|n| *n == 1), "duplicated events: {seen:?}");
 }
+
+#[tokio::test]
+async fn seats_a_declined_payment_could_not_release_while_cinema_was_down_are_released_by_the_sweeper() {
+    let app = spawn_app().await;
+    let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 4)]).await;
+    let cinema_addr = app.settings.upstream.cinema_url.trim_start_matches("http://").to_owned();
+    let proxy = Proxy::start(cinema_addr).await;
+    let mut through_proxy = app.settings.clone();
+    through_proxy.upstream.cinema_url = format!("http://{}", proxy.addr);
+    // Its own booking service, reaching cinema through the proxy, sweeping on demand.
+    through_proxy.booking.sweep_interval_ms = 0;
+    let node = BookingNode::start(&through_proxy, &app.shutdown, None).await;
+    let user_id = app.register().await;
+    let seats = row("A", 2);
+    let held = hold_on(&node.client, &user_id, &showtime, &seats, "declined").await.unwrap();
+
+    // Cinema unreachable for the whole payment: the decline cannot release the seats.
+    proxy.cut();
+    let failed = pay_on(&node.client, &held, "pm_card_declined").await.unwrap();
+    assert_eq!(failed.status(), BookingStatus::PaymentFailed);
+    let stored = app.stored_booking(&held.id).await;
+    assert!(stored.get_bool("release_pending").unwrap(), "{stored:?}");
+    let states = app.seat_states(&showtime).await;
+    assert!(seats.iter().all(|s| states[s] == SeatState::Held), "still held: {states:?}");
+
+    // Cinema is back: the next sweep releases them, once.
+    proxy.restore();
+    let report = node.sweeper.sweep().await.unwrap();
+    assert_eq!(report.released_late, 1);
+    let states = app.seat_states(&showtime).await;
+    assert!(seats.iter().all(|s| states[s] == SeatState::Available), "{states:?}");
+    assert!(!app.stored_booking(&held.id).await.get_bool("release_pending").unwrap());
+    assert_eq!(node.sweeper.sweep().await.unwrap().released_late, 0, "nothing left to release");
+}
