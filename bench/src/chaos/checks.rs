@@ -243,17 +243,7 @@ fn seat_checks(s: &Snapshot, told: &[Told]) -> Vec<Check> {
         })
         .collect();
 
-    let held_by_finished: Vec<String> = s
-        .seats
-        .iter()
-        .filter(|seat| seat.status == "held" && !seat.lapsed)
-        .filter_map(|seat| {
-            let booking = seat.booking_id.as_deref()?;
-            let status = status_of(&by_id, booking);
-            (status == "MISSING" || stores::TERMINAL.contains(&status))
-                .then(|| format!("{booking} ({status}) still holds seat {}", seat.seat_id))
-        })
-        .collect();
+    let held_by_finished = s.orphan_holds();
     vec![
         Check::mesh(
             "booked_seats_are_confirmed_bookings",

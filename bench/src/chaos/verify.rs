@@ -69,6 +69,23 @@ impl Snapshot {
         bookings.chain(payments).collect()
     }
 
+    /// Unlapsed holds of a booking that is final, or was never written (its process
+    /// died between locking the seats and writing it): the sweeper releases them, the
+    /// latter once the saga lease has passed.
+    pub(super) fn orphan_holds(&self) -> Vec<String> {
+        let by_id: HashMap<&str, &Booking> = self.bookings.iter().map(|b| (b.id.as_str(), b)).collect();
+        self.seats
+            .iter()
+            .filter(|seat| seat.status == "held" && !seat.lapsed)
+            .filter_map(|seat| {
+                let booking = seat.booking_id.as_deref()?;
+                let status = by_id.get(booking).map_or("MISSING", |b| b.status.as_str());
+                (status == "MISSING" || stores::TERMINAL.contains(&status))
+                    .then(|| format!("{booking} ({status}) still holds seat {}", seat.seat_id))
+            })
+            .collect()
+    }
+
     pub(super) fn unsent(&self) -> Vec<String> {
         let bookings =
             self.bookings.iter().filter(|b| b.unsent_events > 0).map(|b| (&b.id, b.unsent_events, "booking"));
@@ -121,6 +138,7 @@ pub struct Quiet {
     pub missing_notifications: usize,
     /// Ready + unacknowledged in the notification queue.
     pub queued: u64,
+    pub orphan_holds: usize,
 }
 
 impl Quiet {
@@ -130,16 +148,22 @@ impl Quiet {
             unsent_events: snapshot.unsent().len(),
             missing_notifications: snapshot.missing_notifications().len(),
             queued: snapshot.queue.map_or(0, |(ready, unacked)| ready + unacked),
+            orphan_holds: snapshot.orphan_holds().len(),
         }
     }
 
     fn is_quiet(&self) -> bool {
-        self.in_flight == 0 && self.unsent_events == 0 && self.missing_notifications == 0 && self.queued == 0
+        self.in_flight == 0
+            && self.unsent_events == 0
+            && self.missing_notifications == 0
+            && self.queued == 0
+            && self.orphan_holds == 0
     }
 
     /// Nothing moves any more, though notifications are missing: they never come.
+    /// Orphan holds are not stuck: the sweeper gets to them after the saga lease.
     fn is_stuck(&self) -> bool {
-        self.in_flight == 0 && self.unsent_events == 0 && self.queued == 0
+        self.in_flight == 0 && self.unsent_events == 0 && self.queued == 0 && self.orphan_holds == 0
     }
 
     pub fn to_json(&self) -> Value {
@@ -148,6 +172,7 @@ impl Quiet {
             "documents_with_unsent_events": self.unsent_events,
             "notifications_missing": self.missing_notifications,
             "notification_queue_messages": self.queued,
+            "orphan_holds": self.orphan_holds,
         })
     }
 }

@@ -245,8 +245,17 @@ impl Saga {
         let locked = match locked {
             Ok(locked) => locked.into_inner(),
             Err(status) => {
-                self.free_slot(&slot, booking_id).await;
                 let refused = BookingError::upstream("cinema.LockSeats", &status);
+                // Refused for a reason (seats taken, a seating rule): nothing was locked.
+                // Cut off, timed out or failing inside, cinema may have committed the
+                // lock all the same: give the seats back first, and if even that fails,
+                // keep the slot claim, which makes the sweeper release them after the
+                // lease (as for a hold whose process died here).
+                let outcome_unknown = matches!(refused, BookingError::Unexpected(_));
+                if outcome_unknown && !self.release_seats(request.showtime_id, booking_id).await {
+                    return Err(refused);
+                }
+                self.free_slot(&slot, booking_id).await;
                 // A concurrent retry of this very request may have taken the seats first.
                 if may_be_a_concurrent_retry(&refused, &request)
                     && let Some(existing) =
