@@ -371,26 +371,22 @@ impl TestApp {
 
     /// Polls until a gauge, which may go up and down, reads `value`.
     async fn await_gauge(&self, series: &str, value: f64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let current = self.metric(series).await;
-            if current == value {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{series} stuck at {current}, not {value}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.await_metric_where(series, &format!("= {value}"), |current| current == value).await;
     }
 
     /// Polls until the metric reaches at least `value`.
     async fn await_metric_at_least(&self, series: &str, value: f64) {
+        self.await_metric_where(series, &format!(">= {value}"), |current| current >= value).await;
+    }
+
+    async fn await_metric_where(&self, series: &str, wanted: &str, done: impl Fn(f64) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let current = self.metric(series).await;
-            if current >= value {
+            if done(current) {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{series} stuck at {current}, below {value}");
+            assert!(tokio::time::Instant::now() < deadline, "{series} stuck at {current}, wanted {wanted}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
