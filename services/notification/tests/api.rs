@@ -796,17 +796,19 @@ async fn a_message_recorded_before_its_done_marker_was_lost_is_not_recorded_twic
 async fn a_worker_killed_mid_batch_and_restarted_notifies_every_event_exactly_once() {
     let mut app = spawn_app_with(|_| {}).await;
     let (gina, _) = app.register("gina").await;
-    let events: Vec<Event> = (0..1000).map(|i| app.confirmed_event(&gina, &[&format!("K{i}")])).collect();
+    // Enough events that the worker is still busy with them when it is killed, at its
+    // first records (an idle machine once notified 900 between two polls).
+    let events: Vec<Event> = (0..2000).map(|i| app.confirmed_event(&gina, &[&format!("K{i}")])).collect();
 
     app.publisher.publish_all(&events).await;
-    app.await_logged(100, Duration::from_secs(60)).await;
+    app.await_logged(1, Duration::from_secs(60)).await;
     app.kill_worker().await;
     let (at_the_crash, _) = app.logged().await;
-    assert!(at_the_crash < 1000, "killed mid-batch, with events left to notify");
+    assert!(at_the_crash < 2000, "killed mid-batch, with events left to notify");
 
     app.start_worker().await;
-    app.await_logged(1000, Duration::from_secs(120)).await;
-    app.assert_settled_exactly_once(1000).await;
+    app.await_logged(2000, Duration::from_secs(120)).await;
+    app.assert_settled_exactly_once(2000).await;
 }
 
 #[tokio::test]
