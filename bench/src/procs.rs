@@ -25,12 +25,15 @@ pub enum Probe {
     Grpc(SocketAddr),
     /// A GET of this URL answers 2xx.
     Http(String),
+    /// A TCP connection is accepted (a store, not one of the mesh's services).
+    Tcp(SocketAddr),
 }
 
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub name: &'static str,
     pub binary: PathBuf,
+    pub args: Vec<String>,
     /// Set on top of the inherited environment.
     pub env: Vec<(String, String)>,
     pub probe: Probe,
@@ -168,6 +171,7 @@ impl Supervisor {
         writeln!(log, "=== marquee-bench chaos: start #{} at +{at_s:.1}s ===", process.counts.starts)?;
         let stderr = log.try_clone()?;
         let child = Command::new(&process.spec.binary)
+            .args(&process.spec.args)
             .envs(process.spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -205,12 +209,21 @@ impl Supervisor {
             Probe::Http(url) => {
                 self.http.get(url).send().await.is_ok_and(|response| response.status().is_success())
             }
+            Probe::Tcp(addr) => tokio::net::TcpStream::connect(addr).await.is_ok(),
         }
     }
 
     /// SIGKILLs `name` (no drain, no goodbye), waits `down`, starts it again and waits
     /// until it answers.
     pub async fn kill_and_restart(&mut self, name: &str, down: Duration) -> anyhow::Result<()> {
+        let killed_at = self.kill(name, down).await?;
+        tokio::time::sleep(down).await;
+        self.restart_killed(name, killed_at).await
+    }
+
+    /// SIGKILLs `name` and leaves it down (`reap` does not start it again) until
+    /// `restart_killed`; `down` is for the timeline. Returns when it was killed.
+    pub async fn kill(&mut self, name: &str, down: Duration) -> anyhow::Result<Instant> {
         let i = self.index(name)?;
         let killed_at = Instant::now();
         let process = self.processes[i].spec.name;
@@ -220,7 +233,13 @@ impl Supervisor {
         }
         self.processes[i].counts.kills += 1;
         self.note(process, format!("SIGKILL; restarting in {} ms", down.as_millis()));
-        tokio::time::sleep(down).await;
+        Ok(killed_at)
+    }
+
+    /// Starts `name` again after `kill` and waits until it answers.
+    pub async fn restart_killed(&mut self, name: &str, killed_at: Instant) -> anyhow::Result<()> {
+        let i = self.index(name)?;
+        let process = self.processes[i].spec.name;
         self.start(name).await?;
         let ms = u64::try_from(killed_at.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.processes[i].counts.kill_to_ready_ms.push(ms);

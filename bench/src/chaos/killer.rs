@@ -1,8 +1,10 @@
 //! The chaos suite's killer: SIGKILLs the mesh's processes one at a time (each round of
 //! six covers all of them, in a shuffled order), starting each again after a random
 //! 0.3-1.5 s, and restarts RabbitMQ and Redis once each; the actions are spread evenly
-//! over the load. Between actions, and after the last until it is told to stop, it
-//! restarts any process that exited on its own.
+//! over the load. An outage (`--outage`) keeps one process (a service, or the run's own
+//! MongoDB-wire server) down for much longer (30 s by default) in the middle of the plan. Between actions,
+//! during an outage, and after the last action until it is told to stop, it restarts
+//! any process that exited on its own.
 
 use std::time::{Duration, Instant};
 
@@ -19,23 +21,33 @@ pub enum Action {
     Kill(&'static str),
     RestartRabbitMq,
     RestartRedis,
+    /// SIGKILLed and kept down for the killer's whole `outage`.
+    Outage(&'static str),
 }
 
 impl Action {
+    /// A process's outage is a kill too ("kill ..."): counted, and checked, as one.
     fn label(self) -> String {
         match self {
             Self::Kill(process) => format!("kill {process}"),
             Self::RestartRabbitMq => "restart rabbitmq".to_owned(),
             Self::RestartRedis => "restart redis".to_owned(),
+            Self::Outage(process) => format!("kill {process} for an outage"),
         }
     }
 }
 
 /// `kills` kills in rounds over `processes` (shuffled per round), with the broker
 /// restarts (when `brokers`) at random places, never first: the mesh has some load
-/// before the first broker goes.
-pub fn plan(processes: &[&'static str], kills: usize, brokers: bool, rng: &mut Rng) -> Vec<Action> {
-    let mut actions = Vec::with_capacity(kills + 2);
+/// before the first broker goes. An `outage` goes in the middle.
+pub fn plan(
+    processes: &[&'static str],
+    kills: usize,
+    brokers: bool,
+    outage: Option<&'static str>,
+    rng: &mut Rng,
+) -> Vec<Action> {
+    let mut actions = Vec::with_capacity(kills + 3);
     while actions.len() < kills {
         let mut round: Vec<&'static str> = processes.to_vec();
         for i in (1..round.len()).rev() {
@@ -48,6 +60,9 @@ pub fn plan(processes: &[&'static str], kills: usize, brokers: bool, rng: &mut R
             let at = 1 + rng.below(actions.len().max(1));
             actions.insert(at.min(actions.len()), broker);
         }
+    }
+    if let Some(process) = outage {
+        actions.insert(actions.len() / 2, Action::Outage(process));
     }
     actions
 }
@@ -115,6 +130,8 @@ pub struct Killer {
     /// The actions are spread evenly over this long from the start.
     pub spread: Duration,
     pub brokers: Brokers,
+    /// How long an `Action::Outage` lasts.
+    pub outage: Duration,
     pub rng: Rng,
     /// The run's start, for the timeline.
     pub epoch: Instant,
@@ -124,7 +141,7 @@ pub struct Killer {
 /// `stop`. Stopping early skips what is left, but never interrupts an action: a broker
 /// that was stopped is always started again.
 pub async fn run(killer: Killer, plan_done: Shutdown, stop: Shutdown) -> Outcome {
-    let Killer { mut supervisor, actions, spread, brokers, mut rng, epoch } = killer;
+    let Killer { mut supervisor, actions, spread, brokers, outage, mut rng, epoch } = killer;
     let started = Instant::now();
     let spacing = spread / u32::try_from(actions.len().max(1)).unwrap_or(1);
     let mut done = Vec::with_capacity(actions.len());
@@ -139,7 +156,10 @@ pub async fn run(killer: Killer, plan_done: Shutdown, stop: Shutdown) -> Outcome
         if stop.is_cancelled() {
             break;
         }
-        let down = Duration::from_millis(300 + rng.below(1201) as u64);
+        let down = match action {
+            Action::Outage(_) => outage,
+            _ => Duration::from_millis(300 + rng.below(1201) as u64),
+        };
         let at_s = round1(epoch.elapsed().as_secs_f64());
         let began = Instant::now();
         let result = match action {
@@ -156,13 +176,18 @@ pub async fn run(killer: Killer, plan_done: Shutdown, stop: Shutdown) -> Outcome
                 }
                 None => Err(anyhow::anyhow!("no Redis to restart")),
             },
+            Action::Outage(process) => take_down(&mut supervisor, process, down).await,
         };
         let took_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
         let error = result.err().map(|e| format!("{e:#}"));
         let broker_stalled =
             error.is_some() && !brokers::amqp_answers(brokers.rabbitmq_port, Duration::from_secs(2)).await;
-        if !matches!(action, Action::Kill(_)) {
-            let broker = if action == Action::RestartRabbitMq { "rabbitmq" } else { "redis" };
+        let broker = match action {
+            Action::RestartRabbitMq => Some("rabbitmq"),
+            Action::RestartRedis => Some("redis"),
+            Action::Kill(_) | Action::Outage(_) => None,
+        };
+        if let Some(broker) = broker {
             match &error {
                 None => supervisor.note(broker, format!("back after {took_ms} ms")),
                 Some(error) => supervisor.note(broker, format!("RESTART FAILED: {error}")),
@@ -182,6 +207,33 @@ pub async fn run(killer: Killer, plan_done: Shutdown, stop: Shutdown) -> Outcome
     Outcome { supervisor, planned, done }
 }
 
+/// Services whose answers the notification worker caches (showtimes for minutes,
+/// contacts for seconds).
+const CACHED_BY_NOTIFICATION: [&str; 2] = ["cinema", "user"];
+
+/// `process` SIGKILLed and kept down for `down` while the rest of the mesh runs on (and
+/// is reaped: a process that gives up while a dependency is down is noticed), then
+/// started again. When the notification worker caches what `process` answers, it is
+/// restarted at once too, so that it starts cold and every event it handles during the
+/// outage asks the service that is down.
+async fn take_down(supervisor: &mut Supervisor, process: &str, down: Duration) -> anyhow::Result<()> {
+    let killed_at = supervisor.kill(process, down).await?;
+    if CACHED_BY_NOTIFICATION.contains(&process) && supervisor.names().contains(&"notification") {
+        supervisor.kill_and_restart("notification", Duration::from_millis(300)).await?;
+    }
+    reap_for(supervisor, down.saturating_sub(killed_at.elapsed())).await;
+    supervisor.restart_killed(process, killed_at).await
+}
+
+/// Waits `how_long`, restarting processes that exit meanwhile.
+async fn reap_for(supervisor: &mut Supervisor, how_long: Duration) {
+    let until = Instant::now() + how_long;
+    while Instant::now() < until {
+        supervisor.reap().await;
+        tokio::time::sleep(REAP_EVERY.min(until.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,7 +243,7 @@ mod tests {
     #[test]
     fn every_round_of_kills_covers_every_process_and_brokers_never_go_first() {
         let mut rng = Rng::seeded();
-        let actions = plan(&SIX, 12, true, &mut rng);
+        let actions = plan(&SIX, 12, true, None, &mut rng);
         assert_eq!(actions.len(), 14);
         assert!(!matches!(actions[0], Action::RestartRabbitMq | Action::RestartRedis));
         let kills: Vec<&str> = actions
@@ -210,6 +262,6 @@ mod tests {
         }
         assert_eq!(actions.iter().filter(|a| **a == Action::RestartRabbitMq).count(), 1);
         assert_eq!(actions.iter().filter(|a| **a == Action::RestartRedis).count(), 1);
-        assert_eq!(plan(&SIX, 6, false, &mut rng).len(), 6);
+        assert_eq!(plan(&SIX, 6, false, None, &mut rng).len(), 6);
     }
 }

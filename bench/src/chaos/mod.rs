@@ -70,15 +70,22 @@ pub struct Options {
     pub keep: bool,
     /// How long the mesh may take to settle after the load.
     pub settle_seconds: u64,
+    /// A process (by name) or `mongodb`, kept down for `outage_seconds` mid-load.
+    pub outage: Option<String>,
+    pub outage_seconds: u64,
 }
 
 impl Options {
     pub const USAGE: &str = "marquee-bench chaos [--short] [--customers N] [--seconds N] [--kills N] \
-        [--no-brokers] [--seat-pool N] [--registrations-at-once N] [--port-base N] [--settle-seconds N] \
+        [--no-brokers|--brokers] [--seat-pool N] [--registrations-at-once N] [--port-base N] [--settle-seconds N] \
+        [--outage PROCESS|mongodb] [--outage-seconds N] \
         [--out FILE] [--logs DIR] [--bin-dir DIR] [--config-dir DIR] [--keep]";
 
     /// Full run: 32 customers, 60 s, 12 kills. `--short`: 32 customers, 20 s, 6 kills
     /// (each process once). Both restart each broker once unless `--no-brokers`.
+    /// `--outage X`: X down for 30 s in the middle of 90 s of load, and (unless given)
+    /// no kills and no broker restarts (`--brokers` adds them), so that the outage is the
+    /// only fault.
     pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
         let args: Vec<String> = args.collect();
         let short = args.iter().any(|a| a == "--short");
@@ -97,13 +104,24 @@ impl Options {
             config_dir: None,
             keep: false,
             settle_seconds: 120,
+            outage: None,
+            outage_seconds: 30,
         };
+        let given = |flag: &str| args.iter().any(|a| a == flag);
+        if given("--outage") {
+            options.seconds = 90;
+            options.kills = 0;
+            options.brokers = false;
+        }
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
             match arg.as_str() {
                 "--short" => {}
                 "--no-brokers" => options.brokers = false,
+                "--brokers" => options.brokers = true,
+                "--outage" => options.outage = Some(value("--outage")?),
+                "--outage-seconds" => options.outage_seconds = value("--outage-seconds")?.parse()?,
                 "--keep" => options.keep = true,
                 "--customers" => options.customers = value("--customers")?.parse()?,
                 "--seconds" => options.seconds = value("--seconds")?.parse()?,
@@ -138,6 +156,8 @@ pub struct Ports {
     pub notification: u16,
     pub gateway: u16,
     pub metrics: u16,
+    /// The run's own MongoDB-wire server, when MongoDB is what an outage takes down.
+    pub mongo: u16,
 }
 
 impl Ports {
@@ -150,11 +170,21 @@ impl Ports {
             notification: base + 5,
             gateway: base + 80,
             metrics: base + 95,
+            mongo: base + 17,
         }
     }
 
-    fn all(&self) -> [u16; 7] {
-        [self.user, self.cinema, self.booking, self.payment, self.notification, self.gateway, self.metrics]
+    fn all(&self) -> [u16; 8] {
+        [
+            self.user,
+            self.cinema,
+            self.booking,
+            self.payment,
+            self.notification,
+            self.gateway,
+            self.metrics,
+            self.mongo,
+        ]
     }
 
     /// Fails unless every port of the block is free now.
@@ -218,6 +248,7 @@ fn environment(settings: &Settings, ports: Ports, config_dir: &Path) -> Vec<(Str
         ("MARQUEE_ENV", CONFIG_ENV.to_owned()),
         ("MARQUEE_CONFIG_DIR", config_dir.display().to_string()),
         ("MARQUEE_POSTGRES__URL", settings.postgres.url.expose().clone()),
+        ("MARQUEE_MONGO__URL", settings.mongo.url.expose().clone()),
         ("MARQUEE_MONGO__DATABASE_PREFIX", settings.mongo.database_prefix.clone()),
         ("MARQUEE_REDIS__KEY_PREFIX", settings.redis.key_prefix.clone()),
         ("MARQUEE_RABBITMQ__EXCHANGE", settings.rabbitmq.exchange.clone()),
@@ -255,10 +286,11 @@ fn environment(settings: &Settings, ports: Ports, config_dir: &Path) -> Vec<(Str
 }
 
 /// The six processes in start order: cinema migrates before booking needs it, and the
-/// gateway comes last.
-fn specs(bin_dir: &Path, env: &[(String, String)], ports: Ports) -> Vec<Spec> {
+/// gateway comes last; the run's own MongoDB-wire server before them all when there is
+/// one.
+fn specs(bin_dir: &Path, env: &[(String, String)], ports: Ports, mongo: Option<&PrivateMongo>) -> Vec<Spec> {
     let grpc = |port: u16| Probe::Grpc(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
-    [
+    let mut specs: Vec<Spec> = [
         ("user", grpc(ports.user)),
         ("cinema", grpc(ports.cinema)),
         ("payment", grpc(ports.payment)),
@@ -270,14 +302,65 @@ fn specs(bin_dir: &Path, env: &[(String, String)], ports: Ports) -> Vec<Spec> {
     .map(|(name, probe)| Spec {
         name,
         binary: bin_dir.join(format!("marquee-{name}")),
+        args: Vec::new(),
         env: env.to_vec(),
         probe,
     })
-    .collect()
+    .collect();
+    if let Some(mongo) = mongo {
+        specs.insert(0, mongo.spec(ports.mongo));
+    }
+    specs
 }
 
-/// Drops the run's PostgreSQL and MongoDB databases.
-async fn drop_stores(settings: &Settings) -> anyhow::Result<()> {
+/// A MongoDB-wire server of the run's own (`secantusd-rs`, the binary `scripts/infra`
+/// builds, found through `MARQUEE_SECANTUS_BIN`; its storage settings come with the
+/// environment `scripts/infra secantus-env` gives `scripts/chaos`, as for the shared
+/// one), so that an outage of MongoDB takes down only this run's store, not the
+/// machine's shared one.
+struct PrivateMongo {
+    binary: PathBuf,
+    data: PathBuf,
+}
+
+impl PrivateMongo {
+    const NAME: &str = "mongodb";
+
+    fn new(data: PathBuf) -> anyhow::Result<Self> {
+        let binary: PathBuf = std::env::var_os("MARQUEE_SECANTUS_BIN")
+            .context("MARQUEE_SECANTUS_BIN is not set: run the outage of MongoDB through scripts/chaos")?
+            .into();
+        std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+        Ok(Self { binary, data })
+    }
+
+    /// `configured` (`mongodb://host:port/...`) pointed at this server instead, keeping
+    /// its options.
+    fn url(configured: &str, port: u16) -> anyhow::Result<String> {
+        let rest = configured.strip_prefix("mongodb://").context("only mongodb:// URLs are supported")?;
+        let tail = rest.find(['/', '?']).map_or("", |at| &rest[at..]);
+        Ok(format!("mongodb://127.0.0.1:{port}{tail}"))
+    }
+
+    fn spec(&self, port: u16) -> Spec {
+        let args = ["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain([self.data.display().to_string(), "--cache-size".to_owned(), "256M".to_owned()])
+            .collect();
+        Spec {
+            name: Self::NAME,
+            binary: self.binary.clone(),
+            args,
+            env: Vec::new(),
+            probe: Probe::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+        }
+    }
+}
+
+/// Drops the run's PostgreSQL and MongoDB databases (the data of the run's own MongoDB,
+/// stopped by now, when it had one).
+async fn drop_stores(settings: &Settings, mongo: Option<&PrivateMongo>) -> anyhow::Result<()> {
     let url = settings.postgres.url.expose();
     let (server, database) = url.rsplit_once('/').context("postgres url has no database part")?;
     let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
@@ -285,6 +368,10 @@ async fn drop_stores(settings: &Settings) -> anyhow::Result<()> {
         .execute(&mut admin)
         .await
         .context("cannot drop the run's database")?;
+    if let Some(mongo) = mongo {
+        return std::fs::remove_dir_all(&mongo.data)
+            .with_context(|| format!("cannot remove {}", mongo.data.display()));
+    }
     let mongo = mongodb::Client::with_uri_str(settings.mongo.url.expose()).await?;
     for service in ["user", "booking", "payment", "notification"] {
         mongo.database(&settings.mongo.database_name(service)).drop().await?;
@@ -304,14 +391,31 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     };
     let config_dir = options.config_dir.clone().unwrap_or_else(|| root.join("config"));
     let logs = options.logs.clone().unwrap_or_else(|| root.join(format!(".run/chaos-{tag}")));
-    let default_out =
-        if options.short { "bench/results/chaos-short.json" } else { "bench/results/chaos.json" };
+    let default_out = match (&options.outage, options.short) {
+        (Some(target), _) => format!("bench/results/chaos-outage-{target}.json"),
+        (None, true) => "bench/results/chaos-short.json".to_owned(),
+        (None, false) => "bench/results/chaos.json".to_owned(),
+    };
     let out = options.out.clone().unwrap_or_else(|| root.join(default_out));
     // The suite reads its own settings from this repository's config (it may differ
     // from the processes', e.g. older binaries with their own `--config-dir`).
-    let settings = isolated_settings(&root.join("config"), &tag).await?;
+    let mut settings = isolated_settings(&root.join("config"), &tag).await?;
+    let mongo = match options.outage.as_deref() {
+        Some(PrivateMongo::NAME) => {
+            settings.mongo.url = Secret::new(PrivateMongo::url(settings.mongo.url.expose(), ports.mongo)?);
+            Some(PrivateMongo::new(logs.join("mongodb-data"))?)
+        }
+        _ => None,
+    };
     let env = environment(&settings, ports, &config_dir);
-    let specs = specs(&bin_dir, &env, ports);
+    let specs = specs(&bin_dir, &env, ports, mongo.as_ref());
+    let outage = match options.outage.as_deref() {
+        None => None,
+        Some(name) => Some(specs.iter().map(|spec| spec.name).find(|n| *n == name).with_context(|| {
+            let names: Vec<&str> = specs.iter().map(|spec| spec.name).collect();
+            format!("--outage takes mongodb or a process ({}), not {name}", names.join(", "))
+        })?),
+    };
     for spec in &specs {
         let binary = spec.binary.display();
         anyhow::ensure!(spec.binary.is_file(), "{binary} not found: build it (scripts/chaos does)");
@@ -349,7 +453,7 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     eprintln!("[chaos] mesh up at +{:.1}s; showtime {showtime}", epoch.elapsed().as_secs_f64());
 
     let brokers = killer::Brokers { rabbitmq_port: rabbitmq_port(&settings), redis };
-    let load = drive(&options, ports, &showtime, supervisor, brokers, epoch).await?;
+    let load = drive(&options, ports, &showtime, supervisor, brokers, outage, epoch).await?;
     eprintln!(
         "[chaos] load over after {:.1} s, customers done {:.1} s later; waiting for the mesh to settle",
         load.seconds, load.finishing_seconds
@@ -420,7 +524,7 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
 
     let failed: Vec<&str> = checks.iter().filter(|c| !c.pass).map(|c| c.name).collect();
     if failed.is_empty() && !options.keep {
-        drop_stores(&settings).await.context("cannot drop the run's stores")?;
+        drop_stores(&settings, mongo.as_ref()).await.context("cannot drop the run's stores")?;
     }
     anyhow::ensure!(failed.is_empty(), "{} checks failed: {}", failed.len(), failed.join(", "));
     Ok(())
@@ -446,6 +550,7 @@ async fn drive(
     showtime: &str,
     supervisor: Supervisor,
     brokers: killer::Brokers,
+    outage: Option<&'static str>,
     epoch: Instant,
 ) -> anyhow::Result<Load> {
     let config = Config {
@@ -474,12 +579,23 @@ async fn drive(
     }
     let mut rng = Rng::seeded();
     let window = Duration::from_secs(options.seconds);
-    let actions = killer::plan(&supervisor.names(), options.kills, options.brokers, &mut rng);
+    // Kills go round the mesh's services; a store of the run's own goes down only in an outage.
+    let services: Vec<&'static str> =
+        supervisor.names().into_iter().filter(|name| *name != PrivateMongo::NAME).collect();
+    let actions = killer::plan(&services, options.kills, options.brokers, outage, &mut rng);
     let (plan_done, stop_killer) = (Shutdown::new(), Shutdown::new());
     // The last action lands at ~90% of the window, leaving load to run on after it.
     let spread = window.mul_f64(0.85);
     let killer = tokio::spawn(killer::run(
-        killer::Killer { supervisor, actions, spread, brokers, rng, epoch },
+        killer::Killer {
+            supervisor,
+            actions,
+            spread,
+            brokers,
+            outage: Duration::from_secs(options.outage_seconds),
+            rng,
+            epoch,
+        },
         plan_done.clone(),
         stop_killer.clone(),
     ));

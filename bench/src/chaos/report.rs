@@ -162,6 +162,8 @@ impl Run<'_> {
                 "load_seconds_planned": self.options.seconds,
                 "kills_planned": self.options.kills,
                 "broker_restarts": self.options.brokers,
+                "outage": self.options.outage,
+                "outage_seconds": self.options.outage.as_ref().map(|_| self.options.outage_seconds),
                 "seat_pool": self.options.seat_pool,
                 "registrations_at_once": self.options.registrations_at_once,
                 "showtime": self.showtime,
