@@ -54,27 +54,6 @@ impl CinemaApi {
     }
 }
 
-impl CinemaApi {
-    /// Refuses a hold that would strand a seat, unless every block of that size would.
-    /// Orphans are row-local, so only the requested rows are read; the whole map only
-    /// when a seat would be stranded and the alternatives must be looked at.
-    async fn check_no_orphans(&self, showtime: ShowtimeId, seats: &SeatSelection) -> Result<(), CinemaError> {
-        let wanted = seats.to_strings();
-        let rows = self.store.seat_map_of_rows(showtime, &wanted).await?;
-        let taking = wanted.iter().map(String::as_str).collect();
-        let stranded = seating::new_orphans(&rows, &taking);
-        if stranded.is_empty() {
-            return Ok(());
-        }
-        let map = self.store.seat_map(showtime).await?;
-        if !seating::clean_block_exists(&map, wanted.len()) {
-            return Ok(());
-        }
-        tracing::info!(seats.stranded = %stranded.join(","), "hold refused by the no-orphan rule");
-        Err(CinemaError::SeatRule(stranded))
-    }
-}
-
 /// Bounds one batch lookup, like a page.
 const MAX_BATCH_IDS: usize = 100;
 
@@ -305,17 +284,19 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
             }
         };
         let since = self.board.mark();
-        if self.policy.no_orphan_seats {
-            self.check_no_orphans(showtime, &seats).await?;
-        }
-        let hold =
-            self.store.lock_seats(showtime, &seats, booking, ttl, self.policy.cutoff).await.inspect_err(
-                |e| {
-                    if let CinemaError::SeatsUnavailable(taken) = e {
-                        tracing::info!(seats.unavailable = %taken.join(","), "seats not locked");
-                    }
-                },
-            )?;
+        let hold = self
+            .store
+            .lock_seats(showtime, &seats, booking, ttl, self.policy.cutoff, self.policy.no_orphan_seats)
+            .await
+            .inspect_err(|e| match e {
+                CinemaError::SeatsUnavailable(taken) => {
+                    tracing::info!(seats.unavailable = %taken.join(","), "seats not locked");
+                }
+                CinemaError::SeatRule(stranded) => {
+                    tracing::info!(seats.stranded = %stranded.join(","), "hold refused by the no-orphan rule");
+                }
+                _ => {}
+            })?;
         self.board.record_hold(showtime.as_uuid(), &wanted, booking.as_uuid(), hold.expires_at, since);
         turns.won_by(booking.as_uuid());
         drop(turns);

@@ -1,12 +1,11 @@
-//! Seating rules over a seat map: the no-orphan rule and seat suggestions.
+//! Seat suggestions over a seat map, ranked by the no-orphan rule.
 //!
 //! A row splits into sections at aisles and gaps (positions that are not consecutive).
 //! A free seat is an orphan when nothing free is next to it in its section: it sits
-//! between taken seats, or between a taken seat and the section's end. A hold may not
-//! create one, unless no contiguous block of the party's size exists that creates none.
-//!
-//! The check reads the seat map just before the atomic lock, so two holds racing in
-//! one row may together strand a seat: that costs seating quality, never a double sale.
+//! between taken seats, or between a taken seat and the section's end. Holds enforce the
+//! rule in `cinema_lock_seats` (migration 0006), under the hold's row locks, so racing
+//! holds cannot strand a seat together. Suggestions prefer blocks that strand nobody by
+//! the same definition (the SQL tests of the rule and the suggestion tests share cases).
 
 use std::collections::BTreeSet;
 
@@ -50,21 +49,6 @@ fn orphans<'a>(section: &[&'a SeatRecord], taking: &BTreeSet<&str>) -> BTreeSet<
         .filter(|&i| free(i) && !(i > 0 && free(i - 1)) && !(i + 1 < section.len() && free(i + 1)))
         .map(|i| section[i].seat_id.as_str())
         .collect()
-}
-
-/// Seats that taking `taking` would strand (sorted); empty when the hold is fine.
-pub fn new_orphans(map: &[SeatRecord], taking: &BTreeSet<&str>) -> Vec<String> {
-    let none = BTreeSet::new();
-    let mut stranded = Vec::new();
-    for section in sections(map) {
-        if !section.iter().any(|s| taking.contains(s.seat_id.as_str())) {
-            continue;
-        }
-        let before = orphans(&section, &none);
-        stranded.extend(orphans(&section, taking).difference(&before).map(|s| (*s).to_owned()));
-    }
-    stranded.sort();
-    stranded
 }
 
 /// What a party asks `suggest` for.
@@ -128,16 +112,6 @@ pub fn suggest(map: &[SeatRecord], party: &PartyRequest<'_>) -> Option<Vec<Strin
     best.map(|(_, _, seats)| seats)
 }
 
-/// Whether some block of `count` ordinary free adjacent seats strands nobody: if not,
-/// the no-orphan rule gives way ("no other choice for that party size").
-pub fn clean_block_exists(map: &[SeatRecord], count: usize) -> bool {
-    let party = PartyRequest { count, category: None, accessible: false };
-    suggest(map, &party).is_some_and(|seats| {
-        let taking: BTreeSet<&str> = seats.iter().map(String::as_str).collect();
-        new_orphans(map, &taking).is_empty()
-    })
-}
-
 fn accessible(seat: &SeatRecord) -> bool {
     seat.place.is_some_and(|p| p.accessible)
 }
@@ -174,27 +148,6 @@ mod tests {
         seats
     }
 
-    fn orphans_of(rows: &[&str], taking: &[&str]) -> Vec<String> {
-        new_orphans(&map(rows), &taking.iter().copied().collect())
-    }
-
-    #[test]
-    fn a_seat_left_alone_between_taken_seats_or_at_an_aisle_is_an_orphan() {
-        // A: 1 2 3 4 | 5 6
-        assert_eq!(orphans_of(&["....|.."], &["A2"]), ["A1"]);
-        assert_eq!(orphans_of(&["x...|.."], &["A3"]), ["A2", "A4"]);
-        assert_eq!(orphans_of(&["....|.."], &["A3", "A4"]), Vec::<String>::new());
-        assert_eq!(orphans_of(&["....|.."], &["A3"]), ["A4"], "the aisle ends the section");
-        assert_eq!(orphans_of(&["....|.."], &["A5"]), ["A6"]);
-        assert_eq!(orphans_of(&["....|.."], &["A1", "A2"]), Vec::<String>::new());
-    }
-
-    #[test]
-    fn orphans_that_existed_before_the_hold_are_not_its_fault() {
-        assert_eq!(orphans_of(&[".x...."], &["A3", "A4"]), Vec::<String>::new());
-        assert_eq!(orphans_of(&[".|...."], &["A2", "A3"]), Vec::<String>::new());
-    }
-
     #[test]
     fn suggestions_prefer_the_centre_and_avoid_strays_and_accessible_seats() {
         let seats = map(&["......", "..aa..", "......"]);
@@ -203,13 +156,5 @@ mod tests {
         assert_eq!(suggest(&seats, &pair(2, true)).unwrap(), ["B3", "B4"]);
         assert_eq!(suggest(&seats, &pair(3, false)).unwrap(), ["A1", "A2", "A3"]);
         assert_eq!(suggest(&seats, &pair(7, false)), None);
-    }
-
-    #[test]
-    fn the_rule_gives_way_when_no_clean_block_exists() {
-        assert!(clean_block_exists(&map(&["...x.."]), 2));
-        assert!(clean_block_exists(&map(&[".x.x.x"]), 1), "taking a lone seat strands nobody");
-        assert!(!clean_block_exists(&map(&["..x..."]), 4));
-        assert!(!clean_block_exists(&map(&["x...x"]), 2), "any pair strands the third seat");
     }
 }

@@ -1478,6 +1478,381 @@ async fn holds_may_not_strand_a_single_seat_unless_no_other_block_exists() {
 }
 
 #[tokio::test]
+async fn forty_eight_clients_holding_pairs_in_three_rows_never_deadlock_or_strand_a_seat() {
+    let app = spawn_app_with(|s| s.cinema.no_orphan_seats = true).await;
+    // Rows D-J stay free, so a clean pair always exists and the rule never gives way:
+    // whatever the interleaving, rows A-C must end without a lone free seat.
+    let mut refused_by_rule = 0;
+    for showtime in app.showtimes_in_saal_1().await.iter().take(3).map(|s| s.id.as_str()) {
+        let wanted: Vec<Vec<String>> = (0..48)
+            .map(|i| {
+                let (row, first) = (["A", "B", "C"][i % 3], (i * 5) % 11 + 1);
+                vec![format!("{row}{first}"), format!("{row}{}", first + 1)]
+            })
+            .collect();
+        let results = race(&app, showtime, wanted).await;
+        let mut won = BTreeMap::new();
+        for (booking, seats, outcome) in &results {
+            match outcome {
+                Ok(got) => won.extend(got.iter().map(|s| (s.clone(), held(booking)))),
+                Err(e) if e.code == ErrorCode::SeatRuleViolation => refused_by_rule += 1,
+                Err(e) => assert_eq!(e.code, ErrorCode::SeatUnavailable, "{seats:?}: {e}"),
+            }
+        }
+        let taken = app.taken_seats(showtime).await;
+        assert_eq!(taken, won, "the database holds exactly what the winners were told");
+        for row in ["A", "B", "C"] {
+            let free = |n: i32| (1..=12).contains(&n) && !taken.contains_key(&format!("{row}{n}"));
+            let alone: Vec<i32> = (1..=12).filter(|&n| free(n) && !free(n - 1) && !free(n + 1)).collect();
+            assert!(alone.is_empty(), "row {row} strands seats {alone:?}: {taken:?}");
+        }
+    }
+    assert!(refused_by_rule > 0, "the rule was never put to the test");
+}
+
+impl TestApp {
+    /// A showtime tomorrow on a new screen of `rows` (one string per row, A first, every
+    /// seat standard): `.` free, `x` taken (blocked), `a` a free accessible space, `|`
+    /// an aisle. Returns the showtime and the screen.
+    async fn layout_showtime(&self, rows: &[&str]) -> (Uuid, Uuid) {
+        let (screen, showtime) = (Uuid::new_v4(), Uuid::new_v4());
+        let (mut ids, mut labels, mut numbers, mut positions, mut accessible, mut blocked) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (r, layout) in rows.iter().enumerate() {
+            let label = char::from(b'A' + r as u8).to_string();
+            let mut number = 0;
+            for (position, c) in (1..).zip(layout.chars()).filter(|(_, c)| *c != '|') {
+                number += 1;
+                ids.push(format!("{label}{number}"));
+                labels.push(label.clone());
+                numbers.push(number);
+                positions.push(position);
+                accessible.push(c == 'a');
+                blocked.push(c == 'x');
+            }
+        }
+        let mut tx = self.db.begin().await.unwrap();
+        sqlx::query("INSERT INTO screens (id, cinema_id, name) VALUES ($1, $2::uuid, $1::text)")
+            .bind(screen)
+            .bind(BERLIN)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO screen_seats (screen_id, seat_id, row_label, seat_number, position, category,
+                                       accessible, blocked)
+             SELECT $1, i, l, n, p, 'standard', a, b
+               FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::bool[], $7::bool[])
+                    AS u(i, l, n, p, a, b)",
+        )
+        .bind(screen)
+        .bind(&ids)
+        .bind(&labels)
+        .bind(&numbers)
+        .bind(&positions)
+        .bind(&accessible)
+        .bind(&blocked)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        for sql in [
+            "INSERT INTO showtimes (id, movie_id, screen_id, starts_at, ends_at)
+             VALUES ($1, $3::uuid, $2, now() + interval '1 day', now() + interval '2 days')",
+            "INSERT INTO showtime_prices (showtime_id, category, amount_minor, currency)
+             VALUES ($1, 'standard', 900, 'EUR')",
+            "INSERT INTO showtime_seats (showtime_id, seat_id, row_label, seat_number, category, status)
+             SELECT $1, seat_id, row_label, seat_number, category,
+                    CASE WHEN blocked THEN 'blocked' ELSE 'available' END
+               FROM screen_seats WHERE screen_id = $2",
+        ] {
+            sqlx::query(sql).bind(showtime).bind(screen).bind(PROJECTIONIST).execute(&mut *tx).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        (showtime, screen)
+    }
+}
+
+#[tokio::test]
+async fn the_no_orphan_rule_refuses_exactly_the_holds_that_leave_a_seat_alone() {
+    let app = spawn_app().await;
+    // (row A, seats taken, seats stranded). Row B, all free, is added to each layout so a
+    // clean block always exists and the rule never gives way here.
+    let cases: [(&str, &[&str], &[&str]); 9] = [
+        ("....|..", &["A2"], &["A1"]),
+        ("x...|..", &["A3"], &["A2", "A4"]),
+        ("....|..", &["A3", "A4"], &[]),
+        ("....|..", &["A3"], &["A4"]), // the aisle ends the section
+        ("....|..", &["A5"], &["A6"]),
+        ("....|..", &["A1", "A2"], &[]),
+        // Orphans that existed before the hold are not its fault.
+        (".x....", &["A3", "A4"], &[]),
+        (".|....", &["A2", "A3"], &[]),
+        // The two racing holds of the race test, as one hold.
+        ("............", &["A1", "A2", "A4", "A5"], &["A3"]),
+    ];
+    for (row, taking, stranded) in cases {
+        let (showtime, _) = app.layout_showtime(&[row, "........"]).await;
+        let outcome: Vec<(String, String)> =
+            sqlx::query_as("SELECT outcome::text, seat_id FROM cinema_lock_seats($1, $2, $3, 300, 0, true)")
+                .bind(showtime)
+                .bind(taking.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .bind(Uuid::new_v4())
+                .fetch_all(&app.db)
+                .await
+                .unwrap();
+        let expected: Vec<(String, String)> = if stranded.is_empty() {
+            taking.iter().map(|s| ("held".to_owned(), (*s).to_owned())).collect()
+        } else {
+            stranded.iter().map(|s| ("orphan".to_owned(), (*s).to_owned())).collect()
+        };
+        assert_eq!(outcome, expected, "row {row}, taking {taking:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_no_orphan_rule_gives_way_when_no_block_of_that_size_strands_nobody() {
+    let app = spawn_app_with(|s| s.cinema.no_orphan_seats = true).await;
+    // (row A, party size, whether a block of ordinary seats strands nobody)
+    let cases = [
+        ("...x..", 2, true),
+        (".x.x.x", 1, true), // taking a lone seat strands nobody
+        ("..x...", 4, false),
+        ("x...x", 2, false), // any pair strands the third seat
+        ("a..", 2, false),   // A1-A2 would do, but A1 is a wheelchair space
+    ];
+    for (row, party, clean) in cases {
+        let (showtime, screen) = app.layout_showtime(&[row]).await;
+        let exists: bool = sqlx::query_scalar("SELECT cinema_clean_block_exists($1, $2, $3)")
+            .bind(showtime)
+            .bind(screen)
+            .bind(party)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        assert_eq!(exists, clean, "row {row}, party of {party}");
+    }
+
+    // So in x...x a pair that strands a seat is held: there is no other choice.
+    let (showtime, _) = app.layout_showtime(&["x...x"]).await;
+    let hold = app.lock(&showtime.to_string(), &new_booking(), &["A2", "A3"]).await.unwrap();
+    assert_eq!(seat_ids(&hold.seats), ["A2", "A3"]);
+}
+
+/// Backends of this test's database waiting for a row lock inside `cinema_lock_seats`.
+async fn locks_waiting(db: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock'
+            AND query LIKE '%cinema_lock_seats%'",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn two_holds_racing_in_one_row_never_strand_the_seat_between_them() {
+    let app = spawn_app_with(|s| s.cinema.no_orphan_seats = true).await;
+    // Row A has 12 seats and no aisle. A1-A2 alone strands nobody (A3 still has A4), nor
+    // does A4-A5 alone (A3 still has A2); together they leave A3 alone, and clean pairs
+    // abound elsewhere, so the rule must refuse whichever hold comes second.
+    let showtime = app.showtime().await.id;
+
+    // An outside transaction row-locks A2 and A4, so both holds get as far as their row
+    // locks and queue there: the race is forced, not hoped for.
+    let mut outsider = app.db.begin().await.unwrap();
+    sqlx::query(
+        "SELECT 1 FROM showtime_seats WHERE showtime_id = $1::uuid AND seat_id IN ('A2', 'A4')
+          ORDER BY seat_id FOR UPDATE",
+    )
+    .bind(&showtime)
+    .execute(&mut *outsider)
+    .await
+    .unwrap();
+
+    let mut holds = tokio::task::JoinSet::new();
+    for seats in [["A1", "A2"], ["A4", "A5"]] {
+        let (url, showtime) = (app.url.clone(), showtime.clone());
+        holds.spawn(async move {
+            let mut client = CinemaServiceClient::connect(url).await.unwrap();
+            let booking = new_booking();
+            let outcome = client
+                .lock_seats(pb::LockSeatsRequest {
+                    showtime_id: showtime,
+                    seat_ids: seats.map(String::from).to_vec(),
+                    booking_id: booking.clone(),
+                    ttl_seconds: 300,
+                })
+                .await
+                .map(|r| r.into_inner().seats.into_iter().map(|s| s.seat_id).collect::<Vec<_>>())
+                .map_err(|s| ApiError::from_status(&s));
+            (booking, outcome)
+        });
+    }
+    // Proof that the race happened: both holds are inside the database at the same
+    // time, each waiting for a row lock, neither decided yet.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while locks_waiting(&app.db).await < 2 {
+        assert!(std::time::Instant::now() < deadline, "the two holds were never in flight together");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    outsider.rollback().await.unwrap();
+
+    let results = holds.join_all().await;
+    let winners: Vec<_> =
+        results.iter().filter_map(|(b, r)| r.as_ref().ok().map(|seats| (b, seats))).collect();
+    let refusals: Vec<_> = results.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    assert_eq!(winners.len(), 1, "exactly one of the two holds may win: {results:?}");
+    assert_eq!(
+        refusals.iter().map(|e| (e.code, e.meta_list("seat_ids"))).collect::<Vec<_>>(),
+        [(ErrorCode::SeatRuleViolation, vec!["A3".to_owned()])],
+        "the second hold is refused for stranding A3"
+    );
+    let (winner, seats) = winners[0];
+    assert_eq!(
+        app.taken_seats(&showtime).await,
+        seats.iter().map(|s| (s.clone(), held(winner))).collect::<BTreeMap<_, _>>()
+    );
+}
+
+/// What one connection sent PostgreSQL up to a Sync, i.e. in one round trip: the SQL of
+/// each statement it executed.
+type RoundTrip = Vec<String>;
+
+/// A proxy between the service and PostgreSQL that writes down every round trip of the
+/// extended query protocol (and every simple query), so a test can count them.
+#[derive(Clone, Default)]
+struct WireLog(Arc<std::sync::Mutex<Vec<RoundTrip>>>);
+
+impl WireLog {
+    /// Starts a proxy in front of the PostgreSQL of `settings` and points them at it.
+    fn intercept(settings: &mut Settings) -> Self {
+        let url = settings.postgres.url.expose().clone();
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let (authority, database) = rest.split_once('/').unwrap();
+        let (user, upstream) = authority.rsplit_once('@').map_or(("", authority), |(u, h)| (u, h));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let proxy = listener.local_addr().unwrap();
+        let log = Self::default();
+        let (upstream, relay_log) = (upstream.to_owned(), log.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                tokio::spawn(relay_log.clone().relay(client, server));
+            }
+        });
+        let user = if user.is_empty() { String::new() } else { format!("{user}@") };
+        let params = if database.contains('?') { '&' } else { '?' };
+        settings.postgres.url = marquee_common::secret::Secret::new(format!(
+            "{scheme}://{user}{proxy}/{database}{params}sslmode=disable"
+        ));
+        log
+    }
+
+    async fn relay(self, client: tokio::net::TcpStream, server: tokio::net::TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        fn cstr(bytes: &[u8]) -> (String, &[u8]) {
+            let end = bytes.iter().position(|b| *b == 0).unwrap();
+            (String::from_utf8_lossy(&bytes[..end]).into_owned(), &bytes[end + 1..])
+        }
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
+        let (mut pending, mut chunk) = (Vec::new(), vec![0; 16 * 1024]);
+        let mut prepared: HashMap<String, String> = HashMap::new();
+        let (mut started, mut bound, mut trip) = (false, String::new(), RoundTrip::new());
+        loop {
+            let n = match from_client.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&chunk[..n]);
+            // Startup packets have no type byte; every later message has one.
+            let header = |started: bool| if started { 5 } else { 4 };
+            while pending.len() >= header(started) {
+                let h = header(started);
+                let total = h - 4 + u32::from_be_bytes(pending[h - 4..h].try_into().unwrap()) as usize;
+                if pending.len() < total {
+                    break;
+                }
+                let message: Vec<u8> = pending.drain(..total).collect();
+                if !started {
+                    // An SSL or GSS encryption request is answered before the real startup.
+                    let code = u32::from_be_bytes(message[4..8].try_into().unwrap());
+                    started = code != 80_877_103 && code != 80_877_104;
+                } else {
+                    let body = &message[5..];
+                    match message[0] {
+                        b'P' => {
+                            let (name, rest) = cstr(body);
+                            prepared.insert(name, cstr(rest).0);
+                        }
+                        b'B' => bound = prepared.get(&cstr(cstr(body).1).0).cloned().unwrap_or_default(),
+                        b'E' => trip.push(bound.clone()),
+                        b'S' => self.0.lock().unwrap().push(std::mem::take(&mut trip)),
+                        b'Q' => self.0.lock().unwrap().push(vec![cstr(body).0]),
+                        _ => {}
+                    }
+                }
+                if to_server.write_all(&message).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Round trips so far.
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// The round trips that ran statements since `len()` was `from`, leaving out pings:
+    /// sqlx's (a bare Sync whenever a connection goes back to the pool, off the request's
+    /// path) and the readiness probe's `select 1`.
+    fn since(&self, from: usize) -> Vec<RoundTrip> {
+        let log = self.0.lock().unwrap();
+        log[from..].iter().filter(|trip| !trip.is_empty() && *trip != &["select 1"]).cloned().collect()
+    }
+}
+
+#[tokio::test]
+async fn a_hold_under_the_no_orphan_rule_is_one_round_trip_to_postgres() {
+    let mut wire = None;
+    let app = spawn_app_with(|s| {
+        s.cinema.no_orphan_seats = true;
+        // Only the database decides, and on one connection (the other is the seat change
+        // listener's), so a statement is prepared once, in the warm-up, and every later
+        // hold shows only what it costs each time.
+        s.cinema.seat_board = marquee_common::config::SeatBoardMode::Off;
+        s.postgres.max_connections = 2;
+        wire = Some(WireLog::intercept(s));
+    })
+    .await;
+    let wire = wire.unwrap();
+    let showtime = app.showtime().await.id;
+    app.lock(&showtime, &new_booking(), &["J1", "J2"]).await.unwrap();
+
+    let holds: [(&[&str], Option<ErrorCode>); 3] = [
+        (&["A1", "A2"], None),
+        // Strands A3; a clean pair exists elsewhere, so it is refused.
+        (&["A4", "A5"], Some(ErrorCode::SeatRuleViolation)),
+        (&["A2", "A3"], Some(ErrorCode::SeatUnavailable)),
+    ];
+    for (seats, refusal) in holds {
+        let from = wire.len();
+        let outcome = app.lock(&showtime, &new_booking(), seats).await;
+        assert_eq!(outcome.err().map(|e| e.code), refusal, "{seats:?}");
+        let trips = wire.since(from);
+        assert!(
+            trips.len() == 1 && trips[0].len() == 1 && trips[0][0].contains("cinema_lock_seats("),
+            "a hold of {seats:?} must be one statement in one round trip, was {trips:#?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn suggestions_take_central_seats_keep_the_rule_and_offer_accessible_seats_only_when_asked() {
     let app = spawn_app_with(|s| s.cinema.no_orphan_seats = true).await;
     let showtime = app.small_showtime().await;

@@ -1,99 +1,21 @@
-//! PostgreSQL access: catalog reads and the seat-hold functions from the migrations.
-//!
-//! Seat changes go through `cinema_lock_seats`, `cinema_confirm_seats`,
-//! `cinema_release_seats` and `cinema_extend_hold` (see `0002_seat_functions.sql`): one
-//! statement each, so one round trip and one transaction, with row locks taken in seat
-//! order and released at commit, before the reply leaves this process.
+//! Catalog reads (movies, cinemas, showtimes with prices, seat maps) and catalog
+//! administration (new movies, cinemas, screens and showtimes).
 
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::Context;
-use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::PgPool;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::{
+    CategoryPrice, CinemaRecord, MovieRecord, ScreenRecord, SeatPlace, SeatRecord, SeatRow, ShowtimeRecord,
+    Store,
+};
 use crate::catalog::{NewCinema, NewMovie, NewScreen, NewShowtime};
 use crate::domain::{
-    BookingId, CinemaId, City, HoldCutoff, HoldTtl, Money, MovieCursor, MovieId, PageSize, SeatSelection,
-    SeatState, ShowDateRange, ShowtimeId, TitleSearch,
+    CinemaId, City, Money, MovieCursor, MovieId, PageSize, ShowDateRange, ShowtimeId, TitleSearch,
 };
 use crate::error::CinemaError;
-
-#[derive(Debug, sqlx::FromRow)]
-pub struct MovieRecord {
-    pub id: Uuid,
-    pub title: String,
-    pub synopsis: String,
-    pub runtime_minutes: i32,
-    pub rating: String,
-    pub genres: Vec<String>,
-    pub poster_url: String,
-    pub release_date: Option<NaiveDate>,
-    pub languages: Vec<String>,
-}
-
-#[derive(Debug, sqlx::FromRow)]
-pub struct CinemaRecord {
-    pub id: Uuid,
-    pub name: String,
-    pub city: String,
-    pub address: String,
-    pub time_zone: String,
-}
-
-#[derive(Debug)]
-pub struct CategoryPrice {
-    pub category: String,
-    pub price: Money,
-}
-
-#[derive(Debug)]
-pub struct ShowtimeRecord {
-    pub id: Uuid,
-    pub movie_id: Uuid,
-    pub cinema_id: Uuid,
-    pub screen_id: Uuid,
-    pub screen_name: String,
-    pub starts_at: DateTime<Utc>,
-    pub ends_at: DateTime<Utc>,
-    pub prices: Vec<CategoryPrice>,
-}
-
-#[derive(Debug)]
-pub struct SeatRecord {
-    pub seat_id: String,
-    pub row_label: String,
-    pub seat_number: i32,
-    pub category: String,
-    pub price: Money,
-    pub state: SeatState,
-    /// Where the seat is and what kind it is; only seat maps load it.
-    pub place: Option<SeatPlace>,
-}
-
-#[derive(Debug, Clone, Copy, sqlx::FromRow)]
-pub struct SeatPlace {
-    pub position: i32,
-    pub accessible: bool,
-    pub companion: bool,
-}
-
-#[derive(Debug)]
-pub struct ScreenRecord {
-    pub id: Uuid,
-    pub cinema_id: Uuid,
-    pub name: String,
-    pub seat_count: i32,
-    pub categories: Vec<String>,
-}
-
-/// Seats now held by a booking, with what they cost.
-#[derive(Debug)]
-pub struct Hold {
-    pub seats: Vec<SeatRecord>,
-    pub total: Money,
-    pub expires_at: DateTime<Utc>,
-}
 
 #[derive(sqlx::FromRow)]
 struct ShowtimeRow {
@@ -115,67 +37,11 @@ struct PriceRow {
 }
 
 #[derive(sqlx::FromRow)]
-struct SeatRow {
-    seat_id: String,
-    row_label: String,
-    seat_number: i32,
-    category: String,
-    amount_minor: Option<i64>,
-    currency: Option<String>,
-    status: String,
-}
-
-impl SeatRow {
-    fn into_record(self) -> anyhow::Result<SeatRecord> {
-        let (Some(amount_minor), Some(currency)) = (self.amount_minor, self.currency) else {
-            anyhow::bail!("seat {} (category {}) has no price", self.seat_id, self.category);
-        };
-        Ok(SeatRecord {
-            price: Money::new(amount_minor, currency)?,
-            state: SeatState::from_db(&self.status)?,
-            seat_id: self.seat_id,
-            row_label: self.row_label,
-            seat_number: self.seat_number,
-            category: self.category,
-            place: None,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
 struct MapRow {
     #[sqlx(flatten)]
     seat: SeatRow,
     #[sqlx(flatten)]
     place: SeatPlace,
-}
-
-/// One row of `cinema_lock_seats`: an outcome tag plus, for held seats, the seat.
-#[derive(sqlx::FromRow)]
-struct LockRow {
-    outcome: String,
-    seat_id: Option<String>,
-    row_label: Option<String>,
-    seat_number: Option<i32>,
-    category: Option<String>,
-    amount_minor: Option<i64>,
-    currency: Option<String>,
-    hold_expires_at: Option<DateTime<Utc>>,
-}
-
-/// One row of `cinema_extend_hold`.
-#[derive(sqlx::FromRow)]
-struct ExtendRow {
-    outcome: String,
-    seat_id: Option<String>,
-    hold_expires_at: Option<DateTime<Utc>>,
-}
-
-/// One row of `cinema_confirm_seats` / `cinema_release_seats`.
-#[derive(sqlx::FromRow)]
-struct OutcomeRow {
-    outcome: String,
-    seat_id: Option<String>,
 }
 
 /// A macro rather than a const so `concat!` keeps every query a `&'static str`.
@@ -189,16 +55,7 @@ macro_rules! select_showtimes {
     };
 }
 
-#[derive(Clone)]
-pub struct Store {
-    pool: PgPool,
-}
-
 impl Store {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
     /// One page of movies in (title, id) order, and the cursor of the next page if any.
     pub async fn list_movies(
         &self,
@@ -372,28 +229,6 @@ impl Store {
     /// Every seat of the showtime; a hold past its expiry shows as available, which is
     /// exactly what `cinema_lock_seats` would treat it as.
     pub async fn seat_map(&self, showtime: ShowtimeId) -> Result<Vec<SeatRecord>, CinemaError> {
-        let map = self.seat_map_rows(showtime, None).await?;
-        if map.is_empty() && !self.showtime_exists(showtime).await? {
-            return Err(CinemaError::not_found("showtime", showtime));
-        }
-        Ok(map)
-    }
-
-    /// The seat map of only the rows the given seats sit in (empty for an unknown
-    /// showtime): all a row-local rule like the no-orphan rule needs to look at.
-    pub async fn seat_map_of_rows(
-        &self,
-        showtime: ShowtimeId,
-        seats: &[String],
-    ) -> Result<Vec<SeatRecord>, CinemaError> {
-        self.seat_map_rows(showtime, Some(seats)).await
-    }
-
-    async fn seat_map_rows(
-        &self,
-        showtime: ShowtimeId,
-        rows_of: Option<&[String]>,
-    ) -> Result<Vec<SeatRecord>, CinemaError> {
         let rows = sqlx::query_as::<_, MapRow>(
             "SELECT s.seat_id, s.row_label, s.seat_number, s.category, p.amount_minor, p.currency,
                     CASE WHEN s.status = 'held' AND s.hold_expires_at <= now() THEN 'available'
@@ -404,20 +239,20 @@ impl Store {
                JOIN screen_seats ss ON ss.screen_id = st.screen_id AND ss.seat_id = s.seat_id
                LEFT JOIN showtime_prices p ON p.showtime_id = s.showtime_id AND p.category = s.category
               WHERE s.showtime_id = $1
-                AND ($2::text[] IS NULL
-                     OR s.row_label IN (SELECT r.row_label FROM showtime_seats r
-                                         WHERE r.showtime_id = $1 AND r.seat_id = ANY ($2)))
               ORDER BY length(s.row_label), s.row_label, ss.position",
         )
         .bind(showtime.as_uuid())
-        .bind(rows_of)
         .fetch_all(&self.pool)
         .await
         .with_context(|| format!("cannot load the seat map of showtime {showtime}"))?;
-        Ok(rows
+        let map = rows
             .into_iter()
             .map(|row| Ok(SeatRecord { place: Some(row.place), ..row.seat.into_record()? }))
-            .collect::<anyhow::Result<_>>()?)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if map.is_empty() && !self.showtime_exists(showtime).await? {
+            return Err(CinemaError::not_found("showtime", showtime));
+        }
+        Ok(map)
     }
 
     pub async fn showtime_exists(&self, id: ShowtimeId) -> anyhow::Result<bool> {
@@ -427,245 +262,6 @@ impl Store {
             .await
             .with_context(|| format!("cannot look up showtime {id}"))
     }
-
-    /// Holds all of `seats` for `booking`, or none of them.
-    pub async fn lock_seats(
-        &self,
-        showtime: ShowtimeId,
-        seats: &SeatSelection,
-        booking: BookingId,
-        ttl: HoldTtl,
-        cutoff: HoldCutoff,
-    ) -> Result<Hold, CinemaError> {
-        let seat_ids = seats.to_strings();
-        let rows = retry_conflicts(|| {
-            sqlx::query_as::<_, LockRow>("SELECT * FROM cinema_lock_seats($1, $2, $3, $4, $5)")
-                .bind(showtime.as_uuid())
-                .bind(&seat_ids)
-                .bind(booking.as_uuid())
-                .bind(ttl.seconds())
-                .bind(cutoff.seconds())
-                .fetch_all(&self.pool)
-        })
-        .await
-        .with_context(|| format!("cannot lock seats of showtime {showtime}"))?;
-
-        let mut unknown = Vec::new();
-        let mut unavailable = Vec::new();
-        let mut held = Vec::new();
-        let mut expires_at = None;
-        for row in rows {
-            match (row.outcome.as_str(), row.seat_id) {
-                ("showtime_not_found", _) => return Err(CinemaError::not_found("showtime", showtime)),
-                ("showtime_started", _) => {
-                    return Err(CinemaError::BadInput(format!("showtime {showtime} has already started")));
-                }
-                ("holds_closed", _) => {
-                    let closed_at = row.hold_expires_at.context("closed holds without a closing time")?;
-                    return Err(CinemaError::HoldsClosed { showtime: showtime.to_string(), closed_at });
-                }
-                ("unknown", Some(seat)) => unknown.push(seat),
-                ("unavailable", Some(seat)) => unavailable.push(seat),
-                ("held", Some(seat_id)) => {
-                    expires_at = row.hold_expires_at;
-                    held.push(
-                        SeatRow {
-                            seat_id,
-                            row_label: row.row_label.context("held seat without row")?,
-                            seat_number: row.seat_number.context("held seat without number")?,
-                            category: row.category.context("held seat without category")?,
-                            amount_minor: row.amount_minor,
-                            currency: row.currency,
-                            status: "held".to_owned(),
-                        }
-                        .into_record()?,
-                    );
-                }
-                (other, seat) => {
-                    return Err(anyhow::anyhow!("unexpected lock outcome {other:?} for seat {seat:?}").into());
-                }
-            }
-        }
-        if !unknown.is_empty() {
-            unknown.sort();
-            return Err(CinemaError::UnknownSeats(unknown));
-        }
-        if !unavailable.is_empty() {
-            unavailable.sort();
-            return Err(CinemaError::SeatsUnavailable(unavailable));
-        }
-        let total = Money::sum(held.iter().map(|s| &s.price))?.context("lock returned no seats")?;
-        let expires_at = expires_at.context("lock returned no expiry")?;
-        Ok(Hold { seats: held, total, expires_at })
-    }
-
-    /// Books `seats` for `booking` if it holds (or already booked) every one of them.
-    pub async fn confirm_seats(
-        &self,
-        showtime: ShowtimeId,
-        booking: BookingId,
-        seats: &SeatSelection,
-    ) -> Result<Vec<String>, CinemaError> {
-        let seat_ids = seats.to_strings();
-        let rows = retry_conflicts(|| {
-            sqlx::query_as::<_, OutcomeRow>("SELECT * FROM cinema_confirm_seats($1, $2, $3)")
-                .bind(showtime.as_uuid())
-                .bind(booking.as_uuid())
-                .bind(&seat_ids)
-                .fetch_all(&self.pool)
-        })
-        .await
-        .with_context(|| format!("cannot confirm seats of showtime {showtime}"))?;
-        let (booked, unavailable) = split_outcomes(showtime, rows, "booked", "unavailable")?;
-        if unavailable.is_empty() { Ok(booked) } else { Err(CinemaError::SeatsUnavailable(unavailable)) }
-    }
-
-    /// Frees the seats `booking` holds; returns them (none on a repeated call).
-    pub async fn release_seats(
-        &self,
-        showtime: ShowtimeId,
-        booking: BookingId,
-    ) -> Result<Vec<String>, CinemaError> {
-        self.free_seats("SELECT * FROM cinema_release_seats($1, $2)", "release", showtime, booking).await
-    }
-
-    /// Frees every seat `booking` holds or has booked (a cancelled booking); returns
-    /// them (none on a repeated call).
-    pub async fn cancel_seats(
-        &self,
-        showtime: ShowtimeId,
-        booking: BookingId,
-    ) -> Result<Vec<String>, CinemaError> {
-        self.free_seats("SELECT * FROM cinema_cancel_seats($1, $2)", "cancel", showtime, booking).await
-    }
-
-    /// Runs one of the seat-freeing SQL functions for `booking`; returns the freed seats.
-    async fn free_seats(
-        &self,
-        sql: &'static str,
-        verb: &str,
-        showtime: ShowtimeId,
-        booking: BookingId,
-    ) -> Result<Vec<String>, CinemaError> {
-        let rows = retry_conflicts(|| {
-            sqlx::query_as::<_, OutcomeRow>(sql)
-                .bind(showtime.as_uuid())
-                .bind(booking.as_uuid())
-                .fetch_all(&self.pool)
-        })
-        .await
-        .with_context(|| format!("cannot {verb} seats of showtime {showtime}"))?;
-        let (freed, _) = split_outcomes(showtime, rows, "released", "")?;
-        Ok(freed)
-    }
-
-    /// Pushes `booking`'s live hold back by `extension`, once per hold; returns the
-    /// seats and their new expiry.
-    pub async fn extend_hold(
-        &self,
-        showtime: ShowtimeId,
-        booking: BookingId,
-        extension: HoldTtl,
-    ) -> Result<(Vec<String>, DateTime<Utc>), CinemaError> {
-        let rows = retry_conflicts(|| {
-            sqlx::query_as::<_, ExtendRow>("SELECT * FROM cinema_extend_hold($1, $2, $3)")
-                .bind(showtime.as_uuid())
-                .bind(booking.as_uuid())
-                .bind(extension.seconds())
-                .fetch_all(&self.pool)
-        })
-        .await
-        .with_context(|| format!("cannot extend the hold of booking {booking}"))?;
-        let mut seats = Vec::new();
-        let mut expires_at = None;
-        for row in rows {
-            match (row.outcome.as_str(), row.seat_id) {
-                ("showtime_not_found", _) => return Err(CinemaError::not_found("showtime", showtime)),
-                ("no_live_hold", _) => {
-                    return Err(CinemaError::HoldExpired(format!(
-                        "booking {booking} holds no seats of showtime {showtime} any more"
-                    )));
-                }
-                ("already_extended", _) => {
-                    return Err(CinemaError::Conflict(format!(
-                        "the hold of booking {booking} was already extended"
-                    )));
-                }
-                ("extended", Some(seat)) => {
-                    expires_at = row.hold_expires_at;
-                    seats.push(seat);
-                }
-                (other, seat) => {
-                    return Err(
-                        anyhow::anyhow!("unexpected extend outcome {other:?} for seat {seat:?}").into()
-                    );
-                }
-            }
-        }
-        Ok((seats, expires_at.context("extension returned no expiry")?))
-    }
-}
-
-/// How often a seat function is re-run after PostgreSQL aborted it to break a deadlock
-/// or a serialization conflict. Seat functions lock in seat order, so neither should
-/// happen among themselves; this covers anything else that locks seats (ad-hoc SQL,
-/// future statements) and keeps such aborts from ever reaching a client.
-const CONFLICT_ATTEMPTS: u32 = 5;
-
-/// Runs `call` again when PostgreSQL reports a deadlock (40P01) or a serialization
-/// failure (40001): the aborted transaction changed nothing, so a rerun is safe.
-async fn retry_conflicts<T, F, Fut>(mut call: F) -> Result<T, sqlx::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
-{
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Err(e) if attempt < CONFLICT_ATTEMPTS && is_transient_conflict(&e) => {
-                tracing::warn!(attempt, error = %e, "seat statement aborted by a lock conflict; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt) * 5)).await;
-                attempt += 1;
-            }
-            outcome => return outcome,
-        }
-    }
-}
-
-fn is_transient_conflict(error: &sqlx::Error) -> bool {
-    error.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "40P01" || code == "40001")
-}
-
-/// Splits function outcome rows into (success seats, refused seats).
-fn split_outcomes(
-    showtime: ShowtimeId,
-    rows: Vec<OutcomeRow>,
-    success: &str,
-    refused: &str,
-) -> Result<(Vec<String>, Vec<String>), CinemaError> {
-    let mut ok = Vec::new();
-    let mut bad = Vec::new();
-    for row in rows {
-        match (row.outcome.as_str(), row.seat_id) {
-            ("showtime_not_found", _) => return Err(CinemaError::not_found("showtime", showtime)),
-            (outcome, Some(seat)) if outcome == success => ok.push(seat),
-            (outcome, Some(seat)) if !refused.is_empty() && outcome == refused => bad.push(seat),
-            (other, seat) => {
-                return Err(anyhow::anyhow!("unexpected seat outcome {other:?} for seat {seat:?}").into());
-            }
-        }
-    }
-    Ok((ok, bad))
-}
-
-/// Loads the demo catalog; `demo.sql` is idempotent, so every start may run it.
-pub async fn seed_demo(pool: &PgPool) -> anyhow::Result<()> {
-    // Several statements in one simple query run as one implicit transaction.
-    sqlx::raw_sql(include_str!("../../../init-scripts/postgres/demo.sql"))
-        .execute(pool)
-        .await
-        .context("cannot load the demo catalog")?;
-    Ok(())
 }
 
 /// Catalog administration. Each write is one transaction: a refused call writes nothing.
@@ -884,74 +480,4 @@ impl Store {
             .await?
             .ok_or_else(|| anyhow::anyhow!("showtime {id} vanished after its creation").into())
     }
-
-    /// Blocks every requested seat, or none if any is unknown, held or booked.
-    pub async fn block_seats(
-        &self,
-        showtime: ShowtimeId,
-        seats: &SeatSelection,
-    ) -> Result<Vec<String>, CinemaError> {
-        self.staff_change("SELECT * FROM cinema_block_seats($1, $2)", "block", showtime, seats).await
-    }
-
-    /// Puts the blocked ones among `seats` back on sale; returns those.
-    pub async fn unblock_seats(
-        &self,
-        showtime: ShowtimeId,
-        seats: &SeatSelection,
-    ) -> Result<Vec<String>, CinemaError> {
-        self.staff_change("SELECT * FROM cinema_unblock_seats($1, $2)", "unblock", showtime, seats).await
-    }
-
-    /// Runs the block or unblock SQL function (`verb`) over `seats`; its success tag is
-    /// the verb's past tense.
-    async fn staff_change(
-        &self,
-        sql: &'static str,
-        verb: &str,
-        showtime: ShowtimeId,
-        seats: &SeatSelection,
-    ) -> Result<Vec<String>, CinemaError> {
-        let seat_ids = seats.to_strings();
-        let rows = retry_conflicts(|| {
-            sqlx::query_as::<_, OutcomeRow>(sql)
-                .bind(showtime.as_uuid())
-                .bind(&seat_ids)
-                .fetch_all(&self.pool)
-        })
-        .await
-        .with_context(|| format!("cannot {verb} seats of showtime {showtime}"))?;
-        seat_outcomes(showtime, rows, &format!("{verb}ed"))
-    }
-}
-
-/// Outcome rows with 'unknown' / 'unavailable' refusals and one success tag.
-fn seat_outcomes(
-    showtime: ShowtimeId,
-    rows: Vec<OutcomeRow>,
-    success: &str,
-) -> Result<Vec<String>, CinemaError> {
-    let mut ok = Vec::new();
-    let mut unknown = Vec::new();
-    let mut unavailable = Vec::new();
-    for row in rows {
-        match (row.outcome.as_str(), row.seat_id) {
-            ("showtime_not_found", _) => return Err(CinemaError::not_found("showtime", showtime)),
-            ("unknown", Some(seat)) => unknown.push(seat),
-            ("unavailable", Some(seat)) => unavailable.push(seat),
-            (outcome, Some(seat)) if outcome == success => ok.push(seat),
-            (other, seat) => {
-                return Err(anyhow::anyhow!("unexpected seat outcome {other:?} for seat {seat:?}").into());
-            }
-        }
-    }
-    if !unknown.is_empty() {
-        unknown.sort();
-        return Err(CinemaError::UnknownSeats(unknown));
-    }
-    if !unavailable.is_empty() {
-        unavailable.sort();
-        return Err(CinemaError::SeatsUnavailable(unavailable));
-    }
-    Ok(ok)
 }
