@@ -32,7 +32,7 @@ use crate::domain::RefundPolicy;
 use crate::drivers::Drivers;
 use crate::grpc::BookingApi;
 pub use crate::saga::SweepReport;
-use crate::saga::{Retry, Saga, SagaSettings};
+use crate::saga::{Checkpoint, Retry, Saga, SagaSettings};
 use crate::store::BookingStore;
 
 pub struct Application {
@@ -107,13 +107,15 @@ impl Application {
     }
 
     /// Test hook: an application whose saga fails at the named checkpoint exactly as
-    /// if its process died there (see `Saga::checkpoint`).
+    /// if its process died there (see `saga::Checkpoint`; an unknown name is an error).
     #[doc(hidden)]
     pub async fn build_crashing_at(settings: Settings, checkpoint: &str) -> anyhow::Result<Self> {
-        Self::build_with(settings, Some(checkpoint.to_owned())).await
+        let point = Checkpoint::parse(checkpoint)
+            .with_context(|| format!("no saga checkpoint is named {checkpoint:?}"))?;
+        Self::build_with(settings, Some(point)).await
     }
 
-    async fn build_with(settings: Settings, crash_at: Option<String>) -> anyhow::Result<Self> {
+    async fn build_with(settings: Settings, crash_at: Option<Checkpoint>) -> anyhow::Result<Self> {
         let config = &settings.booking;
         let db = marquee_common::mongo::connect(&settings.mongo, "booking").await?;
         let store = BookingStore::new(&db, Duration::from_millis(config.saga_lease_ms)).await?;

@@ -1,0 +1,131 @@
+//! Recovery and the sweep, run at startup and every `sweep_interval_ms` by each
+//! replica: expires overdue holds, resumes sagas whose process died mid-step (their
+//! lease lapsed), releases the seats of finished bookings that cinema could not be
+//! told about, and those of holds that died before their booking was written.
+
+use chrono::{DateTime, Utc};
+use marquee_common::trace::in_new_trace;
+use tracing::Instrument as _;
+
+use super::{Checkpoint, Saga};
+use crate::domain::{Booking, BookingId, BookingStatus, Step};
+use crate::events;
+use crate::store::{SlotClaim, Transition};
+
+/// Bookings looked at per sweep query.
+const SWEEP_BATCH: i64 = 100;
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub expired: usize,
+    pub resumed: usize,
+    /// Holds whose process died after locking seats but before writing the booking.
+    pub abandoned: usize,
+    /// Finished bookings whose seats are released now, after cinema was down.
+    pub released_late: usize,
+}
+
+impl Saga {
+    /// Expires overdue holds, then resumes sagas whose process died mid-step. Safe to
+    /// run in every replica at once: each booking is claimed by a conditional update.
+    /// No caller traced this work, so each booking handled is a trace of its own.
+    pub async fn sweep(&self) -> anyhow::Result<SweepReport> {
+        let mut report = SweepReport::default();
+        let now = Utc::now();
+        for booking in self.store.overdue_holds(now, SWEEP_BATCH).await? {
+            let span = tracing::info_span!("sweep.expire", booking.id = %booking.id);
+            in_new_trace(self.expire(booking, now, &mut report).instrument(span)).await?;
+        }
+        for booking in self.store.stalled(Utc::now(), SWEEP_BATCH).await? {
+            let span = tracing::info_span!("sweep.resume", booking.id = %booking.id);
+            in_new_trace(self.resume(booking, &mut report).instrument(span)).await?;
+        }
+        for (booking_id, showtime_id) in self.store.pending_releases(SWEEP_BATCH).await? {
+            let span = tracing::info_span!("sweep.release", booking.id = %booking_id);
+            let released = in_new_trace(self.release_seats(showtime_id, booking_id).instrument(span)).await;
+            if released {
+                self.store.release_done(booking_id).await?;
+                report.released_late += 1;
+                tracing::info!(booking.id = %booking_id, "seats of a finished booking released");
+            }
+        }
+        // One look-up and one update for the whole batch of slots, not two per slot.
+        let claims = self.store.unchecked_slots(Utc::now(), SWEEP_BATCH).await?;
+        let ids: Vec<BookingId> = claims.iter().map(|claim| claim.booking_id).collect();
+        let written = self.store.existing(&ids).await?;
+        let (checked, abandoned): (Vec<&SlotClaim>, Vec<&SlotClaim>) =
+            claims.iter().partition(|claim| written.contains(&claim.booking_id));
+        self.store.mark_slots_checked(&checked).await?;
+        for claim in abandoned {
+            let span = tracing::info_span!("sweep.slot", booking.id = %claim.booking_id);
+            in_new_trace(self.release_abandoned(claim, &mut report).instrument(span)).await;
+        }
+        Ok(report)
+    }
+
+    /// Releases the seats first, so the expiry records how that went in its own
+    /// write. The hold has lapsed, so cinema already lets anyone take the seats:
+    /// releasing them early changes nothing for a pay that claims the booking first
+    /// (its confirm re-acquires them if nobody took them, as for any lapsed hold).
+    async fn expire(
+        &self,
+        booking: Booking,
+        now: DateTime<Utc>,
+        report: &mut SweepReport,
+    ) -> anyhow::Result<()> {
+        if self.drivers.driver(booking.id).is_some() {
+            // A pay of this process is claiming it right now; the next sweep looks again.
+            return Ok(());
+        }
+        let released = self.release_seats(booking.showtime_id, booking.id).await;
+        let event = events::booking_expired(&booking, now);
+        let change = Transition::to(BookingStatus::Expired)
+            .step(Step::Expire, "succeeded")
+            .seats_released(released)
+            .event(event);
+        // Losing the claim means it was paid, cancelled or expired by another replica.
+        let Some(expired) = self.store.transition(&booking, change).await? else { return Ok(()) };
+        self.outbox_written.notify_one();
+        report.expired += 1;
+        if self.checkpoint(Checkpoint::SweepExpired).is_err() {
+            return Ok(());
+        }
+        if let Some(slot) = &expired.slot {
+            self.free_slot(slot, expired.id).await;
+        }
+        tracing::info!(booking.id = %expired.id, "hold expired");
+        Ok(())
+    }
+
+    async fn resume(&self, booking: Booking, report: &mut SweepReport) -> anyhow::Result<()> {
+        let Some(driving) = self.drivers.enter(booking.id) else {
+            // This process is driving it: its step is slow, not dead.
+            return Ok(());
+        };
+        let status = booking.status;
+        let claim = Transition::to(status).step(Step::Recover, "resumed");
+        let Some(claimed) = self.store.transition(&booking, claim).await? else { return Ok(()) };
+        report.resumed += 1;
+        tracing::warn!(booking.id = %claimed.id, %status, "resuming a stalled saga");
+        match self.drive(claimed, Some(&driving)).await {
+            Ok(done) => {
+                tracing::info!(booking.id = %done.id, status = %done.status, "stalled saga resumed")
+            }
+            Err(error) => {
+                tracing::warn!(booking.id = %booking.id, error = %error, "stalled saga still unfinished")
+            }
+        }
+        Ok(())
+    }
+
+    /// The hold died between claiming its slot and writing its booking: gives back
+    /// whatever cinema may hold for it (idempotent by booking id), then the slot.
+    async fn release_abandoned(&self, claim: &SlotClaim, report: &mut SweepReport) {
+        if self.release_seats(claim.showtime_id, claim.booking_id).await {
+            self.free_slot(&claim.slot, claim.booking_id).await;
+            report.abandoned += 1;
+            tracing::warn!(booking.id = %claim.booking_id, "released the seats of an abandoned hold");
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The `hold_slots` collection: a user's active holds per showtime, capped by slot
+//! documents with unique ids (`user:showtime:n`). A slot is claimed before LockSeats,
+//! so it is also the record recovery uses to find holds that died before their
+//! booking was written.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+
+use super::BookingStore;
+use super::document::{bson_time, chrono_time};
+use crate::domain::{BookingId, ShowtimeId, UserId};
+
+/// A hold slot's claim: which booking's hold it counts, on which showtime.
+#[derive(Debug, Clone)]
+pub struct SlotClaim {
+    pub slot: String,
+    pub booking_id: BookingId,
+    pub showtime_id: ShowtimeId,
+}
+
+/// A slot claimed but never used by a booking (its hold crashed before the insert)
+/// is reclaimed after this long.
+const ABANDONED_SLOT: chrono::Duration = chrono::Duration::minutes(2);
+
+fn slot_id(user_id: UserId, showtime_id: ShowtimeId, n: u32) -> String {
+    format!("{user_id}:{showtime_id}:{n}")
+}
+
+impl BookingStore {
+    /// Claims one of the user's `limit` hold slots for this showtime for `booking_id`,
+    /// or `None` when all are taken by active bookings. A slot's unique id makes two
+    /// concurrent claims of it exclusive. Free slots are tried first (one insert each);
+    /// only when none is free is a slot left behind by a finished booking (or by a hold
+    /// that died before its booking was written) taken over, with a conditional update
+    /// on its previous holder.
+    pub async fn claim_slot(
+        &self,
+        user_id: UserId,
+        showtime_id: ShowtimeId,
+        booking_id: BookingId,
+        limit: u32,
+    ) -> anyhow::Result<Option<String>> {
+        let now = Utc::now();
+        let claim = |id: &str| {
+            doc! {
+                "_id": id,
+                "booking_id": booking_id.to_string(),
+                "showtime_id": showtime_id.to_string(),
+                "claimed_at": bson_time(now),
+            }
+        };
+        for n in 0..limit {
+            let id = slot_id(user_id, showtime_id, n);
+            match self.slots.insert_one(claim(&id)).await {
+                Ok(_) => return Ok(Some(id)),
+                Err(e) if marquee_common::mongo::is_duplicate_key(&e) => {}
+                Err(e) => return Err(anyhow::Error::new(e).context("cannot claim a hold slot")),
+            }
+        }
+        for n in 0..limit {
+            let id = slot_id(user_id, showtime_id, n);
+            let Some(slot) =
+                self.slots.find_one(doc! { "_id": &id }).await.context("cannot read a hold slot")?
+            else {
+                continue;
+            };
+            let holder = slot.get_str("booking_id").unwrap_or_default().to_owned();
+            let claimed_at = slot.get_datetime("claimed_at").ok().and_then(|at| chrono_time(*at).ok());
+            let in_use = match BookingId::parse(&holder).ok() {
+                Some(holder_id) => match self.find(holder_id).await? {
+                    Some(booking) => booking.status.is_active_hold(),
+                    None => claimed_at.is_some_and(|at| now - at < ABANDONED_SLOT),
+                },
+                None => false,
+            };
+            if in_use {
+                continue;
+            }
+            let taken = self
+                .slots
+                .update_one(
+                    doc! { "_id": &id, "booking_id": &holder },
+                    doc! {
+                        "$set": {
+                            "booking_id": booking_id.to_string(),
+                            "showtime_id": showtime_id.to_string(),
+                            "claimed_at": bson_time(now),
+                            "checked": false,
+                        },
+                    },
+                )
+                .await
+                .context("cannot take over a hold slot")?;
+            if taken.modified_count == 1 {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Slots claimed longer than a lease ago that recovery has not looked at yet: the
+    /// claim is the record, written before LockSeats, that a hold is under way.
+    pub async fn unchecked_slots(&self, now: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<SlotClaim>> {
+        let filter =
+            doc! { "checked": { "$ne": true }, "claimed_at": { "$lt": bson_time(now - self.lease) } };
+        let docs: Vec<Document> = self
+            .slots
+            .find(filter)
+            .limit(limit)
+            .await
+            .context("cannot look for unchecked hold slots")?
+            .try_collect()
+            .await
+            .context("cannot read unchecked hold slots")?;
+        docs.iter()
+            .map(|slot| {
+                Ok(SlotClaim {
+                    slot: slot.get_str("_id")?.to_owned(),
+                    booking_id: BookingId::parse(slot.get_str("booking_id")?)?,
+                    showtime_id: ShowtimeId::parse(slot.get_str("showtime_id")?)?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()
+            .context("stored hold slot is invalid")
+    }
+
+    /// Marks slots whose booking was written: recovery need not look at them again. A
+    /// slot some other booking has claimed since is left alone.
+    pub async fn mark_slots_checked(&self, claims: &[&SlotClaim]) -> anyhow::Result<()> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let held_by: Vec<Document> = claims
+            .iter()
+            .map(|claim| doc! { "_id": &claim.slot, "booking_id": claim.booking_id.to_string() })
+            .collect();
+        self.slots
+            .update_many(doc! { "$or": held_by }, doc! { "$set": { "checked": true } })
+            .await
+            .context("cannot mark hold slots checked")?;
+        Ok(())
+    }
+
+    /// Gives a slot back; a no-op unless `booking_id` still holds it.
+    pub async fn free_slot(&self, slot: &str, booking_id: BookingId) -> anyhow::Result<()> {
+        self.slots
+            .delete_one(doc! { "_id": slot, "booking_id": booking_id.to_string() })
+            .await
+            .context("cannot free a hold slot")?;
+        Ok(())
+    }
+}

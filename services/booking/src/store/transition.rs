@@ -1,0 +1,196 @@
+//! A booking's state changes: `Transition` gathers a new status and what it records
+//! alongside (history, fields, event), and `BookingStore::transition` writes it as one
+//! conditional update on the booking's version.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::options::ReturnDocument;
+
+use super::BookingStore;
+use super::document::{BookingDoc, bson_time, money_bson};
+use crate::domain::{Booking, BookingStatus, Money, PublicStatus, RefundCause, Step};
+use crate::events::OutboxEvent;
+
+/// One saga step's outcome, appended to the booking's history.
+#[derive(Debug, Clone)]
+pub struct SagaEntry {
+    step: Step,
+    outcome: String,
+    detail: String,
+    at: DateTime<Utc>,
+}
+
+impl SagaEntry {
+    pub fn new(step: Step, outcome: impl Into<String>) -> Self {
+        Self { step, outcome: outcome.into(), detail: String::new(), at: Utc::now() }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+
+    pub(super) fn to_bson(&self) -> Bson {
+        Bson::Document(doc! {
+            "step": self.step.as_str(),
+            "outcome": &self.outcome,
+            "detail": &self.detail,
+            "at": bson_time(self.at),
+        })
+    }
+}
+
+/// A state change: the new status plus what it records alongside.
+#[derive(Debug)]
+pub struct Transition {
+    to: BookingStatus,
+    history: Vec<SagaEntry>,
+    event: Option<OutboxEvent>,
+    set: Document,
+    refund_cause: Option<RefundCause>,
+}
+
+impl Transition {
+    pub fn to(status: BookingStatus) -> Self {
+        Self { to: status, history: Vec::new(), event: None, set: Document::new(), refund_cause: None }
+    }
+
+    pub fn target(&self) -> BookingStatus {
+        self.to
+    }
+
+    /// The same record (history, fields, event) written with another status: a step
+    /// gathers what it learned and lets it ride along with the write that follows.
+    pub fn retarget(mut self, status: BookingStatus) -> Self {
+        self.to = status;
+        self
+    }
+
+    pub fn step(mut self, step: Step, outcome: impl Into<String>) -> Self {
+        self.history.push(SagaEntry::new(step, outcome));
+        self
+    }
+
+    pub fn entry(mut self, entry: SagaEntry) -> Self {
+        self.history.push(entry);
+        self
+    }
+
+    pub fn event(mut self, event: OutboxEvent) -> Self {
+        self.event = Some(event);
+        self
+    }
+
+    pub fn payment_id(mut self, payment_id: &str) -> Self {
+        self.set.insert("payment_id", payment_id);
+        self
+    }
+
+    pub fn payment_method(mut self, method: &str) -> Self {
+        self.set.insert("payment_method", method);
+        self
+    }
+
+    /// The seats could not be released (cinema was down): the sweeper tries again
+    /// until it can, rather than leaving them held until the hold lapses.
+    pub fn seats_released(mut self, released: bool) -> Self {
+        self.history.push(SagaEntry::new(Step::ReleaseSeats, if released { "succeeded" } else { "failed" }));
+        if !released {
+            self.set.insert("release_pending", true);
+        }
+        self
+    }
+
+    pub fn reason(mut self, reason: &str) -> Self {
+        self.set.insert("reason", reason);
+        self
+    }
+
+    /// Records the hold's new expiry after cinema extended it.
+    pub fn hold_extended(mut self, expires_at: Option<DateTime<Utc>>) -> Self {
+        self.set.insert("hold_extended", true);
+        if let Some(at) = expires_at {
+            self.set.insert("expires_at", bson_time(at));
+        }
+        self
+    }
+
+    /// Decides a refund (before it is made).
+    pub fn refund_due(mut self, cause: RefundCause, amount: &Money, fee: &Money) -> Self {
+        self.refund_cause = Some(cause);
+        self.set.insert(
+            "refund",
+            doc! {
+                "cause": bson::to_bson(&cause).unwrap_or(Bson::Null),
+                "amount": money_bson(amount),
+                "fee": money_bson(fee),
+                "refund_id": Bson::Null,
+                "at": Bson::Null,
+            },
+        );
+        self
+    }
+
+    /// Records the refund payment made.
+    pub fn refunded(mut self, refund_id: &str, at: DateTime<Utc>) -> Self {
+        self.set.insert("refund.refund_id", refund_id);
+        self.set.insert("refund.at", bson_time(at));
+        self
+    }
+
+    pub fn emits_event(&self) -> bool {
+        self.event.is_some()
+    }
+}
+
+fn public_status(to: BookingStatus, cause: Option<RefundCause>) -> PublicStatus {
+    match to {
+        BookingStatus::Held | BookingStatus::Charging | BookingStatus::Confirming => PublicStatus::Held,
+        BookingStatus::Confirmed => PublicStatus::Confirmed,
+        BookingStatus::PaymentFailed => PublicStatus::PaymentFailed,
+        BookingStatus::Expired => PublicStatus::Expired,
+        BookingStatus::Cancelling | BookingStatus::Cancelled => PublicStatus::Cancelled,
+        BookingStatus::Failed => PublicStatus::Failed,
+        BookingStatus::Refunding => match cause {
+            Some(RefundCause::Cancelled) => PublicStatus::Cancelled,
+            _ => PublicStatus::Failed,
+        },
+    }
+}
+
+impl BookingStore {
+    /// Applies `change` only if the booking is still at the version and status it was
+    /// loaded with. `None` means another writer got there first. Moving into an
+    /// in-flight status takes a fresh lease; any other status drops it.
+    pub async fn transition(&self, booking: &Booking, change: Transition) -> anyhow::Result<Option<Booking>> {
+        let now = Utc::now();
+        let cause = change.refund_cause.or(booking.refund.as_ref().map(|r| r.cause));
+        let mut set = change.set;
+        set.insert("status", change.to.as_str());
+        set.insert("public_status", public_status(change.to, cause).as_str());
+        set.insert("updated_at", bson_time(now));
+        let lease = BookingStatus::IN_FLIGHT.contains(&change.to).then(|| bson_time(now + self.lease));
+        set.insert("lease_until", lease.map_or(Bson::Null, Bson::DateTime));
+        let mut inc = doc! { "version": 1_i64 };
+        let history: Vec<Bson> = change.history.iter().map(SagaEntry::to_bson).collect();
+        let mut push = doc! { "saga": { "$each": history } };
+        if let Some(event) = &change.event {
+            inc.insert("unsent_events", 1_i32);
+            push.insert("outbox", doc! { "$each": [event.entry()] });
+            push.insert("pending_events", doc! { "$each": [event.event_id.to_string()] });
+        }
+        let filter = doc! {
+            "_id": booking.id.to_string(),
+            "version": booking.version,
+            "status": booking.status.as_str(),
+        };
+        let updated = self
+            .bookings
+            .find_one_and_update(filter, doc! { "$set": set, "$inc": inc, "$push": push })
+            .return_document(ReturnDocument::After)
+            .await
+            .with_context(|| format!("cannot move booking {} to {}", booking.id, change.to))?;
+        updated.map(BookingDoc::into_booking).transpose()
+    }
+}
