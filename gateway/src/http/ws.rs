@@ -19,8 +19,9 @@ use axum::response::{IntoResponse, Response};
 
 use std::net::IpAddr;
 
+use super::AppState;
+use super::admit::{authenticate, rate_limited};
 use super::negotiate::ResponseMedia;
-use super::{AppState, authenticate, rate_limited};
 use crate::live::ConnectionQuota;
 use crate::ratelimit::{Caller, Verdict};
 

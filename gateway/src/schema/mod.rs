@@ -1,10 +1,18 @@
-//! The public GraphQL schema (DESIGN.md "Public GraphQL contract").
+//! The public GraphQL schema (DESIGN.md "Public GraphQL contract"): the roots, the
+//! per-request extension (trace context, loader cache), who is calling, and what every
+//! resolver reads. The output types over the upstream messages live by domain in
+//! `catalog`, `seats`, `bookings` and `account`; nested fields that need another
+//! service (a showtime's movie, a user's bookings) are resolved only when selected.
 
+mod account;
+mod bookings;
+mod catalog;
 mod mutation;
 mod pagination;
 mod query;
+mod seats;
 mod subscription;
-mod types;
+mod values;
 
 use std::sync::Arc;
 

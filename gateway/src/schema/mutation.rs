@@ -4,8 +4,11 @@ use marquee_proto::cinema::v1 as cinema;
 use marquee_proto::common::v1 as common;
 use marquee_proto::user::v1 as user;
 
+use super::account::{AuthPayload, Role, User};
+use super::bookings::{Booking, BookingStatus};
+use super::catalog::{Cinema, Movie, Screen, Showtime};
 use super::scope;
-use super::types::{AuthPayload, Booking, BookingStatus, Cinema, Date, Movie, Role, Screen, Showtime, User};
+use super::values::Date;
 use crate::domain::{
     BookingId, CinemaId, IdempotencyKey, MovieId, PaymentMethod, Phone, ScreenId, SeatSelection, ShowtimeId,
     UserId,

@@ -2,8 +2,12 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, Object};
 use marquee_proto::cinema::v1 as cinema;
 
+use super::account::User;
+use super::bookings::Booking;
+use super::catalog::{Cinema, Movie, Showtime, prefetch_for_showtimes};
 use super::pagination::{PageCursor, PageRequest};
-use super::types::{Booking, Cinema, Date, Movie, Seat, Showtime, User, prefetch_for_showtimes};
+use super::seats::Seat;
+use super::values::Date;
 use super::{found, scope};
 use crate::domain::{BookingId, CinemaId, Filter, MovieId, ShowtimeId};
 use crate::error::GatewayError;

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use marquee_common::{ApiError, ErrorCode};
 use marquee_proto::cinema::v1 as cinema;
 
-use super::types::SeatState;
+use super::seats::SeatState;
 use crate::domain::ShowtimeId;
 use crate::error::GatewayError;
 use crate::live::{Batch, ConnectionQuota, FeedEvent, QuotaSlot, SeatFeeds, SeatWatch};

@@ -28,16 +28,37 @@ struct Call {
     traceparent: Option<String>,
 }
 
-#[derive(Clone, Default)]
-struct CallLog(Arc<Mutex<Vec<Call>>>);
+/// What a proxy recorded, and a switch that holds its calls back.
+#[derive(Clone)]
+struct CallLog {
+    calls: Arc<Mutex<Vec<Call>>>,
+    /// Calls are forwarded while this is true (see `hold`).
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for CallLog {
+    fn default() -> Self {
+        Self { calls: Arc::default(), open: Arc::new(tokio::sync::watch::Sender::new(true)) }
+    }
+}
 
 impl CallLog {
     fn all(&self) -> Vec<Call> {
-        self.0.lock().unwrap().clone()
+        self.calls.lock().unwrap().clone()
     }
 
     fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
+        self.calls.lock().unwrap().len()
+    }
+
+    /// From now on calls are recorded but not forwarded until `release`, as by an
+    /// upstream slow to answer.
+    fn hold(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn release(&self) {
+        self.open.send_replace(true);
     }
 
     /// Calls to `method` (e.g. "HoldSeats").
@@ -96,9 +117,12 @@ impl<U: Upstream> tower::Service<http::Request<Body>> for Proxy<U> {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let traceparent =
             request.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        self.log.0.lock().unwrap().push(Call { path: request.uri().path().to_owned(), traceparent });
+        self.log.calls.lock().unwrap().push(Call { path: request.uri().path().to_owned(), traceparent });
         let upstream = self.upstream.clone();
+        let mut open = self.log.open.subscribe();
         Box::pin(async move {
+            // The sender lives in the log, which outlives the proxy's calls.
+            let _ = open.wait_for(|open| *open).await;
             match upstream.oneshot(request).await {
                 Ok(response) => Ok(response),
                 Err(error) => Ok(tonic::Status::unavailable(error.to_string()).into_http()),
@@ -126,17 +150,19 @@ fn proxy<U: Upstream>(url: &str, settings: &Settings) -> (String, CallLog) {
 
 /// The whole mesh, with the gateway's cinema and booking calls recorded.
 async fn spawn_recorded_app() -> (TestApp, CallLog, CallLog) {
+    spawn_recorded_app_with(|_| {}).await
+}
+
+/// `spawn_recorded_app` with the test's own tweaks to the settings.
+async fn spawn_recorded_app_with(configure: impl FnOnce(&mut Settings)) -> (TestApp, CallLog, CallLog) {
     let mut logs = None;
-    let app = super::spawn_app_wired(
-        |_| {},
-        |settings| {
-            let (cinema_url, cinema) = proxy::<CinemaService>(&settings.upstream.cinema_url, settings);
-            let (booking_url, booking) = proxy::<BookingService>(&settings.upstream.booking_url, settings);
-            settings.upstream.cinema_url = cinema_url;
-            settings.upstream.booking_url = booking_url;
-            logs = Some((cinema, booking));
-        },
-    )
+    let app = super::spawn_app_wired(configure, |settings| {
+        let (cinema_url, cinema) = proxy::<CinemaService>(&settings.upstream.cinema_url, settings);
+        let (booking_url, booking) = proxy::<BookingService>(&settings.upstream.booking_url, settings);
+        settings.upstream.cinema_url = cinema_url;
+        settings.upstream.booking_url = booking_url;
+        logs = Some((cinema, booking));
+    })
     .await;
     let (cinema, booking) = logs.unwrap();
     (app, cinema, booking)
@@ -447,23 +473,36 @@ async fn bookings_and_notifications_page_with_relay_cursors() {
 
     let notifications = "query($after: String) { me { notifications(first: 1, after: $after) {
         edges { cursor node { id bookingId eventType } } pageInfo { hasNextPage endCursor } } } }";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        let data = app.data(Some(&ada), notifications, json!({})).await;
-        let connection = data["me"]["notifications"].clone();
-        if !connection["edges"].as_array().unwrap().is_empty() {
-            break connection;
+    // The newest notification, once it is about `booking` (notifications arrive
+    // asynchronously, through the broker).
+    let newest_about = |booking: String| {
+        let app = &app;
+        let ada = &ada;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let data = app.data(Some(ada), notifications, json!({})).await;
+                let connection = data["me"]["notifications"].clone();
+                if connection["edges"][0]["node"]["bookingId"] == booking.as_str() {
+                    return connection;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "no notification about {booking}: {data}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
-        assert!(tokio::time::Instant::now() < deadline, "no notification arrived");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(first["edges"][0]["node"]["bookingId"], held[0].as_str());
-    if first["pageInfo"]["hasNextPage"] == true {
-        let next =
-            app.data(Some(&ada), notifications, json!({ "after": first["pageInfo"]["endCursor"] })).await;
-        let next_id = &next["me"]["notifications"]["edges"][0]["node"]["id"];
-        assert_ne!(next_id, &first["edges"][0]["node"]["id"]);
-    }
+    let first = newest_about(held[0].clone()).await;
+    assert_eq!(first["edges"][0]["node"]["eventType"], "booking.confirmed");
+    assert_eq!(first["pageInfo"]["hasNextPage"], false, "one notification so far: {first}");
+
+    // A second confirmation: two pages of one, newest first.
+    app.data(Some(&ada), PAY, pay_input(&held[1], "pm_card_ok")).await;
+    let newest = newest_about(held[1].clone()).await;
+    assert_eq!(newest["pageInfo"]["hasNextPage"], true, "{newest}");
+    let next = app.data(Some(&ada), notifications, json!({ "after": newest["pageInfo"]["endCursor"] })).await;
+    let next = &next["me"]["notifications"];
+    assert_eq!(next["edges"][0]["node"], first["edges"][0]["node"], "the older one: {next}");
+    assert_eq!(next["pageInfo"]["hasNextPage"], false, "{next}");
 }
 
 const BOOKING: &str = "query($id: ID!) { booking(id: $id) { id status } }";
@@ -562,23 +601,60 @@ async fn a_repeated_hold_or_payment_returns_the_stored_result_without_calling_up
     assert_eq!(booking_calls.count("PayBooking"), 2);
 }
 
+/// Operations the gateway admitted for `user_id` in the current rate-limit window: it
+/// counts each one in Redis after checking the token and before running it.
+async fn admitted(app: &TestApp, user_id: &str) -> u64 {
+    let client = redis::Client::open(app.settings.redis.url.expose().as_str()).unwrap();
+    let mut redis = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let key = format!("{}ratelimit:user:{user_id}", app.settings.redis.key_prefix);
+    let count: Option<u64> = redis::cmd("GET").arg(key).query_async(&mut redis).await.unwrap();
+    count.unwrap_or(0)
+}
+
+/// Polls `check` until it holds; fails with `what` after a generous deadline.
+async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_repeats_of_one_hold_reach_the_booking_service_once() {
-    let (app, _, booking_calls) = spawn_recorded_app().await;
+    // A window longer than the test: the admission count only grows.
+    let (app, _, booking_calls) =
+        spawn_recorded_app_with(|settings| settings.gateway.rate_limit.window_seconds = 3600).await;
     let (ada, _) = app.register("ada").await;
+    let me = app.data(Some(&ada), "{ me { id } }", json!({})).await;
+    let ada_id = me["me"]["id"].as_str().unwrap().to_owned();
     let showtimes = app.later_showtimes(3).await;
     let app = Arc::new(app);
 
     for (round, showtime) in showtimes.iter().enumerate() {
         let input = hold_input(showtime, &["F1"]);
         let before = booking_calls.count("HoldSeats");
-        // All eight are in flight before the first is awaited.
+        let admitted_before = admitted(&app, &ada_id).await;
+        booking_calls.hold();
         let repeats: Vec<_> = (0..8)
             .map(|_| {
                 let (app, ada, input) = (app.clone(), ada.clone(), input.clone());
                 tokio::spawn(async move { app.post(Some(&ada), HOLD, input).await.1 })
             })
             .collect();
+        // The race is forced, not hoped for: the one that claimed the key waits at the
+        // booking service until the gateway has admitted all eight, so the repeats all
+        // arrive while the first is in flight.
+        wait_until(&format!("round {round}: no hold reached the booking service"), async || {
+            booking_calls.count("HoldSeats") > before
+        })
+        .await;
+        wait_until(&format!("round {round}: the eight were not in the gateway at once"), async || {
+            admitted(&app, &ada_id).await == admitted_before + 8
+        })
+        .await;
+        assert_eq!(booking_calls.count("HoldSeats") - before, 1, "round {round}: the repeats waited");
+        booking_calls.release();
         let mut bodies = Vec::new();
         for repeat in repeats {
             bodies.push(repeat.await.unwrap());
