@@ -258,12 +258,16 @@ impl Publisher {
     }
 }
 
+/// The total of every `confirmed_event`, and how a notification must show it.
+const CONFIRMED_TOTAL_MINOR: i64 = 2500;
+const CONFIRMED_TOTAL_SHOWN: &str = "25.00 EUR";
+
 impl TestApp {
     fn confirmed_event(&self, user_id: &str, seats: &[&str]) -> Event {
         let payload = BookingConfirmed {
             showtime_id: self.showtime.id.clone(),
             seat_ids: seat_list(seats),
-            total: eur(2500),
+            total: eur(CONFIRMED_TOTAL_MINOR),
             payment_id: Uuid::new_v4().to_string(),
         };
         event("booking.confirmed", user_id, Payload::BookingConfirmed(payload))
@@ -572,7 +576,7 @@ async fn each_confirmed_booking_is_notified_exactly_once_even_when_redelivered()
     app.await_notifications(&bob, 1).await;
 
     let listed = app.notifications_of(&alice).await;
-    assert_eq!(listed.len(), 3, "one notification per distinct event: {listed:#?}");
+    assert_eq!(listed.len(), events.len(), "one notification per distinct event: {listed:#?}");
     let listed_events: BTreeSet<_> = listed.iter().map(|n| n.event_id.clone()).collect();
     let published: BTreeSet<_> = events.iter().map(|e| e.event_id.clone()).collect();
     assert_eq!(listed_events, published);
@@ -585,7 +589,7 @@ async fn each_confirmed_booking_is_notified_exactly_once_even_when_redelivered()
         (newest.booking_id.as_str(), newest.event_type.as_str()),
         (events[2].booking_id.as_str(), "booking.confirmed")
     );
-    assert!(newest.body.contains("C3") && newest.body.contains("25.00 EUR"), "{}", newest.body);
+    assert!(newest.body.contains("C3") && newest.body.contains(CONFIRMED_TOTAL_SHOWN), "{}", newest.body);
     let sent_at = |n: &Notification| n.sent_at.map(|t| (t.seconds, t.nanos)).unwrap();
     assert!(listed.windows(2).all(|w| sent_at(&w[0]) >= sent_at(&w[1])));
 }
@@ -617,7 +621,8 @@ async fn each_event_kind_is_rendered_with_its_details_on_every_channel_the_user_
     let app = spawn_app().await;
     let (ida, ida_email) = app.register("ida").await;
     let ida_phone = "+4915112345678";
-    app.set_contact(&ida, ida_phone, true, true).await;
+    let (by_email, by_sms) = (true, true);
+    app.set_contact(&ida, ida_phone, by_email, by_sms).await;
     let (jo, _) = app.register("jo").await;
     app.set_contact(&jo, "+4915199999999", false, true).await;
     let showtime_id = app.showtime.id.clone();
@@ -673,11 +678,14 @@ async fn each_event_kind_is_rendered_with_its_details_on_every_channel_the_user_
     assert_eq!(jo_notes.len(), 1);
     assert_eq!((jo_notes[0].channel.as_str(), jo_notes[0].recipient.as_str()), ("sms", "+4915199999999"));
     let notes = app.notifications_of(&ida).await;
-    assert_eq!(notes.len(), 10, "5 notified events x (email, sms), nothing for booking.held: {notes:#?}");
+    // booking.held notifies nobody; every other event goes out on each channel Ida chose.
+    let notified = [&confirmed, &cancelled, &refunded, &expired, &failed];
+    let channels = usize::from(by_email) + usize::from(by_sms);
+    assert_eq!(notes.len(), notified.len() * channels, "nothing for booking.held: {notes:#?}");
     let note = |event: &Event, channel: &str| {
         notes.iter().find(|n| n.event_id == event.event_id && n.channel == channel).unwrap().clone()
     };
-    for event in [&confirmed, &cancelled, &refunded, &expired, &failed] {
+    for event in notified {
         let (email, sms) = (note(event, "email"), note(event, "sms"));
         assert_eq!((email.recipient.as_str(), sms.recipient.as_str()), (ida_email.as_str(), ida_phone));
         assert_eq!(
@@ -695,7 +703,7 @@ async fn each_event_kind_is_rendered_with_its_details_on_every_channel_the_user_
     }
     let confirmed_email = note(&confirmed, "email");
     assert!(confirmed_email.subject.contains(&app.movie_title), "{}", confirmed_email.subject);
-    assert!(confirmed_email.body.contains("C7, C8") && confirmed_email.body.contains("25.00 EUR"));
+    assert!(confirmed_email.body.contains("C7, C8") && confirmed_email.body.contains(CONFIRMED_TOTAL_SHOWN));
     assert!(note(&confirmed, "sms").body.contains("C7, C8"));
     assert!(note(&cancelled, "email").body.contains("Refund: 12.50 EUR"));
     assert!(note(&refunded, "email").subject.contains("12.50 EUR"));
@@ -721,6 +729,7 @@ async fn an_undecodable_message_is_dead_lettered_at_once_without_blocking_the_ne
     assert_eq!(dead[0].data, garbage);
     assert_eq!(death_reason(&dead[0]), "unparseable", "dead-lettered on its first delivery, never retried");
     app.await_metric(r#"notification_dead_lettered_total{reason="unparseable"}"#, 1.0).await;
+    // Each message published here was consumed once: the garbage, then the valid event.
     app.await_metric("notification_events_consumed_total", 2.0).await;
 }
 
@@ -734,7 +743,7 @@ async fn an_event_for_an_unknown_user_is_dead_lettered_at_once_while_others_keep
 
     app.publisher.publish_all(std::iter::once(&poison).chain(&healthy)).await;
 
-    app.await_logged(50, Duration::from_secs(30)).await;
+    app.await_logged(healthy.len() as u64, Duration::from_secs(30)).await;
     let dead = app.await_dead_letters(1).await;
     assert_eq!(Event::decode(dead[0].data.as_slice()).unwrap().event_id, poison.event_id);
     assert_eq!(death_reason(&dead[0]), "permanent");
@@ -744,8 +753,8 @@ async fn an_event_for_an_unknown_user_is_dead_lettered_at_once_while_others_keep
         0.0,
         "a permanent failure is not retried"
     );
-    app.await_metric("notification_messages_sent_total", 50.0).await;
-    app.assert_settled_exactly_once(50).await;
+    app.await_metric("notification_messages_sent_total", healthy.len() as f64).await;
+    app.assert_settled_exactly_once(healthy.len()).await;
 }
 
 #[tokio::test]
@@ -753,18 +762,19 @@ async fn a_thousand_events_published_two_or_three_times_are_notified_exactly_onc
     let mut app = spawn_app_with(|_| {}).await;
     let (frank, _) = app.register("frank").await;
     let events: Vec<Event> = (0..1000).map(|i| app.confirmed_event(&frank, &[&format!("S{i}")])).collect();
-    let thrice = events.iter().step_by(7);
+    let thrice: Vec<&Event> = events.iter().step_by(7).collect();
 
-    app.publisher.publish_all(events.iter().chain(&events).chain(thrice)).await;
+    app.publisher.publish_all(events.iter().chain(&events).chain(thrice.iter().copied())).await;
+    let deliveries = 2 * events.len() + thrice.len();
 
-    app.await_logged(1000, Duration::from_secs(120)).await;
+    app.await_logged(events.len() as u64, Duration::from_secs(120)).await;
     // Every delivery is counted once, and only first deliveries are sent.
-    app.await_metric("notification_events_consumed_total", 2143.0).await;
-    app.await_metric("notification_processing_seconds_count", 2143.0).await;
-    assert_eq!(app.metric("notification_messages_sent_total").await, 1000.0);
-    assert_eq!(app.metric("notification_duplicates_skipped_total").await, 1143.0);
+    app.await_metric("notification_events_consumed_total", deliveries as f64).await;
+    app.await_metric("notification_processing_seconds_count", deliveries as f64).await;
+    assert_eq!(app.metric("notification_messages_sent_total").await, events.len() as f64);
+    assert_eq!(app.metric("notification_duplicates_skipped_total").await, (deliveries - events.len()) as f64);
     assert_eq!(app.metric(r#"notification_dead_lettered_total{reason="unparseable"}"#).await, 0.0);
-    app.assert_settled_exactly_once(1000).await;
+    app.assert_settled_exactly_once(events.len()).await;
 }
 
 #[tokio::test]
@@ -805,11 +815,11 @@ async fn a_worker_killed_mid_batch_and_restarted_notifies_every_event_exactly_on
     app.await_logged(1, Duration::from_secs(60)).await;
     app.kill_worker().await;
     let (at_the_crash, _) = app.logged().await;
-    assert!(at_the_crash < 2000, "killed mid-batch, with events left to notify");
+    assert!(at_the_crash < events.len() as u64, "killed mid-batch, with events left to notify");
 
     app.start_worker().await;
-    app.await_logged(2000, Duration::from_secs(120)).await;
-    app.assert_settled_exactly_once(2000).await;
+    app.await_logged(events.len() as u64, Duration::from_secs(120)).await;
+    app.assert_settled_exactly_once(events.len()).await;
 }
 
 #[tokio::test]
@@ -826,7 +836,7 @@ async fn while_redis_is_down_nothing_is_acked_and_everything_is_notified_once_it
     let during: Vec<Event> = (0..50).map(|i| app.confirmed_event(&hana, &[&format!("B{i}")])).collect();
 
     app.publisher.publish_all(&before).await;
-    app.await_logged(50, Duration::from_secs(30)).await;
+    app.await_logged(before.len() as u64, Duration::from_secs(30)).await;
 
     redis.shut_down();
     app.publisher.publish_all(&during).await;
@@ -835,18 +845,19 @@ async fn while_redis_is_down_nothing_is_acked_and_everything_is_notified_once_it
     // For a while nothing is sent, settled, or dead-lettered.
     let window = tokio::time::Instant::now() + Duration::from_secs(2);
     while tokio::time::Instant::now() < window {
-        assert_eq!(app.logged().await, (50, 50), "nothing is sent without Redis");
+        assert_eq!(app.logged().await, (before.len() as u64, before.len()), "nothing is sent without Redis");
         assert_eq!(app.publisher.ready(&app.dead_letter_queue()).await, 0, "nothing is dead-lettered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Stop the worker now and everything returns to the queue: nothing was acked.
     app.kill_worker().await;
-    app.await_ready(&app.queue(), 50).await;
+    app.await_ready(&app.queue(), during.len() as u32).await;
 
     redis.restart();
     app.start_worker().await;
-    app.await_logged(100, Duration::from_secs(30)).await;
-    app.assert_settled_exactly_once(100).await;
+    let all = before.len() + during.len();
+    app.await_logged(all as u64, Duration::from_secs(30)).await;
+    app.assert_settled_exactly_once(all).await;
 }
 
 /// Retries every 0.1 s doubling to 0.4 s, and a delivery limit of 2: the dozens of
@@ -891,7 +902,10 @@ async fn when_cinema_stays_down_past_the_budget_the_confirmation_goes_out_withou
 
     let listed = app.await_notifications(&kim, 1).await;
     let body = &listed[0].body;
-    assert!(body.contains("F2") && body.contains("25.00 EUR") && body.contains("your film"), "{body}");
+    assert!(
+        body.contains("F2") && body.contains(CONFIRMED_TOTAL_SHOWN) && body.contains("your film"),
+        "{body}"
+    );
     assert!(!body.contains(&app.movie_title), "{body}");
     assert!(app.metric("notification_retries_scheduled_total").await >= 2.0);
     app.await_metric("notification_sent_without_showtime_total", 1.0).await;
@@ -970,23 +984,26 @@ async fn listing_validates_the_user_and_caps_the_page() {
     assert_eq!(marquee_common::ApiError::from_status(&invalid).code, marquee_common::ErrorCode::BadUserInput);
 
     let (dave, _) = app.register("dave").await;
-    for seat in ["F1", "F2", "F3"] {
+    let seats = ["F1", "F2", "F3"];
+    for seat in seats {
         app.publisher.publish_event(&app.confirmed_event(&dave, &[seat])).await;
     }
-    app.await_notifications(&dave, 3).await;
+    app.await_notifications(&dave, seats.len()).await;
+    let page_size = 2;
+    assert!(seats.len() > page_size, "more notifications than fit on a page");
     let page = app
         .notifications
         .clone()
         .list_notifications(ListNotificationsRequest {
             user_id: dave.clone(),
-            page_size: 2,
+            page_size: page_size as i32,
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner()
         .notifications;
-    assert_eq!(page.len(), 2);
+    assert_eq!(page.len(), page_size);
 }
 
 #[tokio::test]
@@ -998,10 +1015,11 @@ async fn pages_cover_every_notification_exactly_once_newest_first() {
         .map(|seat| app.confirmed_event(&erin, &[seat]))
         .collect();
     app.publisher.publish_all(&events).await;
-    app.await_notifications(&erin, 7).await;
+    app.await_notifications(&erin, events.len()).await;
 
-    let pages = app.pages_of(&erin, 3).await;
-    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1], "no empty trailing page");
+    let page_size = 3;
+    let pages = app.pages_of(&erin, page_size as i32).await;
+    assert_eq!(page_lengths(&pages), page_lengths_of(&events, page_size), "no empty trailing page");
     let listed: Vec<&Notification> = pages.iter().flatten().collect();
     let published: Vec<&str> = events.iter().rev().map(|e| e.event_id.as_str()).collect();
     assert_eq!(listed.iter().map(|n| n.event_id.as_str()).collect::<Vec<_>>(), published, "newest first");
@@ -1020,8 +1038,9 @@ async fn pages_cover_every_notification_exactly_once_newest_first() {
             .await
             .unwrap();
     }
-    let pages = app.pages_of(&frank, 2).await;
-    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+    let page_size = 2;
+    let pages = app.pages_of(&frank, page_size as i32).await;
+    assert_eq!(page_lengths(&pages), page_lengths_of(&ids, page_size));
     let listed: Vec<&str> = pages.iter().flatten().map(|n| n.id.as_str()).collect();
     assert_eq!(listed, ids.iter().rev().map(String::as_str).collect::<Vec<_>>());
 
@@ -1038,6 +1057,16 @@ async fn pages_cover_every_notification_exactly_once_newest_first() {
     assert_eq!(marquee_common::ApiError::from_status(&garbled).code, marquee_common::ErrorCode::BadUserInput);
 }
 
+fn page_lengths(pages: &[Vec<Notification>]) -> Vec<usize> {
+    pages.iter().map(Vec::len).collect()
+}
+
+/// How one notification per item of `published` fills pages of `page_size`: full
+/// pages, then the rest.
+fn page_lengths_of<T>(published: &[T], page_size: usize) -> Vec<usize> {
+    published.chunks(page_size).map(<[T]>::len).collect()
+}
+
 #[tokio::test]
 async fn with_smtp_configured_each_email_is_sent_once_to_the_users_address() {
     let sink = SmtpSink::start();
@@ -1048,15 +1077,18 @@ async fn with_smtp_configured_each_email_is_sent_once_to_the_users_address() {
     })
     .await;
     let (grace, grace_email) = app.register("grace").await;
-    app.set_contact(&grace, "+31612345678", true, true).await;
+    let (by_email, by_sms) = (true, true);
+    app.set_contact(&grace, "+31612345678", by_email, by_sms).await;
     let first = app.confirmed_event(&grace, &["H1"]);
     let second = app.confirmed_event(&grace, &["H2", "H3"]);
     app.publisher.publish_all([&first, &first, &second]).await;
+    let distinct = [&first, &second];
 
     // A message is recorded only once the relay has accepted it.
-    let listed = app.await_notifications(&grace, 4).await;
+    let channels = usize::from(by_email) + usize::from(by_sms);
+    let listed = app.await_notifications(&grace, distinct.len() * channels).await;
     let mails = sink.received();
-    assert_eq!(mails.len(), 2, "one email per event, none for SMS or the duplicate: {mails:#?}");
+    assert_eq!(mails.len(), distinct.len(), "one email per event, none for SMS or the duplicate: {mails:#?}");
     for (event, seat) in [(&first, "H1"), (&second, "H3")] {
         let recorded = listed
             .iter()
