@@ -62,19 +62,9 @@ impl Booking {
 
     /// The status clients see.
     pub fn public_status(&self) -> PublicStatus {
-        match self.status {
-            BookingStatus::Held | BookingStatus::Charging | BookingStatus::Confirming => PublicStatus::Held,
-            BookingStatus::Confirmed => PublicStatus::Confirmed,
-            BookingStatus::PaymentFailed => PublicStatus::PaymentFailed,
-            BookingStatus::Expired => PublicStatus::Expired,
-            BookingStatus::Cancelling | BookingStatus::Cancelled => PublicStatus::Cancelled,
-            BookingStatus::Failed => PublicStatus::Failed,
-            BookingStatus::Refunding => match self.refund.as_ref().map(|r| r.cause) {
-                Some(RefundCause::Cancelled) => PublicStatus::Cancelled,
-                _ => PublicStatus::Failed,
-            },
-        }
+        PublicStatus::of(self.status, self.refund.as_ref().map(|r| r.cause))
     }
+
     /// True when `request` asks for exactly what this booking holds, so a retry
     /// with the same idempotency key may return it.
     pub fn answers(&self, request: &HoldRequest) -> bool {

@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::RefundCause;
+
 /// Where a booking is in its saga. The `-ing` statuses are internal: a step with
 /// effects elsewhere is running (or its process died, and recovery resumes it once the
 /// lease lapses). Clients see them as the public status they lead to or come from.
@@ -74,6 +76,23 @@ pub enum PublicStatus {
 }
 
 impl PublicStatus {
+    /// What a booking at `status` shows; a refund shows as the cancellation or the
+    /// failure that caused it.
+    pub fn of(status: BookingStatus, refund_cause: Option<RefundCause>) -> Self {
+        match status {
+            BookingStatus::Held | BookingStatus::Charging | BookingStatus::Confirming => Self::Held,
+            BookingStatus::Confirmed => Self::Confirmed,
+            BookingStatus::PaymentFailed => Self::PaymentFailed,
+            BookingStatus::Expired => Self::Expired,
+            BookingStatus::Cancelling | BookingStatus::Cancelled => Self::Cancelled,
+            BookingStatus::Failed => Self::Failed,
+            BookingStatus::Refunding => match refund_cause {
+                Some(RefundCause::Cancelled) => Self::Cancelled,
+                _ => Self::Failed,
+            },
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Held => "HELD",

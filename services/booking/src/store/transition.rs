@@ -144,21 +144,6 @@ impl Transition {
     }
 }
 
-fn public_status(to: BookingStatus, cause: Option<RefundCause>) -> PublicStatus {
-    match to {
-        BookingStatus::Held | BookingStatus::Charging | BookingStatus::Confirming => PublicStatus::Held,
-        BookingStatus::Confirmed => PublicStatus::Confirmed,
-        BookingStatus::PaymentFailed => PublicStatus::PaymentFailed,
-        BookingStatus::Expired => PublicStatus::Expired,
-        BookingStatus::Cancelling | BookingStatus::Cancelled => PublicStatus::Cancelled,
-        BookingStatus::Failed => PublicStatus::Failed,
-        BookingStatus::Refunding => match cause {
-            Some(RefundCause::Cancelled) => PublicStatus::Cancelled,
-            _ => PublicStatus::Failed,
-        },
-    }
-}
-
 impl BookingStore {
     /// Applies `change` only if the booking is still at the version and status it was
     /// loaded with. `None` means another writer got there first. Moving into an
@@ -168,7 +153,7 @@ impl BookingStore {
         let cause = change.refund_cause.or(booking.refund.as_ref().map(|r| r.cause));
         let mut set = change.set;
         set.insert("status", change.to.as_str());
-        set.insert("public_status", public_status(change.to, cause).as_str());
+        set.insert("public_status", PublicStatus::of(change.to, cause).as_str());
         set.insert("updated_at", bson_time(now));
         let lease = BookingStatus::IN_FLIGHT.contains(&change.to).then(|| bson_time(now + self.lease));
         set.insert("lease_until", lease.map_or(Bson::Null, Bson::DateTime));
