@@ -1,97 +1,11 @@
-//! The whole mesh in-process (user, cinema, payment, booking, notification, gateway),
-//! each on its own port against the real infrastructure, with the settings a scenario
-//! chooses. Same wiring as `marquee-e2e`'s `Mesh`, which takes no settings.
+//! The mesh of the scenarios: the services in-process through the shared harness
+//! (`marquee_e2e::Mesh`, on the settings a scenario chooses), and the gateway as its
+//! own process when its memory is measured.
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use marquee_common::Settings;
-use marquee_common::shutdown::Shutdown;
-
-pub struct Mesh {
-    pub settings: Settings,
-    /// The in-process gateway; `None` after `start_services`.
-    pub gateway: Option<SocketAddr>,
-    pub cinema: SocketAddr,
-    shutdown: Shutdown,
-    tasks: tokio::task::JoinSet<()>,
-}
-
-impl Mesh {
-    /// Starts every service and the gateway in dependency order, each pointed at the
-    /// real addresses of the ones it calls.
-    pub async fn start(settings: Settings) -> anyhow::Result<Self> {
-        Self::start_with(settings, true).await
-    }
-
-    /// Every service but the gateway (see `GatewayProcess`).
-    pub async fn start_services(settings: Settings) -> anyhow::Result<Self> {
-        Self::start_with(settings, false).await
-    }
-
-    async fn start_with(mut settings: Settings, with_gateway: bool) -> anyhow::Result<Self> {
-        marquee_common::telemetry::install_crypto_provider();
-        marquee_common::telemetry::init(&settings.telemetry);
-        let shutdown = Shutdown::new();
-        let mut tasks = tokio::task::JoinSet::new();
-
-        macro_rules! start {
-            ($name:literal, $app:ty, $url:ident) => {{
-                let app = <$app>::build(settings.clone()).await.context(concat!("cannot build ", $name))?;
-                let addr = app.addr();
-                settings.upstream.$url = format!("http://{addr}");
-                let token = shutdown.clone();
-                tasks.spawn(async move {
-                    if let Err(error) = app.run_until_stopped(token).await {
-                        eprintln!("{} stopped with an error: {error:#}", $name);
-                    }
-                });
-                addr
-            }};
-        }
-        start!("user", marquee_user::Application, user_url);
-        let cinema = start!("cinema", marquee_cinema::Application, cinema_url);
-        start!("payment", marquee_payment::Application, payment_url);
-        start!("booking", marquee_booking::Application, booking_url);
-        start!("notification", marquee_notification::Application, notification_url);
-
-        let mut gateway = None;
-        if with_gateway {
-            let app = marquee_gateway::Application::build(settings.clone())
-                .await
-                .context("cannot build gateway")?;
-            gateway = Some(app.addr());
-            let token = shutdown.clone();
-            tasks.spawn(async move {
-                if let Err(error) = app.run_until_stopped(token).await {
-                    eprintln!("gateway stopped with an error: {error:#}");
-                }
-            });
-        }
-        Ok(Self { settings, gateway, cinema, shutdown, tasks })
-    }
-
-    pub fn graphql_url(&self) -> anyhow::Result<String> {
-        let gateway = self.gateway.context("this mesh runs no gateway of its own")?;
-        Ok(format!("http://{gateway}/graphql"))
-    }
-
-    pub fn cinema_url(&self) -> String {
-        format!("http://{}", self.cinema)
-    }
-
-    /// Stops every service and waits for them to drain.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+pub use marquee_e2e::{Mesh, Service};
 
 /// The real gateway binary (`marquee-gateway`, built next to this one) as its own
 /// process, so that its memory is its own: it reads the same configuration the

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use marquee_bench::catalog::{build_hall, seat_id};
 use marquee_bench::flash_sale::{self, Config};
 use marquee_bench::gql::{Answer, Client};
-use marquee_bench::mesh::Mesh;
+use marquee_bench::mesh::{Mesh, Service};
 use marquee_bench::mongo_ops;
 use serde_json::{Value, json};
 use tonic::transport::Endpoint;
@@ -22,8 +22,8 @@ use uuid::Uuid;
 async fn a_small_flash_sale_sells_every_seat_once_charges_once_and_notifies_once() {
     let mut settings = marquee_common::testing::isolated_settings().await.unwrap();
     settings.cinema.no_orphan_seats = false;
-    let mesh = Mesh::start(settings).await.unwrap();
-    let channel = Endpoint::from_shared(mesh.cinema_url()).unwrap().connect().await.unwrap();
+    let mesh = Mesh::builder().settings(settings).start().await.unwrap();
+    let channel = Endpoint::from_shared(mesh.url(Service::Cinema).unwrap()).unwrap().connect().await.unwrap();
     let showtime = build_hall(channel, 1).await.unwrap().remove(0);
     let config = Config::smoke();
 
@@ -75,8 +75,8 @@ async fn a_small_flash_sale_sells_every_seat_once_charges_once_and_notifies_once
 async fn polling_a_booking_ends_at_its_final_status_or_at_the_deadline() {
     let mut settings = marquee_common::testing::isolated_settings().await.unwrap();
     settings.cinema.no_orphan_seats = false;
-    let mesh = Mesh::start(settings).await.unwrap();
-    let channel = Endpoint::from_shared(mesh.cinema_url()).unwrap().connect().await.unwrap();
+    let mesh = Mesh::builder().settings(settings).start().await.unwrap();
+    let channel = Endpoint::from_shared(mesh.url(Service::Cinema).unwrap()).unwrap().connect().await.unwrap();
     let showtime = build_hall(channel, 1).await.unwrap().remove(0);
     let config = Config { settle_deadline: Duration::from_secs(2), ..Config::smoke() };
     let client = Client::new(mesh.graphql_url().unwrap(), config.request_timeout).unwrap();

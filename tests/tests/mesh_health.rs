@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use marquee_e2e::Mesh;
+use marquee_e2e::{Mesh, Service};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -16,15 +16,14 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 async fn every_service_is_serving_and_reflects_its_api() {
     let mesh = Mesh::start().await.unwrap();
     let expected = [
-        ("user", "marquee.user.v1.UserService"),
-        ("cinema", "marquee.cinema.v1.CinemaService"),
-        ("payment", "marquee.payment.v1.PaymentService"),
-        ("booking", "marquee.booking.v1.BookingService"),
-        ("notification", "marquee.notification.v1.NotificationService"),
+        (Service::User, "marquee.user.v1.UserService"),
+        (Service::Cinema, "marquee.cinema.v1.CinemaService"),
+        (Service::Payment, "marquee.payment.v1.PaymentService"),
+        (Service::Booking, "marquee.booking.v1.BookingService"),
+        (Service::Notification, "marquee.notification.v1.NotificationService"),
     ];
     for (name, service) in expected {
-        let addr = mesh.services.iter().find(|(n, _)| *n == name).unwrap().1;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let channel = tonic::transport::Endpoint::from_shared(mesh.url(name).unwrap())
             .unwrap()
             .connect()
             .await
@@ -55,6 +54,6 @@ async fn every_service_is_serving_and_reflects_its_api() {
         assert!(names.contains(&"grpc.health.v1.Health"), "{name} reflects {names:?}");
     }
 
-    let ready = reqwest::get(format!("http://{}/readyz", mesh.gateway)).await.unwrap();
+    let ready = reqwest::get(format!("{}/readyz", mesh.url(Service::Gateway).unwrap())).await.unwrap();
     assert_eq!(ready.status(), 200);
 }

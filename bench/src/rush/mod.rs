@@ -28,7 +28,7 @@ use tonic::transport::Endpoint;
 use crate::catalog::{SEATS, build_hall};
 use crate::flash_sale::{self, Config};
 use crate::gql::{Answer, Client};
-use crate::mesh::{GatewayProcess, Mesh};
+use crate::mesh::{GatewayProcess, Mesh, Service};
 use crate::stats::{round1, round2, round3};
 use crate::{browse, cpu, mongo_ops, pgbench, report};
 
@@ -109,10 +109,11 @@ const QUIET_SHOWTIMES: usize = 7;
 pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     let settings = bench_settings().await?;
     let database_url = settings.postgres.url.expose().clone();
-    let mesh = Mesh::start_services(settings).await?;
+    let mesh = Mesh::builder().settings(settings).without_gateway().start().await?;
     let gateway = GatewayProcess::start(&mesh, &root.join("config")).await?;
     let graphql_url = gateway.graphql_url();
-    let channel = Endpoint::from_shared(mesh.cinema_url())?.connect().await.context("cinema unreachable")?;
+    let channel =
+        Endpoint::from_shared(mesh.url(Service::Cinema)?)?.connect().await.context("cinema unreachable")?;
     let showtimes = build_hall(channel.clone(), 3 + QUIET_SHOWTIMES).await?;
     eprintln!("mesh up; hall of {SEATS} seats; gateway process at {graphql_url}");
 

@@ -430,7 +430,8 @@ async fn a_gateway_shutting_down_sends_its_subscribers_away() {
         addr: gateway.addr(),
         settings: app.settings.clone(),
         http: app.http.clone(),
-        _stop: stop.clone().drop_guard(),
+        _mesh: None,
+        _stop: Some(stop.clone().drop_guard()),
     };
     let server = tokio::spawn(gateway.run_until_stopped(stop.clone()));
     let mut client = Client::connect(&lone, json!({})).await;

@@ -16,6 +16,7 @@ use chrono::Utc;
 use marquee_common::auth::{Role, TokenKeys};
 use marquee_common::shutdown::Shutdown;
 use marquee_common::{Secret, Settings};
+use marquee_e2e::{Mesh, Service};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::{Value, json};
@@ -25,8 +26,11 @@ struct TestApp {
     addr: SocketAddr,
     settings: Settings,
     http: reqwest::Client,
-    /// Stops every service when the test ends, pass or fail.
-    _stop: DropGuard,
+    /// The mesh, this gateway included: stops every service when the test ends, pass
+    /// or fail. `None` for an extra gateway over another app's mesh…
+    _mesh: Option<Mesh>,
+    /// …which this stops instead.
+    _stop: Option<DropGuard>,
 }
 
 /// Starts every upstream in dependency order (user, cinema, payment → booking,
@@ -36,42 +40,29 @@ async fn spawn_app() -> TestApp {
 }
 
 /// `spawn_app` with the test's own tweaks to the settings (limits, switches).
-async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+async fn spawn_app_with(configure: impl FnOnce(&mut Settings) + Send) -> TestApp {
     spawn_app_wired(configure, |_| {}).await
 }
 
 /// `spawn_app_with`, and then `wire` may reroute the gateway's upstream URLs (e.g.
 /// through a recording proxy) once the services run.
-async fn spawn_app_wired(configure: impl FnOnce(&mut Settings), wire: impl FnOnce(&mut Settings)) -> TestApp {
-    marquee_common::telemetry::install_crypto_provider();
-    let mut settings = marquee_common::testing::isolated_settings().await.expect("isolated settings");
-    settings.cinema.seed_demo = true;
-    settings.user.bootstrap_admin_email = Some(ADMIN_EMAIL.to_owned());
-    settings.user.bootstrap_admin_password = Some(Secret::new(ADMIN_PASSWORD.to_owned()));
-    configure(&mut settings);
-    marquee_common::telemetry::init(&settings.telemetry);
-    let shutdown = Shutdown::new();
-
-    macro_rules! start {
-        ($app:ty, $url:ident) => {{
-            let app = <$app>::build(settings.clone()).await.expect(stringify!($app));
-            settings.upstream.$url = format!("http://{}", app.addr());
-            tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        }};
-    }
-    start!(marquee_user::Application, user_url);
-    start!(marquee_cinema::Application, cinema_url);
-    start!(marquee_payment::Application, payment_url);
-    start!(marquee_booking::Application, booking_url);
-    start!(marquee_notification::Application, notification_url);
-
-    wire(&mut settings);
-    let gateway = marquee_gateway::Application::build(settings.clone()).await.expect("gateway");
-    let addr = gateway.addr();
-    tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
-
+async fn spawn_app_wired(
+    configure: impl FnOnce(&mut Settings) + Send,
+    wire: impl FnOnce(&mut Settings) + Send,
+) -> TestApp {
+    let mesh = Mesh::builder()
+        .configure(|settings| {
+            settings.user.bootstrap_admin_email = Some(ADMIN_EMAIL.to_owned());
+            settings.user.bootstrap_admin_password = Some(Secret::new(ADMIN_PASSWORD.to_owned()));
+        })
+        .configure(configure)
+        .before_gateway(wire)
+        .start()
+        .await
+        .expect("the mesh starts");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-    TestApp { addr, settings, http, _stop: shutdown.drop_guard() }
+    let addr = mesh.addr(Service::Gateway).unwrap();
+    TestApp { addr, settings: mesh.settings.clone(), http, _mesh: Some(mesh), _stop: None }
 }
 
 impl TestApp {

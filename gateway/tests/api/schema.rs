@@ -154,7 +154,9 @@ async fn spawn_recorded_app() -> (TestApp, CallLog, CallLog) {
 }
 
 /// `spawn_recorded_app` with the test's own tweaks to the settings.
-async fn spawn_recorded_app_with(configure: impl FnOnce(&mut Settings)) -> (TestApp, CallLog, CallLog) {
+async fn spawn_recorded_app_with(
+    configure: impl FnOnce(&mut Settings) + Send,
+) -> (TestApp, CallLog, CallLog) {
     let mut logs = None;
     let app = super::spawn_app_wired(configure, |settings| {
         let (cinema_url, cinema) = proxy::<CinemaService>(&settings.upstream.cinema_url, settings);

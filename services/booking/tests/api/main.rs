@@ -13,6 +13,7 @@ use lapin::options::BasicAckOptions;
 use marquee_booking::{PayWaits, Sweeper};
 use marquee_common::shutdown::Shutdown;
 use marquee_common::{ApiError, ErrorCode, Settings};
+use marquee_e2e::{Mesh, Service};
 use marquee_proto::booking::v1::booking_service_client::BookingServiceClient;
 use marquee_proto::booking::v1::{
     Booking, BookingStatus, CancelBookingRequest, GetBookingRequest, HoldSeatsRequest, ListBookingsRequest,
@@ -49,13 +50,10 @@ struct TestApp {
     pay_waits: PayWaits,
     users: UserServiceClient<Channel>,
     cinema: CinemaServiceClient<Channel>,
+    /// What the mesh's services watch; nodes a test starts stop with them.
     shutdown: Shutdown,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    /// Stops every service when the test ends, pass or fail.
+    _mesh: Mesh,
 }
 
 /// A booking service of its own on the test's stores, stoppable alone (a "crash").
@@ -92,38 +90,25 @@ async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-/// The whole mesh on port 0; `configure` adjusts the settings every service gets.
-async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    marquee_common::telemetry::install_crypto_provider();
-    let mut settings = marquee_common::testing::isolated_settings().await.unwrap();
-    marquee_common::telemetry::init(&settings.telemetry);
-    settings.cinema.seed_demo = true;
-    configure(&mut settings);
-    let shutdown = Shutdown::new();
-
-    let user = marquee_user::Application::build(settings.clone()).await.unwrap();
-    settings.upstream.user_url = format!("http://{}", user.addr());
-    tokio::spawn(user.run_until_stopped(shutdown.clone()));
-    let cinema = marquee_cinema::Application::build(settings.clone()).await.unwrap();
-    settings.upstream.cinema_url = format!("http://{}", cinema.addr());
-    tokio::spawn(cinema.run_until_stopped(shutdown.clone()));
-    let payment = marquee_payment::Application::build(settings.clone()).await.unwrap();
-    settings.upstream.payment_url = format!("http://{}", payment.addr());
-    tokio::spawn(payment.run_until_stopped(shutdown.clone()));
-
-    let booking = marquee_booking::Application::build(settings.clone()).await.unwrap();
-    let booking_url = format!("http://{}", booking.addr());
-    let (sweeper, pay_waits) = (booking.sweeper(), booking.pay_waits());
-    tokio::spawn(booking.run_until_stopped(shutdown.clone()));
-
+/// User, cinema, payment and booking on port 0 with the demo catalog; `configure`
+/// adjusts the settings every service gets.
+async fn spawn_app_with(configure: impl FnOnce(&mut Settings) + Send) -> TestApp {
+    let mesh = Mesh::builder()
+        .without(Service::Notification)
+        .without_gateway()
+        .configure(configure)
+        .start()
+        .await
+        .unwrap();
     TestApp {
-        booking: BookingServiceClient::connect(booking_url).await.unwrap(),
-        sweeper,
-        pay_waits,
-        users: UserServiceClient::connect(settings.upstream.user_url.clone()).await.unwrap(),
-        cinema: CinemaServiceClient::connect(settings.upstream.cinema_url.clone()).await.unwrap(),
-        settings,
-        shutdown,
+        booking: BookingServiceClient::connect(mesh.url(Service::Booking).unwrap()).await.unwrap(),
+        sweeper: mesh.booking_sweeper().unwrap().clone(),
+        pay_waits: mesh.booking_pay_waits().unwrap().clone(),
+        users: UserServiceClient::connect(mesh.url(Service::User).unwrap()).await.unwrap(),
+        cinema: CinemaServiceClient::connect(mesh.url(Service::Cinema).unwrap()).await.unwrap(),
+        settings: mesh.settings.clone(),
+        shutdown: mesh.shutdown().clone(),
+        _mesh: mesh,
     }
 }
 

@@ -13,7 +13,7 @@ const CINEMA: &str = "marquee.cinema.v1.CinemaService";
 const PAYMENT: &str = "marquee.payment.v1.PaymentService";
 const USER: &str = "marquee.user.v1.UserService";
 
-async fn traced_app(configure: impl FnOnce(&mut Settings)) -> TestApp {
+async fn traced_app(configure: impl FnOnce(&mut Settings) + Send) -> TestApp {
     let app = spawn_app_with(configure).await;
     assert!(capture::start(), "the kit's subscriber (with the span capture) is the process's");
     app
