@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use marquee_common::backoff::Backoff;
 use marquee_common::config::RedisSettings;
 use prost::Message;
 use redis::aio::ConnectionManager;
@@ -42,9 +43,12 @@ const WAIT_FOR_FIRST: Duration = Duration::from_secs(10);
 const POLL_EVERY: Duration = Duration::from_millis(25);
 /// Sends of a claim whose reply does not come before the request fails.
 const CLAIM_ATTEMPTS: u32 = 3;
-/// Pauses between background retries of a settlement that failed.
-const SETTLE_RETRY_PAUSES: [Duration; 3] =
-    [Duration::from_millis(100), Duration::from_millis(400), Duration::from_millis(1600)];
+/// Background retries of a settlement that failed, with pauses of (jittered) 100 ms,
+/// 400 ms and 1.6 s: every other step of a backoff from `SETTLE_FIRST_PAUSE`, so that
+/// the settlements a Redis blip failed together do not retry together.
+const SETTLE_RETRIES: u32 = 3;
+const SETTLE_FIRST_PAUSE: Duration = Duration::from_millis(100);
+const SETTLE_MAX_PAUSE: Duration = Duration::from_millis(1600);
 
 const PENDING: u8 = b'P';
 const DONE: u8 = b'D';
@@ -223,8 +227,9 @@ impl IdempotencyStore {
         tracing::warn!(%error, "cannot settle an idempotency key yet; retrying in the background");
         let (mut redis, key, claim) = (redis.clone(), key.to_owned(), claim.to_vec());
         tokio::spawn(async move {
-            for pause in SETTLE_RETRY_PAUSES {
-                tokio::time::sleep(pause).await;
+            let backoff = Backoff::new(SETTLE_FIRST_PAUSE, SETTLE_MAX_PAUSE);
+            for retry in 0..SETTLE_RETRIES {
+                tokio::time::sleep(backoff.delay(2 * retry)).await;
                 if settlement.apply(&mut redis, &key, &claim).await.is_ok() {
                     return;
                 }

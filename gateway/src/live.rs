@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use marquee_common::Settings;
+use marquee_common::backoff::Backoff;
 use marquee_proto::cinema::v1 as cinema;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use tokio::sync::{broadcast, watch};
@@ -28,6 +29,8 @@ use crate::metrics::Metrics;
 /// Changes of one showtime a slow subscriber may fall behind before it is told to
 /// reload; shared by all its subscribers, so the memory is per showtime.
 const BACKLOG: usize = 256;
+/// Pauses before re-opening a feed: 100 ms doubling to 5 s, jittered so that the feeds
+/// of every showtime, broken together by a cinema restart, do not all come back at once.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 /// Attempts at the first open before waiting subscribers get the error: a transient
@@ -312,7 +315,9 @@ async fn run_feed(
     events: broadcast::Sender<FeedEvent>,
     opening: watch::Sender<Opening>,
 ) {
-    let mut retry = FIRST_RETRY;
+    let backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
+    // Failed opens since the stream last opened.
+    let mut failures: u32 = 0;
     let mut opened_before = false;
     let mut attempts = 0;
     loop {
@@ -327,7 +332,7 @@ async fn run_feed(
                     opening.send_replace(Opening::Open);
                     opened_before = true;
                 }
-                retry = FIRST_RETRY;
+                failures = 0;
                 loop {
                     match stream.message().await {
                         Ok(Some(change)) => {
@@ -368,8 +373,8 @@ async fn run_feed(
                 tracing::warn!(%showtime, error = ?error, "cannot re-open the seat stream");
             }
         }
-        tokio::time::sleep(retry).await;
-        retry = (retry * 2).min(MAX_RETRY);
+        tokio::time::sleep(backoff.delay(failures)).await;
+        failures = failures.saturating_add(1);
     }
 }
 

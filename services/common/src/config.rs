@@ -3,6 +3,14 @@
 //! Layers, later wins: `config/default.toml`, `config/<env>.toml` (env from
 //! `MARQUEE_ENV`, default `local`), then `MARQUEE_<SECTION>__<KEY>` variables.
 //! The config directory is `MARQUEE_CONFIG_DIR`, else `./config`.
+//!
+//! `config/default.toml` is the one home of every default: no field here has a
+//! serde default of its own, so a key missing from it fails the load instead of
+//! silently taking a second, different value. Only `Option` fields may be absent
+//! (unset); the environment files only override. Rules between fields are checked
+//! at load (`rules`).
+
+mod rules;
 
 use std::path::{Path, PathBuf};
 
@@ -102,7 +110,6 @@ pub struct AuthSettings {
     /// Longest wait for a hashing slot (shorter if the caller's gRPC deadline is nearer).
     pub hash_max_wait_ms: u64,
     /// `HS256` signs with `jwt_secret`; `RS256` with the PEM key files below.
-    #[serde(default)]
     pub algorithm: JwtAlgorithm,
     /// RS256 only: the signer needs the private key, verifiers only the public one.
     #[serde(default)]
@@ -115,9 +122,8 @@ pub struct AuthSettings {
     pub login_failure_window_seconds: u64,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 pub enum JwtAlgorithm {
-    #[default]
     #[serde(rename = "HS256")]
     Hs256,
     #[serde(rename = "RS256")]
@@ -164,27 +170,21 @@ pub struct CinemaSettings {
     pub max_seats_per_hold: usize,
     pub seed_demo: bool,
     /// Holds are refused for showtimes starting within this many seconds.
-    #[serde(default = "default_hold_cutoff_seconds")]
     pub hold_cutoff_seconds: i32,
     /// How much longer a hold lives after its one `ExtendHold`.
-    #[serde(default = "default_hold_extension_seconds")]
     pub hold_extension_seconds: i32,
     /// A showtime ends this long after its movie does (cleaning, doors).
-    #[serde(default = "default_cleaning_buffer_minutes")]
     pub cleaning_buffer_minutes: i32,
     /// Refuse holds that leave a single free seat stranded in a row.
-    #[serde(default = "default_no_orphan_seats")]
     pub no_orphan_seats: bool,
     /// How often lapsed holds are released and announced; 0 turns the sweeper off.
-    #[serde(default = "default_hold_sweep_interval_ms")]
     pub hold_sweep_interval_ms: u64,
     /// When LockSeats may refuse a seat from the in-memory seat board without asking
     /// PostgreSQL (the board lags PostgreSQL by the notification delay).
-    #[serde(default)]
     pub seat_board: SeatBoardMode,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SeatBoardMode {
     /// Every hold goes to PostgreSQL.
@@ -194,28 +194,7 @@ pub enum SeatBoardMode {
     WhenBusy,
     /// Always: the service's own changes are on the board the moment they commit;
     /// other replicas' arrive with the notification delay.
-    #[default]
     Always,
-}
-
-fn default_hold_sweep_interval_ms() -> u64 {
-    5000
-}
-
-fn default_no_orphan_seats() -> bool {
-    true
-}
-
-fn default_cleaning_buffer_minutes() -> i32 {
-    20
-}
-
-fn default_hold_cutoff_seconds() -> i32 {
-    600
-}
-
-fn default_hold_extension_seconds() -> i32 {
-    300
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -226,36 +205,28 @@ pub struct BookingSettings {
     pub outbox_poll_ms: u64,
     /// Charge calls per payment attempt when payment answers UNAVAILABLE (same key).
     pub charge_attempts: u32,
-    /// Wait before the first charge retry; doubles after each.
+    /// Wait before the first charge retry; doubles after each, jittered.
     pub charge_retry_backoff_ms: u64,
     /// Active (held or being paid) bookings one user may have per showtime.
-    #[serde(default = "default_max_active_holds")]
     pub max_active_holds_per_showtime: u32,
     /// A confirmed booking can be cancelled until this long before the show.
-    #[serde(default = "default_cancel_cutoff_minutes")]
     pub cancel_cutoff_minutes: i64,
     /// What a cancellation refunds: the first tier whose `hours_before` the show is
     /// still at least that far away applies; none applying refunds nothing.
-    #[serde(default = "default_refund_tiers")]
     pub refund_tiers: Vec<RefundTier>,
     /// How long a saga step may run before recovery presumes its process dead and
     /// resumes it.
-    #[serde(default = "default_saga_lease_ms")]
     pub saga_lease_ms: u64,
     /// How often overdue holds are expired and stalled sagas recovered (0: never; tests
     /// trigger it).
-    #[serde(default = "default_sweep_interval_ms")]
     pub sweep_interval_ms: u64,
     /// Calls in total to cinema (and payment refunds) when they fail transiently.
-    #[serde(default = "default_upstream_attempts")]
     pub upstream_attempts: u32,
-    /// Wait before the first retry of such a call; doubles after each.
-    #[serde(default = "default_upstream_backoff_ms")]
+    /// Wait before the first retry of such a call; doubles after each, jittered.
     pub upstream_backoff_ms: u64,
     /// How long a repeated PayBooking waits for the same booking's payment already in
     /// flight to finish, to answer with its outcome instead of CONFLICT. Must stay under
     /// the gateway's upstream deadline, or the wait only ends in the gateway's timeout.
-    #[serde(default = "default_pay_wait_ms")]
     pub pay_wait_ms: u64,
     /// Hold, pay and cancel steps this process runs at once; beyond it a request is
     /// refused at once with SERVICE_BUSY, before anything is written.
@@ -269,38 +240,6 @@ pub struct RefundTier {
     pub hours_before: i64,
     /// Percent of the total refunded, 0 to 100.
     pub percent: u8,
-}
-
-fn default_max_active_holds() -> u32 {
-    2
-}
-
-fn default_cancel_cutoff_minutes() -> i64 {
-    30
-}
-
-fn default_refund_tiers() -> Vec<RefundTier> {
-    vec![RefundTier { hours_before: 24, percent: 100 }, RefundTier { hours_before: 0, percent: 50 }]
-}
-
-fn default_saga_lease_ms() -> u64 {
-    30_000
-}
-
-fn default_sweep_interval_ms() -> u64 {
-    5_000
-}
-
-fn default_upstream_attempts() -> u32 {
-    6
-}
-
-fn default_upstream_backoff_ms() -> u64 {
-    100
-}
-
-fn default_pay_wait_ms() -> u64 {
-    4_000
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -329,7 +268,6 @@ pub struct NotificationSettings {
     /// it. Only deliveries that were never settled count (the worker crashed or lost
     /// its connection holding it): failures the worker sees are retried through the
     /// retry queues instead.
-    #[serde(default = "default_delivery_limit")]
     pub delivery_limit: u32,
     /// The first pause before retrying an event whose dependency (user, cinema,
     /// MongoDB) is down; it doubles on each retry up to `retry_max_ms`, jittered.
@@ -348,10 +286,6 @@ pub struct NotificationSettings {
     pub smtp_from: String,
 }
 
-fn default_delivery_limit() -> u32 {
-    20
-}
-
 #[derive(Clone, Debug, Deserialize)]
 pub struct GatewaySettings {
     #[serde(flatten)]
@@ -359,32 +293,15 @@ pub struct GatewaySettings {
     pub graphiql: bool,
     pub max_body_bytes: usize,
     /// Operations allowed in one batched `POST /graphql` (a JSON array); 0 refuses batches.
-    #[serde(default = "default_max_batch_size")]
     pub max_batch_size: usize,
     /// Schema introspection (`__schema`, `__type`); production turns it off.
-    #[serde(default = "default_true")]
     pub introspection: bool,
     /// Take the client address from the last `X-Forwarded-For` entry (set by Kong)
     /// instead of the TCP peer. Only safe behind a proxy that always sets it.
-    #[serde(default)]
     pub trust_forwarded_for: bool,
-    #[serde(default)]
     pub rate_limit: RateLimitSettings,
     /// Subscriptions one WebSocket connection may hold at once.
-    #[serde(default = "default_max_subscriptions_per_connection")]
     pub max_subscriptions_per_connection: usize,
-}
-
-fn default_max_subscriptions_per_connection() -> usize {
-    500
-}
-
-fn default_max_batch_size() -> usize {
-    10
-}
-
-fn default_true() -> bool {
-    true
 }
 
 /// Fixed-window request limits kept in Redis, shared by every gateway replica.
@@ -396,12 +313,6 @@ pub struct RateLimitSettings {
     pub per_user: u64,
     /// GraphQL operations per window for one client address without a token.
     pub per_ip: u64,
-}
-
-impl Default for RateLimitSettings {
-    fn default() -> Self {
-        Self { enabled: true, window_seconds: 60, per_user: 600, per_ip: 300 }
-    }
 }
 
 impl Settings {
@@ -418,12 +329,16 @@ impl Settings {
     pub fn load_from(dir: &Path, env: &str) -> anyhow::Result<Self> {
         let default = dir.join("default.toml");
         anyhow::ensure!(default.is_file(), "config file {} not found", default.display());
-        Figment::new()
+        let settings: Self = Figment::new()
             .merge(Toml::file(default))
             .merge(Toml::file(dir.join(format!("{env}.toml"))))
             .merge(Env::prefixed("MARQUEE_").split("__"))
             .extract()
-            .with_context(|| format!("invalid configuration in {} (env {env})", dir.display()))
+            .with_context(|| format!("invalid configuration in {} (env {env})", dir.display()))?;
+        settings
+            .validate()
+            .with_context(|| format!("inconsistent configuration in {} (env {env})", dir.display()))?;
+        Ok(settings)
     }
 
     /// The settings tests start from: the repository's `config/` with `test.toml`.
@@ -435,7 +350,14 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
+    use figment::Provider as _;
+    use figment::value::{Dict, Value};
+
     use super::*;
+
+    fn config_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config")
+    }
 
     #[test]
     fn repository_config_loads_and_test_layer_overrides_ports() {
@@ -446,5 +368,71 @@ mod tests {
         assert_eq!(settings.rabbitmq.exchange, "marquee.events");
         // Secrets load but never print.
         assert!(!format!("{settings:?}").contains(settings.auth.jwt_secret.expose().as_str()));
+    }
+
+    /// Keys that may be left out (`Option` fields): default.toml names them in comments.
+    const OPTIONAL: [&str; 6] = [
+        "rabbitmq.queue_expires_ms",
+        "auth.rsa_private_key_path",
+        "auth.rsa_public_key_path",
+        "user.bootstrap_admin_email",
+        "user.bootstrap_admin_password",
+        "notification.smtp_url",
+    ];
+
+    fn keys(prefix: &str, dict: &Dict, out: &mut Vec<(String, Value)>) {
+        for (key, value) in dict {
+            let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            match value {
+                Value::Dict(_, inner) => keys(&path, inner, out),
+                other => out.push((path, other.clone())),
+            }
+        }
+    }
+
+    fn file_keys(name: &str) -> Vec<(String, Value)> {
+        let data = Toml::file(config_dir().join(name)).data().unwrap();
+        let mut out = Vec::new();
+        for dict in data.values() {
+            keys("", dict, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn default_toml_alone_sets_every_setting() {
+        let defaults = Figment::from(Toml::file(config_dir().join("default.toml")));
+        let settings: Settings = defaults.extract().unwrap();
+        settings.validate().unwrap();
+        let text = std::fs::read_to_string(config_dir().join("default.toml")).unwrap();
+        for key in OPTIONAL {
+            let name = key.rsplit('.').next().unwrap();
+            assert!(text.contains(name), "default.toml does not mention the optional key {key}");
+        }
+    }
+
+    #[test]
+    fn environment_files_only_override_defaults() {
+        let defaults = file_keys("default.toml");
+        let mut files: Vec<String> = std::fs::read_dir(config_dir())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".toml") && name != "default.toml")
+            .collect();
+        files.sort();
+        assert!(files.contains(&"test.toml".to_owned()), "{files:?}");
+        for file in files {
+            for (key, value) in file_keys(&file) {
+                match defaults.iter().find(|(default, _)| *default == key) {
+                    Some((_, default)) => {
+                        assert_ne!(*default, value, "{file} repeats the default of {key}")
+                    }
+                    None => assert!(
+                        OPTIONAL.contains(&key.as_str()),
+                        "{file} sets {key}, which default.toml lacks"
+                    ),
+                }
+            }
+        }
     }
 }

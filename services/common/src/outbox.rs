@@ -24,10 +24,12 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::RabbitSettings;
 
 /// Documents read per outbox query.
 const BATCH: i64 = 100;
+/// Reconnect pauses while the broker or the database is down: 250 ms doubling to 30 s.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -207,33 +209,37 @@ impl<S: OutboxStore> OutboxRelay<S> {
     /// Relays until `shutdown`, reconnecting with backoff whenever the broker or the
     /// database fails. Stopping mid-batch is safe: unconfirmed events stay unsent.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = FIRST_BACKOFF;
+        let backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+        // Failures since the last connection that worked.
+        let mut failures: u32 = 0;
         loop {
             let failure = tokio::select! {
                 () = shutdown.cancelled() => return,
-                failure = self.connect_and_relay(&mut backoff) => failure,
+                failure = self.connect_and_relay(&mut failures) => failure,
             };
+            let pause = backoff.delay(failures);
+            failures = failures.saturating_add(1);
             tracing::warn!(
                 error = format!("{failure:#}"),
-                retry_in_ms = backoff.as_millis() as u64,
+                retry_in_ms = pause.as_millis() as u64,
                 "outbox relay interrupted"
             );
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(pause) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
-    /// Runs until something fails; the error says what.
-    async fn connect_and_relay(&self, backoff: &mut Duration) -> anyhow::Error {
+    /// Runs until something fails; the error says what. A connection that opens
+    /// starts the backoff over.
+    async fn connect_and_relay(&self, failures: &mut u32) -> anyhow::Error {
         // The connection is held here so it lives exactly as long as this session.
         let (_connection, channel) = match self.open_channel().await {
             Ok(session) => session,
             Err(error) => return error,
         };
-        *backoff = FIRST_BACKOFF;
+        *failures = 0;
         tracing::info!(exchange = %self.exchange, "outbox relay connected to RabbitMQ");
         loop {
             if let Err(error) = self.drain(&channel).await {

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use marquee_common::backoff::Backoff;
 use tokio::time::Instant;
 
 use super::{Checkpoint, Saga};
@@ -68,9 +69,12 @@ impl Saga {
     /// stays in flight until recovery resumes it after the lease, so the wait may end
     /// with the booking still in flight (CONFLICT, as before).
     async fn await_payment(&self, mut booking: Booking, deadline: Instant) -> Result<Booking, BookingError> {
+        // 250 ms doubling to 1 s, jittered: the repeats of many bookings a dead replica
+        // left in flight do not all read MongoDB at the same moments.
         const FIRST_POLL: Duration = Duration::from_millis(250);
         const MAX_POLL: Duration = Duration::from_secs(1);
-        let mut poll = FIRST_POLL;
+        let polls = Backoff::new(FIRST_POLL, MAX_POLL);
+        let mut polled: u32 = 0;
         while booking.is_paying() {
             let now = Instant::now();
             if now >= deadline {
@@ -81,8 +85,8 @@ impl Saga {
                 booking = self.await_local_driver(booking, deadline).await?;
                 continue;
             }
-            tokio::time::sleep(poll.min(deadline - now)).await;
-            poll = (poll * 2).min(MAX_POLL);
+            tokio::time::sleep(polls.delay(polled).min(deadline - now)).await;
+            polled = polled.saturating_add(1);
             self.drivers.count_poll();
             booking = self.store.find(booking.id).await?.ok_or(BookingError::NotFound)?;
         }

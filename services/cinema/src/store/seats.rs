@@ -2,8 +2,11 @@
 //! releases, cancellations, extensions, and staff blocking. Each answers with typed
 //! outcome rows (a PostgreSQL enum per function family), mapped here to results.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use marquee_common::backoff::Backoff;
 
 use super::{Hold, SeatRow, Store};
 use crate::domain::{BookingId, HoldCutoff, HoldTtl, Money, SeatSelection, ShowtimeId};
@@ -302,6 +305,10 @@ impl Store {
 /// happen among themselves; this covers anything else that locks seats (ad-hoc SQL,
 /// future statements) and keeps such aborts from ever reaching a client.
 const CONFLICT_ATTEMPTS: u32 = 5;
+/// Pauses between those reruns: 5 ms doubling to 20 ms, jittered, so that the two
+/// transactions a deadlock aborted do not collide again on their reruns.
+const CONFLICT_FIRST_PAUSE: Duration = Duration::from_millis(5);
+const CONFLICT_MAX_PAUSE: Duration = Duration::from_millis(20);
 
 /// Runs `call` again when PostgreSQL reports a deadlock (40P01) or a serialization
 /// failure (40001): the aborted transaction changed nothing, so a rerun is safe.
@@ -310,12 +317,13 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
 {
+    let backoff = Backoff::new(CONFLICT_FIRST_PAUSE, CONFLICT_MAX_PAUSE);
     let mut attempt = 1;
     loop {
         match call().await {
             Err(e) if attempt < CONFLICT_ATTEMPTS && is_transient_conflict(&e) => {
                 tracing::warn!(attempt, error = %e, "seat statement aborted by a lock conflict; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt) * 5)).await;
+                tokio::time::sleep(backoff.delay(attempt - 1)).await;
                 attempt += 1;
             }
             outcome => return outcome,

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use marquee_common::backoff::Backoff;
 use marquee_common::shutdown::Shutdown;
 use marquee_proto::events::v1::Event;
 use prost::Message;
@@ -23,6 +24,12 @@ use crate::store::{NotificationDoc, bson_time};
 const CLAIM_POLL: Duration = Duration::from_millis(100);
 /// Longest pause between Redis attempts while Redis is down.
 const MAX_REDIS_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Pauses between Redis attempts while Redis is down: retry `n` (from 1) waits about
+/// `CLAIM_POLL · 2^n`, so 200 ms doubling to `MAX_REDIS_BACKOFF`, jittered.
+fn redis_backoff() -> Backoff {
+    Backoff::new(CLAIM_POLL, MAX_REDIS_BACKOFF)
+}
 
 /// Why sending failed, and so what becomes of the event.
 enum SendError {
@@ -81,12 +88,17 @@ impl Handler {
     /// towards its delivery limit. On shutdown it waits a moment more, long enough
     /// for a sibling delivery of the same event to finish, then hands it back.
     async fn claim(&self, event_id: Uuid, shutdown: &Shutdown) -> Waited<Claim> {
-        let mut pause = CLAIM_POLL;
+        let backoff = redis_backoff();
+        // Redis failures in a row.
+        let mut failures: u32 = 0;
         let mut redis_down = false;
         let mut give_up_at = None;
         loop {
-            match self.claims.claim(event_id).await {
-                Ok(Claim::HeldElsewhere) => pause = CLAIM_POLL,
+            let pause = match self.claims.claim(event_id).await {
+                Ok(Claim::HeldElsewhere) => {
+                    failures = 0;
+                    CLAIM_POLL
+                }
                 Ok(claim) => {
                     if redis_down {
                         tracing::info!("Redis is back; resuming");
@@ -101,9 +113,10 @@ impl Handler {
                         );
                     }
                     redis_down = true;
-                    pause = (pause * 2).min(MAX_REDIS_BACKOFF);
+                    failures = failures.saturating_add(1);
+                    backoff.delay(failures)
                 }
-            }
+            };
             match give_up_at {
                 Some(deadline) if Instant::now() >= deadline => return Waited::ShuttingDown,
                 Some(_) => tokio::time::sleep(CLAIM_POLL).await,
@@ -118,7 +131,8 @@ impl Handler {
     /// Writes the "done" marker, waiting for Redis if needed: acking before it is
     /// written would let a duplicate delivery send again.
     async fn finish(&self, event_id: Uuid, shutdown: &Shutdown) -> Waited<()> {
-        let mut pause = CLAIM_POLL;
+        let backoff = redis_backoff();
+        let mut failures: u32 = 0;
         loop {
             match self.claims.finish(event_id).await {
                 Ok(()) => return Waited::Ready(()),
@@ -126,10 +140,10 @@ impl Handler {
                     tracing::warn!(error = format!("{error:#}"), "cannot mark the event done; retrying")
                 }
             }
-            pause = (pause * 2).min(MAX_REDIS_BACKOFF);
+            failures = failures.saturating_add(1);
             tokio::select! {
                 () = shutdown.cancelled() => return Waited::ShuttingDown,
-                () = tokio::time::sleep(pause) => {}
+                () = tokio::time::sleep(backoff.delay(failures)) => {}
             }
         }
     }

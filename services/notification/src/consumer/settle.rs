@@ -8,6 +8,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel as AmqpChannel};
+use marquee_common::backoff::Backoff;
 use marquee_common::rabbit::{PERSISTENT, publish_confirmed};
 use marquee_common::shutdown::Shutdown;
 use tokio::time::Instant;
@@ -15,7 +16,8 @@ use tokio::time::Instant;
 use super::Handler;
 use crate::retry::{Next, RetryState, delay_queue};
 
-/// Pause before requeueing when even the delay queue cannot take a message.
+/// Pause before requeueing when even the delay queue cannot take a message: one
+/// jittered backoff step, so the deliveries it refused together come back spread out.
 const REQUEUE_DELAY: Duration = Duration::from_millis(500);
 
 /// Why a message went to the dead-letter queue (`x-marquee-dead-letter-reason`).
@@ -149,7 +151,7 @@ impl Handler {
                     tracing::error!("delivery limit reached; the broker dead-letters this event");
                     self.metrics.over_delivery_limit.increment(1);
                 }
-                tokio::time::sleep(REQUEUE_DELAY).await;
+                tokio::time::sleep(Backoff::new(REQUEUE_DELAY, REQUEUE_DELAY).delay(0)).await;
                 delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await
             }
         }
