@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use marquee_common::backoff::Backoff;
 use marquee_common::shutdown::Shutdown;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -22,6 +23,11 @@ pub const CHANNEL: &str = "cinema_seat_changes";
 
 /// How many changes a slow watcher may fall behind before its stream is ended.
 const BACKLOG: usize = 4096;
+/// Pauses between attempts to reconnect the listener while PostgreSQL is unreachable:
+/// 100 ms doubling to 5 s, jittered so that the replicas, cut off together, do not all
+/// come back at once.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(5);
 /// Lapsed holds freed per sweeper statement.
 const SWEEP_BATCH: i32 = 1000;
 
@@ -114,24 +120,59 @@ pub async fn listen(pool: &PgPool) -> anyhow::Result<(SeatChanges, PgListener)> 
 }
 
 /// Forwards notifications to the seat board and the broadcast channel until shutdown.
+/// An unreachable PostgreSQL is waited out, however long; only a closed pool ends it.
 pub async fn relay(
     mut listener: PgListener,
     changes: SeatChanges,
     board: SeatBoard,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
+    // Failed reconnects since the listener last received anything.
+    let mut failures: u32 = 0;
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            received = listener.try_recv() => received.context("the seat change listener failed")?,
+            received = listener.try_recv() => received,
         };
-        let Some(notification) = received else {
-            // The connection dropped; the next call reconnects, but what was sent
-            // meanwhile is gone, so the board must not trust what it has.
-            tracing::warn!("seat change listener lost its connection; forgetting the seat board");
+        let notification = match received {
+            Ok(Some(notification)) => notification,
+            Ok(None) => {
+                // The connection dropped and was re-opened; what was sent meanwhile is
+                // gone, so the board must not trust what it has.
+                tracing::warn!("seat change listener lost its connection; forgetting the seat board");
+                board.forget_all();
+                failures = 0;
+                continue;
+            }
+            Err(error @ sqlx::Error::PoolClosed) => {
+                return Err(error).context("the seat change listener failed");
+            }
+            Err(error) => {
+                // PostgreSQL is unreachable (the reconnect failed). Giving up would leave
+                // every watcher waiting forever for changes that never come, so retry;
+                // meanwhile changes are missed, so the board forgets what it has.
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    attempt = failures + 1,
+                    "seat change listener cannot reconnect; forgetting the seat board and retrying"
+                );
+                board.forget_all();
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff.delay(failures)) => {}
+                }
+                failures = failures.saturating_add(1);
+                continue;
+            }
+        };
+        if failures > 0 {
+            // LISTEN is back, but a showtime loaded while it was away may lack changes
+            // committed before it returned: forget once more, before the first change lands.
+            tracing::info!(failures, "seat change listener reconnected; forgetting the seat board");
             board.forget_all();
-            continue;
-        };
+            failures = 0;
+        }
         match SeatChange::parse(notification.payload()) {
             Ok(change) => {
                 board.apply(&change);

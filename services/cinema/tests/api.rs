@@ -1720,11 +1720,18 @@ async fn two_holds_racing_in_one_row_never_strand_the_seat_between_them() {
 type RoundTrip = Vec<String>;
 
 /// A proxy between the service and PostgreSQL that writes down every round trip of the
-/// extended query protocol (and every simple query), so a test can count them.
+/// extended query protocol (and every simple query), so a test can count them, and
+/// that a test can cut off (an outage of PostgreSQL) and restore.
 #[derive(Clone, Default)]
-struct WireLog(Arc<std::sync::Mutex<Vec<RoundTrip>>>);
+struct PgProxy {
+    trips: Arc<std::sync::Mutex<Vec<RoundTrip>>>,
+    /// Ends the relays of the connections open now; `None` while cut off.
+    open: Arc<std::sync::Mutex<Option<Shutdown>>>,
+    /// Connections turned away while cut off.
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+}
 
-impl WireLog {
+impl PgProxy {
     /// Starts a proxy in front of the PostgreSQL of `settings` and points them at it.
     fn intercept(settings: &mut Settings) -> Self {
         let url = settings.postgres.url.expose().clone();
@@ -1734,21 +1741,52 @@ impl WireLog {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let proxy = listener.local_addr().unwrap();
-        let log = Self::default();
-        let (upstream, relay_log) = (upstream.to_owned(), log.clone());
+        let proxy_addr = listener.local_addr().unwrap();
+        let proxy = Self::default();
+        proxy.restore();
+        let (upstream, relaying) = (upstream.to_owned(), proxy.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                let open = relaying.open.lock().unwrap().clone();
+                let Some(open) = open else {
+                    // Accepted and closed at once: the client's connect fails without
+                    // waiting, as when PostgreSQL is down.
+                    relaying.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    drop(client);
+                    continue;
+                };
                 let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
-                tokio::spawn(relay_log.clone().relay(client, server));
+                let relay = relaying.clone().relay(client, server);
+                tokio::spawn(async move {
+                    // Dropping the relay closes both of its sockets.
+                    tokio::select! {
+                        () = open.cancelled() => {}
+                        () = relay => {}
+                    }
+                });
             }
         });
         let user = if user.is_empty() { String::new() } else { format!("{user}@") };
         let params = if database.contains('?') { '&' } else { '?' };
         settings.postgres.url = marquee_common::secret::Secret::new(format!(
-            "{scheme}://{user}{proxy}/{database}{params}sslmode=disable"
+            "{scheme}://{user}{proxy_addr}/{database}{params}sslmode=disable"
         ));
-        log
+        proxy
+    }
+
+    /// Closes every proxied connection and turns new ones away until `restore`.
+    fn cut(&self) {
+        if let Some(open) = self.open.lock().unwrap().take() {
+            open.cancel();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.lock().unwrap().get_or_insert_with(Shutdown::new);
+    }
+
+    fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn relay(self, client: tokio::net::TcpStream, server: tokio::net::TcpStream) {
@@ -1759,60 +1797,67 @@ impl WireLog {
         }
         let (mut from_client, mut to_client) = client.into_split();
         let (mut from_server, mut to_server) = server.into_split();
-        tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
-        let (mut pending, mut chunk) = (Vec::new(), vec![0; 16 * 1024]);
-        let mut prepared: HashMap<String, String> = HashMap::new();
-        let (mut started, mut bound, mut trip) = (false, String::new(), RoundTrip::new());
-        loop {
-            let n = match from_client.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            pending.extend_from_slice(&chunk[..n]);
-            // Startup packets have no type byte; every later message has one.
-            let header = |started: bool| if started { 5 } else { 4 };
-            while pending.len() >= header(started) {
-                let h = header(started);
-                let total = h - 4 + u32::from_be_bytes(pending[h - 4..h].try_into().unwrap()) as usize;
-                if pending.len() < total {
-                    break;
-                }
-                let message: Vec<u8> = pending.drain(..total).collect();
-                if !started {
-                    // An SSL or GSS encryption request is answered before the real startup.
-                    let code = u32::from_be_bytes(message[4..8].try_into().unwrap());
-                    started = code != 80_877_103 && code != 80_877_104;
-                } else {
-                    let body = &message[5..];
-                    match message[0] {
-                        b'P' => {
-                            let (name, rest) = cstr(body);
-                            prepared.insert(name, cstr(rest).0);
+        let replies = async move {
+            let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+        };
+        let requests = async move {
+            let (mut pending, mut chunk) = (Vec::new(), vec![0; 16 * 1024]);
+            let mut prepared: HashMap<String, String> = HashMap::new();
+            let (mut started, mut bound, mut trip) = (false, String::new(), RoundTrip::new());
+            'relay: loop {
+                let n = match from_client.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break 'relay,
+                    Ok(n) => n,
+                };
+                pending.extend_from_slice(&chunk[..n]);
+                // Startup packets have no type byte; every later message has one.
+                let header = |started: bool| if started { 5 } else { 4 };
+                while pending.len() >= header(started) {
+                    let h = header(started);
+                    let total = h - 4 + u32::from_be_bytes(pending[h - 4..h].try_into().unwrap()) as usize;
+                    if pending.len() < total {
+                        break;
+                    }
+                    let message: Vec<u8> = pending.drain(..total).collect();
+                    if !started {
+                        // An SSL or GSS encryption request is answered before the real startup.
+                        let code = u32::from_be_bytes(message[4..8].try_into().unwrap());
+                        started = code != 80_877_103 && code != 80_877_104;
+                    } else {
+                        let body = &message[5..];
+                        match message[0] {
+                            b'P' => {
+                                let (name, rest) = cstr(body);
+                                prepared.insert(name, cstr(rest).0);
+                            }
+                            b'B' => bound = prepared.get(&cstr(cstr(body).1).0).cloned().unwrap_or_default(),
+                            b'E' => trip.push(bound.clone()),
+                            b'S' => self.trips.lock().unwrap().push(std::mem::take(&mut trip)),
+                            b'Q' => self.trips.lock().unwrap().push(vec![cstr(body).0]),
+                            _ => {}
                         }
-                        b'B' => bound = prepared.get(&cstr(cstr(body).1).0).cloned().unwrap_or_default(),
-                        b'E' => trip.push(bound.clone()),
-                        b'S' => self.0.lock().unwrap().push(std::mem::take(&mut trip)),
-                        b'Q' => self.0.lock().unwrap().push(vec![cstr(body).0]),
-                        _ => {}
+                    }
+                    if to_server.write_all(&message).await.is_err() {
+                        break 'relay;
                     }
                 }
-                if to_server.write_all(&message).await.is_err() {
-                    return;
-                }
             }
-        }
+            // The server hears the client's end, and ends the replies in turn.
+            let _ = to_server.shutdown().await;
+        };
+        tokio::join!(replies, requests);
     }
 
     /// Round trips so far.
     fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
+        self.trips.lock().unwrap().len()
     }
 
     /// The round trips that ran statements since `len()` was `from`, leaving out pings:
     /// sqlx's (a bare Sync whenever a connection goes back to the pool, off the request's
     /// path) and the readiness probe's `select 1`.
     fn since(&self, from: usize) -> Vec<RoundTrip> {
-        let log = self.0.lock().unwrap();
+        let log = self.trips.lock().unwrap();
         log[from..].iter().filter(|trip| !trip.is_empty() && *trip != &["select 1"]).cloned().collect()
     }
 }
@@ -1827,7 +1872,7 @@ async fn a_hold_under_the_no_orphan_rule_is_one_round_trip_to_postgres() {
         // hold shows only what it costs each time.
         s.cinema.seat_board = marquee_common::config::SeatBoardMode::Off;
         s.postgres.max_connections = 2;
-        wire = Some(WireLog::intercept(s));
+        wire = Some(PgProxy::intercept(s));
     })
     .await;
     let wire = wire.unwrap();
@@ -1953,6 +1998,59 @@ async fn watchers_see_holds_confirmations_releases_and_lapsed_holds_in_commit_or
         .await
         .unwrap_err();
     assert_eq!(code(err), ErrorCode::NotFound);
+}
+
+#[tokio::test]
+async fn watchers_see_changes_again_once_postgres_is_back_after_the_listener_failed_to_reconnect() {
+    let mut proxy = None;
+    let app = spawn_app_with(|s| proxy = Some(PgProxy::intercept(s))).await;
+    let proxy = proxy.unwrap();
+    let showtime = app.showtime().await.id;
+    let mut changes = app
+        .client
+        .clone()
+        .watch_seats(pb::WatchSeatsRequest { showtime_id: showtime.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // PostgreSQL goes away: the listener's connection closes, and it tries again at once
+    // (and so, every 2 s, does the readiness probe). Stay down until several attempts
+    // have been turned away.
+    proxy.cut();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while proxy.refused() < 3 {
+        assert!(std::time::Instant::now() < deadline, "nothing tried to reconnect");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    proxy.restore();
+
+    // Holds fail until the pool has replaced its dead connections, and a hold committed
+    // before the listener is back is never announced (a watcher reloads for those), so
+    // hold one seat after another until a change arrives: it must be one of them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut held = Vec::new();
+    let seats = ["A", "B", "C", "D"].into_iter().flat_map(|row| (1..=12).map(move |n| format!("{row}{n}")));
+    let change = 'watch: {
+        for seat in seats {
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            if app.lock(&showtime, &new_booking(), &[seat.as_str()]).await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+            held.push(seat);
+            match tokio::time::timeout(std::time::Duration::from_secs(1), changes.message()).await {
+                Ok(change) => break 'watch change.unwrap().expect("the watch ended"),
+                Err(_) => continue,
+            }
+        }
+        panic!("no change reached the watcher after the outage; held {held:?} since");
+    };
+    assert_eq!(change.showtime_id, showtime);
+    assert!(held.contains(&change.seat_id), "{} was not held after the outage", change.seat_id);
+    assert_eq!(pb::SeatState::try_from(change.state).unwrap(), pb::SeatState::Held);
 }
 
 // ------------------------------------------------------------------------- seat board
