@@ -4,7 +4,6 @@ use marquee_common::shutdown::Shutdown;
 use marquee_common::time::to_proto;
 use marquee_proto::cinema::v1 as pb;
 use marquee_proto::common::v1::Money as PbMoney;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -97,16 +96,15 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
                 let received = tokio::select! {
                     () = stop.cancelled() => return,
                     () = tx.closed() => return,
-                    received = changes.recv() => received,
+                    received = changes.next(showtime.as_uuid()) => received,
                 };
                 let item = match received {
-                    Ok(change) if change.showtime_id == showtime.as_uuid() => Ok(change_to_pb(change)),
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(missed)) => Err(CinemaError::Conflict(format!(
-                        "the watcher fell {missed} changes behind; reload the seat map and watch again"
-                    ))
-                    .into()),
-                    Err(RecvError::Closed) => return,
+                    Some(Ok(change)) => Ok(change_to_pb(change)),
+                    Some(Err(missed)) => {
+                        Err(CinemaError::Conflict(format!("{missed}; reload the seat map and watch again"))
+                            .into())
+                    }
+                    None => return,
                 };
                 let last = item.is_err();
                 if tx.send(item).await.is_err() || last {

@@ -14,6 +14,7 @@ use marquee_common::shutdown::Shutdown;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use crate::board::SeatBoard;
@@ -96,40 +97,85 @@ fn optional_field<T>(raw: &str, parse: impl FnOnce(&str) -> Option<T>) -> anyhow
     if raw.is_empty() { Ok(None) } else { parse(raw).map(Some).context("unreadable field") }
 }
 
+/// What the relay broadcasts: a change, or word that changes may have gone unheard.
+#[derive(Clone, Debug)]
+enum Relayed {
+    Change(SeatChange),
+    Gap,
+}
+
 /// The sending side of the fan-out; `subscribe` before answering a watcher so it
 /// misses nothing committed after its call was answered.
 #[derive(Clone)]
 pub struct SeatChanges {
-    sender: broadcast::Sender<SeatChange>,
+    sender: broadcast::Sender<Relayed>,
 }
 
 impl SeatChanges {
-    pub fn subscribe(&self) -> broadcast::Receiver<SeatChange> {
-        self.sender.subscribe()
+    pub fn subscribe(&self) -> SeatWatch {
+        SeatWatch(self.sender.subscribe())
+    }
+
+    fn send(&self, relayed: Relayed) {
+        // No watcher at all is the common case, not an error.
+        drop(self.sender.send(relayed));
+    }
+}
+
+/// Why a watcher's seat map can no longer be trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum Missed {
+    #[error("the watcher fell {0} changes behind")]
+    Behind(u64),
+    #[error("seat changes may have been missed while the service was cut off from its database")]
+    Gap,
+}
+
+/// One watcher's end of the fan-out.
+pub struct SeatWatch(broadcast::Receiver<Relayed>);
+
+impl SeatWatch {
+    /// The next change to `showtime`, or why some were missed; `None` once the relay has
+    /// stopped. Cancel-safe, like the receiver it wraps.
+    pub async fn next(&mut self, showtime: Uuid) -> Option<Result<SeatChange, Missed>> {
+        loop {
+            return match self.0.recv().await {
+                Ok(Relayed::Change(change)) if change.showtime_id == showtime => Some(Ok(change)),
+                Ok(Relayed::Change(_)) => continue,
+                Ok(Relayed::Gap) => Some(Err(Missed::Gap)),
+                Err(RecvError::Lagged(missed)) => Some(Err(Missed::Behind(missed))),
+                Err(RecvError::Closed) => None,
+            };
+        }
     }
 }
 
 /// Listens on the change channel. Returns once LISTEN is in place, so every change
 /// committed after `build` is seen.
 pub async fn listen(pool: &PgPool) -> anyhow::Result<(SeatChanges, PgListener)> {
-    let mut listener =
-        PgListener::connect_with(pool).await.context("cannot open the seat change listener")?;
-    listener.listen(CHANNEL).await.context("cannot LISTEN for seat changes")?;
+    let listener = open_listener(pool).await?;
     let (sender, _) = broadcast::channel(BACKLOG);
     Ok((SeatChanges { sender }, listener))
 }
 
+async fn open_listener(pool: &PgPool) -> anyhow::Result<PgListener> {
+    let mut listener =
+        PgListener::connect_with(pool).await.context("cannot open the seat change listener")?;
+    listener.listen(CHANNEL).await.context("cannot LISTEN for seat changes")?;
+    Ok(listener)
+}
+
 /// Forwards notifications to the seat board and the broadcast channel until shutdown.
 /// An unreachable PostgreSQL is waited out, however long; only a closed pool ends it.
+/// Whenever changes may have been missed, the board forgets what it has and every
+/// watcher is told to reload.
 pub async fn relay(
     mut listener: PgListener,
+    pool: PgPool,
     changes: SeatChanges,
     board: SeatBoard,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
-    // Failed reconnects since the listener last received anything.
-    let mut failures: u32 = 0;
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -138,11 +184,12 @@ pub async fn relay(
         let notification = match received {
             Ok(Some(notification)) => notification,
             Ok(None) => {
-                // The connection dropped and was re-opened; what was sent meanwhile is
-                // gone, so the board must not trust what it has.
+                // The connection dropped and sqlx re-opened it, LISTEN included; what was
+                // sent meanwhile is gone, so neither the board nor a watcher may trust
+                // what it has.
                 tracing::warn!("seat change listener lost its connection; forgetting the seat board");
                 board.forget_all();
-                failures = 0;
+                changes.send(Relayed::Gap);
                 continue;
             }
             Err(error @ sqlx::Error::PoolClosed) => {
@@ -150,36 +197,60 @@ pub async fn relay(
             }
             Err(error) => {
                 // PostgreSQL is unreachable (the reconnect failed). Giving up would leave
-                // every watcher waiting forever for changes that never come, so retry;
-                // meanwhile changes are missed, so the board forgets what it has.
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    attempt = failures + 1,
-                    "seat change listener cannot reconnect; forgetting the seat board and retrying"
-                );
+                // every watcher waiting forever for changes that never come, so wait it out.
+                tracing::warn!(error = format!("{error:#}"), "seat change listener cannot reconnect");
+                let Some(back) = reconnect(&pool, &board, &shutdown).await? else { return Ok(()) };
+                listener = back;
+                // LISTEN is back, but a showtime loaded while it was away, and every
+                // watcher's seat map, may lack changes committed before it returned.
                 board.forget_all();
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(backoff.delay(failures)) => {}
-                }
-                failures = failures.saturating_add(1);
+                changes.send(Relayed::Gap);
                 continue;
             }
         };
-        if failures > 0 {
-            // LISTEN is back, but a showtime loaded while it was away may lack changes
-            // committed before it returned: forget once more, before the first change lands.
-            tracing::info!(failures, "seat change listener reconnected; forgetting the seat board");
-            board.forget_all();
-            failures = 0;
-        }
         match SeatChange::parse(notification.payload()) {
             Ok(change) => {
                 board.apply(&change);
-                // No watcher at all is the common case, not an error.
-                drop(changes.sender.send(change));
+                changes.send(Relayed::Change(change));
             }
             Err(error) => tracing::error!(error = format!("{error:#}"), "dropping an unreadable seat change"),
+        }
+    }
+}
+
+/// Opens a new listener, with backoff, until one has LISTEN in place; `None` on shutdown.
+/// Changes are missed meanwhile, so the board forgets what it has after every failure.
+async fn reconnect(
+    pool: &PgPool,
+    board: &SeatBoard,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<PgListener>> {
+    let backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
+    let mut failures: u32 = 0;
+    loop {
+        board.forget_all();
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(backoff.delay(failures)) => {}
+        }
+        let opened = tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            opened = open_listener(pool) => opened,
+        };
+        match opened {
+            Ok(listener) => {
+                tracing::info!(failures, "seat change listener reconnected; forgetting the seat board");
+                return Ok(Some(listener));
+            }
+            Err(error) if pool.is_closed() => return Err(error),
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    attempt = failures,
+                    "seat change listener cannot reconnect; forgetting the seat board and retrying"
+                );
+            }
         }
     }
 }

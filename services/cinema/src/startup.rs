@@ -107,8 +107,13 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         // Background work also stops if the server fails on its own.
         let background = shutdown.child_token();
-        let relay =
-            tokio::spawn(changes::relay(self.seat_listener, self.changes, self.board, background.clone()));
+        let relay = tokio::spawn(changes::relay(
+            self.seat_listener,
+            self.pool.clone(),
+            self.changes,
+            self.board,
+            background.clone(),
+        ));
         let sweeper = self
             .sweep_interval
             .map(|interval| tokio::spawn(changes::sweep(self.pool.clone(), interval, background.clone())));

@@ -2001,18 +2001,16 @@ async fn watchers_see_holds_confirmations_releases_and_lapsed_holds_in_commit_or
 }
 
 #[tokio::test]
-async fn watchers_see_changes_again_once_postgres_is_back_after_the_listener_failed_to_reconnect() {
+async fn watchers_are_told_to_reload_once_postgres_is_back_after_the_listener_failed_to_reconnect() {
     let mut proxy = None;
     let app = spawn_app_with(|s| proxy = Some(PgProxy::intercept(s))).await;
     let proxy = proxy.unwrap();
     let showtime = app.showtime().await.id;
-    let mut changes = app
-        .client
-        .clone()
-        .watch_seats(pb::WatchSeatsRequest { showtime_id: showtime.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let watch = || {
+        let (mut client, showtime_id) = (app.client.clone(), showtime.clone());
+        async move { client.watch_seats(pb::WatchSeatsRequest { showtime_id }).await }
+    };
+    let mut changes = watch().await.unwrap().into_inner();
 
     // PostgreSQL goes away: the listener's connection closes, and it tries again at once
     // (and so, every 2 s, does the readiness probe). Stay down until several attempts
@@ -2025,31 +2023,36 @@ async fn watchers_see_changes_again_once_postgres_is_back_after_the_listener_fai
     }
     proxy.restore();
 
-    // Holds fail until the pool has replaced its dead connections, and a hold committed
-    // before the listener is back is never announced (a watcher reloads for those), so
-    // hold one seat after another until a change arrives: it must be one of them.
+    // Whatever was committed while the listener was away was never announced, so once it
+    // is back the watcher is told to reload, as a watcher that fell behind is.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), changes.message())
+        .await
+        .expect("the watcher was never told it may have missed changes");
+    let status = ended.expect_err("the watch went on as if nothing was missed");
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert_eq!(code(status.clone()), ErrorCode::Conflict);
+    assert!(status.message().contains("may have been missed"), "{status:?}");
+    assert!(status.message().ends_with("reload the seat map and watch again"), "{status:?}");
+
+    // Watching again (once the pool has replaced its dead connections) sees the next hold.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let mut held = Vec::new();
-    let seats = ["A", "B", "C", "D"].into_iter().flat_map(|row| (1..=12).map(move |n| format!("{row}{n}")));
-    let change = 'watch: {
-        for seat in seats {
-            if std::time::Instant::now() >= deadline {
-                break;
-            }
-            if app.lock(&showtime, &new_booking(), &[seat.as_str()]).await.is_err() {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-            held.push(seat);
-            match tokio::time::timeout(std::time::Duration::from_secs(1), changes.message()).await {
-                Ok(change) => break 'watch change.unwrap().expect("the watch ended"),
-                Err(_) => continue,
-            }
+    let mut changes = loop {
+        match watch().await {
+            Ok(changes) => break changes.into_inner(),
+            Err(status) => assert!(std::time::Instant::now() < deadline, "cannot watch again: {status:?}"),
         }
-        panic!("no change reached the watcher after the outage; held {held:?} since");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    assert_eq!(change.showtime_id, showtime);
-    assert!(held.contains(&change.seat_id), "{} was not held after the outage", change.seat_id);
+    while let Err(error) = app.lock(&showtime, &new_booking(), &["C7"]).await {
+        assert!(std::time::Instant::now() < deadline, "cannot hold after the outage: {error:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let change = tokio::time::timeout(std::time::Duration::from_secs(5), changes.message())
+        .await
+        .expect("the hold after the outage was never announced")
+        .unwrap()
+        .expect("the watch ended");
+    assert_eq!((change.showtime_id.as_str(), change.seat_id.as_str()), (showtime.as_str(), "C7"));
     assert_eq!(pb::SeatState::try_from(change.state).unwrap(), pb::SeatState::Held);
 }
 
