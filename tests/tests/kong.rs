@@ -105,6 +105,19 @@ fn plugin_settings_match_what_the_gateway_expects() {
         assert_eq!(config["policy"], "redis", "limits shared by every Kong node");
         assert!(config["redis"]["host"].as_str().is_some_and(|h| !h.is_empty()), "3.6+ nested redis.host");
     }
+    // The edge allows what the gateway allows behind it: per address for anonymous
+    // requests, per token for signed-in ones (a minute each).
+    let gateway = Settings::for_tests().unwrap().gateway.rate_limit;
+    assert_eq!(gateway.window_seconds, 60, "the comparison below is per minute");
+    let per_minute = |by: &str| -> Vec<u64> {
+        limits
+            .iter()
+            .filter(|p| p["config"]["limit_by"] == by)
+            .map(|p| p["config"]["minute"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(per_minute("ip"), vec![gateway.per_ip]);
+    assert_eq!(per_minute("header"), vec![gateway.per_user]);
 
     let size = plugins(&kong, "request-size-limiting");
     assert_eq!(size.len(), 1);

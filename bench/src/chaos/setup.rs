@@ -62,9 +62,10 @@ impl Ports {
     }
 }
 
-/// The configuration environment of the processes: there is no `config/chaos.toml`,
-/// so they run on `config/default.toml` (the production defaults: retry backoffs, saga
-/// and charge leases, claim lifetimes) plus the `MARQUEE_*` variables of `environment`.
+/// The configuration environment of the processes: `config/chaos.toml` overrides
+/// nothing, so they run on `config/default.toml` (the production defaults: retry
+/// backoffs, saga and charge leases, claim lifetimes) plus the `MARQUEE_*` variables of
+/// `environment`.
 pub const CONFIG_ENV: &str = "chaos";
 
 /// Settings of the processes, with everything shared renamed for this run; creates the

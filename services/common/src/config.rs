@@ -326,12 +326,21 @@ impl Settings {
     }
 
     /// Loads `default.toml` and `<env>.toml` from `dir`, then `MARQUEE_*` variables.
+    /// `<env>.toml` must exist: a misspelt `MARQUEE_ENV` (say `prodution`) would otherwise
+    /// run on the development defaults (GraphiQL and introspection on) without a word.
     pub fn load_from(dir: &Path, env: &str) -> anyhow::Result<Self> {
         let default = dir.join("default.toml");
         anyhow::ensure!(default.is_file(), "config file {} not found", default.display());
+        let environment = dir.join(format!("{env}.toml"));
+        anyhow::ensure!(
+            environment.is_file(),
+            "MARQUEE_ENV={env}: there is no {}; the environments are {}",
+            environment.display(),
+            environments(dir).join(", ")
+        );
         let settings: Self = Figment::new()
             .merge(Toml::file(default))
-            .merge(Toml::file(dir.join(format!("{env}.toml"))))
+            .merge(Toml::file(environment))
             .merge(Env::prefixed("MARQUEE_").split("__"))
             .extract()
             .with_context(|| format!("invalid configuration in {} (env {env})", dir.display()))?;
@@ -346,6 +355,19 @@ impl Settings {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
         Self::load_from(&dir, "test")
     }
+}
+
+/// The environment files in `dir` (every `<name>.toml` but `default.toml`), sorted.
+fn environments(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter_map(|name| name.strip_suffix(".toml").map(str::to_owned))
+        .filter(|name| name != "default")
+        .collect();
+    names.sort();
+    names
 }
 
 #[cfg(test)]

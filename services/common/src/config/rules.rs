@@ -2,7 +2,10 @@
 //! `Settings::load_from` checks them, so a bad combination fails at startup with both
 //! keys named, instead of showing up as timeouts under load.
 
-use super::{PaymentSettings, Settings};
+use super::{JwtAlgorithm, PaymentSettings, Settings};
+
+/// HS256 keys shorter than its 256-bit output are guessable offline from one token.
+const MIN_HS256_SECRET_BYTES: usize = 32;
 
 /// `lower` must stay below `upper` (or at most equal, when `or_equal`).
 struct Rule {
@@ -70,7 +73,16 @@ impl Settings {
             ),
         ];
         rules.extend(self.payment.rules());
-        check(&rules)
+        check(&rules)?;
+        if self.auth.algorithm == JwtAlgorithm::Hs256 {
+            let bytes = self.auth.jwt_secret.expose().len();
+            anyhow::ensure!(
+                bytes >= MIN_HS256_SECRET_BYTES,
+                "auth.jwt_secret has {bytes} bytes; HS256 needs at least {MIN_HS256_SECRET_BYTES}: \
+                 set MARQUEE_AUTH__JWT_SECRET (production.toml leaves it empty on purpose)"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -196,8 +208,10 @@ mod tests {
         std::fs::copy(repository.join("default.toml"), dir.join("default.toml")).unwrap();
         std::fs::write(dir.join("broken.toml"), "[booking]\npay_wait_ms = 9000\n").unwrap();
 
+        std::fs::write(dir.join("fine.toml"), "[booking]\npay_wait_ms = 3000\n").unwrap();
         let loaded = Settings::load_from(&dir, "broken");
-        let fine = Settings::load_from(&dir, "absent");
+        let fine = Settings::load_from(&dir, "fine");
+        let misspelt = Settings::load_from(&dir, "brokn");
         std::fs::remove_dir_all(&dir).unwrap();
 
         let error = format!("{:#}", loaded.unwrap_err());
@@ -206,5 +220,25 @@ mod tests {
             "{error}"
         );
         fine.unwrap();
+        let error = format!("{:#}", misspelt.unwrap_err());
+        assert!(error.contains("MARQUEE_ENV=brokn") && error.contains("broken, fine"), "{error}");
+    }
+
+    #[test]
+    fn hs256_refuses_a_short_or_missing_secret() {
+        let mut settings = settings();
+        settings.auth.algorithm = JwtAlgorithm::Hs256;
+        settings.auth.jwt_secret = crate::Secret::new(String::new());
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(error.contains("MARQUEE_AUTH__JWT_SECRET"), "{error}");
+        settings.auth.jwt_secret = crate::Secret::new("x".repeat(MIN_HS256_SECRET_BYTES));
+        settings.validate().unwrap();
+    }
+
+    #[test]
+    fn production_runs_only_with_a_secret_of_its_own() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let error = format!("{:#}", Settings::load_from(&dir, "production").unwrap_err());
+        assert!(error.contains("auth.jwt_secret has 0 bytes"), "{error}");
     }
 }
