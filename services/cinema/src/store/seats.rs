@@ -91,6 +91,20 @@ fn named_seat(outcome: impl std::fmt::Debug, seat: Option<String>) -> anyhow::Re
     seat.with_context(|| format!("seat outcome {outcome:?} without a seat"))
 }
 
+/// Refuses a request that names seats the hall does not have or, failing that, seats
+/// that are taken; each list sorted, as clients are shown it.
+fn refuse_seats(mut unknown: Vec<String>, mut unavailable: Vec<String>) -> Result<(), CinemaError> {
+    if !unknown.is_empty() {
+        unknown.sort();
+        return Err(CinemaError::UnknownSeats(unknown));
+    }
+    if !unavailable.is_empty() {
+        unavailable.sort();
+        return Err(CinemaError::SeatsUnavailable(unavailable));
+    }
+    Ok(())
+}
+
 impl Store {
     /// Holds all of `seats` for `booking`, or none of them. With `no_orphans` the hold
     /// is also refused (`SeatRule`) if it would strand a free seat, decided by the same
@@ -153,14 +167,7 @@ impl Store {
                 }
             }
         }
-        if !unknown.is_empty() {
-            unknown.sort();
-            return Err(CinemaError::UnknownSeats(unknown));
-        }
-        if !unavailable.is_empty() {
-            unavailable.sort();
-            return Err(CinemaError::SeatsUnavailable(unavailable));
-        }
+        refuse_seats(unknown, unavailable)?;
         if !stranded.is_empty() {
             stranded.sort();
             return Err(CinemaError::SeatRule(stranded));
@@ -402,13 +409,6 @@ fn staff_outcomes(
             }
         }
     }
-    if !unknown.is_empty() {
-        unknown.sort();
-        return Err(CinemaError::UnknownSeats(unknown));
-    }
-    if !unavailable.is_empty() {
-        unavailable.sort();
-        return Err(CinemaError::SeatsUnavailable(unavailable));
-    }
+    refuse_seats(unknown, unavailable)?;
     Ok(ok)
 }
