@@ -1,8 +1,9 @@
 //! The gateway's HTTP surface: the router and its layers (metrics, request ids,
 //! tracing, the body limit), the state every handler shares, and health, readiness
-//! and metrics. GraphQL over HTTP (`POST`/`GET /graphql`, GraphiQL) is `graphql`,
-//! subscriptions over WebSocket (`GET /graphql` with an upgrade) are `ws`, who may
-//! call (tokens, rate limits) is `admit`, and how answers are written is `render`.
+//! (the upstreams and the gateway's own Redis) and metrics. GraphQL over HTTP
+//! (`POST`/`GET /graphql`, GraphiQL) is `graphql`, subscriptions over WebSocket
+//! (`GET /graphql` with an upgrade) are `ws`, who may call (tokens, rate limits) is
+//! `admit`, and how answers are written is `render`.
 
 mod admit;
 mod graphql;
@@ -146,12 +147,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let unready = state.upstreams.unready().await;
+    let (mut unready, redis) = tokio::join!(state.upstreams.unready(), state.denylist.ping());
+    if let Err(error) = redis {
+        unready.push(("redis", format!("{error:#}")));
+    }
     if unready.is_empty() {
         return Json(serde_json::json!({ "status": "ready" })).into_response();
     }
-    for (upstream, why) in &unready {
-        tracing::warn!(upstream, why, "upstream not ready");
+    for (dependency, why) in &unready {
+        tracing::warn!(dependency, why, "dependency not ready");
     }
     let names: Vec<&str> = unready.iter().map(|(name, _)| *name).collect();
     let body = serde_json::json!({ "status": "unavailable", "unready": names });

@@ -1,5 +1,5 @@
 //! What operators rely on: rate limits, batches, introspection switches, request
-//! ids and Prometheus metrics.
+//! ids, Prometheus metrics and readiness.
 
 use std::time::Duration;
 
@@ -9,7 +9,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use super::{TestApp, code, spawn_app, spawn_app_with};
+use marquee_common::Secret;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{TestApp, code, spawn_app, spawn_app_wired, spawn_app_with};
 
 /// The value of one series in `/metrics`, e.g. `gateway_subscriptions_active` or
 /// `gateway_graphql_errors_total{code="NOT_FOUND"}`; 0 when not exported (yet).
@@ -328,4 +333,106 @@ async fn a_busy_user_service_is_a_503_with_retry_after() {
     );
     let counted = metric(&app, r#"gateway_graphql_errors_total{code="SERVICE_BUSY"}"#).await;
     assert_eq!(counted, f64::from(busy_graphql_response + busy_json));
+}
+
+/// A TCP proxy the test can cut: cutting closes every open connection and closes each
+/// new one as soon as it is accepted, until the proxy is restored.
+struct CuttableProxy {
+    open: watch::Sender<bool>,
+    accepting: JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    /// Proxies to the host and port of `url` (e.g. `redis://127.0.0.1:6379/0`); returns
+    /// `url` pointed at the proxy instead.
+    fn start(url: &str) -> (String, Self) {
+        let mut url = reqwest::Url::parse(url).unwrap();
+        let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(6379));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(listener.local_addr().unwrap().port())).unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
+        let (open, _) = watch::channel(true);
+        let accepting = tokio::spawn(Self::accept(listener, target, open.clone()));
+        (url.to_string(), Self { open, accepting })
+    }
+
+    async fn accept(listener: TcpListener, target: String, open: watch::Sender<bool>) {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else { continue };
+            if !*open.borrow() {
+                continue; // dropped: closed at once
+            }
+            let mut cut = open.subscribe();
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(&target).await else { return };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = cut.wait_for(|open| !open) => {}
+                }
+            });
+        }
+    }
+
+    fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.cut();
+    }
+}
+
+/// Polls `/readyz` until it answers `want`; returns the body. Fails after a deadline.
+async fn wait_for_readiness(app: &TestApp, want: StatusCode) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        if status == want {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/readyz still {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_gateways_own_redis() {
+    let mut proxy = None;
+    let app = spawn_app_wired(
+        |_| {},
+        |settings| {
+            let (url, started) = CuttableProxy::start(settings.redis.url.expose());
+            settings.redis.url = Secret::new(url);
+            proxy = Some(started);
+        },
+    )
+    .await;
+    let redis = proxy.unwrap();
+    let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{}", response.text().await.unwrap());
+
+    // Without its Redis the gateway can check no token and count no request: it is
+    // alive but not ready, and says which dependency is missing.
+    redis.cut();
+    let body = wait_for_readiness(&app, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body, json!({ "status": "unavailable", "unready": ["redis"] }));
+    let healthz = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), StatusCode::OK);
+
+    // Once Redis answers again, so does readiness, on the same gateway.
+    redis.restore();
+    let body = wait_for_readiness(&app, StatusCode::OK).await;
+    assert_eq!(body, json!({ "status": "ready" }));
 }
