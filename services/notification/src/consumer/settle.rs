@@ -134,6 +134,8 @@ impl Handler {
             Ok(()) => {
                 self.metrics.retries.increment(1);
                 tracing::warn!(
+                    event.id = event_id(delivery),
+                    delay_queue = queue.as_str(),
                     error = format!("{error:#}"),
                     retry = state.retries,
                     retry_in_ms = after.as_millis() as u64,
@@ -143,6 +145,7 @@ impl Handler {
             }
             Err(refused) => {
                 tracing::warn!(
+                    event.id = event_id(delivery),
                     error = format!("{error:#}"),
                     delay_queue = format!("{refused:#}"),
                     "cannot delay the event; requeueing it"
@@ -188,4 +191,10 @@ impl Handler {
             }
         }
     }
+}
+
+/// The event's id as the outbox relay published it (`message_id`), for logs written
+/// outside the event's own span (a delivery being settled).
+fn event_id(delivery: &Delivery) -> &str {
+    delivery.properties.message_id().as_ref().map_or("", |id| id.as_str())
 }
