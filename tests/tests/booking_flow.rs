@@ -203,3 +203,85 @@ async fn a_processor_outage_fails_cleanly_and_keeps_the_hold() {
     let map = seat_states(&mesh, &showtime).await;
     assert!(seats.iter().all(|s| state_of(&map, s) == "HELD"));
 }
+
+/// The customer's notifications, as (booking id, event type) pairs.
+async fn notifications(mesh: &Mesh, token: &str) -> Vec<(String, String)> {
+    let query = "{ me { notifications { nodes { bookingId eventType } } } }";
+    let gql = mesh.graphql(Some(token), query, json!({})).await.unwrap();
+    let nodes = gql.data().unwrap()["me"]["notifications"]["nodes"].as_array().unwrap().clone();
+    nodes
+        .iter()
+        .map(|n| (n["bookingId"].as_str().unwrap().to_owned(), n["eventType"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// Books two seats and pays; returns the booking id.
+async fn book(mesh: &Mesh, token: &str, showtime: &str) -> String {
+    let seats = two_available(&seat_states(mesh, showtime).await);
+    let held = hold(mesh, token, showtime, &seats).await;
+    let booking_id = held.data().unwrap()["holdSeats"]["id"].as_str().unwrap().to_owned();
+    let paid = pay(mesh, token, &booking_id, "pm_card_ok").await;
+    assert_eq!(paid.data().unwrap()["payBooking"]["status"], "CONFIRMED");
+    booking_id
+}
+
+async fn wait_for_notification(mesh: &Mesh, token: &str, booking_id: &str) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let notes = notifications(mesh, token).await;
+        if notes.iter().any(|(booking, _)| booking == booking_id) {
+            return notes;
+        }
+        assert!(Instant::now() < deadline, "no notification for booking {booking_id} within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmation_the_broker_drops_is_found_in_bookings_log_and_sent_once() {
+    let mesh = Mesh::builder()
+        .configure(|settings| {
+            settings.notification.reconcile_every_ms = 200;
+            settings.notification.reconcile_grace_ms = 1000;
+        })
+        .start()
+        .await
+        .unwrap();
+    let token = mesh.register("grace").await.unwrap();
+    let showtime = a_showtime(&mesh).await;
+
+    // Delivered by the broker; reconciliation, running alongside, must not add a copy.
+    let first = book(&mesh, &token, &showtime).await;
+    wait_for_notification(&mesh, &token, &first).await;
+
+    // The broker now drops booking events on the floor: with the work queue unbound,
+    // a booking.confirmed is confirmed to booking's relay and routed nowhere.
+    let rabbit = &mesh.settings.rabbitmq;
+    let (connection, channel) = marquee_common::rabbit::connect(rabbit).await.unwrap();
+    channel
+        .queue_unbind(
+            rabbit.notification_queue.as_str().into(),
+            rabbit.exchange.as_str().into(),
+            "booking.*".into(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let lost = book(&mesh, &token, &showtime).await;
+
+    // Only the reconciler can send it while the queue stays unbound.
+    let notes = wait_for_notification(&mesh, &token, &lost).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let notes_later = notifications(&mesh, &token).await;
+    assert_eq!(notes_later, notes, "no copy arrives later");
+    let mut confirmed: Vec<&str> = notes
+        .iter()
+        .filter(|(_, kind)| kind == "booking.confirmed")
+        .map(|(booking, _)| booking.as_str())
+        .collect();
+    confirmed.sort_unstable();
+    let mut expected = vec![first.as_str(), lost.as_str()];
+    expected.sort_unstable();
+    assert_eq!(confirmed, expected, "one confirmation per booking: {notes:?}");
+    connection.close(200, "OK".into()).await.unwrap();
+}

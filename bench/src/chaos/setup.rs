@@ -97,8 +97,11 @@ pub async fn isolated_settings(config_dir: &Path, tag: &str) -> anyhow::Result<S
 /// the suite starts wins): logs as JSON lines (grep-able by id), random seats allowed
 /// to strand a neighbour (the seating rule would refuse them for another reason than
 /// contention), and no rate limits (every customer comes from 127.0.0.1).
-const TUNING: [(&str, &str); 5] = [
+const TUNING: [(&str, &str); 7] = [
     ("MARQUEE_TELEMETRY__LEVEL", "info"),
+    // A run lasts minutes: reconciliation looks every 2 s at events over 10 s old.
+    ("MARQUEE_NOTIFICATION__RECONCILE_EVERY_MS", "2000"),
+    ("MARQUEE_NOTIFICATION__RECONCILE_GRACE_MS", "10000"),
     ("MARQUEE_TELEMETRY__FORMAT", "json"),
     ("MARQUEE_CINEMA__NO_ORPHAN_SEATS", "false"),
     ("MARQUEE_GATEWAY__RATE_LIMIT__PER_IP", "1000000000"),

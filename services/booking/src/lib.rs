@@ -1,8 +1,8 @@
 //! The booking service: owns bookings (MongoDB) and orchestrates the booking saga
 //! over gRPC (user validates the customer, cinema holds, confirms and frees seats,
 //! payment charges and refunds), with every state change's events relayed from an
-//! outbox to RabbitMQ. A background sweep expires overdue holds and resumes sagas
-//! whose process died mid-step.
+//! outbox to RabbitMQ (and served back as a log, `EventLog`). A background sweep
+//! expires overdue holds and resumes sagas whose process died mid-step.
 
 mod domain;
 mod drivers;
@@ -19,11 +19,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use marquee_common::Settings;
-use marquee_common::outbox::{MongoOutbox, OutboxRelay};
+use marquee_common::outbox::{EventLogApi, MongoOutbox, OutboxRelay};
 use marquee_common::readiness::{Probe, Readiness, Scope};
 use marquee_common::shutdown::Shutdown;
 use marquee_proto::booking::v1::booking_service_server::BookingServiceServer;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
+use marquee_proto::events::v1::event_log_server::EventLogServer;
 use marquee_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -40,6 +41,7 @@ pub struct Application {
     addr: SocketAddr,
     api: BookingApi,
     relay: OutboxRelay<MongoOutbox>,
+    events: EventLogApi,
     sweeper: Sweeper,
     drivers: Drivers,
     grace: Duration,
@@ -147,8 +149,10 @@ impl Application {
             outbox_written.clone(),
             crash_at,
         );
+        let outbox = store.outbox().await?;
+        let events = EventLogApi::new(outbox.log());
         let relay = OutboxRelay::new(
-            store.outbox().await?,
+            outbox,
             &settings.rabbitmq,
             Duration::from_millis(config.outbox_poll_ms),
             outbox_written,
@@ -166,6 +170,7 @@ impl Application {
             drivers: saga.drivers(),
             api: BookingApi::new(saga),
             relay,
+            events,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
         })
     }
@@ -192,7 +197,8 @@ impl Application {
         let sweeper = tokio::spawn(self.sweeper.run(relay_stop.clone()));
         let served = marquee_common::grpc::serve(
             self.listener,
-            tonic::service::Routes::new(BookingServiceServer::new(self.api)),
+            tonic::service::Routes::new(BookingServiceServer::new(self.api))
+                .add_service(EventLogServer::new(self.events)),
             <BookingServiceServer<BookingApi> as tonic::server::NamedService>::NAME,
             self.readiness,
             shutdown,

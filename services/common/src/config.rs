@@ -276,6 +276,13 @@ pub struct NotificationSettings {
     /// How long an event keeps being retried after its first failure before it is
     /// sent with what it carries (showtime details missing) or dead-lettered.
     pub retry_budget_seconds: u64,
+    /// Between reconciliation rounds (events booking and payment published that no
+    /// delivery handled are handled then); 0 turns reconciliation off.
+    pub reconcile_every_ms: u64,
+    /// Published events younger than this are left to the broker.
+    pub reconcile_grace_ms: u64,
+    /// At start, how far back the publishers' logs are read (at most the week they keep).
+    pub reconcile_lookback_seconds: u64,
     /// Where Prometheus scrapes `/metrics` (on `host`); 0 picks a free port (tests).
     pub metrics_port: u16,
     /// `smtp://host[:port]` of a plain (no TLS, no auth) SMTP relay; when set, email

@@ -1,10 +1,17 @@
 //! The MongoDB outbox against the real MongoDB-wire server: what the relay reads and
-//! how its bulk mark records the broker's confirms.
+//! how its bulk mark records the broker's confirms, and the log of published events
+//! read back through `EventLog`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use marquee_common::config::Settings;
-use marquee_common::outbox::{MongoOutbox, OutboxEvent, OutboxStore};
+use marquee_common::outbox::{EventLogApi, MAX_PAGE, MongoOutbox, OutboxEvent, OutboxStore};
+use marquee_common::time::to_proto;
+use marquee_proto::events::v1 as proto;
+use marquee_proto::events::v1::event_log_server::EventLog;
 use mongodb::bson::{Document, doc};
 use mongodb::{Collection, Database};
+use tonic::Request;
 
 /// A database of this test's own (dropped at the end of the test).
 async fn isolated_database() -> anyhow::Result<Database> {
@@ -68,5 +75,91 @@ async fn one_bulk_mark_records_every_confirmed_event_and_a_repeat_changes_nothin
     let b2 = collection.find_one(doc! { "_id": "b2" }).await.unwrap().unwrap();
     assert_eq!(b2.get_i32("unsent_events").unwrap(), 1);
 
+    db.drop().await.unwrap();
+}
+
+/// Every page of `ListPublished` up to `before`, `limit` at a time, as event ids.
+async fn read_log(api: &EventLogApi, before: chrono::DateTime<chrono::Utc>, limit: u32) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut after: Option<proto::PublishedEvent> = None;
+    loop {
+        let request = proto::ListPublishedRequest {
+            after_sent_at: after.as_ref().and_then(|event| event.sent_at),
+            after_event_id: after.as_ref().map(|event| event.event_id.clone()).unwrap_or_default(),
+            sent_before: Some(to_proto(before)),
+            limit,
+        };
+        let page = api.list_published(Request::new(request)).await.unwrap().into_inner().events;
+        assert!(page.len() <= limit as usize);
+        ids.extend(page.iter().map(|event| event.event_id.clone()));
+        match page.last() {
+            Some(last) if page.len() == limit as usize => after = Some(last.clone()),
+            _ => return ids,
+        }
+    }
+}
+
+#[tokio::test]
+async fn what_was_marked_sent_is_logged_once_and_read_back_in_order_page_by_page() {
+    let db = isolated_database().await.unwrap();
+    let collection = db.collection::<Document>("bookings");
+    let outbox = MongoOutbox::new(&collection).await.unwrap();
+    let api = EventLogApi::new(outbox.log());
+    let early: Vec<OutboxEvent> = (0..3).map(|_| event("booking.held")).collect();
+    let late: Vec<OutboxEvent> = (0..2).map(|_| event("booking.confirmed")).collect();
+    insert_with_events(&collection, "b1", &early[..2]).await.unwrap();
+    insert_with_events(&collection, "b2", &early[2..]).await.unwrap();
+    insert_with_events(&collection, "b3", &late).await.unwrap();
+
+    let pending = outbox.pending_events(100).await.unwrap();
+    let (first, second): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| p.document_id != "b3");
+    outbox.mark_sent(&first).await.unwrap();
+    // A repeat (the relay died before it knew the first had landed) logs nothing twice.
+    outbox.mark_sent(&first).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    outbox.mark_sent(&second).await.unwrap();
+    let now = chrono::Utc::now() + chrono::Duration::seconds(1);
+
+    // One batch shares a sent_at: the order within it is by event id.
+    let mut early_ids: Vec<String> = early.iter().map(|e| e.event_id.to_string()).collect();
+    early_ids.sort();
+    let mut late_ids: Vec<String> = late.iter().map(|e| e.event_id.to_string()).collect();
+    late_ids.sort();
+    let all: Vec<String> = early_ids.iter().chain(&late_ids).cloned().collect();
+    for limit in [1, 2, 3, 1000] {
+        assert_eq!(read_log(&api, now, limit).await, all, "pages of {limit}");
+    }
+    assert_eq!(read_log(&api, between, 2).await, early_ids, "only what was sent before `sent_before`");
+
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_malformed_log_request_is_refused_as_invalid_argument() {
+    let db = isolated_database().await.unwrap();
+    let outbox = MongoOutbox::new(&db.collection::<Document>("bookings")).await.unwrap();
+    let api = EventLogApi::new(outbox.log());
+    let valid = proto::ListPublishedRequest {
+        after_sent_at: None,
+        after_event_id: String::new(),
+        sent_before: Some(to_proto(chrono::Utc::now())),
+        limit: 10,
+    };
+    let cases = [
+        ("no limit", proto::ListPublishedRequest { limit: 0, ..valid.clone() }),
+        ("a page too large", proto::ListPublishedRequest { limit: MAX_PAGE + 1, ..valid.clone() }),
+        ("no sent_before", proto::ListPublishedRequest { sent_before: None, ..valid.clone() }),
+        (
+            "an id without a time",
+            proto::ListPublishedRequest { after_event_id: "x".to_owned(), ..valid.clone() },
+        ),
+    ];
+    for (case, request) in cases {
+        let status = api.list_published(Request::new(request)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{case}: {status:?}");
+    }
+    assert!(api.list_published(Request::new(valid)).await.unwrap().into_inner().events.is_empty());
     db.drop().await.unwrap();
 }

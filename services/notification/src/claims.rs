@@ -94,6 +94,20 @@ impl EventClaims {
         Ok(())
     }
 
+    /// Which of `event_ids` are marked done, in one round trip.
+    pub async fn done_among(&self, event_ids: &[Uuid]) -> anyhow::Result<Vec<bool>> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = event_ids.iter().map(|id| self.key(*id)).collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.redis.clone())
+            .await
+            .context("cannot read event markers")?;
+        Ok(values.into_iter().map(|value| value.as_deref() == Some(DONE)).collect())
+    }
+
     /// Gives up a claim after a failure, so the retry need not wait for it to lapse.
     pub async fn release(&self, event_id: Uuid, token: &ClaimToken) -> anyhow::Result<()> {
         let mut redis = self.redis.clone();

@@ -3,7 +3,9 @@
 //! service (contact, preferences) and the showtime in the cinema service, renders
 //! email and SMS text from `templates/`, and delivers each message through a
 //! `Channel` (by default: recorded in MongoDB, where ListNotifications reads them;
-//! with `notification.smtp_url` set, email is also sent over SMTP).
+//! with `notification.smtp_url` set, email is also sent over SMTP). Events the
+//! broker never delivered are found in booking's and payment's logs of published
+//! events and handled all the same (reconciliation).
 
 mod channel;
 mod claims;
@@ -30,13 +32,14 @@ use marquee_common::config::NotificationSettings;
 use marquee_common::readiness::{Probe, Readiness, Scope};
 use marquee_common::shutdown::Shutdown;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
+use marquee_proto::events::v1::event_log_client::EventLogClient;
 use marquee_proto::notification::v1::notification_service_server::NotificationServiceServer;
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use tokio::net::TcpListener;
 
 use crate::channel::{Channel, RecordingChannel, SmtpChannel};
 use crate::claims::EventClaims;
-use crate::consumer::{Consumer, ConsumerParts};
+use crate::consumer::{Consumer, ConsumerParts, EventSource, ReconcileSettings, Reconciler};
 use crate::directory::Directory;
 use crate::grpc::NotificationApi;
 use crate::metrics::{Metrics, MetricsServer};
@@ -48,6 +51,7 @@ pub struct Application {
     addr: SocketAddr,
     api: NotificationApi,
     consumer: Consumer,
+    reconciler: Option<Reconciler>,
     metrics: MetricsServer,
     grace: Duration,
     readiness: Readiness,
@@ -94,6 +98,7 @@ impl Application {
             },
         )
         .await?;
+        let reconciler = reconciler(&settings, &consumer)?;
         let readiness = readiness(&db, &claims, consumer.consuming());
         let (listener, addr) = marquee_common::grpc::bind(&settings.notification.server).await?;
         Ok(Self {
@@ -101,6 +106,7 @@ impl Application {
             addr,
             api: NotificationApi::new(store),
             consumer,
+            reconciler,
             readiness,
             metrics: metrics_server,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
@@ -123,6 +129,11 @@ impl Application {
         // The consumer also stops if the server fails on its own.
         let consumer_stop = shutdown.child_token();
         let consume = self.consumer.run(consumer_stop.clone());
+        let reconcile = async {
+            if let Some(reconciler) = self.reconciler {
+                reconciler.run(consumer_stop.clone()).await;
+            }
+        };
         let metrics = self.metrics.serve(consumer_stop.clone());
         let serve = async {
             let served = marquee_common::grpc::serve(
@@ -137,7 +148,7 @@ impl Application {
             consumer_stop.cancel();
             served
         };
-        let (served, (), metrics) = tokio::join!(serve, consume, metrics);
+        let (served, (), (), metrics) = tokio::join!(serve, consume, reconcile, metrics);
         served.and(metrics)
     }
 }
@@ -158,6 +169,30 @@ fn readiness(db: &mongodb::Database, claims: &EventClaims, consuming: Arc<Atomic
                 Ok(())
             }
         }))
+}
+
+/// Reads booking's and payment's logs of published events, unless turned off.
+fn reconciler(settings: &Settings, consumer: &Consumer) -> anyhow::Result<Option<Reconciler>> {
+    let config = &settings.notification;
+    if config.reconcile_every_ms == 0 {
+        return Ok(None);
+    }
+    let source = |name, url: &str| -> anyhow::Result<EventSource> {
+        let channel = marquee_common::grpc::channel(url, &settings.grpc)?;
+        Ok(EventSource { name, client: EventLogClient::new(channel) })
+    };
+    let sources = vec![
+        source("booking", &settings.upstream.booking_url)?,
+        source("payment", &settings.upstream.payment_url)?,
+    ];
+    Ok(Some(consumer.reconciler(
+        sources,
+        ReconcileSettings {
+            every: Duration::from_millis(config.reconcile_every_ms),
+            grace: Duration::from_millis(config.reconcile_grace_ms),
+            lookback: Duration::from_secs(config.reconcile_lookback_seconds),
+        },
+    )))
 }
 
 fn retry_policy(settings: &NotificationSettings) -> anyhow::Result<RetryPolicy> {

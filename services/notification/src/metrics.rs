@@ -20,6 +20,8 @@ const RETRIES: &str = "notification_retries_scheduled_total";
 const WITHOUT_SHOWTIME: &str = "notification_sent_without_showtime_total";
 const DEAD_LETTER_DEPTH: &str = "notification_dead_letter_queue_depth";
 const RETRY_DEPTH: &str = "notification_retry_queue_depth";
+const RECONCILED: &str = "notification_reconciled_total";
+const RECONCILE_FAILURES: &str = "notification_reconcile_failures_total";
 
 use crate::consumer::DeadLetterReason;
 
@@ -46,6 +48,11 @@ pub struct Metrics {
     pub dead_letter_depth: Gauge,
     /// Events waiting in the delay queues for their next attempt.
     pub retry_depth: Gauge,
+    /// Events found in a publisher's log and handled by the reconciler because no
+    /// delivery had handled them (lost by the broker, or still waiting to be retried).
+    pub reconciled: Counter,
+    /// Reconciliation rounds that stopped early (a publisher, dependency or store down).
+    pub reconcile_failures: Counter,
     /// From receiving a delivery to settling it.
     pub latency: Histogram,
     handle: PrometheusHandle,
@@ -92,6 +99,11 @@ impl Metrics {
             ),
             dead_letter_depth: gauge(DEAD_LETTER_DEPTH, "Messages waiting in the dead-letter queue"),
             retry_depth: gauge(RETRY_DEPTH, "Events waiting in the delay queues"),
+            reconciled: counter(
+                RECONCILED,
+                "Published events no delivery had handled, handled by the reconciler",
+            ),
+            reconcile_failures: counter(RECONCILE_FAILURES, "Reconciliation rounds that stopped early"),
             latency: recorder.register_histogram(&Key::from_static_name(LATENCY), &meta),
             handle: recorder.handle(),
         }

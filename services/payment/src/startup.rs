@@ -1,5 +1,5 @@
-//! Wiring: connect MongoDB, ensure indexes, bind the gRPC port, serve and relay the
-//! outbox until shutdown.
+//! Wiring: connect MongoDB, ensure indexes, bind the gRPC port, serve (payments and
+//! the log of published events) and relay the outbox until shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use marquee_common::Settings;
-use marquee_common::outbox::{MongoOutbox, OutboxRelay};
+use marquee_common::outbox::{EventLogApi, MongoOutbox, OutboxRelay};
 use marquee_common::readiness::{Probe, Readiness, Scope};
 use marquee_common::shutdown::Shutdown;
+use marquee_proto::events::v1::event_log_server::EventLogServer;
 use marquee_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -26,6 +27,7 @@ pub struct Application {
     addr: SocketAddr,
     service: PaymentServiceImpl,
     relay: OutboxRelay<MongoOutbox>,
+    events: EventLogApi,
     grace: Duration,
     readiness: Readiness,
 }
@@ -41,8 +43,10 @@ impl Application {
         let db = marquee_common::mongo::connect(&settings.mongo, "payment").await?;
         let store = PaymentStore::init(&db).await?;
         let outbox_written = Arc::new(Notify::new());
+        let outbox = store.outbox().await?;
+        let events = EventLogApi::new(outbox.log());
         let relay = OutboxRelay::new(
-            store.outbox().await?,
+            outbox,
             &settings.rabbitmq,
             Duration::from_millis(config.outbox_poll_ms),
             outbox_written.clone(),
@@ -62,6 +66,7 @@ impl Application {
             addr,
             service: PaymentServiceImpl::new(store, processor, policy, outbox_written),
             relay,
+            events,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
         })
     }
@@ -77,7 +82,8 @@ impl Application {
         let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
         let served = marquee_common::grpc::serve(
             self.listener,
-            Routes::new(PaymentServiceServer::new(self.service)),
+            Routes::new(PaymentServiceServer::new(self.service))
+                .add_service(EventLogServer::new(self.events)),
             <PaymentServiceServer<PaymentServiceImpl> as NamedService>::NAME,
             self.readiness,
             shutdown,

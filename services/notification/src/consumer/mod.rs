@@ -13,8 +13,11 @@
 //! concurrently; `handle.rs` turns one event into its messages (the claim in Redis,
 //! the lookups, the sends) and `settle.rs` tells the broker what became of the
 //! delivery (ack, retry later through a delay queue, or dead-letter).
+//! `reconcile.rs` handles what the broker confirmed to a publisher but never
+//! delivered, found in the publishers' logs.
 
 mod handle;
+mod reconcile;
 mod settle;
 
 use std::sync::Arc;
@@ -39,6 +42,7 @@ use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 use crate::topology::{Session, Topology};
 
+pub use self::reconcile::{EventSource, ReconcileSettings, Reconciler};
 pub use self::settle::{DEAD_LETTER_ERROR_HEADER, DEAD_LETTER_REASON_HEADER, DeadLetterReason};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -105,6 +109,12 @@ impl Consumer {
             handler: Arc::new(handler),
             consuming: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// A reconciler handling events of `sources` that no delivery handled, through
+    /// the same handler as this consumer's deliveries.
+    pub fn reconciler(&self, sources: Vec<EventSource>, settings: ReconcileSettings) -> Reconciler {
+        Reconciler::new(self.handler.clone(), sources, settings)
     }
 
     /// True while the consumer is attached to the broker (readiness).

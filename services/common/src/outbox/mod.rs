@@ -6,7 +6,12 @@
 //! is indexed). `OutboxRelay` publishes pending events to the RabbitMQ topic exchange
 //! with publisher confirms and marks an event sent only after the broker's ack.
 //! Delivery is at least once (a crash between ack and mark republishes); consumers
-//! deduplicate by `event_id`.
+//! deduplicate by `event_id`. What the broker confirmed is also logged for a week
+//! (`log.rs`), for consumers that reconcile against it.
+
+mod log;
+
+pub use self::log::{EventLogApi, MAX_PAGE, Position, PublishedEvent, PublishedLog};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +37,8 @@ const BATCH: i64 = 100;
 /// Reconnect pauses while the broker or the database is down: 250 ms doubling to 30 s.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the published events log is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// An encoded event, fixed (id and bytes) when the state change that causes it is
 /// written.
@@ -73,8 +80,10 @@ pub struct PendingEvent {
 pub trait OutboxStore: Send + Sync + 'static {
     /// Unsent events, each document's in write order.
     fn pending_events(&self, limit: i64) -> impl Future<Output = anyhow::Result<Vec<PendingEvent>>> + Send;
-    /// Marks events sent, all in one round trip; repeating it is harmless.
+    /// Marks events sent (and logs them as published); repeating it is harmless.
     fn mark_sent(&self, events: &[PendingEvent]) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Forgets published events older than the log keeps; the relay calls it hourly.
+    fn prune(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 /// The outbox of a MongoDB collection whose documents carry `outbox`,
@@ -84,6 +93,7 @@ pub struct MongoOutbox {
     collection: Collection<Document>,
     /// The collection's database, for the bulk `update` command.
     database: Database,
+    log: PublishedLog,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,7 +122,13 @@ impl MongoOutbox {
             .build();
         collection.create_index(index).await.context("cannot create the unsent_events index")?;
         let database = collection.client().database(&collection.namespace().db);
-        Ok(Self { collection, database })
+        let log = PublishedLog::new(&database).await?;
+        Ok(Self { collection, database, log })
+    }
+
+    /// The log of what this outbox published.
+    pub fn log(&self) -> PublishedLog {
+        self.log.clone()
     }
 }
 
@@ -154,6 +170,9 @@ impl OutboxStore for MongoOutbox {
             return Ok(());
         }
         let sent_at = bson::DateTime::now();
+        // Logged first: an event marked sent is always in the log (a crash in between
+        // republishes it, and the log keeps its first entry).
+        self.log.record(events, sent_at).await?;
         // One `update` command with a statement per event (what drivers send for an
         // unordered bulk write). Matching on the pending id makes a repeat a no-op.
         let updates: Vec<Document> = events
@@ -181,6 +200,14 @@ impl OutboxStore for MongoOutbox {
             }
             _ => Ok(()),
         }
+    }
+
+    async fn prune(&self) -> anyhow::Result<()> {
+        let pruned = self.log.prune(Utc::now()).await?;
+        if pruned > 0 {
+            tracing::info!(pruned, "pruned the published events log");
+        }
+        Ok(())
     }
 }
 
@@ -241,9 +268,17 @@ impl<S: OutboxStore> OutboxRelay<S> {
         };
         *failures = 0;
         tracing::info!(exchange = %self.exchange, "outbox relay connected to RabbitMQ");
+        let mut prune_at = tokio::time::Instant::now();
         loop {
             if let Err(error) = self.drain(&channel).await {
                 return error;
+            }
+            if tokio::time::Instant::now() >= prune_at {
+                prune_at += PRUNE_EVERY;
+                // Housekeeping: a failure waits for the next round.
+                if let Err(error) = self.store.prune().await {
+                    tracing::warn!(error = format!("{error:#}"), "cannot prune the published events log");
+                }
             }
             // notify_one stores a permit, so a write during the drain is not missed.
             tokio::select! {
