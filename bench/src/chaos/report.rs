@@ -15,6 +15,10 @@ use super::{Options, Ports, killer};
 use crate::stats::{Samples, round1};
 use crate::stores::TERMINAL;
 
+/// The notification worker's log message for an event it reconciled
+/// (`services/notification/src/consumer/reconcile.rs`).
+const RECONCILED_LINE: &str = "handled a published event no delivery had handled";
+
 /// Ids of a failed check whose log lines are quoted, and lines quoted per id.
 const EVIDENCE_IDS: usize = 3;
 const LINES_PER_ID: usize = 5;
@@ -139,10 +143,19 @@ impl Run<'_> {
             "notifications_recorded_after_customers_done":
                 snapshot.notifications.len().saturating_sub(self.at_load_end.notifications),
             "sagas_resumed_by_recovery": snapshot.bookings.iter().filter(|b| b.was_recovered()).count(),
+            "events_reconciled": self.events_reconciled(),
             "bookings": snapshot.bookings.len(),
             "payments": snapshot.payments.len(),
             "notifications": snapshot.notifications.len(),
         })
+    }
+
+    /// Events the notification worker found in a publisher's log with no delivery
+    /// having handled them (the broker lost them, or their retry was still waiting):
+    /// its log line per event, counted over every life of the process.
+    fn events_reconciled(&self) -> usize {
+        let log = std::fs::read_to_string(self.logs.join("notification.log")).unwrap_or_default();
+        log.lines().filter(|line| line.contains(RECONCILED_LINE)).count()
     }
 
     pub fn to_json(&self) -> Value {
@@ -229,12 +242,14 @@ impl Run<'_> {
         }
         text.push_str(&format!(
             "recovered: settled in {} s (quiet: {}); {} outbox events unsent when the customers were \
-             done, {} notifications recorded after that, {} sagas resumed by recovery\nchecks:\n",
+             done, {} notifications recorded after that, {} sagas resumed by recovery, {} events sent \
+             by reconciliation\nchecks:\n",
             recovery["settle_seconds"],
             recovery["settled_quiet"],
             recovery["outbox_events_unsent_when_customers_done"],
             recovery["notifications_recorded_after_customers_done"],
             recovery["sagas_resumed_by_recovery"],
+            recovery["events_reconciled"],
         ));
         for check in self.checks {
             let verdict = if check.pass { "PASS" } else { "FAIL" };
