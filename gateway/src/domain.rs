@@ -58,7 +58,7 @@ entity_id!(BookingId, "booking id");
 entity_id!(UserId, "user id");
 entity_id!(ScreenId, "screen id");
 
-/// A client-chosen key that makes a retried mutation return the first result.
+/// A client-chosen key that makes a retried mutation safe; the booking service keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
 
@@ -71,10 +71,6 @@ impl IdempotencyKey {
             )));
         }
         Ok(Self(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 
     pub fn into_inner(self) -> String {
@@ -104,13 +100,6 @@ impl SeatSelection {
 
     pub fn into_strings(self) -> Vec<String> {
         self.0.into_iter().map(SeatId::into_inner).collect()
-    }
-
-    /// The same seats in any order give the same text (for idempotency payload hashes).
-    pub fn canonical(&self) -> String {
-        let mut ids: Vec<&str> = self.0.iter().map(SeatId::as_str).collect();
-        ids.sort_unstable();
-        ids.join(",")
     }
 }
 
@@ -142,10 +131,6 @@ impl PaymentMethod {
             return Err(GatewayError::bad_input("paymentMethod is not a valid payment method token"));
         }
         Ok(Self(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 
     pub fn into_inner(self) -> String {

@@ -7,7 +7,6 @@ mod denylist;
 mod domain;
 mod error;
 mod http;
-mod idempotency;
 mod live;
 mod loaders;
 mod metrics;

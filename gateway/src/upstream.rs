@@ -24,22 +24,19 @@ use crate::domain::{
     BookingId, CinemaId, Filter, IdempotencyKey, MovieId, PaymentMethod, SeatSelection, ShowtimeId, UserId,
 };
 use crate::error::GatewayError;
-use crate::idempotency::IdempotencyStore;
 pub use crate::loaders::RequestCache;
 use crate::trace::{TRACEPARENT, TraceContext};
 
 /// Readiness must answer quickly even when an upstream hangs.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One lazily connecting channel per upstream, plus the Redis-backed idempotency
-/// store; cloning is cheap.
+/// One lazily connecting channel per upstream; cloning is cheap.
 #[derive(Clone)]
 pub struct Upstreams {
     user: Channel,
     cinema: Channel,
     booking: Channel,
     notification: Channel,
-    idempotency: IdempotencyStore,
     /// The request this handle serves; `None` outside a request (each call then
     /// starts its own trace).
     trace: Option<TraceContext>,
@@ -82,7 +79,6 @@ impl Upstreams {
             cinema: channel(&urls.cinema_url)?,
             booking: channel(&urls.booking_url)?,
             notification: channel(&urls.notification_url)?,
-            idempotency: IdempotencyStore::new(&settings.redis)?,
             trace: None,
             deadline: Duration::from_millis(settings.grpc.request_timeout_ms),
         })
@@ -91,10 +87,6 @@ impl Upstreams {
     /// The same upstreams, for calls made on behalf of one traced request.
     pub fn traced(&self, trace: TraceContext) -> Self {
         Self { trace: Some(trace), ..self.clone() }
-    }
-
-    pub fn idempotency(&self) -> &IdempotencyStore {
-        &self.idempotency
     }
 
     fn users(&self) -> UserServiceClient<TracedChannel> {

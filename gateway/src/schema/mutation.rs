@@ -14,7 +14,6 @@ use crate::domain::{
     UserId,
 };
 use crate::error::GatewayError;
-use crate::idempotency::Operation;
 
 /// The cinema service judges titles, layouts, prices and time zones precisely; the
 /// gateway only bounds what it forwards.
@@ -230,8 +229,9 @@ impl MutationRoot {
     }
 
     /// Holds every listed seat for the caller, or none (SEAT_UNAVAILABLE with `seatIds`).
-    /// A repeat with the same `idempotencyKey` and seats returns the first result for
-    /// 24 h; the same key with other seats is CONFLICT.
+    /// A repeat with the same `idempotencyKey` and seats returns the booking the first
+    /// one made (as it is now); the same key with other seats is CONFLICT. The booking
+    /// service owns the key, durably (ARCHITECTURE.md, "Idempotency").
     async fn hold_seats(&self, ctx: &Context<'_>, input: HoldSeatsInput) -> async_graphql::Result<Booking> {
         let scope = scope(ctx)?;
         let identity = scope.viewer.require()?;
@@ -239,42 +239,21 @@ impl MutationRoot {
         let seat_ids: Vec<&str> = input.seat_ids.iter().map(|id| id.as_str()).collect();
         let seats = SeatSelection::parse(&seat_ids)?;
         let key = IdempotencyKey::parse(&input.idempotency_key)?;
-        let operation = Operation {
-            user: &identity.user_id,
-            mutation: "holdSeats",
-            key: &key,
-            payload: format!("{showtime}\n{}", seats.canonical()),
-        };
-        let upstreams = &scope.upstreams;
-        let booking = upstreams
-            .idempotency()
-            .run(operation, || upstreams.hold_seats(&identity.user_id, showtime.clone(), seats, key.clone()))
-            .await?;
+        let booking = scope.upstreams.hold_seats(&identity.user_id, showtime, seats, key).await?;
         Ok(Booking(booking))
     }
 
     /// Charges the held booking. A declined card is PAYMENT_DECLINED; the booking is
-    /// then PAYMENT_FAILED and its seats are free again. Idempotent like `holdSeats`:
-    /// a repeat never charges twice.
+    /// then PAYMENT_FAILED and its seats are free again. A booking is charged at most
+    /// once: any repeat answers its outcome, and a repeat of the same `idempotencyKey`
+    /// with another payment method is CONFLICT.
     async fn pay_booking(&self, ctx: &Context<'_>, input: PayBookingInput) -> async_graphql::Result<Booking> {
         let scope = scope(ctx)?;
         let identity = scope.viewer.require()?;
         let booking_id = BookingId::parse(&input.booking_id)?;
         let method = PaymentMethod::parse(&input.payment_method)?;
         let key = IdempotencyKey::parse(&input.idempotency_key)?;
-        let operation = Operation {
-            user: &identity.user_id,
-            mutation: "payBooking",
-            key: &key,
-            payload: format!("{booking_id}\n{}", method.as_str()),
-        };
-        let upstreams = &scope.upstreams;
-        let booking = upstreams
-            .idempotency()
-            .run(operation, || {
-                upstreams.pay_booking(&identity.user_id, booking_id.clone(), method, key.clone())
-            })
-            .await?;
+        let booking = scope.upstreams.pay_booking(&identity.user_id, booking_id, method, key).await?;
         if BookingStatus::from_proto(booking.status)? == BookingStatus::PaymentFailed {
             return Err(GatewayError::PaymentDeclined.into());
         }

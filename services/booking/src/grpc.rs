@@ -111,12 +111,11 @@ impl BookingService for BookingApi {
         request: Request<proto::PayBookingRequest>,
     ) -> Result<Response<proto::Booking>, Status> {
         let raw = request.into_inner();
-        // The charge is keyed by the booking, so the request's key only has to be present.
-        IdempotencyKey::parse(&raw.idempotency_key).map_err(BookingError::from)?;
         let request = PayRequest {
             booking_id: BookingId::parse(&raw.booking_id).map_err(BookingError::from)?,
             user_id: UserId::parse(&raw.user_id).map_err(BookingError::from)?,
             payment_method: PaymentMethod::parse(&raw.payment_method).map_err(BookingError::from)?,
+            idempotency_key: IdempotencyKey::parse(&raw.idempotency_key).map_err(BookingError::from)?,
         };
         Ok(Response::new(render(self.saga.pay(request).await?)))
     }

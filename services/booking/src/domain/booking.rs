@@ -33,6 +33,9 @@ pub struct Booking {
     pub payment_id: Option<String>,
     /// Recorded when payment starts, so recovery can re-run the charge.
     pub payment_method: Option<String>,
+    /// The idempotency key of the PayBooking that started the payment: a repeat with
+    /// this key must name the same method.
+    pub pay_key: Option<String>,
     /// Cinema extends a hold once; recorded so a resumed charge does not ask again.
     pub hold_extended: bool,
     pub refund: Option<Refund>,
@@ -105,6 +108,7 @@ mod tests {
             version: 1,
             payment_id: None,
             payment_method: None,
+            pay_key: None,
             hold_extended: false,
             refund: None,
             reason: None,

@@ -20,6 +20,7 @@ pub struct PayRequest {
     pub booking_id: BookingId,
     pub user_id: UserId,
     pub payment_method: PaymentMethod,
+    pub idempotency_key: IdempotencyKey,
 }
 
 /// Who asks: a user reads and cancels only their own bookings, an admin any.

@@ -75,7 +75,7 @@ impl Saga {
         // process dies before the insert, the slot claim (written before LockSeats)
         // tells recovery to release them.
         self.checkpoint(Checkpoint::HoldLocked)?;
-        let now = Utc::now();
+        let now = to_millis(Utc::now());
         let booking = match held_booking(booking_id, &request, locked, now, self.settings.hold_ttl_seconds) {
             Ok(booking) => Booking { slot: Some(slot.clone()), ..booking },
             Err(error) => {
@@ -128,6 +128,12 @@ fn replay(existing: Booking, request: &HoldRequest) -> Result<Booking, BookingEr
     if existing.answers(request) { Ok(existing) } else { Err(BookingError::IdempotencyKeyReused) }
 }
 
+/// `at` to the millisecond, as MongoDB keeps times: the booking a hold answers must
+/// equal the one its repeat reads back.
+fn to_millis(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
+}
+
 /// The booking cinema's answer describes; anything malformed there is cinema's bug.
 fn held_booking(
     id: BookingId,
@@ -161,7 +167,7 @@ fn held_booking(
         .expires_at
         .as_ref()
         .and_then(marquee_common::time::from_proto)
-        .unwrap_or_else(|| now + chrono::Duration::seconds(i64::from(hold_ttl_seconds)));
+        .map_or_else(|| now + chrono::Duration::seconds(i64::from(hold_ttl_seconds)), to_millis);
     Ok(Booking {
         id,
         user_id: request.user_id,
@@ -176,6 +182,7 @@ fn held_booking(
         version: 1,
         payment_id: None,
         payment_method: None,
+        pay_key: None,
         hold_extended: false,
         refund: None,
         reason: None,

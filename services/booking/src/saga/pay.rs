@@ -17,6 +17,13 @@ impl Saga {
     pub async fn pay(&self, request: PayRequest) -> Result<Booking, BookingError> {
         let caller = Caller { user_id: request.user_id, admin: false };
         let mut booking = self.visible(request.booking_id, caller).await?;
+        // A booking is charged once, whatever the key; a key names one request, so its
+        // repeat must ask for the same method.
+        if booking.pay_key.as_deref() == Some(request.idempotency_key.as_str())
+            && booking.payment_method.as_deref() != Some(request.payment_method.as_str())
+        {
+            return Err(BookingError::IdempotencyKeyReused);
+        }
         // Only the owner sees the booking, so a pay in flight is this caller's own
         // earlier attempt (typically timed out at the gateway and retried): wait for it.
         // If it ended back in HELD (nothing charged), this call pays afresh, as a retry
@@ -43,7 +50,7 @@ impl Saga {
         // re-acquires the seats on confirm if nobody took them, else the charge is refunded.
         let claim = Transition::to(BookingStatus::Charging)
             .step(Step::Charge, "started")
-            .payment_method(request.payment_method.as_str());
+            .payment(request.payment_method.as_str(), request.idempotency_key.as_str());
         let (this, id) = (self.clone(), booking.id);
         let paid = self
             .detached(async move {

@@ -72,6 +72,8 @@ pub(super) struct BookingDoc {
     #[serde(default)]
     payment_method: Option<String>,
     #[serde(default)]
+    pay_key: Option<String>,
+    #[serde(default)]
     hold_extended: bool,
     #[serde(default)]
     refund: Option<RefundDoc>,
@@ -128,6 +130,7 @@ impl BookingDoc {
             version: booking.version,
             payment_id: booking.payment_id.clone(),
             payment_method: booking.payment_method.clone(),
+            pay_key: booking.pay_key.clone(),
             hold_extended: booking.hold_extended,
             refund: None,
             reason: booking.reason.clone(),
@@ -164,6 +167,7 @@ impl BookingDoc {
                 version: self.version,
                 payment_id: self.payment_id,
                 payment_method: self.payment_method,
+                pay_key: self.pay_key,
                 hold_extended: self.hold_extended,
                 refund: self
                     .refund

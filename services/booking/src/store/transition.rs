@@ -87,8 +87,10 @@ impl Transition {
         self
     }
 
-    pub fn payment_method(mut self, method: &str) -> Self {
+    /// The payment starts with this method, asked for with this idempotency key.
+    pub fn payment(mut self, method: &str, key: &str) -> Self {
         self.set.insert("payment_method", method);
+        self.set.insert("pay_key", key);
         self
     }
 

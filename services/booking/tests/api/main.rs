@@ -308,13 +308,22 @@ async fn pay_on(
     booking: &Booking,
     method: &str,
 ) -> Result<Booking, ApiError> {
+    pay_with_key(client, booking, method, &Uuid::new_v4().to_string()).await
+}
+
+async fn pay_with_key(
+    client: &BookingServiceClient<Channel>,
+    booking: &Booking,
+    method: &str,
+    key: &str,
+) -> Result<Booking, ApiError> {
     client
         .clone()
         .pay_booking(PayBookingRequest {
             booking_id: booking.id.clone(),
             user_id: booking.user_id.clone(),
             payment_method: method.into(),
-            idempotency_key: Uuid::new_v4().to_string(),
+            idempotency_key: key.into(),
         })
         .await
         .map(tonic::Response::into_inner)
@@ -479,6 +488,25 @@ async fn a_retried_hold_returns_the_same_booking_and_a_reused_key_conflicts() {
         listed.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
         [second.id.as_str(), held.id.as_str()]
     );
+}
+
+#[tokio::test]
+async fn a_repeated_payment_answers_the_outcome_and_its_key_cannot_name_another_method() {
+    let app = spawn_app().await;
+    let user_id = app.register().await;
+    let (showtime_id, seats) = app.showtime_and_free_seats(2).await;
+    let held = app.hold(&user_id, &showtime_id, &seats, "hold").await.unwrap();
+
+    let paid = pay_with_key(&app.booking, &held, "pm_card_ok", "pay-1").await.unwrap();
+    assert_eq!(paid.status(), BookingStatus::Confirmed);
+    let again = pay_with_key(&app.booking, &held, "pm_card_ok", "pay-1").await.unwrap();
+    assert_eq!((again.id.as_str(), again.status()), (paid.id.as_str(), BookingStatus::Confirmed));
+    let reused = pay_with_key(&app.booking, &held, "pm_card_declined", "pay-1").await.unwrap_err();
+    assert_eq!(reused.code, ErrorCode::Conflict, "{reused:?}");
+    // Another key is another request for the same booking: it is paid already.
+    let other = pay_with_key(&app.booking, &held, "pm_card_declined", "pay-2").await.unwrap();
+    assert_eq!(other.status(), BookingStatus::Confirmed);
+    assert_eq!(app.payments_of(&held.id).await.len(), 1, "charged once");
 }
 
 #[tokio::test]
