@@ -3,10 +3,11 @@
 
 use std::fmt;
 
+pub use marquee_types::{IdempotencyKey, PaymentMethod, SeatSelection};
+
 use crate::error::GatewayError;
 
 const MAX_ID_LEN: usize = 64;
-const MAX_KEY_LEN: usize = 128;
 const MAX_TEXT_LEN: usize = 200;
 
 fn is_id_char(c: char) -> bool {
@@ -53,55 +54,9 @@ macro_rules! entity_id {
 entity_id!(MovieId, "movie id");
 entity_id!(CinemaId, "cinema id");
 entity_id!(ShowtimeId, "showtime id");
-entity_id!(SeatId, "seat id");
 entity_id!(BookingId, "booking id");
 entity_id!(UserId, "user id");
 entity_id!(ScreenId, "screen id");
-
-/// A client-chosen key that makes a retried mutation safe; the booking service keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IdempotencyKey(String);
-
-impl IdempotencyKey {
-    pub fn parse(raw: &str) -> Result<Self, GatewayError> {
-        let printable = raw.chars().all(|c| c.is_ascii_graphic());
-        if raw.is_empty() || raw.len() > MAX_KEY_LEN || !printable {
-            return Err(GatewayError::bad_input(format!(
-                "idempotencyKey must be 1 to {MAX_KEY_LEN} printable ASCII characters"
-            )));
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    pub fn into_inner(self) -> String {
-        self.0
-    }
-}
-
-/// A non-empty set of distinct seats, in the order the client gave them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SeatSelection(Vec<SeatId>);
-
-impl SeatSelection {
-    pub fn parse<S: AsRef<str>>(raw: &[S]) -> Result<Self, GatewayError> {
-        if raw.is_empty() {
-            return Err(GatewayError::bad_input("seatIds must name at least one seat"));
-        }
-        let mut seats: Vec<SeatId> = Vec::with_capacity(raw.len());
-        for id in raw {
-            let seat = SeatId::parse(id.as_ref())?;
-            if seats.contains(&seat) {
-                return Err(GatewayError::bad_input(format!("seat {seat} is listed twice")));
-            }
-            seats.push(seat);
-        }
-        Ok(Self(seats))
-    }
-
-    pub fn into_strings(self) -> Vec<String> {
-        self.0.into_iter().map(SeatId::into_inner).collect()
-    }
-}
 
 /// A short free-text filter (movie search, city), trimmed; empty means "no filter".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -114,23 +69,6 @@ impl Filter {
             return Err(GatewayError::bad_input(format!("{field} is longer than {MAX_TEXT_LEN} characters")));
         }
         Ok(Self(text.to_owned()))
-    }
-
-    pub fn into_inner(self) -> String {
-        self.0
-    }
-}
-
-/// A payment method token such as `pm_card_ok`; the payment service decides what it means.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PaymentMethod(String);
-
-impl PaymentMethod {
-    pub fn parse(raw: &str) -> Result<Self, GatewayError> {
-        if raw.is_empty() || raw.len() > MAX_ID_LEN || !raw.chars().all(is_id_char) {
-            return Err(GatewayError::bad_input("paymentMethod is not a valid payment method token"));
-        }
-        Ok(Self(raw.to_owned()))
     }
 
     pub fn into_inner(self) -> String {
@@ -179,21 +117,6 @@ mod tests {
         for raw in ["", " a", "a b", "{\"$ne\":1}", "x/../y", long.as_str()] {
             assert_eq!(ShowtimeId::parse(raw).unwrap_err().code(), ErrorCode::BadUserInput, "{raw:?}");
         }
-    }
-
-    #[test]
-    fn seat_selection_is_non_empty_and_distinct() {
-        assert!(SeatSelection::parse::<&str>(&[]).is_err());
-        assert!(SeatSelection::parse(&["A1", "A1"]).is_err());
-        assert_eq!(SeatSelection::parse(&["A2", "A1"]).unwrap().into_strings(), vec!["A2", "A1"]);
-    }
-
-    #[test]
-    fn idempotency_keys_are_bounded_printable_ascii() {
-        assert!(IdempotencyKey::parse("order-42").is_ok());
-        assert!(IdempotencyKey::parse("").is_err());
-        assert!(IdempotencyKey::parse("has space").is_err());
-        assert!(IdempotencyKey::parse(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
     }
 
     #[test]

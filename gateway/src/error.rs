@@ -32,6 +32,12 @@ pub enum GatewayError {
     Unexpected(anyhow::Error),
 }
 
+impl From<marquee_types::InvalidInput> for GatewayError {
+    fn from(error: marquee_types::InvalidInput) -> Self {
+        Self::BadInput(error.0)
+    }
+}
+
 impl GatewayError {
     pub fn bad_input(message: impl Into<String>) -> Self {
         Self::BadInput(message.into())

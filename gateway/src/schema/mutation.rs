@@ -237,7 +237,7 @@ impl MutationRoot {
         let identity = scope.viewer.require()?;
         let showtime = ShowtimeId::parse(&input.showtime_id)?;
         let seat_ids: Vec<&str> = input.seat_ids.iter().map(|id| id.as_str()).collect();
-        let seats = SeatSelection::parse(&seat_ids)?;
+        let seats = SeatSelection::parse(&seat_ids, SeatSelection::MAX_PER_BOOKING)?;
         let key = IdempotencyKey::parse(&input.idempotency_key)?;
         let booking = scope.upstreams.hold_seats(&identity.user_id, showtime, seats, key).await?;
         Ok(Booking(booking))
@@ -380,7 +380,10 @@ impl MutationRoot {
         let scope = scope(ctx)?;
         scope.viewer.require_admin()?;
         let showtime = ShowtimeId::parse(&showtime_id)?;
-        let seats = SeatSelection::parse(&seat_ids.iter().map(|id| id.as_str()).collect::<Vec<_>>())?;
+        let seats = SeatSelection::parse(
+            &seat_ids.iter().map(|id| id.as_str()).collect::<Vec<_>>(),
+            SeatSelection::MAX_PER_STAFF_CHANGE,
+        )?;
         Ok(scope.upstreams.block_seats(&showtime, seats).await?.into_iter().map(ID).collect())
     }
 
@@ -394,7 +397,10 @@ impl MutationRoot {
         let scope = scope(ctx)?;
         scope.viewer.require_admin()?;
         let showtime = ShowtimeId::parse(&showtime_id)?;
-        let seats = SeatSelection::parse(&seat_ids.iter().map(|id| id.as_str()).collect::<Vec<_>>())?;
+        let seats = SeatSelection::parse(
+            &seat_ids.iter().map(|id| id.as_str()).collect::<Vec<_>>(),
+            SeatSelection::MAX_PER_STAFF_CHANGE,
+        )?;
         Ok(scope.upstreams.unblock_seats(&showtime, seats).await?.into_iter().map(ID).collect())
     }
 }

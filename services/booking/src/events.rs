@@ -4,7 +4,6 @@
 use chrono::{DateTime, Utc};
 pub use marquee_common::outbox::OutboxEvent;
 use marquee_common::time::to_proto;
-use marquee_proto::common::v1 as common;
 use marquee_proto::events::v1::{self as proto, event::Payload};
 use prost::Message;
 use uuid::Uuid;
@@ -17,10 +16,6 @@ pub const BOOKING_PAYMENT_FAILED: &str = "booking.payment_failed";
 pub const BOOKING_EXPIRED: &str = "booking.expired";
 pub const BOOKING_CANCELLED: &str = "booking.cancelled";
 pub const BOOKING_FAILED: &str = "booking.failed";
-
-pub fn money(money: &Money) -> common::Money {
-    common::Money { amount_minor: money.amount_minor(), currency: money.currency().to_owned() }
-}
 
 fn event(kind: &'static str, booking: &Booking, at: DateTime<Utc>, payload: Payload) -> OutboxEvent {
     let event_id = Uuid::now_v7();
@@ -39,7 +34,7 @@ pub fn booking_held(booking: &Booking, at: DateTime<Utc>) -> OutboxEvent {
     let payload = Payload::BookingHeld(proto::BookingHeld {
         showtime_id: booking.showtime_id.to_string(),
         seat_ids: booking.seat_ids(),
-        total: Some(money(&booking.total)),
+        total: Some(booking.total.to_proto()),
         expires_at: Some(to_proto(booking.expires_at)),
     });
     event(BOOKING_HELD, booking, at, payload)
@@ -49,7 +44,7 @@ pub fn booking_confirmed(booking: &Booking, payment_id: &str, at: DateTime<Utc>)
     let payload = Payload::BookingConfirmed(proto::BookingConfirmed {
         showtime_id: booking.showtime_id.to_string(),
         seat_ids: booking.seat_ids(),
-        total: Some(money(&booking.total)),
+        total: Some(booking.total.to_proto()),
         payment_id: payment_id.to_owned(),
     });
     event(BOOKING_CONFIRMED, booking, at, payload)
@@ -75,7 +70,7 @@ pub fn booking_cancelled(booking: &Booking, refund: Option<&Money>, at: DateTime
     let payload = Payload::BookingCancelled(proto::BookingCancelled {
         showtime_id: booking.showtime_id.to_string(),
         seat_ids: booking.seat_ids(),
-        refund: refund.map(money),
+        refund: refund.map(|refund| refund.to_proto()),
     });
     event(BOOKING_CANCELLED, booking, at, payload)
 }

@@ -7,10 +7,9 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::{
     Booking, BookingId, Caller, CancelRequest, HoldRequest, IdempotencyKey, InvalidInput, ListQuery,
-    PayRequest, PaymentMethod, PublicStatus, SeatSelection, ShowtimeId, UserId, cancel_reason,
+    PayRequest, PaymentMethod, PublicStatus, ShowtimeId, UserId, cancel_reason, hold_seats,
 };
 use crate::error::BookingError;
-use crate::events::money;
 use crate::saga::Saga;
 
 pub struct BookingApi {
@@ -58,11 +57,11 @@ fn render(booking: Booking) -> proto::Booking {
             .map(|seat| proto::BookedSeat {
                 seat_id: seat.seat_id.as_str().to_owned(),
                 category: seat.category.clone(),
-                price: Some(money(&seat.price)),
+                price: Some(seat.price.to_proto()),
             })
             .collect(),
         status: status.into(),
-        total: Some(money(&booking.total)),
+        total: Some(booking.total.to_proto()),
         expires_at: Some(to_proto(booking.expires_at)),
         created_at: Some(to_proto(booking.created_at)),
         payment_id: booking.payment_id.unwrap_or_default(),
@@ -79,8 +78,8 @@ fn render(booking: Booking) -> proto::Booking {
         updated_at: Some(to_proto(booking.updated_at)),
         // Stated once the booking is finished: while REFUNDING, the money is not back yet.
         refund: booking.refund.filter(|_| booking.status.is_terminal()).map(|r| proto::BookingRefund {
-            amount: Some(money(&r.amount)),
-            fee: Some(money(&r.fee)),
+            amount: Some(r.amount.to_proto()),
+            fee: Some(r.fee.to_proto()),
             refund_id: r.refund_id.unwrap_or_default(),
             at: r.at.map(to_proto),
         }),
@@ -99,7 +98,7 @@ impl BookingService for BookingApi {
         let request = HoldRequest {
             user_id: UserId::parse(&raw.user_id).map_err(BookingError::from)?,
             showtime_id: ShowtimeId::parse(&raw.showtime_id).map_err(BookingError::from)?,
-            seats: SeatSelection::parse(&raw.seat_ids).map_err(BookingError::from)?,
+            seats: hold_seats(&raw.seat_ids).map_err(BookingError::from)?,
             idempotency_key: IdempotencyKey::parse(&raw.idempotency_key).map_err(BookingError::from)?,
         };
         Ok(Response::new(render(self.saga.hold(request).await?)))

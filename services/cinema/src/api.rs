@@ -30,7 +30,6 @@ pub struct HoldPolicy {
 }
 
 /// Staff may block or unblock a whole row or more at once; this bounds one request.
-const MAX_SEATS_PER_BLOCK: usize = 500;
 
 #[derive(Clone)]
 pub struct CinemaApi {
@@ -59,7 +58,7 @@ const MAX_BATCH_IDS: usize = 100;
 /// Every id of a batch lookup parsed, duplicates folded; all or nothing.
 fn batch_ids<T>(
     raw: &[String],
-    parse: impl Fn(&str) -> Result<T, CinemaError>,
+    parse: impl Fn(&str) -> Result<T, marquee_types::InvalidInput>,
     uuid: impl Fn(&T) -> uuid::Uuid,
 ) -> Result<Vec<uuid::Uuid>, CinemaError> {
     if raw.len() > MAX_BATCH_IDS {
@@ -68,7 +67,11 @@ fn batch_ids<T>(
             raw.len()
         )));
     }
-    let mut ids = raw.iter().map(|id| parse(id).map(|id| uuid(&id))).collect::<Result<Vec<_>, _>>()?;
+    let mut ids = raw
+        .iter()
+        .map(|id| parse(id).map(|id| uuid(&id)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CinemaError::from)?;
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)
@@ -83,7 +86,7 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         &self,
         request: Request<pb::WatchSeatsRequest>,
     ) -> Result<Response<Self::WatchSeatsStream>, Status> {
-        let showtime = ShowtimeId::parse(&request.get_ref().showtime_id)?;
+        let showtime = ShowtimeId::parse(&request.get_ref().showtime_id).map_err(CinemaError::from)?;
         // Subscribed before answering: nothing committed after the answer is missed.
         let mut changes = self.changes.subscribe();
         if !self.store.showtime_exists(showtime).await.map_err(CinemaError::from)? {
@@ -137,7 +140,7 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
 
     #[tracing::instrument(skip_all, fields(movie.id = %request.get_ref().id))]
     async fn get_movie(&self, request: Request<pb::GetMovieRequest>) -> Result<Response<pb::Movie>, Status> {
-        let id = MovieId::parse(&request.get_ref().id)?;
+        let id = MovieId::parse(&request.get_ref().id).map_err(CinemaError::from)?;
         let movie = self
             .store
             .get_movie(id)
@@ -164,7 +167,7 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         &self,
         request: Request<pb::GetCinemaRequest>,
     ) -> Result<Response<pb::Cinema>, Status> {
-        let id = CinemaId::parse(&request.get_ref().id)?;
+        let id = CinemaId::parse(&request.get_ref().id).map_err(CinemaError::from)?;
         let cinema = self
             .store
             .get_cinema(id)
@@ -184,8 +187,8 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         request: Request<pb::ListShowtimesRequest>,
     ) -> Result<Response<pb::ListShowtimesResponse>, Status> {
         let req = request.into_inner();
-        let movie = optional(&req.movie_id, MovieId::parse)?;
-        let cinema = optional(&req.cinema_id, CinemaId::parse)?;
+        let movie = optional(&req.movie_id, MovieId::parse).map_err(CinemaError::from)?;
+        let cinema = optional(&req.cinema_id, CinemaId::parse).map_err(CinemaError::from)?;
         let days = ShowDateRange::parse_optional(&req.date, &req.end_date)?;
         let showtimes = self.store.list_showtimes(movie, cinema, days).await.map_err(CinemaError::from)?;
         Ok(Response::new(pb::ListShowtimesResponse {
@@ -198,7 +201,7 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         &self,
         request: Request<pb::GetShowtimeRequest>,
     ) -> Result<Response<pb::Showtime>, Status> {
-        let id = ShowtimeId::parse(&request.get_ref().id)?;
+        let id = ShowtimeId::parse(&request.get_ref().id).map_err(CinemaError::from)?;
         let showtime = self
             .store
             .get_showtime(id)
@@ -245,7 +248,7 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         &self,
         request: Request<pb::GetSeatMapRequest>,
     ) -> Result<Response<pb::SeatMap>, Status> {
-        let id = ShowtimeId::parse(&request.get_ref().showtime_id)?;
+        let id = ShowtimeId::parse(&request.get_ref().showtime_id).map_err(CinemaError::from)?;
         let seats = self.store.seat_map(id).await?;
         Ok(Response::new(pb::SeatMap {
             showtime_id: id.to_string(),
@@ -263,9 +266,10 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         request: Request<pb::LockSeatsRequest>,
     ) -> Result<Response<pb::LockSeatsResponse>, Status> {
         let req = request.into_inner();
-        let showtime = ShowtimeId::parse(&req.showtime_id)?;
-        let booking = BookingId::parse(&req.booking_id)?;
-        let seats = SeatSelection::parse(&req.seat_ids, self.policy.max_seats_per_hold)?;
+        let showtime = ShowtimeId::parse(&req.showtime_id).map_err(CinemaError::from)?;
+        let booking = BookingId::parse(&req.booking_id).map_err(CinemaError::from)?;
+        let seats =
+            SeatSelection::parse(&req.seat_ids, self.policy.max_seats_per_hold).map_err(CinemaError::from)?;
         let ttl = HoldTtl::parse(req.ttl_seconds)?;
         let wanted = seats.to_strings();
         if let Verdict::Taken(taken) =
@@ -315,9 +319,10 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         request: Request<pb::ConfirmSeatsRequest>,
     ) -> Result<Response<pb::ConfirmSeatsResponse>, Status> {
         let req = request.into_inner();
-        let showtime = ShowtimeId::parse(&req.showtime_id)?;
-        let booking = BookingId::parse(&req.booking_id)?;
-        let seats = SeatSelection::parse(&req.seat_ids, self.policy.max_seats_per_hold)?;
+        let showtime = ShowtimeId::parse(&req.showtime_id).map_err(CinemaError::from)?;
+        let booking = BookingId::parse(&req.booking_id).map_err(CinemaError::from)?;
+        let seats =
+            SeatSelection::parse(&req.seat_ids, self.policy.max_seats_per_hold).map_err(CinemaError::from)?;
         let seat_ids = self.store.confirm_seats(showtime, booking, &seats).await?;
         tracing::info!(seats = %seat_ids.join(","), "seats booked");
         Ok(Response::new(pb::ConfirmSeatsResponse { seat_ids }))
@@ -332,8 +337,8 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         request: Request<pb::ReleaseSeatsRequest>,
     ) -> Result<Response<pb::ReleaseSeatsResponse>, Status> {
         let req = request.into_inner();
-        let showtime = ShowtimeId::parse(&req.showtime_id)?;
-        let booking = BookingId::parse(&req.booking_id)?;
+        let showtime = ShowtimeId::parse(&req.showtime_id).map_err(CinemaError::from)?;
+        let booking = BookingId::parse(&req.booking_id).map_err(CinemaError::from)?;
         let since = self.board.mark();
         let seat_ids = self.store.release_seats(showtime, booking).await?;
         self.board.record_freed(showtime.as_uuid(), &seat_ids, Freed::OfBooking(booking.as_uuid()), since);
@@ -350,8 +355,8 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         request: Request<pb::CancelSeatsRequest>,
     ) -> Result<Response<pb::CancelSeatsResponse>, Status> {
         let req = request.into_inner();
-        let showtime = ShowtimeId::parse(&req.showtime_id)?;
-        let booking = BookingId::parse(&req.booking_id)?;
+        let showtime = ShowtimeId::parse(&req.showtime_id).map_err(CinemaError::from)?;
+        let booking = BookingId::parse(&req.booking_id).map_err(CinemaError::from)?;
         let since = self.board.mark();
         let seat_ids = self.store.cancel_seats(showtime, booking).await?;
         self.board.record_freed(showtime.as_uuid(), &seat_ids, Freed::OfBooking(booking.as_uuid()), since);
@@ -368,8 +373,8 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         request: Request<pb::ExtendHoldRequest>,
     ) -> Result<Response<pb::ExtendHoldResponse>, Status> {
         let req = request.into_inner();
-        let showtime = ShowtimeId::parse(&req.showtime_id)?;
-        let booking = BookingId::parse(&req.booking_id)?;
+        let showtime = ShowtimeId::parse(&req.showtime_id).map_err(CinemaError::from)?;
+        let booking = BookingId::parse(&req.booking_id).map_err(CinemaError::from)?;
         let (seat_ids, expires_at) = self.store.extend_hold(showtime, booking, self.policy.extension).await?;
         tracing::info!(%expires_at, "hold extended");
         Ok(Response::new(pb::ExtendHoldResponse { seat_ids, expires_at: Some(to_proto(expires_at)) }))
@@ -384,7 +389,7 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         request: Request<pb::SuggestSeatsRequest>,
     ) -> Result<Response<pb::SuggestSeatsResponse>, Status> {
         let req = request.into_inner();
-        let showtime = ShowtimeId::parse(&req.showtime_id)?;
+        let showtime = ShowtimeId::parse(&req.showtime_id).map_err(CinemaError::from)?;
         let count = usize::try_from(req.count)
             .ok()
             .filter(|n| (1..=self.policy.max_seats_per_hold).contains(n))
@@ -465,8 +470,9 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         request: Request<pb::BlockSeatsRequest>,
     ) -> Result<Response<pb::BlockSeatsResponse>, Status> {
         let req = request.into_inner();
-        let showtime = ShowtimeId::parse(&req.showtime_id)?;
-        let seats = SeatSelection::parse(&req.seat_ids, MAX_SEATS_PER_BLOCK)?;
+        let showtime = ShowtimeId::parse(&req.showtime_id).map_err(CinemaError::from)?;
+        let seats = SeatSelection::parse(&req.seat_ids, SeatSelection::MAX_PER_STAFF_CHANGE)
+            .map_err(CinemaError::from)?;
         let seat_ids = self.store.block_seats(showtime, &seats).await?;
         tracing::info!(seats = %seat_ids.join(","), "seats blocked");
         Ok(Response::new(pb::BlockSeatsResponse { seat_ids }))
@@ -478,8 +484,9 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         request: Request<pb::UnblockSeatsRequest>,
     ) -> Result<Response<pb::UnblockSeatsResponse>, Status> {
         let req = request.into_inner();
-        let showtime = ShowtimeId::parse(&req.showtime_id)?;
-        let seats = SeatSelection::parse(&req.seat_ids, MAX_SEATS_PER_BLOCK)?;
+        let showtime = ShowtimeId::parse(&req.showtime_id).map_err(CinemaError::from)?;
+        let seats = SeatSelection::parse(&req.seat_ids, SeatSelection::MAX_PER_STAFF_CHANGE)
+            .map_err(CinemaError::from)?;
         let since = self.board.mark();
         let seat_ids = self.store.unblock_seats(showtime, &seats).await?;
         self.board.record_freed(showtime.as_uuid(), &seat_ids, Freed::Blocked, since);

@@ -266,12 +266,8 @@ impl PriceList {
                     money.amount_minor
                 )));
             }
-            let currency = &money.currency;
-            if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(bad(format!("invalid currency {currency:?}: use an ISO 4217 code such as EUR")));
-            }
-            currencies.insert(currency.clone());
-            let price = Money::new(money.amount_minor, currency.clone())?;
+            let price = Money::parse(money.amount_minor, &money.currency).map_err(CinemaError::from)?;
+            currencies.insert(price.currency().to_owned());
             if prices.insert(category.clone(), price).is_some() {
                 return Err(bad(format!("category {} is priced twice", category.as_str())));
             }

@@ -1,102 +1,16 @@
 //! Request values parsed at the edge. Handlers turn proto fields into these first, so
 //! the store never sees an unchecked string.
 
-use std::collections::BTreeSet;
-use std::fmt;
-
 use chrono::NaiveDate;
 use uuid::Uuid;
 
+pub use marquee_types::{BookingId, CinemaId, Money, MovieId, ScreenId, SeatId, SeatSelection, ShowtimeId};
+
 use crate::error::CinemaError;
 
-macro_rules! uuid_id {
-    ($name:ident, $what:literal) => {
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub struct $name(Uuid);
-
-        impl $name {
-            pub fn parse(raw: &str) -> Result<Self, CinemaError> {
-                Uuid::parse_str(raw)
-                    .map(Self)
-                    .map_err(|_| CinemaError::BadInput(format!(concat!("invalid ", $what, " {:?}"), raw)))
-            }
-
-            pub fn as_uuid(&self) -> Uuid {
-                self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                self.0.fmt(f)
-            }
-        }
-    };
-}
-
 /// An empty proto field means "no filter"; anything else must parse.
-pub fn optional<T>(
-    raw: &str,
-    parse: impl FnOnce(&str) -> Result<T, CinemaError>,
-) -> Result<Option<T>, CinemaError> {
+pub fn optional<T, E>(raw: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> Result<Option<T>, E> {
     if raw.is_empty() { Ok(None) } else { parse(raw).map(Some) }
-}
-
-uuid_id!(MovieId, "movie id");
-uuid_id!(CinemaId, "cinema id");
-uuid_id!(ShowtimeId, "showtime id");
-uuid_id!(BookingId, "booking id");
-uuid_id!(ScreenId, "screen id");
-
-impl ShowtimeId {
-    /// For ids this service generated itself.
-    pub fn from_uuid(id: Uuid) -> Self {
-        Self(id)
-    }
-}
-
-/// A seat label within a screen, e.g. "C7": ASCII letters and digits only.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SeatId(String);
-
-impl SeatId {
-    const MAX_LEN: usize = 16;
-
-    pub fn parse(raw: &str) -> Result<Self, CinemaError> {
-        let valid =
-            !raw.is_empty() && raw.len() <= Self::MAX_LEN && raw.bytes().all(|b| b.is_ascii_alphanumeric());
-        if valid {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(CinemaError::BadInput(format!("invalid seat id {raw:?}")))
-        }
-    }
-}
-
-/// The distinct seats of one hold or confirmation, sorted, never empty.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SeatSelection(Vec<SeatId>);
-
-impl SeatSelection {
-    pub fn parse(raw: &[String], max: usize) -> Result<Self, CinemaError> {
-        if raw.is_empty() {
-            return Err(CinemaError::BadInput("seat_ids must not be empty".to_owned()));
-        }
-        if raw.len() > max {
-            return Err(CinemaError::BadInput(format!("at most {max} seats per request, got {}", raw.len())));
-        }
-        let mut seats = BTreeSet::new();
-        for seat in raw {
-            if !seats.insert(SeatId::parse(seat)?) {
-                return Err(CinemaError::BadInput(format!("seat {seat:?} is listed twice")));
-            }
-        }
-        Ok(Self(seats.into_iter().collect()))
-    }
-
-    pub fn to_strings(&self) -> Vec<String> {
-        self.0.iter().map(|s| s.0.clone()).collect()
-    }
 }
 
 /// How long a hold lives before another booking may take the seats.
@@ -134,58 +48,6 @@ impl HoldCutoff {
 
     pub fn seconds(self) -> i32 {
         self.0
-    }
-}
-
-/// Money in integer minor units of an ISO 4217 currency.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Money {
-    amount_minor: i64,
-    currency: String,
-}
-
-impl Money {
-    /// Values come from the database, whose constraints already hold them to this
-    /// shape; a violation is a bug, not a client error.
-    pub fn new(amount_minor: i64, currency: String) -> anyhow::Result<Self> {
-        anyhow::ensure!(amount_minor >= 0, "negative price {amount_minor}");
-        anyhow::ensure!(
-            currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase()),
-            "invalid currency {currency:?}"
-        );
-        Ok(Self { amount_minor, currency })
-    }
-
-    pub fn amount_minor(&self) -> i64 {
-        self.amount_minor
-    }
-
-    pub fn currency(&self) -> &str {
-        &self.currency
-    }
-
-    /// The sum of `prices`; `None` when there are none.
-    pub fn sum<'a>(prices: impl IntoIterator<Item = &'a Money>) -> anyhow::Result<Option<Money>> {
-        let mut total: Option<Money> = None;
-        for price in prices {
-            total = Some(match total {
-                None => price.clone(),
-                Some(sum) => {
-                    anyhow::ensure!(
-                        sum.currency == price.currency,
-                        "cannot add {} to {}",
-                        price.currency,
-                        sum.currency
-                    );
-                    let amount_minor = sum
-                        .amount_minor
-                        .checked_add(price.amount_minor)
-                        .ok_or_else(|| anyhow::anyhow!("price total overflows"))?;
-                    Money { amount_minor, currency: sum.currency }
-                }
-            });
-        }
-        Ok(total)
     }
 }
 
@@ -376,37 +238,11 @@ impl SeatState {
 mod tests {
     use super::*;
 
-    fn strings(items: &[&str]) -> Vec<String> {
-        items.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[test]
-    fn seat_selection_sorts_and_rejects_duplicates_bad_ids_and_oversize() {
-        let sel = SeatSelection::parse(&strings(&["C7", "A1", "B12"]), 10).unwrap();
-        assert_eq!(sel.to_strings(), strings(&["A1", "B12", "C7"]));
-        assert!(SeatSelection::parse(&strings(&["A1", "A1"]), 10).is_err());
-        assert!(SeatSelection::parse(&strings(&["A 1"]), 10).is_err());
-        assert!(SeatSelection::parse(&strings(&["A1'; --"]), 10).is_err());
-        assert!(SeatSelection::parse(&[], 10).is_err());
-        assert!(SeatSelection::parse(&strings(&["A1", "A2", "A3"]), 2).is_err());
-    }
-
     #[test]
     fn hold_ttl_bounds() {
         assert!(HoldTtl::parse(0).is_err());
         assert!(HoldTtl::parse(3601).is_err());
         assert_eq!(HoldTtl::parse(480).unwrap().seconds(), 480);
-    }
-
-    #[test]
-    fn money_sums_one_currency_only() {
-        let a = Money::new(1150, "EUR".to_owned()).unwrap();
-        let b = Money::new(1590, "EUR".to_owned()).unwrap();
-        assert_eq!(Money::sum([&a, &b]).unwrap(), Some(Money::new(2740, "EUR".to_owned()).unwrap()));
-        assert_eq!(Money::sum([]).unwrap(), None);
-        let usd = Money::new(100, "USD".to_owned()).unwrap();
-        assert!(Money::sum([&a, &usd]).is_err());
-        assert!(Money::new(1, "eur".to_owned()).is_err());
     }
 
     #[test]
@@ -459,7 +295,7 @@ mod tests {
         let id = Uuid::new_v4();
         assert_eq!(ShowtimeId::parse(&id.to_string()).unwrap().as_uuid(), id);
         let err = MovieId::parse("nope").unwrap_err();
-        assert!(err.to_string().contains("invalid movie id"), "{err}");
+        assert!(err.to_string().contains("movie id must be a UUID"), "{err}");
         assert_eq!(optional("", CinemaId::parse).unwrap(), None);
         assert!(optional("x", CinemaId::parse).is_err());
     }

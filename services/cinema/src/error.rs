@@ -39,6 +39,12 @@ impl CinemaError {
     }
 }
 
+impl From<marquee_types::InvalidInput> for CinemaError {
+    fn from(error: marquee_types::InvalidInput) -> Self {
+        Self::BadInput(error.0)
+    }
+}
+
 impl From<CinemaError> for tonic::Status {
     fn from(error: CinemaError) -> Self {
         let message = error.to_string();

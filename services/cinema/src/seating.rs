@@ -139,7 +139,7 @@ mod tests {
                     row_label: label.clone(),
                     seat_number: number,
                     category: "standard".into(),
-                    price: Money::new(100, "EUR".into()).unwrap(),
+                    price: Money::parse(100, "EUR").unwrap(),
                     state: if c == 'x' { SeatState::Booked } else { SeatState::Available },
                     place: Some(SeatPlace { position, accessible: c == 'a', companion: false }),
                 });

@@ -1,39 +1,16 @@
 //! Validated input: list requests from gRPC and events from RabbitMQ are parsed into
 //! these types first; everything deeper trusts them.
 
-use std::fmt;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use marquee_proto::events::v1::{Event, event::Payload};
 use uuid::Uuid;
 
-/// Why some input was refused; the message is safe to show the client.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidInput(pub String);
-
-fn invalid(message: impl Into<String>) -> InvalidInput {
-    InvalidInput(message.into())
-}
+pub use marquee_types::{InvalidInput, Money, UserId};
+use marquee_types::{SeatId, invalid};
 
 fn uuid(raw: &str, what: &str) -> Result<Uuid, InvalidInput> {
     Uuid::parse_str(raw.trim()).map_err(|_| invalid(format!("{what} must be a UUID")))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct UserId(Uuid);
-
-impl UserId {
-    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        uuid(raw, "user_id").map(Self)
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
 }
 
 /// How many notifications one list call returns.
@@ -103,33 +80,6 @@ impl PageToken {
     }
 }
 
-/// An amount in minor units of its currency.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Money {
-    amount_minor: i64,
-    currency: String,
-}
-
-impl Money {
-    fn parse(raw: Option<marquee_proto::common::v1::Money>, what: &str) -> Result<Self, InvalidInput> {
-        let raw = raw.ok_or_else(|| invalid(format!("{what} is missing")))?;
-        let currency = raw.currency.trim();
-        if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
-            return Err(invalid(format!("{what} has no ISO currency code")));
-        }
-        Ok(Self { amount_minor: raw.amount_minor, currency: currency.to_owned() })
-    }
-}
-
-/// Two decimals, which fits every currency the catalog uses.
-impl fmt::Display for Money {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.amount_minor < 0 { "-" } else { "" };
-        let abs = self.amount_minor.unsigned_abs();
-        write!(f, "{sign}{}.{:02} {}", abs / 100, abs % 100, self.currency)
-    }
-}
-
 /// What happened, with what each message about it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -181,8 +131,11 @@ pub struct Notice {
 }
 
 fn seats(seat_ids: Vec<String>) -> Result<Vec<String>, InvalidInput> {
-    if seat_ids.is_empty() || seat_ids.iter().any(|s| s.trim().is_empty()) {
-        return Err(invalid("the seat list is empty or has a blank seat"));
+    if seat_ids.is_empty() {
+        return Err(invalid("the seat list is empty"));
+    }
+    for seat in &seat_ids {
+        SeatId::parse(seat)?;
     }
     Ok(seat_ids)
 }
@@ -195,12 +148,16 @@ impl Notice {
             ("booking.confirmed", Some(Payload::BookingConfirmed(p))) => Kind::BookingConfirmed {
                 showtime_id: uuid(&p.showtime_id, "showtime_id")?,
                 seat_ids: seats(p.seat_ids)?,
-                total: Money::parse(p.total, "total")?,
+                total: Money::from_proto(p.total.as_ref(), "total")?,
             },
             ("booking.cancelled", Some(Payload::BookingCancelled(p))) => Kind::BookingCancelled {
                 showtime_id: uuid(&p.showtime_id, "showtime_id")?,
                 seat_ids: seats(p.seat_ids)?,
-                refund: p.refund.map(|refund| Money::parse(Some(refund), "refund")).transpose()?,
+                refund: p
+                    .refund
+                    .as_ref()
+                    .map(|refund| Money::from_proto(Some(refund), "refund"))
+                    .transpose()?,
             },
             ("booking.expired", Some(Payload::BookingExpired(p))) => Kind::BookingExpired {
                 showtime_id: uuid(&p.showtime_id, "showtime_id")?,
@@ -212,9 +169,10 @@ impl Notice {
                     reason: p.reason,
                 }
             }
-            ("payment.refunded", Some(Payload::PaymentRefunded(p))) => {
-                Kind::PaymentRefunded { amount: Money::parse(p.amount, "amount")?, reason: p.reason }
-            }
+            ("payment.refunded", Some(Payload::PaymentRefunded(p))) => Kind::PaymentRefunded {
+                amount: Money::from_proto(p.amount.as_ref(), "amount")?,
+                reason: p.reason,
+            },
             (
                 kind @ ("booking.confirmed"
                 | "booking.cancelled"
@@ -293,17 +251,5 @@ mod tests {
         assert!(Notice::from_event(wrong_payload).is_err());
         let held = Event { r#type: "booking.held".into(), payload: None, ..event() };
         assert_eq!(Notice::from_event(held), Ok(None));
-    }
-
-    #[test]
-    fn money_has_two_decimals() {
-        let money = |amount_minor, currency: &str| {
-            super::Money::parse(Some(Money { amount_minor, currency: currency.into() }), "m")
-        };
-        assert_eq!(money(2500, "EUR").unwrap().to_string(), "25.00 EUR");
-        assert_eq!(money(1205, "USD").unwrap().to_string(), "12.05 USD");
-        assert_eq!(money(7, "EUR").unwrap().to_string(), "0.07 EUR");
-        assert_eq!(money(-7, "EUR").unwrap().to_string(), "-0.07 EUR");
-        assert!(money(7, "euro").is_err());
     }
 }

@@ -5,14 +5,8 @@ use std::fmt;
 
 use uuid::Uuid;
 
-/// Why some input was refused; the message is safe to show the client.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidInput(pub String);
-
-fn invalid(message: impl Into<String>) -> InvalidInput {
-    InvalidInput(message.into())
-}
+use marquee_types::invalid;
+pub use marquee_types::{BookingId, IdempotencyKey, InvalidInput, Money, UserId};
 
 /// A payment id: a UUID, stored as the MongoDB `_id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,116 +29,14 @@ impl fmt::Display for PaymentId {
     }
 }
 
-/// A short opaque token chosen by the caller: non-empty, bounded, printable ASCII.
-fn parse_token(raw: &str, field: &str) -> Result<String, InvalidInput> {
-    const MAX_LEN: usize = 128;
-    if raw.is_empty() {
-        return Err(invalid(format!("{field} is required")));
-    }
-    if raw.len() > MAX_LEN || !raw.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid(format!("{field} must be at most {MAX_LEN} printable ASCII characters")));
-    }
-    Ok(raw.to_owned())
+/// A user id, or `None` when the field is empty (the caller did not say).
+pub fn optional_user(raw: &str) -> Result<Option<UserId>, InvalidInput> {
+    if raw.is_empty() { Ok(None) } else { UserId::parse(raw).map(Some) }
 }
 
-/// The booking a charge pays for (the booking service's id, opaque here).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BookingId(String);
-
-impl BookingId {
-    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        parse_token(raw, "booking_id").map(Self)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// The paying customer (the user service's id, opaque here).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserId(String);
-
-impl UserId {
-    /// Empty means the caller did not say.
-    pub fn parse_optional(raw: &str) -> Result<Option<Self>, InvalidInput> {
-        if raw.is_empty() { Ok(None) } else { parse_token(raw, "user_id").map(|id| Some(Self(id))) }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// The caller's key that makes a retried charge return the first result.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey(String);
-
-impl IdempotencyKey {
-    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        parse_token(raw, "idempotency_key").map(Self)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// Active ISO 4217 alphabetic codes (funds and precious-metal codes excluded).
-const ISO_4217: &[&str] = &[
-    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BGN", "BHD",
-    "BIF", "BMD", "BND", "BOB", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD", "CDF", "CHF", "CLP", "CNY",
-    "COP", "CRC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP",
-    "GBP", "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR",
-    "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT",
-    "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR",
-    "MVR", "MWK", "MXN", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK",
-    "PHP", "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD",
-    "SHP", "SLE", "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY",
-    "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "UYU", "UZS", "VED", "VES", "VND", "VUV", "WST", "XAF", "XCD",
-    "XCG", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWG",
-];
-
-/// An ISO 4217 currency code, e.g. `EUR`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Currency(&'static str);
-
-impl Currency {
-    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        ISO_4217
-            .iter()
-            .find(|code| **code == raw)
-            .map(|code| Self(code))
-            .ok_or_else(|| invalid("currency must be an ISO 4217 code, e.g. EUR"))
-    }
-
-    pub fn as_str(&self) -> &str {
-        self.0
-    }
-}
-
-/// A positive amount in integer minor units of a currency.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Money {
-    amount_minor: i64,
-    currency: Currency,
-}
-
-impl Money {
-    pub fn new(amount_minor: i64, currency: Currency) -> Result<Self, InvalidInput> {
-        if amount_minor <= 0 {
-            return Err(invalid("amount must be positive"));
-        }
-        Ok(Self { amount_minor, currency })
-    }
-
-    pub fn amount_minor(&self) -> i64 {
-        self.amount_minor
-    }
-
-    pub fn currency(&self) -> &Currency {
-        &self.currency
-    }
+/// An amount to charge or refund: money, and more than nothing.
+pub fn positive(money: Money) -> Result<Money, InvalidInput> {
+    if money.amount_minor() > 0 { Ok(money) } else { Err(invalid("amount must be positive")) }
 }
 
 /// The simulated processor's test cards.
@@ -232,20 +124,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn currencies_are_iso_4217_codes() {
-        assert_eq!(Currency::parse("EUR").unwrap().as_str(), "EUR");
-        assert_eq!(Currency::parse("JPY").unwrap().as_str(), "JPY");
-        for raw in ["", "eur", "EURO", "EU", "E1R", "ÉUR", "ABC", "XXX", "XAU"] {
-            assert!(Currency::parse(raw).is_err(), "{raw:?} was accepted");
-        }
-    }
-
-    #[test]
     fn amounts_must_be_positive() {
-        let eur = Currency::parse("EUR").unwrap();
-        assert_eq!(Money::new(1, eur.clone()).unwrap().amount_minor(), 1);
-        assert!(Money::new(0, eur.clone()).is_err());
-        assert!(Money::new(-500, eur).is_err());
+        assert_eq!(positive(Money::parse(1, "EUR").unwrap()).unwrap().amount_minor(), 1);
+        assert!(positive(Money::parse(0, "EUR").unwrap()).is_err());
     }
 
     #[test]
@@ -260,12 +141,11 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_required_and_bounded() {
-        assert!(IdempotencyKey::parse("booking-1:pay").is_ok());
-        assert!(IdempotencyKey::parse("").is_err());
-        assert!(IdempotencyKey::parse("has space").is_err());
-        assert!(BookingId::parse(&"b".repeat(129)).is_err());
-        assert!(BookingId::parse(&"b".repeat(128)).is_ok());
+    fn a_user_is_optional_but_a_given_one_is_a_uuid() {
+        assert_eq!(optional_user("").unwrap(), None);
+        let id = UserId::generate();
+        assert_eq!(optional_user(&id.to_string()).unwrap(), Some(id));
+        assert!(optional_user("user-1").is_err());
     }
 
     #[test]

@@ -13,8 +13,8 @@ use tokio::sync::Notify;
 use tonic::{Code, Request, Response, Status};
 
 use crate::domain::{
-    BookingId, Charge, Currency, IdempotencyKey, InvalidInput, Money, PaymentId, PaymentMethod, Refund,
-    RefundReason, UserId,
+    BookingId, Charge, IdempotencyKey, InvalidInput, Money, PaymentId, PaymentMethod, Refund, RefundReason,
+    optional_user, positive,
 };
 use crate::events;
 use crate::processor::{Outcome, Processor};
@@ -78,14 +78,13 @@ impl From<PaymentError> for Status {
 }
 
 fn money(raw: Option<PbMoney>) -> Result<Money, InvalidInput> {
-    let amount = raw.ok_or_else(|| InvalidInput("amount is required".to_owned()))?;
-    Money::new(amount.amount_minor, Currency::parse(&amount.currency)?)
+    positive(Money::from_proto(raw.as_ref(), "amount")?)
 }
 
 fn parse_charge(req: pb::ChargeRequest) -> Result<Charge, InvalidInput> {
     Ok(Charge {
         booking_id: BookingId::parse(&req.booking_id)?,
-        user_id: UserId::parse_optional(&req.user_id)?,
+        user_id: optional_user(&req.user_id)?,
         amount: money(req.amount)?,
         method: PaymentMethod::parse(&req.payment_method)?,
         idempotency_key: IdempotencyKey::parse(&req.idempotency_key)?,
@@ -139,7 +138,7 @@ impl PaymentServiceImpl {
     async fn charge(&self, req: pb::ChargeRequest) -> Result<PaymentDoc, PaymentError> {
         let charge = parse_charge(req)?;
         let span = tracing::Span::current();
-        span.record("booking.id", charge.booking_id.as_str());
+        span.record("booking.id", tracing::field::display(charge.booking_id));
 
         // Claim the key before touching the card: of any number of concurrent calls,
         // exactly one inserts and runs the attempt; the others see its document.
@@ -260,7 +259,7 @@ impl PaymentServiceImpl {
             if !payment.status.is_refundable() {
                 return Err(PaymentError::NotRefundable);
             }
-            if payment.currency != refund.amount.currency().as_str() {
+            if payment.currency != refund.amount.currency() {
                 return Err(InvalidInput("refund currency must be the payment's currency".to_owned()).into());
             }
             let refundable_minor = payment.amount_minor - payment.refunded_minor;
@@ -293,7 +292,7 @@ impl PaymentServiceImpl {
 
     async fn list_payments(&self, req: pb::ListPaymentsRequest) -> Result<Vec<PaymentDoc>, PaymentError> {
         let booking_id = BookingId::parse(&req.booking_id)?;
-        tracing::Span::current().record("booking.id", booking_id.as_str());
+        tracing::Span::current().record("booking.id", tracing::field::display(booking_id));
         Ok(self.store.list_for_booking(&booking_id).await?)
     }
 }

@@ -13,7 +13,7 @@ use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{BookingId, Charge, PaymentId, Refund, UserId};
+use crate::domain::{BookingId, Charge, PaymentId, Refund};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -143,10 +143,10 @@ impl PaymentDoc {
         Self {
             id: id.to_string(),
             idempotency_key: charge.idempotency_key.as_str().to_owned(),
-            booking_id: charge.booking_id.as_str().to_owned(),
-            user_id: charge.user_id.as_ref().map(|u| u.as_str().to_owned()),
+            booking_id: charge.booking_id.to_string(),
+            user_id: charge.user_id.as_ref().map(ToString::to_string),
             amount_minor: charge.amount.amount_minor(),
-            currency: charge.amount.currency().as_str().to_owned(),
+            currency: charge.amount.currency().to_owned(),
             payment_method: charge.method.as_str().to_owned(),
             status: Status::Processing,
             decline_reason: None,
@@ -163,10 +163,10 @@ impl PaymentDoc {
 
     /// True when this payment was created for exactly this charge.
     pub fn matches(&self, charge: &Charge) -> bool {
-        self.booking_id == charge.booking_id.as_str()
-            && self.user_id.as_deref() == charge.user_id.as_ref().map(UserId::as_str)
+        self.booking_id == charge.booking_id.to_string()
+            && self.user_id == charge.user_id.as_ref().map(ToString::to_string)
             && self.amount_minor == charge.amount.amount_minor()
-            && self.currency == charge.amount.currency().as_str()
+            && self.currency == charge.amount.currency()
             && self.payment_method == charge.method.as_str()
     }
 
@@ -351,7 +351,7 @@ impl PaymentStore {
     /// A booking's payments, oldest first.
     pub async fn list_for_booking(&self, booking_id: &BookingId) -> anyhow::Result<Vec<PaymentDoc>> {
         self.payments
-            .find(doc! { "booking_id": booking_id.as_str() })
+            .find(doc! { "booking_id": booking_id.to_string() })
             .sort(doc! { "created_at": 1 })
             .await
             .context("cannot list payments")?

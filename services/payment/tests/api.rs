@@ -16,6 +16,13 @@ use prost::Message;
 use tonic::Code;
 use tonic::transport::Channel;
 
+/// The bookings and users the tests charge for (the booking and user services' ids).
+const BOOKING_1: &str = "0190f3c2-7a4e-7c3b-9f1e-000000000001";
+const BOOKING_2: &str = "0190f3c2-7a4e-7c3b-9f1e-000000000002";
+const BOOKING_NONE: &str = "0190f3c2-7a4e-7c3b-9f1e-0000000000ff";
+const USER_1: &str = "0190f3c2-7a4e-7c3b-9f1e-100000000001";
+const USER_2: &str = "0190f3c2-7a4e-7c3b-9f1e-100000000002";
+
 struct TestApp {
     settings: Settings,
     client: PaymentServiceClient<Channel>,
@@ -48,11 +55,11 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 
 fn charge(key: &str, method: &str, amount_minor: i64) -> pb::ChargeRequest {
     pb::ChargeRequest {
-        booking_id: "booking-1".into(),
+        booking_id: BOOKING_1.into(),
         amount: Some(Money { amount_minor, currency: "EUR".into() }),
         payment_method: method.into(),
         idempotency_key: key.into(),
-        user_id: "user-1".into(),
+        user_id: USER_1.into(),
     }
 }
 
@@ -146,7 +153,7 @@ async fn a_good_card_is_charged() {
 
     let payment = app.charge(charge("key-ok", "pm_card_ok", 2500)).await.unwrap();
     assert_eq!(payment.status(), pb::PaymentStatus::Succeeded);
-    assert_eq!(payment.booking_id, "booking-1");
+    assert_eq!(payment.booking_id, BOOKING_1);
     assert_eq!(payment.amount, Some(Money { amount_minor: 2500, currency: "EUR".into() }));
     assert_eq!(payment.payment_method, "pm_card_ok");
     assert_eq!(payment.decline_reason, "");
@@ -187,9 +194,9 @@ async fn a_key_reused_with_other_parameters_is_a_conflict() {
     let first = app.charge(charge("key-reused", "pm_card_ok", 2500)).await.unwrap();
 
     let mut other_booking = charge("key-reused", "pm_card_ok", 2500);
-    other_booking.booking_id = "booking-2".into();
+    other_booking.booking_id = BOOKING_2.into();
     let mut other_user = charge("key-reused", "pm_card_ok", 2500);
-    other_user.user_id = "user-2".into();
+    other_user.user_id = USER_2.into();
     let mut other_currency = charge("key-reused", "pm_card_ok", 2500);
     other_currency.amount.as_mut().unwrap().currency = "USD".into();
     for request in [
@@ -318,7 +325,7 @@ async fn a_processor_error_is_unavailable_recorded_and_re_attempted_on_retry() {
 
     // One payment, two recorded attempts, nothing charged.
     assert_eq!(app.stored_payments().await, 1);
-    let payment = app.list_payments("booking-1").await.remove(0);
+    let payment = app.list_payments(BOOKING_1).await.remove(0);
     assert_eq!(payment.status(), pb::PaymentStatus::Failed);
     assert_eq!(payment.attempts.len(), 2);
     for attempt in &payment.attempts {
@@ -489,12 +496,12 @@ async fn payments_are_listed_by_booking() {
     let declined = app.charge(charge("key-a", "pm_card_declined", 2500)).await.unwrap();
     let paid = app.charge(charge("key-b", "pm_card_ok", 2500)).await.unwrap();
     let mut elsewhere = charge("key-c", "pm_card_ok", 2500);
-    elsewhere.booking_id = "booking-2".into();
+    elsewhere.booking_id = BOOKING_2.into();
     app.charge(elsewhere).await.unwrap();
 
-    let listed = app.list_payments("booking-1").await;
+    let listed = app.list_payments(BOOKING_1).await;
     assert_eq!(listed, [declined, paid]);
-    assert!(app.list_payments("booking-none").await.is_empty());
+    assert!(app.list_payments(BOOKING_NONE).await.is_empty());
 }
 
 #[tokio::test]
@@ -507,13 +514,10 @@ async fn successes_and_refunds_are_published_as_events() {
     let refund = app.refund(&payment.id, 700, "refund-events").await.unwrap().refund.unwrap();
 
     let succeeded = next_event(&mut events).await;
-    assert_eq!(
-        (succeeded.r#type.as_str(), succeeded.booking_id.as_str()),
-        ("payment.succeeded", "booking-1")
-    );
+    assert_eq!((succeeded.r#type.as_str(), succeeded.booking_id.as_str()), ("payment.succeeded", BOOKING_1));
     let Some(Payload::PaymentSucceeded(paid)) = succeeded.payload else { panic!("{succeeded:?}") };
     assert_eq!(paid.payment_id, payment.id);
-    assert_eq!(succeeded.user_id, "user-1");
+    assert_eq!(succeeded.user_id, USER_1);
     assert_eq!(paid.amount, payment.amount);
 
     // A decline emits nothing, so the refund is next.
@@ -525,7 +529,7 @@ async fn successes_and_refunds_are_published_as_events() {
         (payment.id.clone(), refund.id, "customer request".to_owned())
     );
     assert_eq!(body.amount.unwrap().amount_minor, 700);
-    assert_eq!(refunded.user_id, "user-1");
+    assert_eq!(refunded.user_id, USER_1);
 
     // Marked sent only after the broker confirmed them.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -564,7 +568,7 @@ async fn an_attempt_abandoned_past_its_lease_is_taken_over_by_a_retry() {
     app.payments.update_one(key, abandon(lease_until(chrono::Duration::seconds(-1)))).await.unwrap();
     let retried = app.charge(charge("key-crash", "pm_card_error", 2500)).await.unwrap_err();
     assert_eq!(retried.grpc_code, Some(Code::Unavailable), "{retried}");
-    let payment = app.list_payments("booking-1").await.remove(0);
+    let payment = app.list_payments(BOOKING_1).await.remove(0);
     assert_eq!(payment.attempts.len(), 2);
     assert_eq!(payment.status(), pb::PaymentStatus::Failed);
 }

@@ -1,40 +1,10 @@
 //! Validated user input. Handlers parse raw proto strings into these types first;
 //! everything deeper trusts them.
 
-use std::fmt;
-
 use marquee_common::Secret;
-use uuid::Uuid;
 
-/// Why some input was refused; the message is safe to show the client.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidInput(pub String);
-
-fn invalid(message: impl Into<String>) -> InvalidInput {
-    InvalidInput(message.into())
-}
-
-/// A user id: a UUID, used as the MongoDB `_id` and as the token's `sub`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserId(Uuid);
-
-impl UserId {
-    pub fn generate() -> Self {
-        // v7 ids are time-ordered, so the `_id` index grows at its right edge.
-        Self(Uuid::now_v7())
-    }
-
-    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        Uuid::parse_str(raw.trim()).map(Self).map_err(|_| invalid("user id must be a UUID"))
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+use marquee_types::invalid;
+pub use marquee_types::{InvalidInput, UserId};
 
 /// An email address, trimmed and lowercased so that one mailbox is one account.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -131,7 +131,7 @@ mod tests {
         let request = |seats: &[&str]| HoldRequest {
             user_id,
             showtime_id,
-            seats: SeatSelection::parse(&strings(seats)).unwrap(),
+            seats: SeatSelection::parse(&strings(seats), SeatSelection::MAX_PER_BOOKING).unwrap(),
             idempotency_key: IdempotencyKey::parse("k").unwrap(),
         };
         assert!(booking.answers(&request(&["A2", "A1"])));

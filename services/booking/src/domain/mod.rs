@@ -14,14 +14,7 @@ pub use self::refund::{Refund, RefundCause, RefundPolicy};
 pub use self::requests::{Caller, CancelRequest, HoldRequest, ListQuery, PayRequest, cancel_reason};
 pub use self::status::{BookingStatus, PublicStatus};
 pub use self::values::{
-    BookingId, IdempotencyKey, Money, PaymentMethod, SeatId, SeatSelection, ShowtimeId, UserId,
+    BookingId, IdempotencyKey, Money, PaymentMethod, SeatId, SeatSelection, ShowtimeId, UserId, hold_seats,
 };
-
-/// Why some input was refused; the message is safe to show the client.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidInput(pub String);
-
-fn invalid(message: impl Into<String>) -> InvalidInput {
-    InvalidInput(message.into())
-}
+pub use marquee_types::InvalidInput;
+use marquee_types::invalid;

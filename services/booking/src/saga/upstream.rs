@@ -17,7 +17,6 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use crate::domain::{Booking, BookingId, HoldRequest, Refund, RefundCause, ShowtimeId};
-use crate::events;
 
 /// How often, and how patiently, a transiently failing call is retried.
 #[derive(Debug, Clone, Copy)]
@@ -222,7 +221,7 @@ impl Payments {
     pub async fn charge(&self, booking: &Booking, method: &str) -> Result<Payment, Status> {
         let charge = ChargeRequest {
             booking_id: booking.id.to_string(),
-            amount: Some(events::money(&booking.total)),
+            amount: Some(booking.total.to_proto()),
             payment_method: method.to_owned(),
             idempotency_key: format!("booking:{}:charge", booking.id),
             user_id: booking.user_id.to_string(),
@@ -244,7 +243,7 @@ impl Payments {
     ) -> Result<RefundResponse, Status> {
         let message = RefundRequest {
             payment_id,
-            amount: Some(events::money(&refund.amount)),
+            amount: Some(refund.amount.to_proto()),
             reason: match refund.cause {
                 RefundCause::SeatsLost => "seats lost after payment".to_owned(),
                 RefundCause::Cancelled => "booking cancelled".to_owned(),

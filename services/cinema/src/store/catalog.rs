@@ -206,10 +206,10 @@ impl Store {
         .context("cannot load showtime prices")?;
         let mut by_showtime: HashMap<Uuid, Vec<CategoryPrice>> = HashMap::new();
         for p in prices {
-            by_showtime
-                .entry(p.showtime_id)
-                .or_default()
-                .push(CategoryPrice { category: p.category, price: Money::new(p.amount_minor, p.currency)? });
+            by_showtime.entry(p.showtime_id).or_default().push(CategoryPrice {
+                category: p.category,
+                price: Money::parse(p.amount_minor, &p.currency).context("stored price")?,
+            });
         }
         Ok(rows
             .into_iter()

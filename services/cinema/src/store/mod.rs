@@ -108,7 +108,7 @@ impl SeatRow {
             anyhow::bail!("seat {} (category {}) has no price", self.seat_id, self.category);
         };
         Ok(SeatRecord {
-            price: Money::new(amount_minor, currency)?,
+            price: Money::parse(amount_minor, &currency)?,
             state: SeatState::from_db(&self.status)?,
             seat_id: self.seat_id,
             row_label: self.row_label,
