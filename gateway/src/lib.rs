@@ -43,7 +43,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let keys = TokenKeys::new(&settings.auth).context("invalid auth settings")?;
         let upstreams = upstream::Upstreams::connect(&settings)?;
-        let schema = schema::build(upstreams.clone());
+        let schemas = (schema::build(upstreams.clone()), schema::build_for_introspection(upstreams.clone()));
         let denylist = denylist::Denylist::connect(&settings.redis).await?;
         let limiter = ratelimit::RateLimiter::connect(&settings.redis, &settings.gateway.rate_limit).await?;
         let metrics = metrics::Metrics::new()?;
@@ -51,7 +51,7 @@ impl Application {
         let closing = Shutdown::new();
         let services =
             http::Services { keys, denylist, upstreams, feeds, limiter, metrics, closing: closing.clone() };
-        let state = http::AppState::new(schema, services, &settings.gateway);
+        let state = http::AppState::new(schemas, services, &settings.gateway);
         let router = http::router(state, settings.gateway.max_body_bytes);
         let (listener, addr) = marquee_common::grpc::bind(&settings.gateway.server).await?;
         let grace = Duration::from_millis(settings.grpc.shutdown_grace_ms);

@@ -314,6 +314,17 @@ impl Upstreams {
         Ok(self.bookings().get_booking(request).await?.into_inner())
     }
 
+    /// What cancelling would refund now; same ownership rule as `booking`.
+    pub async fn cancellation_quote(
+        &self,
+        user: &UserId,
+        id: &BookingId,
+        as_admin: bool,
+    ) -> Result<booking::CancellationQuote, GatewayError> {
+        let request = booking::GetBookingRequest { id: id.to_string(), user_id: user.to_string(), as_admin };
+        Ok(self.bookings().quote_cancellation(request).await?.into_inner())
+    }
+
     /// Same ownership rule as `booking`.
     pub async fn cancel_booking(
         &self,

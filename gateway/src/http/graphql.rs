@@ -192,8 +192,28 @@ async fn run(
             return async_graphql::Response::from_errors(vec![error]);
         }
         request = request.disable_introspection();
+    } else if selects_only_introspection(&request.query) {
+        // Tools' standard introspection query is deeper than the data depth limit.
+        let request = request.only_introspection().data(viewer.clone()).data(RequestCache::default());
+        return state.introspection_schema.execute(request).await;
     }
     state.schema.execute(request.data(viewer.clone()).data(RequestCache::default())).await
+}
+
+/// Whether every operation of the document is a query whose top-level fields are all
+/// `__schema`, `__type` or `__typename`: nothing that reaches an upstream.
+fn selects_only_introspection(query: &str) -> bool {
+    use async_graphql::parser::types::Selection;
+    let Ok(document) = async_graphql::parser::parse_query(query) else { return false };
+    document.operations.iter().all(|(_, op)| {
+        op.node.ty == OperationType::Query
+            && op.node.selection_set.node.items.iter().all(|item| match &item.node {
+                Selection::Field(field) => {
+                    matches!(field.node.name.node.as_str(), "__schema" | "__type" | "__typename")
+                }
+                Selection::InlineFragment(_) | Selection::FragmentSpread(_) => false,
+            })
+    })
 }
 
 /// Whether the document selects `__schema` or `__type` anywhere (fragments included).
@@ -252,6 +272,16 @@ mod tests {
         assert!(asks_for_introspection("{ ... on Query { __schema { queryType { name } } } }"));
         assert!(!asks_for_introspection("{ __typename cinemas { __typename city } }"));
         assert!(!asks_for_introspection("not graphql"));
+    }
+
+    #[test]
+    fn only_pure_introspection_documents_skip_the_data_depth_limit() {
+        assert!(selects_only_introspection("query IntrospectionQuery { __schema { types { name } } }"));
+        assert!(selects_only_introspection(r#"{ __type(name: "Seat") { name } __typename }"#));
+        assert!(!selects_only_introspection("{ __schema { queryType { name } } me { id } }"));
+        assert!(!selects_only_introspection("{ ...F } fragment F on Query { __schema { types { name } } }"));
+        assert!(!selects_only_introspection("mutation { __typename }"));
+        assert!(!selects_only_introspection("not graphql"));
     }
 
     #[test]

@@ -3,15 +3,18 @@
 //! (the upstreams and the gateway's own Redis) and metrics. GraphQL over HTTP
 //! (`POST`/`GET /graphql`, GraphiQL) is `graphql`, subscriptions over WebSocket
 //! (`GET /graphql` with an upgrade) are `ws`, who may call (tokens, rate limits) is
-//! `admit`, and how answers are written is `render`.
+//! `admit`, and how answers are written is `render`. Every other path is the web app
+//! (`web`).
 
 mod admit;
 mod graphql;
 mod negotiate;
 mod observe;
 mod render;
+mod web;
 mod ws;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -55,6 +58,8 @@ pub struct Services {
 #[derive(Clone)]
 pub struct AppState {
     schema: GatewaySchema,
+    /// `schema` with room for tools' introspection query (`schema::build_for_introspection`).
+    introspection_schema: GatewaySchema,
     keys: Arc<TokenKeys>,
     denylist: Denylist,
     upstreams: Upstreams,
@@ -72,10 +77,15 @@ struct Options {
     max_batch_size: usize,
     trust_forwarded_for: bool,
     max_subscriptions_per_connection: usize,
+    web_dir: PathBuf,
 }
 
 impl AppState {
-    pub fn new(schema: GatewaySchema, services: Services, settings: &GatewaySettings) -> Self {
+    pub fn new(
+        (schema, introspection_schema): (GatewaySchema, GatewaySchema),
+        services: Services,
+        settings: &GatewaySettings,
+    ) -> Self {
         let Services { keys, denylist, upstreams, feeds, limiter, metrics, closing } = services;
         let options = Options {
             graphiql: settings.graphiql,
@@ -83,9 +93,11 @@ impl AppState {
             max_batch_size: settings.max_batch_size,
             trust_forwarded_for: settings.trust_forwarded_for,
             max_subscriptions_per_connection: settings.max_subscriptions_per_connection,
+            web_dir: settings.web_dir.clone(),
         };
         Self {
             schema,
+            introspection_schema,
             keys: Arc::new(keys),
             denylist,
             upstreams,
@@ -119,6 +131,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(web::service(&state.options.web_dir))
         // The tower-http limit above is the one limit; axum's 2 MB default would be a second.
         .layer(DefaultBodyLimit::disable())
         .layer(layers)

@@ -9,7 +9,7 @@ use marquee_proto::booking::v1 as booking;
 use super::catalog::{Showtime, prefetch_for_showtimes};
 use super::values::{Money, broken, non_empty, timestamp};
 use super::{Scope, scope};
-use crate::domain::ShowtimeId;
+use crate::domain::{BookingId, ShowtimeId};
 use crate::error::GatewayError;
 
 /// As `prefetch_for_showtimes`, for the showtimes of these bookings and what they show.
@@ -83,6 +83,19 @@ pub struct BookingStep {
     pub at: Option<DateTime<Utc>>,
 }
 
+/// What `cancelBooking` would do if called now, by the same policy and clock.
+#[derive(Clone, Debug, SimpleObject)]
+pub struct CancellationQuote {
+    /// False past the cancellation cutoff, or for a booking neither HELD nor CONFIRMED.
+    pub cancellable: bool,
+    /// Zero for a HELD booking: nothing was charged.
+    pub refund: Money,
+    /// What the policy would keep.
+    pub fee: Money,
+    /// The last moment a CONFIRMED booking can be cancelled.
+    pub closes_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Clone, Debug, SimpleObject)]
 pub struct BookedSeat {
     pub seat_id: ID,
@@ -153,6 +166,21 @@ impl Booking {
             fee: Money::from_proto(refund.fee.as_ref(), "a refund without a fee")?,
             refunded_at: refund.at.as_ref().and_then(marquee_common::time::from_proto),
         }))
+    }
+
+    /// What cancelling now would refund (asks the booking service each time it is
+    /// selected): for a confirmation before `cancelBooking`.
+    async fn cancellation(&self, ctx: &Context<'_>) -> async_graphql::Result<CancellationQuote> {
+        let scope = scope(ctx)?;
+        let identity = scope.viewer.require()?;
+        let id = BookingId::from_trusted(self.0.id.clone());
+        let quote = scope.upstreams.cancellation_quote(&identity.user_id, &id, identity.is_admin()).await?;
+        Ok(CancellationQuote {
+            cancellable: quote.cancellable,
+            refund: Money::from_proto(quote.refund.as_ref(), "a quote without a refund")?,
+            fee: Money::from_proto(quote.fee.as_ref(), "a quote without a fee")?,
+            closes_at: quote.closes_at.as_ref().and_then(marquee_common::time::from_proto),
+        })
     }
 
     /// The saga's steps, oldest first.

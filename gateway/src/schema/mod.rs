@@ -40,10 +40,27 @@ const MAX_DEPTH: usize = 12;
 /// Every selected field costs 1; the largest legitimate page asks for ~100 fields.
 const MAX_COMPLEXITY: usize = 500;
 
+/// Introspection nests deeper than any data query: graphql-js's standard
+/// `getIntrospectionQuery` (GraphiQL, graphql-codegen, Postman, schemathesis) reaches
+/// depth 15 through nine `ofType` levels. Introspection reads only the schema, never
+/// an upstream, so this bound only stops absurd documents.
+const MAX_INTROSPECTION_DEPTH: usize = 20;
+
 pub fn build(upstreams: Upstreams) -> GatewaySchema {
+    build_with_depth(upstreams, MAX_DEPTH)
+}
+
+/// The same schema for documents that select nothing but introspection (see
+/// `http::graphql`), with room for the standard introspection query's depth. It runs
+/// them in introspection-only mode, so no resolver of ours is reached through it.
+pub fn build_for_introspection(upstreams: Upstreams) -> GatewaySchema {
+    build_with_depth(upstreams, MAX_INTROSPECTION_DEPTH)
+}
+
+fn build_with_depth(upstreams: Upstreams, depth: usize) -> GatewaySchema {
     Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(upstreams)
-        .limit_depth(MAX_DEPTH)
+        .limit_depth(depth)
         .limit_complexity(MAX_COMPLEXITY)
         .extension(Tracing)
         .finish()
@@ -189,6 +206,26 @@ mod tests {
         let response = schema.execute(request).await;
         assert!(response.errors.is_empty(), "{:?}", response.errors);
         assert_eq!(response.data.to_string(), "{me: null}");
+    }
+
+    /// `gateway/schema.graphql` is what the web app's typed operations are generated
+    /// from (`npm run codegen` in web/); it must be the schema the gateway serves.
+    /// `UPDATE_SCHEMA=1 cargo nextest run -p marquee-gateway committed_sdl` rewrites it.
+    #[tokio::test]
+    async fn the_committed_sdl_is_the_served_schema() {
+        let settings = marquee_common::Settings::for_tests().unwrap();
+        let sdl = build(Upstreams::connect(&settings).unwrap()).sdl();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql");
+        if std::env::var_os("UPDATE_SCHEMA").is_some() {
+            std::fs::write(path, &sdl).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == sdl,
+            "gateway/schema.graphql differs from the served schema: run \
+             `UPDATE_SCHEMA=1 cargo nextest run -p marquee-gateway committed_sdl`, then \
+             `npm run codegen` in web/, and commit both"
+        );
     }
 
     /// The names clients and acceptance tests rely on (DESIGN.md) must not drift.

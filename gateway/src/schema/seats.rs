@@ -37,6 +37,11 @@ pub struct Seat {
     pub price: Money,
     /// A wheelchair space.
     pub accessible: bool,
+    /// A seat for a wheelchair user's companion.
+    pub companion: bool,
+    /// Left-to-right place in the row counting aisles and gaps: seats are adjacent
+    /// exactly when their positions differ by one, so a client can draw the aisles.
+    pub position: i32,
 }
 
 impl Seat {
@@ -49,6 +54,8 @@ impl Seat {
             number: seat.number,
             category: seat.category,
             accessible: seat.accessible,
+            companion: seat.companion,
+            position: seat.position,
         })
     }
 }

@@ -8,6 +8,7 @@ mod audit;
 mod live;
 mod ops;
 mod schema;
+mod web;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -441,9 +442,14 @@ async fn http_follows_graphql_over_http() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(code(&body["errors"][0]), "BAD_USER_INPUT");
 
-    // Absurdly deep documents are refused by the depth limit.
-    let deep = "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { ofType { ofType { ofType { ofType { name } } } } } } } } } } } } }";
-    let (_, body) = app.post(None, deep, json!({})).await;
+    // Absurdly deep documents are refused by the depth limit; introspection has its own,
+    // deeper one (tools' standard query nests 15 deep: web::the_standard_introspection_query…).
+    let deep = format!(
+        "{{ __schema {{ types {{ fields {{ type {{ {}name{} }} }} }} }} }}",
+        "ofType { ".repeat(18),
+        " }".repeat(18)
+    );
+    let (_, body) = app.post(None, &deep, json!({})).await;
     assert_eq!(code(&body["errors"][0]), "BAD_USER_INPUT");
     assert!(body["errors"][0]["message"].as_str().unwrap().to_lowercase().contains("nested"), "{body}");
 

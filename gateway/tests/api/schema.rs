@@ -508,6 +508,7 @@ async fn bookings_and_notifications_page_with_relay_cursors() {
 }
 
 const BOOKING: &str = "query($id: ID!) { booking(id: $id) { id status } }";
+const QUOTE: &str = "query($id: ID!) { booking(id: $id) { cancellation { cancellable refund { amount currency } fee { amount } closesAt } } }";
 const CANCEL: &str = "mutation($id: ID!) { cancelBooking(id: $id) { id status refund { amount { amount currency } fee { amount } } history { step outcome } } }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -537,6 +538,15 @@ async fn owners_and_admins_see_and_cancel_bookings_others_get_not_found() {
     let held = app.data(Some(&ada), HOLD, hold_input(&showtime, &["D5"])).await["holdSeats"].clone();
     let paid_id = held["id"].as_str().unwrap();
     app.data(Some(&ada), PAY, pay_input(paid_id, "pm_card_ok")).await;
+    // The quote states beforehand what the cancellation then refunds, and changes nothing.
+    let quote =
+        app.data(Some(&ada), QUOTE, json!({ "id": paid_id })).await["booking"]["cancellation"].clone();
+    assert_eq!(quote["cancellable"], true, "{quote}");
+    assert!(quote["closesAt"].is_string(), "{quote}");
+    assert_eq!(
+        app.data(Some(&ada), BOOKING, json!({ "id": paid_id })).await["booking"]["status"],
+        "CONFIRMED"
+    );
     let cancelled = app.data(Some(&admin), CANCEL, json!({ "id": paid_id })).await["cancelBooking"].clone();
     assert_eq!(cancelled["status"], "CANCELLED", "{cancelled}");
     let refund = &cancelled["refund"];
@@ -545,6 +555,11 @@ async fn owners_and_admins_see_and_cancel_bookings_others_get_not_found() {
         refund["amount"]["amount"].as_i64().unwrap() + refund["fee"]["amount"].as_i64().unwrap(),
         total
     );
+    assert_eq!(quote["refund"], refund["amount"], "{quote} vs {refund}");
+    assert_eq!(quote["fee"]["amount"], refund["fee"]["amount"], "{quote} vs {refund}");
+    let after =
+        app.data(Some(&ada), QUOTE, json!({ "id": paid_id })).await["booking"]["cancellation"].clone();
+    assert_eq!(after["cancellable"], false, "a cancelled booking cannot be cancelled again: {after}");
     assert!(cancelled["history"].as_array().unwrap().iter().any(|s| s["step"] == "refund"), "{cancelled}");
     assert_eq!(state_of(&app.seat_map(&showtime).await, "D5"), "AVAILABLE");
 }

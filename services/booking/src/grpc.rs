@@ -152,6 +152,24 @@ impl BookingService for BookingApi {
         Ok(Response::new(render(self.saga.get(id, caller).await?)))
     }
 
+    #[tracing::instrument(skip_all, fields(booking.id = %request.get_ref().id, user.id = %request.get_ref().user_id))]
+    async fn quote_cancellation(
+        &self,
+        request: Request<proto::GetBookingRequest>,
+    ) -> Result<Response<proto::CancellationQuote>, Status> {
+        let raw = request.into_inner();
+        let id = BookingId::parse(&raw.id).map_err(BookingError::from)?;
+        let caller =
+            Caller { user_id: UserId::parse(&raw.user_id).map_err(BookingError::from)?, admin: raw.as_admin };
+        let quote = self.saga.quote_cancellation(id, caller).await?;
+        Ok(Response::new(proto::CancellationQuote {
+            cancellable: quote.cancellable,
+            refund: Some(quote.refund.to_proto()),
+            fee: Some(quote.fee.to_proto()),
+            closes_at: quote.closes_at.map(to_proto),
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(user.id = %request.get_ref().user_id))]
     async fn list_bookings(
         &self,

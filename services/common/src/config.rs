@@ -309,6 +309,9 @@ pub struct GatewaySettings {
     pub rate_limit: RateLimitSettings,
     /// Subscriptions one WebSocket connection may hold at once.
     pub max_subscriptions_per_connection: usize,
+    /// The built web app (`web/dist`) served at `/`; relative to the working directory.
+    /// A missing directory leaves the API serving and `/` answering 503.
+    pub web_dir: PathBuf,
 }
 
 /// Fixed-window request limits kept in Redis, shared by every gateway replica.
