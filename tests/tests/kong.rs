@@ -61,6 +61,9 @@ fn every_reference_points_at_an_existing_entity() {
         assert_eq!(service["url"], "http://gateway:8080", "Kong fronts only the GraphQL gateway");
     }
     assert!(route(&kong, "graphql")["paths"].as_array().unwrap().contains(&"/graphql".into()));
+    // The web app's pages and assets reach the gateway too, read-only.
+    assert_eq!(route(&kong, "web")["paths"], serde_json::json!(["/"]));
+    assert_eq!(route(&kong, "web")["methods"], serde_json::json!(["GET", "HEAD"]));
 }
 
 #[test]
