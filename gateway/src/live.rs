@@ -112,17 +112,18 @@ impl SeatFeeds {
     pub async fn watch(&self, showtime: &ShowtimeId) -> Result<SeatWatch, Arc<GatewayError>> {
         let (events, mut opening, membership) = {
             let mut feeds = self.inner.lock();
-            let feed = match feeds.get_mut(showtime.as_str()) {
+            let key = showtime.to_string();
+            let feed = match feeds.get_mut(&key) {
                 Some(feed) => feed,
                 None => {
                     let feed = self.start(showtime);
-                    feeds.entry(showtime.as_str().to_owned()).or_insert(feed)
+                    feeds.entry(key.clone()).or_insert(feed)
                 }
             };
             feed.subscribers += 1;
             let membership = Membership {
                 inner: self.inner.clone(),
-                showtime: showtime.as_str().to_owned(),
+                showtime: key,
                 generation: feed.generation,
                 counted: false,
             };
@@ -149,8 +150,7 @@ impl SeatFeeds {
         let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
         let (events, _) = broadcast::channel(BACKLOG);
         let (opened, opening) = watch::channel(Opening::Pending);
-        let task =
-            tokio::spawn(run_feed(self.inner.clone(), showtime.clone(), generation, events.clone(), opened));
+        let task = tokio::spawn(run_feed(self.inner.clone(), *showtime, generation, events.clone(), opened));
         Feed { generation, events, opening, subscribers: 0, task: task.abort_handle() }
     }
 }
@@ -357,7 +357,7 @@ async fn run_feed(
             }
             Err(error) if !opened_before => {
                 // Removed first, so a subscriber arriving now starts afresh.
-                inner.remove(showtime.as_str(), generation);
+                inner.remove(&showtime.to_string(), generation);
                 if let GatewayError::Unexpected(cause) | GatewayError::Transient(cause) = &error {
                     tracing::error!(%showtime, error = format!("{cause:#}"), "cannot open the seat stream");
                 }
@@ -365,7 +365,7 @@ async fn run_feed(
                 return;
             }
             Err(error) if error.is_not_found() => {
-                inner.remove(showtime.as_str(), generation);
+                inner.remove(&showtime.to_string(), generation);
                 let _ = events.send(FeedEvent::Closed(Arc::new(error)));
                 return;
             }

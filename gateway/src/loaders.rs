@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use marquee_proto::cinema::v1 as cinema;
 
-use crate::domain::{CinemaId, MovieId, ShowtimeId};
+use crate::domain::{CinemaId, MovieId, ShowtimeId, trusted};
 use crate::error::GatewayError;
 use crate::upstream::Upstreams;
 
@@ -32,7 +32,11 @@ impl Loader<MovieId> for CatalogLoader {
 
     async fn load(&self, keys: &[MovieId]) -> Result<HashMap<MovieId, Self::Value>, Self::Error> {
         let movies = self.upstreams.movies_by_id(keys).await.map_err(Arc::new)?;
-        Ok(movies.into_iter().map(|m| (MovieId::from_trusted(m.id.clone()), m)).collect())
+        movies
+            .into_iter()
+            .map(|m| Ok((trusted(&m.id)?, m)))
+            .collect::<Result<_, GatewayError>>()
+            .map_err(Arc::new)
     }
 }
 
@@ -42,7 +46,11 @@ impl Loader<CinemaId> for CatalogLoader {
 
     async fn load(&self, keys: &[CinemaId]) -> Result<HashMap<CinemaId, Self::Value>, Self::Error> {
         let cinemas = self.upstreams.cinemas_by_id(keys).await.map_err(Arc::new)?;
-        Ok(cinemas.into_iter().map(|c| (CinemaId::from_trusted(c.id.clone()), c)).collect())
+        cinemas
+            .into_iter()
+            .map(|c| Ok((trusted(&c.id)?, c)))
+            .collect::<Result<_, GatewayError>>()
+            .map_err(Arc::new)
     }
 }
 
@@ -52,7 +60,11 @@ impl Loader<ShowtimeId> for CatalogLoader {
 
     async fn load(&self, keys: &[ShowtimeId]) -> Result<HashMap<ShowtimeId, Self::Value>, Self::Error> {
         let showtimes = self.upstreams.showtimes_by_id(keys).await.map_err(Arc::new)?;
-        Ok(showtimes.into_iter().map(|s| (ShowtimeId::from_trusted(s.id.clone()), s)).collect())
+        showtimes
+            .into_iter()
+            .map(|s| Ok((trusted(&s.id)?, s)))
+            .collect::<Result<_, GatewayError>>()
+            .map_err(Arc::new)
     }
 }
 
@@ -74,11 +86,11 @@ impl RequestCache {
     /// NOT_FOUND when the id names nothing (an id taken from a response, so that means
     /// it was deleted in between, or an upstream is inconsistent).
     pub async fn movie(&self, upstreams: &Upstreams, id: &MovieId) -> Result<cinema::Movie, GatewayError> {
-        load(self.catalog(upstreams), id.clone(), "movie").await
+        load(self.catalog(upstreams), *id, "movie").await
     }
 
     pub async fn cinema(&self, upstreams: &Upstreams, id: &CinemaId) -> Result<cinema::Cinema, GatewayError> {
-        load(self.catalog(upstreams), id.clone(), "cinema").await
+        load(self.catalog(upstreams), *id, "cinema").await
     }
 
     pub async fn showtime(
@@ -86,7 +98,7 @@ impl RequestCache {
         upstreams: &Upstreams,
         id: &ShowtimeId,
     ) -> Result<cinema::Showtime, GatewayError> {
-        load(self.catalog(upstreams), id.clone(), "showtime").await
+        load(self.catalog(upstreams), *id, "showtime").await
     }
 }
 

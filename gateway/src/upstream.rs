@@ -252,8 +252,8 @@ impl Upstreams {
         date: Option<chrono::NaiveDate>,
     ) -> Result<Vec<cinema::Showtime>, GatewayError> {
         let request = cinema::ListShowtimesRequest {
-            movie_id: movie.map(MovieId::into_inner).unwrap_or_default(),
-            cinema_id: cinema_id.map(CinemaId::into_inner).unwrap_or_default(),
+            movie_id: movie.map(|id| id.to_string()).unwrap_or_default(),
+            cinema_id: cinema_id.map(|id| id.to_string()).unwrap_or_default(),
             date: date.map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default(),
             ..Default::default()
         };
@@ -279,7 +279,7 @@ impl Upstreams {
     ) -> Result<booking::Booking, GatewayError> {
         let request = booking::HoldSeatsRequest {
             user_id: user.to_string(),
-            showtime_id: showtime.into_inner(),
+            showtime_id: showtime.to_string(),
             seat_ids: seats.into_strings(),
             idempotency_key: key.into_inner(),
         };
@@ -294,7 +294,7 @@ impl Upstreams {
         key: IdempotencyKey,
     ) -> Result<booking::Booking, GatewayError> {
         let request = booking::PayBookingRequest {
-            booking_id: booking_id.into_inner(),
+            booking_id: booking_id.to_string(),
             user_id: user.to_string(),
             payment_method: method.into_inner(),
             idempotency_key: key.into_inner(),
@@ -334,7 +334,7 @@ impl Upstreams {
         reason: String,
     ) -> Result<booking::Booking, GatewayError> {
         let request = booking::CancelBookingRequest {
-            booking_id: id.into_inner(),
+            booking_id: id.to_string(),
             user_id: user.to_string(),
             as_admin,
             reason,

@@ -116,7 +116,7 @@ pub(super) async fn authenticate(
         }
     };
     match state.denylist.is_denied(&claims.jti).await {
-        Ok(false) => Ok(Viewer::from_claims(claims, token)),
+        Ok(false) => Viewer::from_claims(claims, token).ok_or_else(refused),
         Ok(true) => {
             tracing::debug!("logged-out access token refused");
             Err(refused())

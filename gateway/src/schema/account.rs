@@ -12,7 +12,7 @@ use super::bookings::{Booking, BookingStatus, prefetch_for_bookings};
 use super::pagination::{PageCursor, PageRequest};
 use super::scope;
 use super::values::{broken, non_empty, timestamp};
-use crate::domain::UserId;
+use crate::domain::{UserId, trusted};
 use crate::error::GatewayError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Enum)]
@@ -83,7 +83,7 @@ impl User {
     ) -> async_graphql::Result<Connection<PageCursor, Booking>> {
         let scope = scope(ctx)?;
         let request = PageRequest::new(first, after.as_deref())?;
-        let id = UserId::from_trusted(self.0.id.clone());
+        let id: UserId = trusted(&self.0.id)?;
         let statuses = statuses.unwrap_or_default().into_iter().map(BookingStatus::to_proto).collect();
         let page =
             scope.upstreams.bookings_of(&id, statuses, request.page_size, request.page_token.clone()).await?;
@@ -103,7 +103,7 @@ impl User {
     ) -> async_graphql::Result<Connection<PageCursor, Notification>> {
         let scope = scope(ctx)?;
         let request = PageRequest::new(first, after.as_deref())?;
-        let id = UserId::from_trusted(self.0.id.clone());
+        let id: UserId = trusted(&self.0.id)?;
         let page =
             scope.upstreams.notifications_of(&id, request.page_size, request.page_token.clone()).await?;
         Ok(request.page(page.items, &page.next_page_token).into_connection(Notification))

@@ -9,7 +9,7 @@ use marquee_proto::booking::v1 as booking;
 use super::catalog::{Showtime, prefetch_for_showtimes};
 use super::values::{Money, broken, non_empty, timestamp};
 use super::{Scope, scope};
-use crate::domain::{BookingId, ShowtimeId};
+use crate::domain::{BookingId, ShowtimeId, trusted};
 use crate::error::GatewayError;
 
 /// As `prefetch_for_showtimes`, for the showtimes of these bookings and what they show.
@@ -22,7 +22,7 @@ pub(super) async fn prefetch_for_bookings<'b>(
     if !showtime.iter().any(Lookahead::exists) {
         return Ok(());
     }
-    let ids = bookings.map(|b| ShowtimeId::from_trusted(b.showtime_id.clone()));
+    let ids = bookings.map(|b| trusted(&b.showtime_id)).collect::<Result<Vec<ShowtimeId>, _>>()?;
     let showtimes = scope.cache.prime_showtimes(&scope.upstreams, ids).await?;
     prefetch_for_showtimes(scope, &showtimes, &showtime).await
 }
@@ -117,7 +117,7 @@ impl Booking {
 
     async fn showtime(&self, ctx: &Context<'_>) -> async_graphql::Result<Showtime> {
         let scope = scope(ctx)?;
-        let id = ShowtimeId::from_trusted(self.0.showtime_id.clone());
+        let id: ShowtimeId = trusted(&self.0.showtime_id)?;
         Ok(Showtime(scope.cache.showtime(&scope.upstreams, &id).await?))
     }
 
@@ -173,7 +173,7 @@ impl Booking {
     async fn cancellation(&self, ctx: &Context<'_>) -> async_graphql::Result<CancellationQuote> {
         let scope = scope(ctx)?;
         let identity = scope.viewer.require()?;
-        let id = BookingId::from_trusted(self.0.id.clone());
+        let id: BookingId = trusted(&self.0.id)?;
         let quote = scope.upstreams.cancellation_quote(&identity.user_id, &id, identity.is_admin()).await?;
         Ok(CancellationQuote {
             cancellable: quote.cancellable,

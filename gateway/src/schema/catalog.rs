@@ -9,7 +9,7 @@ use marquee_proto::cinema::v1 as cinema;
 use super::seats::SeatMap;
 use super::values::{Date, Money, broken, non_empty, timestamp};
 use super::{Scope, scope};
-use crate::domain::{CinemaId, MovieId, ShowtimeId};
+use crate::domain::{CinemaId, MovieId, ShowtimeId, trusted};
 use crate::error::GatewayError;
 
 /// Loads, with one batch call per kind, the movies and cinemas the selected fields of
@@ -24,14 +24,14 @@ pub(crate) async fn prefetch_for_showtimes(
         if !selected("movie") {
             return Ok(());
         }
-        let ids = showtimes.iter().map(|s| MovieId::from_trusted(s.movie_id.clone()));
+        let ids = showtimes.iter().map(|s| trusted(&s.movie_id)).collect::<Result<Vec<MovieId>, _>>()?;
         scope.cache.prime_movies(&scope.upstreams, ids).await
     };
     let cinemas = async {
         if !selected("cinema") {
             return Ok(());
         }
-        let ids = showtimes.iter().map(|s| CinemaId::from_trusted(s.cinema_id.clone()));
+        let ids = showtimes.iter().map(|s| trusted(&s.cinema_id)).collect::<Result<Vec<CinemaId>, _>>()?;
         scope.cache.prime_cinemas(&scope.upstreams, ids).await
     };
     tokio::try_join!(movies, cinemas)?;
@@ -120,13 +120,13 @@ impl Showtime {
 
     async fn movie(&self, ctx: &Context<'_>) -> async_graphql::Result<Movie> {
         let scope = scope(ctx)?;
-        let id = MovieId::from_trusted(self.0.movie_id.clone());
+        let id: MovieId = trusted(&self.0.movie_id)?;
         Ok(Movie(scope.cache.movie(&scope.upstreams, &id).await?))
     }
 
     async fn cinema(&self, ctx: &Context<'_>) -> async_graphql::Result<Cinema> {
         let scope = scope(ctx)?;
-        let id = CinemaId::from_trusted(self.0.cinema_id.clone());
+        let id: CinemaId = trusted(&self.0.cinema_id)?;
         Ok(Cinema(scope.cache.cinema(&scope.upstreams, &id).await?))
     }
 
@@ -156,7 +156,7 @@ impl Showtime {
 
     async fn seat_map(&self, ctx: &Context<'_>) -> async_graphql::Result<SeatMap> {
         let scope = scope(ctx)?;
-        let id = ShowtimeId::from_trusted(self.0.id.clone());
+        let id: ShowtimeId = trusted(&self.0.id)?;
         Ok(SeatMap::from_proto(scope.upstreams.seat_map(&id).await?)?)
     }
 }

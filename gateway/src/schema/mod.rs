@@ -131,13 +131,11 @@ impl Viewer {
         Self(None)
     }
 
-    /// The claims were verified by `TokenKeys::verify`; `sub` is the user id.
-    pub fn from_claims(claims: Claims, token: &str) -> Self {
-        Self(Some(Identity {
-            user_id: UserId::from_trusted(claims.sub),
-            role: claims.role,
-            access_token: Secret::new(token.to_owned()),
-        }))
+    /// The claims were verified by `TokenKeys::verify`; `sub` is the user id. `None`
+    /// when it is not one (a token our key signed for something else).
+    pub fn from_claims(claims: Claims, token: &str) -> Option<Self> {
+        let user_id = UserId::parse(&claims.sub).ok()?;
+        Some(Self(Some(Identity { user_id, role: claims.role, access_token: Secret::new(token.to_owned()) })))
     }
 
     pub fn identity(&self) -> Option<&Identity> {

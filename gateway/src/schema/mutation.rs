@@ -11,7 +11,7 @@ use super::scope;
 use super::values::Date;
 use crate::domain::{
     BookingId, CinemaId, IdempotencyKey, MovieId, PaymentMethod, Phone, ScreenId, SeatSelection, ShowtimeId,
-    UserId,
+    UserId, checked,
 };
 use crate::error::GatewayError;
 
@@ -218,7 +218,7 @@ impl MutationRoot {
     async fn set_user_role(&self, ctx: &Context<'_>, user_id: ID, role: Role) -> async_graphql::Result<User> {
         let scope = scope(ctx)?;
         let identity = scope.viewer.require()?;
-        let target = UserId::parse(&user_id)?;
+        let target = checked(UserId::parse(&user_id))?;
         Ok(User(scope.upstreams.set_user_role(&identity.user_id, &target, role.to_proto()).await?))
     }
 
@@ -235,10 +235,10 @@ impl MutationRoot {
     async fn hold_seats(&self, ctx: &Context<'_>, input: HoldSeatsInput) -> async_graphql::Result<Booking> {
         let scope = scope(ctx)?;
         let identity = scope.viewer.require()?;
-        let showtime = ShowtimeId::parse(&input.showtime_id)?;
+        let showtime = checked(ShowtimeId::parse(&input.showtime_id))?;
         let seat_ids: Vec<&str> = input.seat_ids.iter().map(|id| id.as_str()).collect();
-        let seats = SeatSelection::parse(&seat_ids, SeatSelection::MAX_PER_BOOKING)?;
-        let key = IdempotencyKey::parse(&input.idempotency_key)?;
+        let seats = checked(SeatSelection::parse(&seat_ids, SeatSelection::MAX_PER_BOOKING))?;
+        let key = checked(IdempotencyKey::parse(&input.idempotency_key))?;
         let booking = scope.upstreams.hold_seats(&identity.user_id, showtime, seats, key).await?;
         Ok(Booking(booking))
     }
@@ -250,9 +250,9 @@ impl MutationRoot {
     async fn pay_booking(&self, ctx: &Context<'_>, input: PayBookingInput) -> async_graphql::Result<Booking> {
         let scope = scope(ctx)?;
         let identity = scope.viewer.require()?;
-        let booking_id = BookingId::parse(&input.booking_id)?;
-        let method = PaymentMethod::parse(&input.payment_method)?;
-        let key = IdempotencyKey::parse(&input.idempotency_key)?;
+        let booking_id = checked(BookingId::parse(&input.booking_id))?;
+        let method = checked(PaymentMethod::parse(&input.payment_method))?;
+        let key = checked(IdempotencyKey::parse(&input.idempotency_key))?;
         let booking = scope.upstreams.pay_booking(&identity.user_id, booking_id, method, key).await?;
         if BookingStatus::from_proto(booking.status)? == BookingStatus::PaymentFailed {
             return Err(GatewayError::PaymentDeclined.into());
@@ -271,7 +271,7 @@ impl MutationRoot {
     ) -> async_graphql::Result<Booking> {
         let scope = scope(ctx)?;
         let identity = scope.viewer.require()?;
-        let id = BookingId::parse(&id)?;
+        let id = checked(BookingId::parse(&id))?;
         let reason = crate::domain::Filter::parse(reason.as_deref(), "reason")?.into_inner();
         let booking =
             scope.upstreams.cancel_booking(&identity.user_id, id, identity.is_admin(), reason).await?;
@@ -320,7 +320,7 @@ impl MutationRoot {
     ) -> async_graphql::Result<Screen> {
         let scope = scope(ctx)?;
         scope.viewer.require_admin()?;
-        let cinema_id = CinemaId::parse(&input.cinema_id)?;
+        let cinema_id = checked(CinemaId::parse(&input.cinema_id))?;
         let rows = bounded(input.rows, "rows")?
             .into_iter()
             .map(|row| {
@@ -339,7 +339,7 @@ impl MutationRoot {
             })
             .collect::<Result<_, GatewayError>>()?;
         let request =
-            cinema::CreateScreenRequest { cinema_id: cinema_id.into_inner(), name: input.name, rows };
+            cinema::CreateScreenRequest { cinema_id: cinema_id.to_string(), name: input.name, rows };
         Ok(Screen(scope.upstreams.create_screen(request).await?))
     }
 
@@ -351,8 +351,8 @@ impl MutationRoot {
     ) -> async_graphql::Result<Showtime> {
         let scope = scope(ctx)?;
         scope.viewer.require_admin()?;
-        let movie_id = MovieId::parse(&input.movie_id)?;
-        let screen_id = ScreenId::parse(&input.screen_id)?;
+        let movie_id = checked(MovieId::parse(&input.movie_id))?;
+        let screen_id = checked(ScreenId::parse(&input.screen_id))?;
         let prices = bounded(input.prices, "prices")?
             .into_iter()
             .map(|p| cinema::CategoryPrice {
@@ -361,8 +361,8 @@ impl MutationRoot {
             })
             .collect();
         let request = cinema::CreateShowtimeRequest {
-            movie_id: movie_id.into_inner(),
-            screen_id: screen_id.into_inner(),
+            movie_id: movie_id.to_string(),
+            screen_id: screen_id.to_string(),
             starts_at: Some(marquee_common::time::to_proto(input.starts_at)),
             prices,
         };
@@ -379,11 +379,11 @@ impl MutationRoot {
     ) -> async_graphql::Result<Vec<ID>> {
         let scope = scope(ctx)?;
         scope.viewer.require_admin()?;
-        let showtime = ShowtimeId::parse(&showtime_id)?;
-        let seats = SeatSelection::parse(
+        let showtime = checked(ShowtimeId::parse(&showtime_id))?;
+        let seats = checked(SeatSelection::parse(
             &seat_ids.iter().map(|id| id.as_str()).collect::<Vec<_>>(),
             SeatSelection::MAX_PER_STAFF_CHANGE,
-        )?;
+        ))?;
         Ok(scope.upstreams.block_seats(&showtime, seats).await?.into_iter().map(ID).collect())
     }
 
@@ -396,11 +396,11 @@ impl MutationRoot {
     ) -> async_graphql::Result<Vec<ID>> {
         let scope = scope(ctx)?;
         scope.viewer.require_admin()?;
-        let showtime = ShowtimeId::parse(&showtime_id)?;
-        let seats = SeatSelection::parse(
+        let showtime = checked(ShowtimeId::parse(&showtime_id))?;
+        let seats = checked(SeatSelection::parse(
             &seat_ids.iter().map(|id| id.as_str()).collect::<Vec<_>>(),
             SeatSelection::MAX_PER_STAFF_CHANGE,
-        )?;
+        ))?;
         Ok(scope.upstreams.unblock_seats(&showtime, seats).await?.into_iter().map(ID).collect())
     }
 }

@@ -9,7 +9,7 @@ use super::pagination::{PageCursor, PageRequest};
 use super::seats::Seat;
 use super::values::Date;
 use super::{found, scope};
-use crate::domain::{BookingId, CinemaId, Filter, MovieId, ShowtimeId};
+use crate::domain::{BookingId, CinemaId, Filter, MovieId, ShowtimeId, checked};
 use crate::error::GatewayError;
 
 /// Relay connection named `MovieConnection` / `MovieEdge`.
@@ -39,7 +39,7 @@ impl QueryRoot {
 
     async fn movie(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Movie>> {
         let scope = scope(ctx)?;
-        let id = MovieId::parse(&id)?;
+        let id = checked(MovieId::parse(&id))?;
         Ok(found(scope.upstreams.movie(&id).await)?.map(Movie))
     }
 
@@ -58,8 +58,8 @@ impl QueryRoot {
         date: Option<Date>,
     ) -> async_graphql::Result<Vec<Showtime>> {
         let scope = scope(ctx)?;
-        let movie = movie_id.map(|id| MovieId::parse(&id)).transpose()?;
-        let cinema = cinema_id.map(|id| CinemaId::parse(&id)).transpose()?;
+        let movie = movie_id.map(|id| checked(MovieId::parse(&id))).transpose()?;
+        let cinema = cinema_id.map(|id| checked(CinemaId::parse(&id))).transpose()?;
         let showtimes = scope.upstreams.showtimes(movie, cinema, date.map(|d| d.0)).await?;
         prefetch_for_showtimes(&scope, &showtimes, &[ctx.look_ahead()]).await?;
         Ok(showtimes.into_iter().map(Showtime).collect())
@@ -67,7 +67,7 @@ impl QueryRoot {
 
     async fn showtime(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Showtime>> {
         let scope = scope(ctx)?;
-        let id = ShowtimeId::parse(&id)?;
+        let id = checked(ShowtimeId::parse(&id))?;
         Ok(found(scope.upstreams.showtime(&id).await)?.map(Showtime))
     }
 
@@ -83,13 +83,13 @@ impl QueryRoot {
         accessible: Option<bool>,
     ) -> async_graphql::Result<Vec<Seat>> {
         let scope = scope(ctx)?;
-        let showtime = ShowtimeId::parse(&showtime_id)?;
+        let showtime = checked(ShowtimeId::parse(&showtime_id))?;
         if !(1..=MAX_PARTY).contains(&count) {
             return Err(GatewayError::bad_input(format!("count must be between 1 and {MAX_PARTY}")).into());
         }
         let category = Filter::parse(category.as_deref(), "category")?;
         let request = cinema::SuggestSeatsRequest {
-            showtime_id: showtime.into_inner(),
+            showtime_id: showtime.to_string(),
             count,
             category: category.into_inner(),
             accessible: accessible.unwrap_or(false),
@@ -110,7 +110,7 @@ impl QueryRoot {
     async fn booking(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Booking>> {
         let scope = scope(ctx)?;
         let identity = scope.viewer.require()?;
-        let id = BookingId::parse(&id)?;
+        let id = checked(BookingId::parse(&id))?;
         let booking = scope.upstreams.booking(&identity.user_id, &id, identity.is_admin()).await;
         Ok(found(booking)?.map(Booking))
     }

@@ -10,7 +10,7 @@ use marquee_common::{ApiError, ErrorCode};
 use marquee_proto::cinema::v1 as cinema;
 
 use super::seats::SeatState;
-use crate::domain::ShowtimeId;
+use crate::domain::{ShowtimeId, checked};
 use crate::error::GatewayError;
 use crate::live::{Batch, ConnectionQuota, FeedEvent, QuotaSlot, SeatFeeds, SeatWatch};
 
@@ -32,7 +32,7 @@ impl SubscriptionRoot {
         showtime_id: ID,
         #[graphql(default = false)] coalesce: bool,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<SeatMapUpdate>> + use<>> {
-        let showtime = ShowtimeId::parse(showtime_id.as_str())?;
+        let showtime = checked(ShowtimeId::parse(showtime_id.as_str()))?;
         // Missing data is a wiring bug in this crate, never the client's fault.
         let missing = |e: async_graphql::Error| GatewayError::Unexpected(anyhow::anyhow!("{}", e.message));
         let feeds = ctx.data::<SeatFeeds>().map_err(missing)?;

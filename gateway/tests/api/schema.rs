@@ -636,6 +636,31 @@ async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_booking_input_is_bad_user_input_and_reaches_nobody() {
+    let (app, _, booking_calls) = spawn_recorded_app().await;
+    let (ada, _) = app.register("ada").await;
+    let showtime = app.first_showtime().await;
+    let mut cases = vec![
+        ("a seat id with a dash", hold_input(&showtime, &["A-1"])),
+        (
+            "eleven seats",
+            hold_input(&showtime, &["A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "A10", "A11"]),
+        ),
+        ("a showtime id that is no UUID", hold_input("showtime-1", &["A1"])),
+    ];
+    let mut spaced_key = hold_input(&showtime, &["A1"]);
+    spaced_key["input"]["idempotencyKey"] = json!("has space");
+    cases.push(("a key with a space", spaced_key));
+    for (case, input) in cases {
+        let error = app.error(Some(&ada), HOLD, input).await;
+        assert_eq!(code(&error), "BAD_USER_INPUT", "{case}: {error}");
+    }
+    let pay = pay_input("0190f3c2-7a4e-7c3b-9f1e-2b8c4d5e6f70", "pm card ok");
+    assert_eq!(code(&app.error(Some(&ada), PAY, pay).await), "BAD_USER_INPUT");
+    assert_eq!(booking_calls.count("HoldSeats") + booking_calls.count("PayBooking"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_repeats_of_one_hold_make_one_booking() {
     let (app, _, booking_calls) = spawn_recorded_app().await;
     let (ada, _) = app.register("ada").await;
