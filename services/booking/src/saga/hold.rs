@@ -9,7 +9,9 @@ use marquee_common::ErrorCode;
 use marquee_proto::cinema::v1::LockSeatsResponse;
 
 use super::{Checkpoint, Saga};
-use crate::domain::{BookedSeat, Booking, BookingId, BookingStatus, HoldRequest, Money, SeatId, Step};
+use crate::domain::{
+    BookedSeat, Booking, BookingId, BookingStatus, HoldRequest, Money, SeatId, ShowtimeId, Step,
+};
 use crate::error::BookingError;
 use crate::events;
 use crate::store::{InsertError, SagaEntry};
@@ -79,8 +81,7 @@ impl Saga {
         let booking = match held_booking(booking_id, &request, locked, now, self.settings.hold_ttl_seconds) {
             Ok(booking) => Booking { slot: Some(slot.clone()), ..booking },
             Err(error) => {
-                self.release_seats(request.showtime_id, booking_id).await;
-                self.free_slot(&slot, booking_id).await;
+                self.give_back(request.showtime_id, booking_id, &slot).await;
                 return Err(error.into());
             }
         };
@@ -93,8 +94,7 @@ impl Saga {
             }
             Err(InsertError::DuplicateKey) => {
                 // A concurrent request with the same key won the insert.
-                self.release_seats(booking.showtime_id, booking.id).await;
-                self.free_slot(&slot, booking_id).await;
+                self.give_back(booking.showtime_id, booking.id, &slot).await;
                 let existing = self
                     .store
                     .find_by_key(request.user_id, &request.idempotency_key)
@@ -103,10 +103,20 @@ impl Saga {
                 replay(existing, &request)
             }
             Err(InsertError::Other(error)) => {
-                self.release_seats(booking.showtime_id, booking.id).await;
-                self.free_slot(&slot, booking_id).await;
+                self.give_back(booking.showtime_id, booking.id, &slot).await;
                 Err(error.into())
             }
+        }
+    }
+}
+
+impl Saga {
+    /// Gives back the seats of a hold that will not be written, then its slot. Should
+    /// cinema not take them back, the slot claim stays: it tells recovery to release
+    /// them after the lease, rather than leaving them held until the hold lapses.
+    async fn give_back(&self, showtime_id: ShowtimeId, booking_id: BookingId, slot: &str) {
+        if self.release_seats(showtime_id, booking_id).await {
+            self.free_slot(slot, booking_id).await;
         }
     }
 }
