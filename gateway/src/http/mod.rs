@@ -10,6 +10,7 @@ mod graphql;
 mod negotiate;
 mod observe;
 mod render;
+mod well_known;
 mod ws;
 
 use std::sync::Arc;
@@ -119,6 +120,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(well_known::TICKET_KEYS_PATH, get(well_known::ticket_keys))
         // The tower-http limit above is the one limit; axum's 2 MB default would be a second.
         .layer(DefaultBodyLimit::disable())
         .layer(layers)
