@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "marquee/booking.proto",
         "marquee/notification.proto",
         "marquee/events.proto",
+        "marquee/ticket.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
 

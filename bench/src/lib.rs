@@ -7,12 +7,14 @@
 //!   seat SQL in the same run (`scripts/bench`);
 //! - `chaos`: the six real processes under GraphQL customers while every process is
 //!   SIGKILLed in turn and the brokers restarted, then every promise checked from the
-//!   stores (`scripts/chaos`).
+//!   stores (`scripts/chaos`);
+//! - `checkin`: door scanners checking a showtime's tickets in through GraphQL.
 
 pub mod brokers;
 pub mod browse;
 pub mod catalog;
 pub mod chaos;
+pub mod checkin;
 pub mod cinema;
 pub mod cpu;
 pub mod flash_sale;

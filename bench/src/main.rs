@@ -1,6 +1,7 @@
 //! `marquee-bench cinema` (scripts/bench-cinema), `marquee-bench rush [options]`
 //! (scripts/bench), `marquee-bench chaos [options]` (scripts/chaos) or `marquee-bench
-//! signups [options]` (against a running `scripts/up`); see
+//! signups [options]` (against a running `scripts/up`) or `marquee-bench checkin
+//! [options]`; see
 //! `marquee_bench::rush::Options` and `marquee_bench::chaos::Options` for the options.
 
 use std::path::Path;
@@ -30,14 +31,19 @@ async fn main() -> anyhow::Result<()> {
             let options = marquee_bench::signups::Options::parse(&root, args).context("bad options")?;
             marquee_bench::signups::run(&root, options).await
         }
+        Some("checkin") => {
+            let options = marquee_bench::checkin::Options::parse(&root, args).context("bad options")?;
+            marquee_bench::checkin::run(options).await
+        }
         Some("chaos") => {
             let options = marquee_bench::chaos::Options::parse(args).context("bad options")?;
             marquee_bench::chaos::run(&root, options).await
         }
         _ => anyhow::bail!(
-            "usage: marquee-bench cinema | marquee-bench rush [--users N] [--rounds N] [--hot-seats N] | {} | {}",
+            "usage: marquee-bench cinema | marquee-bench rush [--users N] [--rounds N] [--hot-seats N] | {} | {} | {}",
             marquee_bench::chaos::Options::USAGE,
-            marquee_bench::signups::Options::USAGE
+            marquee_bench::signups::Options::USAGE,
+            marquee_bench::checkin::Options::USAGE
         ),
     }
 }

@@ -10,6 +10,8 @@ use marquee_proto::cinema::v1 as cinema;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::notification::v1 as notification;
 use marquee_proto::notification::v1::notification_service_client::NotificationServiceClient;
+use marquee_proto::ticket::v1 as ticket;
+use marquee_proto::ticket::v1::ticket_service_client::TicketServiceClient;
 use marquee_proto::user::v1 as user;
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use tonic::Status;
@@ -37,6 +39,7 @@ pub struct Upstreams {
     cinema: Channel,
     booking: Channel,
     notification: Channel,
+    ticket: Channel,
     /// The request this handle serves; `None` outside a request (each call then
     /// starts its own trace).
     trace: Option<TraceContext>,
@@ -79,6 +82,7 @@ impl Upstreams {
             cinema: channel(&urls.cinema_url)?,
             booking: channel(&urls.booking_url)?,
             notification: channel(&urls.notification_url)?,
+            ticket: channel(&urls.ticket_url)?,
             trace: None,
             deadline: Duration::from_millis(settings.grpc.request_timeout_ms),
         })
@@ -106,6 +110,36 @@ impl Upstreams {
             self.notification.clone(),
             Traced(self.trace, self.deadline),
         )
+    }
+
+    fn tickets(&self) -> TicketServiceClient<TracedChannel> {
+        TicketServiceClient::with_interceptor(self.ticket.clone(), Traced(self.trace, self.deadline))
+    }
+
+    /// The tickets of these bookings (at most 100), by booking then seat.
+    pub async fn tickets_of(&self, booking_ids: &[String]) -> Result<Vec<ticket::Ticket>, GatewayError> {
+        let request = ticket::ListTicketsRequest { booking_ids: booking_ids.to_vec() };
+        Ok(self.tickets().list_tickets(request).await?.into_inner().tickets)
+    }
+
+    pub async fn ticket_keys(&self) -> Result<Vec<ticket::TicketKey>, GatewayError> {
+        Ok(self.tickets().list_keys(ticket::ListKeysRequest {}).await?.into_inner().keys)
+    }
+
+    pub async fn revoked_tickets(
+        &self,
+        showtime: &ShowtimeId,
+        after: String,
+    ) -> Result<ticket::ListRevokedResponse, GatewayError> {
+        let request = ticket::ListRevokedRequest { showtime_id: showtime.to_string(), after, limit: 0 };
+        Ok(self.tickets().list_revoked(request).await?.into_inner())
+    }
+
+    pub async fn check_in(
+        &self,
+        request: ticket::CheckInRequest,
+    ) -> Result<ticket::CheckInResponse, GatewayError> {
+        Ok(self.tickets().check_in(request).await?.into_inner())
     }
 
     pub async fn register(&self, request: user::RegisterRequest) -> Result<user::AuthResponse, GatewayError> {

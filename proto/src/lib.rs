@@ -34,6 +34,11 @@ pub mod notification {
         tonic::include_proto!("marquee.notification.v1");
     }
 }
+pub mod ticket {
+    pub mod v1 {
+        tonic::include_proto!("marquee.ticket.v1");
+    }
+}
 pub mod events {
     pub mod v1 {
         tonic::include_proto!("marquee.events.v1");

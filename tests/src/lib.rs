@@ -1,5 +1,5 @@
 //! The mesh test harness: starts the Marquee mesh in-process (user, cinema, payment,
-//! booking, notification and the gateway, each on a random port, or the part a test
+//! booking, ticket, notification and the gateway, each on a random port, or the part a test
 //! chooses) against the real PostgreSQL, MongoDB-wire server, Redis and RabbitMQ,
 //! isolated per mesh, and talks to it the way clients do: GraphQL over HTTP. Used by
 //! the end-to-end tests here, the gateway's and booking's tests, and the benchmarks.

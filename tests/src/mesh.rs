@@ -23,16 +23,18 @@ pub enum Service {
     Cinema,
     Payment,
     Booking,
+    Ticket,
     Notification,
     Gateway,
 }
 
 impl Service {
-    pub const ALL: [Service; 6] = [
+    pub const ALL: [Service; 7] = [
         Service::User,
         Service::Cinema,
         Service::Payment,
         Service::Booking,
+        Service::Ticket,
         Service::Notification,
         Service::Gateway,
     ];
@@ -43,6 +45,7 @@ impl Service {
             Service::Cinema => "cinema",
             Service::Payment => "payment",
             Service::Booking => "booking",
+            Service::Ticket => "ticket",
             Service::Notification => "notification",
             Service::Gateway => "gateway",
         }
@@ -56,6 +59,7 @@ impl Service {
             Service::Cinema => Some(&mut upstream.cinema_url),
             Service::Payment => Some(&mut upstream.payment_url),
             Service::Booking => Some(&mut upstream.booking_url),
+            Service::Ticket => Some(&mut upstream.ticket_url),
             Service::Notification => Some(&mut upstream.notification_url),
             Service::Gateway => None,
         }
@@ -176,6 +180,10 @@ impl<'a> MeshBuilder<'a> {
                 Service::Booking => {
                     let app = marquee_booking::Application::build(settings).await.with_context(cannot)?;
                     mesh.booking = Some((app.sweeper(), app.pay_waits()));
+                    mesh.serve(service, app.addr(), app.run_until_stopped(stop));
+                }
+                Service::Ticket => {
+                    let app = marquee_ticket::Application::build(settings).await.with_context(cannot)?;
                     mesh.serve(service, app.addr(), app.run_until_stopped(stop));
                 }
                 Service::Notification => {

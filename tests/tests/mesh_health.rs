@@ -20,6 +20,7 @@ async fn every_service_is_serving_and_reflects_its_api() {
         (Service::Cinema, "marquee.cinema.v1.CinemaService"),
         (Service::Payment, "marquee.payment.v1.PaymentService"),
         (Service::Booking, "marquee.booking.v1.BookingService"),
+        (Service::Ticket, "marquee.ticket.v1.TicketService"),
         (Service::Notification, "marquee.notification.v1.NotificationService"),
     ];
     for (name, service) in expected {

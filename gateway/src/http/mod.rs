@@ -12,6 +12,7 @@ mod negotiate;
 mod observe;
 mod render;
 mod web;
+mod well_known;
 mod ws;
 
 use std::path::PathBuf;
@@ -131,6 +132,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(well_known::TICKET_KEYS_PATH, get(well_known::ticket_keys))
         .merge(web::service(&state.options.web_dir))
         // The tower-http limit above is the one limit; axum's 2 MB default would be a second.
         .layer(DefaultBodyLimit::disable())

@@ -183,6 +183,11 @@ impl Booking {
         })
     }
 
+    /// One per seat once the booking is CONFIRMED (issued moments after it).
+    async fn tickets(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<super::tickets::Ticket>> {
+        super::tickets::booking_tickets(ctx, &self.0.id).await
+    }
+
     /// The saga's steps, oldest first.
     async fn history(&self) -> Vec<BookingStep> {
         self.0

@@ -12,6 +12,7 @@ mod pagination;
 mod query;
 mod seats;
 mod subscription;
+mod tickets;
 mod values;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::upstream::{RequestCache, Upstreams};
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 pub use subscription::SubscriptionRoot;
+pub use tickets::TicketKey;
 
 pub type GatewaySchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 

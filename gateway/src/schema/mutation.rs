@@ -278,6 +278,16 @@ impl MutationRoot {
         Ok(Booking(booking))
     }
 
+    /// STAFF (or ADMIN): one scan at the door. Idempotent per `nonce`; of concurrent
+    /// scans of one ticket exactly one is ADMITTED; a bad code is INVALID, not an error.
+    async fn check_in(
+        &self,
+        ctx: &Context<'_>,
+        input: super::tickets::CheckInInput,
+    ) -> async_graphql::Result<super::tickets::CheckInResult> {
+        super::tickets::check_in(ctx, input).await
+    }
+
     /// Admin only.
     async fn create_movie(&self, ctx: &Context<'_>, input: CreateMovieInput) -> async_graphql::Result<Movie> {
         let scope = scope(ctx)?;

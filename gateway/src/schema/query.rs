@@ -114,4 +114,21 @@ impl QueryRoot {
         let booking = scope.upstreams.booking(&identity.user_id, &id, identity.is_admin()).await;
         Ok(found(booking)?.map(Booking))
     }
+
+    /// The public keys that verify ticket codes (README "Ticket codes"): the signing
+    /// key and retired keys still honoured. Public.
+    async fn ticket_keys(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<super::tickets::TicketKey>> {
+        super::tickets::ticket_keys(ctx).await
+    }
+
+    /// STAFF: tickets of a showtime revoked after `after` (the `cursor` of the previous
+    /// page), oldest first, so a scanner fetches only what changed since its last sync.
+    async fn revoked_tickets(
+        &self,
+        ctx: &Context<'_>,
+        showtime_id: ID,
+        after: Option<String>,
+    ) -> async_graphql::Result<super::tickets::RevokedTicketPage> {
+        super::tickets::revoked_tickets(ctx, showtime_id, after).await
+    }
 }

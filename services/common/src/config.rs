@@ -36,6 +36,7 @@ pub struct Settings {
     pub booking: BookingSettings,
     pub payment: PaymentSettings,
     pub notification: NotificationSettings,
+    pub ticket: TicketSettings,
     pub gateway: GatewaySettings,
 }
 
@@ -88,6 +89,8 @@ pub struct RabbitSettings {
     pub url: Secret<String>,
     pub exchange: String,
     pub notification_queue: String,
+    /// The ticket service's quorum queue (`booking.confirmed`, `booking.cancelled`).
+    pub ticket_queue: String,
     pub prefetch: u16,
     /// Test runs set this so abandoned per-test queues delete themselves (`x-expires`).
     #[serde(default)]
@@ -148,6 +151,7 @@ pub struct UpstreamSettings {
     pub booking_url: String,
     pub payment_url: String,
     pub notification_url: String,
+    pub ticket_url: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -291,6 +295,39 @@ pub struct NotificationSettings {
     pub smtp_url: Option<String>,
     /// The From address of email notifications.
     pub smtp_from: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct TicketSettings {
+    #[serde(flatten)]
+    pub server: ServerSettings,
+    /// A ticket admits from this long before its show starts until the show ends.
+    pub admit_before_start_minutes: i64,
+    /// The keys ticket codes are signed with: exactly one `active` signs new tickets;
+    /// the others stay listed (and verify the codes they signed) until removed.
+    pub signing_keys: Vec<TicketKeySettings>,
+    /// An event whose work failed transiently (MongoDB, cinema) is retried after this
+    /// pause, doubling up to `retry_max_ms`, jittered, while its delivery is held.
+    pub retry_first_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+/// One Ed25519 signing key: its 32-byte seed, base64url, inline (`seed`, e.g. from
+/// `MARQUEE_TICKET__SIGNING_KEYS`) or in a file (`seed_file`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct TicketKeySettings {
+    /// Short and stable (1 to 32 bytes of ASCII); travels in every code.
+    pub id: String,
+    #[serde(default)]
+    pub seed: Option<Secret<String>>,
+    #[serde(default)]
+    pub seed_file: Option<PathBuf>,
+    /// Published with the public key: when the key was introduced and when scanners
+    /// should stop trusting it.
+    pub valid_from: chrono::DateTime<chrono::Utc>,
+    pub valid_until: chrono::DateTime<chrono::Utc>,
+    /// Signs new tickets; exactly one key is active.
+    pub active: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]

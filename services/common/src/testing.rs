@@ -32,6 +32,7 @@ pub async fn isolated_settings() -> anyhow::Result<Settings> {
     settings.redis.key_prefix = format!("mqt:{tag}:");
     settings.rabbitmq.exchange = format!("marquee.events.test.{tag}");
     settings.rabbitmq.notification_queue = format!("marquee.notifications.test.{tag}");
+    settings.rabbitmq.ticket_queue = format!("marquee.tickets.test.{tag}");
     Ok(settings)
 }
 

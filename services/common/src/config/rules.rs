@@ -2,7 +2,7 @@
 //! `Settings::load_from` checks them, so a bad combination fails at startup with both
 //! keys named, instead of showing up as timeouts under load.
 
-use super::{JwtAlgorithm, PaymentSettings, Settings};
+use super::{JwtAlgorithm, PaymentSettings, Settings, TicketSettings};
 
 /// HS256 keys shorter than its 256-bit output are guessable offline from one token.
 const MIN_HS256_SECRET_BYTES: usize = 32;
@@ -98,6 +98,62 @@ impl PaymentSettings {
             ("payment.charge_lease_ms", self.charge_lease_ms),
             "slow charges would be re-attempted while still running",
         )]
+    }
+}
+
+/// A key id travels in every ticket code, length-prefixed by one byte; short ids keep
+/// the QR code small.
+pub const MAX_TICKET_KEY_ID_BYTES: usize = 32;
+
+impl TicketSettings {
+    /// The ticket service's own rules (only it holds the signing keys, so only its
+    /// `Application::build` checks them): production lists no key, so the service
+    /// refuses to start there until keys of its own are configured.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut rules = vec![Rule::at_most(
+            ("ticket.retry_first_ms", self.retry_first_ms),
+            ("ticket.retry_max_ms", self.retry_max_ms),
+            "the retry backoff could not grow from its first step to its cap",
+        )];
+        let mut problems: Vec<String> = rules.drain(..).filter_map(|rule| rule.violation()).collect();
+        let active = self.signing_keys.iter().filter(|key| key.active).count();
+        if active != 1 {
+            problems.push(format!(
+                "ticket.signing_keys has {active} active keys; exactly one must be active \
+                 (set MARQUEE_TICKET__SIGNING_KEYS; production.toml lists none on purpose)"
+            ));
+        }
+        for (index, key) in self.signing_keys.iter().enumerate() {
+            let id_ok = !key.id.is_empty()
+                && key.id.len() <= MAX_TICKET_KEY_ID_BYTES
+                && key.id.bytes().all(|b| b.is_ascii_graphic());
+            if !id_ok {
+                problems.push(format!(
+                    "ticket.signing_keys[{index}].id {:?} must be 1 to {MAX_TICKET_KEY_ID_BYTES} printable ASCII bytes",
+                    key.id
+                ));
+            }
+            if self.signing_keys[..index].iter().any(|other| other.id == key.id) {
+                problems.push(format!("ticket.signing_keys: the id {:?} is listed twice", key.id));
+            }
+            if key.seed.is_some() == key.seed_file.is_some() {
+                problems.push(format!(
+                    "ticket.signing_keys[{index}] ({}) needs exactly one of seed and seed_file",
+                    key.id
+                ));
+            }
+            if key.valid_from >= key.valid_until {
+                problems.push(format!(
+                    "ticket.signing_keys[{index}] ({}): valid_from must be before valid_until",
+                    key.id
+                ));
+            }
+        }
+        if self.admit_before_start_minutes < 0 {
+            problems.push("ticket.admit_before_start_minutes must not be negative".to_owned());
+        }
+        anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
+        Ok(())
     }
 }
 
@@ -233,6 +289,40 @@ mod tests {
         assert!(error.contains("MARQUEE_AUTH__JWT_SECRET"), "{error}");
         settings.auth.jwt_secret = crate::Secret::new("x".repeat(MIN_HS256_SECRET_BYTES));
         settings.validate().unwrap();
+    }
+
+    #[test]
+    fn ticket_keys_need_exactly_one_active_key() {
+        let mut ticket = settings().ticket;
+        ticket.validate().unwrap();
+        let mut second = ticket.signing_keys[0].clone();
+        second.id = "other".to_owned();
+        ticket.signing_keys.push(second.clone());
+        let error = ticket.validate().unwrap_err().to_string();
+        assert!(error.contains("2 active keys"), "{error}");
+        ticket.signing_keys[1].active = false;
+        ticket.validate().unwrap();
+        ticket.signing_keys[1].id = ticket.signing_keys[0].id.clone();
+        let error = ticket.validate().unwrap_err().to_string();
+        assert!(error.contains("listed twice"), "{error}");
+        ticket.signing_keys[1].id = "x".repeat(MAX_TICKET_KEY_ID_BYTES + 1);
+        ticket.signing_keys[1].seed_file = Some("/keys/other".into());
+        let error = ticket.validate().unwrap_err().to_string();
+        assert!(error.contains("printable ASCII") && error.contains("exactly one of seed"), "{error}");
+    }
+
+    #[test]
+    fn production_has_no_ticket_signing_key_of_its_own() {
+        use figment::providers::{Format as _, Toml};
+
+        // Loading production stops at the missing JWT secret; read the files as layered.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let figment = figment::Figment::new()
+            .merge(Toml::file(dir.join("default.toml")))
+            .merge(Toml::file(dir.join("production.toml")));
+        let settings: Settings = figment.extract().unwrap();
+        let error = settings.ticket.validate().unwrap_err().to_string();
+        assert!(error.contains("0 active keys"), "{error}");
     }
 
     #[test]

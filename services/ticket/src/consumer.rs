@@ -1,0 +1,220 @@
+//! The RabbitMQ consumer: the ticket service's own quorum queue, bound to
+//! `booking.confirmed` and `booking.cancelled` on the events exchange. A delivery is
+//! acknowledged only once its work is durable; a transient failure (MongoDB or cinema
+//! down) is retried with backoff while the delivery is held, so nothing needs a delay
+//! queue; a crash meanwhile leaves it unacknowledged and the broker redelivers it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection};
+use marquee_common::backoff::Backoff;
+use marquee_common::config::RabbitSettings;
+use marquee_common::rabbit::short_name;
+use marquee_common::shutdown::Shutdown;
+use tokio::task::JoinSet;
+
+use crate::issue::{IssueError, Issuer};
+
+/// The events tickets follow.
+pub const BINDINGS: [&str; 2] = ["booking.confirmed", "booking.cancelled"];
+const RECONNECT_FIRST: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+pub struct Consumer {
+    settings: RabbitSettings,
+    issuer: Arc<Issuer>,
+    retry: Backoff,
+    session: Option<(Connection, Channel)>,
+    consuming: Arc<AtomicBool>,
+}
+
+impl Consumer {
+    /// Connects and declares the queue now, so that once the service is built every
+    /// event published from then on reaches it.
+    pub async fn connect(
+        settings: &RabbitSettings,
+        issuer: Arc<Issuer>,
+        retry: Backoff,
+    ) -> anyhow::Result<Self> {
+        let session = open(settings).await?;
+        Ok(Self {
+            settings: settings.clone(),
+            issuer,
+            retry,
+            session: Some(session),
+            consuming: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// True while attached to the broker (readiness of the background work).
+    pub fn consuming(&self) -> Arc<AtomicBool> {
+        self.consuming.clone()
+    }
+
+    /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
+    pub async fn run(mut self, shutdown: Shutdown) {
+        let backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
+        let mut failures = 0;
+        loop {
+            let opened = match self.session.take() {
+                Some(session) => Ok(session),
+                None => tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    opened = open(&self.settings) => opened,
+                },
+            };
+            let failure = match opened {
+                Ok((connection, channel)) => {
+                    failures = 0;
+                    self.consuming.store(true, Ordering::Relaxed);
+                    let consumed = self.consume(&channel, &shutdown).await;
+                    self.consuming.store(false, Ordering::Relaxed);
+                    if let Err(error) = connection.close(200, "OK".into()).await {
+                        tracing::debug!(%error, "RabbitMQ connection was already closed");
+                    }
+                    match consumed {
+                        Ok(()) => return,
+                        Err(failure) => failure,
+                    }
+                }
+                Err(failure) => failure,
+            };
+            let pause = backoff.delay(failures);
+            failures = failures.saturating_add(1);
+            tracing::warn!(
+                error = format!("{failure:#}"),
+                retry_in_ms = pause.as_millis() as u64,
+                "ticket consumer interrupted"
+            );
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Handles deliveries concurrently (at most `prefetch` unacknowledged) until
+    /// shutdown (`Ok`) or a broker failure (`Err`). Deliveries still being retried at
+    /// shutdown are dropped unacknowledged: the broker hands them out again.
+    async fn consume(&self, channel: &Channel, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let queue = short_name(&self.settings.ticket_queue, "rabbitmq.ticket_queue")?;
+        let mut deliveries = channel
+            .basic_consume(
+                queue,
+                ShortString::default(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("cannot start consuming")?;
+        tracing::info!(queue = %self.settings.ticket_queue, "ticket consumer started");
+        let mut in_flight = JoinSet::new();
+        let result = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let (issuer, retry, stop) = (self.issuer.clone(), self.retry, shutdown.clone());
+                        in_flight.spawn(async move { settle(&issuer, retry, delivery, &stop).await });
+                    }
+                    Some(Err(error)) => break Err(anyhow::Error::new(error).context("consuming failed")),
+                    None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
+                },
+                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => log_panic(joined),
+            }
+        };
+        if result.is_err() {
+            in_flight.abort_all();
+        }
+        while let Some(joined) = in_flight.join_next().await {
+            log_panic(joined);
+        }
+        result
+    }
+}
+
+/// Connects, declares the quorum queue and binds it.
+async fn open(settings: &RabbitSettings) -> anyhow::Result<(Connection, Channel)> {
+    let (connection, channel) = marquee_common::rabbit::connect(settings).await?;
+    let queue = short_name(&settings.ticket_queue, "rabbitmq.ticket_queue")?;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    if let Some(expires) = settings.queue_expires_ms {
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(i64::from(expires)));
+    }
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    channel
+        .queue_declare(queue.clone(), durable, arguments)
+        .await
+        .context("cannot declare the ticket queue")?;
+    let exchange = short_name(&settings.exchange, "rabbitmq.exchange")?;
+    for key in BINDINGS {
+        channel
+            .queue_bind(
+                queue.clone(),
+                exchange.clone(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("cannot bind the ticket queue to {key}"))?;
+    }
+    channel
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await
+        .context("cannot set the prefetch")?;
+    Ok((connection, channel))
+}
+
+/// Handles one delivery, retrying transient failures until it succeeds or the
+/// process stops, then acknowledges it. A permanent failure is logged and
+/// acknowledged: it would fail the same way every time.
+async fn settle(issuer: &Issuer, retry: Backoff, delivery: Delivery, shutdown: &Shutdown) {
+    let mut attempt = 0;
+    loop {
+        match issuer.handle(&delivery.data).await {
+            Ok(handled) => {
+                tracing::debug!(?handled, "ticket event handled");
+                break;
+            }
+            Err(IssueError::Permanent(error)) => {
+                tracing::error!(error = format!("{error:#}"), "ticket event can never be handled; dropped");
+                break;
+            }
+            Err(IssueError::Transient(error)) => {
+                let pause = retry.delay(attempt);
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    retry_in_ms = pause.as_millis() as u64,
+                    "ticket event failed; retrying"
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+        tracing::warn!(%error, "cannot acknowledge a ticket event; it will be redelivered");
+    }
+}
+
+fn log_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined
+        && error.is_panic()
+    {
+        tracing::error!(%error, "a ticket event handler panicked; the broker will redeliver it");
+    }
+}

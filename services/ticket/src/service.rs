@@ -1,0 +1,270 @@
+//! The `TicketService` gRPC handlers, check-in, and the one error type they return.
+
+use chrono::{DateTime, Utc};
+use marquee_common::time::{from_proto, to_proto};
+use marquee_common::{ApiError, ErrorCode};
+use marquee_proto::ticket::v1 as pb;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::{self, InvalidInput, Nonce, Outcome, TicketStatus};
+use crate::keys::PublicKeys;
+use crate::store::{CheckInDoc, TicketDoc, TicketStore, bson_time, chrono_time};
+
+const MAX_BOOKINGS_PER_LIST: usize = 100;
+const MAX_REVOKED_PER_PAGE: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TicketError {
+    #[error(transparent)]
+    InvalidInput(#[from] InvalidInput),
+    #[error("this nonce was used for another code or showtime")]
+    NonceReused,
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<TicketError> for Status {
+    fn from(error: TicketError) -> Self {
+        let message = error.to_string();
+        match error {
+            TicketError::InvalidInput(_) => ApiError::bad_input(message).into(),
+            TicketError::NonceReused => ApiError::new(ErrorCode::Conflict, message).into(),
+            TicketError::Unexpected(e) => marquee_common::error::internal(&e),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct TicketServiceImpl {
+    store: TicketStore,
+    keys: PublicKeys,
+}
+
+/// A check-in's answer before it is turned into the reply.
+struct Answer {
+    outcome: Outcome,
+    ticket: Option<TicketDoc>,
+    checked_in_at: Option<DateTime<Utc>>,
+}
+
+fn status(status: TicketStatus) -> pb::TicketStatus {
+    match status {
+        TicketStatus::Valid => pb::TicketStatus::Valid,
+        TicketStatus::CheckedIn => pb::TicketStatus::CheckedIn,
+        TicketStatus::Revoked => pb::TicketStatus::Revoked,
+    }
+}
+
+fn outcome(outcome: Outcome) -> pb::CheckInOutcome {
+    match outcome {
+        Outcome::Admitted => pb::CheckInOutcome::Admitted,
+        Outcome::AlreadyCheckedIn => pb::CheckInOutcome::AlreadyCheckedIn,
+        Outcome::Revoked => pb::CheckInOutcome::Revoked,
+        Outcome::Invalid => pb::CheckInOutcome::Invalid,
+        Outcome::WrongShowtime => pb::CheckInOutcome::WrongShowtime,
+        Outcome::NotYetValid => pb::CheckInOutcome::NotYetValid,
+        Outcome::Expired => pb::CheckInOutcome::Expired,
+    }
+}
+
+fn to_pb(ticket: TicketDoc) -> pb::Ticket {
+    pb::Ticket {
+        id: ticket.id,
+        booking_id: ticket.booking_id,
+        showtime_id: ticket.showtime_id,
+        seat_id: ticket.seat_id,
+        status: status(ticket.status).into(),
+        checked_in_at: ticket.checked_in_at.map(|at| to_proto(chrono_time(at))),
+        code: ticket.code,
+        valid_from: Some(to_proto(chrono_time(ticket.valid_from))),
+        valid_until: Some(to_proto(chrono_time(ticket.valid_until))),
+    }
+}
+
+impl TicketServiceImpl {
+    pub fn new(store: TicketStore, keys: PublicKeys) -> Self {
+        Self { store, keys }
+    }
+
+    /// One scan. A repeat of a nonce answers what the first got; otherwise the code
+    /// is verified and screened (showtime, window), then the ticket is admitted by a
+    /// conditional update that only one scan can win.
+    async fn check_in(&self, request: pb::CheckInRequest) -> Result<Answer, TicketError> {
+        let nonce = Nonce::parse(&request.nonce)?;
+        let showtime_id = domain::parse_uuid(&request.showtime_id, "showtime id")?;
+        let scanned_at = match request.scanned_at.as_ref() {
+            Some(ts) => from_proto(ts).ok_or_else(|| InvalidInput("scannedAt is out of range".to_owned()))?,
+            None => Utc::now(),
+        };
+        if let Some(first) = self.store.check_in(nonce.as_str()).await? {
+            return self.replay(first, &request.code, showtime_id).await;
+        }
+        let answer = self.decide(&request.code, showtime_id, &nonce, scanned_at).await?;
+        let record = CheckInDoc {
+            nonce: nonce.as_str().to_owned(),
+            code: request.code.clone(),
+            showtime_id: showtime_id.to_string(),
+            outcome: answer.outcome,
+            ticket_id: answer.ticket.as_ref().map(|t| t.id.clone()),
+            checked_in_at: answer.checked_in_at.map(bson_time),
+            scanned_at: bson_time(scanned_at),
+            staff_id: request.staff_id.clone(),
+            recorded_at: bson_time(Utc::now()),
+        };
+        match self.store.record_check_in(&record).await? {
+            // The same scan, concurrently, was recorded first: answer as it was.
+            Some(first) => self.replay(first, &request.code, showtime_id).await,
+            None => Ok(answer),
+        }
+    }
+
+    async fn replay(&self, first: CheckInDoc, code: &str, showtime_id: Uuid) -> Result<Answer, TicketError> {
+        if first.code != code || first.showtime_id != showtime_id.to_string() {
+            return Err(TicketError::NonceReused);
+        }
+        let ticket = match &first.ticket_id {
+            Some(id) => self.store.ticket(id).await?,
+            None => None,
+        };
+        Ok(Answer { outcome: first.outcome, ticket, checked_in_at: first.checked_in_at.map(chrono_time) })
+    }
+
+    async fn decide(
+        &self,
+        code: &str,
+        showtime_id: Uuid,
+        nonce: &Nonce,
+        at: DateTime<Utc>,
+    ) -> Result<Answer, TicketError> {
+        let claims = match self.keys.verify(code) {
+            Ok(claims) => claims,
+            Err(invalid) => {
+                tracing::info!(reason = %invalid, "invalid ticket code scanned");
+                return Ok(Answer { outcome: Outcome::Invalid, ticket: None, checked_in_at: None });
+            }
+        };
+        let ticket_id = claims.ticket_id.to_string();
+        if let Some(outcome) = domain::screen(&claims, showtime_id, at) {
+            let ticket = self.store.ticket(&ticket_id).await?;
+            return Ok(Answer { outcome, ticket, checked_in_at: None });
+        }
+        if let Some(admitted) = self.store.admit(&ticket_id, nonce.as_str(), at).await? {
+            let checked_in_at = admitted.checked_in_at.map(chrono_time);
+            return Ok(Answer { outcome: Outcome::Admitted, ticket: Some(admitted), checked_in_at });
+        }
+        let Some(ticket) = self.store.ticket(&ticket_id).await? else {
+            // Signed by our key, but never issued here (another deployment's ticket).
+            return Ok(Answer { outcome: Outcome::Invalid, ticket: None, checked_in_at: None });
+        };
+        let checked_in_at = ticket.checked_in_at.map(chrono_time);
+        let outcome = match ticket.status {
+            TicketStatus::Revoked => Outcome::Revoked,
+            // This very scan admitted it (its record was not written yet).
+            TicketStatus::CheckedIn if ticket.checked_in_nonce.as_deref() == Some(nonce.as_str()) => {
+                Outcome::Admitted
+            }
+            TicketStatus::CheckedIn => Outcome::AlreadyCheckedIn,
+            // Not VALID a moment ago, VALID now: nothing turns a ticket back to VALID.
+            TicketStatus::Valid => {
+                return Err(anyhow::anyhow!("ticket {ticket_id} is VALID but could not be admitted").into());
+            }
+        };
+        Ok(Answer { outcome, ticket: Some(ticket), checked_in_at })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ticket_service_server::TicketService for TicketServiceImpl {
+    #[tracing::instrument(skip_all, fields(bookings = request.get_ref().booking_ids.len()))]
+    async fn list_tickets(
+        &self,
+        request: Request<pb::ListTicketsRequest>,
+    ) -> Result<Response<pb::ListTicketsResponse>, Status> {
+        let ids = request.into_inner().booking_ids;
+        if ids.len() > MAX_BOOKINGS_PER_LIST {
+            return Err(
+                ApiError::bad_input(format!("at most {MAX_BOOKINGS_PER_LIST} bookings at once")).into()
+            );
+        }
+        let ids = ids
+            .iter()
+            .map(|id| domain::parse_uuid(id, "booking id").map(|id| id.to_string()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(TicketError::from)?;
+        let tickets = self.store.by_bookings(&ids).await.map_err(TicketError::from)?;
+        Ok(Response::new(pb::ListTicketsResponse { tickets: tickets.into_iter().map(to_pb).collect() }))
+    }
+
+    async fn list_keys(
+        &self,
+        _: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let keys = self
+            .keys
+            .listed()
+            .iter()
+            .map(|key| pb::TicketKey {
+                id: key.id.clone(),
+                algorithm: key.algorithm.clone(),
+                public_key: self.keys.raw(&key.id).map(Vec::from).unwrap_or_default(),
+                valid_from: Some(to_proto(key.valid_from)),
+                valid_until: Some(to_proto(key.valid_until)),
+            })
+            .collect();
+        Ok(Response::new(pb::ListKeysResponse { keys }))
+    }
+
+    #[tracing::instrument(skip_all, fields(showtime.id = %request.get_ref().showtime_id))]
+    async fn list_revoked(
+        &self,
+        request: Request<pb::ListRevokedRequest>,
+    ) -> Result<Response<pb::ListRevokedResponse>, Status> {
+        let request = request.into_inner();
+        let showtime_id =
+            domain::parse_uuid(&request.showtime_id, "showtime id").map_err(TicketError::from)?;
+        let after = match request.after.as_str() {
+            "" => 0,
+            raw => raw
+                .parse::<i64>()
+                .ok()
+                .filter(|seq| *seq >= 0)
+                .ok_or_else(|| ApiError::bad_input(format!("cursor {raw:?} is not one of ours")))?,
+        };
+        let limit = match request.limit as usize {
+            0 => MAX_REVOKED_PER_PAGE,
+            n => n.min(MAX_REVOKED_PER_PAGE),
+        };
+        let (entries, has_more) = self
+            .store
+            .revoked_after(&showtime_id.to_string(), after, limit)
+            .await
+            .map_err(TicketError::from)?;
+        let cursor = entries.last().map_or(after, |e| e.seq).to_string();
+        let tickets = entries
+            .into_iter()
+            .map(|e| pb::RevokedTicket {
+                ticket_id: e.ticket_id,
+                booking_id: e.booking_id,
+                seat_id: e.seat_id,
+                revoked_at: Some(to_proto(chrono_time(e.revoked_at))),
+                cursor: e.seq.to_string(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListRevokedResponse { tickets, cursor, has_more }))
+    }
+
+    #[tracing::instrument(skip_all, fields(showtime.id = %request.get_ref().showtime_id))]
+    async fn check_in(
+        &self,
+        request: Request<pb::CheckInRequest>,
+    ) -> Result<Response<pb::CheckInResponse>, Status> {
+        let answer = TicketServiceImpl::check_in(self, request.into_inner()).await?;
+        tracing::info!(check_in.outcome = answer.outcome.as_str(), "ticket scanned");
+        Ok(Response::new(pb::CheckInResponse {
+            outcome: outcome(answer.outcome).into(),
+            ticket: answer.ticket.map(to_pb),
+            checked_in_at: answer.checked_in_at.map(to_proto),
+        }))
+    }
+}

@@ -1,0 +1,101 @@
+//! Wiring: load the signing keys, connect MongoDB (indexes), declare and bind the
+//! queue, bind the gRPC port, then serve and consume until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use marquee_common::Settings;
+use marquee_common::backoff::Backoff;
+use marquee_common::readiness::{Probe, Readiness, Scope};
+use marquee_common::shutdown::Shutdown;
+use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
+use marquee_proto::ticket::v1::ticket_service_server::TicketServiceServer;
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+
+use crate::consumer::Consumer;
+use crate::issue::Issuer;
+use crate::service::TicketServiceImpl;
+use crate::store::TicketStore;
+
+/// The ticket service, built and bound but not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    service: TicketServiceImpl,
+    consumer: Consumer,
+    grace: Duration,
+    readiness: Readiness,
+}
+
+impl Application {
+    /// Loads the keys (refusing a configuration without exactly one active key),
+    /// connects MongoDB and RabbitMQ (the queue exists once this returns) and binds.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let config = &settings.ticket;
+        let (signer, public) = crate::keys::load(config).context("invalid ticket.signing_keys")?;
+        let db = marquee_common::mongo::connect(&settings.mongo, "ticket").await?;
+        let store = TicketStore::init(&db).await?;
+        let cinema = CinemaServiceClient::new(marquee_common::grpc::channel(
+            &settings.upstream.cinema_url,
+            &settings.grpc,
+        )?);
+        let issuer = Issuer::new(
+            store.clone(),
+            signer,
+            cinema,
+            chrono::Duration::minutes(config.admit_before_start_minutes),
+        );
+        let retry = Backoff::new(
+            Duration::from_millis(config.retry_first_ms),
+            Duration::from_millis(config.retry_max_ms),
+        );
+        let consumer = Consumer::connect(&settings.rabbitmq, issuer, retry).await?;
+        let consuming = consumer.consuming();
+        let readiness = Readiness::default().with(Probe::mongo(&db, Scope::Api)).with(Probe::new(
+            "rabbitmq",
+            Scope::Background,
+            move || {
+                let consuming = consuming.load(Ordering::Relaxed);
+                async move {
+                    anyhow::ensure!(consuming, "not consuming from RabbitMQ");
+                    Ok(())
+                }
+            },
+        ));
+        let (listener, addr) = marquee_common::grpc::bind(&config.server).await?;
+        Ok(Application {
+            listener,
+            addr,
+            service: TicketServiceImpl::new(store, public),
+            consumer,
+            grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
+            readiness,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves gRPC and consumes events until `shutdown`.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let consumer_stop = shutdown.child_token();
+        let consumer = tokio::spawn(self.consumer.run(consumer_stop.clone()));
+        let served = marquee_common::grpc::serve(
+            self.listener,
+            Routes::new(TicketServiceServer::new(self.service)),
+            <TicketServiceServer<TicketServiceImpl> as NamedService>::NAME,
+            self.readiness,
+            shutdown,
+            self.grace,
+        )
+        .await;
+        consumer_stop.cancel();
+        consumer.await.context("ticket consumer panicked")?;
+        served
+    }
+}

@@ -1,0 +1,336 @@
+//! MongoDB (`<prefix>_ticket`):
+//!
+//! - `tickets`: one per seat of a confirmed booking, unique on (booking, seat), so
+//!   issuing twice (a redelivered event) inserts nothing new. Check-in is one
+//!   conditional update VALID → CHECKED_IN, so of concurrent scans exactly one wins.
+//! - `check_ins`: one record per scan nonce, with what it was answered.
+//! - `revocations`: per showtime, the revoked tickets in order with a sequence
+//!   number, appended under an optimistic check on the sequence, so a reader paging
+//!   by sequence never skips one written late.
+//! - `cancelled_bookings`: bookings cancelled, so a cancellation handled before its
+//!   confirmation still revokes the tickets issued after it.
+//! - `handled_events`: event ids whose work is done (deduplication).
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::bson::{self, Bson, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::{Collection, Database, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Outcome, TicketStatus};
+
+pub fn bson_time(at: DateTime<Utc>) -> bson::DateTime {
+    bson::DateTime::from_millis(at.timestamp_millis())
+}
+
+pub fn chrono_time(at: bson::DateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or_default()
+}
+
+fn status_bson(status: TicketStatus) -> anyhow::Result<Bson> {
+    bson::to_bson(&status).context("cannot encode a ticket status")
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TicketDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub booking_id: String,
+    pub showtime_id: String,
+    pub seat_id: String,
+    pub status: TicketStatus,
+    pub code: String,
+    pub key_id: String,
+    pub valid_from: bson::DateTime,
+    pub valid_until: bson::DateTime,
+    pub issued_at: bson::DateTime,
+    #[serde(default)]
+    pub checked_in_at: Option<bson::DateTime>,
+    /// The nonce of the scan that admitted it: a repeat of that scan is ADMITTED again.
+    #[serde(default)]
+    pub checked_in_nonce: Option<String>,
+    #[serde(default)]
+    pub revoked_at: Option<bson::DateTime>,
+}
+
+/// A scan, as answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckInDoc {
+    /// The nonce.
+    #[serde(rename = "_id")]
+    pub nonce: String,
+    pub code: String,
+    pub showtime_id: String,
+    pub outcome: Outcome,
+    pub ticket_id: Option<String>,
+    pub checked_in_at: Option<bson::DateTime>,
+    pub scanned_at: bson::DateTime,
+    pub staff_id: String,
+    pub recorded_at: bson::DateTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RevocationEntry {
+    pub seq: i64,
+    pub ticket_id: String,
+    pub booking_id: String,
+    pub seat_id: String,
+    pub revoked_at: bson::DateTime,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct RevocationLog {
+    /// The showtime.
+    #[serde(rename = "_id")]
+    showtime_id: String,
+    seq: i64,
+    entries: Vec<RevocationEntry>,
+}
+
+#[derive(Clone)]
+pub struct TicketStore {
+    tickets: Collection<TicketDoc>,
+    check_ins: Collection<CheckInDoc>,
+    revocations: Collection<RevocationLog>,
+    cancelled: Collection<bson::Document>,
+    handled: Collection<bson::Document>,
+}
+
+/// True when every failure of an unordered insert_many was a duplicate key.
+fn only_duplicates(error: &mongodb::error::Error) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::InsertMany(e) => {
+            e.write_concern_error.is_none()
+                && e.write_errors.as_ref().is_some_and(|errors| errors.iter().all(|e| e.code == 11000))
+        }
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
+        _ => false,
+    }
+}
+
+impl TicketStore {
+    /// Opens the collections and ensures their indexes exist (idempotent).
+    pub async fn init(db: &Database) -> anyhow::Result<Self> {
+        let tickets = db.collection::<TicketDoc>("tickets");
+        tickets
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "booking_id": 1, "seat_id": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .unique(true)
+                            .name("tickets_booking_seat_unique".to_owned())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await
+            .context("cannot create the tickets index")?;
+        Ok(Self {
+            tickets,
+            check_ins: db.collection("check_ins"),
+            revocations: db.collection("revocations"),
+            cancelled: db.collection("cancelled_bookings"),
+            handled: db.collection("handled_events"),
+        })
+    }
+
+    pub async fn was_handled(&self, event_id: &str) -> anyhow::Result<bool> {
+        let found =
+            self.handled.find_one(doc! { "_id": event_id }).await.context("cannot read handled events")?;
+        Ok(found.is_some())
+    }
+
+    pub async fn mark_handled(&self, event_id: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
+        let record = doc! { "_id": event_id, "at": bson_time(now) };
+        match self.handled.insert_one(record).await {
+            Ok(_) => Ok(()),
+            Err(error) if marquee_common::mongo::is_duplicate_key(&error) => Ok(()),
+            Err(error) => Err(error).context("cannot record a handled event"),
+        }
+    }
+
+    /// Inserts the tickets that do not exist yet (by booking and seat).
+    pub async fn insert_tickets(&self, tickets: &[TicketDoc]) -> anyhow::Result<()> {
+        if tickets.is_empty() {
+            return Ok(());
+        }
+        match self.tickets.insert_many(tickets).ordered(false).await {
+            Ok(_) => Ok(()),
+            Err(error) if only_duplicates(&error) => Ok(()),
+            Err(error) => Err(error).context("cannot insert tickets"),
+        }
+    }
+
+    /// The tickets of these bookings, by booking then seat.
+    pub async fn by_bookings(&self, booking_ids: &[String]) -> anyhow::Result<Vec<TicketDoc>> {
+        self.tickets
+            .find(doc! { "booking_id": { "$in": booking_ids } })
+            .sort(doc! { "booking_id": 1, "seat_id": 1 })
+            .await
+            .context("cannot list tickets")?
+            .try_collect()
+            .await
+            .context("cannot read tickets")
+    }
+
+    pub async fn ticket(&self, id: &str) -> anyhow::Result<Option<TicketDoc>> {
+        self.tickets.find_one(doc! { "_id": id }).await.context("cannot read a ticket")
+    }
+
+    /// VALID → CHECKED_IN in one conditional update: the ticket admitted, or `None`
+    /// when it was not VALID (or does not exist).
+    pub async fn admit(&self, id: &str, nonce: &str, at: DateTime<Utc>) -> anyhow::Result<Option<TicketDoc>> {
+        self.tickets
+            .find_one_and_update(
+                doc! { "_id": id, "status": status_bson(TicketStatus::Valid)? },
+                doc! { "$set": {
+                    "status": status_bson(TicketStatus::CheckedIn)?,
+                    "checked_in_at": bson_time(at),
+                    "checked_in_nonce": nonce,
+                } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .context("cannot check a ticket in")
+    }
+
+    pub async fn check_in(&self, nonce: &str) -> anyhow::Result<Option<CheckInDoc>> {
+        self.check_ins.find_one(doc! { "_id": nonce }).await.context("cannot read a check-in")
+    }
+
+    /// Records a scan's answer; if the nonce was recorded meanwhile, that record.
+    pub async fn record_check_in(&self, record: &CheckInDoc) -> anyhow::Result<Option<CheckInDoc>> {
+        match self.check_ins.insert_one(record).await {
+            Ok(_) => Ok(None),
+            Err(error) if marquee_common::mongo::is_duplicate_key(&error) => {
+                self.check_in(&record.nonce).await
+            }
+            Err(error) => Err(error).context("cannot record a check-in"),
+        }
+    }
+
+    /// Notes that a booking was cancelled (idempotent).
+    pub async fn mark_cancelled(&self, booking_id: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
+        self.cancelled
+            .update_one(doc! { "_id": booking_id }, doc! { "$setOnInsert": { "at": bson_time(now) } })
+            .upsert(true)
+            .await
+            .context("cannot record a cancelled booking")?;
+        Ok(())
+    }
+
+    pub async fn is_cancelled(&self, booking_id: &str) -> anyhow::Result<bool> {
+        let found = self
+            .cancelled
+            .find_one(doc! { "_id": booking_id })
+            .await
+            .context("cannot read cancelled bookings")?;
+        Ok(found.is_some())
+    }
+
+    /// Revokes every ticket of a booking and appends them to their showtime's
+    /// revocation log (idempotent: a ticket is logged once).
+    pub async fn revoke_booking(&self, booking_id: &str, now: DateTime<Utc>) -> anyhow::Result<usize> {
+        let revoked = status_bson(TicketStatus::Revoked)?;
+        self.tickets
+            .update_many(
+                doc! { "booking_id": booking_id, "status": { "$ne": &revoked } },
+                doc! { "$set": { "status": &revoked, "revoked_at": bson_time(now) } },
+            )
+            .await
+            .context("cannot revoke tickets")?;
+        let tickets = self.by_bookings(&[booking_id.to_owned()]).await?;
+        let Some(showtime_id) = tickets.first().map(|t| t.showtime_id.clone()) else {
+            return Ok(0);
+        };
+        self.log_revocations(&showtime_id, &tickets, now).await?;
+        Ok(tickets.len())
+    }
+
+    /// Appends the tickets not yet in the showtime's log, numbered after its last
+    /// entry. The append is conditional on the sequence read, so concurrent appends
+    /// take turns and the sequence has neither gaps nor late arrivals.
+    async fn log_revocations(
+        &self,
+        showtime_id: &str,
+        tickets: &[TicketDoc],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        loop {
+            let log = self
+                .revocations
+                .find_one(doc! { "_id": showtime_id })
+                .await
+                .context("cannot read the revocation log")?;
+            let exists = log.is_some();
+            let log = log.unwrap_or_else(|| RevocationLog {
+                showtime_id: showtime_id.to_owned(),
+                ..Default::default()
+            });
+            let mut seq = log.seq;
+            let fresh: Vec<RevocationEntry> = tickets
+                .iter()
+                .filter(|t| !log.entries.iter().any(|e| e.ticket_id == t.id))
+                .map(|t| {
+                    seq += 1;
+                    RevocationEntry {
+                        seq,
+                        ticket_id: t.id.clone(),
+                        booking_id: t.booking_id.clone(),
+                        seat_id: t.seat_id.clone(),
+                        revoked_at: t.revoked_at.unwrap_or_else(|| bson_time(now)),
+                    }
+                })
+                .collect();
+            if fresh.is_empty() {
+                return Ok(());
+            }
+            let written = if exists {
+                let entries = bson::to_bson(&fresh).context("cannot encode revocations")?;
+                let result = self
+                    .revocations
+                    .update_one(
+                        doc! { "_id": showtime_id, "seq": log.seq },
+                        doc! { "$set": { "seq": seq }, "$push": { "entries": { "$each": entries } } },
+                    )
+                    .await
+                    .context("cannot append to the revocation log")?;
+                result.modified_count == 1
+            } else {
+                let first = RevocationLog { showtime_id: showtime_id.to_owned(), seq, entries: fresh };
+                match self.revocations.insert_one(&first).await {
+                    Ok(_) => true,
+                    Err(error) if marquee_common::mongo::is_duplicate_key(&error) => false,
+                    Err(error) => return Err(error).context("cannot start the revocation log"),
+                }
+            };
+            if written {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Revocations of a showtime after sequence `after`, oldest first, at most `limit`,
+    /// and whether more follow.
+    pub async fn revoked_after(
+        &self,
+        showtime_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> anyhow::Result<(Vec<RevocationEntry>, bool)> {
+        let log = self
+            .revocations
+            .find_one(doc! { "_id": showtime_id })
+            .await
+            .context("cannot read the revocation log")?;
+        let mut entries: Vec<RevocationEntry> =
+            log.map(|log| log.entries).unwrap_or_default().into_iter().filter(|e| e.seq > after).collect();
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        Ok((entries, more))
+    }
+}

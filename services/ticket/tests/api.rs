@@ -1,0 +1,512 @@
+//! The ticket service against real MongoDB and RabbitMQ, with the real cinema
+//! service for showtime times. Booking events are published to the test's own
+//! exchange the way booking's outbox relay publishes them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ed25519_dalek::SigningKey;
+use lapin::options::ConfirmSelectOptions;
+use lapin::{BasicProperties, Channel as AmqpChannel, Connection};
+use marquee_common::config::TicketKeySettings;
+use marquee_common::shutdown::Shutdown;
+use marquee_common::{ApiError, ErrorCode, Secret, Settings};
+use marquee_proto::cinema::v1::ListShowtimesRequest;
+use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
+use marquee_proto::events::v1::{BookingCancelled, BookingConfirmed, Event, event::Payload};
+use marquee_proto::ticket::v1 as pb;
+use marquee_proto::ticket::v1::ticket_service_client::TicketServiceClient;
+use marquee_ticket::codec::{self, TicketClaims};
+use marquee_ticket::keys::PublicKeys;
+use prost::Message;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+struct TestApp {
+    settings: Settings,
+    client: TicketServiceClient<Channel>,
+    ticket: Running,
+    _cinema: Running,
+    publisher: Publisher,
+    /// A showtime of the demo catalog.
+    showtime_id: String,
+}
+
+struct Running {
+    shutdown: Shutdown,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        (&mut self.task).await.unwrap().unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+struct Publisher {
+    _connection: Connection,
+    channel: AmqpChannel,
+    exchange: String,
+}
+
+impl Publisher {
+    async fn connect(settings: &Settings) -> Self {
+        let (connection, channel) = marquee_common::rabbit::connect(&settings.rabbitmq).await.unwrap();
+        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        Self { _connection: connection, channel, exchange: settings.rabbitmq.exchange.clone() }
+    }
+
+    async fn publish(&self, event: &Event) {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(marquee_common::rabbit::PERSISTENT)
+            .with_message_id(event.event_id.clone().into());
+        marquee_common::rabbit::publish_confirmed(
+            &self.channel,
+            &self.exchange,
+            &event.r#type,
+            &event.encode_to_vec(),
+            properties,
+        )
+        .await
+        .unwrap();
+    }
+}
+
+fn event(kind: &str, booking_id: &str, payload: Payload) -> Event {
+    Event {
+        event_id: Uuid::now_v7().to_string(),
+        r#type: kind.to_owned(),
+        occurred_at: Some(marquee_common::time::to_proto(Utc::now())),
+        booking_id: booking_id.to_owned(),
+        user_id: Uuid::new_v4().to_string(),
+        payload: Some(payload),
+    }
+}
+
+fn key_settings(id: &str, seed: [u8; 32], active: bool) -> TicketKeySettings {
+    use base64::Engine as _;
+    TicketKeySettings {
+        id: id.to_owned(),
+        seed: Some(Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seed))),
+        seed_file: None,
+        valid_from: "2026-01-01T00:00:00Z".parse().unwrap(),
+        valid_until: "2036-01-01T00:00:00Z".parse().unwrap(),
+        active,
+    }
+}
+
+async fn start_ticket(settings: &Settings) -> (Running, TicketServiceClient<Channel>) {
+    let app = marquee_ticket::Application::build(settings.clone()).await.expect("build ticket service");
+    let addr = app.addr();
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let client = TicketServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    (Running { shutdown, task }, client)
+}
+
+async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    marquee_common::telemetry::install_crypto_provider();
+    let mut settings = marquee_common::testing::isolated_settings().await.unwrap();
+    configure(&mut settings);
+    let mut cinema_settings = settings.clone();
+    cinema_settings.cinema.seed_demo = true;
+    let cinema = marquee_cinema::Application::build(cinema_settings).await.unwrap();
+    settings.upstream.cinema_url = format!("http://{}", cinema.addr());
+    let cinema_shutdown = Shutdown::new();
+    let cinema_task = tokio::spawn(cinema.run_until_stopped(cinema_shutdown.clone()));
+    let mut catalog = CinemaServiceClient::connect(settings.upstream.cinema_url.clone()).await.unwrap();
+    let showtime_id =
+        catalog.list_showtimes(ListShowtimesRequest::default()).await.unwrap().into_inner().showtimes[0]
+            .id
+            .clone();
+    let (ticket, client) = start_ticket(&settings).await;
+    TestApp {
+        publisher: Publisher::connect(&settings).await,
+        settings,
+        client,
+        ticket,
+        _cinema: Running { shutdown: cinema_shutdown, task: cinema_task },
+        showtime_id,
+    }
+}
+
+/// One check-in's answer, or the error a client would see.
+type Scan = Result<pb::CheckInResponse, ApiError>;
+
+impl TestApp {
+    fn confirmed(&self, booking_id: &str, seats: &[&str]) -> Event {
+        let payload = BookingConfirmed {
+            showtime_id: self.showtime_id.clone(),
+            seat_ids: seats.iter().map(|s| (*s).to_owned()).collect(),
+            total: None,
+            payment_id: Uuid::new_v4().to_string(),
+        };
+        event("booking.confirmed", booking_id, Payload::BookingConfirmed(payload))
+    }
+
+    fn cancelled(&self, booking_id: &str, seats: &[&str]) -> Event {
+        let payload = BookingCancelled {
+            showtime_id: self.showtime_id.clone(),
+            seat_ids: seats.iter().map(|s| (*s).to_owned()).collect(),
+            refund: None,
+        };
+        event("booking.cancelled", booking_id, Payload::BookingCancelled(payload))
+    }
+
+    async fn tickets(&self, booking_id: &str) -> Vec<pb::Ticket> {
+        let request = pb::ListTicketsRequest { booking_ids: vec![booking_id.to_owned()] };
+        self.client.clone().list_tickets(request).await.unwrap().into_inner().tickets
+    }
+
+    /// Polls until `check` holds for the booking's tickets (or fails after 10 s).
+    async fn await_tickets(
+        &self,
+        booking_id: &str,
+        check: impl Fn(&[pb::Ticket]) -> bool,
+    ) -> Vec<pb::Ticket> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let tickets = self.tickets(booking_id).await;
+            if check(&tickets) {
+                return tickets;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "tickets never got there: {tickets:?}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Publishes a confirmation and waits for its tickets.
+    async fn book(&self, seats: &[&str]) -> (String, Vec<pb::Ticket>) {
+        let booking_id = Uuid::now_v7().to_string();
+        self.publisher.publish(&self.confirmed(&booking_id, seats)).await;
+        let tickets = self.await_tickets(&booking_id, |t| t.len() == seats.len()).await;
+        (booking_id, tickets)
+    }
+
+    async fn scan_at(&self, code: &str, showtime_id: &str, nonce: &str, at: DateTime<Utc>) -> Scan {
+        let request = pb::CheckInRequest {
+            code: code.to_owned(),
+            showtime_id: showtime_id.to_owned(),
+            nonce: nonce.to_owned(),
+            scanned_at: Some(marquee_common::time::to_proto(at)),
+            staff_id: "staff-1".to_owned(),
+        };
+        self.client
+            .clone()
+            .check_in(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ApiError::from_status(&s))
+    }
+
+    /// A scan of `ticket` at its show, inside its admission window, with a fresh nonce.
+    async fn scan(&self, ticket: &pb::Ticket) -> pb::CheckInResponse {
+        self.scan_at(&ticket.code, &self.showtime_id, &nonce(), during(ticket)).await.unwrap()
+    }
+
+    async fn outcome_of(&self, code: &str) -> pb::CheckInOutcome {
+        let at = Utc::now();
+        self.scan_at(code, &self.showtime_id, &nonce(), at).await.unwrap().outcome()
+    }
+
+    async fn keys(&self) -> PublicKeys {
+        let listed = self.client.clone().list_keys(pb::ListKeysRequest {}).await.unwrap().into_inner().keys;
+        let published = listed
+            .into_iter()
+            .map(|key| {
+                use base64::Engine as _;
+                marquee_ticket::keys::PublicKey {
+                    id: key.id,
+                    algorithm: key.algorithm,
+                    public_key: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key.public_key),
+                    valid_from: time(key.valid_from.as_ref()),
+                    valid_until: time(key.valid_until.as_ref()),
+                }
+            })
+            .collect();
+        PublicKeys::from_published(published).unwrap()
+    }
+
+    async fn revoked(&self, after: &str, limit: u32) -> pb::ListRevokedResponse {
+        let request =
+            pb::ListRevokedRequest { showtime_id: self.showtime_id.clone(), after: after.to_owned(), limit };
+        self.client.clone().list_revoked(request).await.unwrap().into_inner()
+    }
+}
+
+fn nonce() -> String {
+    format!("scan-{}", Uuid::new_v4().simple())
+}
+
+fn time(ts: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
+    marquee_common::time::from_proto(ts.unwrap()).unwrap()
+}
+
+/// A moment inside the ticket's admission window.
+fn during(ticket: &pb::Ticket) -> DateTime<Utc> {
+    time(ticket.valid_from.as_ref()) + chrono::Duration::minutes(1)
+}
+
+#[tokio::test]
+async fn a_confirmed_booking_gets_one_signed_ticket_per_seat_once() {
+    let app = spawn_app().await;
+    let booking_id = Uuid::now_v7().to_string();
+    let confirmed = app.confirmed(&booking_id, &["E7", "E8"]);
+    app.publisher.publish(&confirmed).await;
+    // Redelivered, and confirmed again under another event id: still two tickets.
+    app.publisher.publish(&confirmed).await;
+    let mut again = app.confirmed(&booking_id, &["E7", "E8"]);
+    again.event_id = Uuid::now_v7().to_string();
+    app.publisher.publish(&again).await;
+    let tickets = app.await_tickets(&booking_id, |t| t.len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tickets_later = app.tickets(&booking_id).await;
+    assert_eq!(tickets_later, tickets, "a repeated confirmation issued more tickets");
+
+    let keys = app.keys().await;
+    let seats: Vec<&str> = tickets.iter().map(|t| t.seat_id.as_str()).collect();
+    assert_eq!(seats, ["E7", "E8"]);
+    for ticket in &tickets {
+        assert_eq!(ticket.status(), pb::TicketStatus::Valid);
+        let claims = keys.verify(&ticket.code).unwrap();
+        assert_eq!(claims.ticket_id.to_string(), ticket.id);
+        assert_eq!(claims.booking_id.to_string(), booking_id);
+        assert_eq!(claims.showtime_id.to_string(), app.showtime_id);
+        assert_eq!(claims.seat_id, ticket.seat_id);
+        assert_eq!(claims.valid_from, time(ticket.valid_from.as_ref()));
+        assert!(claims.valid_from < claims.valid_until);
+        assert!(ticket.code.len() < 200, "{}", ticket.code.len());
+    }
+}
+
+#[tokio::test]
+async fn every_check_in_outcome() {
+    let app = spawn_app().await;
+    let (booking_id, tickets) = app.book(&["A1", "A2"]).await;
+    let ticket = &tickets[0];
+    let show = app.showtime_id.clone();
+    let from = time(ticket.valid_from.as_ref());
+    let until = time(ticket.valid_until.as_ref());
+
+    let early =
+        app.scan_at(&ticket.code, &show, &nonce(), from - chrono::Duration::seconds(1)).await.unwrap();
+    assert_eq!(early.outcome(), pb::CheckInOutcome::NotYetValid);
+    assert_eq!(early.ticket.unwrap().id, ticket.id);
+    let late = app.scan_at(&ticket.code, &show, &nonce(), until).await.unwrap();
+    assert_eq!(late.outcome(), pb::CheckInOutcome::Expired);
+    let elsewhere =
+        app.scan_at(&ticket.code, &Uuid::new_v4().to_string(), &nonce(), during(ticket)).await.unwrap();
+    assert_eq!(elsewhere.outcome(), pb::CheckInOutcome::WrongShowtime);
+    assert_eq!(app.outcome_of("not-a-ticket").await, pb::CheckInOutcome::Invalid);
+
+    let first = app.scan(ticket).await;
+    assert_eq!(first.outcome(), pb::CheckInOutcome::Admitted);
+    assert_eq!(first.checked_in_at, Some(marquee_common::time::to_proto(during(ticket))));
+    let admitted = first.ticket.unwrap();
+    assert_eq!(admitted.status(), pb::TicketStatus::CheckedIn);
+
+    let later =
+        app.scan_at(&ticket.code, &show, &nonce(), during(ticket) + chrono::Duration::minutes(5)).await;
+    let later = later.unwrap();
+    assert_eq!(later.outcome(), pb::CheckInOutcome::AlreadyCheckedIn);
+    assert_eq!(later.checked_in_at, first.checked_in_at, "the first admission's time");
+
+    app.publisher.publish(&app.cancelled(&booking_id, &["A1", "A2"])).await;
+    app.await_tickets(&booking_id, |t| t.iter().all(|t| t.status() == pb::TicketStatus::Revoked)).await;
+    let revoked = app.scan(&tickets[1]).await;
+    assert_eq!(revoked.outcome(), pb::CheckInOutcome::Revoked);
+
+    // Bad input is an error, not an outcome.
+    let error = app.scan_at(&ticket.code, "nope", &nonce(), Utc::now()).await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::BadUserInput);
+    let error = app.scan_at(&ticket.code, &show, "short", Utc::now()).await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::BadUserInput);
+}
+
+#[tokio::test]
+async fn of_sixteen_concurrent_scans_of_one_ticket_exactly_one_admits() {
+    let app = spawn_app().await;
+    let (_, tickets) = app.book(&["C5"]).await;
+    let ticket = &tickets[0];
+    let scans = (0..16).map(|_| app.scan(ticket));
+    let answers = futures::future::join_all(scans).await;
+    let admitted = answers.iter().filter(|a| a.outcome() == pb::CheckInOutcome::Admitted).count();
+    let already = answers.iter().filter(|a| a.outcome() == pb::CheckInOutcome::AlreadyCheckedIn).count();
+    assert_eq!((admitted, already), (1, 15), "{answers:?}");
+}
+
+#[tokio::test]
+async fn a_repeated_scan_answers_the_same() {
+    let app = spawn_app().await;
+    let (_, tickets) = app.book(&["D1", "D2"]).await;
+    let (ticket, show) = (&tickets[0], app.showtime_id.clone());
+    let scan = nonce();
+    let at = during(ticket);
+    let first = app.scan_at(&ticket.code, &show, &scan, at).await.unwrap();
+    assert_eq!(first.outcome(), pb::CheckInOutcome::Admitted);
+    // The device retries its upload (concurrently, even): the same answer every time.
+    let repeats =
+        futures::future::join_all((0..4).map(|_| app.scan_at(&ticket.code, &show, &scan, at))).await;
+    for repeat in repeats {
+        assert_eq!(repeat.unwrap(), first);
+    }
+    // Another device scanning the same ticket is not admitted.
+    let other = app.scan_at(&ticket.code, &show, &nonce(), at).await.unwrap();
+    assert_eq!(other.outcome(), pb::CheckInOutcome::AlreadyCheckedIn);
+    // A nonce answers for one scan only.
+    let error = app.scan_at(&tickets[1].code, &show, &scan, at).await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::Conflict);
+    // A first scan answered INVALID is answered INVALID again.
+    let bad = nonce();
+    for _ in 0..2 {
+        let answer = app.scan_at("bogus", &show, &bad, at).await.unwrap();
+        assert_eq!(answer.outcome(), pb::CheckInOutcome::Invalid);
+    }
+}
+
+#[tokio::test]
+async fn cancelling_revokes_and_scanners_page_through_revocations() {
+    let app = spawn_app().await;
+    let (first, _) = app.book(&["F1", "F2"]).await;
+    let (second, _) = app.book(&["F3"]).await;
+    assert!(app.revoked("", 0).await.tickets.is_empty());
+
+    app.publisher.publish(&app.cancelled(&first, &["F1", "F2"])).await;
+    app.await_tickets(&first, |t| t.iter().all(|t| t.status() == pb::TicketStatus::Revoked)).await;
+    let page = app.revoked("", 1).await;
+    assert_eq!(page.tickets.len(), 1);
+    assert!(page.has_more);
+    let rest = app.revoked(&page.cursor, 0).await;
+    assert_eq!(rest.tickets.len(), 1);
+    assert!(!rest.has_more);
+    let mut seats: Vec<String> =
+        page.tickets.iter().chain(&rest.tickets).map(|t| t.seat_id.clone()).collect();
+    seats.sort();
+    assert_eq!(seats, ["F1", "F2"]);
+
+    // Only what changed since the cursor; a redelivered cancellation adds nothing.
+    assert!(app.revoked(&rest.cursor, 0).await.tickets.is_empty());
+    let cancel_second = app.cancelled(&second, &["F3"]);
+    app.publisher.publish(&cancel_second).await;
+    app.publisher.publish(&cancel_second).await;
+    app.await_tickets(&second, |t| t[0].status() == pb::TicketStatus::Revoked).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let since = app.revoked(&rest.cursor, 0).await;
+    assert_eq!(since.tickets.iter().map(|t| t.seat_id.as_str()).collect::<Vec<_>>(), ["F3"]);
+    assert_eq!(since.tickets[0].booking_id, second);
+    assert_eq!(app.revoked("", 0).await.tickets.len(), 3);
+
+    let error = app
+        .client
+        .clone()
+        .list_revoked(pb::ListRevokedRequest {
+            showtime_id: app.showtime_id.clone(),
+            after: "x".into(),
+            limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ApiError::from_status(&error).code, ErrorCode::BadUserInput);
+}
+
+#[tokio::test]
+async fn a_cancellation_handled_before_its_confirmation_still_revokes() {
+    let app = spawn_app().await;
+    let booking_id = Uuid::now_v7().to_string();
+    app.publisher.publish(&app.cancelled(&booking_id, &["G1"])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.publisher.publish(&app.confirmed(&booking_id, &["G1"])).await;
+    app.await_tickets(&booking_id, |t| t.len() == 1).await;
+    let tickets =
+        app.await_tickets(&booking_id, |t| t.iter().all(|t| t.status() == pb::TicketStatus::Revoked)).await;
+    assert_eq!(app.scan(&tickets[0]).await.outcome(), pb::CheckInOutcome::Revoked);
+    assert_eq!(app.revoked("", 0).await.tickets.len(), 1);
+}
+
+#[tokio::test]
+async fn a_retired_key_admits_while_listed_and_not_after() {
+    let old = key_settings("k-old", [1; 32], true);
+    let app = spawn_app_with(|s| s.ticket.signing_keys = vec![old.clone()]).await;
+    let (_, old_tickets) = app.book(&["H1", "H2"]).await;
+    assert_eq!(app.keys().await.verify(&old_tickets[0].code).unwrap().key_id, "k-old");
+    let TestApp { mut settings, ticket, publisher, showtime_id, _cinema, .. } = app;
+    ticket.stop().await;
+
+    // Rotated: a new key signs, the old one stays listed.
+    let mut retired = old.clone();
+    retired.active = false;
+    settings.ticket.signing_keys = vec![retired, key_settings("k-new", [2; 32], true)];
+    let (ticket, client) = start_ticket(&settings).await;
+    let app = TestApp { settings, client, ticket, _cinema, publisher, showtime_id };
+    assert_eq!(app.scan(&old_tickets[0]).await.outcome(), pb::CheckInOutcome::Admitted);
+    let (_, new_tickets) = app.book(&["H3"]).await;
+    assert_eq!(app.keys().await.verify(&new_tickets[0].code).unwrap().key_id, "k-new");
+    assert_eq!(app.keys().await.listed().len(), 2);
+    let TestApp { mut settings, ticket, publisher, showtime_id, _cinema, .. } = app;
+    ticket.stop().await;
+
+    // The old key removed: its codes are refused, the new key's still admit.
+    settings.ticket.signing_keys = vec![key_settings("k-new", [2; 32], true)];
+    let (ticket, client) = start_ticket(&settings).await;
+    let app = TestApp { settings, client, ticket, _cinema, publisher, showtime_id };
+    let refused = app.scan(&old_tickets[1]).await;
+    assert_eq!(refused.outcome(), pb::CheckInOutcome::Invalid);
+    assert!(refused.ticket.is_none());
+    assert_eq!(app.scan(&new_tickets[0]).await.outcome(), pb::CheckInOutcome::Admitted);
+}
+
+#[tokio::test]
+async fn forged_truncated_tampered_and_foreign_codes_are_invalid() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    let app = spawn_app().await;
+    let (_, tickets) = app.book(&["J1"]).await;
+    let genuine = &tickets[0];
+    let claims = app.keys().await.verify(&genuine.code).unwrap();
+    let bytes = URL_SAFE_NO_PAD.decode(&genuine.code).unwrap();
+
+    let mut forged = Vec::new();
+    forged.push(genuine.code[..genuine.code.len() - 1].to_owned());
+    forged.push(URL_SAFE_NO_PAD.encode(&bytes[..bytes.len() - 10]));
+    forged.push(format!("{}AA", genuine.code));
+    for index in [5, 50, 60, bytes.len() - 1] {
+        let mut tampered = bytes.clone();
+        tampered[index] ^= 0x01;
+        forged.push(URL_SAFE_NO_PAD.encode(tampered));
+    }
+    // Same claims, same key id, another key: a re-signed code.
+    let other_key = SigningKey::from_bytes(&[42; 32]);
+    forged.push(codec::encode(&claims, &other_key).unwrap());
+    // Another seat, signed by a key that is not listed.
+    let unlisted = TicketClaims { seat_id: "J2".to_owned(), key_id: "rogue".to_owned(), ..claims.clone() };
+    forged.push(codec::encode(&unlisted, &other_key).unwrap());
+    let mut version = bytes.clone();
+    version[0] = 9;
+    forged.push(URL_SAFE_NO_PAD.encode(version));
+    forged.push(String::new());
+    forged.push("%%%".to_owned());
+    forged.push("A".repeat(5000));
+
+    for code in &forged {
+        let answer = app.scan_at(code, &app.showtime_id, &nonce(), during(genuine)).await.unwrap();
+        assert_eq!(answer.outcome(), pb::CheckInOutcome::Invalid, "{code}");
+        assert!(answer.ticket.is_none());
+    }
+    // None of them checked the genuine ticket in.
+    assert_eq!(app.scan(genuine).await.outcome(), pb::CheckInOutcome::Admitted);
+}
