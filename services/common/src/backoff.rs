@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 /// `first · 2^attempt`, capped at `max`, with "equal jitter": the pause is a random
 /// point in the upper half of that step, never shorter than half of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +50,46 @@ impl Backoff {
     }
 }
 
+/// The retries of a long-running task that fails now and then (a broker session, a
+/// listener): how many failures in a row, and the pause after each.
+#[derive(Debug)]
+pub struct Reconnect {
+    backoff: Backoff,
+    /// Failures since the task last got going.
+    failures: u32,
+    /// Names the task in logs, e.g. "outbox relay".
+    what: &'static str,
+}
+
+impl Reconnect {
+    pub fn new(what: &'static str, first: Duration, max: Duration) -> Self {
+        Self { backoff: Backoff::new(first, max), failures: 0, what }
+    }
+
+    /// The task got going again: the next failure starts the backoff over.
+    pub fn connected(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Logs `failure` ("<what> interrupted", with the pause) and sleeps the pause,
+    /// longer after each failure in a row. `false` when `stop` was cancelled first:
+    /// the caller stops retrying.
+    pub async fn wait(&mut self, failure: &anyhow::Error, stop: &CancellationToken) -> bool {
+        let pause = self.backoff.delay(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        tracing::warn!(
+            error = format!("{failure:#}"),
+            retry_in_ms = pause.as_millis() as u64,
+            "{} interrupted",
+            self.what
+        );
+        tokio::select! {
+            () = stop.cancelled() => false,
+            () = tokio::time::sleep(pause) => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +113,27 @@ mod tests {
             let delay = backoff.delay(3);
             assert!(delay >= SECOND * 4 && delay <= SECOND * 8, "{delay:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_pauses_grow_until_connected_and_stop_at_once_when_cancelled() {
+        let mut reconnect = Reconnect::new("test task", SECOND, SECOND * 60);
+        let stop = CancellationToken::new();
+        let failure = anyhow::anyhow!("down");
+        let mut pauses = Vec::new();
+        for _ in 0..3 {
+            let started = tokio::time::Instant::now();
+            assert!(reconnect.wait(&failure, &stop).await);
+            pauses.push(started.elapsed());
+        }
+        assert!(pauses[0] >= SECOND / 2 && pauses[0] <= SECOND, "{pauses:?}");
+        assert!(pauses[2] >= SECOND * 2 && pauses[2] <= SECOND * 4, "{pauses:?}");
+        reconnect.connected();
+        let started = tokio::time::Instant::now();
+        assert!(reconnect.wait(&failure, &stop).await);
+        assert!(started.elapsed() <= SECOND, "the backoff started over");
+        stop.cancel();
+        assert!(!reconnect.wait(&failure, &stop).await);
     }
 
     #[test]

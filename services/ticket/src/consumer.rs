@@ -62,8 +62,8 @@ impl Consumer {
 
     /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
     pub async fn run(mut self, shutdown: Shutdown) {
-        let backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
-        let mut failures = 0;
+        let mut reconnect =
+            marquee_common::backoff::Reconnect::new("ticket consumer", RECONNECT_FIRST, RECONNECT_MAX);
         loop {
             let opened = match self.session.take() {
                 Some(session) => Ok(session),
@@ -74,7 +74,7 @@ impl Consumer {
             };
             let failure = match opened {
                 Ok((connection, channel)) => {
-                    failures = 0;
+                    reconnect.connected();
                     self.consuming.store(true, Ordering::Relaxed);
                     let consumed = self.consume(&channel, &shutdown).await;
                     self.consuming.store(false, Ordering::Relaxed);
@@ -88,16 +88,8 @@ impl Consumer {
                 }
                 Err(failure) => failure,
             };
-            let pause = backoff.delay(failures);
-            failures = failures.saturating_add(1);
-            tracing::warn!(
-                error = format!("{failure:#}"),
-                retry_in_ms = pause.as_millis() as u64,
-                "ticket consumer interrupted"
-            );
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
+            if !reconnect.wait(&failure, &shutdown).await {
+                return;
             }
         }
     }

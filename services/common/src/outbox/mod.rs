@@ -29,7 +29,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::backoff::Reconnect;
 use crate::config::RabbitSettings;
 
 /// Documents read per outbox query.
@@ -236,37 +236,27 @@ impl<S: OutboxStore> OutboxRelay<S> {
     /// Relays until `shutdown`, reconnecting with backoff whenever the broker or the
     /// database fails. Stopping mid-batch is safe: unconfirmed events stay unsent.
     pub async fn run(self, shutdown: CancellationToken) {
-        let backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
-        // Failures since the last connection that worked.
-        let mut failures: u32 = 0;
+        let mut reconnect = Reconnect::new("outbox relay", FIRST_BACKOFF, MAX_BACKOFF);
         loop {
             let failure = tokio::select! {
                 () = shutdown.cancelled() => return,
-                failure = self.connect_and_relay(&mut failures) => failure,
+                failure = self.connect_and_relay(&mut reconnect) => failure,
             };
-            let pause = backoff.delay(failures);
-            failures = failures.saturating_add(1);
-            tracing::warn!(
-                error = format!("{failure:#}"),
-                retry_in_ms = pause.as_millis() as u64,
-                "outbox relay interrupted"
-            );
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
+            if !reconnect.wait(&failure, &shutdown).await {
+                return;
             }
         }
     }
 
     /// Runs until something fails; the error says what. A connection that opens
     /// starts the backoff over.
-    async fn connect_and_relay(&self, failures: &mut u32) -> anyhow::Error {
+    async fn connect_and_relay(&self, reconnect: &mut Reconnect) -> anyhow::Error {
         // The connection is held here so it lives exactly as long as this session.
         let (_connection, channel) = match self.open_channel().await {
             Ok(session) => session,
             Err(error) => return error,
         };
-        *failures = 0;
+        reconnect.connected();
         tracing::info!(exchange = %self.exchange, "outbox relay connected to RabbitMQ");
         let mut prune_at = tokio::time::Instant::now();
         loop {

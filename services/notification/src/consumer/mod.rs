@@ -124,8 +124,8 @@ impl Consumer {
 
     /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
     pub async fn run(mut self, shutdown: Shutdown) {
-        let backoff = marquee_common::backoff::Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
-        let mut failures = 0;
+        let mut reconnect =
+            marquee_common::backoff::Reconnect::new("notification consumer", FIRST_BACKOFF, MAX_BACKOFF);
         loop {
             let opened = match self.session.take() {
                 Some(session) => Ok(session),
@@ -136,7 +136,7 @@ impl Consumer {
             };
             let failure = match opened {
                 Ok(session) => {
-                    failures = 0;
+                    reconnect.connected();
                     self.consuming.store(true, Ordering::Relaxed);
                     let consumed = self.consume(session, &shutdown).await;
                     self.consuming.store(false, Ordering::Relaxed);
@@ -147,16 +147,8 @@ impl Consumer {
                 }
                 Err(failure) => failure,
             };
-            let pause = backoff.delay(failures);
-            failures = failures.saturating_add(1);
-            tracing::warn!(
-                error = format!("{failure:#}"),
-                retry_in_ms = pause.as_millis() as u64,
-                "notification consumer interrupted"
-            );
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
+            if !reconnect.wait(&failure, &shutdown).await {
+                return;
             }
         }
     }
