@@ -7,6 +7,7 @@ use marquee_proto::ticket::v1 as pb;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::batch::Batcher;
 use crate::domain::{self, InvalidInput, Nonce, Outcome, TicketStatus};
 use crate::keys::PublicKeys;
 use crate::store::{CheckInDoc, TicketDoc, TicketStore, bson_time, chrono_time};
@@ -39,6 +40,10 @@ impl From<TicketError> for Status {
 pub struct TicketServiceImpl {
     store: TicketStore,
     keys: PublicKeys,
+    /// Nonce lookups and scan records of concurrent scans, each kind one command per
+    /// batch: at a busy door these were two of a scan's three or four MongoDB commands.
+    scans_seen: Batcher<String, Option<CheckInDoc>>,
+    scans_recorded: Batcher<CheckInDoc, Option<CheckInDoc>>,
 }
 
 /// A check-in's answer before it is turned into the reply.
@@ -83,8 +88,23 @@ fn to_pb(ticket: TicketDoc) -> pb::Ticket {
 }
 
 impl TicketServiceImpl {
+    /// Starts the check-in batchers, so it must run inside the Tokio runtime.
     pub fn new(store: TicketStore, keys: PublicKeys) -> Self {
-        Self { store, keys }
+        let scans_seen = Batcher::spawn("look up scan nonces", {
+            let store = store.clone();
+            move |nonces| {
+                let store = store.clone();
+                async move { store.check_ins(nonces).await }
+            }
+        });
+        let scans_recorded = Batcher::spawn("record scans", {
+            let store = store.clone();
+            move |records| {
+                let store = store.clone();
+                async move { store.record_check_ins(records).await }
+            }
+        });
+        Self { store, keys, scans_seen, scans_recorded }
     }
 
     /// One scan. A repeat of a nonce answers what the first got; otherwise the code
@@ -97,7 +117,7 @@ impl TicketServiceImpl {
             Some(ts) => from_proto(ts).ok_or_else(|| InvalidInput("scannedAt is out of range".to_owned()))?,
             None => Utc::now(),
         };
-        if let Some(first) = self.store.check_in(nonce.as_str()).await? {
+        if let Some(first) = self.scans_seen.call(nonce.as_str().to_owned()).await? {
             return self.replay(first, &request.code, showtime_id).await;
         }
         let answer = self.decide(&request.code, showtime_id, &nonce, scanned_at).await?;
@@ -112,7 +132,7 @@ impl TicketServiceImpl {
             staff_id: request.staff_id.clone(),
             recorded_at: bson_time(Utc::now()),
         };
-        match self.store.record_check_in(&record).await? {
+        match self.scans_recorded.call(record).await? {
             // The same scan, concurrently, was recorded first: answer as it was.
             Some(first) => self.replay(first, &request.code, showtime_id).await,
             None => Ok(answer),

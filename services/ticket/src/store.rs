@@ -11,11 +11,13 @@
 //!   confirmation still revokes the tickets issued after it.
 //! - `handled_events`: event ids whose work is done (deduplication).
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::bson::{self, Bson, doc};
-use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::error::{ErrorKind, InsertManyError, WriteFailure};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -99,14 +101,19 @@ pub struct TicketStore {
     handled: Collection<bson::Document>,
 }
 
+/// MongoDB's code for a unique-index violation.
+const DUPLICATE_KEY: i32 = 11000;
+
 /// True when every failure of an unordered insert_many was a duplicate key.
 fn only_duplicates(error: &mongodb::error::Error) -> bool {
     match error.kind.as_ref() {
         ErrorKind::InsertMany(e) => {
             e.write_concern_error.is_none()
-                && e.write_errors.as_ref().is_some_and(|errors| errors.iter().all(|e| e.code == 11000))
+                && e.write_errors
+                    .as_ref()
+                    .is_some_and(|errors| errors.iter().all(|e| e.code == DUPLICATE_KEY))
         }
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
         _ => false,
     }
 }
@@ -198,19 +205,69 @@ impl TicketStore {
             .context("cannot check a ticket in")
     }
 
-    pub async fn check_in(&self, nonce: &str) -> anyhow::Result<Option<CheckInDoc>> {
-        self.check_ins.find_one(doc! { "_id": nonce }).await.context("cannot read a check-in")
+    /// The recorded scans of these nonces, one answer per nonce in order (for
+    /// [`crate::batch::Batcher`]: one command for a batch of scans).
+    pub async fn check_ins(
+        &self,
+        nonces: Vec<String>,
+    ) -> Vec<Result<Option<CheckInDoc>, mongodb::error::Error>> {
+        let found = match self.find_check_ins(&nonces).await {
+            Ok(found) => found,
+            Err(error) => return vec![Err(error); nonces.len()],
+        };
+        nonces.iter().map(|nonce| Ok(found.get(nonce).cloned())).collect()
     }
 
-    /// Records a scan's answer; if the nonce was recorded meanwhile, that record.
-    pub async fn record_check_in(&self, record: &CheckInDoc) -> anyhow::Result<Option<CheckInDoc>> {
-        match self.check_ins.insert_one(record).await {
-            Ok(_) => Ok(None),
-            Err(error) if marquee_common::mongo::is_duplicate_key(&error) => {
-                self.check_in(&record.nonce).await
+    async fn find_check_ins(
+        &self,
+        nonces: &[String],
+    ) -> Result<HashMap<String, CheckInDoc>, mongodb::error::Error> {
+        let cursor = self.check_ins.find(doc! { "_id": { "$in": nonces } }).await?;
+        let records: Vec<CheckInDoc> = cursor.try_collect().await?;
+        Ok(records.into_iter().map(|record| (record.nonce.clone(), record)).collect())
+    }
+
+    /// Records scans' answers in one unordered insert, one answer per record in order:
+    /// `None` when recorded, or the record already there for its nonce (a repeated
+    /// upload of the same scan, possibly in this very batch).
+    pub async fn record_check_ins(
+        &self,
+        records: Vec<CheckInDoc>,
+    ) -> Vec<Result<Option<CheckInDoc>, mongodb::error::Error>> {
+        let error = match self.check_ins.insert_many(&records).ordered(false).await {
+            Ok(_) => return vec![Ok(None); records.len()],
+            Err(error) => error,
+        };
+        let ErrorKind::InsertMany(InsertManyError {
+            write_errors: Some(failed),
+            write_concern_error: None,
+            ..
+        }) = error.kind.as_ref()
+        else {
+            return vec![Err(error); records.len()];
+        };
+        let mut answers = vec![Ok(None); records.len()];
+        let mut repeated = Vec::new();
+        for failure in failed {
+            match answers.get_mut(failure.index) {
+                Some(_) if failure.code == DUPLICATE_KEY => repeated.push(failure.index),
+                Some(answer) => *answer = Err(error.clone()),
+                None => {}
             }
-            Err(error) => Err(error).context("cannot record a check-in"),
         }
+        if repeated.is_empty() {
+            return answers;
+        }
+        let nonces: Vec<String> = repeated.iter().map(|&i| records[i].nonce.clone()).collect();
+        let found = self.find_check_ins(&nonces).await;
+        for index in repeated {
+            answers[index] = match &found {
+                // Missing would mean the record that collided is gone; nothing deletes one.
+                Ok(found) => Ok(found.get(&records[index].nonce).cloned()),
+                Err(error) => Err(error.clone()),
+            };
+        }
+        answers
     }
 
     /// Notes that a booking was cancelled (idempotent).

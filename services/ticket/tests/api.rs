@@ -378,6 +378,26 @@ async fn a_repeated_scan_answers_the_same() {
     }
 }
 
+/// Scans are looked up and recorded in batches: copies of one scan arriving together
+/// share a batch, and each must still get the one answer.
+#[tokio::test]
+async fn copies_of_an_unseen_scan_uploaded_at_once_all_get_its_one_answer() {
+    let app = spawn_app().await;
+    let (_, tickets) = app.book(&["E1", "E2", "E3", "E4"]).await;
+    let (app, show, at) = (&app, &app.showtime_id, during(&tickets[0]));
+    let scans: Vec<(&str, String)> = tickets.iter().map(|t| (t.code.as_str(), nonce())).collect();
+    let uploads =
+        scans.iter().flat_map(|(code, scan)| (0..6).map(move |_| app.scan_at(code, show, scan, at)));
+    let answers = futures::future::join_all(uploads).await;
+    for (copies, (_, scan)) in answers.chunks(6).zip(&scans) {
+        let first = copies[0].as_ref().expect("a repeated upload is not an error");
+        assert_eq!(first.outcome(), pb::CheckInOutcome::Admitted, "scan {scan}: {first:?}");
+        for copy in copies {
+            assert_eq!(copy.as_ref().ok(), Some(first), "copies of scan {scan} were answered differently");
+        }
+    }
+}
+
 #[tokio::test]
 async fn cancelling_revokes_and_scanners_page_through_revocations() {
     let app = spawn_app().await;
