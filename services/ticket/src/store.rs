@@ -148,7 +148,7 @@ impl TicketStore {
         let record = doc! { "_id": event_id, "at": bson_time(now) };
         match self.handled.insert_one(record).await {
             Ok(_) => Ok(()),
-            Err(error) if marquee_common::mongo::is_duplicate_key(&error) => Ok(()),
+            Err(error) if marquee_mongo::is_duplicate_key(&error) => Ok(()),
             Err(error) => Err(error).context("cannot record a handled event"),
         }
     }
@@ -206,9 +206,7 @@ impl TicketStore {
     pub async fn record_check_in(&self, record: &CheckInDoc) -> anyhow::Result<Option<CheckInDoc>> {
         match self.check_ins.insert_one(record).await {
             Ok(_) => Ok(None),
-            Err(error) if marquee_common::mongo::is_duplicate_key(&error) => {
-                self.check_in(&record.nonce).await
-            }
+            Err(error) if marquee_mongo::is_duplicate_key(&error) => self.check_in(&record.nonce).await,
             Err(error) => Err(error).context("cannot record a check-in"),
         }
     }
@@ -304,7 +302,7 @@ impl TicketStore {
                 let first = RevocationLog { showtime_id: showtime_id.to_owned(), seq, entries: fresh };
                 match self.revocations.insert_one(&first).await {
                     Ok(_) => true,
-                    Err(error) if marquee_common::mongo::is_duplicate_key(&error) => false,
+                    Err(error) if marquee_mongo::is_duplicate_key(&error) => false,
                     Err(error) => return Err(error).context("cannot start the revocation log"),
                 }
             };
