@@ -8,7 +8,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
       -p marquee-user -p marquee-cinema -p marquee-booking -p marquee-payment \
-      -p marquee-notification -p marquee-ticket -p marquee-gateway -p marquee-common \
+      -p marquee-notification -p marquee-ticket -p marquee-gateway -p marquee-kit \
  && mkdir -p /out \
  && cp target/release/marquee-user target/release/marquee-cinema target/release/marquee-booking \
        target/release/marquee-payment target/release/marquee-notification \

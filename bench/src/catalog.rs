@@ -90,7 +90,7 @@ pub async fn build_hall(channel: Channel, showtimes: usize) -> anyhow::Result<Ve
             .create_showtime(pb::CreateShowtimeRequest {
                 movie_id: movie.id.clone(),
                 screen_id: screen.id.clone(),
-                starts_at: Some(marquee_common::time::to_proto(starts_at)),
+                starts_at: Some(marquee_kit::time::to_proto(starts_at)),
                 prices: vec![pb::CategoryPrice {
                     category: "standard".into(),
                     price: Some(marquee_proto::common::v1::Money {

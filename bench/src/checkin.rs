@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lapin::BasicProperties;
 use lapin::options::ConfirmSelectOptions;
-use marquee_common::Secret;
+use marquee_kit::Secret;
 use marquee_proto::events::v1::{BookingConfirmed, Event, event::Payload};
 use marquee_proto::ticket::v1::ListTicketsRequest;
 use marquee_proto::ticket::v1::ticket_service_client::TicketServiceClient;
@@ -87,7 +87,7 @@ async fn staff_token(client: &Client) -> anyhow::Result<String> {
 /// Confirms `tickets / 10` bookings of one showtime by publishing their events, and
 /// returns every ticket's code once all are issued.
 async fn issue(mesh: &Mesh, showtime: &str, tickets: usize) -> anyhow::Result<Vec<(String, String)>> {
-    let (_connection, channel) = marquee_common::rabbit::connect(&mesh.settings.rabbitmq).await?;
+    let (_connection, channel) = marquee_messaging::rabbit::connect(&mesh.settings.rabbitmq).await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut booking_ids = Vec::new();
     for b in 0..tickets / SEATS_PER_BOOKING {
@@ -96,7 +96,7 @@ async fn issue(mesh: &Mesh, showtime: &str, tickets: usize) -> anyhow::Result<Ve
         let event = Event {
             event_id: uuid::Uuid::now_v7().to_string(),
             r#type: "booking.confirmed".to_owned(),
-            occurred_at: Some(marquee_common::time::to_proto(chrono::Utc::now())),
+            occurred_at: Some(marquee_kit::time::to_proto(chrono::Utc::now())),
             booking_id: booking_id.clone(),
             user_id: uuid::Uuid::new_v4().to_string(),
             payload: Some(Payload::BookingConfirmed(BookingConfirmed {
@@ -106,9 +106,9 @@ async fn issue(mesh: &Mesh, showtime: &str, tickets: usize) -> anyhow::Result<Ve
                 payment_id: uuid::Uuid::new_v4().to_string(),
             })),
         };
-        let properties = BasicProperties::default().with_delivery_mode(marquee_common::rabbit::PERSISTENT);
+        let properties = BasicProperties::default().with_delivery_mode(marquee_messaging::rabbit::PERSISTENT);
         let exchange = &mesh.settings.rabbitmq.exchange;
-        marquee_common::rabbit::publish_confirmed(
+        marquee_messaging::rabbit::publish_confirmed(
             &channel,
             exchange,
             &event.r#type,
@@ -210,7 +210,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let scans_per_second = scans.len() as f64 / elapsed;
 
-    let db = marquee_common::mongo::connect(&mesh.settings.mongo, "ticket").await?;
+    let db = marquee_mongo::connect(&mesh.settings.mongo, "ticket").await?;
     let checked_in = db
         .collection::<mongodb::bson::Document>("tickets")
         .count_documents(doc! { "status": "CHECKED_IN" })

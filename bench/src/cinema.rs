@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use marquee_cinema::Application;
-use marquee_common::secret::Secret;
-use marquee_common::shutdown::Shutdown;
-use marquee_common::{ApiError, ErrorCode, Settings};
+use marquee_e2e::MeshSettings as Settings;
+use marquee_kit::Config as _;
+use marquee_kit::secret::Secret;
+use marquee_kit::shutdown::Shutdown;
+use marquee_kit::{ApiError, ErrorCode};
 use marquee_proto::cinema::v1 as pb;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use serde_json::json;
@@ -54,7 +56,7 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     settings.cinema.hold_cutoff_seconds = 0;
     settings.cinema.hold_sweep_interval_ms = 0;
 
-    let app = Application::build(settings.clone()).await?;
+    let app = Application::build(settings.cinema()).await?;
     let app_addr = app.addr();
     let url = format!("http://{app_addr}");
     let shutdown = Shutdown::new();

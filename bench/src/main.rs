@@ -14,15 +14,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    marquee_common::telemetry::install_crypto_provider();
+    marquee_kit::telemetry::install_crypto_provider();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("cinema") => marquee_bench::cinema::run(&root).await,
         Some("rush") => {
             if std::env::var_os("RUST_LOG").is_some() {
-                let settings = marquee_common::Settings::load_from(&root.join("config"), "test")?;
-                marquee_common::telemetry::init(&settings.telemetry);
+                let settings = <marquee_e2e::MeshSettings as marquee_kit::Config>::load_from(
+                    &root.join("config"),
+                    "test",
+                )?;
+                marquee_kit::telemetry::init(&settings.telemetry);
             }
             let options = marquee_bench::rush::Options::parse(args).context("bad options")?;
             marquee_bench::rush::run(&root, options).await

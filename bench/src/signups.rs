@@ -127,8 +127,9 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     }
 
     // A refusal changed nothing; every account answered OK exists.
-    let settings = marquee_common::Settings::load_from(&root.join("config"), "local")?;
-    let db = marquee_common::mongo::connect(&settings.mongo, "user").await?;
+    let settings =
+        <marquee_e2e::MeshSettings as marquee_kit::Config>::load_from(&root.join("config"), "local")?;
+    let db = marquee_mongo::connect(&settings.mongo, "user").await?;
     let users = db.collection::<mongodb::bson::Document>("users");
     let existing = |emails: Vec<String>| {
         let users = users.clone();

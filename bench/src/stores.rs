@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use futures::TryStreamExt;
-use marquee_common::Settings;
+use marquee_e2e::MeshSettings as Settings;
 use mongodb::bson::{Document, doc};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -22,7 +22,7 @@ pub fn is_charged(status: &str) -> bool {
     matches!(status, "SUCCEEDED" | "PARTIALLY_REFUNDED" | "REFUNDED")
 }
 
-/// One element of a document's transactional outbox (`marquee_common::outbox`).
+/// One element of a document's transactional outbox (`marquee_messaging::outbox`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct OutboxEntry {
     pub event_id: String,
@@ -214,7 +214,7 @@ impl Stores {
 
     /// Outbox events of bookings and payments the broker has not confirmed yet.
     pub async fn unsent_events(&self) -> anyhow::Result<u64> {
-        // `$gte: 1` as the relays query it (marquee_common::outbox says why not `$gt: 0`).
+        // `$gte: 1` as the relays query it (marquee_messaging::outbox says why not `$gt: 0`).
         let unsent = doc! { "unsent_events": { "$gte": 1 } };
         let mut count = 0;
         for (service, collection) in [("booking", "bookings"), ("payment", "payments")] {

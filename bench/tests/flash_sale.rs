@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_flash_sale_sells_every_seat_once_charges_once_and_notifies_once() {
-    let mut settings = marquee_common::testing::isolated_settings().await.unwrap();
+    let mut settings: marquee_e2e::MeshSettings = marquee_kit::testing::isolated_settings().await.unwrap();
     settings.cinema.no_orphan_seats = false;
     let mesh = Mesh::builder().settings(settings).start().await.unwrap();
     let channel = Endpoint::from_shared(mesh.url(Service::Cinema).unwrap()).unwrap().connect().await.unwrap();
@@ -73,7 +73,7 @@ async fn a_small_flash_sale_sells_every_seat_once_charges_once_and_notifies_once
 /// hold stays HELD, which is not final, so polling gives up at the deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_a_booking_ends_at_its_final_status_or_at_the_deadline() {
-    let mut settings = marquee_common::testing::isolated_settings().await.unwrap();
+    let mut settings: marquee_e2e::MeshSettings = marquee_kit::testing::isolated_settings().await.unwrap();
     settings.cinema.no_orphan_seats = false;
     let mesh = Mesh::builder().settings(settings).start().await.unwrap();
     let channel = Endpoint::from_shared(mesh.url(Service::Cinema).unwrap()).unwrap().connect().await.unwrap();

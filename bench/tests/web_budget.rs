@@ -20,7 +20,7 @@ async fn web_budget() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench/ has a parent").to_path_buf();
     let web = root.join("web");
     assert!(web.join("dist/index.html").exists(), "build the web app first: scripts/web-build");
-    let mut settings = marquee_common::testing::isolated_settings().await.unwrap();
+    let mut settings: marquee_e2e::MeshSettings = marquee_kit::testing::isolated_settings().await.unwrap();
     settings.cinema.no_orphan_seats = false;
     settings.gateway.web_dir = web.join("dist");
     settings.gateway.rate_limit.per_ip = 1_000_000;

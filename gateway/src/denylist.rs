@@ -1,11 +1,11 @@
 //! Access tokens revoked before their `exp` (logout), as the user service records them
-//! in Redis under `marquee_common::auth::denied_jti_key`. Its connection also answers
+//! in Redis under `marquee_auth::denied_jti_key`. Its connection also answers
 //! readiness: without Redis no token can be checked, so no request can be served.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use marquee_common::config::RedisSettings;
+use marquee_kit::config::RedisSettings;
 use redis::aio::ConnectionManager;
 
 /// How long `/readyz` waits for Redis: a load balancer's probe must not hang on it.
@@ -26,7 +26,7 @@ impl Denylist {
 
     pub async fn is_denied(&self, jti: &str) -> anyhow::Result<bool> {
         let mut redis = self.redis.clone();
-        let key = marquee_common::auth::denied_jti_key(&self.prefix, jti);
+        let key = marquee_auth::denied_jti_key(&self.prefix, jti);
         redis::cmd("EXISTS").arg(key).query_async(&mut redis).await.context("cannot check the token denylist")
     }
 

@@ -1,7 +1,7 @@
 //! The one place where gateway failures become GraphQL errors with `extensions.code`.
 
 use async_graphql::ErrorExtensions;
-use marquee_common::{ApiError, ErrorCode};
+use marquee_kit::{ApiError, ErrorCode};
 use tonic::{Code, Status};
 
 /// Everything a resolver can fail with.

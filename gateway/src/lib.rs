@@ -12,8 +12,11 @@ mod loaders;
 mod metrics;
 mod ratelimit;
 mod schema;
+pub mod settings;
 mod trace;
 mod upstream;
+
+pub use settings::Settings;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -22,9 +25,8 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::serve::ListenerExt as _;
-use marquee_common::Settings;
-use marquee_common::auth::TokenKeys;
-use marquee_common::shutdown::Shutdown;
+use marquee_auth::TokenKeys;
+use marquee_kit::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
 pub struct Application {
@@ -53,7 +55,7 @@ impl Application {
             http::Services { keys, denylist, upstreams, feeds, limiter, metrics, closing: closing.clone() };
         let state = http::AppState::new(schemas, services, &settings.gateway);
         let router = http::router(state, settings.gateway.max_body_bytes);
-        let (listener, addr) = marquee_common::grpc::bind(&settings.gateway.server).await?;
+        let (listener, addr) = marquee_kit::grpc::bind(&settings.gateway.server).await?;
         let grace = Duration::from_millis(settings.grpc.shutdown_grace_ms);
         Ok(Self { listener, addr, router, grace, closing })
     }

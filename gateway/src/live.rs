@@ -14,14 +14,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
-use marquee_common::Settings;
-use marquee_common::backoff::Backoff;
+use marquee_kit::backoff::Backoff;
 use marquee_proto::cinema::v1 as cinema;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::Settings;
 use crate::domain::ShowtimeId;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -392,6 +392,8 @@ async fn open(
 
 #[cfg(test)]
 mod tests {
+    use marquee_kit::Config as _;
+
     use super::*;
 
     fn change(seat: &str) -> FeedEvent {

@@ -147,8 +147,8 @@ where
     let shown = id.to_string();
     match loader.load_one(id).await {
         Ok(Some(value)) => Ok(value),
-        Ok(None) => Err(GatewayError::Upstream(marquee_common::ApiError::new(
-            marquee_common::ErrorCode::NotFound,
+        Ok(None) => Err(GatewayError::Upstream(marquee_kit::ApiError::new(
+            marquee_kit::ErrorCode::NotFound,
             format!("{what} {shown} not found"),
         ))),
         Err(shared) => Err(shared.duplicate()),

@@ -5,10 +5,11 @@
 use std::net::IpAddr;
 
 use anyhow::Context;
-use marquee_common::config::{RateLimitSettings, RedisSettings};
+use marquee_kit::config::RedisSettings;
 use redis::aio::ConnectionManager;
 
 use crate::domain::UserId;
+use crate::settings::RateLimitSettings;
 
 /// Counts `ARGV[2]` operations against the window in `KEYS[1]`, starting the window
 /// (expiry `ARGV[1]` ms) with its first request; answers the count and the window's

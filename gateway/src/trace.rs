@@ -7,4 +7,4 @@
 //! gateway's span id as the parent. Parsing and formatting are the service kit's, so
 //! the gateway and the services share one implementation.
 
-pub use marquee_common::trace::{TRACEPARENT, TraceContext};
+pub use marquee_kit::trace::{TRACEPARENT, TraceContext};

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use marquee_common::Settings;
 use marquee_proto::booking::v1 as booking;
 use marquee_proto::booking::v1::booking_service_client::BookingServiceClient;
 use marquee_proto::cinema::v1 as cinema;
@@ -22,6 +21,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::Settings;
 use crate::domain::{
     BookingId, CinemaId, Filter, IdempotencyKey, MovieId, PaymentMethod, SeatSelection, ShowtimeId, UserId,
 };
@@ -76,7 +76,7 @@ impl Interceptor for Traced {
 impl Upstreams {
     pub fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let urls = &settings.upstream;
-        let channel = |url: &str| marquee_common::grpc::channel(url, &settings.grpc);
+        let channel = |url: &str| marquee_kit::grpc::channel(url, &settings.grpc);
         Ok(Self {
             user: channel(&urls.user_url)?,
             cinema: channel(&urls.cinema_url)?,

@@ -5,11 +5,13 @@
 //! the end-to-end tests here, the gateway's and booking's tests, and the benchmarks.
 
 mod mesh;
+mod settings;
 
 use anyhow::Context;
 use serde_json::Value;
 
 pub use mesh::{Mesh, MeshBuilder, Service};
+pub use settings::MeshSettings;
 
 /// A GraphQL response body.
 #[derive(Debug)]

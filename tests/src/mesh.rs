@@ -1,6 +1,7 @@
 //! The one place the mesh is started in-process: each service on a random port,
 //! brought up in dependency order and pointed at the real addresses of the ones
-//! before it, against the real stores, isolated per mesh by `marquee_common::testing`.
+//! before it, against the real stores, isolated per mesh by `marquee_kit::testing`; each gets its own `Settings`, cut from
+//! the mesh's (`MeshSettings`).
 
 use std::fmt;
 use std::future::Future;
@@ -9,12 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use marquee_booking::{PayWaits, Sweeper};
-use marquee_common::Settings;
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::shutdown::Shutdown;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::Gql;
+use crate::{Gql, MeshSettings};
 
 /// A part of the mesh. `ALL` is the start order: a service only calls ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +52,7 @@ impl Service {
     }
 
     /// Where the services that call this one look for it.
-    fn upstream_url(self, settings: &mut Settings) -> Option<&mut String> {
+    fn upstream_url(self, settings: &mut MeshSettings) -> Option<&mut String> {
         let upstream = &mut settings.upstream;
         match self {
             Service::User => Some(&mut upstream.user_url),
@@ -72,12 +72,12 @@ impl fmt::Display for Service {
     }
 }
 
-type Hook<'a> = Box<dyn FnOnce(&mut Settings) + Send + 'a>;
+type Hook<'a> = Box<dyn FnOnce(&mut MeshSettings) + Send + 'a>;
 
 /// What to start, on which settings; `Mesh::builder()`.
 #[must_use = "nothing starts until `start`"]
 pub struct MeshBuilder<'a> {
-    settings: Option<Settings>,
+    settings: Option<MeshSettings>,
     seed_demo: Option<bool>,
     skipped: Vec<Service>,
     configure: Vec<Hook<'a>>,
@@ -87,7 +87,7 @@ pub struct MeshBuilder<'a> {
 impl<'a> MeshBuilder<'a> {
     /// Starts from these settings as they are, instead of fresh isolated test
     /// settings with the demo catalog seeded.
-    pub fn settings(mut self, settings: Settings) -> Self {
+    pub fn settings(mut self, settings: MeshSettings) -> Self {
         self.settings = Some(settings);
         self
     }
@@ -109,14 +109,14 @@ impl<'a> MeshBuilder<'a> {
     }
 
     /// Adjusts the settings every service gets (limits, switches). Hooks run in order.
-    pub fn configure(mut self, hook: impl FnOnce(&mut Settings) + Send + 'a) -> Self {
+    pub fn configure(mut self, hook: impl FnOnce(&mut MeshSettings) + Send + 'a) -> Self {
         self.configure.push(Box::new(hook));
         self
     }
 
     /// Adjusts the settings once the services run, for the gateway alone: e.g. routes
     /// its upstream URLs through a recording proxy. `Mesh::settings` keeps the result.
-    pub fn before_gateway(mut self, hook: impl FnOnce(&mut Settings) + Send + 'a) -> Self {
+    pub fn before_gateway(mut self, hook: impl FnOnce(&mut MeshSettings) + Send + 'a) -> Self {
         self.before_gateway.push(Box::new(hook));
         self
     }
@@ -125,11 +125,11 @@ impl<'a> MeshBuilder<'a> {
     /// already running are stopped.
     pub async fn start(self) -> anyhow::Result<Mesh> {
         let MeshBuilder { settings, seed_demo, skipped, configure, mut before_gateway } = self;
-        marquee_common::telemetry::install_crypto_provider();
+        marquee_kit::telemetry::install_crypto_provider();
         let mut settings = match settings {
             Some(settings) => settings,
             None => {
-                let mut settings = marquee_common::testing::isolated_settings().await?;
+                let mut settings: MeshSettings = marquee_kit::testing::isolated_settings().await?;
                 settings.cinema.seed_demo = true;
                 settings
             }
@@ -140,7 +140,7 @@ impl<'a> MeshBuilder<'a> {
         for hook in configure {
             hook(&mut settings);
         }
-        marquee_common::telemetry::init(&settings.telemetry);
+        marquee_kit::telemetry::init(&settings.telemetry);
 
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
         let mut mesh = Mesh {
@@ -161,38 +161,44 @@ impl<'a> MeshBuilder<'a> {
             if skipped.contains(&service) {
                 continue;
             }
-            let settings = mesh.settings.clone();
+            let settings = &mesh.settings;
             let stop = mesh.shutdown.clone();
             let cannot = || format!("cannot build {service}");
             match service {
                 Service::User => {
-                    let app = marquee_user::Application::build(settings).await.with_context(cannot)?;
+                    let app = marquee_user::Application::build(settings.user()).await.with_context(cannot)?;
                     mesh.serve(service, app.addr(), app.run_until_stopped(stop));
                 }
                 Service::Cinema => {
-                    let app = marquee_cinema::Application::build(settings).await.with_context(cannot)?;
+                    let app =
+                        marquee_cinema::Application::build(settings.cinema()).await.with_context(cannot)?;
                     mesh.serve(service, app.addr(), app.run_until_stopped(stop));
                 }
                 Service::Payment => {
-                    let app = marquee_payment::Application::build(settings).await.with_context(cannot)?;
+                    let app =
+                        marquee_payment::Application::build(settings.payment()).await.with_context(cannot)?;
                     mesh.serve(service, app.addr(), app.run_until_stopped(stop));
                 }
                 Service::Booking => {
-                    let app = marquee_booking::Application::build(settings).await.with_context(cannot)?;
+                    let app =
+                        marquee_booking::Application::build(settings.booking()).await.with_context(cannot)?;
                     mesh.booking = Some((app.sweeper(), app.pay_waits()));
                     mesh.serve(service, app.addr(), app.run_until_stopped(stop));
                 }
                 Service::Ticket => {
-                    let app = marquee_ticket::Application::build(settings).await.with_context(cannot)?;
+                    let app =
+                        marquee_ticket::Application::build(settings.ticket()).await.with_context(cannot)?;
                     mesh.serve(service, app.addr(), app.run_until_stopped(stop));
                 }
                 Service::Notification => {
-                    let app =
-                        marquee_notification::Application::build(settings).await.with_context(cannot)?;
+                    let app = marquee_notification::Application::build(settings.notification())
+                        .await
+                        .with_context(cannot)?;
                     mesh.serve(service, app.addr(), app.run_until_stopped(stop));
                 }
                 Service::Gateway => {
-                    let app = marquee_gateway::Application::build(settings).await.with_context(cannot)?;
+                    let app =
+                        marquee_gateway::Application::build(settings.gateway()).await.with_context(cannot)?;
                     mesh.serve(service, app.addr(), app.run_until_stopped(stop));
                 }
             }
@@ -205,7 +211,7 @@ impl<'a> MeshBuilder<'a> {
 /// `stop` also waits for them.
 pub struct Mesh {
     /// What the services got, with the upstream URLs of the ones that run.
-    pub settings: Settings,
+    pub settings: MeshSettings,
     services: Vec<(Service, SocketAddr)>,
     booking: Option<(Sweeper, PayWaits)>,
     http: reqwest::Client,

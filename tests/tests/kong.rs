@@ -9,8 +9,9 @@
 use std::path::Path;
 
 use base64::Engine;
-use marquee_common::Settings;
-use marquee_common::config::JwtAlgorithm;
+use marquee_auth::JwtAlgorithm;
+use marquee_e2e::MeshSettings as Settings;
+use marquee_kit::Config as _;
 use serde_json::Value;
 
 fn kong() -> Value {

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use marquee_common::Secret;
 use marquee_e2e::{Gql, Mesh, Service};
+use marquee_kit::Secret;
 use serde_json::{Value, json};
 
 const ADMIN_EMAIL: &str = "root@marquee.example";

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::shutdown::Shutdown;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use uuid::Uuid;

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::shutdown::Shutdown;
 use serde_json::{Value, json};
 
 use crate::brokers::{self, RedisServer};

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use marquee_common::Secret;
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::Secret;
+use marquee_kit::shutdown::Shutdown;
 use tonic::transport::Endpoint;
 
 pub use self::options::Options;

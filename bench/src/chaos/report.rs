@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use marquee_common::Settings;
+use marquee_e2e::MeshSettings as Settings;
 use serde_json::{Value, json};
 
 use super::checks::{Blame, Check};

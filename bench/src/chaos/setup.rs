@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use marquee_common::{Secret, Settings};
+use marquee_e2e::MeshSettings as Settings;
+use marquee_kit::Config as _;
+use marquee_kit::Secret;
 use sqlx::Connection;
 
 use crate::procs::{Probe, Spec};

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use marquee_common::Settings;
+use marquee_e2e::MeshSettings as Settings;
 use mongodb::bson::doc;
 use serde_json::{Value, json};
 

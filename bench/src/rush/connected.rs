@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use marquee_common::Settings;
+use marquee_e2e::MeshSettings as Settings;
 use marquee_proto::cinema::v1 as pb;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use serde_json::{Value, json};

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use marquee_common::Settings;
+use marquee_e2e::MeshSettings as Settings;
 use serde_json::{Value, json};
 use tonic::transport::Endpoint;
 
@@ -83,7 +83,7 @@ impl Options {
 /// The mesh's settings for the benchmark: the isolated test stores, with the
 /// production values wherever the test configuration trades realism for speed.
 pub async fn bench_settings() -> anyhow::Result<Settings> {
-    let mut settings = marquee_common::testing::isolated_settings().await?;
+    let mut settings: Settings = marquee_kit::testing::isolated_settings().await?;
     settings.telemetry.level = "warn".to_owned();
     settings.postgres.max_connections = 16;
     // Production password hashing (test.toml makes it cheap).
@@ -257,7 +257,7 @@ async fn settle(mongo: &mongodb::Client, settings: &Settings, confirmed: usize) 
     let (bookings, payments) = (collection("booking", "bookings"), collection("payment", "payments"));
     let notifications = collection("notification", "notifications");
     loop {
-        // `$gte: 1` as the relays query it (marquee_common::outbox says why not `$gt: 0`).
+        // `$gte: 1` as the relays query it (marquee_messaging::outbox says why not `$gt: 0`).
         let unsent = bookings.count_documents(doc! { "unsent_events": { "$gte": 1 } }).await?
             + payments.count_documents(doc! { "unsent_events": { "$gte": 1 } }).await?;
         let notified = notifications.count_documents(doc! { "event_type": "booking.confirmed" }).await?;

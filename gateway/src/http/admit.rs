@@ -10,7 +10,7 @@ use axum::Extension;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use marquee_common::ErrorCode;
+use marquee_kit::ErrorCode;
 
 use super::negotiate::ResponseMedia;
 use super::render::{render, server_error};

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use marquee_common::ErrorCode;
+use marquee_kit::ErrorCode;
 use serde::Deserialize;
 
 use super::admit::{admit, client_address};
@@ -185,7 +185,7 @@ async fn run(
     if !state.options.introspection {
         // async-graphql alone would answer `__schema: null`; say why instead.
         if asks_for_introspection(&request.query) {
-            let error = server_error(&GatewayError::Upstream(marquee_common::ApiError::new(
+            let error = server_error(&GatewayError::Upstream(marquee_kit::ApiError::new(
                 ErrorCode::Forbidden,
                 "introspection is disabled on this server",
             )));

@@ -6,7 +6,7 @@
 use async_graphql::{ServerError, Value};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use marquee_common::ErrorCode;
+use marquee_kit::ErrorCode;
 
 use super::negotiate::ResponseMedia;
 use super::observe::ErrorCodes;
@@ -112,8 +112,7 @@ mod tests {
 
     fn busy_error(retry_after_seconds: u64) -> ServerError {
         let error = GatewayError::Upstream(
-            marquee_common::ApiError::new(ErrorCode::ServiceBusy, "busy")
-                .with_retry_after(retry_after_seconds),
+            marquee_kit::ApiError::new(ErrorCode::ServiceBusy, "busy").with_retry_after(retry_after_seconds),
         );
         let mut error = server_error(&error);
         error.path = vec![async_graphql::PathSegment::Field("register".to_owned())];

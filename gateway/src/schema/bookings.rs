@@ -138,7 +138,7 @@ impl Booking {
 
     /// When an unpaid hold lapses; null once the booking no longer expires.
     async fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.0.expires_at.as_ref().and_then(marquee_common::time::from_proto)
+        self.0.expires_at.as_ref().and_then(marquee_kit::time::from_proto)
     }
 
     async fn created_at(&self) -> async_graphql::Result<DateTime<Utc>> {
@@ -150,7 +150,7 @@ impl Booking {
     }
 
     async fn updated_at(&self) -> Option<DateTime<Utc>> {
-        self.0.updated_at.as_ref().and_then(marquee_common::time::from_proto)
+        self.0.updated_at.as_ref().and_then(marquee_kit::time::from_proto)
     }
 
     /// Why it ended PAYMENT_FAILED, FAILED or CANCELLED, when known.
@@ -164,7 +164,7 @@ impl Booking {
         Ok(Some(Refund {
             amount: Money::from_proto(refund.amount.as_ref(), "a refund without an amount")?,
             fee: Money::from_proto(refund.fee.as_ref(), "a refund without a fee")?,
-            refunded_at: refund.at.as_ref().and_then(marquee_common::time::from_proto),
+            refunded_at: refund.at.as_ref().and_then(marquee_kit::time::from_proto),
         }))
     }
 
@@ -179,7 +179,7 @@ impl Booking {
             cancellable: quote.cancellable,
             refund: Money::from_proto(quote.refund.as_ref(), "a quote without a refund")?,
             fee: Money::from_proto(quote.fee.as_ref(), "a quote without a fee")?,
-            closes_at: quote.closes_at.as_ref().and_then(marquee_common::time::from_proto),
+            closes_at: quote.closes_at.as_ref().and_then(marquee_kit::time::from_proto),
         })
     }
 
@@ -196,7 +196,7 @@ impl Booking {
             .map(|step| BookingStep {
                 step: step.step.clone(),
                 outcome: step.outcome.clone(),
-                at: step.at.as_ref().and_then(marquee_common::time::from_proto),
+                at: step.at.as_ref().and_then(marquee_kit::time::from_proto),
             })
             .collect()
     }

@@ -21,8 +21,8 @@ use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextExecute, NextPrepareRequest,
 };
 use async_graphql::{Context, Schema, ServerResult};
-use marquee_common::Secret;
-use marquee_common::auth::{Claims, Role};
+use marquee_auth::{Claims, Role};
+use marquee_kit::Secret;
 
 use crate::domain::UserId;
 use crate::error::GatewayError;
@@ -194,13 +194,15 @@ pub(crate) fn found<T>(result: Result<T, GatewayError>) -> Result<Option<T>, Gat
 
 #[cfg(test)]
 mod tests {
+    use marquee_kit::Config as _;
+
     use super::*;
 
     /// A query over WebSocket comes with connection data only (the viewer); the
     /// schema supplies the per-operation trace context and loader cache itself.
     #[tokio::test]
     async fn an_operation_without_per_request_data_still_resolves() {
-        let settings = marquee_common::Settings::for_tests().unwrap();
+        let settings = crate::Settings::for_tests().unwrap();
         let schema = build(Upstreams::connect(&settings).unwrap());
         let request = async_graphql::Request::new("{ me { id } }").data(Viewer::anonymous());
         let response = schema.execute(request).await;
@@ -213,7 +215,7 @@ mod tests {
     /// `UPDATE_SCHEMA=1 cargo nextest run -p marquee-gateway committed_sdl` rewrites it.
     #[tokio::test]
     async fn the_committed_sdl_is_the_served_schema() {
-        let settings = marquee_common::Settings::for_tests().unwrap();
+        let settings = crate::Settings::for_tests().unwrap();
         let sdl = build(Upstreams::connect(&settings).unwrap()).sdl();
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql");
         if std::env::var_os("UPDATE_SCHEMA").is_some() {
@@ -231,7 +233,7 @@ mod tests {
     /// The names clients and acceptance tests rely on (DESIGN.md) must not drift.
     #[tokio::test]
     async fn the_sdl_keeps_the_public_contract() {
-        let settings = marquee_common::Settings::for_tests().unwrap();
+        let settings = crate::Settings::for_tests().unwrap();
         let sdl = build(Upstreams::connect(&settings).unwrap()).sdl();
         for line in [
             "type Query {",

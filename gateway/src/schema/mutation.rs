@@ -373,7 +373,7 @@ impl MutationRoot {
         let request = cinema::CreateShowtimeRequest {
             movie_id: movie_id.to_string(),
             screen_id: screen_id.to_string(),
-            starts_at: Some(marquee_common::time::to_proto(input.starts_at)),
+            starts_at: Some(marquee_kit::time::to_proto(input.starts_at)),
             prices,
         };
         Ok(Showtime(scope.upstreams.create_showtime(request).await?))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_graphql::futures_util::{Stream, stream};
 use async_graphql::{Context, Enum, ErrorExtensions, ID, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
-use marquee_common::{ApiError, ErrorCode};
+use marquee_kit::{ApiError, ErrorCode};
 use marquee_proto::cinema::v1 as cinema;
 
 use super::seats::SeatState;
@@ -148,7 +148,7 @@ impl SeatChange {
         let changed_at = change
             .changed_at
             .as_ref()
-            .and_then(marquee_common::time::from_proto)
+            .and_then(marquee_kit::time::from_proto)
             .ok_or_else(|| broken("a seat change without a time"))?;
         Ok(Self { seat_id: ID(change.seat_id.clone()), state, reason, changed_at })
     }
@@ -157,11 +157,12 @@ impl SeatChange {
 #[cfg(test)]
 mod tests {
     use crate::upstream::Upstreams;
+    use marquee_kit::Config as _;
 
     /// The subscription names clients rely on (DESIGN.md) must not drift.
     #[tokio::test]
     async fn the_sdl_keeps_the_subscription_contract() {
-        let settings = marquee_common::Settings::for_tests().unwrap();
+        let settings = crate::Settings::for_tests().unwrap();
         let sdl = super::super::build(Upstreams::connect(&settings).unwrap()).sdl();
         for line in [
             "type Subscription {",

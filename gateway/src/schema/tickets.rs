@@ -5,7 +5,7 @@
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject};
 use chrono::{DateTime, Utc};
-use marquee_common::auth::Role;
+use marquee_auth::Role;
 use marquee_proto::ticket::v1 as ticket;
 
 use super::values::{broken, timestamp};
@@ -81,7 +81,7 @@ impl Ticket {
     }
 
     async fn checked_in_at(&self) -> Option<DateTime<Utc>> {
-        self.0.checked_in_at.as_ref().and_then(marquee_common::time::from_proto)
+        self.0.checked_in_at.as_ref().and_then(marquee_kit::time::from_proto)
     }
 
     /// The signed code (README "Ticket codes"), base64url.
@@ -180,7 +180,7 @@ impl CheckInResult {
 
     /// ADMITTED: this scan's time; ALREADY_CHECKED_IN: the first admission's.
     async fn checked_in_at(&self) -> Option<DateTime<Utc>> {
-        self.0.checked_in_at.as_ref().and_then(marquee_common::time::from_proto)
+        self.0.checked_in_at.as_ref().and_then(marquee_kit::time::from_proto)
     }
 }
 
@@ -218,7 +218,7 @@ pub(super) async fn revoked_tickets(
                 ticket_id: ID(t.ticket_id),
                 booking_id: ID(t.booking_id),
                 seat_id: ID(t.seat_id),
-                revoked_at: t.revoked_at.as_ref().and_then(marquee_common::time::from_proto),
+                revoked_at: t.revoked_at.as_ref().and_then(marquee_kit::time::from_proto),
                 cursor: t.cursor,
             })
             .collect(),
@@ -236,7 +236,7 @@ pub(super) async fn check_in(ctx: &Context<'_>, input: CheckInInput) -> async_gr
         code: input.code,
         showtime_id: showtime.to_string(),
         nonce: input.nonce,
-        scanned_at: input.scanned_at.map(marquee_common::time::to_proto),
+        scanned_at: input.scanned_at.map(marquee_kit::time::to_proto),
         staff_id: staff.user_id.to_string(),
     };
     Ok(CheckInResult(scope.upstreams.check_in(request).await?))
@@ -244,12 +244,14 @@ pub(super) async fn check_in(ctx: &Context<'_>, input: CheckInInput) -> async_gr
 
 #[cfg(test)]
 mod tests {
+    use marquee_kit::Config as _;
+
     use super::*;
 
     /// The names of issue 18, which scanners and apps rely on.
     #[tokio::test]
     async fn the_sdl_keeps_the_ticket_contract() {
-        let settings = marquee_common::Settings::for_tests().unwrap();
+        let settings = crate::Settings::for_tests().unwrap();
         let sdl = super::super::build(crate::upstream::Upstreams::connect(&settings).unwrap()).sdl();
         for line in [
             "tickets: [Ticket!]!",

@@ -18,7 +18,7 @@ pub(super) fn timestamp(
     ts: Option<&prost_types::Timestamp>,
     what: &str,
 ) -> Result<DateTime<Utc>, GatewayError> {
-    ts.and_then(marquee_common::time::from_proto).ok_or_else(|| broken(what))
+    ts.and_then(marquee_kit::time::from_proto).ok_or_else(|| broken(what))
 }
 
 pub(super) fn non_empty(s: &str) -> Option<&str> {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::shutdown::Shutdown;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -424,7 +424,7 @@ async fn a_gateway_shutting_down_sends_its_subscribers_away() {
     let app = spawn_app().await;
     let showtime = app.first_showtime().await;
     // A second gateway over the same mesh, stopped on its own.
-    let gateway = marquee_gateway::Application::build(app.settings.clone()).await.unwrap();
+    let gateway = marquee_gateway::Application::build(app.settings.gateway()).await.unwrap();
     let stop = Shutdown::new();
     let lone = TestApp {
         addr: gateway.addr(),

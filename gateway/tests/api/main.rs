@@ -14,10 +14,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::Utc;
-use marquee_common::auth::{Role, TokenKeys};
-use marquee_common::shutdown::Shutdown;
-use marquee_common::{Secret, Settings};
+use marquee_auth::{Role, TokenKeys};
+use marquee_e2e::MeshSettings as Settings;
 use marquee_e2e::{Mesh, Service};
+use marquee_kit::Secret;
+use marquee_kit::shutdown::Shutdown;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::{Value, json};
@@ -469,7 +470,7 @@ async fn readiness_follows_the_upstreams() {
     // A gateway whose booking service is gone is alive but not ready.
     let mut settings = app.settings.clone();
     settings.upstream.booking_url = "http://127.0.0.1:1".to_owned();
-    let lonely = marquee_gateway::Application::build(settings).await.unwrap();
+    let lonely = marquee_gateway::Application::build(settings.gateway()).await.unwrap();
     let addr = lonely.addr();
     let stop = Shutdown::new();
     tokio::spawn(lonely.run_until_stopped(stop.clone()));

@@ -2,7 +2,7 @@
 //! The mapping to gRPC statuses (ErrorInfo reason = public code) lives here alone.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use marquee_common::{ApiError, ErrorCode};
+use marquee_kit::{ApiError, ErrorCode};
 use tonic::Status;
 
 use crate::domain::{BookingStatus, InvalidInput, PublicStatus};
@@ -78,7 +78,7 @@ impl From<BookingError> for Status {
                 .into(),
             BookingError::Busy => ApiError::new(ErrorCode::ServiceBusy, message).with_retry_after(1).into(),
             BookingError::Upstream(error) => error.into(),
-            BookingError::Unexpected(error) => marquee_common::error::internal(&error),
+            BookingError::Unexpected(error) => marquee_mongo::internal(&error),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The gRPC face of the saga: parses requests into domain types, renders bookings.
 
-use marquee_common::time::to_proto;
+use marquee_kit::time::to_proto;
 use marquee_proto::booking::v1 as proto;
 use marquee_proto::booking::v1::booking_service_server::BookingService;
 use tonic::{Request, Response, Status};

@@ -10,18 +10,20 @@ mod error;
 mod events;
 mod grpc;
 mod saga;
+pub mod settings;
 mod store;
 mod turns;
+
+pub use settings::Settings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use marquee_common::Settings;
-use marquee_common::outbox::{EventLogApi, MongoOutbox, OutboxRelay};
-use marquee_common::readiness::{Probe, Readiness, Scope};
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::readiness::{Readiness, Scope};
+use marquee_kit::shutdown::Shutdown;
+use marquee_messaging::outbox::{EventLogApi, MongoOutbox, OutboxRelay};
 use marquee_proto::booking::v1::booking_service_server::BookingServiceServer;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::events::v1::event_log_server::EventLogServer;
@@ -119,9 +121,9 @@ impl Application {
 
     async fn build_with(settings: Settings, crash_at: Option<Checkpoint>) -> anyhow::Result<Self> {
         let config = &settings.booking;
-        let db = marquee_common::mongo::connect(&settings.mongo, "booking").await?;
+        let db = marquee_mongo::connect(&settings.mongo, "booking").await?;
         let store = BookingStore::new(&db, Duration::from_millis(config.saga_lease_ms)).await?;
-        let channel = |url: &str| marquee_common::grpc::channel(url, &settings.grpc);
+        let channel = |url: &str| marquee_kit::grpc::channel(url, &settings.grpc);
         let outbox_written = Arc::new(Notify::new());
         let tiers: Vec<(i64, u8)> = config.refund_tiers.iter().map(|t| (t.hours_before, t.percent)).collect();
         let saga_settings = SagaSettings {
@@ -157,10 +159,10 @@ impl Application {
             Duration::from_millis(config.outbox_poll_ms),
             outbox_written,
         )?;
-        let (listener, addr) = marquee_common::grpc::bind(&config.server).await?;
+        let (listener, addr) = marquee_kit::grpc::bind(&config.server).await?;
         Ok(Self {
             // Only MongoDB: while RabbitMQ is down, events wait in the outbox.
-            readiness: Readiness::default().with(Probe::mongo(&db, Scope::Api)),
+            readiness: Readiness::default().with(marquee_mongo::probe(&db, Scope::Api)),
             listener,
             addr,
             sweeper: Sweeper {
@@ -195,7 +197,7 @@ impl Application {
         let relay_stop = shutdown.child_token();
         let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
         let sweeper = tokio::spawn(self.sweeper.run(relay_stop.clone()));
-        let served = marquee_common::grpc::serve(
+        let served = marquee_kit::grpc::serve(
             self.listener,
             tonic::service::Routes::new(BookingServiceServer::new(self.api))
                 .add_service(EventLogServer::new(self.events)),

@@ -1,5 +1,6 @@
 use marquee_booking::Application;
-use marquee_common::Settings;
+use marquee_booking::Settings;
+use marquee_kit::Config as _;
 
 /// mimalloc: far less time in the allocator than glibc's under many small, short-lived
 /// allocations across threads (BENCHMARKS.md, cinema).
@@ -8,10 +9,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    marquee_common::telemetry::install_crypto_provider();
+    marquee_kit::telemetry::install_crypto_provider();
     let settings = Settings::load()?;
-    marquee_common::telemetry::init(&settings.telemetry);
+    marquee_kit::telemetry::init(&settings.telemetry);
     let app = Application::build(settings).await?;
     tracing::info!(addr = %app.addr(), "booking service listening");
-    app.run_until_stopped(marquee_common::shutdown::on_signal()).await
+    app.run_until_stopped(marquee_kit::shutdown::on_signal()).await
 }

@@ -1,7 +1,7 @@
 //! The `CinemaService` gRPC handlers: parse the request, call the store, map the reply.
 
-use marquee_common::shutdown::Shutdown;
-use marquee_common::time::to_proto;
+use marquee_kit::shutdown::Shutdown;
+use marquee_kit::time::to_proto;
 use marquee_proto::cinema::v1 as pb;
 use marquee_proto::common::v1::Money as PbMoney;
 use tokio_stream::wrappers::ReceiverStream;

@@ -30,12 +30,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
-use marquee_common::config::SeatBoardMode;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::changes::SeatChange;
 use crate::domain::SeatState;
+use crate::settings::SeatBoardMode;
 
 /// How long a hold this process recorded itself is believed without its notification.
 const LOCAL_TRUST: chrono::TimeDelta = chrono::TimeDelta::seconds(2);

@@ -307,7 +307,7 @@ impl NewShowtime {
             .starts_at
             .as_ref()
             .ok_or_else(|| bad("starts_at is required"))
-            .and_then(|t| marquee_common::time::from_proto(t).ok_or_else(|| bad("invalid starts_at")))?;
+            .and_then(|t| marquee_kit::time::from_proto(t).ok_or_else(|| bad("invalid starts_at")))?;
         if starts_at <= now {
             return Err(bad(format!("starts_at {starts_at} is in the past")));
         }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use marquee_common::backoff::Backoff;
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::backoff::Backoff;
+use marquee_kit::shutdown::Shutdown;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;

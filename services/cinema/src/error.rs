@@ -1,6 +1,6 @@
 //! The cinema service's error boundary: what a client can act on, and everything else.
 
-use marquee_common::{ApiError, ErrorCode};
+use marquee_kit::{ApiError, ErrorCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CinemaError {
@@ -68,7 +68,7 @@ impl From<CinemaError> for tonic::Status {
             CinemaError::OverlappingShowtime(id) => {
                 ApiError::new(ErrorCode::Conflict, message).with_meta("showtime_id", id).into()
             }
-            CinemaError::Unexpected(e) => marquee_common::error::internal(&e),
+            CinemaError::Unexpected(e) => marquee_kit::error::internal(&e),
         }
     }
 }

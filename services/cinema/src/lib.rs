@@ -13,8 +13,11 @@ mod changes;
 mod domain;
 mod error;
 mod seating;
+pub mod settings;
 mod startup;
 mod store;
 mod turns;
+
+pub use settings::Settings;
 
 pub use startup::Application;

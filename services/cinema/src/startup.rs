@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use marquee_common::Settings;
-use marquee_common::readiness::{Probe, Readiness, Scope};
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::readiness::{Probe, Readiness, Scope};
+use marquee_kit::shutdown::Shutdown;
 use marquee_proto::cinema::v1::cinema_service_server::CinemaServiceServer;
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::net::TcpListener;
 
+use crate::Settings;
 use crate::api::{CinemaApi, HoldPolicy};
 use crate::board::SeatBoard;
 use crate::changes::{self, SeatChanges};
@@ -73,7 +73,7 @@ impl Application {
             store::seed_demo(&pool).await?;
         }
         let (seat_changes, seat_listener) = changes::listen(&pool).await?;
-        let (listener, addr) = marquee_common::grpc::bind(&settings.cinema.server).await?;
+        let (listener, addr) = marquee_kit::grpc::bind(&settings.cinema.server).await?;
         let sweep_ms = settings.cinema.hold_sweep_interval_ms;
         let board = SeatBoard::new(pool.clone(), settings.cinema.seat_board);
         let ping = pool.clone();
@@ -117,7 +117,7 @@ impl Application {
         let sweeper = self
             .sweep_interval
             .map(|interval| tokio::spawn(changes::sweep(self.pool.clone(), interval, background.clone())));
-        let served = marquee_common::grpc::serve(
+        let served = marquee_kit::grpc::serve(
             self.listener,
             tonic::service::Routes::new(CinemaServiceServer::new(self.api.stopping_with(background.clone()))),
             <CinemaServiceServer<CinemaApi> as tonic::server::NamedService>::NAME,

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use marquee_cinema::Application;
-use marquee_common::shutdown::Shutdown;
-use marquee_common::{ApiError, ErrorCode, Settings};
+use marquee_cinema::Settings;
+use marquee_kit::shutdown::Shutdown;
+use marquee_kit::{ApiError, ErrorCode};
 use marquee_proto::cinema::v1 as pb;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use sqlx::PgPool;
@@ -38,8 +39,8 @@ async fn spawn_app() -> TestApp {
 }
 
 async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    marquee_common::telemetry::install_crypto_provider();
-    let mut settings = marquee_common::testing::isolated_settings().await.unwrap();
+    marquee_kit::telemetry::install_crypto_provider();
+    let mut settings: marquee_cinema::Settings = marquee_kit::testing::isolated_settings().await.unwrap();
     settings.cinema.seed_demo = true;
     configure(&mut settings);
     let app = Application::build(settings.clone()).await.unwrap();
@@ -155,7 +156,7 @@ impl TestApp {
 /// of sight of the seat board (which judges expiry by its own clock and has its own
 /// tests), so these run without it: they are about the database deciding alone.
 async fn spawn_app_for_time_travel() -> TestApp {
-    spawn_app_with(|s| s.cinema.seat_board = marquee_common::config::SeatBoardMode::Off).await
+    spawn_app_with(|s| s.cinema.seat_board = marquee_cinema::settings::SeatBoardMode::Off).await
 }
 
 fn new_booking() -> String {
@@ -491,7 +492,7 @@ async fn a_lock_takes_every_requested_seat_or_none_and_names_the_taken_ones() {
     assert!(hold.seats.iter().all(|s| s.state == pb::SeatState::Held as i32));
     let total = hold.total.unwrap();
     assert_eq!((total.amount_minor, total.currency.as_str()), (1150 + 1150 + 1590, "EUR"));
-    let expires = marquee_common::time::from_proto(&hold.expires_at.unwrap()).unwrap();
+    let expires = marquee_kit::time::from_proto(&hold.expires_at.unwrap()).unwrap();
     let ttl = expires - chrono::Utc::now();
     assert!(ttl > chrono::Duration::seconds(290) && ttl <= chrono::Duration::seconds(300), "{ttl}");
 
@@ -903,10 +904,10 @@ async fn a_hold_is_extended_once_and_only_while_it_lives() {
     let (paying, lapsed) = (new_booking(), new_booking());
 
     let hold = app.lock(&showtime, &paying, &["I1", "I2"]).await.unwrap();
-    let first_expiry = marquee_common::time::from_proto(&hold.expires_at.unwrap()).unwrap();
+    let first_expiry = marquee_kit::time::from_proto(&hold.expires_at.unwrap()).unwrap();
     let extended = app.extend(&showtime, &paying).await.unwrap();
     assert_eq!(extended.seat_ids, ["I1", "I2"]);
-    let new_expiry = marquee_common::time::from_proto(&extended.expires_at.unwrap()).unwrap();
+    let new_expiry = marquee_kit::time::from_proto(&extended.expires_at.unwrap()).unwrap();
     assert_eq!((new_expiry - first_expiry).num_seconds(), extension);
     assert_eq!(app.hold_expiry(&showtime, "I2").await, new_expiry);
 
@@ -1136,7 +1137,7 @@ fn price(category: &str, amount_minor: i64, currency: &str) -> pb::CategoryPrice
 }
 
 fn in_days(days: i64) -> prost_types::Timestamp {
-    marquee_common::time::to_proto(chrono::Utc::now() + chrono::Duration::days(days))
+    marquee_kit::time::to_proto(chrono::Utc::now() + chrono::Duration::days(days))
 }
 
 impl TestApp {
@@ -1768,7 +1769,7 @@ impl PgProxy {
         });
         let user = if user.is_empty() { String::new() } else { format!("{user}@") };
         let params = if database.contains('?') { '&' } else { '?' };
-        settings.postgres.url = marquee_common::secret::Secret::new(format!(
+        settings.postgres.url = marquee_kit::secret::Secret::new(format!(
             "{scheme}://{user}{proxy_addr}/{database}{params}sslmode=disable"
         ));
         proxy
@@ -1870,7 +1871,7 @@ async fn a_hold_under_the_no_orphan_rule_is_one_round_trip_to_postgres() {
         // Only the database decides, and on one connection (the other is the seat change
         // listener's), so a statement is prepared once, in the warm-up, and every later
         // hold shows only what it costs each time.
-        s.cinema.seat_board = marquee_common::config::SeatBoardMode::Off;
+        s.cinema.seat_board = marquee_cinema::settings::SeatBoardMode::Off;
         s.postgres.max_connections = 2;
         wire = Some(PgProxy::intercept(s));
     })
@@ -2101,7 +2102,7 @@ async fn a_seat_this_service_freed_is_never_refused_while_its_notification_is_in
 
 #[tokio::test]
 async fn the_seat_board_refuses_taken_seats_without_asking_the_database_and_follows_notified_changes() {
-    let app = spawn_app_with(|s| s.cinema.seat_board = marquee_common::config::SeatBoardMode::Always).await;
+    let app = spawn_app_with(|s| s.cinema.seat_board = marquee_cinema::settings::SeatBoardMode::Always).await;
     let showtime = app.showtime().await.id;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
 

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::config::extract;
+use marquee_kit::shutdown::Shutdown;
 use marquee_proto::cinema::v1::ListShowtimesRequest;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::common::v1::Money;
@@ -28,7 +29,7 @@ const PUBLISH_WINDOW: usize = 2000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    marquee_common::telemetry::install_crypto_provider();
+    marquee_kit::telemetry::install_crypto_provider();
     let mut args = std::env::args().skip(1);
     let produced: usize =
         args.next().map(|n| n.parse()).transpose().context("EVENTS must be a number")?.unwrap_or(20_000);
@@ -36,17 +37,21 @@ async fn main() -> anyhow::Result<()> {
     let prefetch: Option<u16> =
         args.next().map(|n| n.parse()).transpose().context("PREFETCH must be a number")?;
 
-    let mut settings = marquee_common::testing::isolated_settings().await?;
-    marquee_common::telemetry::init(&settings.telemetry);
-    settings.cinema.seed_demo = true;
+    // The three services read their own sections of the same isolated layers.
+    let layers = marquee_kit::testing::isolated_layers().await?;
+    let mut settings: marquee_notification::Settings = extract(&layers, "the bench")?;
+    let user_settings: marquee_user::Settings = extract(&layers, "the bench")?;
+    let mut cinema_settings: marquee_cinema::Settings = extract(&layers, "the bench")?;
+    marquee_kit::telemetry::init(&settings.telemetry);
+    cinema_settings.cinema.seed_demo = true;
     if let Some(prefetch) = prefetch {
         settings.rabbitmq.prefetch = prefetch;
     }
     let shutdown = Shutdown::new();
-    let user = marquee_user::Application::build(settings.clone()).await?;
+    let user = marquee_user::Application::build(user_settings).await?;
     settings.upstream.user_url = format!("http://{}", user.addr());
     tokio::spawn(user.run_until_stopped(shutdown.clone()));
-    let cinema = marquee_cinema::Application::build(settings.clone()).await?;
+    let cinema = marquee_cinema::Application::build(cinema_settings).await?;
     settings.upstream.cinema_url = format!("http://{}", cinema.addr());
     tokio::spawn(cinema.run_until_stopped(shutdown.clone()));
     let worker = marquee_notification::Application::build(settings.clone()).await?;
@@ -81,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
             Event {
                 event_id: Uuid::now_v7().to_string(),
                 r#type: "booking.confirmed".into(),
-                occurred_at: Some(marquee_common::time::to_proto(chrono::Utc::now())),
+                occurred_at: Some(marquee_kit::time::to_proto(chrono::Utc::now())),
                 booking_id: Uuid::now_v7().to_string(),
                 user_id: user_ids[i % USERS].clone(),
                 payload: Some(Payload::BookingConfirmed(BookingConfirmed {
@@ -99,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
         Connection::connect(settings.rabbitmq.url.expose(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    let log = marquee_common::mongo::connect(&settings.mongo, "notification")
+    let log = marquee_mongo::connect(&settings.mongo, "notification")
         .await?
         .collection::<Document>("notifications");
 

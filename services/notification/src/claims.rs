@@ -6,9 +6,11 @@
 //! never handled twice while its `done` marker lives.
 
 use anyhow::Context;
-use marquee_common::config::{NotificationSettings, RedisSettings};
+use marquee_kit::config::RedisSettings;
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
+
+use crate::settings::NotificationSettings;
 
 const DONE: &str = "done";
 

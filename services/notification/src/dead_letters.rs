@@ -11,8 +11,8 @@ use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use marquee_common::config::RabbitSettings;
-use marquee_common::rabbit::{PERSISTENT, publish_confirmed, short_name};
+use marquee_messaging::RabbitSettings;
+use marquee_messaging::rabbit::{PERSISTENT, publish_confirmed, short_name};
 use marquee_proto::events::v1::Event;
 use prost::Message;
 
@@ -100,7 +100,7 @@ async fn depth(channel: &lapin::Channel, queue: &str) -> anyhow::Result<u32> {
 /// Up to `limit` dead letters, oldest first, left in the queue.
 pub async fn list(settings: &RabbitSettings, limit: u32) -> anyhow::Result<(u32, Vec<DeadLetter>)> {
     let names = QueueNames::new(settings);
-    let (connection, channel) = marquee_common::rabbit::connect(settings).await?;
+    let (connection, channel) = marquee_messaging::rabbit::connect(settings).await?;
     let total = depth(&channel, &names.dead_letter_queue).await?;
     let queue = short_name(&names.dead_letter_queue, "dead-letter queue")?;
     let mut letters = Vec::new();
@@ -121,7 +121,7 @@ pub async fn list(settings: &RabbitSettings, limit: u32) -> anyhow::Result<(u32,
 /// back meanwhile is not picked up a second time.
 pub async fn replay(settings: &RabbitSettings, limit: u32) -> anyhow::Result<Replayed> {
     let names = QueueNames::new(settings);
-    let (connection, channel) = marquee_common::rabbit::connect(settings).await?;
+    let (connection, channel) = marquee_messaging::rabbit::connect(settings).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await

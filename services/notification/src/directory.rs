@@ -7,7 +7,7 @@ use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use marquee_common::trace::outgoing;
+use marquee_kit::trace::outgoing;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::cinema::v1::{GetCinemaRequest, GetMovieRequest, GetShowtimeRequest};
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
@@ -135,7 +135,7 @@ impl Directory {
         )?;
         let (movie, cinema) = (movie.into_inner(), cinema.into_inner());
         let starts_at =
-            showtime.starts_at.as_ref().and_then(marquee_common::time::from_proto).ok_or_else(|| {
+            showtime.starts_at.as_ref().and_then(marquee_kit::time::from_proto).ok_or_else(|| {
                 LookupError::Unusable(format!("showtime {showtime_id} has no valid start time"))
             })?;
         let zone: chrono_tz::Tz = cinema.time_zone.parse().map_err(|e| {

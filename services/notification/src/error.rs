@@ -1,6 +1,6 @@
 //! The notification service's gRPC error boundary.
 
-use marquee_common::ApiError;
+use marquee_kit::ApiError;
 use tonic::Status;
 
 use crate::domain::InvalidInput;
@@ -17,7 +17,7 @@ impl From<NotificationError> for Status {
     fn from(error: NotificationError) -> Self {
         match error {
             NotificationError::InvalidInput(e) => ApiError::bad_input(e.0).into(),
-            NotificationError::Unexpected(e) => marquee_common::error::internal(&e),
+            NotificationError::Unexpected(e) => marquee_mongo::internal(&e),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! ListNotifications over gRPC.
 
-use marquee_common::time::to_proto;
+use marquee_kit::time::to_proto;
 use marquee_proto::notification::v1 as proto;
 use marquee_proto::notification::v1::notification_service_server::NotificationService;
 use tonic::{Request, Response, Status};

@@ -18,19 +18,20 @@ mod grpc;
 mod metrics;
 mod render;
 mod retry;
+pub mod settings;
 mod store;
 mod topology;
+
+pub use settings::Settings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use marquee_common::Settings;
-use marquee_common::backoff::Backoff;
-use marquee_common::config::NotificationSettings;
-use marquee_common::readiness::{Probe, Readiness, Scope};
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::backoff::Backoff;
+use marquee_kit::readiness::{Probe, Readiness, Scope};
+use marquee_kit::shutdown::Shutdown;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::events::v1::event_log_client::EventLogClient;
 use marquee_proto::notification::v1::notification_service_server::NotificationServiceServer;
@@ -44,6 +45,7 @@ use crate::directory::Directory;
 use crate::grpc::NotificationApi;
 use crate::metrics::{Metrics, MetricsServer};
 use crate::retry::RetryPolicy;
+use crate::settings::NotificationSettings;
 use crate::store::NotificationStore;
 
 pub struct Application {
@@ -61,14 +63,12 @@ impl Application {
     /// Connects MongoDB (creating indexes), Redis and RabbitMQ (declaring the
     /// exchanges, queues and bindings) and binds the gRPC and metrics listeners.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let db = marquee_common::mongo::connect(&settings.mongo, "notification").await?;
+        let db = marquee_mongo::connect(&settings.mongo, "notification").await?;
         let store = NotificationStore::new(&db).await?;
         let claims = EventClaims::connect(&settings.redis, &settings.notification).await?;
-        let users = UserServiceClient::new(marquee_common::grpc::channel(
-            &settings.upstream.user_url,
-            &settings.grpc,
-        )?);
-        let cinema = CinemaServiceClient::new(marquee_common::grpc::channel(
+        let users =
+            UserServiceClient::new(marquee_kit::grpc::channel(&settings.upstream.user_url, &settings.grpc)?);
+        let cinema = CinemaServiceClient::new(marquee_kit::grpc::channel(
             &settings.upstream.cinema_url,
             &settings.grpc,
         )?);
@@ -100,7 +100,7 @@ impl Application {
         .await?;
         let reconciler = reconciler(&settings, &consumer)?;
         let readiness = readiness(&db, &claims, consumer.consuming());
-        let (listener, addr) = marquee_common::grpc::bind(&settings.notification.server).await?;
+        let (listener, addr) = marquee_kit::grpc::bind(&settings.notification.server).await?;
         Ok(Self {
             listener,
             addr,
@@ -136,7 +136,7 @@ impl Application {
         };
         let metrics = self.metrics.serve(consumer_stop.clone());
         let serve = async {
-            let served = marquee_common::grpc::serve(
+            let served = marquee_kit::grpc::serve(
                 self.listener,
                 tonic::service::Routes::new(NotificationServiceServer::new(self.api)),
                 <NotificationServiceServer<NotificationApi> as tonic::server::NamedService>::NAME,
@@ -157,7 +157,7 @@ impl Application {
 fn readiness(db: &mongodb::Database, claims: &EventClaims, consuming: Arc<AtomicBool>) -> Readiness {
     let claims = claims.clone();
     Readiness::default()
-        .with(Probe::mongo(db, Scope::Api))
+        .with(marquee_mongo::probe(db, Scope::Api))
         .with(Probe::new("redis", Scope::Background, move || {
             let claims = claims.clone();
             async move { claims.ping().await }
@@ -178,7 +178,7 @@ fn reconciler(settings: &Settings, consumer: &Consumer) -> anyhow::Result<Option
         return Ok(None);
     }
     let source = |name, url: &str| -> anyhow::Result<EventSource> {
-        let channel = marquee_common::grpc::channel(url, &settings.grpc)?;
+        let channel = marquee_kit::grpc::channel(url, &settings.grpc)?;
         Ok(EventSource { name, client: EventLogClient::new(channel) })
     };
     let sources = vec![

@@ -1,5 +1,6 @@
-use marquee_common::Settings;
+use marquee_kit::Config as _;
 use marquee_notification::Application;
+use marquee_notification::Settings;
 use marquee_notification::dead_letters;
 
 /// mimalloc: far less time in the allocator than glibc's under many small, short-lived
@@ -16,15 +17,15 @@ const DEFAULT_LIMIT: u32 = 100;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    marquee_common::telemetry::install_crypto_provider();
+    marquee_kit::telemetry::install_crypto_provider();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let settings = Settings::load()?;
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => {
-            marquee_common::telemetry::init(&settings.telemetry);
+            marquee_kit::telemetry::init(&settings.telemetry);
             let app = Application::build(settings).await?;
             tracing::info!(addr = %app.addr(), "notification service listening");
-            app.run_until_stopped(marquee_common::shutdown::on_signal()).await
+            app.run_until_stopped(marquee_kit::shutdown::on_signal()).await
         }
         ["dead-letters", command, rest @ ..] => {
             let limit = match rest {

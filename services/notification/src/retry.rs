@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable};
-use marquee_common::backoff::Backoff;
+use marquee_kit::backoff::Backoff;
 
 /// Retries so far (`LongUInt`).
 pub const RETRIES_HEADER: &str = "x-marquee-retries";

@@ -18,8 +18,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel as AmqpChannel, Connection, ExchangeKind};
-use marquee_common::config::RabbitSettings;
-use marquee_common::rabbit::short_name;
+use marquee_messaging::RabbitSettings;
+use marquee_messaging::rabbit::short_name;
 
 use crate::retry::{RetryPolicy, delay_queue};
 
@@ -103,14 +103,14 @@ impl Topology {
     /// Connects and declares everything, or gives up after twice the connect timeout
     /// (a broker that is stopping may never answer).
     pub async fn open(&self, prefetch: u16) -> anyhow::Result<Session> {
-        let limit = marquee_common::rabbit::CONNECT_TIMEOUT * 2;
+        let limit = marquee_messaging::rabbit::CONNECT_TIMEOUT * 2;
         tokio::time::timeout(limit, self.open_now(prefetch))
             .await
             .map_err(|_| anyhow::anyhow!("RabbitMQ did not set up the queues within {limit:?}"))?
     }
 
     async fn open_now(&self, prefetch: u16) -> anyhow::Result<Session> {
-        let (connection, consume) = marquee_common::rabbit::connect(&self.settings).await?;
+        let (connection, consume) = marquee_messaging::rabbit::connect(&self.settings).await?;
         let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
         let names = &self.names;
         let queue = short_name(&names.queue, "rabbitmq.notification_queue")?;

@@ -15,9 +15,10 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel as AmqpChannel, Connection, ConnectionProperties, ExchangeKind};
-use marquee_common::Settings;
-use marquee_common::secret::Secret;
-use marquee_common::shutdown::Shutdown;
+// Notification, user and cinema on one isolated configuration.
+use marquee_e2e::MeshSettings as Settings;
+use marquee_kit::secret::Secret;
+use marquee_kit::shutdown::Shutdown;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::cinema::v1::{GetCinemaRequest, GetMovieRequest, ListShowtimesRequest, Showtime};
 use marquee_proto::common::v1::Money;
@@ -91,7 +92,7 @@ impl Drop for TestApp {
 async fn start_user(settings: &Settings, port: u16) -> Dependency {
     let mut settings = settings.clone();
     settings.user.server.port = port;
-    let app = marquee_user::Application::build(settings).await.unwrap();
+    let app = marquee_user::Application::build(settings.user()).await.unwrap();
     let (addr, shutdown) = (app.addr(), Shutdown::new());
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     Dependency { addr, shutdown, task: Some(task) }
@@ -101,7 +102,7 @@ async fn start_cinema(settings: &Settings, port: u16) -> Dependency {
     let mut settings = settings.clone();
     settings.cinema.server.port = port;
     settings.cinema.seed_demo = true;
-    let app = marquee_cinema::Application::build(settings).await.unwrap();
+    let app = marquee_cinema::Application::build(settings.cinema()).await.unwrap();
     let (addr, shutdown) = (app.addr(), Shutdown::new());
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     Dependency { addr, shutdown, task: Some(task) }
@@ -115,9 +116,9 @@ async fn spawn_app() -> TestApp {
 }
 
 async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    marquee_common::telemetry::install_crypto_provider();
-    let mut settings = marquee_common::testing::isolated_settings().await.unwrap();
-    marquee_common::telemetry::init(&settings.telemetry);
+    marquee_kit::telemetry::install_crypto_provider();
+    let mut settings: Settings = marquee_kit::testing::isolated_settings().await.unwrap();
+    marquee_kit::telemetry::init(&settings.telemetry);
     configure(&mut settings);
     let shutdown = Shutdown::new();
 
@@ -139,11 +140,11 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let cinema =
         catalog.get_cinema(GetCinemaRequest { id: showtime.cinema_id.clone() }).await.unwrap().into_inner();
     let zone: chrono_tz::Tz = cinema.time_zone.parse().unwrap();
-    let starts_at = marquee_common::time::from_proto(showtime.starts_at.as_ref().unwrap()).unwrap();
+    let starts_at = marquee_kit::time::from_proto(showtime.starts_at.as_ref().unwrap()).unwrap();
     let local_start = starts_at.with_timezone(&zone).format("%a %-d %b %Y, %H:%M %Z").to_string();
 
     let (worker, notifications) = start_worker(&settings).await;
-    let log = marquee_common::mongo::connect(&settings.mongo, "notification")
+    let log = marquee_mongo::connect(&settings.mongo, "notification")
         .await
         .unwrap()
         .collection::<Document>("notifications");
@@ -165,7 +166,7 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 async fn start_worker(settings: &Settings) -> (Worker, NotificationServiceClient<Channel>) {
-    let app = marquee_notification::Application::build(settings.clone()).await.unwrap();
+    let app = marquee_notification::Application::build(settings.notification()).await.unwrap();
     let addr = app.addr();
     let url = format!("http://{addr}");
     let metrics = app.metrics_addr();
@@ -540,7 +541,7 @@ fn event(event_type: &str, user_id: &str, payload: Payload) -> Event {
     Event {
         event_id: Uuid::now_v7().to_string(),
         r#type: event_type.into(),
-        occurred_at: Some(marquee_common::time::to_proto(chrono::Utc::now())),
+        occurred_at: Some(marquee_kit::time::to_proto(chrono::Utc::now())),
         booking_id: Uuid::now_v7().to_string(),
         user_id: user_id.into(),
         payload: Some(payload),
@@ -596,7 +597,7 @@ async fn each_confirmed_booking_is_notified_exactly_once_even_when_redelivered()
 
 #[tokio::test]
 async fn each_consumed_event_is_one_trace_through_its_user_and_cinema_lookups() {
-    use marquee_common::telemetry::capture;
+    use marquee_kit::telemetry::capture;
     let app = spawn_app().await;
     assert!(capture::start(), "the kit's subscriber (with the span capture) is the process's");
     let (alice, _) = app.register("alice").await;
@@ -981,7 +982,7 @@ async fn listing_validates_the_user_and_caps_the_page() {
         .list_notifications(ListNotificationsRequest { user_id: "nobody".into(), ..Default::default() })
         .await
         .unwrap_err();
-    assert_eq!(marquee_common::ApiError::from_status(&invalid).code, marquee_common::ErrorCode::BadUserInput);
+    assert_eq!(marquee_kit::ApiError::from_status(&invalid).code, marquee_kit::ErrorCode::BadUserInput);
 
     let (dave, _) = app.register("dave").await;
     let seats = ["F1", "F2", "F3"];
@@ -1054,7 +1055,7 @@ async fn pages_cover_every_notification_exactly_once_newest_first() {
         })
         .await
         .unwrap_err();
-    assert_eq!(marquee_common::ApiError::from_status(&garbled).code, marquee_common::ErrorCode::BadUserInput);
+    assert_eq!(marquee_kit::ApiError::from_status(&garbled).code, marquee_kit::ErrorCode::BadUserInput);
 }
 
 fn page_lengths(pages: &[Vec<Notification>]) -> Vec<usize> {

@@ -2,8 +2,8 @@
 //! is written, so their id and bytes are fixed before they reach the outbox.
 
 use chrono::{DateTime, Utc};
-use marquee_common::outbox::OutboxEvent;
-use marquee_common::time::to_proto;
+use marquee_kit::time::to_proto;
+use marquee_messaging::outbox::OutboxEvent;
 use marquee_proto::common::v1::Money;
 use marquee_proto::events::v1::{self as proto, event::Payload};
 use prost::Message;

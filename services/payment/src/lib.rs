@@ -8,7 +8,10 @@ pub mod domain;
 mod events;
 mod processor;
 mod service;
+pub mod settings;
 mod startup;
 mod store;
+
+pub use settings::Settings;
 
 pub use startup::Application;

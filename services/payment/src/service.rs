@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use marquee_common::time::to_proto as timestamp;
-use marquee_common::{ApiError, ErrorCode};
+use marquee_kit::time::to_proto as timestamp;
+use marquee_kit::{ApiError, ErrorCode};
 use marquee_proto::common::v1::Money as PbMoney;
 use marquee_proto::payment::v1 as pb;
 use tokio::sync::Notify;
@@ -71,7 +71,7 @@ impl From<PaymentError> for Status {
             PaymentError::ProcessorUnavailable(_) => ApiError::new(ErrorCode::PaymentDeclined, message)
                 .with_meta("retryable", "true")
                 .with_grpc_code(Code::Unavailable),
-            PaymentError::Unexpected(e) => return marquee_common::error::internal(&e),
+            PaymentError::Unexpected(e) => return marquee_mongo::internal(&e),
         };
         api.into()
     }

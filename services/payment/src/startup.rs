@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use marquee_common::Settings;
-use marquee_common::outbox::{EventLogApi, MongoOutbox, OutboxRelay};
-use marquee_common::readiness::{Probe, Readiness, Scope};
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::readiness::{Readiness, Scope};
+use marquee_kit::shutdown::Shutdown;
+use marquee_messaging::outbox::{EventLogApi, MongoOutbox, OutboxRelay};
 use marquee_proto::events::v1::event_log_server::EventLogServer;
 use marquee_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use tokio::net::TcpListener;
@@ -17,6 +16,7 @@ use tokio::sync::Notify;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
+use crate::Settings;
 use crate::processor::Processor;
 use crate::service::{ChargePolicy, PaymentServiceImpl};
 use crate::store::PaymentStore;
@@ -40,7 +40,7 @@ impl Application {
         let config = &settings.payment;
         // Tests change settings after loading them; the rules are checked again here.
         config.validate()?;
-        let db = marquee_common::mongo::connect(&settings.mongo, "payment").await?;
+        let db = marquee_mongo::connect(&settings.mongo, "payment").await?;
         let store = PaymentStore::init(&db).await?;
         let outbox_written = Arc::new(Notify::new());
         let outbox = store.outbox().await?;
@@ -58,10 +58,10 @@ impl Application {
             ),
         };
         let processor = Processor::new(Duration::from_millis(config.slow_card_delay_ms));
-        let (listener, addr) = marquee_common::grpc::bind(&config.server).await?;
+        let (listener, addr) = marquee_kit::grpc::bind(&config.server).await?;
         Ok(Application {
             // Only MongoDB: while RabbitMQ is down, events wait in the outbox.
-            readiness: Readiness::default().with(Probe::mongo(&db, Scope::Api)),
+            readiness: Readiness::default().with(marquee_mongo::probe(&db, Scope::Api)),
             listener,
             addr,
             service: PaymentServiceImpl::new(store, processor, policy, outbox_written),
@@ -80,7 +80,7 @@ impl Application {
         // The relay also stops if the server fails on its own.
         let relay_stop = shutdown.child_token();
         let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
-        let served = marquee_common::grpc::serve(
+        let served = marquee_kit::grpc::serve(
             self.listener,
             Routes::new(PaymentServiceServer::new(self.service))
                 .add_service(EventLogServer::new(self.events)),

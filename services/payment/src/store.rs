@@ -1,13 +1,13 @@
 //! The `payments` collection. The unique index on `idempotency_key` is what makes a
 //! charge happen at most once: the document is inserted before the card is charged,
 //! and a processor attempt runs only under a lease taken by a conditional update.
-//! Each document also carries its refunds and its outbox (`marquee_common::outbox`),
+//! Each document also carries its refunds and its outbox (`marquee_messaging::outbox`),
 //! so a state change and the event it causes are one single-document write.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use marquee_common::outbox::{MongoOutbox, OutboxEvent};
+use marquee_messaging::outbox::{MongoOutbox, OutboxEvent};
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
@@ -242,7 +242,7 @@ impl PaymentStore {
     pub async fn claim(&self, payment: &PaymentDoc) -> anyhow::Result<Claim> {
         match self.payments.insert_one(payment).await {
             Ok(_) => Ok(Claim::Created),
-            Err(e) if marquee_common::mongo::is_duplicate_key(&e) => {
+            Err(e) if marquee_mongo::is_duplicate_key(&e) => {
                 let existing = self
                     .payments
                     .find_one(doc! { "idempotency_key": &payment.idempotency_key })

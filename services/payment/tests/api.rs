@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::BasicAckOptions;
-use marquee_common::shutdown::Shutdown;
-use marquee_common::{ApiError, ErrorCode, Settings};
+use marquee_kit::shutdown::Shutdown;
+use marquee_kit::{ApiError, ErrorCode};
 use marquee_payment::Application;
+use marquee_payment::Settings;
 use marquee_proto::common::v1::Money;
 use marquee_proto::events::v1::{Event, event::Payload};
 use marquee_proto::payment::v1 as pb;
@@ -41,15 +42,16 @@ async fn spawn_app() -> TestApp {
 }
 
 async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    marquee_common::telemetry::install_crypto_provider();
-    let mut settings = marquee_common::testing::isolated_settings().await.expect("isolated settings");
+    marquee_kit::telemetry::install_crypto_provider();
+    let mut settings: marquee_payment::Settings =
+        marquee_kit::testing::isolated_settings().await.expect("isolated settings");
     configure(&mut settings);
     let app = Application::build(settings.clone()).await.expect("build payment service");
     let addr = app.addr();
     let shutdown = Shutdown::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let client = PaymentServiceClient::connect(format!("http://{addr}")).await.expect("connect");
-    let db = marquee_common::mongo::connect(&settings.mongo, "payment").await.expect("mongo");
+    let db = marquee_mongo::connect(&settings.mongo, "payment").await.expect("mongo");
     TestApp { settings, client, payments: db.collection("payments"), shutdown }
 }
 
@@ -126,7 +128,7 @@ impl TestApp {
     /// A server-named queue bound to this test's exchange, declared before anything
     /// is published so no event is missed.
     async fn subscribe(&self, routing_key: &str) -> (lapin::Connection, lapin::Consumer) {
-        marquee_common::testing::subscribe_events(&self.settings.rabbitmq, routing_key).await.unwrap()
+        marquee_messaging::testing::subscribe_events(&self.settings.rabbitmq, routing_key).await.unwrap()
     }
 
     async fn stored_payments(&self) -> u64 {

@@ -16,10 +16,10 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
-use marquee_common::backoff::Backoff;
-use marquee_common::config::RabbitSettings;
-use marquee_common::rabbit::short_name;
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::backoff::Backoff;
+use marquee_kit::shutdown::Shutdown;
+use marquee_messaging::RabbitSettings;
+use marquee_messaging::rabbit::short_name;
 use tokio::task::JoinSet;
 
 use crate::issue::{IssueError, Issuer};
@@ -63,7 +63,7 @@ impl Consumer {
     /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
     pub async fn run(mut self, shutdown: Shutdown) {
         let mut reconnect =
-            marquee_common::backoff::Reconnect::new("ticket consumer", RECONNECT_FIRST, RECONNECT_MAX);
+            marquee_kit::backoff::Reconnect::new("ticket consumer", RECONNECT_FIRST, RECONNECT_MAX);
         loop {
             let opened = match self.session.take() {
                 Some(session) => Ok(session),
@@ -136,7 +136,7 @@ impl Consumer {
 
 /// Connects, declares the quorum queue and binds it.
 async fn open(settings: &RabbitSettings) -> anyhow::Result<(Connection, Channel)> {
-    let (connection, channel) = marquee_common::rabbit::connect(settings).await?;
+    let (connection, channel) = marquee_messaging::rabbit::connect(settings).await?;
     let queue = short_name(&settings.ticket_queue, "rabbitmq.ticket_queue")?;
     let mut arguments = FieldTable::default();
     arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));

@@ -148,7 +148,7 @@ impl Issuer {
         if let Some(window) = self.showtimes.lock().ok().and_then(|cache| cache.get(&id).copied()) {
             return Ok(window);
         }
-        let request = marquee_common::trace::outgoing(GetShowtimeRequest { id: id.to_string() });
+        let request = marquee_kit::trace::outgoing(GetShowtimeRequest { id: id.to_string() });
         let showtime = match self.cinema.clone().get_showtime(request).await {
             Ok(reply) => reply.into_inner(),
             Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
@@ -158,7 +158,7 @@ impl Issuer {
                 return Err(IssueError::Transient(anyhow::Error::new(status).context("cinema GetShowtime")));
             }
         };
-        let time = |ts: Option<&prost_types::Timestamp>| ts.and_then(marquee_common::time::from_proto);
+        let time = |ts: Option<&prost_types::Timestamp>| ts.and_then(marquee_kit::time::from_proto);
         let window = time(showtime.starts_at.as_ref())
             .zip(time(showtime.ends_at.as_ref()))
             .with_context(|| format!("showtime {id} has no start or end"))

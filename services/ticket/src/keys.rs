@@ -11,10 +11,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use marquee_common::config::TicketSettings;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, EncodeError, Malformed, TicketClaims};
+use crate::settings::TicketSettings;
 
 pub const ALGORITHM: &str = "Ed25519";
 
@@ -176,7 +176,8 @@ pub fn load(settings: &TicketSettings) -> anyhow::Result<(Signer, PublicKeys)> {
 
 #[cfg(test)]
 mod tests {
-    use marquee_common::Settings;
+    use crate::Settings;
+    use marquee_kit::Config as _;
     use uuid::Uuid;
 
     use super::*;

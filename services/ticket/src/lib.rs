@@ -13,7 +13,10 @@ mod issue;
 pub mod keys;
 pub mod offline;
 mod service;
+pub mod settings;
 mod startup;
 mod store;
+
+pub use settings::Settings;
 
 pub use startup::Application;

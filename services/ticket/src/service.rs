@@ -1,8 +1,8 @@
 //! The `TicketService` gRPC handlers, check-in, and the one error type they return.
 
 use chrono::{DateTime, Utc};
-use marquee_common::time::{from_proto, to_proto};
-use marquee_common::{ApiError, ErrorCode};
+use marquee_kit::time::{from_proto, to_proto};
+use marquee_kit::{ApiError, ErrorCode};
 use marquee_proto::ticket::v1 as pb;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -31,7 +31,7 @@ impl From<TicketError> for Status {
         match error {
             TicketError::InvalidInput(_) => ApiError::bad_input(message).into(),
             TicketError::NonceReused => ApiError::new(ErrorCode::Conflict, message).into(),
-            TicketError::Unexpected(e) => marquee_common::error::internal(&e),
+            TicketError::Unexpected(e) => marquee_mongo::internal(&e),
         }
     }
 }

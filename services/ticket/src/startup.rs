@@ -6,16 +6,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use marquee_common::Settings;
-use marquee_common::backoff::Backoff;
-use marquee_common::readiness::{Probe, Readiness, Scope};
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::backoff::Backoff;
+use marquee_kit::readiness::{Probe, Readiness, Scope};
+use marquee_kit::shutdown::Shutdown;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::ticket::v1::ticket_service_server::TicketServiceServer;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
+use crate::Settings;
 use crate::consumer::Consumer;
 use crate::issue::Issuer;
 use crate::service::TicketServiceImpl;
@@ -37,9 +37,9 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let config = &settings.ticket;
         let (signer, public) = crate::keys::load(config).context("invalid ticket.signing_keys")?;
-        let db = marquee_common::mongo::connect(&settings.mongo, "ticket").await?;
+        let db = marquee_mongo::connect(&settings.mongo, "ticket").await?;
         let store = TicketStore::init(&db).await?;
-        let cinema = CinemaServiceClient::new(marquee_common::grpc::channel(
+        let cinema = CinemaServiceClient::new(marquee_kit::grpc::channel(
             &settings.upstream.cinema_url,
             &settings.grpc,
         )?);
@@ -55,7 +55,7 @@ impl Application {
         );
         let consumer = Consumer::connect(&settings.rabbitmq, issuer, retry).await?;
         let consuming = consumer.consuming();
-        let readiness = Readiness::default().with(Probe::mongo(&db, Scope::Api)).with(Probe::new(
+        let readiness = Readiness::default().with(marquee_mongo::probe(&db, Scope::Api)).with(Probe::new(
             "rabbitmq",
             Scope::Background,
             move || {
@@ -66,7 +66,7 @@ impl Application {
                 }
             },
         ));
-        let (listener, addr) = marquee_common::grpc::bind(&config.server).await?;
+        let (listener, addr) = marquee_kit::grpc::bind(&config.server).await?;
         Ok(Application {
             listener,
             addr,
@@ -85,7 +85,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let consumer_stop = shutdown.child_token();
         let consumer = tokio::spawn(self.consumer.run(consumer_stop.clone()));
-        let served = marquee_common::grpc::serve(
+        let served = marquee_kit::grpc::serve(
             self.listener,
             Routes::new(TicketServiceServer::new(self.service)),
             <TicketServiceServer<TicketServiceImpl> as NamedService>::NAME,

@@ -155,7 +155,7 @@ impl TicketStore {
         let record = doc! { "_id": event_id, "at": bson_time(now) };
         match self.handled.insert_one(record).await {
             Ok(_) => Ok(()),
-            Err(error) if marquee_common::mongo::is_duplicate_key(&error) => Ok(()),
+            Err(error) if marquee_mongo::is_duplicate_key(&error) => Ok(()),
             Err(error) => Err(error).context("cannot record a handled event"),
         }
     }
@@ -361,7 +361,7 @@ impl TicketStore {
                 let first = RevocationLog { showtime_id: showtime_id.to_owned(), seq, entries: fresh };
                 match self.revocations.insert_one(&first).await {
                     Ok(_) => true,
-                    Err(error) if marquee_common::mongo::is_duplicate_key(&error) => false,
+                    Err(error) if marquee_mongo::is_duplicate_key(&error) => false,
                     Err(error) => return Err(error).context("cannot start the revocation log"),
                 }
             };

@@ -10,9 +10,11 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{BasicProperties, Channel as AmqpChannel, Connection};
-use marquee_common::config::TicketKeySettings;
-use marquee_common::shutdown::Shutdown;
-use marquee_common::{ApiError, ErrorCode, Secret, Settings};
+use marquee_kit::shutdown::Shutdown;
+use marquee_kit::{ApiError, ErrorCode, Secret};
+use marquee_ticket::settings::TicketKeySettings;
+// Ticket and cinema on one isolated configuration.
+use marquee_e2e::MeshSettings as Settings;
 use marquee_proto::cinema::v1::ListShowtimesRequest;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::events::v1::{BookingCancelled, BookingConfirmed, Event, event::Payload};
@@ -61,16 +63,16 @@ struct Publisher {
 
 impl Publisher {
     async fn connect(settings: &Settings) -> Self {
-        let (connection, channel) = marquee_common::rabbit::connect(&settings.rabbitmq).await.unwrap();
+        let (connection, channel) = marquee_messaging::rabbit::connect(&settings.rabbitmq).await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         Self { _connection: connection, channel, exchange: settings.rabbitmq.exchange.clone() }
     }
 
     async fn publish(&self, event: &Event) {
         let properties = BasicProperties::default()
-            .with_delivery_mode(marquee_common::rabbit::PERSISTENT)
+            .with_delivery_mode(marquee_messaging::rabbit::PERSISTENT)
             .with_message_id(event.event_id.clone().into());
-        marquee_common::rabbit::publish_confirmed(
+        marquee_messaging::rabbit::publish_confirmed(
             &self.channel,
             &self.exchange,
             &event.r#type,
@@ -86,7 +88,7 @@ fn event(kind: &str, booking_id: &str, payload: Payload) -> Event {
     Event {
         event_id: Uuid::now_v7().to_string(),
         r#type: kind.to_owned(),
-        occurred_at: Some(marquee_common::time::to_proto(Utc::now())),
+        occurred_at: Some(marquee_kit::time::to_proto(Utc::now())),
         booking_id: booking_id.to_owned(),
         user_id: Uuid::new_v4().to_string(),
         payload: Some(payload),
@@ -106,7 +108,7 @@ fn key_settings(id: &str, seed: [u8; 32], active: bool) -> TicketKeySettings {
 }
 
 async fn start_ticket(settings: &Settings) -> (Running, TicketServiceClient<Channel>) {
-    let app = marquee_ticket::Application::build(settings.clone()).await.expect("build ticket service");
+    let app = marquee_ticket::Application::build(settings.ticket()).await.expect("build ticket service");
     let addr = app.addr();
     let shutdown = Shutdown::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
@@ -119,12 +121,12 @@ async fn spawn_app() -> TestApp {
 }
 
 async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    marquee_common::telemetry::install_crypto_provider();
-    let mut settings = marquee_common::testing::isolated_settings().await.unwrap();
+    marquee_kit::telemetry::install_crypto_provider();
+    let mut settings: Settings = marquee_kit::testing::isolated_settings().await.unwrap();
     configure(&mut settings);
     let mut cinema_settings = settings.clone();
     cinema_settings.cinema.seed_demo = true;
-    let cinema = marquee_cinema::Application::build(cinema_settings).await.unwrap();
+    let cinema = marquee_cinema::Application::build(cinema_settings.cinema()).await.unwrap();
     settings.upstream.cinema_url = format!("http://{}", cinema.addr());
     let cinema_shutdown = Shutdown::new();
     let cinema_task = tokio::spawn(cinema.run_until_stopped(cinema_shutdown.clone()));
@@ -202,7 +204,7 @@ impl TestApp {
             code: code.to_owned(),
             showtime_id: showtime_id.to_owned(),
             nonce: nonce.to_owned(),
-            scanned_at: Some(marquee_common::time::to_proto(at)),
+            scanned_at: Some(marquee_kit::time::to_proto(at)),
             staff_id: "staff-1".to_owned(),
         };
         self.client
@@ -253,7 +255,7 @@ fn nonce() -> String {
 }
 
 fn time(ts: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
-    marquee_common::time::from_proto(ts.unwrap()).unwrap()
+    marquee_kit::time::from_proto(ts.unwrap()).unwrap()
 }
 
 /// A moment inside the ticket's admission window.
@@ -315,7 +317,7 @@ async fn every_check_in_outcome() {
 
     let first = app.scan(ticket).await;
     assert_eq!(first.outcome(), pb::CheckInOutcome::Admitted);
-    assert_eq!(first.checked_in_at, Some(marquee_common::time::to_proto(during(ticket))));
+    assert_eq!(first.checked_in_at, Some(marquee_kit::time::to_proto(during(ticket))));
     let admitted = first.ticket.unwrap();
     assert_eq!(admitted.status(), pb::TicketStatus::CheckedIn);
 

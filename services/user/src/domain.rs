@@ -1,7 +1,7 @@
 //! Validated user input. Handlers parse raw proto strings into these types first;
 //! everything deeper trusts them.
 
-use marquee_common::Secret;
+use marquee_kit::Secret;
 
 use marquee_types::invalid;
 pub use marquee_types::{InvalidInput, UserId};

@@ -7,9 +7,12 @@ pub mod domain;
 mod password;
 mod pool;
 mod service;
+pub mod settings;
 mod startup;
 mod store;
 mod throttle;
 mod tokens;
+
+pub use settings::Settings;
 
 pub use startup::Application;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, PasswordHash, Version};
-use marquee_common::Secret;
-use marquee_common::config::AuthSettings;
+use marquee_auth::AuthSettings;
+use marquee_kit::Secret;
 use tokio::time::Instant;
 
 use crate::pool::{CpuPool, PoolError};
@@ -117,7 +117,7 @@ mod tests {
             hash_concurrency: 0,
             hash_queue_per_slot: 2,
             hash_max_wait_ms: 1000,
-            algorithm: marquee_common::config::JwtAlgorithm::Hs256,
+            algorithm: marquee_auth::JwtAlgorithm::Hs256,
             rsa_private_key_path: None,
             rsa_public_key_path: None,
             refresh_token_ttl_seconds: 3600,

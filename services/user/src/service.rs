@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use chrono::Utc;
-use marquee_common::auth::{Role, TokenKeys};
-use marquee_common::{ApiError, ErrorCode, Secret};
+use marquee_auth::{Role, TokenKeys};
+use marquee_kit::{ApiError, ErrorCode, Secret};
 use marquee_proto::user::v1 as pb;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -75,7 +75,7 @@ impl From<UserError> for Status {
             UserError::Forbidden => ErrorCode::Forbidden,
             UserError::NotFound => ErrorCode::NotFound,
             UserError::ServiceBusy { .. } => ErrorCode::ServiceBusy,
-            UserError::Unexpected(e) => return marquee_common::error::internal(e),
+            UserError::Unexpected(e) => return marquee_mongo::internal(e),
         };
         let mut api = ApiError::new(code, error.to_string());
         match &error {
@@ -290,10 +290,10 @@ impl UserServiceImpl {
         let refresh = self.refresh.issue(&user.id, family, now).await?;
         Ok(pb::AuthResponse {
             access_token,
-            expires_at: Some(marquee_common::time::to_proto(expires_at)),
+            expires_at: Some(marquee_kit::time::to_proto(expires_at)),
             user: Some(to_proto(user)),
             refresh_token: refresh.token.expose().clone(),
-            refresh_expires_at: Some(marquee_common::time::to_proto(refresh.expires_at)),
+            refresh_expires_at: Some(marquee_kit::time::to_proto(refresh.expires_at)),
         })
     }
 }
@@ -322,7 +322,7 @@ fn to_proto(user: &UserDoc) -> pb::User {
         email: user.email.clone(),
         name: user.name.clone(),
         role: role.into(),
-        created_at: Some(marquee_common::time::to_proto(user.created_at())),
+        created_at: Some(marquee_kit::time::to_proto(user.created_at())),
         phone: user.phone.clone().unwrap_or_default(),
         notification_preferences: Some(pb::NotificationPreferences {
             email: user.notify.email,

@@ -5,15 +5,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use marquee_common::Settings;
-use marquee_common::auth::TokenKeys;
-use marquee_common::readiness::{Probe, Readiness, Scope};
-use marquee_common::shutdown::Shutdown;
+use marquee_auth::TokenKeys;
+use marquee_kit::readiness::{Probe, Readiness, Scope};
+use marquee_kit::shutdown::Shutdown;
 use marquee_proto::user::v1::user_service_server::UserServiceServer;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
+use crate::Settings;
 use crate::password::PasswordHasherService;
 use crate::service::UserServiceImpl;
 use crate::store::UserStore;
@@ -33,7 +33,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let tokens = TokenKeys::new(&settings.auth)?;
         let hasher = PasswordHasherService::new(&settings.auth).await?;
-        let db = marquee_common::mongo::connect(&settings.mongo, "user").await?;
+        let db = marquee_mongo::connect(&settings.mongo, "user").await?;
         let store = UserStore::init(&db).await?;
         let refresh = RefreshTokens::init(&db, settings.auth.refresh_token_ttl_seconds).await?;
         let client =
@@ -62,7 +62,7 @@ impl Application {
                 "set both user.bootstrap_admin_email and user.bootstrap_admin_password, or neither"
             ),
         }
-        let (listener, addr) = marquee_common::grpc::bind(&settings.user.server).await?;
+        let (listener, addr) = marquee_kit::grpc::bind(&settings.user.server).await?;
         Ok(Application {
             readiness: readiness(&db, redis_probe),
             listener,
@@ -77,7 +77,7 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        marquee_common::grpc::serve(
+        marquee_kit::grpc::serve(
             self.listener,
             Routes::new(UserServiceServer::new(self.service)),
             <UserServiceServer<UserServiceImpl> as NamedService>::NAME,
@@ -91,11 +91,15 @@ impl Application {
 
 /// Accounts live in MongoDB; login throttling and the logout denylist in Redis.
 fn readiness(db: &mongodb::Database, redis: redis::aio::ConnectionManager) -> Readiness {
-    Readiness::default().with(Probe::mongo(db, Scope::Api)).with(Probe::new("redis", Scope::Api, move || {
-        let mut redis = redis.clone();
-        async move {
-            let _: String = redis::cmd("PING").query_async(&mut redis).await?;
-            Ok(())
-        }
-    }))
+    Readiness::default().with(marquee_mongo::probe(db, Scope::Api)).with(Probe::new(
+        "redis",
+        Scope::Api,
+        move || {
+            let mut redis = redis.clone();
+            async move {
+                let _: String = redis::cmd("PING").query_async(&mut redis).await?;
+                Ok(())
+            }
+        },
+    ))
 }

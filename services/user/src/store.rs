@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use marquee_common::auth::Role;
+use marquee_auth::Role;
 use mongodb::bson::{self, doc};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
@@ -85,7 +85,7 @@ impl UserStore {
     pub async fn insert(&self, user: &UserDoc) -> anyhow::Result<Inserted> {
         match self.users.insert_one(user).await {
             Ok(_) => Ok(Inserted::Created),
-            Err(e) if marquee_common::mongo::is_duplicate_key(&e) => Ok(Inserted::EmailTaken),
+            Err(e) if marquee_mongo::is_duplicate_key(&e) => Ok(Inserted::EmailTaken),
             Err(e) => Err(e).context("cannot insert user"),
         }
     }

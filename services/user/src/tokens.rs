@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use marquee_common::Secret;
+use marquee_kit::Secret;
 use mongodb::bson::{self, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
@@ -196,10 +196,10 @@ impl AccessDenylist {
     /// Denies `jti` until `exp`; a token already past `exp` needs no entry.
     pub async fn deny(&self, user: UserId, jti: &str, exp: i64, now: DateTime<Utc>) -> anyhow::Result<()> {
         // The verifier accepts a token for its leeway past `exp`, so the entry must outlive that.
-        let Ok(ttl) = u64::try_from(exp - now.timestamp() + marquee_common::auth::LEEWAY_SECONDS + 1) else {
+        let Ok(ttl) = u64::try_from(exp - now.timestamp() + marquee_auth::LEEWAY_SECONDS + 1) else {
             return Ok(());
         };
-        let key = marquee_common::auth::denied_jti_key(&self.prefix, jti);
+        let key = marquee_auth::denied_jti_key(&self.prefix, jti);
         let mut redis = self.redis.clone();
         let () = redis::cmd("SET")
             .arg(&key)

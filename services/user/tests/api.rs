@@ -1,11 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use marquee_common::auth::{Role, TokenKeys};
-use marquee_common::shutdown::Shutdown;
-use marquee_common::{ApiError, ErrorCode, Settings};
+use marquee_auth::{Role, TokenKeys};
+use marquee_kit::shutdown::Shutdown;
+use marquee_kit::{ApiError, ErrorCode};
 use marquee_proto::user::v1 as pb;
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use marquee_user::Application;
+use marquee_user::Settings;
 use mongodb::bson::{Document, doc};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -29,14 +30,15 @@ async fn spawn_app() -> TestApp {
 }
 
 async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let mut settings = marquee_common::testing::isolated_settings().await.expect("isolated settings");
+    let mut settings: marquee_user::Settings =
+        marquee_kit::testing::isolated_settings().await.expect("isolated settings");
     configure(&mut settings);
     let app = Application::build(settings.clone()).await.expect("build user service");
     let addr = app.addr();
     let shutdown = Shutdown::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let client = UserServiceClient::connect(format!("http://{addr}")).await.expect("connect");
-    let db = marquee_common::mongo::connect(&settings.mongo, "user").await.expect("mongo");
+    let db = marquee_mongo::connect(&settings.mongo, "user").await.expect("mongo");
     TestApp {
         client,
         users: db.collection("users"),
@@ -399,7 +401,7 @@ async fn logout_denies_the_access_token_until_it_expires_and_revokes_the_family(
 
     app.logout(&session).await.unwrap();
 
-    let key = marquee_common::auth::denied_jti_key(&app.settings.redis.key_prefix, &claims.jti);
+    let key = marquee_auth::denied_jti_key(&app.settings.redis.key_prefix, &claims.jti);
     let mut redis = app.redis().await;
     let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut redis).await.unwrap();
     let remaining = claims.exp - chrono::Utc::now().timestamp();
@@ -421,7 +423,7 @@ async fn the_bootstrap_admin_is_idempotent_and_only_admins_set_roles() {
     let admin_email = "root@example.com";
     let configure = |s: &mut Settings| {
         s.user.bootstrap_admin_email = Some(admin_email.to_owned());
-        s.user.bootstrap_admin_password = Some(marquee_common::Secret::new("bootstrap password".to_owned()));
+        s.user.bootstrap_admin_password = Some(marquee_kit::Secret::new("bootstrap password".to_owned()));
     };
     let app = spawn_app_with(configure).await;
     // A second start on the same database changes nothing.
@@ -437,8 +439,7 @@ async fn the_bootstrap_admin_is_idempotent_and_only_admins_set_roles() {
     let squatter = app.register("boss@example.com", PASSWORD, "Not the boss").await.unwrap().user.unwrap();
     let mut later = app.settings.clone();
     later.user.bootstrap_admin_email = Some("boss@example.com".to_owned());
-    later.user.bootstrap_admin_password =
-        Some(marquee_common::Secret::new("the real boss password".to_owned()));
+    later.user.bootstrap_admin_password = Some(marquee_kit::Secret::new("the real boss password".to_owned()));
     marquee_user::Application::build(later).await.unwrap();
     assert_eq!(app.get_user(&squatter.id).await.unwrap().role(), pb::Role::Customer);
     assert_eq!(admin.role(), pb::Role::Admin);
@@ -468,7 +469,7 @@ async fn the_bootstrap_admin_is_idempotent_and_only_admins_set_roles() {
 
 /// One argon2id hash with the service's parameters, timed on a blocking thread as the
 /// service runs it.
-async fn one_hash_time(auth: &marquee_common::config::AuthSettings) -> std::time::Duration {
+async fn one_hash_time(auth: &marquee_auth::AuthSettings) -> std::time::Duration {
     use argon2::password_hash::PasswordHasher;
     let params =
         argon2::Params::new(auth.argon2_memory_kib, auth.argon2_iterations, auth.argon2_parallelism, None)

@@ -72,7 +72,7 @@ impl Saga {
         Ok(showtime
             .starts_at
             .as_ref()
-            .and_then(marquee_common::time::from_proto)
+            .and_then(marquee_kit::time::from_proto)
             .context("cinema returned a showtime without a start")?)
     }
 

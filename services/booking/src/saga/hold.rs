@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use marquee_common::ErrorCode;
+use marquee_kit::ErrorCode;
 use marquee_proto::cinema::v1::LockSeatsResponse;
 
 use super::{Checkpoint, Saga};
@@ -176,7 +176,7 @@ fn held_booking(
     let expires_at = locked
         .expires_at
         .as_ref()
-        .and_then(marquee_common::time::from_proto)
+        .and_then(marquee_kit::time::from_proto)
         .map_or_else(|| now + chrono::Duration::seconds(i64::from(hold_ttl_seconds)), to_millis);
     Ok(Booking {
         id,

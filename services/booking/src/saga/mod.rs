@@ -169,7 +169,7 @@ impl Saga {
             result
         }
         .instrument(tracing::Span::current());
-        let task = match marquee_common::trace::current() {
+        let task = match marquee_kit::trace::current() {
             Some(context) => tokio::spawn(context.scope(work)),
             None => tokio::spawn(work),
         };

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use marquee_common::backoff::Backoff;
+use marquee_kit::backoff::Backoff;
 use tokio::time::Instant;
 
 use super::{Checkpoint, Saga};

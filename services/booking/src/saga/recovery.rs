@@ -4,7 +4,7 @@
 //! told about, and those of holds that died before their booking was written.
 
 use chrono::{DateTime, Utc};
-use marquee_common::trace::in_new_trace;
+use marquee_kit::trace::in_new_trace;
 use tracing::Instrument as _;
 
 use super::{Checkpoint, Saga};

@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use chrono::Utc;
-use marquee_common::ErrorCode;
+use marquee_kit::ErrorCode;
 use marquee_proto::payment::v1::{Payment, PaymentStatus};
 use tokio::time::Instant;
 use tonic::Code;
@@ -112,8 +112,8 @@ impl Saga {
     async fn extend_hold(&self, booking: &Booking) -> Result<Transition, BookingError> {
         let extended = self.cinema.extend_hold(booking).await;
         let (outcome, expires_at) = match extended {
-            Ok(reply) => ("succeeded", reply.expires_at.as_ref().and_then(marquee_common::time::from_proto)),
-            Err(status) => match marquee_common::ApiError::from_status(&status).code {
+            Ok(reply) => ("succeeded", reply.expires_at.as_ref().and_then(marquee_kit::time::from_proto)),
+            Err(status) => match marquee_kit::ApiError::from_status(&status).code {
                 ErrorCode::HoldExpired => ("hold_expired", None),
                 ErrorCode::Conflict => ("already_extended", None),
                 _ => {

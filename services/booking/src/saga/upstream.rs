@@ -53,7 +53,7 @@ fn transient(status: &Status, kind: Idempotent) -> bool {
 /// Every outgoing call: within the deadline, and in the current trace (the caller's,
 /// or the sweep's per booking) as a new span.
 fn outgoing_request<T>(deadline: Duration, message: T) -> Request<T> {
-    let mut request = marquee_common::trace::outgoing(message);
+    let mut request = marquee_kit::trace::outgoing(message);
     request.set_timeout(deadline);
     request
 }
@@ -64,7 +64,7 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, Status>>,
 {
-    let backoff = marquee_common::backoff::Backoff::new(retry.first_backoff, MAX_CALL_BACKOFF);
+    let backoff = marquee_kit::backoff::Backoff::new(retry.first_backoff, MAX_CALL_BACKOFF);
     let mut attempt = 1;
     loop {
         match call().await {

@@ -38,7 +38,7 @@ impl BookingStore {
         document.insert("unsent_events", 1_i32);
         match self.bookings.clone_with_type::<Document>().insert_one(document).await {
             Ok(_) => Ok(()),
-            Err(e) if marquee_common::mongo::is_duplicate_key(&e) => Err(InsertError::DuplicateKey),
+            Err(e) if marquee_mongo::is_duplicate_key(&e) => Err(InsertError::DuplicateKey),
             Err(e) => Err(anyhow::Error::new(e).context("cannot insert booking").into()),
         }
     }

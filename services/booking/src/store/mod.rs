@@ -15,7 +15,7 @@ mod transition;
 use std::time::Duration;
 
 use anyhow::Context;
-use marquee_common::outbox::MongoOutbox;
+use marquee_messaging::outbox::MongoOutbox;
 use mongodb::bson::{Document, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};

@@ -55,7 +55,7 @@ impl BookingStore {
             let id = slot_id(user_id, showtime_id, n);
             match self.slots.insert_one(claim(&id)).await {
                 Ok(_) => return Ok(Some(id)),
-                Err(e) if marquee_common::mongo::is_duplicate_key(&e) => {}
+                Err(e) if marquee_mongo::is_duplicate_key(&e) => {}
                 Err(e) => return Err(anyhow::Error::new(e).context("cannot claim a hold slot")),
             }
         }

@@ -11,9 +11,10 @@ use futures::{StreamExt, TryStreamExt};
 use lapin::Connection;
 use lapin::options::BasicAckOptions;
 use marquee_booking::{PayWaits, Sweeper};
-use marquee_common::shutdown::Shutdown;
-use marquee_common::{ApiError, ErrorCode, Settings};
+use marquee_e2e::MeshSettings as Settings;
 use marquee_e2e::{Mesh, Service};
+use marquee_kit::shutdown::Shutdown;
+use marquee_kit::{ApiError, ErrorCode};
 use marquee_proto::booking::v1::booking_service_client::BookingServiceClient;
 use marquee_proto::booking::v1::{
     Booking, BookingStatus, CancelBookingRequest, GetBookingRequest, HoldSeatsRequest, ListBookingsRequest,
@@ -68,8 +69,8 @@ struct BookingNode {
 impl BookingNode {
     async fn start(settings: &Settings, parent: &Shutdown, crash_at: Option<&str>) -> Self {
         let app = match crash_at {
-            Some(point) => marquee_booking::Application::build_crashing_at(settings.clone(), point).await,
-            None => marquee_booking::Application::build(settings.clone()).await,
+            Some(point) => marquee_booking::Application::build_crashing_at(settings.booking(), point).await,
+            None => marquee_booking::Application::build(settings.booking()).await,
         }
         .unwrap();
         let url = format!("http://{}", app.addr());
@@ -237,7 +238,7 @@ impl TestApp {
             .create_showtime(CreateShowtimeRequest {
                 movie_id: movie.id,
                 screen_id: screen.id,
-                starts_at: Some(marquee_common::time::to_proto(starts_at)),
+                starts_at: Some(marquee_kit::time::to_proto(starts_at)),
                 prices: vec![CategoryPrice {
                     category: "standard".into(),
                     price: Some(marquee_proto::common::v1::Money {
@@ -278,8 +279,8 @@ impl TestApp {
     /// Like `subscribe`, connecting to the broker at `url`.
     async fn subscribe_at(&self, url: &str, routing_key: &str) -> (Connection, lapin::Consumer) {
         let mut rabbit = self.settings.rabbitmq.clone();
-        rabbit.url = marquee_common::Secret::new(url.to_owned());
-        marquee_common::testing::subscribe_events(&rabbit, routing_key).await.unwrap()
+        rabbit.url = marquee_kit::Secret::new(url.to_owned());
+        marquee_messaging::testing::subscribe_events(&rabbit, routing_key).await.unwrap()
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use marquee_common::Secret;
+use marquee_kit::Secret;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -55,7 +55,12 @@ impl Proxy {
 
 #[tokio::test]
 async fn bookings_succeed_while_rabbitmq_is_down_and_their_events_follow_once_it_is_back() {
-    let real = marquee_common::Settings::for_tests().unwrap().rabbitmq.url.expose().clone();
+    let real = <marquee_booking::Settings as marquee_kit::Config>::for_tests()
+        .unwrap()
+        .rabbitmq
+        .url
+        .expose()
+        .clone();
     let (credentials, rest) = real.split_once('@').expect("the broker url has credentials");
     let (broker, vhost) = rest.split_once('/').expect("the broker url has a vhost");
     let proxy = Proxy::start(broker.to_owned()).await;

@@ -3,8 +3,8 @@
 //! services run in this process, so the kit's span capture sees each one's
 //! `grpc.request` spans.
 
-use marquee_common::telemetry::capture::{self, TraceSpan};
-use marquee_common::trace::TraceParent;
+use marquee_kit::telemetry::capture::{self, TraceSpan};
+use marquee_kit::trace::TraceParent;
 
 use super::*;
 

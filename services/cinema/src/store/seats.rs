@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use marquee_common::backoff::Backoff;
+use marquee_kit::backoff::Backoff;
 
 use super::{Hold, SeatRow, Store};
 use crate::domain::{BookingId, HoldCutoff, HoldTtl, Money, SeatSelection, ShowtimeId};

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use marquee_common::backoff::Backoff;
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::backoff::Backoff;
+use marquee_kit::shutdown::Shutdown;
 use marquee_proto::events::v1::Event;
 use prost::Message;
 use tokio::time::Instant;
@@ -76,10 +76,8 @@ impl Handler {
         };
         let span = tracing::info_span!("notify", event.id = %event.event_id, booking.id = %event.booking_id);
         // Each consumed event is a trace of its own, through its calls to user and cinema.
-        marquee_common::trace::in_new_trace(
-            self.handle_claimed(&event, last_chance, shutdown).instrument(span),
-        )
-        .await
+        marquee_kit::trace::in_new_trace(self.handle_claimed(&event, last_chance, shutdown).instrument(span))
+            .await
     }
 
     /// Takes the event's claim, waiting while another delivery holds it (it finishes,

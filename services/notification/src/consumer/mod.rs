@@ -30,9 +30,9 @@ use lapin::Channel as AmqpChannel;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use marquee_common::config::RabbitSettings;
-use marquee_common::rabbit::short_name;
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::shutdown::Shutdown;
+use marquee_messaging::RabbitSettings;
+use marquee_messaging::rabbit::short_name;
 use tokio::task::JoinSet;
 
 use crate::channel::Channel;
@@ -125,7 +125,7 @@ impl Consumer {
     /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
     pub async fn run(mut self, shutdown: Shutdown) {
         let mut reconnect =
-            marquee_common::backoff::Reconnect::new("notification consumer", FIRST_BACKOFF, MAX_BACKOFF);
+            marquee_kit::backoff::Reconnect::new("notification consumer", FIRST_BACKOFF, MAX_BACKOFF);
         loop {
             let opened = match self.session.take() {
                 Some(session) => Ok(session),

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use marquee_common::outbox::Position;
-use marquee_common::shutdown::Shutdown;
-use marquee_common::time::{from_proto, to_proto};
+use marquee_kit::shutdown::Shutdown;
+use marquee_kit::time::{from_proto, to_proto};
+use marquee_messaging::outbox::Position;
 use marquee_proto::events::v1::ListPublishedRequest;
 use marquee_proto::events::v1::event_log_client::EventLogClient;
 use tokio::time::MissedTickBehavior;

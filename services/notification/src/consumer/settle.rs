@@ -8,9 +8,9 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel as AmqpChannel};
-use marquee_common::backoff::Backoff;
-use marquee_common::rabbit::{PERSISTENT, publish_confirmed};
-use marquee_common::shutdown::Shutdown;
+use marquee_kit::backoff::Backoff;
+use marquee_kit::shutdown::Shutdown;
+use marquee_messaging::rabbit::{PERSISTENT, publish_confirmed};
 use tokio::time::Instant;
 
 use super::Handler;

@@ -20,8 +20,8 @@ use serde::Deserialize;
 use tonic::{Request, Response, Status};
 
 use super::PendingEvent;
-use crate::ApiError;
-use crate::time::{from_proto, to_proto};
+use marquee_kit::ApiError;
+use marquee_kit::time::{from_proto, to_proto};
 
 const COLLECTION: &str = "published_events";
 /// How long an event stays in the log.
@@ -213,7 +213,7 @@ impl EventLog for EventLogApi {
             .log
             .page(after.as_ref(), before, request.limit)
             .await
-            .map_err(|error| crate::error::internal(&error))?;
+            .map_err(|error| marquee_mongo::internal(&error))?;
         let events = events
             .into_iter()
             .map(|event| proto::PublishedEvent {

@@ -1,16 +1,75 @@
-//! Access tokens: the claims the user service signs and every other hop verifies.
+//! Access tokens: the `[auth]` section, the claims the user service signs and every
+//! other hop verifies, and roles.
 //!
 //! HS256 with the secret from config (default) or RS256 with PEM key files; the
 //! configured `alg` is pinned on verification, and `iss`, `exp` and `nbf` are always
 //! checked. The user id is the token's `sub`. Logged-out tokens are denied by `jti`
 //! in Redis under [`denied_jti_key`]: the user service writes it, the gateway reads it.
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use marquee_kit::Secret;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AuthSettings, JwtAlgorithm};
+/// `[auth]`: read by the user service (which signs tokens and hashes passwords) and
+/// the gateway (which verifies tokens).
+#[derive(Clone, Debug, Deserialize)]
+pub struct AuthSettings {
+    /// The JWT `iss`; also the key of Kong's jwt_secret.
+    pub issuer: String,
+    pub jwt_secret: Secret<String>,
+    pub access_token_ttl_seconds: i64,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    /// Password hashes (and verifications) computed at once; 0 = one per CPU core.
+    pub hash_concurrency: usize,
+    /// Callers that may wait for a hashing slot, per slot; beyond that SERVICE_BUSY at once.
+    pub hash_queue_per_slot: usize,
+    /// Longest wait for a hashing slot (shorter if the caller's gRPC deadline is nearer).
+    pub hash_max_wait_ms: u64,
+    /// `HS256` signs with `jwt_secret`; `RS256` with the PEM key files below.
+    pub algorithm: JwtAlgorithm,
+    /// RS256 only: the signer needs the private key, verifiers only the public one.
+    #[serde(default)]
+    pub rsa_private_key_path: Option<PathBuf>,
+    #[serde(default)]
+    pub rsa_public_key_path: Option<PathBuf>,
+    pub refresh_token_ttl_seconds: i64,
+    /// Failed logins for one email allowed within the window before RATE_LIMITED.
+    pub login_max_failures: u32,
+    pub login_failure_window_seconds: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    #[serde(rename = "HS256")]
+    Hs256,
+    #[serde(rename = "RS256")]
+    Rs256,
+}
+
+/// HS256 keys shorter than its 256-bit output are guessable offline from one token.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+impl AuthSettings {
+    /// The rule every binary that reads `[auth]` checks at load: an HS256 secret long
+    /// enough (production.toml leaves it empty on purpose, so a deployment must set it).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.algorithm == JwtAlgorithm::Hs256 {
+            let bytes = self.jwt_secret.expose().len();
+            anyhow::ensure!(
+                bytes >= MIN_HS256_SECRET_BYTES,
+                "auth.jwt_secret has {bytes} bytes; HS256 needs at least {MIN_HS256_SECRET_BYTES}: \
+                 set MARQUEE_AUTH__JWT_SECRET (production.toml leaves it empty on purpose)"
+            );
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,7 +133,10 @@ impl TokenKeys {
         let (algorithm, encoding, decoding) = match settings.algorithm {
             JwtAlgorithm::Hs256 => {
                 let secret = settings.jwt_secret.expose().as_bytes();
-                anyhow::ensure!(secret.len() >= 32, "auth.jwt_secret must be at least 32 bytes");
+                anyhow::ensure!(
+                    secret.len() >= MIN_HS256_SECRET_BYTES,
+                    "auth.jwt_secret must be at least {MIN_HS256_SECRET_BYTES} bytes"
+                );
                 (Algorithm::HS256, Some(EncodingKey::from_secret(secret)), DecodingKey::from_secret(secret))
             }
             JwtAlgorithm::Rs256 => {
@@ -143,7 +205,6 @@ impl TokenKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
 
     fn settings(secret: &str, issuer: &str) -> AuthSettings {
         AuthSettings {
@@ -223,5 +284,20 @@ mod tests {
         let (hs_token, _) = hs.issue("u1", Role::Admin, Utc::now()).unwrap();
         assert!(verifier.verify(&hs_token).is_err());
         assert!(hs.verify(&token).is_err());
+    }
+
+    #[test]
+    fn hs256_refuses_a_short_or_missing_secret() {
+        let mut settings = settings("", "marquee-user");
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(error.contains("MARQUEE_AUTH__JWT_SECRET") && error.contains("has 0 bytes"), "{error}");
+        settings.jwt_secret = Secret::new("x".repeat(MIN_HS256_SECRET_BYTES - 1));
+        assert!(settings.validate().is_err());
+        settings.jwt_secret = Secret::new("x".repeat(MIN_HS256_SECRET_BYTES));
+        settings.validate().unwrap();
+        // RS256 signs with key files: the secret is not used.
+        let rs256 =
+            AuthSettings { jwt_secret: Secret::new(String::new()), ..rs256(None, "rs256-public.pem") };
+        rs256.validate().unwrap();
     }
 }

@@ -47,18 +47,6 @@ impl Probe {
     {
         Self { name, scope, check: Box::new(move || Box::pin(check())) }
     }
-
-    /// MongoDB answers `ping`.
-    pub fn mongo(db: &mongodb::Database, scope: Scope) -> Self {
-        let db = db.clone();
-        Self::new("mongodb", scope, move || {
-            let db = db.clone();
-            async move {
-                db.run_command(mongodb::bson::doc! { "ping": 1 }).await?;
-                Ok(())
-            }
-        })
-    }
 }
 
 /// The probes of one service.

@@ -3,8 +3,9 @@
 //! Every client-actionable error travels as a gRPC status whose `ErrorInfo` detail
 //! carries a stable `reason` (the public error code the gateway exposes as GraphQL
 //! `extensions.code`) and metadata such as the unavailable seat ids. Anything else is
-//! an opaque INTERNAL (UNAVAILABLE when MongoDB could not be reached: worth retrying):
-//! its cause chain is logged once, here, and never sent.
+//! an opaque INTERNAL (UNAVAILABLE when a store could not be reached: worth retrying;
+//! `marquee_mongo::internal` tells which): its cause chain is logged once, here, and
+//! never sent.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -208,29 +209,20 @@ impl From<ApiError> for Status {
     }
 }
 
-/// Logs an unexpected error with its whole cause chain and returns an opaque status:
-/// UNAVAILABLE when MongoDB could not be reached (the same call may succeed once it is
-/// back; the gateway tells the client to retry), INTERNAL otherwise.
+/// Logs an unexpected error with its whole cause chain and returns an opaque
+/// INTERNAL. (`marquee_mongo::internal` answers UNAVAILABLE instead when MongoDB could
+/// not be reached.)
 pub fn internal(error: &anyhow::Error) -> Status {
-    if mongo_unreachable(error) {
-        tracing::warn!(error = format!("{error:#}"), "the database did not answer");
-        return Status::unavailable("the database did not answer; retry");
-    }
     tracing::error!(error = format!("{error:#}"), "unexpected error");
     Status::internal("internal error")
 }
 
-/// Whether `error` was caused by MongoDB being out of reach (connection refused or
-/// reset, no server to select, a pool cleared after such a failure) rather than by
-/// anything it answered.
-pub fn mongo_unreachable(error: &anyhow::Error) -> bool {
-    use mongodb::error::ErrorKind;
-    error.chain().filter_map(|cause| cause.downcast_ref::<mongodb::error::Error>()).any(|e| {
-        matches!(
-            *e.kind,
-            ErrorKind::Io(_) | ErrorKind::ServerSelection { .. } | ErrorKind::ConnectionPoolCleared { .. }
-        )
-    })
+/// Logs an error caused by a dependency that did not answer and returns UNAVAILABLE:
+/// the same call may succeed once it is back (the gateway tells the client to retry).
+/// `what` names the dependency in the log line and the status.
+pub fn unavailable(error: &anyhow::Error, what: &str) -> Status {
+    tracing::warn!(error = format!("{error:#}"), "{what} did not answer");
+    Status::unavailable(format!("{what} did not answer; retry"))
 }
 
 #[cfg(test)]
@@ -238,16 +230,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_unreachable_mongodb_is_unavailable_and_anything_else_internal() {
-        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by peer");
-        let unreachable =
-            anyhow::Error::new(mongodb::error::Error::from(reset)).context("cannot claim a slot");
-        assert!(mongo_unreachable(&unreachable));
-        assert_eq!(internal(&unreachable).code(), Code::Unavailable);
-
+    fn unexpected_errors_are_opaque() {
         let bug = anyhow::anyhow!("a document without a status").context("cannot read booking");
-        assert!(!mongo_unreachable(&bug));
         assert_eq!(internal(&bug).code(), Code::Internal);
+        assert_eq!(internal(&bug).message(), "internal error");
+        let down = anyhow::anyhow!("connection refused");
+        let status = unavailable(&down, "the database");
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unavailable, "the database did not answer; retry")
+        );
     }
 
     #[test]

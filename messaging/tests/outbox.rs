@@ -4,20 +4,33 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use marquee_common::config::Settings;
-use marquee_common::outbox::{EventLogApi, MAX_PAGE, MongoOutbox, OutboxEvent, OutboxStore};
-use marquee_common::time::to_proto;
+use marquee_kit::Config;
+use marquee_kit::time::to_proto;
+use marquee_messaging::outbox::{EventLogApi, MAX_PAGE, MongoOutbox, OutboxEvent, OutboxStore};
+use marquee_mongo::MongoSettings;
 use marquee_proto::events::v1 as proto;
 use marquee_proto::events::v1::event_log_server::EventLog;
 use mongodb::bson::{Document, doc};
 use mongodb::{Collection, Database};
 use tonic::Request;
 
+/// The one section these tests read.
+#[derive(serde::Deserialize)]
+struct Settings {
+    mongo: MongoSettings,
+}
+
+impl Config for Settings {
+    fn validate(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
 /// A database of this test's own (dropped at the end of the test).
 async fn isolated_database() -> anyhow::Result<Database> {
-    let mut settings = Settings::for_tests()?;
+    let mut settings: Settings = marquee_kit::config::for_tests()?;
     settings.mongo.database_prefix = format!("mqt_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    marquee_common::mongo::connect(&settings.mongo, "outbox").await
+    marquee_mongo::connect(&settings.mongo, "outbox").await
 }
 
 fn event(kind: &'static str) -> OutboxEvent {

@@ -99,7 +99,7 @@ pub mod capture {
     }
 
     /// Where the kit opens its trace spans: the only spans recorded.
-    pub(super) const TARGETS: [&str; 2] = ["marquee_common::grpc", "marquee_common::trace"];
+    pub(super) const TARGETS: [&str; 2] = ["marquee_kit::grpc", "marquee_kit::trace"];
 
     pub(super) struct Capture;
 

@@ -7,7 +7,7 @@ use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::config::RabbitSettings;
+use crate::RabbitSettings;
 
 /// A configured name (exchange, queue, routing key) as an AMQP short string.
 pub fn short_name(value: &str, what: &str) -> anyhow::Result<ShortString> {

@@ -29,8 +29,8 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Reconnect;
-use crate::config::RabbitSettings;
+use crate::RabbitSettings;
+use marquee_kit::backoff::Reconnect;
 
 /// Documents read per outbox query.
 const BATCH: i64 = 100;

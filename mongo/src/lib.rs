@@ -1,0 +1,103 @@
+//! MongoDB for the services that store documents (user, booking, payment,
+//! notification, ticket, and the outbox in `marquee-messaging`): the `[mongo]`
+//! section, connecting to a service's own database, the readiness probe, and telling
+//! an unreachable server (UNAVAILABLE, worth retrying) from any other failure.
+
+use anyhow::Context;
+use marquee_kit::Secret;
+use marquee_kit::readiness::{Probe, Scope};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::{Client, Database};
+use serde::Deserialize;
+
+/// `[mongo]`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct MongoSettings {
+    pub url: Secret<String>,
+    pub database_prefix: String,
+}
+
+impl MongoSettings {
+    /// The database a service owns, e.g. `marquee_booking`.
+    pub fn database_name(&self, service: &str) -> String {
+        format!("{}_{service}", self.database_prefix)
+    }
+}
+
+/// Connects and returns the service's own database (`<prefix>_<service>`).
+pub async fn connect(settings: &MongoSettings, service: &str) -> anyhow::Result<Database> {
+    let client =
+        Client::with_uri_str(settings.url.expose()).await.context("invalid MongoDB connection string")?;
+    let db = client.database(&settings.database_name(service));
+    db.run_command(mongodb::bson::doc! { "ping": 1 }).await.context("MongoDB did not answer ping")?;
+    Ok(db)
+}
+
+/// True for a unique-index violation. Matched by code 11000, never by message text.
+pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
+        ErrorKind::InsertMany(e) => {
+            e.write_errors.as_ref().is_some_and(|errors| errors.iter().any(|e| e.code == 11000))
+        }
+        ErrorKind::Command(e) => e.code == 11000,
+        _ => false,
+    }
+}
+
+/// Readiness: MongoDB answers `ping`.
+pub fn probe(db: &Database, scope: Scope) -> Probe {
+    let db = db.clone();
+    Probe::new("mongodb", scope, move || {
+        let db = db.clone();
+        async move {
+            db.run_command(mongodb::bson::doc! { "ping": 1 }).await?;
+            Ok(())
+        }
+    })
+}
+
+/// `marquee_kit::error::internal` for a service that stores in MongoDB: UNAVAILABLE
+/// when MongoDB could not be reached (the same call may succeed once it is back; the
+/// gateway tells the client to retry), an opaque INTERNAL otherwise. Logs the cause
+/// chain either way.
+pub fn internal(error: &anyhow::Error) -> tonic::Status {
+    if unreachable(error) {
+        return marquee_kit::error::unavailable(error, "the database");
+    }
+    marquee_kit::error::internal(error)
+}
+
+/// Whether `error` was caused by MongoDB being out of reach (connection refused or
+/// reset, no server to select, a pool cleared after such a failure) rather than by
+/// anything it answered.
+pub fn unreachable(error: &anyhow::Error) -> bool {
+    error.chain().filter_map(|cause| cause.downcast_ref::<mongodb::error::Error>()).any(|e| {
+        matches!(
+            *e.kind,
+            ErrorKind::Io(_) | ErrorKind::ServerSelection { .. } | ErrorKind::ConnectionPoolCleared { .. }
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn an_unreachable_mongodb_is_unavailable_and_anything_else_internal() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by peer");
+        let unreachable_error =
+            anyhow::Error::new(mongodb::error::Error::from(reset)).context("cannot claim a slot");
+        assert!(unreachable(&unreachable_error));
+        assert_eq!(internal(&unreachable_error).code(), Code::Unavailable);
+
+        let bug = anyhow::anyhow!("a document without a status").context("cannot read booking");
+        assert!(!unreachable(&bug));
+        assert_eq!(internal(&bug).code(), Code::Internal);
+    }
+}
