@@ -1,5 +1,6 @@
 //! Notification throughput: events published to RabbitMQ with publisher confirms
-//! (as the booking outbox relay publishes them) → the notification worker →
+//! (as the booking outbox relay publishes them) → the notification worker (and the
+//! ticket service, issuing the tickets whose codes the confirmations carry) →
 //! messages recorded in MongoDB. Run by `scripts/bench-notifications`; writes
 //! `{"events_per_s","produced","notified","lost","duplicates",…}` as JSON.
 //!
@@ -49,6 +50,9 @@ async fn main() -> anyhow::Result<()> {
     let cinema = marquee_cinema::Application::build(settings.clone()).await?;
     settings.upstream.cinema_url = format!("http://{}", cinema.addr());
     tokio::spawn(cinema.run_until_stopped(shutdown.clone()));
+    let ticket = marquee_ticket::Application::build(settings.clone()).await?;
+    settings.upstream.ticket_url = format!("http://{}", ticket.addr());
+    tokio::spawn(ticket.run_until_stopped(shutdown.clone()));
     let worker = marquee_notification::Application::build(settings.clone()).await?;
     let metrics_url = format!("http://{}/metrics", worker.metrics_addr());
     let worker = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
