@@ -1,8 +1,10 @@
 //! Tickets end to end through GraphQL: book and pay, see one ticket per seat with
-//! its signed code and QR code, check in as staff, cancel and see them revoked.
+//! its signed code and QR code, and the same codes in the confirmation email; check in
+//! as staff, cancel and see them revoked.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use marquee_e2e::{Gql, Mesh, Service};
@@ -131,6 +133,60 @@ async fn book_two_seats(mesh: &Mesh, customer: &str) -> (String, String, Vec<Str
     let paid = mesh.graphql(Some(customer), pay, json!({ "input": input })).await.unwrap();
     assert_eq!(paid.data().unwrap()["payBooking"]["status"], "CONFIRMED");
     (showtime, booking, seats)
+}
+
+/// The ticket codes in a message: its lines of 100 or more base64url characters.
+fn codes_in(body: &str) -> BTreeSet<String> {
+    let base64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    body.lines().filter(|line| line.len() >= 100 && line.chars().all(base64url)).map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_confirmation_email_carries_exactly_the_codes_booking_tickets_shows_and_the_sms_their_count() {
+    let mesh = spawn_mesh().await;
+    let customer = mesh.register("ada").await.unwrap();
+    let contact = "mutation { updateProfile(input: { phone: \"+351912345678\", notificationPreferences: { email: true, sms: true } }) { phone } }";
+    mesh.graphql(Some(&customer), contact, json!({})).await.unwrap().data().unwrap();
+
+    let (_, booking, seats) = book_two_seats(&mesh, &customer).await;
+    let tickets = booking_tickets(&mesh, &customer, &booking, |t| t.len() == 2).await;
+    let codes: BTreeSet<String> = tickets.iter().map(|t| t["code"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(codes.len(), 2);
+
+    let notifications = "{ me { notifications(first: 20) { nodes { bookingId channel eventType body } } } }";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let confirmations = loop {
+        let gql = mesh.graphql(Some(&customer), notifications, json!({})).await.unwrap();
+        let nodes = gql.data().unwrap()["me"]["notifications"]["nodes"].as_array().unwrap().clone();
+        let confirmations: Vec<Value> = nodes
+            .into_iter()
+            .filter(|n| n["bookingId"] == booking.as_str() && n["eventType"] == "booking.confirmed")
+            .collect();
+        if confirmations.len() == 2 {
+            break confirmations;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no confirmation by email and SMS: {confirmations:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let body = |channel: &str| {
+        confirmations.iter().find(|n| n["channel"] == channel).unwrap()["body"].as_str().unwrap().to_owned()
+    };
+    let email = body("email");
+    assert_eq!(codes_in(&email), codes, "{email}");
+    for ticket in &tickets {
+        let (seat, code) = (ticket["seatId"].as_str().unwrap(), ticket["code"].as_str().unwrap());
+        assert!(email.contains(&format!("Seat {seat}\n{code}\n")), "{email}");
+    }
+    let sms = body("sms");
+    assert!(seats.iter().all(|seat| sms.contains(seat.as_str())), "{sms}");
+    assert!(
+        sms.ends_with("2 tickets issued: show their QR codes from your email or booking at the door."),
+        "{sms}"
+    );
+    assert!(codes_in(&sms).is_empty() && codes.iter().all(|c| !sms.contains(c.as_str())), "{sms}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

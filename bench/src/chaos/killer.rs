@@ -1,5 +1,5 @@
 //! The chaos suite's killer: SIGKILLs the mesh's processes one at a time (each round of
-//! six covers all of them, in a shuffled order), starting each again after a random
+//! seven covers all of them, in a shuffled order), starting each again after a random
 //! 0.3-1.5 s, and restarts RabbitMQ and Redis once each; the actions are spread evenly
 //! over the load. An outage (`--outage`) keeps one process (a service, or the run's own
 //! MongoDB-wire server) down for much longer (30 s by default) in the middle of the plan. Between actions,

@@ -1,5 +1,5 @@
-//! `marquee-bench chaos` (run by `scripts/chaos`): the mesh's six real processes
-//! (`marquee-user`, `-cinema`, `-payment`, `-booking`, `-notification`, `-gateway`,
+//! `marquee-bench chaos` (run by `scripts/chaos`): the mesh's seven real processes
+//! (`marquee-user`, `-cinema`, `-payment`, `-booking`, `-ticket`, `-notification`, `-gateway`,
 //! from the build directory this binary sits in) on a fixed port block of their own,
 //! with stores of their own for the run, under customers booking through GraphQL while
 //! a killer SIGKILLs every process in turn and restarts RabbitMQ and Redis once each.
@@ -7,13 +7,14 @@
 //! every promise made to the customers (`verify`), then writes a JSON report and prints
 //! a summary; any failed check makes the run fail.
 //!
-//! Ports: the block `--port-base` (default 7100) + 1..5 for user, cinema, booking,
-//! payment and notification, + 80 for the gateway and + 95 for notification metrics:
-//! below Linux's ephemeral range, clear of `scripts/up`'s 7001-7005, 8080 and 9105.
+//! Ports: the block `--port-base` (default 7100) + 1..6 for user, cinema, booking,
+//! payment, notification and ticket, + 80 for the gateway and + 95 for notification
+//! metrics: below Linux's ephemeral range, clear of `scripts/up`'s 7001-7006, 8080 and 9105.
 //! Stores: PostgreSQL database `marquee_chaos_<tag>`, MongoDB databases
 //! `mqchaos_<tag>_<service>`, Redis keys `mqchaos:<tag>:`, RabbitMQ exchange
-//! `marquee.events.chaos.<tag>` and queue `marquee.notifications.chaos.<tag>` (with its
-//! dead-letter and retry queues, deleted at the end of every run). A clean run drops
+//! `marquee.events.chaos.<tag>` and queues `marquee.notifications.chaos.<tag>` (with its
+//! dead-letter and retry queues) and `marquee.tickets.chaos.<tag>`, deleted at the end
+//! of every run. A clean run drops
 //! its databases; a failed one keeps them for inspection (and `--keep` always does).
 //! Configuration: `config/default.toml` (the production defaults) and the `MARQUEE_*`
 //! variables of `environment`; the brokers are restarted as `crate::brokers` says.
@@ -163,8 +164,10 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     // Quorum queues are costly for the shared broker (each holds file handles; used up,
     // it stops taking connections): they go now, whatever the verdict, rather than when
     // they expire. Their depths are in the report.
-    if let Err(error) = brokers::delete_queue_family(&settings.rabbitmq.notification_queue).await {
-        eprintln!("[chaos] cannot delete the run's queues (they expire in 10 minutes): {error:#}");
+    for queue in [&settings.rabbitmq.notification_queue, &settings.rabbitmq.ticket_queue] {
+        if let Err(error) = brokers::delete_queue_family(queue).await {
+            eprintln!("[chaos] cannot delete the run's queues (they expire in 10 minutes): {error:#}");
+        }
     }
 
     let run = report::Run {

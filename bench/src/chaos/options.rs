@@ -42,8 +42,8 @@ impl Options {
         [--outage PROCESS|mongodb] [--outage-seconds N] \
         [--out FILE] [--logs DIR] [--bin-dir DIR] [--config-dir DIR] [--keep]";
 
-    /// Full run: 32 customers, 60 s, 12 kills. `--short`: 32 customers, 20 s, 6 kills
-    /// (each process once). Both restart each broker once unless `--no-brokers`.
+    /// Full run: 32 customers, 60 s, 14 kills (each process twice). `--short`: 32
+    /// customers, 20 s, 7 kills (each process once). Both restart each broker once unless `--no-brokers`.
     /// `--outage X`: X down for 30 s in the middle of 90 s of load, and (unless given)
     /// no kills and no broker restarts (`--brokers` adds them), so that the outage is the
     /// only fault.
@@ -54,7 +54,7 @@ impl Options {
             short,
             customers: 32,
             seconds: if short { 20 } else { 60 },
-            kills: if short { 6 } else { 12 },
+            kills: if short { 7 } else { 14 },
             brokers: true,
             seat_pool: 2000,
             registrations_at_once: None,

@@ -20,6 +20,7 @@ pub struct Ports {
     pub booking: u16,
     pub payment: u16,
     pub notification: u16,
+    pub ticket: u16,
     pub gateway: u16,
     pub metrics: u16,
     /// The run's own MongoDB-wire server, when MongoDB is what an outage takes down.
@@ -34,19 +35,21 @@ impl Ports {
             booking: base + 3,
             payment: base + 4,
             notification: base + 5,
+            ticket: base + 6,
             gateway: base + 80,
             metrics: base + 95,
             mongo: base + 17,
         }
     }
 
-    fn all(&self) -> [u16; 8] {
+    fn all(&self) -> [u16; 9] {
         [
             self.user,
             self.cinema,
             self.booking,
             self.payment,
             self.notification,
+            self.ticket,
             self.gateway,
             self.metrics,
             self.mongo,
@@ -90,6 +93,7 @@ pub async fn isolated_settings(config_dir: &Path, tag: &str) -> anyhow::Result<S
     settings.redis.key_prefix = format!("mqchaos:{tag}:");
     settings.rabbitmq.exchange = format!("marquee.events.chaos.{tag}");
     settings.rabbitmq.notification_queue = format!("marquee.notifications.chaos.{tag}");
+    settings.rabbitmq.ticket_queue = format!("marquee.tickets.chaos.{tag}");
     // Like test queues: gone 10 minutes after their last consumer.
     settings.rabbitmq.queue_expires_ms = Some(600_000);
     Ok(settings)
@@ -123,6 +127,7 @@ pub fn environment(settings: &Settings, ports: Ports, config_dir: &Path) -> Vec<
         ("MARQUEE_REDIS__KEY_PREFIX", settings.redis.key_prefix.clone()),
         ("MARQUEE_RABBITMQ__EXCHANGE", settings.rabbitmq.exchange.clone()),
         ("MARQUEE_RABBITMQ__NOTIFICATION_QUEUE", settings.rabbitmq.notification_queue.clone()),
+        ("MARQUEE_RABBITMQ__TICKET_QUEUE", settings.rabbitmq.ticket_queue.clone()),
         ("MARQUEE_RABBITMQ__QUEUE_EXPIRES_MS", expires),
         ("MARQUEE_CINEMA__SEED_DEMO", "false".to_owned()),
         ("MARQUEE_USER__HOST", "127.0.0.1".to_owned()),
@@ -130,6 +135,7 @@ pub fn environment(settings: &Settings, ports: Ports, config_dir: &Path) -> Vec<
         ("MARQUEE_BOOKING__HOST", "127.0.0.1".to_owned()),
         ("MARQUEE_PAYMENT__HOST", "127.0.0.1".to_owned()),
         ("MARQUEE_NOTIFICATION__HOST", "127.0.0.1".to_owned()),
+        ("MARQUEE_TICKET__HOST", "127.0.0.1".to_owned()),
         ("MARQUEE_GATEWAY__HOST", "127.0.0.1".to_owned()),
         ("MARQUEE_USER__PORT", ports.user.to_string()),
         ("MARQUEE_CINEMA__PORT", ports.cinema.to_string()),
@@ -137,12 +143,14 @@ pub fn environment(settings: &Settings, ports: Ports, config_dir: &Path) -> Vec<
         ("MARQUEE_PAYMENT__PORT", ports.payment.to_string()),
         ("MARQUEE_NOTIFICATION__PORT", ports.notification.to_string()),
         ("MARQUEE_NOTIFICATION__METRICS_PORT", ports.metrics.to_string()),
+        ("MARQUEE_TICKET__PORT", ports.ticket.to_string()),
         ("MARQUEE_GATEWAY__PORT", ports.gateway.to_string()),
         ("MARQUEE_UPSTREAM__USER_URL", url(ports.user)),
         ("MARQUEE_UPSTREAM__CINEMA_URL", url(ports.cinema)),
         ("MARQUEE_UPSTREAM__BOOKING_URL", url(ports.booking)),
         ("MARQUEE_UPSTREAM__PAYMENT_URL", url(ports.payment)),
         ("MARQUEE_UPSTREAM__NOTIFICATION_URL", url(ports.notification)),
+        ("MARQUEE_UPSTREAM__TICKET_URL", url(ports.ticket)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -155,9 +163,10 @@ pub fn environment(settings: &Settings, ports: Ports, config_dir: &Path) -> Vec<
     env
 }
 
-/// The six processes in start order: cinema migrates before booking needs it, and the
-/// gateway comes last; the run's own MongoDB-wire server before them all when there is
-/// one.
+/// The seven processes in start order: cinema migrates before booking needs it, the
+/// ticket service runs before the notification worker (which puts its codes in
+/// confirmations, waiting for them while it is down), and the gateway comes last; the
+/// run's own MongoDB-wire server before them all when there is one.
 pub fn specs(
     bin_dir: &Path,
     env: &[(String, String)],
@@ -170,6 +179,7 @@ pub fn specs(
         ("cinema", grpc(ports.cinema)),
         ("payment", grpc(ports.payment)),
         ("booking", grpc(ports.booking)),
+        ("ticket", grpc(ports.ticket)),
         ("notification", grpc(ports.notification)),
         ("gateway", Probe::Http(format!("http://127.0.0.1:{}/healthz", ports.gateway))),
     ]
@@ -248,7 +258,7 @@ pub async fn drop_stores(settings: &Settings, mongo: Option<&PrivateMongo>) -> a
             .with_context(|| format!("cannot remove {}", mongo.data.display()));
     }
     let mongo = mongodb::Client::with_uri_str(settings.mongo.url.expose()).await?;
-    for service in ["user", "booking", "payment", "notification"] {
+    for service in ["user", "booking", "payment", "notification", "ticket"] {
         mongo.database(&settings.mongo.database_name(service)).drop().await?;
     }
     Ok(())

@@ -12,19 +12,33 @@ use super::{Scope, scope};
 use crate::domain::{BookingId, ShowtimeId, trusted};
 use crate::error::GatewayError;
 
-/// As `prefetch_for_showtimes`, for the showtimes of these bookings and what they show.
+/// As `prefetch_for_showtimes`, for the showtimes of these bookings and what they
+/// show, and for their tickets when selected.
 pub(super) async fn prefetch_for_bookings<'b>(
     scope: &Scope<'_>,
     bookings: impl Iterator<Item = &'b booking::Booking>,
     selection: &[Lookahead<'_>],
 ) -> Result<(), GatewayError> {
+    let bookings: Vec<&booking::Booking> = bookings.collect();
     let showtime: Vec<Lookahead<'_>> = selection.iter().map(|s| s.field("showtime")).collect();
-    if !showtime.iter().any(Lookahead::exists) {
-        return Ok(());
-    }
-    let ids = bookings.map(|b| trusted(&b.showtime_id)).collect::<Result<Vec<ShowtimeId>, _>>()?;
-    let showtimes = scope.cache.prime_showtimes(&scope.upstreams, ids).await?;
-    prefetch_for_showtimes(scope, &showtimes, &showtime).await
+    let tickets = selection.iter().any(|s| s.field("tickets").exists());
+    let prefetch_tickets = async {
+        if !tickets {
+            return Ok(());
+        }
+        let ids = bookings.iter().map(|b| trusted(&b.id)).collect::<Result<Vec<BookingId>, _>>()?;
+        scope.cache.prime_tickets(&scope.upstreams, ids).await
+    };
+    let prefetch_showtimes = async {
+        if !showtime.iter().any(Lookahead::exists) {
+            return Ok(());
+        }
+        let ids = bookings.iter().map(|b| trusted(&b.showtime_id)).collect::<Result<Vec<ShowtimeId>, _>>()?;
+        let showtimes = scope.cache.prime_showtimes(&scope.upstreams, ids).await?;
+        prefetch_for_showtimes(scope, &showtimes, &showtime).await
+    };
+    tokio::try_join!(prefetch_tickets, prefetch_showtimes)?;
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Enum)]

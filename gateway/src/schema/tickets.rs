@@ -10,7 +10,7 @@ use marquee_proto::ticket::v1 as ticket;
 
 use super::values::{broken, timestamp};
 use super::{Identity, Viewer, scope};
-use crate::domain::{ShowtimeId, checked};
+use crate::domain::{BookingId, ShowtimeId, checked, trusted};
 use crate::error::GatewayError;
 
 /// UNAUTHENTICATED for anonymous callers, FORBIDDEN unless the token says STAFF or
@@ -185,12 +185,15 @@ impl CheckInResult {
 }
 
 /// `Booking.tickets`: none until the booking is confirmed and its tickets issued.
+/// Batched per request (`RequestCache::tickets`): a page of bookings costs one
+/// `ListTickets`, not one per booking.
 pub(super) async fn booking_tickets(
     ctx: &Context<'_>,
     booking_id: &str,
 ) -> async_graphql::Result<Vec<Ticket>> {
     let scope = scope(ctx)?;
-    Ok(scope.upstreams.tickets_of(&[booking_id.to_owned()]).await?.into_iter().map(Ticket).collect())
+    let booking: BookingId = trusted(booking_id)?;
+    Ok(scope.cache.tickets(&scope.upstreams, booking).await?.into_iter().map(Ticket).collect())
 }
 
 /// `Query.ticketKeys`: public.

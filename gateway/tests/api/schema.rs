@@ -1,5 +1,5 @@
-//! The schema half of issue #7 through the real mesh: batched catalog lookups (counted
-//! at the wire by a recording gRPC proxy), trace propagation, relay connections, admin
+//! The schema half of issue #7 through the real mesh: batched catalog and ticket
+//! lookups (counted at the wire by a recording gRPC proxy), trace propagation, relay connections, admin
 //! mutations, cancellation, seat suggestions and idempotent holds and payments.
 
 use std::convert::Infallible;
@@ -88,6 +88,11 @@ impl Upstream for BookingService {
     const NAME: &'static str = "marquee.booking.v1.BookingService";
 }
 
+struct TicketService;
+impl Upstream for TicketService {
+    const NAME: &'static str = "marquee.ticket.v1.TicketService";
+}
+
 /// A gRPC server that records and forwards every call of one service to the real one.
 struct Proxy<U> {
     upstream: Channel,
@@ -168,6 +173,21 @@ async fn spawn_recorded_app_with(
     .await;
     let (cinema, booking) = logs.unwrap();
     (app, cinema, booking)
+}
+
+/// The whole mesh, with the gateway's ticket calls recorded.
+async fn spawn_app_with_recorded_tickets() -> (TestApp, CallLog) {
+    let mut log = None;
+    let app = super::spawn_app_wired(
+        |_| {},
+        |settings| {
+            let (ticket_url, tickets) = proxy::<TicketService>(&settings.upstream.ticket_url, settings);
+            settings.upstream.ticket_url = ticket_url;
+            log = Some(tickets);
+        },
+    )
+    .await;
+    (app, log.unwrap())
 }
 
 impl TestApp {
@@ -694,4 +714,75 @@ async fn concurrent_repeats_of_one_hold_make_one_booking() {
         assert!(ids.iter().all(|id| id.is_string() && *id == ids[0]), "round {round}: {ids:?}");
         assert_eq!(booking_ids(&app, &ada).await.len(), round + 1, "round {round}: one booking per key");
     }
+}
+
+/// The booking id inside a ticket code (README "Ticket codes": version, ticket id,
+/// then the booking id's 16 bytes).
+fn booking_in_code(code: &str) -> String {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(code).unwrap();
+    uuid::Uuid::from_slice(&bytes[17..33]).unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_bookings_asking_for_tickets_costs_one_list_tickets_call() {
+    let (app, ticket_calls) = spawn_app_with_recorded_tickets().await;
+    let (token, _) = app.register("tess").await;
+    let showtimes = app.later_showtimes(3).await;
+    // Three paid bookings (one seat, two, one) on three showtimes, and one only held.
+    let mut paid = Vec::new();
+    for (showtime, seats) in showtimes.iter().zip([&["A1"][..], &["A2", "A3"][..], &["A4"][..]]) {
+        let held = app.data(Some(&token), HOLD, hold_input(showtime, seats)).await;
+        let id = held["holdSeats"]["id"].as_str().unwrap().to_owned();
+        let confirmed = app.data(Some(&token), PAY, pay_input(&id, "pm_card_ok")).await;
+        assert_eq!(confirmed["payBooking"]["status"], "CONFIRMED");
+        paid.push((id, seats.len()));
+    }
+    let held = app.data(Some(&token), HOLD, hold_input(&showtimes[0], &["B1"])).await;
+    let unpaid = held["holdSeats"]["id"].as_str().unwrap().to_owned();
+
+    let query =
+        "{ me { bookings(first: 10) { nodes { id status seats { seatId } tickets { seatId code } } } } }";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let (nodes, calls) = loop {
+        let (data, calls) = ticket_calls.during(app.data(Some(&token), query, json!({}))).await;
+        let nodes = data["me"]["bookings"]["nodes"].as_array().unwrap().clone();
+        let issued = |(id, seats): &(String, usize)| {
+            nodes.iter().any(|b| b["id"] == id.as_str() && b["tickets"].as_array().unwrap().len() == *seats)
+        };
+        if paid.iter().all(issued) {
+            break (nodes, calls);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "tickets were never issued: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    assert_eq!(nodes.len(), 4, "{nodes:?}");
+    let paths: Vec<&str> = calls.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(paths, ["/marquee.ticket.v1.TicketService/ListTickets"], "one call for the page");
+    for booking in &nodes {
+        let id = booking["id"].as_str().unwrap();
+        let tickets = booking["tickets"].as_array().unwrap();
+        if id == unpaid {
+            assert_eq!(booking["status"], "HELD");
+            assert!(tickets.is_empty(), "{booking}");
+            continue;
+        }
+        // Each booking's own tickets: one per seat, each code signed for this booking.
+        let mut seats: Vec<&str> =
+            booking["seats"].as_array().unwrap().iter().map(|s| s["seatId"].as_str().unwrap()).collect();
+        let mut ticketed: Vec<&str> = tickets.iter().map(|t| t["seatId"].as_str().unwrap()).collect();
+        seats.sort_unstable();
+        ticketed.sort_unstable();
+        assert_eq!(ticketed, seats, "{booking}");
+        for ticket in tickets {
+            assert_eq!(booking_in_code(ticket["code"].as_str().unwrap()), id, "{booking}");
+        }
+    }
+
+    // Without `tickets` in the selection, no ticket call at all.
+    let (_, calls) = ticket_calls
+        .during(app.data(Some(&token), "{ me { bookings(first: 10) { nodes { id } } } }", json!({})))
+        .await;
+    assert!(calls.is_empty(), "{calls:?}");
 }

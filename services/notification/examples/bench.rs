@@ -1,5 +1,6 @@
 //! Notification throughput: events published to RabbitMQ with publisher confirms
-//! (as the booking outbox relay publishes them) → the notification worker →
+//! (as the booking outbox relay publishes them) → the notification worker (and the
+//! ticket service, issuing the tickets whose codes the confirmations carry) →
 //! messages recorded in MongoDB. Run by `scripts/bench-notifications`; writes
 //! `{"events_per_s","produced","notified","lost","duplicates",…}` as JSON.
 //!
@@ -37,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let prefetch: Option<u16> =
         args.next().map(|n| n.parse()).transpose().context("PREFETCH must be a number")?;
 
-    // The three services read their own sections of the same isolated layers.
+    // The four services read their own sections of the same isolated layers.
     let layers = marquee_kit::testing::isolated_layers().await?;
     let mut settings: marquee_notification::Settings = extract(&layers, "the bench")?;
     let user_settings: marquee_user::Settings = extract(&layers, "the bench")?;
@@ -54,6 +55,11 @@ async fn main() -> anyhow::Result<()> {
     let cinema = marquee_cinema::Application::build(cinema_settings).await?;
     settings.upstream.cinema_url = format!("http://{}", cinema.addr());
     tokio::spawn(cinema.run_until_stopped(shutdown.clone()));
+    let mut ticket_settings: marquee_ticket::Settings = extract(&layers, "the bench")?;
+    ticket_settings.upstream.cinema_url = settings.upstream.cinema_url.clone();
+    let ticket = marquee_ticket::Application::build(ticket_settings).await?;
+    settings.upstream.ticket_url = format!("http://{}", ticket.addr());
+    tokio::spawn(ticket.run_until_stopped(shutdown.clone()));
     let worker = marquee_notification::Application::build(settings.clone()).await?;
     let metrics_url = format!("http://{}/metrics", worker.metrics_addr());
     let worker = tokio::spawn(worker.run_until_stopped(shutdown.clone()));

@@ -1,16 +1,17 @@
 //! Delivery: every rendered message goes out through a `Channel`. The default one
 //! records it in MongoDB, the log that ListNotifications reads; with SMTP
-//! configured, email is also sent for real before it is recorded.
+//! configured, email is also sent for real before it is recorded (plain text, and
+//! when it carries tickets also HTML with each ticket's QR code as an inline PNG).
 
 use std::sync::Arc;
 
 use anyhow::Context;
-use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::render::Medium;
+use crate::render::{self, Medium};
 use crate::store::{NotificationDoc, NotificationStore};
 
 /// Most records written by one insert.
@@ -98,14 +99,17 @@ impl SmtpChannel {
             .recipient
             .parse()
             .with_context(|| format!("cannot email notification {}: bad recipient", message.id))?;
-        let email = lettre::Message::builder()
+        let builder = lettre::Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(message.subject.clone())
-            .message_id(Some(format!("<{}.{}@marquee>", message.event_id, message.channel)))
-            .header(ContentType::TEXT_PLAIN)
-            .body(message.body.clone())
-            .context("cannot build the notification email")?;
+            .message_id(Some(format!("<{}.{}@marquee>", message.event_id, message.channel)));
+        let email = if message.tickets.is_empty() {
+            builder.header(ContentType::TEXT_PLAIN).body(message.body.clone())
+        } else {
+            builder.multipart(with_qr_codes(message)?)
+        }
+        .context("cannot build the notification email")?;
         self.transport.send(email).await.context("the SMTP relay did not accept the email")?;
         Ok(())
     }
@@ -121,6 +125,22 @@ impl Channel for SmtpChannel {
         }
         self.record.deliver(message).await
     }
+}
+
+/// The body as text, or as HTML showing each ticket's QR code: multipart/alternative
+/// of text/plain and multipart/related (the HTML and one image/png per ticket, which
+/// it shows by Content-ID).
+fn with_qr_codes(message: &NotificationDoc) -> anyhow::Result<MultiPart> {
+    let png = ContentType::parse("image/png").context("image/png is a content type")?;
+    let html = render::email_html(&message.event_id, &message.body, &message.tickets);
+    let mut related = MultiPart::related().singlepart(SinglePart::html(html));
+    for ticket in &message.tickets {
+        let image = crate::qr::png(&ticket.code)
+            .with_context(|| format!("cannot draw the QR code of seat {}", ticket.seat_id))?;
+        let content_id = render::qr_content_id(&message.event_id, ticket);
+        related = related.singlepart(Attachment::new_inline(content_id).body(image, png.clone()));
+    }
+    Ok(MultiPart::alternative().singlepart(SinglePart::plain(message.body.clone())).multipart(related))
 }
 
 /// The host and port of an `smtp://host[:port]` URL.

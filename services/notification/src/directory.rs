@@ -1,6 +1,7 @@
 //! Who to tell and what about: the user's contact details and channel preferences
 //! (user service) and the showtime's movie, cinema and local start time (cinema
-//! service), each cached briefly since one booking produces several events.
+//! service), each cached briefly since one booking produces several events; and a
+//! confirmed booking's tickets (ticket service), asked once per confirmation.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -10,13 +11,15 @@ use std::time::Duration;
 use marquee_kit::trace::outgoing;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::cinema::v1::{GetCinemaRequest, GetMovieRequest, GetShowtimeRequest};
+use marquee_proto::ticket::v1::ticket_service_client::TicketServiceClient;
+use marquee_proto::ticket::v1::{ListTicketsRequest, TicketStatus};
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use marquee_proto::user::v1::{GetUserRequest, NotificationPreferences};
 use tokio::time::Instant;
 use tonic::transport::Channel as GrpcChannel;
 use uuid::Uuid;
 
-use crate::domain::UserId;
+use crate::domain::{TicketCode, UserId};
 use crate::render::{Medium, Showing};
 
 /// Preference changes reach notifications within this long.
@@ -36,6 +39,7 @@ pub struct Contact {
 pub struct Directory {
     users: UserServiceClient<GrpcChannel>,
     cinema: CinemaServiceClient<GrpcChannel>,
+    tickets: TicketServiceClient<GrpcChannel>,
     contacts: TtlCache<UserId, Contact>,
     showings: TtlCache<Uuid, Showing>,
 }
@@ -48,6 +52,10 @@ pub enum LookupError {
     /// The answer cannot be used (e.g. a showtime without a start time).
     #[error("{0}")]
     Unusable(String),
+    /// Not there yet, but on its way: the ticket service consumes the same
+    /// `booking.confirmed` and may not have issued the booking's tickets yet.
+    #[error("{0}")]
+    NotYet(String),
 }
 
 impl LookupError {
@@ -67,6 +75,7 @@ impl LookupError {
                     | Code::Unknown
                     | Code::Internal
             ),
+            Self::NotYet(_) => true,
             Self::Unusable(_) => false,
         }
     }
@@ -77,8 +86,54 @@ fn upstream(call: &'static str) -> impl FnOnce(tonic::Status) -> LookupError {
 }
 
 impl Directory {
-    pub fn new(users: UserServiceClient<GrpcChannel>, cinema: CinemaServiceClient<GrpcChannel>) -> Self {
-        Self { users, cinema, contacts: TtlCache::new(CONTACT_TTL), showings: TtlCache::new(SHOWING_TTL) }
+    pub fn new(
+        users: UserServiceClient<GrpcChannel>,
+        cinema: CinemaServiceClient<GrpcChannel>,
+        tickets: TicketServiceClient<GrpcChannel>,
+    ) -> Self {
+        Self {
+            users,
+            cinema,
+            tickets,
+            contacts: TtlCache::new(CONTACT_TTL),
+            showings: TtlCache::new(SHOWING_TTL),
+        }
+    }
+
+    /// The tickets of a confirmed booking, one per seat of `seat_ids` in that order,
+    /// revoked ones (the booking was cancelled meanwhile) left out. `NotYet` until the
+    /// ticket service holds a ticket for every seat.
+    pub async fn tickets(
+        &self,
+        booking_id: Uuid,
+        seat_ids: &[String],
+    ) -> Result<Vec<TicketCode>, LookupError> {
+        let booking = booking_id.to_string();
+        let listed = self
+            .tickets
+            .clone()
+            .list_tickets(outgoing(ListTicketsRequest { booking_ids: vec![booking.clone()] }))
+            .await
+            .map_err(upstream("ticket.ListTickets"))?
+            .into_inner()
+            .tickets;
+        let mut codes = Vec::with_capacity(seat_ids.len());
+        for seat in seat_ids {
+            let ticket =
+                listed.iter().find(|t| t.booking_id == booking && t.seat_id == *seat).ok_or_else(|| {
+                    LookupError::NotYet(format!(
+                        "ticket.ListTickets: booking {booking} has no ticket for seat {seat} yet"
+                    ))
+                })?;
+            if ticket.status() == TicketStatus::Revoked {
+                continue;
+            }
+            let code = TicketCode::parse(seat, &ticket.code).map_err(|e| {
+                LookupError::Unusable(format!("ticket {} of booking {booking}: {e}", ticket.id))
+            })?;
+            codes.push(code);
+        }
+        Ok(codes)
     }
 
     pub async fn contact(&self, user_id: UserId) -> Result<Contact, LookupError> {

@@ -4,6 +4,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use marquee_proto::events::v1::{Event, event::Payload};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use marquee_types::{InvalidInput, Money, UserId};
@@ -77,6 +78,31 @@ impl PageToken {
 
     pub fn encode(self) -> String {
         URL_SAFE_NO_PAD.encode(format!("{}.{}", self.sent_at_ms, self.id))
+    }
+}
+
+/// One seat's ticket as a confirmation shows it: the seat and the signed code (README
+/// "Ticket codes") that its QR code holds and a scanner reads, as the ticket service
+/// issued it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketCode {
+    pub seat_id: String,
+    pub code: String,
+}
+
+impl TicketCode {
+    /// Longest code accepted: ten times a typical one, far inside what a QR code holds.
+    const MAX_CODE_LEN: usize = 1024;
+
+    /// The code must be base64url without padding: anything else would not be one of
+    /// the ticket service's codes, and could break the message it is put in.
+    pub fn parse(seat_id: &str, code: &str) -> Result<Self, InvalidInput> {
+        let seat_id = SeatId::parse(seat_id)?;
+        let base64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if code.is_empty() || code.len() > Self::MAX_CODE_LEN || !code.chars().all(base64url) {
+            return Err(invalid(format!("the ticket code of seat {seat_id} is not base64url")));
+        }
+        Ok(Self { seat_id: seat_id.to_string(), code: code.to_owned() })
     }
 }
 
@@ -232,6 +258,16 @@ mod tests {
         for foreign in ["%%%", "bm90LWEtdG9rZW4", &URL_SAFE_NO_PAD.encode("12.not-a-uuid")] {
             assert!(PageToken::parse(foreign).is_err(), "{foreign}");
         }
+    }
+
+    #[test]
+    fn ticket_codes_must_be_base64url() {
+        let ticket = TicketCode::parse("C7", "AQ-_z09").unwrap();
+        assert_eq!((ticket.seat_id.as_str(), ticket.code.as_str()), ("C7", "AQ-_z09"));
+        for bad in ["", "AQ==", "AQ+/", "<b>", &"A".repeat(1025)] {
+            assert!(TicketCode::parse("C7", bad).is_err(), "{bad}");
+        }
+        assert!(TicketCode::parse("not a seat", "AQ").is_err());
     }
 
     #[test]

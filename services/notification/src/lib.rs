@@ -1,9 +1,11 @@
 //! The notification service: consumes booking and payment events from RabbitMQ,
 //! deduplicates them by event id in Redis, looks the customer up in the user
-//! service (contact, preferences) and the showtime in the cinema service, renders
-//! email and SMS text from `templates/`, and delivers each message through a
-//! `Channel` (by default: recorded in MongoDB, where ListNotifications reads them;
-//! with `notification.smtp_url` set, email is also sent over SMTP). Events the
+//! service (contact, preferences), the showtime in the cinema service and a
+//! confirmed booking's tickets in the ticket service, renders email and SMS text
+//! from `templates/`, and delivers each message through a `Channel` (by default:
+//! recorded in MongoDB, where ListNotifications reads them; with
+//! `notification.smtp_url` set, email is also sent over SMTP, with each ticket's QR
+//! code in its HTML version). Events the
 //! broker never delivered are found in booking's and payment's logs of published
 //! events and handled all the same (reconciliation).
 
@@ -16,6 +18,7 @@ mod domain;
 mod error;
 mod grpc;
 mod metrics;
+mod qr;
 mod render;
 mod retry;
 pub mod settings;
@@ -35,6 +38,7 @@ use marquee_kit::shutdown::Shutdown;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::events::v1::event_log_client::EventLogClient;
 use marquee_proto::notification::v1::notification_service_server::NotificationServiceServer;
+use marquee_proto::ticket::v1::ticket_service_client::TicketServiceClient;
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use tokio::net::TcpListener;
 
@@ -72,6 +76,10 @@ impl Application {
             &settings.upstream.cinema_url,
             &settings.grpc,
         )?);
+        let tickets = TicketServiceClient::new(marquee_kit::grpc::channel(
+            &settings.upstream.ticket_url,
+            &settings.grpc,
+        )?);
         let metrics = Metrics::new();
         let metrics_server = MetricsServer::bind(
             &settings.notification.server.host,
@@ -92,7 +100,7 @@ impl Application {
             retry_policy(&settings.notification)?,
             ConsumerParts {
                 claims: claims.clone(),
-                directory: Directory::new(users, cinema),
+                directory: Directory::new(users, cinema, tickets),
                 channel,
                 metrics: metrics.clone(),
             },

@@ -18,6 +18,7 @@ const DEAD_LETTERED: &str = "notification_dead_lettered_total";
 const LATENCY: &str = "notification_processing_seconds";
 const RETRIES: &str = "notification_retries_scheduled_total";
 const WITHOUT_SHOWTIME: &str = "notification_sent_without_showtime_total";
+const WITHOUT_TICKETS: &str = "notification_sent_without_tickets_total";
 const DEAD_LETTER_DEPTH: &str = "notification_dead_letter_queue_depth";
 const RETRY_DEPTH: &str = "notification_retry_queue_depth";
 const RECONCILED: &str = "notification_reconciled_total";
@@ -44,6 +45,9 @@ pub struct Metrics {
     pub retries: Counter,
     /// Confirmations sent without the showtime's details (cinema down too long).
     pub without_showtime: Counter,
+    /// Confirmations sent without their ticket codes (tickets not issued, or the
+    /// ticket service down, for the whole retry budget).
+    pub without_tickets: Counter,
     /// Messages waiting in the dead-letter queue for an operator.
     pub dead_letter_depth: Gauge,
     /// Events waiting in the delay queues for their next attempt.
@@ -96,6 +100,10 @@ impl Metrics {
             without_showtime: counter(
                 WITHOUT_SHOWTIME,
                 "Notifications sent without the showtime's details after the retry budget",
+            ),
+            without_tickets: counter(
+                WITHOUT_TICKETS,
+                "Confirmations sent without their ticket codes after the retry budget",
             ),
             dead_letter_depth: gauge(DEAD_LETTER_DEPTH, "Messages waiting in the dead-letter queue"),
             retry_depth: gauge(RETRY_DEPTH, "Events waiting in the delay queues"),

@@ -1,10 +1,11 @@
 //! The text of the notifications, rendered from the templates in `templates/`
 //! (compiled in): `{{name}}` placeholders; an email template's first line is
-//! `Subject: …`.
+//! `Subject: …`. Also the HTML version of an email carrying tickets, which shows each
+//! ticket's QR code (`email_html`).
 
 use anyhow::Context;
 
-use crate::domain::{Kind, Money, Notice};
+use crate::domain::{Kind, Money, Notice, TicketCode};
 
 /// How a message reaches the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,56 @@ impl Showing {
     }
 }
 
+/// A confirmation's tickets, as far as the ticket service had them.
+#[derive(Debug, Clone)]
+pub enum Tickets {
+    /// One per seat, in the booking's seat order; revoked ones (the booking was
+    /// cancelled meanwhile) left out.
+    Issued(Vec<TicketCode>),
+    /// Not issued within the retry budget (or the ticket service stayed down): the
+    /// message says where they will be, as it does for a showtime it could not look up.
+    Pending,
+}
+
+impl Tickets {
+    /// The codes a message carries (none while pending).
+    pub fn codes(&self) -> &[TicketCode] {
+        match self {
+            Self::Issued(codes) => codes,
+            Self::Pending => &[],
+        }
+    }
+
+    /// The email lists every seat's code; the SMS only says how many were issued and
+    /// where their QR codes are: a code is 170-odd characters (two SMS segments each),
+    /// and no door scanner reads a code off a text message.
+    fn text(&self, medium: Medium, booking: &str) -> String {
+        match (self.codes(), medium) {
+            ([], Medium::Email) => format!(
+                "Your tickets (a QR code per seat, to show at the door) were not ready when this \
+                 email was sent: you will find them with your booking {booking}."
+            ),
+            ([], Medium::Sms) => "Tickets: with your booking once issued.".to_owned(),
+            (codes, Medium::Email) => {
+                let mut text = "Your tickets, one per seat: show each QR code at the door. The line \
+                                under each seat is its ticket code, which the QR code holds."
+                    .to_owned();
+                for ticket in codes {
+                    text.push_str(&format!("\n\nSeat {}\n{}", ticket.seat_id, ticket.code));
+                }
+                text
+            }
+            ([_], Medium::Sms) => {
+                "1 ticket issued: show its QR code from your email or booking at the door.".to_owned()
+            }
+            (codes, Medium::Sms) => format!(
+                "{} tickets issued: show their QR codes from your email or booking at the door.",
+                codes.len()
+            ),
+        }
+    }
+}
+
 fn template(kind: &Kind, medium: Medium) -> &'static str {
     use Medium::{Email, Sms};
     match (kind, medium) {
@@ -72,8 +123,15 @@ fn template(kind: &Kind, medium: Medium) -> &'static str {
     }
 }
 
-fn variables(notice: &Notice, name: &str, showing: Option<&Showing>) -> Vec<(&'static str, String)> {
-    let mut vars = vec![("name", name.to_owned()), ("booking", notice.booking_id.to_string())];
+fn variables(
+    notice: &Notice,
+    name: &str,
+    showing: Option<&Showing>,
+    tickets: Option<&Tickets>,
+    medium: Medium,
+) -> Vec<(&'static str, String)> {
+    let booking = notice.booking_id.to_string();
+    let mut vars = vec![("name", name.to_owned()), ("booking", booking.clone())];
     if let Some(showing) = showing {
         vars.push(("movie", showing.movie.clone()));
         vars.push(("cinema", showing.cinema.clone()));
@@ -83,6 +141,7 @@ fn variables(notice: &Notice, name: &str, showing: Option<&Showing>) -> Vec<(&'s
         Kind::BookingConfirmed { seat_ids, total, .. } => {
             vars.push(("seats", seat_ids.join(", ")));
             vars.push(("total", total.to_string()));
+            vars.push(("tickets", tickets.unwrap_or(&Tickets::Pending).text(medium, &booking)));
         }
         Kind::BookingCancelled { seat_ids, refund, .. } => {
             vars.push(("seats", seat_ids.join(", ")));
@@ -121,13 +180,15 @@ fn fill(template: &str, vars: &[(&str, String)]) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// `tickets` only matters for a confirmation (none there means pending).
 pub fn render(
     notice: &Notice,
     name: &str,
     showing: Option<&Showing>,
+    tickets: Option<&Tickets>,
     medium: Medium,
 ) -> anyhow::Result<Message> {
-    let text = fill(template(&notice.kind, medium), &variables(notice, name, showing))?;
+    let text = fill(template(&notice.kind, medium), &variables(notice, name, showing, tickets, medium))?;
     Ok(match medium {
         Medium::Email => {
             let (subject, body) = text
@@ -138,6 +199,54 @@ pub fn render(
         }
         Medium::Sms => Message { subject: String::new(), body: text.trim().to_owned() },
     })
+}
+
+/// The `Content-ID` of the QR image of `ticket` in the email of `event_id`, which the
+/// HTML refers to as `cid:…`.
+pub fn qr_content_id(event_id: &str, ticket: &TicketCode) -> String {
+    format!("ticket-{}.{event_id}@marquee", ticket.seat_id)
+}
+
+/// The HTML version of an email body carrying tickets: the same text, with each
+/// ticket code's line preceded by its QR code (the inline image `qr_content_id`).
+pub fn email_html(event_id: &str, body: &str, tickets: &[TicketCode]) -> String {
+    let mut html =
+        String::from("<!DOCTYPE html>\n<html><body style=\"font-family: sans-serif; line-height: 1.4\">\n");
+    for paragraph in body.split("\n\n") {
+        html.push_str("<p>");
+        for (i, line) in paragraph.lines().enumerate() {
+            if i > 0 {
+                html.push_str("<br>\n");
+            }
+            match tickets.iter().find(|ticket| ticket.code == line) {
+                Some(ticket) => html.push_str(&format!(
+                    "<img src=\"cid:{}\" alt=\"QR code of the ticket for seat {}\"><br>\n\
+                     <code style=\"word-break: break-all; font-size: 11px\">{}</code>",
+                    qr_content_id(event_id, ticket),
+                    ticket.seat_id,
+                    ticket.code
+                )),
+                None => html.push_str(&escape(line)),
+            }
+        }
+        html.push_str("</p>\n");
+    }
+    html.push_str("</body></html>\n");
+    html
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -218,14 +327,14 @@ mod tests {
         for notice in &notices {
             let showing = notice.kind.showtime_id().map(|_| &showing);
             for medium in [Medium::Email, Medium::Sms] {
-                let message = render(notice, "Ada", showing, medium).unwrap();
+                let message = render(notice, "Ada", showing, None, medium).unwrap();
                 let text = format!("{}\n{}", message.subject, message.body);
                 assert!(!text.contains("{{") && !text.contains("}}"), "{text}");
                 assert!(text.contains(&notice.booking_id.to_string()) || medium == Medium::Sms, "{text}");
                 assert_eq!(message.subject.is_empty(), medium == Medium::Sms);
             }
         }
-        let confirmed = render(&notices[0], "Ada", Some(&showing), Medium::Email).unwrap();
+        let confirmed = render(&notices[0], "Ada", Some(&showing), None, Medium::Email).unwrap();
         assert_eq!(confirmed.subject, "Your tickets for Dune are confirmed");
         assert!(confirmed.body.contains("C7, C8") && confirmed.body.contains("25.00 EUR"));
         assert!(confirmed.body.contains("Sat 21 Nov 2026, 19:30 CET"));
@@ -239,13 +348,63 @@ mod tests {
                 refund: None,
             }),
         );
-        let cancelled = render(&unpaid, "Ada", Some(&showing), Medium::Sms).unwrap();
+        let cancelled = render(&unpaid, "Ada", Some(&showing), None, Medium::Sms).unwrap();
         assert!(cancelled.body.contains("Refund: nothing was charged"), "{}", cancelled.body);
 
         let unknown = Showing::unknown();
-        let degraded = render(&notices[0], "Ada", Some(&unknown), Medium::Sms).unwrap();
+        let degraded = render(&notices[0], "Ada", Some(&unknown), None, Medium::Sms).unwrap();
         assert!(degraded.body.contains("C7, C8") && degraded.body.contains("25.00 EUR"), "{}", degraded.body);
         assert!(degraded.body.contains(&notices[0].booking_id.to_string()));
+    }
+
+    #[test]
+    fn a_confirmation_carries_every_seats_code_by_email_and_a_short_form_by_sms() {
+        let seats = vec!["C7".to_owned(), "C8".to_owned()];
+        let confirmed = notice(
+            "booking.confirmed",
+            Payload::BookingConfirmed(events::BookingConfirmed {
+                showtime_id: showtime(),
+                seat_ids: seats,
+                total: eur(2500),
+                payment_id: "p".into(),
+            }),
+        );
+        let showing = Some(&Showing::unknown());
+        let (c7, c8) = ("A".repeat(171), "B_-9".repeat(43));
+        let tickets = Tickets::Issued(vec![
+            TicketCode::parse("C7", &c7).unwrap(),
+            TicketCode::parse("C8", &c8).unwrap(),
+        ]);
+        let email = render(&confirmed, "Ada", showing, Some(&tickets), Medium::Email).unwrap();
+        assert!(email.body.contains(&format!("Seat C7\n{c7}\n\nSeat C8\n{c8}")), "{}", email.body);
+        let sms = render(&confirmed, "Ada", showing, Some(&tickets), Medium::Sms).unwrap();
+        assert!(
+            sms.body
+                .ends_with("2 tickets issued: show their QR codes from your email or booking at the door.")
+        );
+        assert!(!sms.body.contains(&c7) && !sms.body.contains(&c8), "{}", sms.body);
+
+        let booking = confirmed.booking_id.to_string();
+        for pending in [None, Some(&Tickets::Pending), Some(&Tickets::Issued(Vec::new()))] {
+            let email = render(&confirmed, "Ada", showing, pending, Medium::Email).unwrap();
+            assert!(email.body.contains("were not ready") && email.body.contains(&booking), "{}", email.body);
+            assert!(!email.body.contains("Seat C7"), "{}", email.body);
+            let sms = render(&confirmed, "Ada", showing, pending, Medium::Sms).unwrap();
+            assert!(sms.body.ends_with("Tickets: with your booking once issued."), "{}", sms.body);
+        }
+
+        // The HTML version: each code's line gets its QR image; the text is escaped.
+        let html =
+            email_html("e1", &format!("Hi <Ada> & co\n\nSeat C7\n{c7}\n\nSeat C8\n{c8}"), tickets.codes());
+        assert!(html.contains("Hi &lt;Ada&gt; &amp; co"), "{html}");
+        for (seat, code) in [("C7", &c7), ("C8", &c8)] {
+            let image = format!(
+                "<img src=\"cid:ticket-{seat}.e1@marquee\" alt=\"QR code of the ticket for seat {seat}\">"
+            );
+            assert_eq!(html.matches(&image).count(), 1, "{html}");
+            assert!(html.contains(&format!("{image}<br>\n<code")), "{html}");
+            assert_eq!(html.matches(code.as_str()).count(), 1, "{html}");
+        }
     }
 
     #[test]

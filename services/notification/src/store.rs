@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use uuid::Uuid;
 
-use crate::domain::{PageSize, PageToken, UserId};
+use crate::domain::{PageSize, PageToken, TicketCode, UserId};
 
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -32,6 +32,10 @@ pub struct NotificationDoc {
     pub recipient: String,
     pub subject: String,
     pub body: String,
+    /// The ticket codes an email carries (the body lists them too), so that the SMTP
+    /// channel can add their QR codes; empty otherwise, and then not stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tickets: Vec<TicketCode>,
     pub event_id: String,
     pub event_type: String,
     pub sent_at: bson::DateTime,

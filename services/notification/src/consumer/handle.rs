@@ -1,6 +1,7 @@
 //! Handling one event: decoded, claimed in Redis so that it is sent once however
 //! often it is delivered, then one message per channel the user chose, rendered with
-//! the showtime's details and delivered through the `Channel`.
+//! the showtime's details (and a confirmation with its tickets) and delivered through
+//! the `Channel`.
 
 use std::time::Duration;
 
@@ -16,8 +17,8 @@ use super::settle::{DeadLetterReason, Outcome};
 use super::{Handler, SHUTDOWN_PATIENCE};
 use crate::claims::Claim;
 use crate::directory::LookupError;
-use crate::domain::Notice;
-use crate::render::{self, Showing};
+use crate::domain::{Kind, Notice};
+use crate::render::{self, Medium, Showing, Tickets};
 use crate::store::{NotificationDoc, bson_time};
 
 /// How often a delivery waiting on another delivery's claim looks again.
@@ -180,8 +181,11 @@ impl Handler {
     }
 
     /// Sends one message per channel the user chose (none if they chose none).
-    /// The showtime's details are only a courtesy: on the last chance, or when the
-    /// showtime is gone, the message goes out with what the event carries.
+    /// The showtime's details and a confirmation's ticket codes are waited for while
+    /// the retry budget lasts (the ticket service consumes the same event, so its
+    /// tickets may not be issued yet, or it may be down), but only as a courtesy: on
+    /// the last chance, or when the showtime is gone, the message goes out with what
+    /// the event carries, pointing to the booking for the rest.
     async fn send(&self, notice: &Notice, last_chance: bool) -> Result<(), SendError> {
         let contact = self.directory.contact(notice.user_id).await?;
         if contact.addresses.is_empty() {
@@ -200,8 +204,22 @@ impl Handler {
             },
             None => None,
         };
+        let tickets = match &notice.kind {
+            Kind::BookingConfirmed { seat_ids, .. } => {
+                match self.directory.tickets(notice.booking_id, seat_ids).await {
+                    Ok(codes) => Some(Tickets::Issued(codes)),
+                    Err(error) if error.is_transient() && !last_chance => return Err(error.into()),
+                    Err(error) => {
+                        tracing::warn!(error = format!("{error:#}"), "sending without the ticket codes");
+                        self.metrics.without_tickets.increment(1);
+                        Some(Tickets::Pending)
+                    }
+                }
+            }
+            _ => None,
+        };
         for (medium, recipient) in &contact.addresses {
-            let message = render::render(notice, &contact.name, showing.as_ref(), *medium)
+            let message = render::render(notice, &contact.name, showing.as_ref(), tickets.as_ref(), *medium)
                 .map_err(SendError::Permanent)?;
             let record = NotificationDoc {
                 id: Uuid::now_v7().to_string(),
@@ -211,6 +229,11 @@ impl Handler {
                 recipient: recipient.clone(),
                 subject: message.subject,
                 body: message.body,
+                // The SMTP channel draws their QR codes into the email's HTML version.
+                tickets: match (*medium, &tickets) {
+                    (Medium::Email, Some(tickets)) => tickets.codes().to_vec(),
+                    _ => Vec::new(),
+                },
                 event_id: notice.event_id.to_string(),
                 event_type: notice.event_type.clone(),
                 sent_at: bson_time(chrono::Utc::now()),
