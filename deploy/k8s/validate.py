@@ -48,6 +48,7 @@ EXTERNAL_SECRETS = {
     "marquee-kong",
     "marquee-mongo-password",
     "marquee-bootstrap-admin",
+    "marquee-ticket-keys",
 }
 # kustomize v5 (kubectl 1.27+): `labels` with includeTemplates and regex patch targets.
 MIN_KUSTOMIZE_MAJOR = 5
