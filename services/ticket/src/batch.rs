@@ -1,8 +1,8 @@
 //! Group commit for check-in: the small MongoDB operations of many concurrent scans
-//! (nonce lookups, scan records) sent as one command. While one batch is in flight the
-//! next one gathers, so at a busy door a scan's lookup and record cost a fraction of a
-//! round trip each, and an idle door's single scan goes out at once (there is no timer
-//! to wait for).
+//! (nonce lookups, admissions, scan records) sent as one command per kind. While one
+//! batch is in flight the next one gathers, so at a busy door each of a scan's steps
+//! costs a fraction of a round trip, and an idle door's single scan goes out at once
+//! (there is no timer to wait for).
 
 use std::future::Future;
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::batch::Batcher;
 use crate::domain::{self, InvalidInput, Nonce, Outcome, TicketStatus};
 use crate::keys::PublicKeys;
-use crate::store::{CheckInDoc, TicketDoc, TicketStore, bson_time, chrono_time};
+use crate::store::{Admission, CheckInDoc, TicketDoc, TicketStore, bson_time, chrono_time};
 
 const MAX_BOOKINGS_PER_LIST: usize = 100;
 const MAX_REVOKED_PER_PAGE: usize = 1000;
@@ -44,6 +44,8 @@ pub struct TicketServiceImpl {
     /// batch: at a busy door these were two of a scan's three or four MongoDB commands.
     scans_seen: Batcher<String, Option<CheckInDoc>>,
     scans_recorded: Batcher<CheckInDoc, Option<CheckInDoc>>,
+    /// The conditional admissions of concurrent scans, one update and one read per batch.
+    admissions: Batcher<Admission, Option<TicketDoc>>,
 }
 
 /// A check-in's answer before it is turned into the reply.
@@ -104,7 +106,14 @@ impl TicketServiceImpl {
                 async move { store.record_check_ins(records).await }
             }
         });
-        Self { store, keys, scans_seen, scans_recorded }
+        let admissions = Batcher::spawn("admit tickets", {
+            let store = store.clone();
+            move |scans| {
+                let store = store.clone();
+                async move { store.admit_many(scans).await }
+            }
+        });
+        Self { store, keys, scans_seen, scans_recorded, admissions }
     }
 
     /// One scan. A repeat of a nonce answers what the first got; otherwise the code
@@ -169,23 +178,21 @@ impl TicketServiceImpl {
             let ticket = self.store.ticket(&ticket_id).await?;
             return Ok(Answer { outcome, ticket, checked_in_at: None });
         }
-        if let Some(admitted) = self.store.admit(&ticket_id, nonce.as_str(), at).await? {
-            let checked_in_at = admitted.checked_in_at.map(chrono_time);
-            return Ok(Answer { outcome: Outcome::Admitted, ticket: Some(admitted), checked_in_at });
-        }
-        let Some(ticket) = self.store.ticket(&ticket_id).await? else {
+        let admission = Admission { ticket_id: ticket_id.clone(), nonce: nonce.as_str().to_owned(), at };
+        let Some(ticket) = self.admissions.call(admission).await? else {
             // Signed by our key, but never issued here (another deployment's ticket).
             return Ok(Answer { outcome: Outcome::Invalid, ticket: None, checked_in_at: None });
         };
         let checked_in_at = ticket.checked_in_at.map(chrono_time);
         let outcome = match ticket.status {
             TicketStatus::Revoked => Outcome::Revoked,
-            // This very scan admitted it (its record was not written yet).
+            // This scan admitted it: now, or in an earlier try whose record was not
+            // written (the nonce is the scan's).
             TicketStatus::CheckedIn if ticket.checked_in_nonce.as_deref() == Some(nonce.as_str()) => {
                 Outcome::Admitted
             }
             TicketStatus::CheckedIn => Outcome::AlreadyCheckedIn,
-            // Not VALID a moment ago, VALID now: nothing turns a ticket back to VALID.
+            // The conditional update just ran on it, and nothing turns a ticket back to VALID.
             TicketStatus::Valid => {
                 return Err(anyhow::anyhow!("ticket {ticket_id} is VALID but could not be admitted").into());
             }

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::bson::{self, Bson, doc};
 use mongodb::error::{ErrorKind, InsertManyError, WriteFailure};
-use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
@@ -92,8 +92,17 @@ struct RevocationLog {
     entries: Vec<RevocationEntry>,
 }
 
+/// A scan that asks to admit its ticket.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    pub ticket_id: String,
+    pub nonce: String,
+    pub at: DateTime<Utc>,
+}
+
 #[derive(Clone)]
 pub struct TicketStore {
+    db: Database,
     tickets: Collection<TicketDoc>,
     check_ins: Collection<CheckInDoc>,
     revocations: Collection<RevocationLog>,
@@ -137,6 +146,7 @@ impl TicketStore {
             .await
             .context("cannot create the tickets index")?;
         Ok(Self {
+            db: db.clone(),
             tickets,
             check_ins: db.collection("check_ins"),
             revocations: db.collection("revocations"),
@@ -188,21 +198,58 @@ impl TicketStore {
         self.tickets.find_one(doc! { "_id": id }).await.context("cannot read a ticket")
     }
 
-    /// VALID → CHECKED_IN in one conditional update: the ticket admitted, or `None`
-    /// when it was not VALID (or does not exist).
-    pub async fn admit(&self, id: &str, nonce: &str, at: DateTime<Utc>) -> anyhow::Result<Option<TicketDoc>> {
-        self.tickets
-            .find_one_and_update(
-                doc! { "_id": id, "status": status_bson(TicketStatus::Valid)? },
-                doc! { "$set": {
-                    "status": status_bson(TicketStatus::CheckedIn)?,
-                    "checked_in_at": bson_time(at),
-                    "checked_in_nonce": nonce,
-                } },
-            )
-            .return_document(ReturnDocument::After)
-            .await
-            .context("cannot check a ticket in")
+    /// VALID → CHECKED_IN for the scans of a batch ([`crate::batch::Batcher`]): one
+    /// `update` command holding a conditional statement per scan (each atomic on its
+    /// ticket, so of scans of one ticket exactly one matches, in or across batches),
+    /// then one `find` of the tickets. Per scan, its ticket as it is now (`None`: no
+    /// such ticket); the scan admitted it when it is CHECKED_IN with the scan's nonce.
+    pub async fn admit_many(
+        &self,
+        scans: Vec<Admission>,
+    ) -> Vec<Result<Option<TicketDoc>, mongodb::error::Error>> {
+        match self.try_admit_many(&scans).await {
+            Ok(found) => scans.iter().map(|scan| Ok(found.get(&scan.ticket_id).cloned())).collect(),
+            Err(error) => vec![Err(error); scans.len()],
+        }
+    }
+
+    async fn try_admit_many(
+        &self,
+        scans: &[Admission],
+    ) -> Result<HashMap<String, TicketDoc>, mongodb::error::Error> {
+        let valid = bson::to_bson(&TicketStatus::Valid)?;
+        let checked_in = bson::to_bson(&TicketStatus::CheckedIn)?;
+        let statements: Vec<bson::Document> = scans
+            .iter()
+            .map(|scan| {
+                doc! {
+                    "q": { "_id": &scan.ticket_id, "status": valid.clone() },
+                    "u": { "$set": {
+                        "status": checked_in.clone(),
+                        "checked_in_at": bson_time(scan.at),
+                        "checked_in_nonce": &scan.nonce,
+                    } },
+                }
+            })
+            .collect();
+        let mut command = doc! { "update": self.tickets.name(), "updates": statements, "ordered": false };
+        // A raw command carries no write concern of its own: the collection's, as every
+        // other write of this store.
+        if let Some(concern) = self.tickets.write_concern() {
+            command.insert("writeConcern", bson::to_bson(concern)?);
+        }
+        let reply = self.db.run_command(command).await?;
+        for field in ["writeErrors", "writeConcernError"] {
+            if let Some(failure) = reply.get(field) {
+                return Err(mongodb::error::Error::custom(format!(
+                    "the admissions' update failed: {failure}"
+                )));
+            }
+        }
+        let ids: Vec<&str> = scans.iter().map(|scan| scan.ticket_id.as_str()).collect();
+        let tickets: Vec<TicketDoc> =
+            self.tickets.find(doc! { "_id": { "$in": ids } }).await?.try_collect().await?;
+        Ok(tickets.into_iter().map(|ticket| (ticket.id.clone(), ticket)).collect())
     }
 
     /// The recorded scans of these nonces, one answer per nonce in order (for
