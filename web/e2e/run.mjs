@@ -160,6 +160,18 @@ async function main() {
     await pay.click();
     await a.getByRole("heading", { name: "Booking confirmed", exact: true }).waitFor({ timeout: 15000 });
     assert((await a.locator(".status").textContent()) === "Confirmed", "the confirmation says Confirmed");
+    // One e-ticket per seat, each a QR code image, once the ticket service has issued them.
+    for (const seatId of ["E5", "E6"]) {
+      await a.getByRole("img", { name: `QR code of the ticket for seat ${seatId}` }).waitFor({ timeout: 15000 });
+    }
+    const qrs = await a.locator(".ticket img").evaluateAll((imgs) => imgs.map((img) => [img.getAttribute("src") ?? "", img.naturalWidth]));
+    assert(qrs.length === 2, `two tickets shown: ${qrs.length}`);
+    for (const [src, width] of qrs) {
+      assert(src.startsWith("data:image/svg+xml") && decodeURIComponent(src).includes("<svg"), "a ticket's QR is an SVG image");
+      assert(width > 0, "the QR image rendered");
+    }
+    assert((await a.locator(".ticket-status").allTextContents()).every((t) => t === "Valid: show this code at the door"), "fresh tickets are valid");
+    log("A's confirmation shows a QR ticket for each seat");
     await axe(a, "confirmation");
     await shoot(a, "confirmation");
     await eventually("B to see E5 booked", async () => (await seatLabel(b, "E5")).endsWith("booked"), 2000);

@@ -44,6 +44,11 @@ export type SeatState =
   | 'BOOKED'
   | 'HELD';
 
+export type TicketStatus =
+  | 'CHECKED_IN'
+  | 'REVOKED'
+  | 'VALID';
+
 export type MoneyFieldsFragment = { amount: number, currency: string };
 
 export type ShowtimeCardFragment = { id: string, startsAt: string, screenName: string, movie: { id: string, title: string, runtimeMinutes: number, rating: string, posterUrl: string | null }, cinema: { id: string, name: string, city: string, timeZone: string } };
@@ -108,7 +113,7 @@ export type BookingQueryVariables = Exact<{
 }>;
 
 
-export type BookingQuery = { booking: { id: string, status: BookingStatus, expiresAt: string | null, createdAt: string, reason: string | null, seats: Array<{ seatId: string, category: string, price: { amount: number, currency: string } }>, total: { amount: number, currency: string }, refund: { amount: { amount: number, currency: string }, fee: { amount: number, currency: string } } | null, showtime: { id: string, startsAt: string, screenName: string, movie: { id: string, title: string, runtimeMinutes: number, rating: string, posterUrl: string | null }, cinema: { id: string, name: string, city: string, timeZone: string } } } | null };
+export type BookingQuery = { booking: { id: string, status: BookingStatus, expiresAt: string | null, createdAt: string, reason: string | null, tickets: Array<{ id: string, seatId: string, status: TicketStatus, checkedInAt: string | null, code: string, qrSvg: string }>, seats: Array<{ seatId: string, category: string, price: { amount: number, currency: string } }>, total: { amount: number, currency: string }, refund: { amount: { amount: number, currency: string }, fee: { amount: number, currency: string } } | null, showtime: { id: string, startsAt: string, screenName: string, movie: { id: string, title: string, runtimeMinutes: number, rating: string, posterUrl: string | null }, cinema: { id: string, name: string, city: string, timeZone: string } } } | null };
 
 export type CancelBookingMutationVariables = Exact<{
   id: string;
@@ -499,6 +504,14 @@ export const BookingDocument = new TypedDocumentString(`
     query Booking($id: ID!) {
   booking(id: $id) {
     ...BookingFields
+    tickets {
+      id
+      seatId
+      status
+      checkedInAt
+      code
+      qrSvg
+    }
   }
 }
     fragment MoneyFields on Money {

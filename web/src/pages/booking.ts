@@ -1,8 +1,9 @@
 /** A booking's confirmation (or where it stands): seats, total, showtime, refund. */
 import { request } from "../api/client";
-import { BookingDocument, type BookingFieldsFragment } from "../api/generated";
+import { BookingDocument, type BookingFieldsFragment, type BookingQuery } from "../api/generated";
 import { describeError, listSeats } from "../lib/errors";
 import { formatMoney } from "../lib/money";
+import { formatShowTime } from "../lib/time";
 import { h, notice, replace } from "../ui/dom";
 import { showtimeSummary } from "./browse";
 
@@ -35,6 +36,79 @@ export function bookingDetails(b: BookingFieldsFragment): HTMLElement {
   );
 }
 
+type Ticket = NonNullable<BookingQuery["booking"]>["tickets"][number];
+
+/** Tickets are issued from the confirmation event, a moment after the booking turns
+ * CONFIRMED: the page asks again this often, this many times, before giving up. */
+const TICKET_POLL_MS = 1000;
+const TICKET_POLLS = 15;
+
+const TICKET_WORDS: Record<Ticket["status"], string> = {
+  VALID: "Valid: show this code at the door",
+  CHECKED_IN: "Checked in",
+  REVOKED: "Revoked (the booking was cancelled)",
+};
+
+/** One QR code per seat. The SVG comes from the gateway; it is shown as an image (a
+ * data URL), never inserted as markup, so nothing in it can run. */
+function ticketCards(tickets: Ticket[], timeZone: string): HTMLElement {
+  const sorted = [...tickets].sort((a, b) => a.seatId.localeCompare(b.seatId, "en", { numeric: true }));
+  return h(
+    "ul",
+    { class: "tickets" },
+    sorted.map((t) =>
+      h(
+        "li",
+        { class: `ticket ticket-${t.status.toLowerCase()}` },
+        h("img", {
+          src: `data:image/svg+xml;charset=utf-8,${encodeURIComponent(t.qrSvg)}`,
+          alt: `QR code of the ticket for seat ${t.seatId}`,
+          width: 220,
+          height: 220,
+        }),
+        h("p", { class: "ticket-seat" }, `Seat ${t.seatId}`),
+        h(
+          "p",
+          { class: "ticket-status" },
+          t.status === "CHECKED_IN" && t.checkedInAt ? `Checked in ${formatShowTime(t.checkedInAt, timeZone)}` : TICKET_WORDS[t.status],
+        ),
+      ),
+    ),
+  );
+}
+
+/** The tickets section: the cards, or a note while they are being issued (asking again
+ * until they are there or the polls run out). */
+function ticketsSection(id: string, first: NonNullable<BookingQuery["booking"]>): HTMLElement {
+  const section = h("section", { class: "tickets-section", "aria-live": "polite" }, h("h2", null, "Your tickets"));
+  const body = h("div", null);
+  section.append(body);
+  const timeZone = first.showtime.cinema.timeZone;
+  const show = (tickets: Ticket[]): boolean => {
+    if (tickets.length === 0) return false;
+    replace(body, ticketCards(tickets, timeZone));
+    return true;
+  };
+  if (!show(first.tickets)) {
+    replace(body, h("p", null, "Your tickets are being issued…"));
+    void (async () => {
+      for (let poll = 0; poll < TICKET_POLLS; poll++) {
+        await new Promise((resolve) => setTimeout(resolve, TICKET_POLL_MS));
+        // The customer went to another page.
+        if (!section.isConnected) return;
+        try {
+          const { booking } = await request(BookingDocument, { id });
+          if (booking && show(booking.tickets)) return;
+        } catch {
+          // A failed poll is retried by the next one.
+        }
+      }
+      replace(body, h("p", null, "Your tickets are not ready yet: reload this page in a minute, or use the codes in your confirmation email."));
+    })();
+  }
+  return section;
+}
+
 export function bookingPage(main: HTMLElement, id: string): void {
   replace(main, h("p", null, "Loading your booking…"));
   void (async () => {
@@ -50,6 +124,7 @@ export function bookingPage(main: HTMLElement, id: string): void {
         h("h1", null, title),
         booking.status === "CONFIRMED" ? notice("success", "Enjoy the film! A confirmation is on its way to you.") : null,
         bookingDetails(booking),
+        booking.status === "CONFIRMED" || booking.tickets.length > 0 ? ticketsSection(id, booking) : null,
         h("p", null, h("a", { href: "#/bookings" }, "All my bookings"), " · ", h("a", { href: "#/" }, "More showtimes")),
       );
     } catch (error) {
