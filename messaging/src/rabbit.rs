@@ -1,11 +1,14 @@
 //! RabbitMQ: the one way every process connects and declares the events exchange.
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+
+use marquee_kit::backoff::Backoff;
 
 use crate::RabbitSettings;
 
@@ -26,6 +29,42 @@ pub async fn connect(settings: &RabbitSettings) -> anyhow::Result<(Connection, C
 
 /// How long connecting, opening a channel and declaring the exchange may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a process that is starting keeps trying a broker that does not answer
+/// before it gives up. A broker restarting, or stalled under load (seen here: ~30 s
+/// without accepting a connection while a test run started), is not a misconfiguration.
+pub const STARTUP_BUDGET: Duration = Duration::from_secs(60);
+
+/// Runs `attempt` (a connect-and-declare that gives up after its own timeout) until it
+/// succeeds or `budget` has passed since the first try, pausing with jittered backoff
+/// between tries. For startup, where the queues must exist before the process serves.
+pub async fn at_startup<T, F, Fut>(what: &str, budget: Duration, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let started = tokio::time::Instant::now();
+    let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut retry = 0;
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(error) if started.elapsed() < budget => {
+                let pause = backoff.delay(retry);
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    ?pause,
+                    "{what}: RabbitMQ not ready yet; trying again"
+                );
+                tokio::time::sleep(pause).await;
+                retry += 1;
+            }
+            Err(error) => {
+                return Err(error.context(format!("{what}: RabbitMQ still not ready after {budget:?}")));
+            }
+        }
+    }
+}
 
 async fn connect_now(settings: &RabbitSettings) -> anyhow::Result<(Connection, Channel)> {
     let exchange = short_name(&settings.exchange, "rabbitmq.exchange")?;
@@ -74,5 +113,43 @@ pub async fn publish_confirmed(
         Confirmation::Ack(Some(_)) => anyhow::bail!("no queue is bound for {routing_key:?} on {exchange:?}"),
         Confirmation::Nack(_) => anyhow::bail!("the broker refused the message for {routing_key:?}"),
         Confirmation::NotRequested => anyhow::bail!("publisher confirms are not enabled on this channel"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn startup_tries_again_until_the_broker_answers() {
+        let tries = AtomicU32::new(0);
+        let answer = at_startup("test", STARTUP_BUDGET, || async {
+            match tries.fetch_add(1, Ordering::SeqCst) {
+                0..=2 => anyhow::bail!("RabbitMQ did not answer"),
+                _ => Ok("connected"),
+            }
+        })
+        .await;
+        assert_eq!(answer.unwrap(), "connected");
+        assert_eq!(tries.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn startup_gives_up_once_the_budget_is_spent() {
+        let started = tokio::time::Instant::now();
+        let tries = AtomicU32::new(0);
+        let error = at_startup::<(), _, _>("test", Duration::from_secs(30), || async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(CONNECT_TIMEOUT).await;
+            anyhow::bail!("RabbitMQ did not answer within {CONNECT_TIMEOUT:?}")
+        })
+        .await
+        .unwrap_err();
+        let waited = started.elapsed();
+        assert!(format!("{error:#}").contains("still not ready after 30s"), "{error:#}");
+        assert!((Duration::from_secs(30)..Duration::from_secs(50)).contains(&waited), "{waited:?}");
+        assert!(tries.load(Ordering::SeqCst) >= 3);
     }
 }

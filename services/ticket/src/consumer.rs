@@ -19,7 +19,7 @@ use lapin::{Channel, Connection};
 use marquee_kit::backoff::Backoff;
 use marquee_kit::shutdown::Shutdown;
 use marquee_messaging::RabbitSettings;
-use marquee_messaging::rabbit::short_name;
+use marquee_messaging::rabbit::{self, short_name};
 use tokio::task::JoinSet;
 
 use crate::issue::{IssueError, Issuer};
@@ -45,7 +45,8 @@ impl Consumer {
         issuer: Arc<Issuer>,
         retry: Backoff,
     ) -> anyhow::Result<Self> {
-        let session = open(settings).await?;
+        let session =
+            rabbit::at_startup("ticket consumer", rabbit::STARTUP_BUDGET, || open(settings)).await?;
         Ok(Self {
             settings: settings.clone(),
             issuer,

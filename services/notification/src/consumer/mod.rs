@@ -32,7 +32,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, QueueDeclareOption
 use lapin::types::{FieldTable, ShortString};
 use marquee_kit::shutdown::Shutdown;
 use marquee_messaging::RabbitSettings;
-use marquee_messaging::rabbit::short_name;
+use marquee_messaging::rabbit::{self, short_name};
 use tokio::task::JoinSet;
 
 use crate::channel::Channel;
@@ -90,7 +90,10 @@ impl Consumer {
         parts: ConsumerParts,
     ) -> anyhow::Result<Self> {
         let topology = Topology::new(settings, delivery_limit, policy);
-        let session = topology.open(settings.prefetch).await?;
+        let session = rabbit::at_startup("notification consumer", rabbit::STARTUP_BUDGET, || {
+            topology.open(settings.prefetch)
+        })
+        .await?;
         let ConsumerParts { claims, directory, channel, metrics } = parts;
         let handler = Handler {
             claims,
