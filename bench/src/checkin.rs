@@ -87,7 +87,8 @@ async fn staff_token(client: &Client) -> anyhow::Result<String> {
 /// Confirms `tickets / 10` bookings of one showtime by publishing their events, and
 /// returns every ticket's code once all are issued.
 async fn issue(mesh: &Mesh, showtime: &str, tickets: usize) -> anyhow::Result<Vec<(String, String)>> {
-    let (_connection, channel) = marquee_messaging::rabbit::connect(&mesh.settings.rabbitmq).await?;
+    let (_connection, channel) =
+        marquee_messaging::rabbit::connect_patiently("check-in bench", &mesh.settings.rabbitmq).await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut booking_ids = Vec::new();
     for b in 0..tickets / SEATS_PER_BOOKING {

@@ -66,6 +66,16 @@ where
     }
 }
 
+/// `connect`, tried again with backoff for up to `STARTUP_BUDGET`: for anything that
+/// needs the broker once before it can go on (a process starting, an admin command, a
+/// test's own publisher), where a stalled or restarting broker is not a reason to fail.
+pub async fn connect_patiently(
+    what: &str,
+    settings: &RabbitSettings,
+) -> anyhow::Result<(Connection, Channel)> {
+    at_startup(what, STARTUP_BUDGET, || connect(settings)).await
+}
+
 async fn connect_now(settings: &RabbitSettings) -> anyhow::Result<(Connection, Channel)> {
     let exchange = short_name(&settings.exchange, "rabbitmq.exchange")?;
     let connection = Connection::connect(settings.url.expose(), ConnectionProperties::default())

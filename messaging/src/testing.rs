@@ -13,7 +13,7 @@ pub async fn subscribe_events(
     rabbit: &RabbitSettings,
     routing_key: &str,
 ) -> anyhow::Result<(lapin::Connection, lapin::Consumer)> {
-    let (connection, channel) = crate::rabbit::connect(rabbit).await?;
+    let (connection, channel) = crate::rabbit::connect_patiently("test subscriber", rabbit).await?;
     let queue = channel
         .queue_declare(
             "".into(),

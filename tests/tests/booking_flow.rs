@@ -257,7 +257,7 @@ async fn a_confirmation_the_broker_drops_is_found_in_bookings_log_and_sent_once(
     // The broker now drops booking events on the floor: with the work queue unbound,
     // a booking.confirmed is confirmed to booking's relay and routed nowhere.
     let rabbit = &mesh.settings.rabbitmq;
-    let (connection, channel) = marquee_messaging::rabbit::connect(rabbit).await.unwrap();
+    let (connection, channel) = marquee_messaging::rabbit::connect_patiently("test", rabbit).await.unwrap();
     channel
         .queue_unbind(
             rabbit.notification_queue.as_str().into(),

@@ -100,7 +100,8 @@ async fn depth(channel: &lapin::Channel, queue: &str) -> anyhow::Result<u32> {
 /// Up to `limit` dead letters, oldest first, left in the queue.
 pub async fn list(settings: &RabbitSettings, limit: u32) -> anyhow::Result<(u32, Vec<DeadLetter>)> {
     let names = QueueNames::new(settings);
-    let (connection, channel) = marquee_messaging::rabbit::connect(settings).await?;
+    let (connection, channel) =
+        marquee_messaging::rabbit::connect_patiently("dead-letter admin", settings).await?;
     let total = depth(&channel, &names.dead_letter_queue).await?;
     let queue = short_name(&names.dead_letter_queue, "dead-letter queue")?;
     let mut letters = Vec::new();
@@ -121,7 +122,8 @@ pub async fn list(settings: &RabbitSettings, limit: u32) -> anyhow::Result<(u32,
 /// back meanwhile is not picked up a second time.
 pub async fn replay(settings: &RabbitSettings, limit: u32) -> anyhow::Result<Replayed> {
     let names = QueueNames::new(settings);
-    let (connection, channel) = marquee_messaging::rabbit::connect(settings).await?;
+    let (connection, channel) =
+        marquee_messaging::rabbit::connect_patiently("dead-letter admin", settings).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await

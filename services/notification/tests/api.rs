@@ -11,11 +11,9 @@ use std::time::Duration;
 
 use lapin::PublisherConfirm;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel as AmqpChannel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel as AmqpChannel, Connection};
 // Notification, user and cinema on one isolated configuration.
 use marquee_e2e::MeshSettings as Settings;
 use marquee_kit::secret::Secret;
@@ -208,20 +206,9 @@ struct Publisher {
 
 impl Publisher {
     async fn connect(settings: &Settings) -> Self {
-        let connection = Connection::connect(settings.rabbitmq.url.expose(), ConnectionProperties::default())
-            .await
-            .unwrap();
-        let channel = connection.create_channel().await.unwrap();
+        let (connection, channel) =
+            marquee_messaging::rabbit::connect_patiently("test publisher", &settings.rabbitmq).await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        channel
-            .exchange_declare(
-                settings.rabbitmq.exchange.clone().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
         Self { _connection: connection, channel, exchange: settings.rabbitmq.exchange.clone() }
     }
 

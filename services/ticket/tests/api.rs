@@ -63,7 +63,8 @@ struct Publisher {
 
 impl Publisher {
     async fn connect(settings: &Settings) -> Self {
-        let (connection, channel) = marquee_messaging::rabbit::connect(&settings.rabbitmq).await.unwrap();
+        let (connection, channel) =
+            marquee_messaging::rabbit::connect_patiently("test publisher", &settings.rabbitmq).await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         Self { _connection: connection, channel, exchange: settings.rabbitmq.exchange.clone() }
     }
