@@ -13,13 +13,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context;
 use marquee_kit::backoff::Backoff;
 use marquee_proto::cinema::v1 as cinema;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::Settings;
 use crate::domain::ShowtimeId;
@@ -85,14 +84,11 @@ struct Feed {
 
 impl SeatFeeds {
     pub fn new(settings: &Settings, metrics: Metrics) -> anyhow::Result<Self> {
-        let url = &settings.upstream.cinema_url;
-        let cinema = Endpoint::from_shared(url.clone())
-            .with_context(|| format!("invalid upstream URL {url}"))?
-            .connect_timeout(Duration::from_secs(2))
-            // Notices a dead cinema on an idle stream instead of waiting forever.
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let cinema = marquee_kit::grpc::streaming_channel(
+            &settings.upstream.cinema_url,
+            marquee_proto::cinema::v1::cinema_service_server::SERVICE_NAME,
+            &settings.grpc,
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
                 cinema,

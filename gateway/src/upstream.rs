@@ -76,13 +76,19 @@ impl Interceptor for Traced {
 impl Upstreams {
     pub fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let urls = &settings.upstream;
-        let channel = |url: &str| marquee_kit::grpc::channel(url, &settings.grpc);
+        use marquee_proto::booking::v1::booking_service_server::SERVICE_NAME as BOOKING;
+        use marquee_proto::cinema::v1::cinema_service_server::SERVICE_NAME as CINEMA;
+        use marquee_proto::notification::v1::notification_service_server::SERVICE_NAME as NOTIFICATION;
+        use marquee_proto::ticket::v1::ticket_service_server::SERVICE_NAME as TICKET;
+        use marquee_proto::user::v1::user_service_server::SERVICE_NAME as USER;
+
+        let channel = |url: &str, service| marquee_kit::grpc::channel(url, service, &settings.grpc);
         Ok(Self {
-            user: channel(&urls.user_url)?,
-            cinema: channel(&urls.cinema_url)?,
-            booking: channel(&urls.booking_url)?,
-            notification: channel(&urls.notification_url)?,
-            ticket: channel(&urls.ticket_url)?,
+            user: channel(&urls.user_url, USER)?,
+            cinema: channel(&urls.cinema_url, CINEMA)?,
+            booking: channel(&urls.booking_url, BOOKING)?,
+            notification: channel(&urls.notification_url, NOTIFICATION)?,
+            ticket: channel(&urls.ticket_url, TICKET)?,
             trace: None,
             deadline: Duration::from_millis(settings.grpc.request_timeout_ms),
         })

@@ -139,6 +139,8 @@ pub struct TelemetrySettings {
 pub struct GrpcSettings {
     pub request_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
+    /// How often a balanced upstream channel re-resolves and health-checks its replicas.
+    pub discovery_interval_ms: u64,
 }
 
 /// `[postgres]`: cinema's database.

@@ -10,13 +10,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
 use tonic::service::Routes;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint, Server};
 use tonic_health::ServingStatus;
 use tracing::Instrument as _;
 use tracing::instrument::Instrumented;
 
-use crate::config::{GrpcSettings, ServerSettings};
+use crate::config::ServerSettings;
 use crate::readiness::Readiness;
 use crate::trace::{TRACEPARENT, TraceContext, TraceParent};
 
@@ -89,14 +89,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A lazily connecting channel to another service, with the configured deadline.
-pub fn channel(url: &str, settings: &GrpcSettings) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid upstream URL {url}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_millis(settings.request_timeout_ms));
-    Ok(endpoint.connect_lazy())
-}
+pub use crate::balance::{channel, streaming_channel};
 
 /// Runs each call in the trace its `traceparent` names (a new trace when it is
 /// missing or malformed): inside a `grpc.request` span carrying `trace.id`, this

@@ -138,7 +138,7 @@ impl<U: Upstream> tower::Service<http::Request<Body>> for Proxy<U> {
 
 /// Puts a recording proxy in front of `url`; returns the proxy's URL and its log.
 fn proxy<U: Upstream>(url: &str, settings: &Settings) -> (String, CallLog) {
-    let upstream = marquee_kit::grpc::channel(url, &settings.grpc).unwrap();
+    let upstream = marquee_kit::grpc::channel(url, "", &settings.grpc).unwrap();
     let log = CallLog::default();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();

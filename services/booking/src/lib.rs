@@ -123,7 +123,7 @@ impl Application {
         let config = &settings.booking;
         let db = marquee_mongo::connect(&settings.mongo, "booking").await?;
         let store = BookingStore::new(&db, Duration::from_millis(config.saga_lease_ms)).await?;
-        let channel = |url: &str| marquee_kit::grpc::channel(url, &settings.grpc);
+        let channel = |url: &str, service| marquee_kit::grpc::channel(url, service, &settings.grpc);
         let outbox_written = Arc::new(Notify::new());
         let tiers: Vec<(i64, u8)> = config.refund_tiers.iter().map(|t| (t.hours_before, t.percent)).collect();
         let saga_settings = SagaSettings {
@@ -145,8 +145,14 @@ impl Application {
         };
         let saga = Saga::new(
             store.clone(),
-            CinemaServiceClient::new(channel(&settings.upstream.cinema_url)?),
-            PaymentServiceClient::new(channel(&settings.upstream.payment_url)?),
+            CinemaServiceClient::new(channel(
+                &settings.upstream.cinema_url,
+                marquee_proto::cinema::v1::cinema_service_server::SERVICE_NAME,
+            )?),
+            PaymentServiceClient::new(channel(
+                &settings.upstream.payment_url,
+                marquee_proto::payment::v1::payment_service_server::SERVICE_NAME,
+            )?),
             saga_settings,
             outbox_written.clone(),
             crash_at,

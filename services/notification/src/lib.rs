@@ -35,11 +35,16 @@ use std::time::Duration;
 use marquee_kit::backoff::Backoff;
 use marquee_kit::readiness::{Probe, Readiness, Scope};
 use marquee_kit::shutdown::Shutdown;
+use marquee_proto::booking::v1::booking_service_server;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
+use marquee_proto::cinema::v1::cinema_service_server;
 use marquee_proto::events::v1::event_log_client::EventLogClient;
 use marquee_proto::notification::v1::notification_service_server::NotificationServiceServer;
+use marquee_proto::payment::v1::payment_service_server;
 use marquee_proto::ticket::v1::ticket_service_client::TicketServiceClient;
+use marquee_proto::ticket::v1::ticket_service_server;
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
+use marquee_proto::user::v1::user_service_server;
 use tokio::net::TcpListener;
 
 use crate::channel::{Channel, RecordingChannel, SmtpChannel};
@@ -70,16 +75,13 @@ impl Application {
         let db = marquee_mongo::connect(&settings.mongo, "notification").await?;
         let store = NotificationStore::new(&db).await?;
         let claims = EventClaims::connect(&settings.redis, &settings.notification).await?;
-        let users =
-            UserServiceClient::new(marquee_kit::grpc::channel(&settings.upstream.user_url, &settings.grpc)?);
-        let cinema = CinemaServiceClient::new(marquee_kit::grpc::channel(
-            &settings.upstream.cinema_url,
-            &settings.grpc,
-        )?);
-        let tickets = TicketServiceClient::new(marquee_kit::grpc::channel(
-            &settings.upstream.ticket_url,
-            &settings.grpc,
-        )?);
+        let upstream = &settings.upstream;
+        let channel = |url: &str, service| marquee_kit::grpc::channel(url, service, &settings.grpc);
+        let users = UserServiceClient::new(channel(&upstream.user_url, user_service_server::SERVICE_NAME)?);
+        let cinema =
+            CinemaServiceClient::new(channel(&upstream.cinema_url, cinema_service_server::SERVICE_NAME)?);
+        let tickets =
+            TicketServiceClient::new(channel(&upstream.ticket_url, ticket_service_server::SERVICE_NAME)?);
         let metrics = Metrics::new();
         let metrics_server = MetricsServer::bind(
             &settings.notification.server.host,
@@ -185,13 +187,14 @@ fn reconciler(settings: &Settings, consumer: &Consumer) -> anyhow::Result<Option
     if config.reconcile_every_ms == 0 {
         return Ok(None);
     }
-    let source = |name, url: &str| -> anyhow::Result<EventSource> {
-        let channel = marquee_kit::grpc::channel(url, &settings.grpc)?;
+    // A replica is asked for its log while the service that writes it is SERVING.
+    let source = |name, url: &str, service| -> anyhow::Result<EventSource> {
+        let channel = marquee_kit::grpc::channel(url, service, &settings.grpc)?;
         Ok(EventSource { name, client: EventLogClient::new(channel) })
     };
     let sources = vec![
-        source("booking", &settings.upstream.booking_url)?,
-        source("payment", &settings.upstream.payment_url)?,
+        source("booking", &settings.upstream.booking_url, booking_service_server::SERVICE_NAME)?,
+        source("payment", &settings.upstream.payment_url, payment_service_server::SERVICE_NAME)?,
     ];
     Ok(Some(consumer.reconciler(
         sources,

@@ -145,7 +145,7 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let ticket = start_ticket(&settings, 0).await;
     settings.upstream.ticket_url = format!("http://{}", ticket.addr);
     let tickets = TicketServiceClient::new(
-        marquee_kit::grpc::channel(&settings.upstream.ticket_url, &settings.grpc).unwrap(),
+        marquee_kit::grpc::channel(&settings.upstream.ticket_url, "", &settings.grpc).unwrap(),
     );
 
     let mut catalog = CinemaServiceClient::connect(settings.upstream.cinema_url.clone()).await.unwrap();

@@ -41,6 +41,7 @@ impl Application {
         let store = TicketStore::init(&db).await?;
         let cinema = CinemaServiceClient::new(marquee_kit::grpc::channel(
             &settings.upstream.cinema_url,
+            marquee_proto::cinema::v1::cinema_service_server::SERVICE_NAME,
             &settings.grpc,
         )?);
         let issuer = Issuer::new(
