@@ -7,8 +7,10 @@
 //! with publisher confirms and marks an event sent only after the broker's ack.
 //! Delivery is at least once (a crash between ack and mark republishes); consumers
 //! deduplicate by `event_id`. What the broker confirmed is also logged for a week
-//! (`log.rs`), for consumers that reconcile against it.
+//! (`log.rs`), for consumers that reconcile against it. With several replicas only
+//! the one holding the outbox's lease relays (`lease.rs`).
 
+mod lease;
 mod log;
 
 pub use self::log::{EventLogApi, MAX_PAGE, Position, PublishedEvent, PublishedLog};
@@ -29,6 +31,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use self::lease::Lease;
 use crate::RabbitSettings;
 use marquee_kit::backoff::Reconnect;
 
@@ -84,6 +87,11 @@ pub trait OutboxStore: Send + Sync + 'static {
     fn mark_sent(&self, events: &[PendingEvent]) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Forgets published events older than the log keeps; the relay calls it hourly.
     fn prune(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Takes the relay lease for `holder` for `ttl`, or renews it; false while another
+    /// holder's term runs.
+    fn hold_lease(&self, holder: &str, ttl: Duration) -> impl Future<Output = anyhow::Result<bool>> + Send;
+    /// Ends `holder`'s term now, if it holds the lease.
+    fn release_lease(&self, holder: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 /// The outbox of a MongoDB collection whose documents carry `outbox`,
@@ -94,6 +102,8 @@ pub struct MongoOutbox {
     /// The collection's database, for the bulk `update` command.
     database: Database,
     log: PublishedLog,
+    /// `outbox_leases`: which relay publishes this outbox (`lease.rs`).
+    leases: Collection<Document>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,7 +133,8 @@ impl MongoOutbox {
         collection.create_index(index).await.context("cannot create the unsent_events index")?;
         let database = collection.client().database(&collection.namespace().db);
         let log = PublishedLog::new(&database).await?;
-        Ok(Self { collection, database, log })
+        let leases = database.collection::<Document>("outbox_leases");
+        Ok(Self { collection, database, log, leases })
     }
 
     /// The log of what this outbox published.
@@ -209,6 +220,42 @@ impl OutboxStore for MongoOutbox {
         }
         Ok(())
     }
+
+    async fn hold_lease(&self, holder: &str, ttl: Duration) -> anyhow::Result<bool> {
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(ttl).context("lease term out of range")?;
+        let now = bson::DateTime::from_millis(now.timestamp_millis());
+        let until = bson::DateTime::from_millis(until.timestamp_millis());
+        // Ours to renew, or lapsed, or missing (the upsert creates it). When another
+        // holder's term runs, the filter misses and the upsert collides on `_id`.
+        let taken = self
+            .leases
+            .update_one(
+                doc! {
+                    "_id": self.collection.name(),
+                    "$or": [ { "holder": holder }, { "until": { "$lt": now } } ],
+                },
+                doc! { "$set": { "holder": holder, "until": until } },
+            )
+            .upsert(true)
+            .await;
+        match taken {
+            Ok(_) => Ok(true),
+            Err(error) if marquee_mongo::is_duplicate_key(&error) => Ok(false),
+            Err(error) => Err(error).context("cannot take or renew the outbox relay lease"),
+        }
+    }
+
+    async fn release_lease(&self, holder: &str) -> anyhow::Result<()> {
+        self.leases
+            .update_one(
+                doc! { "_id": self.collection.name(), "holder": holder },
+                doc! { "$set": { "until": bson::DateTime::from_millis(0) } },
+            )
+            .await
+            .context("cannot release the outbox relay lease")?;
+        Ok(())
+    }
 }
 
 /// Publishes a store's pending events until shutdown.
@@ -217,40 +264,47 @@ pub struct OutboxRelay<S> {
     settings: RabbitSettings,
     exchange: ShortString,
     poll: Duration,
+    lease_ttl: Duration,
     written: Arc<Notify>,
 }
 
 impl<S: OutboxStore> OutboxRelay<S> {
     /// `written` is notified by every write that adds an event, so the relay
-    /// publishes at once; `poll` is the fallback.
+    /// publishes at once; `poll` is the fallback, and how soon the lease holder sees
+    /// events another replica wrote. `lease_ttl`: the term of the relay lease
+    /// (`lease.rs`), how long a dead holder's events wait for another replica.
     pub fn new(
         store: S,
         settings: &RabbitSettings,
         poll: Duration,
+        lease_ttl: Duration,
         written: Arc<Notify>,
     ) -> anyhow::Result<Self> {
         let exchange = crate::rabbit::short_name(&settings.exchange, "rabbitmq.exchange")?;
-        Ok(Self { store, settings: settings.clone(), exchange, poll, written })
+        anyhow::ensure!(!lease_ttl.is_zero(), "the outbox relay lease needs a term");
+        Ok(Self { store, settings: settings.clone(), exchange, poll, lease_ttl, written })
     }
 
     /// Relays until `shutdown`, reconnecting with backoff whenever the broker or the
     /// database fails. Stopping mid-batch is safe: unconfirmed events stay unsent.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut reconnect = Reconnect::new("outbox relay", FIRST_BACKOFF, MAX_BACKOFF);
+        let mut lease = Lease::new(self.lease_ttl);
         loop {
             let failure = tokio::select! {
-                () = shutdown.cancelled() => return,
-                failure = self.connect_and_relay(&mut reconnect) => failure,
+                () = shutdown.cancelled() => break,
+                failure = self.connect_and_relay(&mut reconnect, &mut lease) => failure,
             };
             if !reconnect.wait(&failure, &shutdown).await {
-                return;
+                break;
             }
         }
+        lease.release(&self.store).await;
     }
 
     /// Runs until something fails; the error says what. A connection that opens
     /// starts the backoff over.
-    async fn connect_and_relay(&self, reconnect: &mut Reconnect) -> anyhow::Error {
+    async fn connect_and_relay(&self, reconnect: &mut Reconnect, lease: &mut Lease) -> anyhow::Error {
         // The connection is held here so it lives exactly as long as this session.
         let (_connection, channel) = match self.open_channel().await {
             Ok(session) => session,
@@ -260,20 +314,29 @@ impl<S: OutboxStore> OutboxRelay<S> {
         tracing::info!(exchange = %self.exchange, "outbox relay connected to RabbitMQ");
         let mut prune_at = tokio::time::Instant::now();
         loop {
-            if let Err(error) = self.drain(&channel).await {
-                return error;
-            }
-            if tokio::time::Instant::now() >= prune_at {
-                prune_at += PRUNE_EVERY;
-                // Housekeeping: a failure waits for the next round.
-                if let Err(error) = self.store.prune().await {
-                    tracing::warn!(error = format!("{error:#}"), "cannot prune the published events log");
+            // Only a relay connected to the broker takes the lease, and one whose
+            // session broke stops renewing it: a replica that can publish takes over.
+            let holding = match lease.holds(&self.store).await {
+                Ok(holding) => holding,
+                Err(error) => return error,
+            };
+            if holding {
+                if let Err(error) = self.drain(&channel).await {
+                    return error;
+                }
+                if tokio::time::Instant::now() >= prune_at {
+                    prune_at += PRUNE_EVERY;
+                    // Housekeeping: a failure waits for the next round.
+                    if let Err(error) = self.store.prune().await {
+                        tracing::warn!(error = format!("{error:#}"), "cannot prune the published events log");
+                    }
                 }
             }
+            let pause = if holding { self.poll } else { self.poll.min(lease.pause()) };
             // notify_one stores a permit, so a write during the drain is not missed.
             tokio::select! {
                 () = self.written.notified() => {}
-                () = tokio::time::sleep(self.poll) => {}
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }

@@ -163,6 +163,7 @@ impl Application {
             outbox,
             &settings.rabbitmq,
             Duration::from_millis(config.outbox_poll_ms),
+            Duration::from_millis(config.outbox_lease_ms),
             outbox_written,
         )?;
         let (listener, addr) = marquee_kit::grpc::bind(&config.server).await?;

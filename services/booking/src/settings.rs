@@ -35,6 +35,7 @@ pub struct BookingSettings {
     pub server: ServerSettings,
     pub hold_ttl_seconds: i32,
     pub outbox_poll_ms: u64,
+    pub outbox_lease_ms: u64,
     /// Charge calls per payment attempt when payment answers UNAVAILABLE (same key).
     pub charge_attempts: u32,
     /// Wait before the first charge retry; doubles after each, jittered.

@@ -58,6 +58,7 @@ pub struct PaymentSettings {
     pub charge_lease_ms: u64,
     /// The outbox relay also wakes on every write; this is its fallback poll.
     pub outbox_poll_ms: u64,
+    pub outbox_lease_ms: u64,
 }
 
 impl PaymentSettings {

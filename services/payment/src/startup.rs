@@ -49,6 +49,7 @@ impl Application {
             outbox,
             &settings.rabbitmq,
             Duration::from_millis(config.outbox_poll_ms),
+            Duration::from_millis(config.outbox_lease_ms),
             outbox_written.clone(),
         )?;
         let policy = ChargePolicy {
