@@ -7,6 +7,9 @@
 //! every promise made to the customers (`verify`), then writes a JSON report and prints
 //! a summary; any failed check makes the run fail.
 //!
+//! `--replicas` adds a second gateway, cinema, booking and payment (`setup::REPLICATED`)
+//! and kills one replica of each instead (`setup::KILLED_REPLICAS`).
+//!
 //! Ports: the block `--port-base` (default 7100) + 1..6 for user, cinema, booking,
 //! payment, notification and ticket, + 80 for the gateway and + 95 for notification
 //! metrics: below Linux's ephemeral range, clear of `scripts/up`'s 7001-7006, 8080 and 9105.
@@ -62,6 +65,7 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     let config_dir = options.config_dir.clone().unwrap_or_else(|| root.join("config"));
     let logs = options.logs.clone().unwrap_or_else(|| root.join(format!(".run/chaos-{tag}")));
     let default_out = match (&options.outage, options.short) {
+        _ if options.replicas => "bench/results/chaos-replicas.json".to_owned(),
         (Some(target), _) => format!("bench/results/chaos-outage-{target}.json"),
         (None, true) => "bench/results/chaos-short.json".to_owned(),
         (None, false) => "bench/results/chaos.json".to_owned(),
@@ -77,8 +81,8 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let env = environment(&settings, ports, &config_dir);
-    let specs = specs(&bin_dir, &env, ports, mongo.as_ref());
+    let env = environment(&settings, ports, &config_dir, options.replicas);
+    let specs = specs(&bin_dir, &env, ports, mongo.as_ref(), options.replicas);
     let outage = match options.outage.as_deref() {
         None => None,
         Some(name) => Some(specs.iter().map(|spec| spec.name).find(|n| *n == name).with_context(|| {
@@ -241,19 +245,31 @@ async fn drive(
         config,
         registering: Arc::new(tokio::sync::Semaphore::new(at_once)),
     };
-    let client =
-        Client::new(format!("http://127.0.0.1:{}/graphql", ports.gateway), target.config.request_timeout)?;
+    let gateway =
+        |port: u16| Client::new(format!("http://127.0.0.1:{port}/graphql"), target.config.request_timeout);
+    // With replicas, every other customer talks to the second gateway.
+    let clients = if options.replicas {
+        vec![gateway(ports.gateway)?, gateway(ports.gateway_2)?]
+    } else {
+        vec![gateway(ports.gateway)?]
+    };
     let stops = customer::Stops { load_over: Shutdown::new(), grace_over: Shutdown::new(), epoch };
     let started = Instant::now();
     let mut customers = tokio::task::JoinSet::new();
     for i in 0..options.customers {
-        customers.spawn(customer::run(i, client.clone(), target.clone(), stops.clone()));
+        let client = clients[i % clients.len()].clone();
+        customers.spawn(customer::run(i, client, target.clone(), stops.clone()));
     }
     let mut rng = Rng::seeded();
     let window = Duration::from_secs(options.seconds);
-    // Kills go round the mesh's services; a store of the run's own goes down only in an outage.
-    let services: Vec<&'static str> =
-        supervisor.names().into_iter().filter(|name| *name != PrivateMongo::NAME).collect();
+    // Kills go round the mesh's services (with replicas, one replica of each replicated
+    // one: the other carries the load meanwhile); a store of the run's own goes down
+    // only in an outage.
+    let services: Vec<&'static str> = if options.replicas {
+        setup::KILLED_REPLICAS.to_vec()
+    } else {
+        supervisor.names().into_iter().filter(|name| *name != PrivateMongo::NAME).collect()
+    };
     let actions = killer::plan(&services, options.kills, options.brokers, outage, &mut rng);
     let (plan_done, stop_killer) = (Shutdown::new(), Shutdown::new());
     // The last action lands at ~90% of the window, leaving load to run on after it.

@@ -34,19 +34,25 @@ pub struct Options {
     /// A process (by name) or `mongodb`, kept down for `outage_seconds` mid-load.
     pub outage: Option<String>,
     pub outage_seconds: u64,
+    /// A second replica of the gateway, booking, cinema and payment (the upstreams
+    /// balanced over both, customers split over both gateways); the kills then take
+    /// down one replica of each in turn (`setup::KILLED_REPLICAS`) while the other
+    /// carries the load.
+    pub replicas: bool,
 }
 
 impl Options {
     pub const USAGE: &str = "marquee-bench chaos [--short] [--customers N] [--seconds N] [--kills N] \
         [--no-brokers|--brokers] [--seat-pool N] [--registrations-at-once N] [--port-base N] [--settle-seconds N] \
-        [--outage PROCESS|mongodb] [--outage-seconds N] \
+        [--outage PROCESS|mongodb] [--outage-seconds N] [--replicas] \
         [--out FILE] [--logs DIR] [--bin-dir DIR] [--config-dir DIR] [--keep]";
 
     /// Full run: 32 customers, 60 s, 14 kills (each process twice). `--short`: 32
     /// customers, 20 s, 7 kills (each process once). Both restart each broker once unless `--no-brokers`.
     /// `--outage X`: X down for 30 s in the middle of 90 s of load, and (unless given)
     /// no kills and no broker restarts (`--brokers` adds them), so that the outage is the
-    /// only fault.
+    /// only fault. `--replicas`: as many kills as replicated processes (4) unless given,
+    /// one replica of each.
     pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
         let args: Vec<String> = args.collect();
         let short = args.iter().any(|a| a == "--short");
@@ -67,8 +73,12 @@ impl Options {
             settle_seconds: 120,
             outage: None,
             outage_seconds: 30,
+            replicas: false,
         };
         let given = |flag: &str| args.iter().any(|a| a == flag);
+        if given("--replicas") && !given("--kills") {
+            options.kills = super::setup::KILLED_REPLICAS.len();
+        }
         if given("--outage") {
             options.seconds = 90;
             options.kills = 0;
@@ -84,6 +94,7 @@ impl Options {
                 "--outage" => options.outage = Some(value("--outage")?),
                 "--outage-seconds" => options.outage_seconds = value("--outage-seconds")?.parse()?,
                 "--keep" => options.keep = true,
+                "--replicas" => options.replicas = true,
                 "--customers" => options.customers = value("--customers")?.parse()?,
                 "--seconds" => options.seconds = value("--seconds")?.parse()?,
                 "--kills" => options.kills = value("--kills")?.parse()?,
@@ -103,6 +114,10 @@ impl Options {
         anyhow::ensure!(options.customers >= 1, "--customers must be at least 1");
         anyhow::ensure!((2..=SEATS).contains(&options.seat_pool), "--seat-pool must be 2..={SEATS}");
         anyhow::ensure!(options.port_base <= 65_000, "--port-base must leave room for the block");
+        anyhow::ensure!(
+            !(options.replicas && options.outage.is_some()),
+            "--replicas and --outage are separate runs"
+        );
         Ok(options)
     }
 }

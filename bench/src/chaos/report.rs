@@ -177,6 +177,7 @@ impl Run<'_> {
                 "broker_restarts": self.options.brokers,
                 "outage": self.options.outage,
                 "outage_seconds": self.options.outage.as_ref().map(|_| self.options.outage_seconds),
+                "replicas": self.options.replicas,
                 "seat_pool": self.options.seat_pool,
                 "registrations_at_once": self.options.registrations_at_once,
                 "showtime": self.showtime,

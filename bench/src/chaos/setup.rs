@@ -25,6 +25,11 @@ pub struct Ports {
     pub metrics: u16,
     /// The run's own MongoDB-wire server, when MongoDB is what an outage takes down.
     pub mongo: u16,
+    /// The second replicas of a `--replicas` run.
+    pub cinema_2: u16,
+    pub booking_2: u16,
+    pub payment_2: u16,
+    pub gateway_2: u16,
 }
 
 impl Ports {
@@ -39,10 +44,14 @@ impl Ports {
             gateway: base + 80,
             metrics: base + 95,
             mongo: base + 17,
+            cinema_2: base + 12,
+            booking_2: base + 13,
+            payment_2: base + 14,
+            gateway_2: base + 81,
         }
     }
 
-    fn all(&self) -> [u16; 9] {
+    fn all(&self) -> [u16; 13] {
         [
             self.user,
             self.cinema,
@@ -53,6 +62,10 @@ impl Ports {
             self.gateway,
             self.metrics,
             self.mongo,
+            self.cinema_2,
+            self.booking_2,
+            self.payment_2,
+            self.gateway_2,
         ]
     }
 
@@ -114,9 +127,27 @@ const TUNING: [(&str, &str); 7] = [
     ("MARQUEE_GATEWAY__RATE_LIMIT__PER_USER", "1000000000"),
 ];
 
-/// The environment every process gets on top of the inherited one.
-pub fn environment(settings: &Settings, ports: Ports, config_dir: &Path) -> Vec<(String, String)> {
+/// The processes a `--replicas` run starts twice: (second replica's name, the first's).
+pub const REPLICATED: [(&str, &str); 4] =
+    [("cinema-2", "cinema"), ("booking-2", "booking"), ("payment-2", "payment"), ("gateway-2", "gateway")];
+
+/// What a `--replicas` run kills: one replica of each replicated process. For booking
+/// and payment the first, which starts first and so holds the outbox lease: the
+/// second must take the lease over. For cinema and the gateway the second.
+pub const KILLED_REPLICAS: [&str; 4] = ["cinema-2", "booking", "payment", "gateway-2"];
+
+/// The environment every process gets on top of the inherited one. With `replicas`,
+/// the upstream URLs of cinema, booking and payment list both replicas.
+pub fn environment(
+    settings: &Settings,
+    ports: Ports,
+    config_dir: &Path,
+    replicas: bool,
+) -> Vec<(String, String)> {
     let url = |port: u16| format!("http://127.0.0.1:{port}");
+    let urls = |first: u16, second: u16| {
+        if replicas { format!("{},{}", url(first), url(second)) } else { url(first) }
+    };
     let expires = settings.rabbitmq.queue_expires_ms.map(|ms| ms.to_string()).unwrap_or_default();
     let mut env: Vec<(String, String)> = [
         ("MARQUEE_ENV", CONFIG_ENV.to_owned()),
@@ -146,9 +177,9 @@ pub fn environment(settings: &Settings, ports: Ports, config_dir: &Path) -> Vec<
         ("MARQUEE_TICKET__PORT", ports.ticket.to_string()),
         ("MARQUEE_GATEWAY__PORT", ports.gateway.to_string()),
         ("MARQUEE_UPSTREAM__USER_URL", url(ports.user)),
-        ("MARQUEE_UPSTREAM__CINEMA_URL", url(ports.cinema)),
-        ("MARQUEE_UPSTREAM__BOOKING_URL", url(ports.booking)),
-        ("MARQUEE_UPSTREAM__PAYMENT_URL", url(ports.payment)),
+        ("MARQUEE_UPSTREAM__CINEMA_URL", urls(ports.cinema, ports.cinema_2)),
+        ("MARQUEE_UPSTREAM__BOOKING_URL", urls(ports.booking, ports.booking_2)),
+        ("MARQUEE_UPSTREAM__PAYMENT_URL", urls(ports.payment, ports.payment_2)),
         ("MARQUEE_UPSTREAM__NOTIFICATION_URL", url(ports.notification)),
         ("MARQUEE_UPSTREAM__TICKET_URL", url(ports.ticket)),
     ]
@@ -166,12 +197,14 @@ pub fn environment(settings: &Settings, ports: Ports, config_dir: &Path) -> Vec<
 /// The seven processes in start order: cinema migrates before booking needs it, the
 /// ticket service runs before the notification worker (which puts its codes in
 /// confirmations, waiting for them while it is down), and the gateway comes last; the
-/// run's own MongoDB-wire server before them all when there is one.
+/// run's own MongoDB-wire server before them all when there is one, and the second
+/// replicas (`REPLICATED`) after them when `replicas`.
 pub fn specs(
     bin_dir: &Path,
     env: &[(String, String)],
     ports: Ports,
     mongo: Option<&PrivateMongo>,
+    replicas: bool,
 ) -> Vec<Spec> {
     let grpc = |port: u16| Probe::Grpc(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     let mut specs: Vec<Spec> = [
@@ -192,6 +225,30 @@ pub fn specs(
         probe,
     })
     .collect();
+    if replicas {
+        for (name, of) in REPLICATED {
+            let (port, key, probe) = match of {
+                "cinema" => (ports.cinema_2, "MARQUEE_CINEMA__PORT", grpc(ports.cinema_2)),
+                "booking" => (ports.booking_2, "MARQUEE_BOOKING__PORT", grpc(ports.booking_2)),
+                "payment" => (ports.payment_2, "MARQUEE_PAYMENT__PORT", grpc(ports.payment_2)),
+                _ => (
+                    ports.gateway_2,
+                    "MARQUEE_GATEWAY__PORT",
+                    Probe::Http(format!("http://127.0.0.1:{}/healthz", ports.gateway_2)),
+                ),
+            };
+            // Set after the first replica's port, so it wins.
+            let mut env = env.to_vec();
+            env.push((key.to_owned(), port.to_string()));
+            specs.push(Spec {
+                name,
+                binary: bin_dir.join(format!("marquee-{of}")),
+                args: Vec::new(),
+                env,
+                probe,
+            });
+        }
+    }
     if let Some(mongo) = mongo {
         specs.insert(0, mongo.spec(ports.mongo));
     }
