@@ -22,7 +22,8 @@ pub struct Ports {
     pub notification: u16,
     pub ticket: u16,
     pub gateway: u16,
-    pub metrics: u16,
+    /// `/metrics` of user, cinema, booking, payment, notification and ticket.
+    pub metrics: [u16; 6],
     /// The run's own MongoDB-wire server, when MongoDB is what an outage takes down.
     pub mongo: u16,
 }
@@ -37,23 +38,14 @@ impl Ports {
             notification: base + 5,
             ticket: base + 6,
             gateway: base + 80,
-            metrics: base + 95,
+            metrics: [base + 91, base + 92, base + 93, base + 94, base + 95, base + 96],
             mongo: base + 17,
         }
     }
 
-    fn all(&self) -> [u16; 9] {
-        [
-            self.user,
-            self.cinema,
-            self.booking,
-            self.payment,
-            self.notification,
-            self.ticket,
-            self.gateway,
-            self.metrics,
-            self.mongo,
-        ]
+    fn all(&self) -> Vec<u16> {
+        let grpc = [self.user, self.cinema, self.booking, self.payment, self.notification, self.ticket];
+        grpc.into_iter().chain([self.gateway, self.mongo]).chain(self.metrics).collect()
     }
 
     /// Fails unless every port of the block is free now.
@@ -142,7 +134,12 @@ pub fn environment(settings: &Settings, ports: Ports, config_dir: &Path) -> Vec<
         ("MARQUEE_BOOKING__PORT", ports.booking.to_string()),
         ("MARQUEE_PAYMENT__PORT", ports.payment.to_string()),
         ("MARQUEE_NOTIFICATION__PORT", ports.notification.to_string()),
-        ("MARQUEE_NOTIFICATION__METRICS_PORT", ports.metrics.to_string()),
+        ("MARQUEE_USER__METRICS_PORT", ports.metrics[0].to_string()),
+        ("MARQUEE_CINEMA__METRICS_PORT", ports.metrics[1].to_string()),
+        ("MARQUEE_BOOKING__METRICS_PORT", ports.metrics[2].to_string()),
+        ("MARQUEE_PAYMENT__METRICS_PORT", ports.metrics[3].to_string()),
+        ("MARQUEE_NOTIFICATION__METRICS_PORT", ports.metrics[4].to_string()),
+        ("MARQUEE_TICKET__METRICS_PORT", ports.metrics[5].to_string()),
         ("MARQUEE_TICKET__PORT", ports.ticket.to_string()),
         ("MARQUEE_GATEWAY__PORT", ports.gateway.to_string()),
         ("MARQUEE_UPSTREAM__USER_URL", url(ports.user)),

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use marquee_kit::backoff::Backoff;
+use marquee_kit::metrics::{MetricsServer, Registry};
 use marquee_kit::readiness::{Probe, Readiness, Scope};
 use marquee_kit::shutdown::Shutdown;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
@@ -47,7 +48,7 @@ use crate::claims::EventClaims;
 use crate::consumer::{Consumer, ConsumerParts, EventSource, ReconcileSettings, Reconciler};
 use crate::directory::Directory;
 use crate::grpc::NotificationApi;
-use crate::metrics::{Metrics, MetricsServer};
+use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 use crate::settings::NotificationSettings;
 use crate::store::NotificationStore;
@@ -58,6 +59,7 @@ pub struct Application {
     api: NotificationApi,
     consumer: Consumer,
     reconciler: Option<Reconciler>,
+    registry: Registry,
     metrics: MetricsServer,
     grace: Duration,
     readiness: Readiness,
@@ -80,11 +82,12 @@ impl Application {
             &settings.upstream.ticket_url,
             &settings.grpc,
         )?);
-        let metrics = Metrics::new();
+        let registry = Registry::new()?;
+        let metrics = Metrics::new(&registry);
         let metrics_server = MetricsServer::bind(
             &settings.notification.server.host,
             settings.notification.metrics_port,
-            &metrics,
+            &registry,
         )
         .await?;
         let record: Arc<dyn Channel> = Arc::new(RecordingChannel::new(store.clone()));
@@ -116,6 +119,7 @@ impl Application {
             consumer,
             reconciler,
             readiness,
+            registry,
             metrics: metrics_server,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
         })
@@ -149,6 +153,7 @@ impl Application {
                 tonic::service::Routes::new(NotificationServiceServer::new(self.api)),
                 <NotificationServiceServer<NotificationApi> as tonic::server::NamedService>::NAME,
                 self.readiness,
+                &self.registry,
                 shutdown,
                 self.grace,
             )
