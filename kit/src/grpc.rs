@@ -1,5 +1,5 @@
-//! gRPC server scaffolding (health, reflection, tracing, graceful drain) and client
-//! channels.
+//! gRPC server scaffolding (health, reflection, tracing, metrics, graceful drain) and
+//! client channels.
 
 use std::net::SocketAddr;
 use std::task::{Context as TaskContext, Poll};
@@ -17,6 +17,7 @@ use tracing::Instrument as _;
 use tracing::instrument::Instrumented;
 
 use crate::config::ServerSettings;
+use crate::metrics::{GrpcMetricsLayer, Registry};
 use crate::readiness::Readiness;
 use crate::trace::{TRACEPARENT, TraceContext, TraceParent};
 
@@ -32,12 +33,14 @@ pub async fn bind(settings: &ServerSettings) -> anyhow::Result<(TcpListener, Soc
 /// Serves `routes` plus `grpc.health.v1` and server reflection, until `shutdown` is
 /// cancelled; then drains in-flight calls for at most `grace`. Health is SERVING
 /// while every probe of `readiness` answers (see `readiness`). Every call runs in a
-/// `grpc.request` span of the caller's trace (see `TraceLayer`).
+/// `grpc.request` span of the caller's trace (see `TraceLayer`) and is counted and
+/// timed on `metrics` (see `metrics::GrpcMetricsLayer`; health and reflection are not).
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     service_name: &'static str,
     readiness: Readiness,
+    metrics: &Registry,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> anyhow::Result<()> {
@@ -56,6 +59,7 @@ pub async fn serve(
     let signal = shutdown.clone();
     let server = Server::builder()
         .layer(TraceLayer { service: service_name })
+        .layer(GrpcMetricsLayer::new(metrics))
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection)

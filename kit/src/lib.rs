@@ -1,6 +1,8 @@
 //! The service kit every Marquee binary uses: layered configuration (the loading and
 //! the shared sections), tracing and trace context, shutdown, the gRPC server
-//! scaffolding (health + reflection + drain) and client channels balanced over replicas, readiness probes,
+//! scaffolding (health + reflection + drain) and client channels balanced over
+//! replicas, Prometheus metrics (a registry per service, gRPC server metrics,
+//! `/metrics`), readiness probes,
 //! the mapping of errors to `tonic::Status`, the backoff schedule, secrets and time
 //! conversions; and the `marquee-healthcheck` binary. It talks to nothing itself:
 //! stores, brokers and tokens live in `marquee-mongo`, `marquee-messaging` and
@@ -11,6 +13,7 @@ pub mod balance;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod readiness;
 pub mod secret;
 pub mod shutdown;

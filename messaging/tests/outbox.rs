@@ -1,12 +1,14 @@
 //! The MongoDB outbox against the real MongoDB-wire server: what the relay reads and
-//! how its bulk mark records the broker's confirms, and the log of published events
-//! read back through `EventLog`.
+//! how its bulk mark records the broker's confirms, the log of published events read
+//! back through `EventLog`, and the backlog `/metrics` shows.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use marquee_kit::Config;
 use marquee_kit::time::to_proto;
-use marquee_messaging::outbox::{EventLogApi, MAX_PAGE, MongoOutbox, OutboxEvent, OutboxStore};
+use marquee_messaging::outbox::{
+    Backlog, EventLogApi, MAX_PAGE, MongoOutbox, OutboxEvent, OutboxGauges, OutboxStore,
+};
 use marquee_mongo::MongoSettings;
 use marquee_proto::events::v1 as proto;
 use marquee_proto::events::v1::event_log_server::EventLog;
@@ -174,5 +176,61 @@ async fn a_malformed_log_request_is_refused_as_invalid_argument() {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{case}: {status:?}");
     }
     assert!(api.list_published(Request::new(valid)).await.unwrap().into_inner().events.is_empty());
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_backlog_counts_documents_with_unsent_events_and_dates_the_oldest_unsent_one() {
+    let db = isolated_database().await.unwrap();
+    let collection = db.collection::<Document>("bookings");
+    let outbox = MongoOutbox::new(&collection).await.unwrap();
+    let registry = marquee_kit::metrics::Registry::new().unwrap();
+    let gauges = OutboxGauges::new(&registry, "booking");
+    let empty = Backlog { documents: 0, oldest_unsent: None };
+    assert_eq!(outbox.backlog().await.unwrap(), empty);
+
+    // Stored to the millisecond.
+    let now = chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis()).unwrap();
+    let at = |seconds_ago: i64| OutboxEvent {
+        occurred_at: now - chrono::Duration::seconds(seconds_ago),
+        ..event("booking.held")
+    };
+    let (oldest, newer, other) = (at(120), at(10), at(30));
+    insert_with_events(&collection, "b1", &[oldest.clone(), newer]).await.unwrap();
+    insert_with_events(&collection, "b2", std::slice::from_ref(&other)).await.unwrap();
+    assert_eq!(
+        outbox.backlog().await.unwrap(),
+        Backlog { documents: 2, oldest_unsent: Some(oldest.occurred_at) }
+    );
+
+    // Once the oldest is sent, the oldest unsent one is another document's.
+    let pending = outbox.pending_events(100).await.unwrap();
+    let sent: Vec<_> =
+        pending.iter().filter(|p| p.event_id == oldest.event_id.to_string()).cloned().collect();
+    outbox.mark_sent(&sent).await.unwrap();
+    assert_eq!(
+        outbox.backlog().await.unwrap(),
+        Backlog { documents: 2, oldest_unsent: Some(other.occurred_at) }
+    );
+    gauges.refresh(&outbox).await.unwrap();
+    let text = registry.render();
+    let sample = |series: &str| marquee_kit::testing::sample(&text, series).unwrap();
+    assert_eq!(sample("outbox_unsent_documents{publisher=\"booking\"}"), 2.0, "{text}");
+    let age = sample("outbox_oldest_unsent_age_seconds{publisher=\"booking\"}");
+    assert!((30.0..60.0).contains(&age), "{text}");
+
+    outbox.mark_sent(&outbox.pending_events(100).await.unwrap()).await.unwrap();
+    assert_eq!(outbox.backlog().await.unwrap(), empty);
+    gauges.refresh(&outbox).await.unwrap();
+    let text = registry.render();
+    assert_eq!(
+        marquee_kit::testing::sample(&text, "outbox_unsent_documents{publisher=\"booking\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        marquee_kit::testing::sample(&text, "outbox_oldest_unsent_age_seconds{publisher=\"booking\"}"),
+        Some(0.0)
+    );
+
     db.drop().await.unwrap();
 }

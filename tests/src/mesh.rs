@@ -146,6 +146,7 @@ impl<'a> MeshBuilder<'a> {
         let mut mesh = Mesh {
             settings,
             services: Vec::new(),
+            metrics: Vec::new(),
             booking: None,
             http,
             shutdown: Shutdown::new(),
@@ -167,39 +168,40 @@ impl<'a> MeshBuilder<'a> {
             match service {
                 Service::User => {
                     let app = marquee_user::Application::build(settings.user()).await.with_context(cannot)?;
-                    mesh.serve(service, app.addr(), app.run_until_stopped(stop));
+                    mesh.serve(service, app.addr(), app.metrics_addr(), app.run_until_stopped(stop));
                 }
                 Service::Cinema => {
                     let app =
                         marquee_cinema::Application::build(settings.cinema()).await.with_context(cannot)?;
-                    mesh.serve(service, app.addr(), app.run_until_stopped(stop));
+                    mesh.serve(service, app.addr(), app.metrics_addr(), app.run_until_stopped(stop));
                 }
                 Service::Payment => {
                     let app =
                         marquee_payment::Application::build(settings.payment()).await.with_context(cannot)?;
-                    mesh.serve(service, app.addr(), app.run_until_stopped(stop));
+                    mesh.serve(service, app.addr(), app.metrics_addr(), app.run_until_stopped(stop));
                 }
                 Service::Booking => {
                     let app =
                         marquee_booking::Application::build(settings.booking()).await.with_context(cannot)?;
                     mesh.booking = Some((app.sweeper(), app.pay_waits()));
-                    mesh.serve(service, app.addr(), app.run_until_stopped(stop));
+                    mesh.serve(service, app.addr(), app.metrics_addr(), app.run_until_stopped(stop));
                 }
                 Service::Ticket => {
                     let app =
                         marquee_ticket::Application::build(settings.ticket()).await.with_context(cannot)?;
-                    mesh.serve(service, app.addr(), app.run_until_stopped(stop));
+                    mesh.serve(service, app.addr(), app.metrics_addr(), app.run_until_stopped(stop));
                 }
                 Service::Notification => {
                     let app = marquee_notification::Application::build(settings.notification())
                         .await
                         .with_context(cannot)?;
-                    mesh.serve(service, app.addr(), app.run_until_stopped(stop));
+                    mesh.serve(service, app.addr(), app.metrics_addr(), app.run_until_stopped(stop));
                 }
                 Service::Gateway => {
                     let app =
                         marquee_gateway::Application::build(settings.gateway()).await.with_context(cannot)?;
-                    mesh.serve(service, app.addr(), app.run_until_stopped(stop));
+                    // The gateway serves `/metrics` beside `/graphql`.
+                    mesh.serve(service, app.addr(), app.addr(), app.run_until_stopped(stop));
                 }
             }
         }
@@ -213,6 +215,8 @@ pub struct Mesh {
     /// What the services got, with the upstream URLs of the ones that run.
     pub settings: MeshSettings,
     services: Vec<(Service, SocketAddr)>,
+    /// Where each service serves `/metrics`.
+    metrics: Vec<(Service, SocketAddr)>,
     booking: Option<(Sweeper, PayWaits)>,
     http: reqwest::Client,
     shutdown: Shutdown,
@@ -241,12 +245,14 @@ impl Mesh {
         &mut self,
         service: Service,
         addr: SocketAddr,
+        metrics: SocketAddr,
         serving: impl Future<Output = anyhow::Result<()>> + Send + 'static,
     ) {
         if let Some(url) = service.upstream_url(&mut self.settings) {
             *url = format!("http://{addr}");
         }
         self.services.push((service, addr));
+        self.metrics.push((service, metrics));
         self.tasks.spawn(async move {
             if let Err(error) = serving.await {
                 eprintln!("{service} stopped with an error: {error:#}");
@@ -263,6 +269,17 @@ impl Mesh {
     pub fn url(&self, service: Service) -> anyhow::Result<String> {
         let addr = self.addr(service).with_context(|| format!("this mesh runs no {service}"))?;
         Ok(format!("http://{addr}"))
+    }
+
+    /// Where `service` serves `GET /metrics`, if this mesh runs it.
+    pub fn metrics_addr(&self, service: Service) -> Option<SocketAddr> {
+        self.metrics.iter().find(|(s, _)| *s == service).map(|(_, addr)| *addr)
+    }
+
+    /// `service`'s metrics, as Prometheus text (`marquee_kit::testing::sample` reads them).
+    pub async fn scrape(&self, service: Service) -> anyhow::Result<String> {
+        let addr = self.metrics_addr(service).with_context(|| format!("this mesh runs no {service}"))?;
+        marquee_kit::testing::scrape(addr).await
     }
 
     pub fn graphql_url(&self) -> anyhow::Result<String> {

@@ -11,8 +11,9 @@
 //! and kills one replica of each instead (`setup::KILLED_REPLICAS`).
 //!
 //! Ports: the block `--port-base` (default 7100) + 1..6 for user, cinema, booking,
-//! payment, notification and ticket, + 80 for the gateway and + 95 for notification
-//! metrics: below Linux's ephemeral range, clear of `scripts/up`'s 7001-7006, 8080 and 9105.
+//! payment, notification and ticket, + 80 for the gateway and + 91..96 for their
+//! `/metrics`: below Linux's ephemeral range, clear of `scripts/up`'s 7001-7006, 8080
+//! and 9101-9106.
 //! Stores: PostgreSQL database `marquee_chaos_<tag>`, MongoDB databases
 //! `mqchaos_<tag>_<service>`, Redis keys `mqchaos:<tag>:`, RabbitMQ exchange
 //! `marquee.events.chaos.<tag>` and queues `marquee.notifications.chaos.<tag>` (with its

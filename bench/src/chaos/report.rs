@@ -184,7 +184,7 @@ impl Run<'_> {
                 "ports": {
                     "user": self.ports.user, "cinema": self.ports.cinema, "booking": self.ports.booking,
                     "payment": self.ports.payment, "notification": self.ports.notification,
-                    "gateway": self.ports.gateway, "notification_metrics": self.ports.metrics,
+                    "gateway": self.ports.gateway, "metrics": self.ports.metrics,
                 },
                 "stores": {
                     "postgres_database": s.postgres.url.expose().rsplit('/').next(),

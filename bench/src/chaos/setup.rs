@@ -22,7 +22,8 @@ pub struct Ports {
     pub notification: u16,
     pub ticket: u16,
     pub gateway: u16,
-    pub metrics: u16,
+    /// `/metrics` of user, cinema, booking, payment, notification and ticket.
+    pub metrics: [u16; 6],
     /// The run's own MongoDB-wire server, when MongoDB is what an outage takes down.
     pub mongo: u16,
     /// The second replicas of a `--replicas` run.
@@ -30,6 +31,8 @@ pub struct Ports {
     pub booking_2: u16,
     pub payment_2: u16,
     pub gateway_2: u16,
+    /// `/metrics` of the second cinema, booking and payment.
+    pub metrics_2: [u16; 3],
 }
 
 impl Ports {
@@ -42,31 +45,25 @@ impl Ports {
             notification: base + 5,
             ticket: base + 6,
             gateway: base + 80,
-            metrics: base + 95,
+            metrics: [base + 91, base + 92, base + 93, base + 94, base + 95, base + 96],
             mongo: base + 17,
             cinema_2: base + 12,
             booking_2: base + 13,
             payment_2: base + 14,
             gateway_2: base + 81,
+            metrics_2: [base + 82, base + 83, base + 84],
         }
     }
 
-    fn all(&self) -> [u16; 13] {
-        [
-            self.user,
-            self.cinema,
-            self.booking,
-            self.payment,
-            self.notification,
-            self.ticket,
-            self.gateway,
-            self.metrics,
-            self.mongo,
-            self.cinema_2,
-            self.booking_2,
-            self.payment_2,
-            self.gateway_2,
-        ]
+    fn all(&self) -> Vec<u16> {
+        let grpc = [self.user, self.cinema, self.booking, self.payment, self.notification, self.ticket];
+        let second = [self.cinema_2, self.booking_2, self.payment_2, self.gateway_2];
+        grpc.into_iter()
+            .chain([self.gateway, self.mongo])
+            .chain(self.metrics)
+            .chain(second)
+            .chain(self.metrics_2)
+            .collect()
     }
 
     /// Fails unless every port of the block is free now.
@@ -173,7 +170,12 @@ pub fn environment(
         ("MARQUEE_BOOKING__PORT", ports.booking.to_string()),
         ("MARQUEE_PAYMENT__PORT", ports.payment.to_string()),
         ("MARQUEE_NOTIFICATION__PORT", ports.notification.to_string()),
-        ("MARQUEE_NOTIFICATION__METRICS_PORT", ports.metrics.to_string()),
+        ("MARQUEE_USER__METRICS_PORT", ports.metrics[0].to_string()),
+        ("MARQUEE_CINEMA__METRICS_PORT", ports.metrics[1].to_string()),
+        ("MARQUEE_BOOKING__METRICS_PORT", ports.metrics[2].to_string()),
+        ("MARQUEE_PAYMENT__METRICS_PORT", ports.metrics[3].to_string()),
+        ("MARQUEE_NOTIFICATION__METRICS_PORT", ports.metrics[4].to_string()),
+        ("MARQUEE_TICKET__METRICS_PORT", ports.metrics[5].to_string()),
         ("MARQUEE_TICKET__PORT", ports.ticket.to_string()),
         ("MARQUEE_GATEWAY__PORT", ports.gateway.to_string()),
         ("MARQUEE_UPSTREAM__USER_URL", url(ports.user)),
@@ -227,19 +229,24 @@ pub fn specs(
     .collect();
     if replicas {
         for (name, of) in REPLICATED {
-            let (port, key, probe) = match of {
-                "cinema" => (ports.cinema_2, "MARQUEE_CINEMA__PORT", grpc(ports.cinema_2)),
-                "booking" => (ports.booking_2, "MARQUEE_BOOKING__PORT", grpc(ports.booking_2)),
-                "payment" => (ports.payment_2, "MARQUEE_PAYMENT__PORT", grpc(ports.payment_2)),
+            let upper = of.to_uppercase();
+            let (port, metrics, probe) = match of {
+                "cinema" => (ports.cinema_2, Some(ports.metrics_2[0]), grpc(ports.cinema_2)),
+                "booking" => (ports.booking_2, Some(ports.metrics_2[1]), grpc(ports.booking_2)),
+                "payment" => (ports.payment_2, Some(ports.metrics_2[2]), grpc(ports.payment_2)),
+                // The gateway serves /metrics on its HTTP port.
                 _ => (
                     ports.gateway_2,
-                    "MARQUEE_GATEWAY__PORT",
+                    None,
                     Probe::Http(format!("http://127.0.0.1:{}/healthz", ports.gateway_2)),
                 ),
             };
-            // Set after the first replica's port, so it wins.
+            // Set after the first replica's ports, so they win.
             let mut env = env.to_vec();
-            env.push((key.to_owned(), port.to_string()));
+            env.push((format!("MARQUEE_{upper}__PORT"), port.to_string()));
+            if let Some(metrics) = metrics {
+                env.push((format!("MARQUEE_{upper}__METRICS_PORT"), metrics.to_string()));
+            }
             specs.push(Spec {
                 name,
                 binary: bin_dir.join(format!("marquee-{of}")),

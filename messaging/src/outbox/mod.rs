@@ -8,11 +8,14 @@
 //! Delivery is at least once (a crash between ack and mark republishes); consumers
 //! deduplicate by `event_id`. What the broker confirmed is also logged for a week
 //! (`log.rs`), for consumers that reconcile against it. With several replicas only
-//! the one holding the outbox's lease relays (`lease.rs`).
+//! the one holding the outbox's lease relays (`lease.rs`). What waits to be sent is
+//! exposed on `/metrics` (`gauges.rs`).
 
+mod gauges;
 mod lease;
 mod log;
 
+pub use self::gauges::OutboxGauges;
 pub use self::log::{EventLogApi, MAX_PAGE, Position, PublishedEvent, PublishedLog};
 
 use std::future::Future;
@@ -42,6 +45,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often the published events log is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Documents with unsent events read to find the oldest one (`MongoOutbox::backlog`).
+const BACKLOG_SCAN: i64 = 500;
 
 /// An encoded event, fixed (id and bytes) when the state change that causes it is
 /// written.
@@ -122,6 +127,29 @@ struct OutboxEntryDoc {
     data: bson::Binary,
 }
 
+/// A document with unsent events, as the backlog reads it.
+#[derive(Debug, Deserialize)]
+struct UnsentDoc {
+    outbox: Vec<UnsentEntryDoc>,
+    pending_events: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UnsentEntryDoc {
+    event_id: String,
+    occurred_at: bson::DateTime,
+}
+
+/// What waits in an outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Documents with at least one unsent event.
+    pub documents: u64,
+    /// When the oldest unsent event occurred, among the first `BACKLOG_SCAN` of those
+    /// documents in the index's order (a longer backlog is read in part).
+    pub oldest_unsent: Option<DateTime<Utc>>,
+}
+
 impl MongoOutbox {
     /// Wraps `collection` and creates the index the relay's query needs.
     pub async fn new<T: Send + Sync>(collection: &Collection<T>) -> anyhow::Result<Self> {
@@ -140,6 +168,39 @@ impl MongoOutbox {
     /// The log of what this outbox published.
     pub fn log(&self) -> PublishedLog {
         self.log.clone()
+    }
+
+    /// What waits to be relayed: a count on the `unsent_events` index, then the
+    /// unsent events' times of a bounded number of those documents.
+    pub async fn backlog(&self) -> anyhow::Result<Backlog> {
+        // `$gte: 1` for the reason given in `pending_events`.
+        let unsent = doc! { "unsent_events": { "$gte": 1 } };
+        let documents = self
+            .collection
+            .count_documents(unsent.clone())
+            .await
+            .context("cannot count the outbox backlog")?;
+        if documents == 0 {
+            return Ok(Backlog { documents, oldest_unsent: None });
+        }
+        let docs: Vec<UnsentDoc> = self
+            .collection
+            .clone_with_type::<UnsentDoc>()
+            .find(unsent)
+            .projection(doc! { "outbox.event_id": 1, "outbox.occurred_at": 1, "pending_events": 1 })
+            .limit(BACKLOG_SCAN)
+            .await
+            .context("cannot query the outbox backlog")?
+            .try_collect()
+            .await
+            .context("cannot read the outbox backlog")?;
+        let oldest = docs
+            .iter()
+            .flat_map(|doc| doc.outbox.iter().filter(|entry| doc.pending_events.contains(&entry.event_id)))
+            .map(|entry| entry.occurred_at.timestamp_millis())
+            .min()
+            .and_then(DateTime::from_timestamp_millis);
+        Ok(Backlog { documents, oldest_unsent: oldest })
     }
 }
 

@@ -2,13 +2,15 @@
 //! over gRPC (user validates the customer, cinema holds, confirms and frees seats,
 //! payment charges and refunds), with every state change's events relayed from an
 //! outbox to RabbitMQ (and served back as a log, `EventLog`). A background sweep
-//! expires overdue holds and resumes sagas whose process died mid-step.
+//! expires overdue holds and resumes sagas whose process died mid-step. `/metrics`
+//! shows the gRPC calls, the outbox backlog and the sagas by status (`metrics`).
 
 mod domain;
 mod drivers;
 mod error;
 mod events;
 mod grpc;
+mod metrics;
 mod saga;
 pub mod settings;
 mod store;
@@ -21,9 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use marquee_kit::metrics::{MetricsServer, Registry};
 use marquee_kit::readiness::{Readiness, Scope};
 use marquee_kit::shutdown::Shutdown;
-use marquee_messaging::outbox::{EventLogApi, MongoOutbox, OutboxRelay};
+use marquee_messaging::outbox::{EventLogApi, MongoOutbox, OutboxGauges, OutboxRelay};
 use marquee_proto::booking::v1::booking_service_server::BookingServiceServer;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::events::v1::event_log_server::EventLogServer;
@@ -34,6 +37,7 @@ use tokio::sync::Notify;
 use crate::domain::RefundPolicy;
 use crate::drivers::Drivers;
 use crate::grpc::BookingApi;
+use crate::metrics::SagaGauges;
 pub use crate::saga::SweepReport;
 use crate::saga::{Checkpoint, Retry, Saga, SagaSettings};
 use crate::store::BookingStore;
@@ -48,6 +52,8 @@ pub struct Application {
     drivers: Drivers,
     grace: Duration,
     readiness: Readiness,
+    registry: Registry,
+    metrics: MetricsServer,
 }
 
 /// Expires overdue holds and resumes stalled sagas; `run` does it at startup and
@@ -159,6 +165,8 @@ impl Application {
         );
         let outbox = store.outbox().await?;
         let events = EventLogApi::new(outbox.log());
+        let registry = Registry::new()?;
+        let metrics = metrics_server(&settings, &registry, &store, &outbox).await?;
         let relay = OutboxRelay::new(
             outbox,
             &settings.rabbitmq,
@@ -181,11 +189,18 @@ impl Application {
             relay,
             events,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
+            registry,
+            metrics,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `GET /metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.addr()
     }
 
     pub fn sweeper(&self) -> Sweeper {
@@ -204,12 +219,14 @@ impl Application {
         let relay_stop = shutdown.child_token();
         let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
         let sweeper = tokio::spawn(self.sweeper.run(relay_stop.clone()));
+        let metrics = self.metrics.spawn(&shutdown);
         let served = marquee_kit::grpc::serve(
             self.listener,
             tonic::service::Routes::new(BookingServiceServer::new(self.api))
                 .add_service(EventLogServer::new(self.events)),
             <BookingServiceServer<BookingApi> as tonic::server::NamedService>::NAME,
             self.readiness,
+            &self.registry,
             shutdown,
             self.grace,
         )
@@ -217,6 +234,28 @@ impl Application {
         relay_stop.cancel();
         relay.await.context("outbox relay panicked")?;
         sweeper.await.context("booking sweeper panicked")?;
-        served
+        served.and(metrics.stop().await)
     }
+}
+
+/// `/metrics` with the outbox's and the sagas' gauges, read at each scrape.
+async fn metrics_server(
+    settings: &Settings,
+    registry: &Registry,
+    store: &BookingStore,
+    outbox: &MongoOutbox,
+) -> anyhow::Result<MetricsServer> {
+    let config = &settings.booking;
+    let (sagas, store) = (SagaGauges::new(registry), store.clone());
+    let (backlog, outbox) = (OutboxGauges::new(registry, "booking"), outbox.clone());
+    Ok(MetricsServer::bind(&config.server.host, config.metrics_port, registry)
+        .await?
+        .collecting(move || {
+            let (sagas, store) = (sagas.clone(), store.clone());
+            async move { sagas.refresh(&store).await }
+        })
+        .collecting(move || {
+            let (backlog, outbox) = (backlog.clone(), outbox.clone());
+            async move { backlog.refresh(&outbox).await }
+        }))
 }

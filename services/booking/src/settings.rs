@@ -33,6 +33,8 @@ impl Config for Settings {
 pub struct BookingSettings {
     #[serde(flatten)]
     pub server: ServerSettings,
+    /// Where Prometheus scrapes `/metrics` (on `host`); 0 picks a free port (tests).
+    pub metrics_port: u16,
     pub hold_ttl_seconds: i32,
     pub outbox_poll_ms: u64,
     pub outbox_lease_ms: u64,

@@ -23,6 +23,8 @@ impl Config for Settings {
 pub struct CinemaSettings {
     #[serde(flatten)]
     pub server: ServerSettings,
+    /// Where Prometheus scrapes `/metrics` (on `host`); 0 picks a free port (tests).
+    pub metrics_port: u16,
     pub max_seats_per_hold: usize,
     pub seed_demo: bool,
     /// Holds are refused for showtimes starting within this many seconds.

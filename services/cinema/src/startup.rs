@@ -1,9 +1,11 @@
-//! Wiring: PostgreSQL pool, migrations, optional demo seed, and the gRPC server.
+//! Wiring: PostgreSQL pool, migrations, optional demo seed, the gRPC server and
+//! `/metrics` (with the seats held now).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use marquee_kit::metrics::{MetricsServer, Registry};
 use marquee_kit::readiness::{Probe, Readiness, Scope};
 use marquee_kit::shutdown::Shutdown;
 use marquee_proto::cinema::v1::cinema_service_server::CinemaServiceServer;
@@ -35,6 +37,8 @@ pub struct Application {
     board: SeatBoard,
     sweep_interval: Option<Duration>,
     readiness: Readiness,
+    registry: Registry,
+    metrics: MetricsServer,
 }
 
 impl Application {
@@ -74,6 +78,8 @@ impl Application {
         }
         let (seat_changes, seat_listener) = changes::listen(&pool).await?;
         let (listener, addr) = marquee_kit::grpc::bind(&settings.cinema.server).await?;
+        let registry = Registry::new()?;
+        let metrics = metrics_server(&settings, &registry, Store::new(pool.clone())).await?;
         let sweep_ms = settings.cinema.hold_sweep_interval_ms;
         let board = SeatBoard::new(pool.clone(), settings.cinema.seat_board);
         let ping = pool.clone();
@@ -95,11 +101,18 @@ impl Application {
             changes: seat_changes,
             board,
             sweep_interval: (sweep_ms > 0).then(|| Duration::from_millis(sweep_ms)),
+            registry,
+            metrics,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `GET /metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.addr()
     }
 
     /// Serves until `shutdown` is cancelled, then drains in-flight calls. Meanwhile
@@ -117,11 +130,13 @@ impl Application {
         let sweeper = self
             .sweep_interval
             .map(|interval| tokio::spawn(changes::sweep(self.pool.clone(), interval, background.clone())));
+        let metrics = self.metrics.spawn(&shutdown);
         let served = marquee_kit::grpc::serve(
             self.listener,
             tonic::service::Routes::new(CinemaServiceServer::new(self.api.stopping_with(background.clone()))),
             <CinemaServiceServer<CinemaApi> as tonic::server::NamedService>::NAME,
             self.readiness,
+            &self.registry,
             shutdown,
             self.grace,
         )
@@ -131,6 +146,25 @@ impl Application {
         if let Some(sweeper) = sweeper {
             sweeper.await.context("the hold sweeper panicked")??;
         }
-        served
+        served.and(metrics.stop().await)
     }
+}
+
+/// `/metrics` with `cinema_holds_active`, counted at each scrape.
+async fn metrics_server(
+    settings: &Settings,
+    registry: &Registry,
+    store: Store,
+) -> anyhow::Result<MetricsServer> {
+    let holds =
+        registry.gauge("cinema_holds_active", "Seats held now (unexpired holds), over every showtime", &[]);
+    let server =
+        MetricsServer::bind(&settings.cinema.server.host, settings.cinema.metrics_port, registry).await?;
+    Ok(server.collecting(move || {
+        let (holds, store) = (holds.clone(), store.clone());
+        async move {
+            holds.set(store.active_holds().await? as f64);
+            Ok(())
+        }
+    }))
 }

@@ -25,6 +25,8 @@ struct TestApp {
     url: String,
     client: CinemaServiceClient<Channel>,
     db: PgPool,
+    /// Where the service serves `GET /metrics`.
+    metrics: std::net::SocketAddr,
     shutdown: Shutdown,
 }
 
@@ -44,12 +46,12 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.cinema.seed_demo = true;
     configure(&mut settings);
     let app = Application::build(settings.clone()).await.unwrap();
-    let url = format!("http://{}", app.addr());
+    let (url, metrics) = (format!("http://{}", app.addr()), app.metrics_addr());
     let shutdown = Shutdown::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let client = CinemaServiceClient::connect(url.clone()).await.unwrap();
     let db = PgPool::connect(settings.postgres.url.expose()).await.unwrap();
-    TestApp { settings, url, client, db, shutdown }
+    TestApp { settings, url, client, db, metrics, shutdown }
 }
 
 impl TestApp {
@@ -832,6 +834,37 @@ impl TestApp {
         .await
         .unwrap()
     }
+}
+
+#[tokio::test]
+async fn metrics_count_calls_and_the_seats_held_now() {
+    let app = spawn_app().await;
+    let showtime = app.showtime().await;
+    let (kept, lapsed) = (new_booking(), new_booking());
+    app.lock(&showtime.id, &kept, &["A1", "A2", "A3"]).await.unwrap();
+    app.lock(&showtime.id, &lapsed, &["B1", "B2"]).await.unwrap();
+    // A lapsed hold no longer holds its seats, swept or not.
+    sqlx::query(
+        "UPDATE showtime_seats SET hold_expires_at = now() - interval '1 second' WHERE booking_id = $1::uuid",
+    )
+    .bind(&lapsed)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let missing = Uuid::new_v4().to_string();
+    let err = app.client.clone().get_movie(pb::GetMovieRequest { id: missing }).await.unwrap_err();
+    assert_eq!(code(err), ErrorCode::NotFound);
+
+    let text = marquee_kit::testing::scrape(app.metrics).await.unwrap();
+    let calls = |rpc: &str, code: &str| {
+        let series = format!(
+            "grpc_server_requests_total{{service=\"marquee.cinema.v1.CinemaService\",rpc=\"{rpc}\",code=\"{code}\"}}"
+        );
+        marquee_kit::testing::sample(&text, &series)
+    };
+    assert_eq!(calls("LockSeats", "OK"), Some(2.0), "{text}");
+    assert_eq!(calls("GetMovie", "NOT_FOUND"), Some(1.0), "{text}");
+    assert_eq!(marquee_kit::testing::sample(&text, "cinema_holds_active"), Some(3.0), "{text}");
 }
 
 #[tokio::test]

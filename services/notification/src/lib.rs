@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use marquee_kit::backoff::Backoff;
+use marquee_kit::metrics::{MetricsServer, Registry};
 use marquee_kit::readiness::{Probe, Readiness, Scope};
 use marquee_kit::shutdown::Shutdown;
 use marquee_proto::booking::v1::booking_service_server;
@@ -52,7 +53,7 @@ use crate::claims::EventClaims;
 use crate::consumer::{Consumer, ConsumerParts, EventSource, ReconcileSettings, Reconciler};
 use crate::directory::Directory;
 use crate::grpc::NotificationApi;
-use crate::metrics::{Metrics, MetricsServer};
+use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 use crate::settings::NotificationSettings;
 use crate::store::NotificationStore;
@@ -63,6 +64,7 @@ pub struct Application {
     api: NotificationApi,
     consumer: Consumer,
     reconciler: Option<Reconciler>,
+    registry: Registry,
     metrics: MetricsServer,
     grace: Duration,
     readiness: Readiness,
@@ -82,11 +84,12 @@ impl Application {
             CinemaServiceClient::new(channel(&upstream.cinema_url, cinema_service_server::SERVICE_NAME)?);
         let tickets =
             TicketServiceClient::new(channel(&upstream.ticket_url, ticket_service_server::SERVICE_NAME)?);
-        let metrics = Metrics::new();
+        let registry = Registry::new()?;
+        let metrics = Metrics::new(&registry);
         let metrics_server = MetricsServer::bind(
             &settings.notification.server.host,
             settings.notification.metrics_port,
-            &metrics,
+            &registry,
         )
         .await?;
         let record: Arc<dyn Channel> = Arc::new(RecordingChannel::new(store.clone()));
@@ -118,6 +121,7 @@ impl Application {
             consumer,
             reconciler,
             readiness,
+            registry,
             metrics: metrics_server,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
         })
@@ -151,6 +155,7 @@ impl Application {
                 tonic::service::Routes::new(NotificationServiceServer::new(self.api)),
                 <NotificationServiceServer<NotificationApi> as tonic::server::NamedService>::NAME,
                 self.readiness,
+                &self.registry,
                 shutdown,
                 self.grace,
             )

@@ -1,15 +1,9 @@
-//! The worker's Prometheus metrics, kept on a recorder of its own rather than the
-//! process-global one (several services share a process in tests and the dev
-//! launcher), and served at `GET /metrics`.
+//! The worker's Prometheus metrics, on the service's own registry (served at
+//! `GET /metrics` by `marquee_kit::metrics::MetricsServer`, beside the gRPC metrics).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
-use marquee_kit::shutdown::Shutdown;
-use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
+use marquee_kit::metrics::{Counter, Gauge, Histogram, Registry, Unit};
 
 const CONSUMED: &str = "notification_events_consumed_total";
 const SENT: &str = "notification_messages_sent_total";
@@ -59,35 +53,15 @@ pub struct Metrics {
     pub reconcile_failures: Counter,
     /// From receiving a delivery to settling it.
     pub latency: Histogram,
-    handle: PrometheusHandle,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let meta = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
-        let counter = |name: &'static str, help: &'static str| {
-            recorder.describe_counter(name.into(), None, help.into());
-            recorder.register_counter(&Key::from_static_name(name), &meta)
-        };
-        let gauge = |name: &'static str, help: &'static str| {
-            recorder.describe_gauge(name.into(), None, help.into());
-            recorder.register_gauge(&Key::from_static_name(name), &meta)
-        };
+    pub fn new(registry: &Registry) -> Self {
+        let counter = |name: &'static str, help: &'static str| registry.counter(name, help, &[]);
+        let gauge = |name: &'static str, help: &'static str| registry.gauge(name, help, &[]);
         let dead_lettered = |reason: &'static str| {
-            let key = Key::from_parts(DEAD_LETTERED, vec![Label::from_static_parts("reason", reason)]);
-            recorder.register_counter(&key, &meta)
+            registry.counter(DEAD_LETTERED, "Messages sent to the dead-letter queue", &[("reason", reason)])
         };
-        recorder.describe_counter(
-            DEAD_LETTERED.into(),
-            None,
-            "Messages sent to the dead-letter queue".into(),
-        );
-        recorder.describe_histogram(
-            LATENCY.into(),
-            Some(metrics::Unit::Seconds),
-            "Time from receiving a delivery to settling it".into(),
-        );
         Self {
             consumed: counter(CONSUMED, "Deliveries received from the queue"),
             sent: counter(SENT, "Messages delivered through a channel"),
@@ -112,8 +86,11 @@ impl Metrics {
                 "Published events no delivery had handled, handled by the reconciler",
             ),
             reconcile_failures: counter(RECONCILE_FAILURES, "Reconciliation rounds that stopped early"),
-            latency: recorder.register_histogram(&Key::from_static_name(LATENCY), &meta),
-            handle: recorder.handle(),
+            latency: registry.histogram(
+                LATENCY,
+                Some(Unit::Seconds),
+                "Time from receiving a delivery to settling it",
+            ),
         }
     }
 
@@ -127,45 +104,5 @@ impl Metrics {
 
     pub fn observe(&self, elapsed: Duration) {
         self.latency.record(elapsed.as_secs_f64());
-    }
-}
-
-/// The bound `/metrics` listener.
-pub struct MetricsServer {
-    listener: TcpListener,
-    addr: SocketAddr,
-    handle: PrometheusHandle,
-}
-
-impl MetricsServer {
-    pub async fn bind(host: &str, port: u16, metrics: &Metrics) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind((host, port))
-            .await
-            .with_context(|| format!("cannot bind the metrics port {host}:{port}"))?;
-        let addr = listener.local_addr().context("the metrics listener has no address")?;
-        Ok(Self { listener, addr, handle: metrics.handle.clone() })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub async fn serve(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let handle = self.handle;
-        let router = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let handle = handle.clone();
-                async move {
-                    // Keeps summaries bounded even when scrapes are rare.
-                    handle.run_upkeep();
-                    handle.render()
-                }
-            }),
-        );
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .context("the metrics server failed")
     }
 }

@@ -1189,6 +1189,28 @@ async fn listing_validates_the_user_and_caps_the_page() {
 }
 
 #[tokio::test]
+async fn metrics_count_grpc_calls_by_grpc_status() {
+    let app = spawn_app().await;
+    let (frank, _) = app.register("frank").await;
+    assert!(app.notifications_of(&frank).await.is_empty());
+    let invalid = app
+        .notifications
+        .clone()
+        .list_notifications(ListNotificationsRequest { user_id: "nobody".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+
+    let calls = |code: &str| {
+        format!(
+            "grpc_server_requests_total{{service=\"marquee.notification.v1.NotificationService\",rpc=\"ListNotifications\",code=\"{code}\"}}"
+        )
+    };
+    assert_eq!(app.metric(&calls("OK")).await, 1.0);
+    assert_eq!(app.metric(&calls("INVALID_ARGUMENT")).await, 1.0);
+}
+
+#[tokio::test]
 async fn pages_cover_every_notification_exactly_once_newest_first() {
     let app = spawn_app().await;
     let (erin, _) = app.register("erin").await;

@@ -48,6 +48,8 @@ impl Config for Settings {
 pub struct PaymentSettings {
     #[serde(flatten)]
     pub server: ServerSettings,
+    /// Where Prometheus scrapes `/metrics` (on `host`); 0 picks a free port (tests).
+    pub metrics_port: u16,
     /// How long the `pm_card_slow` test card takes to answer.
     pub slow_card_delay_ms: u64,
     /// How long a charge that finds its key in flight waits for the result before

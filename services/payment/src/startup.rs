@@ -1,14 +1,16 @@
-//! Wiring: connect MongoDB, ensure indexes, bind the gRPC port, serve (payments and
-//! the log of published events) and relay the outbox until shutdown.
+//! Wiring: connect MongoDB, ensure indexes, bind the gRPC and metrics ports, serve
+//! (payments and the log of published events, `/metrics` with the outbox backlog) and
+//! relay the outbox until shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use marquee_kit::metrics::{MetricsServer, Registry};
 use marquee_kit::readiness::{Readiness, Scope};
 use marquee_kit::shutdown::Shutdown;
-use marquee_messaging::outbox::{EventLogApi, MongoOutbox, OutboxRelay};
+use marquee_messaging::outbox::{EventLogApi, MongoOutbox, OutboxGauges, OutboxRelay};
 use marquee_proto::events::v1::event_log_server::EventLogServer;
 use marquee_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use tokio::net::TcpListener;
@@ -30,6 +32,8 @@ pub struct Application {
     events: EventLogApi,
     grace: Duration,
     readiness: Readiness,
+    registry: Registry,
+    metrics: MetricsServer,
 }
 
 impl Application {
@@ -45,6 +49,15 @@ impl Application {
         let outbox_written = Arc::new(Notify::new());
         let outbox = store.outbox().await?;
         let events = EventLogApi::new(outbox.log());
+        let registry = Registry::new()?;
+        let gauges = OutboxGauges::new(&registry, "payment");
+        let backlog = outbox.clone();
+        let metrics = MetricsServer::bind(&config.server.host, config.metrics_port, &registry)
+            .await?
+            .collecting(move || {
+                let (gauges, outbox) = (gauges.clone(), backlog.clone());
+                async move { gauges.refresh(&outbox).await }
+            });
         let relay = OutboxRelay::new(
             outbox,
             &settings.rabbitmq,
@@ -69,6 +82,8 @@ impl Application {
             relay,
             events,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
+            registry,
+            metrics,
         })
     }
 
@@ -76,23 +91,30 @@ impl Application {
         self.addr
     }
 
+    /// Where `GET /metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.addr()
+    }
+
     /// Serves gRPC and runs the outbox relay until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         // The relay also stops if the server fails on its own.
         let relay_stop = shutdown.child_token();
         let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
+        let metrics = self.metrics.spawn(&shutdown);
         let served = marquee_kit::grpc::serve(
             self.listener,
             Routes::new(PaymentServiceServer::new(self.service))
                 .add_service(EventLogServer::new(self.events)),
             <PaymentServiceServer<PaymentServiceImpl> as NamedService>::NAME,
             self.readiness,
+            &self.registry,
             shutdown,
             self.grace,
         )
         .await;
         relay_stop.cancel();
         relay.await.context("outbox relay panicked")?;
-        served
+        served.and(metrics.stop().await)
     }
 }

@@ -28,6 +28,8 @@ struct TestApp {
     settings: Settings,
     client: PaymentServiceClient<Channel>,
     payments: mongodb::Collection<Document>,
+    /// Where the service serves `GET /metrics`.
+    metrics: std::net::SocketAddr,
     shutdown: Shutdown,
 }
 
@@ -47,12 +49,12 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         marquee_kit::testing::isolated_settings().await.expect("isolated settings");
     configure(&mut settings);
     let app = Application::build(settings.clone()).await.expect("build payment service");
-    let addr = app.addr();
+    let (addr, metrics) = (app.addr(), app.metrics_addr());
     let shutdown = Shutdown::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let client = PaymentServiceClient::connect(format!("http://{addr}")).await.expect("connect");
     let db = marquee_mongo::connect(&settings.mongo, "payment").await.expect("mongo");
-    TestApp { settings, client, payments: db.collection("payments"), shutdown }
+    TestApp { settings, client, payments: db.collection("payments"), metrics, shutdown }
 }
 
 fn charge(key: &str, method: &str, amount_minor: i64) -> pb::ChargeRequest {
@@ -275,6 +277,41 @@ async fn invalid_charges_are_refused_and_store_nothing() {
         assert_eq!(err.code, ErrorCode::BadUserInput, "{request:?}: {err}");
     }
     assert_eq!(app.stored_payments().await, 0);
+}
+
+#[tokio::test]
+async fn metrics_count_calls_and_show_the_outbox_drained_by_the_relay() {
+    let app = spawn_app().await;
+    let payment = app.charge(charge("key-metrics", "pm_card_ok", 2500)).await.unwrap();
+    let missing = app.get_payment(&uuid::Uuid::new_v4().to_string()).await.unwrap_err();
+    assert_eq!(missing.code, ErrorCode::NotFound);
+
+    let text = marquee_kit::testing::scrape(app.metrics).await.unwrap();
+    let calls = |rpc: &str, code: &str| {
+        let series = format!(
+            "grpc_server_requests_total{{service=\"marquee.payment.v1.PaymentService\",rpc=\"{rpc}\",code=\"{code}\"}}"
+        );
+        marquee_kit::testing::sample(&text, &series)
+    };
+    assert_eq!(calls("Charge", "OK"), Some(1.0), "{text}");
+    assert_eq!(calls("GetPayment", "NOT_FOUND"), Some(1.0), "{text}");
+
+    // payment.succeeded went through the outbox: the relay sends it and the backlog
+    // the gauges read empties, as the document says.
+    let unsent = "outbox_unsent_documents{publisher=\"payment\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = marquee_kit::testing::scrape(app.metrics).await.unwrap();
+        if marquee_kit::testing::sample(&text, unsent) == Some(0.0) {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the outbox never drained: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stored = app.payments.find_one(doc! { "_id": &payment.id }).await.unwrap().unwrap();
+    assert_eq!(stored.get_i32("unsent_events").unwrap(), 0);
+    let age = "outbox_oldest_unsent_age_seconds{publisher=\"payment\"}";
+    assert_eq!(marquee_kit::testing::sample(&text, age), Some(0.0), "{text}");
 }
 
 #[tokio::test]

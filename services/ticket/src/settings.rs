@@ -29,6 +29,8 @@ impl Config for Settings {
 pub struct TicketSettings {
     #[serde(flatten)]
     pub server: ServerSettings,
+    /// Where Prometheus scrapes `/metrics` (on `host`); 0 picks a free port (tests).
+    pub metrics_port: u16,
     /// A ticket admits from this long before its show starts until the show ends.
     pub admit_before_start_minutes: i64,
     /// The keys ticket codes are signed with: exactly one `active` signs new tickets;

@@ -1,5 +1,5 @@
 //! Wiring: load the signing keys, connect MongoDB (indexes), declare and bind the
-//! queue, bind the gRPC port, then serve and consume until shutdown.
+//! queue, bind the gRPC and metrics ports, then serve and consume until shutdown.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use marquee_kit::backoff::Backoff;
+use marquee_kit::metrics::{MetricsServer, Registry};
 use marquee_kit::readiness::{Probe, Readiness, Scope};
 use marquee_kit::shutdown::Shutdown;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
@@ -29,6 +30,8 @@ pub struct Application {
     consumer: Consumer,
     grace: Duration,
     readiness: Readiness,
+    registry: Registry,
+    metrics: MetricsServer,
 }
 
 impl Application {
@@ -68,7 +71,11 @@ impl Application {
             },
         ));
         let (listener, addr) = marquee_kit::grpc::bind(&config.server).await?;
+        let registry = Registry::new()?;
+        let metrics = MetricsServer::bind(&config.server.host, config.metrics_port, &registry).await?;
         Ok(Application {
+            registry,
+            metrics,
             listener,
             addr,
             service: TicketServiceImpl::new(store, public),
@@ -82,21 +89,28 @@ impl Application {
         self.addr
     }
 
+    /// Where `GET /metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.addr()
+    }
+
     /// Serves gRPC and consumes events until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let consumer_stop = shutdown.child_token();
         let consumer = tokio::spawn(self.consumer.run(consumer_stop.clone()));
+        let metrics = self.metrics.spawn(&shutdown);
         let served = marquee_kit::grpc::serve(
             self.listener,
             Routes::new(TicketServiceServer::new(self.service)),
             <TicketServiceServer<TicketServiceImpl> as NamedService>::NAME,
             self.readiness,
+            &self.registry,
             shutdown,
             self.grace,
         )
         .await;
         consumer_stop.cancel();
         consumer.await.context("ticket consumer panicked")?;
-        served
+        served.and(metrics.stop().await)
     }
 }

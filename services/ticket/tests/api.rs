@@ -40,6 +40,8 @@ struct TestApp {
 struct Running {
     shutdown: Shutdown,
     task: JoinHandle<anyhow::Result<()>>,
+    /// Where it serves `GET /metrics`.
+    metrics: std::net::SocketAddr,
 }
 
 impl Running {
@@ -110,11 +112,11 @@ fn key_settings(id: &str, seed: [u8; 32], active: bool) -> TicketKeySettings {
 
 async fn start_ticket(settings: &Settings) -> (Running, TicketServiceClient<Channel>) {
     let app = marquee_ticket::Application::build(settings.ticket()).await.expect("build ticket service");
-    let addr = app.addr();
+    let (addr, metrics) = (app.addr(), app.metrics_addr());
     let shutdown = Shutdown::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let client = TicketServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    (Running { shutdown, task }, client)
+    (Running { shutdown, task, metrics }, client)
 }
 
 async fn spawn_app() -> TestApp {
@@ -128,6 +130,7 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut cinema_settings = settings.clone();
     cinema_settings.cinema.seed_demo = true;
     let cinema = marquee_cinema::Application::build(cinema_settings.cinema()).await.unwrap();
+    let cinema_metrics = cinema.metrics_addr();
     settings.upstream.cinema_url = format!("http://{}", cinema.addr());
     let cinema_shutdown = Shutdown::new();
     let cinema_task = tokio::spawn(cinema.run_until_stopped(cinema_shutdown.clone()));
@@ -142,7 +145,7 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         settings,
         client,
         ticket,
-        _cinema: Running { shutdown: cinema_shutdown, task: cinema_task },
+        _cinema: Running { shutdown: cinema_shutdown, task: cinema_task, metrics: cinema_metrics },
         showtime_id,
     }
 }
@@ -338,6 +341,26 @@ async fn every_check_in_outcome() {
     assert_eq!(error.code, ErrorCode::BadUserInput);
     let error = app.scan_at(&ticket.code, &show, "short", Utc::now()).await.unwrap_err();
     assert_eq!(error.code, ErrorCode::BadUserInput);
+}
+
+#[tokio::test]
+async fn metrics_count_calls_by_method_and_grpc_status() {
+    let app = spawn_app().await;
+    app.keys().await;
+    let (_, tickets) = app.book(&["D4"]).await;
+    let error = app.scan_at(&tickets[0].code, "nope", &nonce(), Utc::now()).await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::BadUserInput);
+
+    let text = marquee_kit::testing::scrape(app.ticket.metrics).await.unwrap();
+    let calls = |rpc: &str, code: &str| {
+        let series = format!(
+            "grpc_server_requests_total{{service=\"marquee.ticket.v1.TicketService\",rpc=\"{rpc}\",code=\"{code}\"}}"
+        );
+        marquee_kit::testing::sample(&text, &series)
+    };
+    assert_eq!(calls("ListKeys", "OK"), Some(1.0), "{text}");
+    assert_eq!(calls("CheckIn", "INVALID_ARGUMENT"), Some(1.0), "{text}");
+    assert!(calls("ListTickets", "OK").is_some_and(|calls| calls >= 1.0), "{text}");
 }
 
 #[tokio::test]

@@ -35,6 +35,8 @@ impl Config for Settings {
 pub struct UserSettings {
     #[serde(flatten)]
     pub server: ServerSettings,
+    /// Where Prometheus scrapes `/metrics` (on `host`); 0 picks a free port (tests).
+    pub metrics_port: u16,
     /// Created (or promoted) as admin at startup when both are set; idempotent.
     #[serde(default)]
     pub bootstrap_admin_email: Option<String>,

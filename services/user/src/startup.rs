@@ -1,11 +1,12 @@
 //! Wiring: connect MongoDB and Redis, ensure indexes and the bootstrap admin, bind the
-//! gRPC port, serve until shutdown.
+//! gRPC and metrics ports, serve until shutdown.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 use marquee_auth::TokenKeys;
+use marquee_kit::metrics::{MetricsServer, Registry};
 use marquee_kit::readiness::{Probe, Readiness, Scope};
 use marquee_kit::shutdown::Shutdown;
 use marquee_proto::user::v1::user_service_server::UserServiceServer;
@@ -27,6 +28,8 @@ pub struct Application {
     service: UserServiceImpl,
     grace: Duration,
     readiness: Readiness,
+    registry: Registry,
+    metrics: MetricsServer,
 }
 
 impl Application {
@@ -63,12 +66,17 @@ impl Application {
             ),
         }
         let (listener, addr) = marquee_kit::grpc::bind(&settings.user.server).await?;
+        let registry = Registry::new()?;
+        let metrics =
+            MetricsServer::bind(&settings.user.server.host, settings.user.metrics_port, &registry).await?;
         Ok(Application {
             readiness: readiness(&db, redis_probe),
             listener,
             addr,
             service,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
+            registry,
+            metrics,
         })
     }
 
@@ -76,16 +84,24 @@ impl Application {
         self.addr
     }
 
+    /// Where `GET /metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.addr()
+    }
+
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        marquee_kit::grpc::serve(
+        let metrics = self.metrics.spawn(&shutdown);
+        let served = marquee_kit::grpc::serve(
             self.listener,
             Routes::new(UserServiceServer::new(self.service)),
             <UserServiceServer<UserServiceImpl> as NamedService>::NAME,
             self.readiness,
+            &self.registry,
             shutdown,
             self.grace,
         )
-        .await
+        .await;
+        served.and(metrics.stop().await)
     }
 }
 

@@ -16,6 +16,8 @@ struct TestApp {
     settings: Settings,
     users: mongodb::Collection<Document>,
     refresh_tokens: mongodb::Collection<Document>,
+    /// Where the service serves `GET /metrics`.
+    metrics: std::net::SocketAddr,
     shutdown: Shutdown,
 }
 
@@ -34,7 +36,7 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         marquee_kit::testing::isolated_settings().await.expect("isolated settings");
     configure(&mut settings);
     let app = Application::build(settings.clone()).await.expect("build user service");
-    let addr = app.addr();
+    let (addr, metrics) = (app.addr(), app.metrics_addr());
     let shutdown = Shutdown::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let client = UserServiceClient::connect(format!("http://{addr}")).await.expect("connect");
@@ -44,6 +46,7 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         users: db.collection("users"),
         refresh_tokens: db.collection("refresh_tokens"),
         settings,
+        metrics,
         shutdown,
     }
 }
@@ -221,6 +224,32 @@ async fn get_user_returns_the_account_without_secrets() {
 
 fn prefs(email: bool, sms: bool) -> Option<pb::NotificationPreferences> {
     Some(pb::NotificationPreferences { email, sms })
+}
+
+#[tokio::test]
+async fn metrics_count_each_call_by_method_and_grpc_status() {
+    let app = spawn_app().await;
+    let registered = app.register("ada@example.com", PASSWORD, "Ada").await.unwrap().user.unwrap();
+    app.get_user(&registered.id).await.unwrap();
+    app.get_user(&registered.id).await.unwrap();
+    let missing = app.get_user(&uuid::Uuid::new_v4().to_string()).await.unwrap_err();
+    assert_eq!(missing.code, ErrorCode::NotFound);
+
+    let text = marquee_kit::testing::scrape(app.metrics).await.unwrap();
+    let calls = |rpc: &str, code: &str| {
+        let series = format!(
+            "grpc_server_requests_total{{service=\"marquee.user.v1.UserService\",rpc=\"{rpc}\",code=\"{code}\"}}"
+        );
+        marquee_kit::testing::sample(&text, &series)
+    };
+    assert_eq!(calls("Register", "OK"), Some(1.0), "{text}");
+    assert_eq!(calls("GetUser", "OK"), Some(2.0), "{text}");
+    assert_eq!(calls("GetUser", "NOT_FOUND"), Some(1.0), "{text}");
+    let timed =
+        "grpc_server_request_duration_seconds_count{service=\"marquee.user.v1.UserService\",rpc=\"GetUser\"}";
+    assert_eq!(marquee_kit::testing::sample(&text, timed), Some(3.0), "{text}");
+    // Health checks (the readiness watcher's own, clients') are not counted.
+    assert!(!text.contains("grpc.health"), "{text}");
 }
 
 #[tokio::test]

@@ -4,12 +4,13 @@
 //! holds per showtime: slot documents with unique ids, so the cap holds under races.
 //!
 //! This module opens the collections and their indexes; `bookings` inserts and reads
-//! bookings, `transition` writes their state changes, `slots` keeps the hold slots and
-//! `document` is how a booking is stored.
+//! bookings, `transition` writes their state changes, `slots` keeps the hold slots,
+//! `stats` counts what `/metrics` shows and `document` is how a booking is stored.
 
 mod bookings;
 mod document;
 mod slots;
+mod stats;
 mod transition;
 
 use std::time::Duration;

@@ -35,6 +35,7 @@ use uuid::Uuid;
 
 mod busy;
 mod cancel;
+mod metrics;
 mod outage;
 mod recovery;
 mod retry;
@@ -53,8 +54,8 @@ struct TestApp {
     cinema: CinemaServiceClient<Channel>,
     /// What the mesh's services watch; nodes a test starts stop with them.
     shutdown: Shutdown,
-    /// Stops every service when the test ends, pass or fail.
-    _mesh: Mesh,
+    /// Stops every service when the test ends, pass or fail; scrapes their `/metrics`.
+    mesh: Mesh,
 }
 
 /// A booking service of its own on the test's stores, stoppable alone (a "crash").
@@ -109,7 +110,7 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings) + Send) -> TestApp
         cinema: CinemaServiceClient::connect(mesh.url(Service::Cinema).unwrap()).await.unwrap(),
         settings: mesh.settings.clone(),
         shutdown: mesh.shutdown().clone(),
-        _mesh: mesh,
+        mesh,
     }
 }
 

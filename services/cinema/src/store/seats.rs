@@ -265,6 +265,17 @@ impl Store {
         Ok(freed)
     }
 
+    /// Seats held now, over every showtime: a lapsed hold counts as free even before
+    /// the sweeper releases it. Reads the partial index on held seats' expiry.
+    pub async fn active_holds(&self) -> anyhow::Result<i64> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM showtime_seats WHERE status = 'held' AND hold_expires_at > now()",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .context("cannot count the active holds")
+    }
+
     /// Pushes `booking`'s live hold back by `extension`, once per hold; returns the
     /// seats and their new expiry.
     pub async fn extend_hold(
