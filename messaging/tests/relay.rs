@@ -14,7 +14,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, Que
 use lapin::types::FieldTable;
 use marquee_kit::Config;
 use marquee_messaging::RabbitSettings;
-use marquee_messaging::outbox::{MongoOutbox, OutboxEvent, OutboxRelay, OutboxStore};
+use marquee_messaging::outbox::{MongoOutbox, OutboxEvent, OutboxRelay, OutboxStore, PendingEvent};
 use marquee_mongo::MongoSettings;
 use mongodb::Collection;
 use mongodb::bson::{Document, doc};
@@ -54,9 +54,12 @@ struct Relay {
 
 impl Relay {
     async fn start(settings: &Settings, collection: &Collection<Document>) -> Self {
-        let outbox = MongoOutbox::new(collection).await.unwrap();
+        Self::over(MongoOutbox::new(collection).await.unwrap(), settings)
+    }
+
+    fn over<S: OutboxStore>(store: S, settings: &Settings) -> Self {
         let relay =
-            OutboxRelay::new(outbox, &settings.rabbitmq, POLL, LEASE, Arc::new(Notify::new())).unwrap();
+            OutboxRelay::new(store, &settings.rabbitmq, POLL, LEASE, Arc::new(Notify::new())).unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn(relay.run(stop.clone()));
         Self { stop, task }
@@ -229,5 +232,62 @@ async fn replicas_publish_each_event_once_and_a_survivor_takes_over() {
     let unsent = collection.count_documents(doc! { "unsent_events": { "$gte": 1 } }).await.unwrap();
     assert_eq!(unsent, 0);
     d.stop().await;
+    db.drop().await.unwrap();
+}
+
+/// The real outbox with every read of pending events slowed down, so that a drain
+/// lasts as long as writes keep coming, as in a rush.
+struct SlowReads(MongoOutbox);
+
+/// Longer than the writer's pause: every read finds new events, the drain never ends.
+const SLOW_READ: Duration = Duration::from_millis(150);
+
+impl OutboxStore for SlowReads {
+    async fn pending_events(&self, limit: i64) -> anyhow::Result<Vec<PendingEvent>> {
+        tokio::time::sleep(SLOW_READ).await;
+        self.0.pending_events(limit).await
+    }
+
+    async fn mark_sent(&self, events: &[PendingEvent]) -> anyhow::Result<()> {
+        self.0.mark_sent(events).await
+    }
+
+    async fn prune(&self) -> anyhow::Result<()> {
+        self.0.prune().await
+    }
+
+    async fn hold_lease(&self, holder: &str, ttl: Duration) -> anyhow::Result<bool> {
+        self.0.hold_lease(holder, ttl).await
+    }
+
+    async fn release_lease(&self, holder: &str) -> anyhow::Result<()> {
+        self.0.release_lease(holder).await
+    }
+}
+
+#[tokio::test]
+async fn a_holder_whose_drain_never_ends_keeps_renewing_and_publishes_alone() {
+    let settings = isolated_settings();
+    let db = marquee_mongo::connect(&settings.mongo, "outbox").await.unwrap();
+    let collection = db.collection::<Document>("bookings");
+    let mut received = Received::subscribe(&settings.rabbitmq).await;
+    let a = Relay::over(SlowReads(MongoOutbox::new(&collection).await.unwrap()), &settings);
+    let first = write_events(&collection, 1).await;
+    received.until_all(&first, Duration::ZERO, Duration::from_secs(10)).await;
+    let b = Relay::start(&settings, &collection).await;
+
+    // A write every 30 ms for five lease terms: each of a's reads finds new events, so
+    // its drain lasts the whole time. A holder that renewed only between drains would
+    // let its term lapse, and b would take the lease and publish the same events.
+    let mut written = Vec::new();
+    let until = tokio::time::Instant::now() + LEASE * 5;
+    while tokio::time::Instant::now() < until {
+        written.extend(write_events(&collection, 1).await);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    received.until_all(&written, Duration::from_millis(500), Duration::from_secs(20)).await;
+    assert_eq!(received.duplicates(), Vec::<(&String, &usize)>::new(), "of {} events", written.len());
+    a.stop().await;
+    b.stop().await;
     db.drop().await.unwrap();
 }
