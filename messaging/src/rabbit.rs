@@ -1,6 +1,7 @@
 //! RabbitMQ: the one way every process connects and declares the events exchange.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -8,7 +9,8 @@ use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
-use marquee_kit::backoff::Backoff;
+use marquee_kit::backoff::{Backoff, Reconnect};
+use tokio_util::sync::CancellationToken;
 
 use crate::RabbitSettings;
 
@@ -74,6 +76,56 @@ pub async fn connect_patiently(
     settings: &RabbitSettings,
 ) -> anyhow::Result<(Connection, Channel)> {
     at_startup(what, STARTUP_BUDGET, || connect(settings)).await
+}
+
+/// How a consumer that lost the broker waits before it opens a session again.
+const RECONNECT_FIRST: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// Keeps a consumer attached to the broker until `shutdown`: runs `consume` on
+/// `first` (the session opened at startup) or on one `open` makes, with `consuming`
+/// true meanwhile (readiness), and when the session fails opens another after a
+/// jittered backoff. `consume` returns `Ok` only when it stopped for shutdown.
+pub async fn stay_attached<S, O, OF, C, CF>(
+    what: &'static str,
+    first: Option<S>,
+    consuming: &AtomicBool,
+    shutdown: &CancellationToken,
+    mut open: O,
+    mut consume: C,
+) where
+    O: FnMut() -> OF,
+    OF: Future<Output = anyhow::Result<S>>,
+    C: FnMut(S) -> CF,
+    CF: Future<Output = anyhow::Result<()>>,
+{
+    let mut reconnect = Reconnect::new(what, RECONNECT_FIRST, RECONNECT_MAX);
+    let mut first = first;
+    loop {
+        let opened = match first.take() {
+            Some(session) => Ok(session),
+            None => tokio::select! {
+                () = shutdown.cancelled() => return,
+                opened = open() => opened,
+            },
+        };
+        let failure = match opened {
+            Ok(session) => {
+                reconnect.connected();
+                consuming.store(true, Ordering::Relaxed);
+                let consumed = consume(session).await;
+                consuming.store(false, Ordering::Relaxed);
+                match consumed {
+                    Ok(()) => return,
+                    Err(failure) => failure,
+                }
+            }
+            Err(failure) => failure,
+        };
+        if !reconnect.wait(&failure, shutdown).await {
+            return;
+        }
+    }
 }
 
 async fn connect_now(settings: &RabbitSettings) -> anyhow::Result<(Connection, Channel)> {

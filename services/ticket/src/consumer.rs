@@ -5,8 +5,7 @@
 //! queue; a crash meanwhile leaves it unacknowledged and the broker redelivers it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -26,8 +25,6 @@ use crate::issue::{IssueError, Issuer};
 
 /// The events tickets follow.
 pub const BINDINGS: [&str; 2] = ["booking.confirmed", "booking.cancelled"];
-const RECONNECT_FIRST: Duration = Duration::from_millis(250);
-const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 pub struct Consumer {
     settings: RabbitSettings,
@@ -63,36 +60,26 @@ impl Consumer {
 
     /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
     pub async fn run(mut self, shutdown: Shutdown) {
-        let mut reconnect =
-            marquee_kit::backoff::Reconnect::new("ticket consumer", RECONNECT_FIRST, RECONNECT_MAX);
-        loop {
-            let opened = match self.session.take() {
-                Some(session) => Ok(session),
-                None => tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    opened = open(&self.settings) => opened,
-                },
-            };
-            let failure = match opened {
-                Ok((connection, channel)) => {
-                    reconnect.connected();
-                    self.consuming.store(true, Ordering::Relaxed);
-                    let consumed = self.consume(&channel, &shutdown).await;
-                    self.consuming.store(false, Ordering::Relaxed);
+        let first = self.session.take();
+        let this = &self;
+        rabbit::stay_attached(
+            "ticket consumer",
+            first,
+            &self.consuming,
+            &shutdown,
+            || open(&this.settings),
+            |(connection, channel): (Connection, Channel)| {
+                let shutdown = &shutdown;
+                async move {
+                    let consumed = this.consume(&channel, shutdown).await;
                     if let Err(error) = connection.close(200, "OK".into()).await {
                         tracing::debug!(%error, "RabbitMQ connection was already closed");
                     }
-                    match consumed {
-                        Ok(()) => return,
-                        Err(failure) => failure,
-                    }
+                    consumed
                 }
-                Err(failure) => failure,
-            };
-            if !reconnect.wait(&failure, &shutdown).await {
-                return;
-            }
-        }
+            },
+        )
+        .await;
     }
 
     /// Handles deliveries concurrently (at most `prefetch` unacknowledged) until

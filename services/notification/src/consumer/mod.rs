@@ -21,7 +21,7 @@ mod reconcile;
 mod settle;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -45,8 +45,6 @@ use crate::topology::{Session, Topology};
 pub use self::reconcile::{EventSource, ReconcileSettings, Reconciler};
 pub use self::settle::{DEAD_LETTER_ERROR_HEADER, DEAD_LETTER_REASON_HEADER, DeadLetterReason};
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long, once shutting down, a delivery still waits for another's claim.
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(1);
 /// How often the dead-letter and delay queue depths are read for `/metrics`.
@@ -127,33 +125,17 @@ impl Consumer {
 
     /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
     pub async fn run(mut self, shutdown: Shutdown) {
-        let mut reconnect =
-            marquee_kit::backoff::Reconnect::new("notification consumer", FIRST_BACKOFF, MAX_BACKOFF);
-        loop {
-            let opened = match self.session.take() {
-                Some(session) => Ok(session),
-                None => tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    opened = self.topology.open(self.prefetch) => opened,
-                },
-            };
-            let failure = match opened {
-                Ok(session) => {
-                    reconnect.connected();
-                    self.consuming.store(true, Ordering::Relaxed);
-                    let consumed = self.consume(session, &shutdown).await;
-                    self.consuming.store(false, Ordering::Relaxed);
-                    match consumed {
-                        Ok(()) => return,
-                        Err(failure) => failure,
-                    }
-                }
-                Err(failure) => failure,
-            };
-            if !reconnect.wait(&failure, &shutdown).await {
-                return;
-            }
-        }
+        let first = self.session.take();
+        let this = &self;
+        rabbit::stay_attached(
+            "notification consumer",
+            first,
+            &self.consuming,
+            &shutdown,
+            || this.topology.open(this.prefetch),
+            |session| this.consume(session, &shutdown),
+        )
+        .await;
     }
 
     /// Handles deliveries concurrently (at most `prefetch` are unacknowledged) until
