@@ -6,6 +6,7 @@
 mod denylist;
 mod domain;
 mod error;
+mod fanout;
 mod http;
 mod live;
 mod loaders;

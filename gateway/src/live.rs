@@ -104,8 +104,9 @@ impl SeatFeeds {
     /// Returns once the upstream stream is open: every change committed after that
     /// reaches the watch.
     /// The error is shared by every subscriber that waited on the same open; it was
-    /// logged once, when it happened.
-    pub async fn watch(&self, showtime: &ShowtimeId) -> Result<SeatWatch, Arc<GatewayError>> {
+    /// logged once, when it happened. `count`: whether the watch is one subscriber in
+    /// the active-subscriptions gauge (a shared execution's members count themselves).
+    pub async fn watch(&self, showtime: &ShowtimeId, count: bool) -> Result<SeatWatch, Arc<GatewayError>> {
         let (events, mut opening, membership) = {
             let mut feeds = self.inner.lock();
             let key = showtime.to_string();
@@ -137,8 +138,10 @@ impl SeatFeeds {
             }
         }
         let mut membership = membership;
-        membership.counted = true;
-        self.inner.metrics.subscriptions.increment(1.0);
+        if count {
+            membership.counted = true;
+            self.inner.metrics.subscriptions.increment(1.0);
+        }
         Ok(SeatWatch { events, held_back: None, _membership: membership })
     }
 

@@ -13,6 +13,7 @@ const LATENCY: &str = "gateway_http_request_duration_seconds";
 const ERRORS: &str = "gateway_graphql_errors_total";
 const RATE_LIMITED: &str = "gateway_rate_limited_total";
 const SUBSCRIPTIONS: &str = "gateway_subscriptions_active";
+const SHARED_SUBSCRIPTIONS: &str = "gateway_shared_subscriptions_active";
 const SEAT_STREAMS: &str = "gateway_seat_streams_active";
 const SEAT_STREAMS_OPENED: &str = "gateway_seat_streams_opened_total";
 
@@ -28,6 +29,8 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// GraphQL subscriptions currently delivering (WebSocket operations).
     pub subscriptions: Gauge,
+    /// Subscription executions shared by their subscribers (`crate::fanout` groups).
+    pub shared_subscriptions: Gauge,
     /// Upstream `WatchSeats` streams currently open (one per watched showtime).
     pub seat_streams: Gauge,
     /// Upstream `WatchSeats` streams opened since start, reconnects included.
@@ -49,6 +52,11 @@ impl Metrics {
         recorder.describe_counter(ERRORS.into(), None, "GraphQL errors sent, by extensions.code".into());
         recorder.describe_counter(RATE_LIMITED.into(), None, "Requests refused as RATE_LIMITED".into());
         recorder.describe_gauge(SUBSCRIPTIONS.into(), None, "Active GraphQL subscriptions".into());
+        recorder.describe_gauge(
+            SHARED_SUBSCRIPTIONS.into(),
+            None,
+            "Subscription executions shared by every subscriber of the same request".into(),
+        );
         recorder.describe_gauge(SEAT_STREAMS.into(), None, "Open upstream WatchSeats streams".into());
         recorder.describe_counter(
             SEAT_STREAMS_OPENED.into(),
@@ -58,6 +66,7 @@ impl Metrics {
         let name = Key::from_static_name;
         Ok(Self {
             subscriptions: recorder.register_gauge(&name(SUBSCRIPTIONS), &META),
+            shared_subscriptions: recorder.register_gauge(&name(SHARED_SUBSCRIPTIONS), &META),
             seat_streams: recorder.register_gauge(&name(SEAT_STREAMS), &META),
             seat_streams_opened: recorder.register_counter(&name(SEAT_STREAMS_OPENED), &META),
             rate_limited: recorder.register_counter(&name(RATE_LIMITED), &META),

@@ -34,6 +34,7 @@ use tracing::Level;
 use self::graphql::{graphql_get, graphql_post};
 use self::observe::KongOrNewRequestId;
 use crate::denylist::Denylist;
+use crate::fanout::SharedSubscriptions;
 use crate::live::SeatFeeds;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -65,6 +66,8 @@ pub struct AppState {
     denylist: Denylist,
     upstreams: Upstreams,
     feeds: SeatFeeds,
+    /// Subscriptions over WebSocket, executed once per distinct request.
+    shared: SharedSubscriptions,
     limiter: RateLimiter,
     metrics: Metrics,
     closing: Shutdown,
@@ -96,6 +99,7 @@ impl AppState {
             max_subscriptions_per_connection: settings.max_subscriptions_per_connection,
             web_dir: settings.web_dir.clone(),
         };
+        let shared = SharedSubscriptions::new(schema.clone(), feeds.clone(), metrics.clone());
         Self {
             schema,
             introspection_schema,
@@ -103,6 +107,7 @@ impl AppState {
             denylist,
             upstreams,
             feeds,
+            shared,
             limiter,
             metrics,
             closing,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use async_graphql::futures_util::{Stream, stream};
+use async_graphql::futures_util::{Stream, StreamExt as _, stream};
 use async_graphql::{Context, Enum, ErrorExtensions, ID, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
 use marquee_kit::{ApiError, ErrorCode};
@@ -12,6 +12,7 @@ use marquee_proto::cinema::v1 as cinema;
 use super::seats::SeatState;
 use crate::domain::{ShowtimeId, checked};
 use crate::error::GatewayError;
+use crate::fanout::{ResyncOnly, SharedExecution};
 use crate::live::{Batch, ConnectionQuota, FeedEvent, QuotaSlot, SeatFeeds, SeatWatch};
 
 pub struct SubscriptionRoot;
@@ -23,9 +24,9 @@ impl SubscriptionRoot {
     /// means changes may have been missed: reload `showtime(id).seatMap`.
     ///
     /// With `coalesce: true` an update carries in `changes` every change that was
-    /// waiting for this subscriber (at most 256), so a client that falls behind during
-    /// a rush catches up in one message; `change` is then the latest of them. Without
-    /// it every update carries exactly one change.
+    /// waiting when it was built (at most 256), so during a rush fewer, fuller messages
+    /// are sent; `change` is then the latest of them. Without it every update carries
+    /// exactly one change.
     async fn seat_map(
         &self,
         ctx: &Context<'_>,
@@ -33,6 +34,9 @@ impl SubscriptionRoot {
         #[graphql(default = false)] coalesce: bool,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<SeatMapUpdate>> + use<>> {
         let showtime = checked(ShowtimeId::parse(showtime_id.as_str()))?;
+        if ctx.data_opt::<ResyncOnly>().is_some() {
+            return Ok(stream::iter([Ok(SeatMapUpdate::resync_of(showtime_id))]).left_stream());
+        }
         // Missing data is a wiring bug in this crate, never the client's fault.
         let missing = |e: async_graphql::Error| GatewayError::Unexpected(anyhow::anyhow!("{}", e.message));
         let feeds = ctx.data::<SeatFeeds>().map_err(missing)?;
@@ -41,9 +45,13 @@ impl SubscriptionRoot {
             let message = format!("a connection holds at most {} subscriptions", quota.max());
             GatewayError::Upstream(ApiError::new(ErrorCode::RateLimited, message))
         })?;
-        let watch = feeds.watch(&showtime).await.map_err(|error| error.extend())?;
+        let shared = ctx.data_opt::<SharedExecution>();
+        let watch = feeds.watch(&showtime, shared.is_none()).await.map_err(|error| error.extend())?;
+        if let Some(shared) = shared {
+            shared.opened.send_replace(true);
+        }
         let batch = if coalesce { MAX_COALESCED } else { 1 };
-        Ok(updates(watch, slot, showtime_id, batch))
+        Ok(updates(watch, slot, showtime_id, batch).right_stream())
     }
 }
 
@@ -64,12 +72,7 @@ fn updates(
             let update = match watch.next_batch(batch).await? {
                 Batch::Changes(changes) => SeatMapUpdate::from_changes(showtime, &changes),
                 Batch::Other(FeedEvent::Change(change)) => SeatMapUpdate::from_changes(showtime, &[change]),
-                Batch::Other(FeedEvent::Resync) => Ok(SeatMapUpdate {
-                    showtime_id: showtime,
-                    change: None,
-                    changes: Vec::new(),
-                    resync: true,
-                }),
+                Batch::Other(FeedEvent::Resync) => Ok(SeatMapUpdate::resync_of(showtime)),
                 // The last item: the feed is over.
                 Batch::Other(FeedEvent::Closed(error)) => return Some((Err(error.extend()), None)),
             };
@@ -113,6 +116,10 @@ pub enum SeatChangeReason {
 }
 
 impl SeatMapUpdate {
+    fn resync_of(showtime: ID) -> Self {
+        Self { showtime_id: showtime, change: None, changes: Vec::new(), resync: true }
+    }
+
     fn from_changes(showtime: ID, changes: &[Arc<cinema::SeatChange>]) -> async_graphql::Result<Self> {
         let changes =
             changes.iter().map(|c| SeatChange::from_proto(c)).collect::<async_graphql::Result<Vec<_>>>()?;

@@ -119,6 +119,8 @@ async fn seat_map_subscribers_share_one_upstream_stream_and_see_every_change() {
     wait_for_metric(&app, "gateway_subscriptions_active", 4.0).await;
     assert_eq!(metric(&app, "gateway_seat_streams_opened_total").await, 1.0);
     assert_eq!(metric(&app, "gateway_seat_streams_active").await, 1.0);
+    // The same request from four subscribers is executed (and each update encoded) once.
+    assert_eq!(metric(&app, "gateway_shared_subscriptions_active").await, 1.0);
 
     // Hold → confirm → cancel of one seat.
     let held = app.data(Some(&ada), HOLD, hold_input(&showtime, &["A1"])).await;
@@ -180,6 +182,7 @@ async fn seat_map_subscribers_share_one_upstream_stream_and_see_every_change() {
     drop(clients);
     wait_for_metric(&app, "gateway_subscriptions_active", 0.0).await;
     wait_for_metric(&app, "gateway_seat_streams_active", 0.0).await;
+    assert_eq!(metric(&app, "gateway_shared_subscriptions_active").await, 0.0);
 
     // ...and the next one opens a fresh one, live from its start.
     let mut late = Client::connect(&app, json!({})).await;
@@ -226,6 +229,9 @@ async fn coalesced_subscribers_get_every_change_once_in_order_and_others_one_per
     let mut single = Client::connect(&app, json!({})).await;
     single.subscribe("s", &showtime).await;
     wait_for_metric(&app, "gateway_subscriptions_active", 2.0).await;
+    // Two documents: two executions, over one upstream stream.
+    assert_eq!(metric(&app, "gateway_shared_subscriptions_active").await, 2.0);
+    assert_eq!(metric(&app, "gateway_seat_streams_active").await, 1.0);
 
     // One transaction holds four seats (four changes committed at once), then the
     // payment books them.
@@ -382,6 +388,7 @@ async fn thousands_of_subscribers_share_one_upstream_stream_which_closes_when_th
     wait_for_metric(&app, "gateway_subscriptions_active", USERS as f64).await;
     assert_eq!(metric(&app, "gateway_seat_streams_opened_total").await, 1.0);
     assert_eq!(metric(&app, "gateway_seat_streams_active").await, 1.0);
+    assert_eq!(metric(&app, "gateway_shared_subscriptions_active").await, 1.0, "one execution for all");
 
     app.data(Some(&ada), HOLD, hold_input(&showtime, &["C1"])).await;
     for client in &mut clients {
