@@ -4,6 +4,10 @@ use async_graphql::ErrorExtensions;
 use marquee_kit::{ApiError, ErrorCode};
 use tonic::{Code, Status};
 
+/// The wait suggested with a SERVICE_BUSY that came without a hint of its own: a
+/// refusal for lack of capacity usually clears within a second.
+pub const BUSY_RETRY_AFTER_SECONDS: u64 = 1;
+
 /// Everything a resolver can fail with.
 ///
 /// Deliberately not `Display`: async-graphql converts any `Display` type into an
@@ -28,6 +32,9 @@ pub enum GatewayError {
     /// (the contract has no other code for it) but marked retryable: repeating the
     /// request with the same idempotency key is safe and may succeed.
     Transient(anyhow::Error),
+    /// The gateway could not serve the request now and did nothing (its Redis did not
+    /// answer a token check): SERVICE_BUSY, retryable, like an upstream at capacity.
+    Busy(anyhow::Error),
     /// Anything else: logged once when it becomes a GraphQL error, opaque to clients.
     Unexpected(anyhow::Error),
 }
@@ -58,6 +65,7 @@ impl GatewayError {
             Self::PaymentDeclined => Self::PaymentDeclined,
             Self::Upstream(api) => Self::Upstream(api.clone()),
             Self::Transient(cause) => Self::Transient(anyhow::anyhow!("{cause:#}")),
+            Self::Busy(cause) => Self::Busy(anyhow::anyhow!("{cause:#}")),
             Self::Unexpected(cause) => Self::Unexpected(anyhow::anyhow!("{cause:#}")),
         }
     }
@@ -70,6 +78,7 @@ impl GatewayError {
             Self::BadInput(_) => ErrorCode::BadUserInput,
             Self::PaymentDeclined => ErrorCode::PaymentDeclined,
             Self::Upstream(api) => api.code,
+            Self::Busy(_) => ErrorCode::ServiceBusy,
             Self::Transient(_) | Self::Unexpected(_) => ErrorCode::Internal,
         }
     }
@@ -81,10 +90,14 @@ impl GatewayError {
     /// How long the client should wait before repeating the request, when the upstream
     /// said (a login lock-out, a busy service).
     fn retry_after_seconds(&self) -> Option<u64> {
-        let Self::Upstream(api) = self else { return None };
-        let hinted = api.retry_after_seconds();
-        // SERVICE_BUSY always carries a hint, even from an upstream that sent none.
-        hinted.or_else(|| (api.code == ErrorCode::ServiceBusy).then_some(1))
+        match self {
+            Self::Busy(_) => Some(BUSY_RETRY_AFTER_SECONDS),
+            // SERVICE_BUSY always carries a hint, even from an upstream that sent none.
+            Self::Upstream(api) => api
+                .retry_after_seconds()
+                .or_else(|| (api.code == ErrorCode::ServiceBusy).then_some(BUSY_RETRY_AFTER_SECONDS)),
+            _ => None,
+        }
     }
 }
 
@@ -129,12 +142,13 @@ impl ErrorExtensions for GatewayError {
             Self::Transient(_) => {
                 "a service did not answer in time; retry with the same idempotency key".to_owned()
             }
+            Self::Busy(_) => "the gateway is busy; retry in a moment".to_owned(),
             Self::Unexpected(_) => "internal error".to_owned(),
         };
         let code = self.code();
         async_graphql::Error::new(message).extend_with(|_, extensions| {
             extensions.set("code", code.as_str());
-            if let Self::Transient(_) = self {
+            if let Self::Transient(_) | Self::Busy(_) = self {
                 extensions.set("retryable", true);
             }
             if let Self::Upstream(api) = self {
@@ -166,6 +180,7 @@ impl From<GatewayError> for async_graphql::Error {
             GatewayError::Transient(cause) => {
                 tracing::warn!(error = format!("{cause:#}"), "upstream unavailable")
             }
+            GatewayError::Busy(cause) => tracing::warn!(error = format!("{cause:#}"), "refused as busy"),
             _ => {}
         }
         error.extend()
@@ -217,6 +232,16 @@ mod tests {
         let without_hint = GatewayError::from(Status::from(ApiError::new(ErrorCode::ServiceBusy, "busy")));
         let error = async_graphql::Error::from(without_hint);
         assert_eq!(extension(&error, "retryAfterSeconds"), Some(Value::from(1u64)));
+    }
+
+    #[test]
+    fn a_gateway_that_cannot_check_tokens_is_busy_retryable_and_opaque() {
+        let busy = GatewayError::Busy(anyhow::anyhow!("Redis at 10.0.0.7:6379 did not answer"));
+        let error = async_graphql::Error::from(busy);
+        assert_eq!(extension(&error, "code"), Some(Value::from("SERVICE_BUSY")));
+        assert_eq!(extension(&error, "retryable"), Some(Value::from(true)));
+        assert_eq!(extension(&error, "retryAfterSeconds"), Some(Value::from(BUSY_RETRY_AFTER_SECONDS)));
+        assert!(!error.message.contains("10.0.0.7"), "{}", error.message);
     }
 
     #[test]

@@ -47,9 +47,10 @@ impl Application {
         let keys = TokenKeys::new(&settings.auth).context("invalid auth settings")?;
         let upstreams = upstream::Upstreams::connect(&settings)?;
         let schemas = (schema::build(upstreams.clone()), schema::build_for_introspection(upstreams.clone()));
-        let denylist = denylist::Denylist::connect(&settings.redis).await?;
-        let limiter = ratelimit::RateLimiter::connect(&settings.redis, &settings.gateway.rate_limit).await?;
         let metrics = metrics::Metrics::new()?;
+        let denylist =
+            denylist::Denylist::connect(&settings.redis, &settings.gateway, metrics.denylist.clone()).await?;
+        let limiter = ratelimit::RateLimiter::connect(&settings.redis, &settings.gateway.rate_limit).await?;
         let feeds = live::SeatFeeds::new(&settings, metrics.clone())?;
         let closing = Shutdown::new();
         let services =

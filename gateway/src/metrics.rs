@@ -16,6 +16,7 @@ const SUBSCRIPTIONS: &str = "gateway_subscriptions_active";
 const SHARED_SUBSCRIPTIONS: &str = "gateway_shared_subscriptions_active";
 const SEAT_STREAMS: &str = "gateway_seat_streams_active";
 const SEAT_STREAMS_OPENED: &str = "gateway_seat_streams_opened_total";
+const DENYLIST_LOOKUPS: &str = "gateway_denylist_lookups_total";
 
 /// Seconds; from a cached catalog read to a payment that waits on the processor.
 const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -36,6 +37,20 @@ pub struct Metrics {
     /// Upstream `WatchSeats` streams opened since start, reconnects included.
     pub seat_streams_opened: Counter,
     pub rate_limited: Counter,
+    pub denylist: DenylistLookups,
+}
+
+/// `gateway_denylist_lookups_total{result}`: how each token check was answered.
+#[derive(Clone)]
+pub struct DenylistLookups {
+    /// Without a Redis call of its own: from this gateway's cache, or by sharing the
+    /// call already in flight for the same token.
+    pub hit: Counter,
+    /// By a Redis call it made.
+    pub miss: Counter,
+    /// Not at all: Redis did not answer (timeout, connection error), the request was
+    /// refused SERVICE_BUSY.
+    pub error: Counter,
 }
 
 impl Metrics {
@@ -63,13 +78,27 @@ impl Metrics {
             None,
             "Upstream WatchSeats streams opened, reconnects included".into(),
         );
+        recorder.describe_counter(
+            DENYLIST_LOOKUPS.into(),
+            None,
+            "Access-token denylist checks by result: hit (no Redis call of its own), miss (a Redis call), \
+             error (Redis did not answer)"
+                .into(),
+        );
         let name = Key::from_static_name;
+        let lookups = |result: &'static str| {
+            let key = Key::from_parts(DENYLIST_LOOKUPS, vec![Label::from_static_parts("result", result)]);
+            recorder.register_counter(&key, &META)
+        };
+        let denylist =
+            DenylistLookups { hit: lookups("hit"), miss: lookups("miss"), error: lookups("error") };
         Ok(Self {
             subscriptions: recorder.register_gauge(&name(SUBSCRIPTIONS), &META),
             shared_subscriptions: recorder.register_gauge(&name(SHARED_SUBSCRIPTIONS), &META),
             seat_streams: recorder.register_gauge(&name(SEAT_STREAMS), &META),
             seat_streams_opened: recorder.register_counter(&name(SEAT_STREAMS_OPENED), &META),
             rate_limited: recorder.register_counter(&name(RATE_LIMITED), &META),
+            denylist,
             handle: recorder.handle(),
             recorder: Arc::new(recorder),
         })

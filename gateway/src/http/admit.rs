@@ -1,7 +1,8 @@
 //! Who may call, decided before any GraphQL runs: the bearer token is verified (and
 //! checked against the logout denylist), then the caller's rate-limit budget is
 //! spent, per user or per client address. A refusal comes back finished (401 with
-//! `WWW-Authenticate`, 429 with `Retry-After`).
+//! `WWW-Authenticate`, 429 with `Retry-After`, 503 with `Retry-After` when the token
+//! could not be checked).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -15,7 +16,7 @@ use marquee_kit::ErrorCode;
 use super::negotiate::ResponseMedia;
 use super::render::{render, server_error};
 use super::{AppState, header_str};
-use crate::error::GatewayError;
+use crate::error::{BUSY_RETRY_AFTER_SECONDS, GatewayError};
 use crate::ratelimit::{Caller, Verdict};
 use crate::schema::Viewer;
 
@@ -28,14 +29,23 @@ pub(super) async fn admit(
     operations: usize,
     media: ResponseMedia,
 ) -> Result<Viewer, Response> {
-    let viewer = match authenticate(state, header_str(headers, header::AUTHORIZATION)).await {
+    let viewer = match verify(state, header_str(headers, header::AUTHORIZATION)).await {
         Ok(viewer) => viewer,
+        Err(error @ GatewayError::Busy(_)) => {
+            // As every SERVICE_BUSY without data: 503 whatever the media type (`render`).
+            let errors = vec![server_error(&error)];
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            let mut response = render(async_graphql::Response::from_errors(errors), media, status);
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(BUSY_RETRY_AFTER_SECONDS));
+            return Err(response);
+        }
         Err(error) => {
             let status = match media {
                 ResponseMedia::Json => StatusCode::OK,
                 ResponseMedia::GraphqlResponseJson => StatusCode::UNAUTHORIZED,
             };
-            let mut response = render(async_graphql::Response::from_errors(vec![error]), media, status);
+            let errors = vec![server_error(&error)];
+            let mut response = render(async_graphql::Response::from_errors(errors), media, status);
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return Err(response);
         }
@@ -94,19 +104,25 @@ pub(super) fn client_address(
     forwarded.or(peer).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
-/// No token is an anonymous caller; a token that does not verify, or was logged out,
-/// is refused outright rather than silently downgraded to anonymous.
-/// `authorization` is the header value, `Bearer <token>`.
+/// `verify` for the WebSocket's `connection_init`, whose refusal is a GraphQL error.
 pub(super) async fn authenticate(
     state: &AppState,
     authorization: Option<&str>,
 ) -> Result<Viewer, ServerError> {
+    verify(state, authorization).await.map_err(|error| server_error(&error))
+}
+
+/// No token is an anonymous caller; a token that does not verify, or was logged out,
+/// is refused outright rather than silently downgraded to anonymous. A token whose
+/// logout cannot be checked now is refused as busy (retryable), never let through.
+/// `authorization` is the header value, `Bearer <token>`.
+async fn verify(state: &AppState, authorization: Option<&str>) -> Result<Viewer, GatewayError> {
     let Some(value) = authorization else { return Ok(Viewer::anonymous()) };
     let token = value
         .split_once(' ')
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
-    let refused = || server_error(&GatewayError::Unauthenticated("invalid or expired access token"));
+    let refused = || GatewayError::Unauthenticated("invalid or expired access token");
     let token = token.ok_or_else(refused)?;
     let claims = match state.keys.verify(token) {
         Ok(claims) => claims,
@@ -115,16 +131,20 @@ pub(super) async fn authenticate(
             return Err(refused());
         }
     };
-    match state.denylist.is_denied(&claims.jti).await {
-        Ok(false) => Viewer::from_claims(claims, token).ok_or_else(refused),
+    match state.denylist.is_denied(&claims.jti, claims.exp).await {
+        Ok(false) => {
+            let session = state.denylist.session(&claims.jti, claims.exp);
+            Viewer::from_claims(claims, token, session).ok_or_else(refused)
+        }
         Ok(true) => {
             tracing::debug!("logged-out access token refused");
             Err(refused())
         }
         // Fail closed: without the denylist a logged-out token would pass.
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "unexpected error");
-            Err(server_error(&GatewayError::Unexpected(error)))
+            let error = anyhow::Error::new(error);
+            tracing::warn!(error = format!("{error:#}"), "access token not checked: refused as busy");
+            Err(GatewayError::Busy(error))
         }
     }
 }

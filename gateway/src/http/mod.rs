@@ -7,6 +7,7 @@
 //! (`web`).
 
 mod admit;
+mod cors;
 mod graphql;
 mod negotiate;
 mod observe;
@@ -82,6 +83,7 @@ struct Options {
     trust_forwarded_for: bool,
     max_subscriptions_per_connection: usize,
     web_dir: PathBuf,
+    cors: cors::Cors,
 }
 
 impl AppState {
@@ -98,6 +100,7 @@ impl AppState {
             trust_forwarded_for: settings.trust_forwarded_for,
             max_subscriptions_per_connection: settings.max_subscriptions_per_connection,
             web_dir: settings.web_dir.clone(),
+            cors: cors::Cors::new(&settings.cors),
         };
         let shared = SharedSubscriptions::new(schema.clone(), feeds.clone(), metrics.clone());
         Self {
@@ -131,6 +134,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .on_failure(DefaultOnFailure::new().level(Level::WARN)),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
+        // Inside the request id and metrics: a preflight is counted and carries its id.
+        .layer(axum::middleware::from_fn_with_state(state.options.cors.clone(), cors::apply))
         .layer(RequestBodyLimitLayer::new(max_body_bytes));
     Router::new()
         .route(GRAPHQL_PATH, get(graphql_get).post(graphql_post))

@@ -24,6 +24,7 @@ use async_graphql::{Context, Schema, ServerResult};
 use marquee_auth::{Claims, Role};
 use marquee_kit::Secret;
 
+use crate::denylist::Session;
 use crate::domain::UserId;
 use crate::error::GatewayError;
 use crate::trace::TraceContext;
@@ -126,6 +127,8 @@ pub struct Identity {
     pub role: Role,
     /// Forwarded to the user service on logout, which denies its `jti`.
     pub access_token: Secret<String>,
+    /// The token to this gateway's denylist, which a logout here updates at once.
+    pub session: Session,
 }
 
 impl Viewer {
@@ -135,9 +138,10 @@ impl Viewer {
 
     /// The claims were verified by `TokenKeys::verify`; `sub` is the user id. `None`
     /// when it is not one (a token our key signed for something else).
-    pub fn from_claims(claims: Claims, token: &str) -> Option<Self> {
+    pub fn from_claims(claims: Claims, token: &str, session: Session) -> Option<Self> {
         let user_id = UserId::parse(&claims.sub).ok()?;
-        Some(Self(Some(Identity { user_id, role: claims.role, access_token: Secret::new(token.to_owned()) })))
+        let access_token = Secret::new(token.to_owned());
+        Some(Self(Some(Identity { user_id, role: claims.role, access_token, session })))
     }
 
     pub fn identity(&self) -> Option<&Identity> {

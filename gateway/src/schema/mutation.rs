@@ -193,6 +193,9 @@ impl MutationRoot {
         let scope = scope(ctx)?;
         let identity = scope.viewer.require()?;
         scope.upstreams.logout(identity.access_token.expose().clone(), refresh_token).await?;
+        // The user service has denied the token in Redis; this gateway may hold a
+        // "not denied" for it (denylist.rs), which must not outlive the logout here.
+        identity.session.ended();
         Ok(true)
     }
 

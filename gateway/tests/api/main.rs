@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit;
+mod cors;
+mod denylist;
 mod live;
 mod ops;
 mod schema;
@@ -68,6 +70,24 @@ async fn spawn_app_wired(
 }
 
 impl TestApp {
+    /// Another gateway over this app's mesh with `configure`d settings of its own (its
+    /// own denylist cache, CORS), stopped when it is dropped.
+    async fn another_gateway(&self, configure: impl FnOnce(&mut marquee_gateway::Settings)) -> TestApp {
+        let mut settings = self.settings.gateway();
+        configure(&mut settings);
+        let gateway = marquee_gateway::Application::build(settings).await.unwrap();
+        let stop = Shutdown::new();
+        let other = TestApp {
+            addr: gateway.addr(),
+            settings: self.settings.clone(),
+            http: self.http.clone(),
+            _mesh: None,
+            _stop: Some(stop.clone().drop_guard()),
+        };
+        tokio::spawn(gateway.run_until_stopped(stop));
+        other
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
