@@ -18,8 +18,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use async_graphql::futures_util::StreamExt as _;
+use async_graphql::futures_util::{FutureExt as _, StreamExt as _};
 use async_graphql::{Request, Response, Variables};
 use tokio::sync::{OnceCell, broadcast, watch};
 use tokio::task::AbortHandle;
@@ -64,6 +65,8 @@ struct Inner {
     schema: GatewaySchema,
     feeds: SeatFeeds,
     metrics: Metrics,
+    /// The shortest time between two rounds of one group's updates.
+    pace: Duration,
     groups: Mutex<HashMap<Key, Entry>>,
     next_generation: AtomicU64,
 }
@@ -94,11 +97,12 @@ struct Group {
 }
 
 impl SharedSubscriptions {
-    pub fn new(schema: GatewaySchema, feeds: SeatFeeds, metrics: Metrics) -> Self {
+    pub fn new(schema: GatewaySchema, feeds: SeatFeeds, metrics: Metrics, pace: Duration) -> Self {
         let inner = Inner {
             schema,
             feeds,
             metrics,
+            pace,
             groups: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(0),
         };
@@ -205,15 +209,28 @@ impl Group {
 /// The one execution of a group: every response encoded once and sent to the
 /// members. A response with errors ends the subscription, as a subscription stream
 /// that fails does.
+///
+/// Rounds are paced: after a round, the group waits `pace` before it takes more, then
+/// sends whatever is ready at once. Each round costs one message per member, so
+/// during a rush the pace, not the rate of seat changes, sets the fan-out's cost.
 async fn run(inner: Arc<Inner>, key: Key, generation: u64, group: Arc<Group>, request: Request) {
     let mut responses = inner.schema.execute_stream(request);
-    while let Some(response) = responses.next().await {
-        let payload = encode(&response);
-        if response.is_err() {
-            inner.finish(&key, generation, &group, Some(payload));
-            return;
+    'rounds: while let Some(first) = responses.next().await {
+        let mut next = Some(first);
+        while let Some(response) = next {
+            let payload = encode(&response);
+            if response.is_err() {
+                inner.finish(&key, generation, &group, Some(payload));
+                return;
+            }
+            let _ = group.updates.send(Update::Next(payload));
+            next = match responses.next().now_or_never() {
+                Some(Some(response)) => Some(response),
+                Some(None) => break 'rounds,
+                None => None,
+            };
         }
-        let _ = group.updates.send(Update::Next(payload));
+        tokio::time::sleep(inner.pace).await;
     }
     inner.finish(&key, generation, &group, None);
 }
@@ -305,7 +322,7 @@ mod tests {
         let metrics = Metrics::new().unwrap();
         let schema = crate::schema::build(Upstreams::connect(&settings).unwrap());
         let feeds = SeatFeeds::new(&settings, metrics.clone()).unwrap();
-        let shared = SharedSubscriptions::new(schema, feeds, metrics);
+        let shared = SharedSubscriptions::new(schema, feeds, metrics, Duration::ZERO);
         let (updates, _) = broadcast::channel(backlog);
         let (_, opened) = watch::channel(false);
         let request = (request.query.clone(), request.variables.clone(), request.operation_name.clone());

@@ -43,6 +43,9 @@ pub struct GatewaySettings {
     pub rate_limit: RateLimitSettings,
     /// Subscriptions one WebSocket connection may hold at once.
     pub max_subscriptions_per_connection: usize,
+    /// The shortest time between two rounds of updates of one shared subscription
+    /// (`fanout.rs`); 0 sends each update as soon as it is built.
+    pub subscription_pace_ms: u64,
     /// The built web app (`web/dist`) served at `/`; relative to the working directory.
     /// A missing directory leaves the API serving and `/` answering 503.
     pub web_dir: PathBuf,

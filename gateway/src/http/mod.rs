@@ -102,7 +102,8 @@ impl AppState {
             web_dir: settings.web_dir.clone(),
             cors: cors::Cors::new(&settings.cors),
         };
-        let shared = SharedSubscriptions::new(schema.clone(), feeds.clone(), metrics.clone());
+        let pace = std::time::Duration::from_millis(settings.subscription_pace_ms);
+        let shared = SharedSubscriptions::new(schema.clone(), feeds.clone(), metrics.clone(), pace);
         Self {
             schema,
             introspection_schema,

@@ -271,6 +271,37 @@ async fn coalesced_subscribers_get_every_change_once_in_order_and_others_one_per
     assert_eq!(change(&single.update("s").await), ("B5", "HELD", "HELD"));
 }
 
+/// A rush's seat changes go out in paced rounds: what is committed while a round's pause
+/// runs waits for the next round, in one update for a coalescing subscriber and as a
+/// burst of single-change updates for the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_committed_between_rounds_go_out_together_in_the_next_round() {
+    // Long enough that the two later holds surely commit inside the pause.
+    let app = super::spawn_app_with(|settings| settings.gateway.subscription_pace_ms = 5_000).await;
+    // Three customers: one holds at most two bookings of a showtime at once.
+    let (ada, _) = app.register("ada").await;
+    let (bob, _) = app.register("bob").await;
+    let showtime = app.first_showtime().await;
+    let mut coalesced = Client::connect(&app, json!({})).await;
+    let payload = json!({ "query": COALESCED, "variables": { "id": showtime } });
+    coalesced.send(json!({ "id": "c", "type": "subscribe", "payload": payload })).await;
+    let mut single = Client::connect(&app, json!({})).await;
+    single.subscribe("s", &showtime).await;
+    wait_for_metric(&app, "gateway_subscriptions_active", 2.0).await;
+
+    // The first change finds the groups idle: it goes out at once, and a pause starts.
+    app.data(Some(&ada), HOLD, hold_input(&showtime, &["D1"])).await;
+    assert_eq!(carried(&coalesced.update("c").await), [("D1".to_owned(), "HELD".to_owned())]);
+    assert_eq!(change(&single.update("s").await), ("D1", "HELD", "HELD"));
+    app.data(Some(&bob), HOLD, hold_input(&showtime, &["D3"])).await;
+    app.data(Some(&bob), HOLD, hold_input(&showtime, &["D5"])).await;
+
+    let held = |seat: &str| (seat.to_owned(), "HELD".to_owned());
+    assert_eq!(carried(&coalesced.update("c").await), [held("D3"), held("D5")], "one update for the round");
+    assert_eq!(change(&single.update("s").await), ("D3", "HELD", "HELD"));
+    assert_eq!(change(&single.update("s").await), ("D5", "HELD", "HELD"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_refuse_unknown_showtimes_and_bad_tokens() {
     let app = spawn_app().await;
