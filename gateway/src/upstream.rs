@@ -27,7 +27,7 @@ use crate::domain::{
 };
 use crate::error::GatewayError;
 pub use crate::loaders::RequestCache;
-use crate::trace::{TRACEPARENT, TraceContext};
+use crate::trace::TraceContext;
 
 /// Readiness must answer quickly even when an upstream hangs.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -57,17 +57,16 @@ pub struct Page<T> {
 
 type TracedChannel = InterceptedService<Channel, Traced>;
 
-/// Stamps `traceparent` and the deadline on every upstream call.
-#[derive(Clone, Copy)]
+/// Stamps the request's `traceparent` and the deadline on every upstream call.
+#[derive(Clone)]
 pub struct Traced(Option<TraceContext>, Duration);
 
 impl Interceptor for Traced {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         request.set_timeout(self.1);
-        let context = self.0.unwrap_or_else(TraceContext::root);
-        // Always ASCII hex and dashes, so the parse cannot fail; never fail a call over tracing.
-        if let Ok(value) = context.header_value().parse() {
-            request.metadata_mut().insert(TRACEPARENT, value);
+        // Outside a request nothing is stamped: the callee starts a trace of its own.
+        if let Some(context) = &self.0 {
+            context.stamp(request.metadata_mut());
         }
         Ok(request)
     }
@@ -100,26 +99,29 @@ impl Upstreams {
     }
 
     fn users(&self) -> UserServiceClient<TracedChannel> {
-        UserServiceClient::with_interceptor(self.user.clone(), Traced(self.trace, self.deadline))
+        UserServiceClient::with_interceptor(self.user.clone(), Traced(self.trace.clone(), self.deadline))
     }
 
     fn cinemas(&self) -> CinemaServiceClient<TracedChannel> {
-        CinemaServiceClient::with_interceptor(self.cinema.clone(), Traced(self.trace, self.deadline))
+        CinemaServiceClient::with_interceptor(self.cinema.clone(), Traced(self.trace.clone(), self.deadline))
     }
 
     fn bookings(&self) -> BookingServiceClient<TracedChannel> {
-        BookingServiceClient::with_interceptor(self.booking.clone(), Traced(self.trace, self.deadline))
+        BookingServiceClient::with_interceptor(
+            self.booking.clone(),
+            Traced(self.trace.clone(), self.deadline),
+        )
     }
 
     fn notifications(&self) -> NotificationServiceClient<TracedChannel> {
         NotificationServiceClient::with_interceptor(
             self.notification.clone(),
-            Traced(self.trace, self.deadline),
+            Traced(self.trace.clone(), self.deadline),
         )
     }
 
     fn tickets(&self) -> TicketServiceClient<TracedChannel> {
-        TicketServiceClient::with_interceptor(self.ticket.clone(), Traced(self.trace, self.deadline))
+        TicketServiceClient::with_interceptor(self.ticket.clone(), Traced(self.trace.clone(), self.deadline))
     }
 
     /// The tickets of these bookings (at most 100), by booking then seat.

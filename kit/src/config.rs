@@ -132,6 +132,15 @@ pub enum LogFormat {
 pub struct TelemetrySettings {
     pub level: String,
     pub format: LogFormat,
+    /// Where spans are exported over OTLP/gRPC (e.g. `http://otel-collector:4317`);
+    /// empty exports nothing (trace context still propagates, logs still carry ids).
+    pub otlp_endpoint: String,
+    /// The share of new traces recorded, 0.0 to 1.0; a trace continued from a caller
+    /// keeps the caller's decision (parent-based), so a trace is whole or absent.
+    pub sampling_ratio: f64,
+    /// `service.name` on exported spans; empty means the executable's name
+    /// (`marquee-booking`, ...).
+    pub service_name: String,
 }
 
 /// `[grpc]`: every gRPC server and client.

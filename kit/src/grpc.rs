@@ -19,7 +19,6 @@ use tracing::instrument::Instrumented;
 use crate::config::ServerSettings;
 use crate::metrics::{GrpcMetricsLayer, Registry};
 use crate::readiness::Readiness;
-use crate::trace::{TRACEPARENT, TraceContext, TraceParent};
 
 /// Binds the configured address (port 0 picks a free port) and reports the real one.
 pub async fn bind(settings: &ServerSettings) -> anyhow::Result<(TcpListener, SocketAddr)> {
@@ -95,10 +94,10 @@ impl Drop for AbortOnDrop {
 
 pub use crate::balance::{channel, streaming_channel};
 
-/// Runs each call in the trace its `traceparent` names (a new trace when it is
-/// missing or malformed): inside a `grpc.request` span carrying `trace.id`, this
-/// hop's `span.id` and the caller's `parent.id`, so every log line of the call
-/// carries them, and with that context as `trace::current()` for the handler.
+/// Runs each call in a `grpc.request` span, the child of the caller's span its
+/// `traceparent` names (the root of a new trace when it is missing or malformed). The
+/// span carries `trace.id` and `span.id`, so every log line of the call carries them;
+/// calls the handler makes with `trace::outgoing` become its children.
 #[derive(Clone, Copy, Debug)]
 pub struct TraceLayer {
     /// Names the service in the span: several services may share one process (tests).
@@ -126,27 +125,30 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Instrumented<tokio::task::futures::TaskLocalFuture<TraceContext, S::Future>>;
+    type Future = Instrumented<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let parent =
-            request.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
-        let context = parent.as_ref().map_or_else(TraceContext::root, TraceParent::child);
-        let span = tracing::info_span!(
+        // Probes every few seconds from every client would drown the traces of real work.
+        if request.uri().path().starts_with("/grpc.health.v1.") {
+            return self.inner.call(request).instrument(tracing::Span::none());
+        }
+        // Error level: the span must exist whatever the log level, or the trace breaks
+        // here. No implicit parent: only the caller's `traceparent` decides the trace.
+        let span = tracing::error_span!(
+            parent: None,
             "grpc.request",
+            otel.kind = "server",
             service = self.service,
             rpc = request.uri().path(),
-            trace.id = %context.trace_id(),
-            span.id = %context.span_id(),
-            parent.id = tracing::field::Empty,
+            trace.id = tracing::field::Empty,
+            span.id = tracing::field::Empty,
         );
-        if let Some(parent) = parent {
-            span.record("parent.id", tracing::field::display(parent.parent_id()));
-        }
-        context.scope(self.inner.call(request)).instrument(span)
+        crate::trace::follow(&span, crate::trace::extract(&crate::trace::Headers(request.headers())));
+        let call = span.in_scope(|| self.inner.call(request));
+        call.instrument(span)
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
 use marquee_kit::backoff::{Backoff, Reconnect};
@@ -178,11 +178,62 @@ pub async fn publish_confirmed(
     }
 }
 
+/// The trace a message continues: the context its `traceparent` header names (set
+/// by the outbox relay from the transaction that wrote the event, kept on retries),
+/// or an empty one, so its consumer's span starts a trace of its own.
+pub fn trace_parent(headers: Option<&FieldTable>) -> opentelemetry::Context {
+    match headers {
+        Some(headers) => marquee_kit::trace::extract(&AmqpHeaders(headers)),
+        None => opentelemetry::Context::new(),
+    }
+}
+
+/// `properties` with a `traceparent` header, when there is one to carry.
+pub fn with_traceparent(properties: BasicProperties, traceparent: Option<&str>) -> BasicProperties {
+    let Some(traceparent) = traceparent else { return properties };
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(marquee_kit::trace::TRACEPARENT.into(), AMQPValue::LongString(traceparent.into()));
+    properties.with_headers(headers)
+}
+
+/// Reads trace context from AMQP message headers (string values only).
+struct AmqpHeaders<'a>(&'a FieldTable);
+
+impl opentelemetry::propagation::Extractor for AmqpHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match self.0.inner().get(key)? {
+            AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
+            AMQPValue::ShortString(value) => Some(value.as_str()),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.inner().keys().map(ShortString::as_str).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+
+    #[test]
+    fn a_traceparent_header_names_the_trace_a_message_continues() {
+        use opentelemetry::trace::TraceContextExt as _;
+        let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let properties = with_traceparent(BasicProperties::default(), Some(sent));
+        let parent = trace_parent(properties.headers().as_ref());
+        let span = parent.span();
+        assert_eq!(span.span_context().trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(span.span_context().span_id().to_string(), "00f067aa0ba902b7");
+        assert!(span.span_context().is_remote());
+
+        let untraced = with_traceparent(BasicProperties::default(), None);
+        assert!(!trace_parent(untraced.headers().as_ref()).span().span_context().is_valid());
+        assert!(!trace_parent(None).span().span_context().is_valid());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn startup_tries_again_until_the_broker_answers() {

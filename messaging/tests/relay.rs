@@ -291,3 +291,45 @@ async fn a_holder_whose_drain_never_ends_keeps_renewing_and_publishes_alone() {
     b.stop().await;
     db.drop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_event_is_published_with_the_trace_of_the_write_that_caused_it() {
+    let settings = isolated_settings();
+    let db = marquee_mongo::connect(&settings.mongo, "outbox").await.unwrap();
+    let collection = db.collection::<Document>("bookings");
+    let mut received = Received::subscribe(&settings.rabbitmq).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (traced, untraced) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string());
+    let entry = |id: &str| doc! { "event_id": id, "type": "booking.held", "data": mongodb::bson::Binary { subtype: mongodb::bson::spec::BinarySubtype::Generic, bytes: vec![7] }, "sent_at": null };
+    let mut with_trace = entry(&traced);
+    with_trace.insert("traceparent", traceparent);
+    collection
+        .insert_one(doc! {
+            "_id": uuid::Uuid::new_v4().to_string(),
+            "outbox": [with_trace, entry(&untraced)],
+            "pending_events": [&traced, &untraced],
+            "unsent_events": 2,
+        })
+        .await
+        .unwrap();
+    let relay = Relay::start(&settings, &collection).await;
+
+    let mut headers = HashMap::new();
+    while headers.len() < 2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), received.consumer.next())
+            .await
+            .expect("both events published")
+            .unwrap()
+            .unwrap();
+        let id = delivery.properties.message_id().as_ref().map(ToString::to_string).unwrap();
+        let context = marquee_messaging::rabbit::trace_parent(delivery.properties.headers().as_ref());
+        headers.insert(id, context);
+    }
+    use opentelemetry::trace::TraceContextExt as _;
+    let parent = headers[&traced].span().span_context().clone();
+    assert_eq!(parent.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(parent.span_id().to_string(), "00f067aa0ba902b7");
+    assert!(!headers[&untraced].span().span_context().is_valid(), "no trace, no header");
+    relay.stop().await;
+    db.drop().await.unwrap();
+}

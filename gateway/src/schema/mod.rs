@@ -69,10 +69,10 @@ fn build_with_depth(upstreams: Upstreams, depth: usize) -> GatewaySchema {
         .finish()
 }
 
-/// Gives every request a trace context (W3C Trace Context): the one the HTTP layer
-/// derived from an incoming `traceparent`, or a new trace. Resolvers stamp it on every
-/// upstream call, so one request is one trace. Also gives every request its loader
-/// cache when the transport did not.
+/// Gives every request its span (W3C Trace Context): the one the HTTP layer made the
+/// child of an incoming `traceparent`, or the root of a new trace. Resolvers stamp it
+/// on every upstream call, so one request is one trace. Also gives every request its
+/// loader cache when the transport did not.
 struct Tracing;
 
 impl ExtensionFactory for Tracing {
@@ -101,8 +101,9 @@ impl Extension for Tracing {
         next.run(ctx, request).await
     }
 
-    /// Logs of the operation (an internal error, above all) carry the trace id, so they
-    /// can be found next to the upstream services' records of the same trace.
+    /// The operation runs in the request's span: its logs (an internal error, above
+    /// all) carry the trace id, so they can be found next to the upstream services'
+    /// records of the same trace.
     async fn execute(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -110,8 +111,7 @@ impl Extension for Tracing {
         next: NextExecute<'_>,
     ) -> async_graphql::Response {
         use tracing::Instrument as _;
-        let trace_id = ctx.data_opt::<TraceContext>().map(TraceContext::trace_id).unwrap_or_default();
-        let span = tracing::error_span!("graphql", trace.id = %trace_id);
+        let span = ctx.data_opt::<TraceContext>().map_or_else(tracing::Span::none, |t| t.span().clone());
         next.run(ctx, operation_name).instrument(span).await
     }
 }
@@ -181,7 +181,7 @@ pub(crate) fn scope<'a>(ctx: &Context<'a>) -> Result<Scope<'a>, GatewayError> {
     let missing = |e: async_graphql::Error| GatewayError::Unexpected(anyhow::anyhow!("{}", e.message));
     let trace = ctx.data::<TraceContext>().map_err(missing)?;
     Ok(Scope {
-        upstreams: ctx.data::<Upstreams>().map_err(missing)?.traced(*trace),
+        upstreams: ctx.data::<Upstreams>().map_err(missing)?.traced(trace.clone()),
         cache: ctx.data::<RequestCache>().map_err(missing)?,
         viewer: ctx.data::<Viewer>().map_err(missing)?,
     })

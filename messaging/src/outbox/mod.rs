@@ -62,14 +62,21 @@ pub struct OutboxEvent {
 impl OutboxEvent {
     /// The element to push onto a document's `outbox` array (its id goes onto
     /// `pending_events`, and `unsent_events` is incremented, in the same update).
+    /// Built where the write happens, it records the `traceparent` of the current
+    /// span: the relay publishes it as a message header, so whatever consumes the
+    /// event joins the trace of the request that caused it.
     pub fn entry(&self) -> Bson {
-        Bson::Document(doc! {
+        let mut entry = doc! {
             "event_id": self.event_id.to_string(),
             "type": self.kind,
             "occurred_at": bson::DateTime::from_millis(self.occurred_at.timestamp_millis()),
             "data": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: self.data.clone() },
             "sent_at": Bson::Null,
-        })
+        };
+        if let Some(traceparent) = marquee_kit::trace::current_traceparent() {
+            entry.insert(marquee_kit::trace::TRACEPARENT, traceparent);
+        }
+        Bson::Document(entry)
     }
 }
 
@@ -82,6 +89,8 @@ pub struct PendingEvent {
     pub event_id: String,
     pub kind: String,
     pub data: Vec<u8>,
+    /// The trace of the write that produced it (`OutboxEvent::entry`), if traced.
+    pub traceparent: Option<String>,
 }
 
 /// Where the relay finds unsent events and records the broker's confirms.
@@ -125,6 +134,9 @@ struct OutboxEntryDoc {
     #[serde(rename = "type")]
     kind: String,
     data: bson::Binary,
+    /// Absent on entries written before traces were recorded, or outside any trace.
+    #[serde(default)]
+    traceparent: Option<String>,
 }
 
 /// A document with unsent events, as the backlog reads it.
@@ -230,6 +242,7 @@ impl OutboxStore for MongoOutbox {
                         event_id: entry.event_id,
                         kind: entry.kind,
                         data: entry.data.bytes,
+                        traceparent: entry.traceparent,
                     });
                 }
             }
@@ -459,6 +472,7 @@ impl<S: OutboxStore> OutboxRelay<S> {
             .with_message_id(message_id)
             .with_content_type("application/x-protobuf".into())
             .with_type(routing_key.clone());
+        let properties = crate::rabbit::with_traceparent(properties, event.traceparent.as_deref());
         channel
             .basic_publish(
                 self.exchange.clone(),

@@ -22,10 +22,13 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => {
-            marquee_kit::telemetry::init(&settings.telemetry);
+            let telemetry = marquee_kit::telemetry::init(&settings.telemetry);
             let app = Application::build(settings).await?;
             tracing::info!(addr = %app.addr(), "notification service listening");
-            app.run_until_stopped(marquee_kit::shutdown::on_signal()).await
+            let stopped = app.run_until_stopped(marquee_kit::shutdown::on_signal()).await;
+            // The spans of the last requests are still in the batch.
+            telemetry.shutdown().await;
+            stopped
         }
         ["dead-letters", command, rest @ ..] => {
             let limit = match rest {

@@ -683,20 +683,86 @@ async fn each_consumed_event_is_one_trace_through_its_user_and_cinema_lookups() 
     let app = spawn_app().await;
     assert!(capture::start(), "the kit's subscriber (with the span capture) is the process's");
     let (alice, _) = app.register("alice").await;
+    // Published without a `traceparent` (as by a producer outside any trace): the
+    // consumer starts a trace for the event; its lookups are calls in it.
     app.publish_event(&app.confirmed_event(&alice, &["A1"])).await;
     app.await_notifications(&alice, 1).await;
 
-    // The consumer started a trace for the event; its lookups are calls in it.
-    let spans = capture::all();
-    let consumed = spans.iter().filter(|span| span.name == "trace").find(|root| {
-        let of_trace = capture::spans_of(&root.trace_id);
-        let called = |rpc: &str| of_trace.iter().any(|span| span.name == "grpc.request" && span.rpc == rpc);
-        called("/marquee.user.v1.UserService/GetUser")
-            && called("/marquee.cinema.v1.CinemaService/GetShowtime")
-    });
-    let consumed = consumed.expect("one trace holds the event's user and cinema lookups");
-    let lookups = capture::spans_of(&consumed.trace_id);
+    let lookups = eventually_spans(|spans| {
+        let consumed = spans.iter().filter(|span| span.name == "event.consume").find(|root| {
+            let of_trace = capture::spans_of(&root.trace_id);
+            let called =
+                |rpc: &str| of_trace.iter().any(|span| span.name == "grpc.request" && span.rpc == rpc);
+            root.parent_id.is_none()
+                && called("/marquee.user.v1.UserService/GetUser")
+                && called("/marquee.cinema.v1.CinemaService/GetShowtime")
+        })?;
+        Some(capture::spans_of(&consumed.trace_id))
+    })
+    .await;
     assert!(lookups.iter().filter(|span| span.name == "grpc.request").all(|span| span.parent_id.is_some()));
+}
+
+#[tokio::test]
+async fn a_consumed_event_continues_the_trace_its_message_names() {
+    use marquee_kit::telemetry::capture;
+    let app = spawn_app().await;
+    assert!(capture::start(), "the kit's subscriber (with the span capture) is the process's");
+    let (alice, _) = app.register("alice").await;
+    let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let held = event(
+        "booking.expired",
+        &alice,
+        Payload::BookingExpired(BookingExpired {
+            showtime_id: app.showtime.id.clone(),
+            seat_ids: seat_list(&["A1"]),
+        }),
+    );
+    // As the outbox relay publishes it: with the writer's `traceparent` header.
+    let traced = marquee_messaging::rabbit::with_traceparent(
+        BasicProperties::default().with_delivery_mode(2),
+        Some(&format!("00-{trace}-{parent}-01")),
+    );
+    let confirm = app
+        .publisher
+        .channel
+        .basic_publish(
+            app.publisher.exchange.clone().into(),
+            held.r#type.clone().into(),
+            BasicPublishOptions::default(),
+            &held.encode_to_vec(),
+            traced,
+        )
+        .await
+        .unwrap();
+    assert!(confirm.await.unwrap().is_ack());
+    app.await_notifications(&alice, 1).await;
+
+    // The delivery's span is the publisher's child; the lookups are in that trace.
+    let spans = eventually_spans(|_| {
+        let spans = capture::spans_of(trace);
+        spans.iter().any(|span| span.rpc == "/marquee.user.v1.UserService/GetUser").then_some(spans)
+    })
+    .await;
+    let consumed: Vec<_> = spans.iter().filter(|span| span.name == "event.consume").collect();
+    assert_eq!(consumed.len(), 1, "{spans:#?}");
+    assert_eq!(consumed[0].parent_id.as_deref(), Some(parent));
+    assert_eq!(consumed[0].service, "notification");
+}
+
+/// Waits until `found` finds what it looks for among the exported spans: a span is
+/// exported when it ends, a moment after the work a test waits for.
+async fn eventually_spans<T>(
+    found: impl Fn(&[marquee_kit::telemetry::capture::TraceSpan]) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = found(&marquee_kit::telemetry::capture::all()) {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the spans never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

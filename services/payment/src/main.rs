@@ -11,8 +11,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     marquee_kit::telemetry::install_crypto_provider();
     let settings = Settings::load()?;
-    marquee_kit::telemetry::init(&settings.telemetry);
+    let telemetry = marquee_kit::telemetry::init(&settings.telemetry);
     let app = Application::build(settings).await?;
     tracing::info!(addr = %app.addr(), "payment service listening");
-    app.run_until_stopped(marquee_kit::shutdown::on_signal()).await
+    let stopped = app.run_until_stopped(marquee_kit::shutdown::on_signal()).await;
+    // The spans of the last requests are still in the batch.
+    telemetry.shutdown().await;
+    stopped
 }

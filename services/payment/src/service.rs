@@ -11,6 +11,7 @@ use marquee_proto::common::v1::Money as PbMoney;
 use marquee_proto::payment::v1 as pb;
 use tokio::sync::Notify;
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::domain::{
     BookingId, Charge, IdempotencyKey, InvalidInput, Money, PaymentId, PaymentMethod, Refund, RefundReason,
@@ -164,10 +165,12 @@ impl PaymentServiceImpl {
         span.record("payment.id", payment.id.as_str());
 
         // The attempt runs on its own task: a caller that gives up (deadline,
-        // disconnect) must not leave the key leased with no one finishing it.
+        // disconnect) must not leave the key leased with no one finishing it. It takes
+        // the call's span along, so its events stay in the caller's trace.
         let this = self.clone();
         let method = charge.method;
-        tokio::spawn(async move { this.attempt(&payment, method, &lease).await })
+        let attempt = async move { this.attempt(&payment, method, &lease).await };
+        tokio::spawn(attempt.instrument(tracing::Span::current()))
             .await
             .context("payment attempt panicked")?
     }

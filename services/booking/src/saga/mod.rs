@@ -168,12 +168,9 @@ impl Saga {
             drop(permit);
             result
         }
+        // The caller's span goes along: the work stays in its trace.
         .instrument(tracing::Span::current());
-        let task = match marquee_kit::trace::current() {
-            Some(context) => tokio::spawn(context.scope(work)),
-            None => tokio::spawn(work),
-        };
-        task.await.context("a saga task panicked")?
+        tokio::spawn(work).await.context("a saga task panicked")?
     }
 
     /// Frees a booking's held seats. Failure is logged, not raised: the hold lapses

@@ -34,16 +34,26 @@ impl Saga {
         let mut report = SweepReport::default();
         let now = Utc::now();
         for booking in self.store.overdue_holds(now, SWEEP_BATCH).await? {
-            let span = tracing::info_span!("sweep.expire", booking.id = %booking.id);
-            in_new_trace(self.expire(booking, now, &mut report).instrument(span)).await?;
+            // Each span is opened inside the new trace, so it is that trace's.
+            in_new_trace(async {
+                let span = tracing::info_span!("sweep.expire", booking.id = %booking.id);
+                self.expire(booking, now, &mut report).instrument(span).await
+            })
+            .await?;
         }
         for booking in self.store.stalled(Utc::now(), SWEEP_BATCH).await? {
-            let span = tracing::info_span!("sweep.resume", booking.id = %booking.id);
-            in_new_trace(self.resume(booking, &mut report).instrument(span)).await?;
+            in_new_trace(async {
+                let span = tracing::info_span!("sweep.resume", booking.id = %booking.id);
+                self.resume(booking, &mut report).instrument(span).await
+            })
+            .await?;
         }
         for (booking_id, showtime_id) in self.store.pending_releases(SWEEP_BATCH).await? {
-            let span = tracing::info_span!("sweep.release", booking.id = %booking_id);
-            let released = in_new_trace(self.release_seats(showtime_id, booking_id).instrument(span)).await;
+            let released = in_new_trace(async {
+                let span = tracing::info_span!("sweep.release", booking.id = %booking_id);
+                self.release_seats(showtime_id, booking_id).instrument(span).await
+            })
+            .await;
             if released {
                 self.store.release_done(booking_id).await?;
                 report.released_late += 1;
@@ -58,8 +68,11 @@ impl Saga {
             claims.iter().partition(|claim| written.contains(&claim.booking_id));
         self.store.mark_slots_checked(&checked).await?;
         for claim in abandoned {
-            let span = tracing::info_span!("sweep.slot", booking.id = %claim.booking_id);
-            in_new_trace(self.release_abandoned(claim, &mut report).instrument(span)).await;
+            in_new_trace(async {
+                let span = tracing::info_span!("sweep.slot", booking.id = %claim.booking_id);
+                self.release_abandoned(claim, &mut report).instrument(span).await
+            })
+            .await;
         }
         Ok(report)
     }

@@ -1,10 +1,9 @@
 //! One booking is one trace: the caller's `traceparent` reaches every service the
 //! saga calls, and the sweep traces each booking it handles on its own. The
-//! services run in this process, so the kit's span capture sees each one's
-//! `grpc.request` spans.
+//! services run in this process, so the kit's in-memory span exporter sees each
+//! one's `grpc.request` spans.
 
 use marquee_kit::telemetry::capture::{self, TraceSpan};
-use marquee_kit::trace::TraceParent;
 
 use super::*;
 
@@ -28,6 +27,28 @@ fn with_trace<T>(message: T, traceparent: &str) -> tonic::Request<T> {
 
 fn calls_to<'a>(spans: &'a [TraceSpan], service: &str) -> Vec<&'a TraceSpan> {
     spans.iter().filter(|span| span.name == "grpc.request" && span.service == service).collect()
+}
+
+/// Whether `span` is `ancestor` or below it, by the parent links among `spans`.
+fn descends_from(spans: &[TraceSpan], span: &TraceSpan, ancestor: &TraceSpan) -> bool {
+    let mut at = Some(span);
+    while let Some(current) = at {
+        if current.span_id == ancestor.span_id {
+            return true;
+        }
+        at = current.parent_id.as_ref().and_then(|parent| spans.iter().find(|s| &s.span_id == parent));
+    }
+    false
+}
+
+/// The exported spans of `trace` once `done` holds for them: a span is exported when
+/// it ends, which for a server span can be a moment after its caller got the answer.
+async fn spans_when(trace: &str, done: impl Fn(&[TraceSpan]) -> bool) -> Vec<TraceSpan> {
+    eventually(Duration::from_secs(5), "the trace's spans", || async {
+        let spans = capture::spans_of(trace);
+        done(&spans).then_some(spans)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -55,7 +76,11 @@ async fn a_booking_is_one_trace_across_booking_cinema_and_payment() {
         .into_inner();
     assert_eq!(held.status(), BookingStatus::Held);
 
-    let spans = capture::spans_of(hold_trace);
+    let spans = spans_when(hold_trace, |spans| {
+        !calls_to(spans, BOOKING).is_empty()
+            && calls_to(spans, CINEMA).iter().any(|span| span.rpc.ends_with("/LockSeats"))
+    })
+    .await;
     let booking = calls_to(&spans, BOOKING);
     assert_eq!(booking.len(), 1, "{spans:#?}");
     assert_eq!(booking[0].rpc, format!("/{BOOKING}/HoldSeats"));
@@ -68,8 +93,8 @@ async fn a_booking_is_one_trace_across_booking_cinema_and_payment() {
         let parent = downstream.parent_id.as_deref().expect("a valid traceparent reached it");
         // Each call is a span of its own under booking's, not a copy of the caller's.
         assert_ne!(parent, hold_parent);
-        assert_ne!(parent, booking[0].span_id);
         assert_ne!(downstream.span_id, booking[0].span_id);
+        assert!(descends_from(&spans, downstream, booking[0]), "{downstream:#?} under {:#?}", booking[0]);
     }
 
     // Paying is another request of the same booking, in a trace of its own.
@@ -90,7 +115,11 @@ async fn a_booking_is_one_trace_across_booking_cinema_and_payment() {
         .unwrap()
         .into_inner();
     assert_eq!(paid.status(), BookingStatus::Confirmed);
-    let spans = capture::spans_of(pay_trace);
+    let spans = spans_when(pay_trace, |spans| {
+        calls_to(spans, PAYMENT).iter().any(|span| span.rpc.ends_with("/Charge"))
+            && calls_to(spans, CINEMA).iter().any(|span| span.rpc.ends_with("/ConfirmSeats"))
+    })
+    .await;
     assert!(calls_to(&spans, PAYMENT).iter().any(|span| span.rpc.ends_with("/Charge")), "{spans:#?}");
     assert!(calls_to(&spans, CINEMA).iter().any(|span| span.rpc.ends_with("/ConfirmSeats")), "{spans:#?}");
     assert!(
@@ -112,21 +141,22 @@ async fn a_malformed_traceparent_starts_one_new_trace_that_still_spans_the_servi
     let held = app.booking.clone().hold_seats(with_trace(request, malformed)).await.unwrap().into_inner();
     assert_eq!(held.status(), BookingStatus::Held);
 
-    let holds: Vec<TraceSpan> = capture::all()
-        .into_iter()
-        .filter(|span| {
+    // Booking served the hold as the root of a new trace, and cinema's LockSeats is in it.
+    let started = eventually(Duration::from_secs(5), "a new trace from the hold to cinema", || async {
+        let holds = capture::all().into_iter().filter(|span| {
             span.service == BOOKING && span.rpc.ends_with("/HoldSeats") && span.parent_id.is_none()
+        });
+        holds.into_iter().find(|hold| {
+            let spans = capture::spans_of(&hold.trace_id);
+            calls_to(&spans, CINEMA).iter().any(|span| span.rpc.ends_with("/LockSeats"))
         })
-        .collect();
-    assert!(!holds.is_empty(), "booking served the hold as the root of a new trace");
-    let started = holds.iter().find(|hold| {
-        let spans = capture::spans_of(&hold.trace_id);
-        calls_to(&spans, CINEMA).iter().any(|span| span.rpc.ends_with("/LockSeats"))
-    });
-    let started = started.expect("cinema's LockSeats is in the trace booking started");
+    })
+    .await;
     assert_ne!(started.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_ne!(started.trace_id.to_uppercase(), "4BF92F3577B34DA6A3CE929D0E0E4736");
-    assert!(TraceParent::parse(&format!("00-{}-{}-01", started.trace_id, started.span_id)).is_some());
+    let hex =
+        |id: &str, len: usize| id.len() == len && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    assert!(hex(&started.trace_id, 32) && hex(&started.span_id, 16), "{started:#?}");
 }
 
 #[tokio::test]
@@ -161,17 +191,23 @@ async fn the_sweep_traces_each_expired_booking_on_its_own() {
     .await;
 
     // Each release is a cinema call in a trace the sweep started for that booking.
-    let all = capture::all();
-    let sweep_traces: Vec<&str> =
-        all.iter().filter(|span| span.name == "trace").map(|span| span.trace_id.as_str()).collect();
-    let releases: Vec<&TraceSpan> = calls_to(&all, CINEMA)
-        .into_iter()
-        .filter(|span| span.rpc.ends_with("/ReleaseSeats") && sweep_traces.contains(&span.trace_id.as_str()))
-        .collect();
-    let mut traces: Vec<&str> = releases.iter().map(|span| span.trace_id.as_str()).collect();
-    traces.sort_unstable();
-    traces.dedup();
-    assert!(traces.len() >= 2, "one trace per expired booking: {releases:#?}");
-    assert!(!traces.contains(&hold_trace), "the sweep is not the caller's trace");
+    let (releases, traces) = eventually(Duration::from_secs(5), "one trace per expired booking", || async {
+        let all = capture::all();
+        let sweep_traces: Vec<&str> =
+            all.iter().filter(|span| span.name == "trace").map(|span| span.trace_id.as_str()).collect();
+        let releases: Vec<TraceSpan> = calls_to(&all, CINEMA)
+            .into_iter()
+            .filter(|span| {
+                span.rpc.ends_with("/ReleaseSeats") && sweep_traces.contains(&span.trace_id.as_str())
+            })
+            .cloned()
+            .collect();
+        let mut traces: Vec<String> = releases.iter().map(|span| span.trace_id.clone()).collect();
+        traces.sort_unstable();
+        traces.dedup();
+        (traces.len() >= 2).then_some((releases, traces))
+    })
+    .await;
+    assert!(!traces.iter().any(|trace| trace == hold_trace), "the sweep is not the caller's trace");
     assert!(releases.iter().all(|span| span.parent_id.is_some()));
 }

@@ -62,6 +62,10 @@ impl Handler {
             }
         };
         let event_type = event.r#type.clone();
+        // On the delivery's span (`settle`), so a trace's events can be told apart.
+        let consumed = tracing::Span::current();
+        consumed.record("event.type", tracing::field::display(&event_type));
+        consumed.record("booking.id", tracing::field::display(&event.booking_id));
         let event = match Notice::from_event(event) {
             Ok(Some(event)) => event,
             Ok(None) => {
@@ -76,9 +80,7 @@ impl Handler {
             }
         };
         let span = tracing::info_span!("notify", event.id = %event.event_id, booking.id = %event.booking_id);
-        // Each consumed event is a trace of its own, through its calls to user and cinema.
-        marquee_kit::trace::in_new_trace(self.handle_claimed(&event, last_chance, shutdown).instrument(span))
-            .await
+        self.handle_claimed(&event, last_chance, shutdown).instrument(span).await
     }
 
     /// Takes the event's claim, waiting while another delivery holds it (it finishes,

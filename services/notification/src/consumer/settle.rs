@@ -12,6 +12,7 @@ use marquee_kit::backoff::Backoff;
 use marquee_kit::shutdown::Shutdown;
 use marquee_messaging::rabbit::{PERSISTENT, publish_confirmed};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::Handler;
 use crate::retry::{Next, RetryState, delay_queue};
@@ -78,7 +79,32 @@ fn now_ms() -> i64 {
 }
 
 impl Handler {
+    /// Handles and settles one delivery in a span of the trace that published it (the
+    /// `traceparent` header the outbox relay set from the write that caused the
+    /// event; a new trace when it has none), so the notification joins its booking's
+    /// trace, retries included (a retry keeps the delivery's headers).
     pub(super) async fn settle(&self, delivery: Delivery, publish: &AmqpChannel, shutdown: &Shutdown) {
+        // Error level: the span must exist whatever the log level, or the trace breaks.
+        let span = tracing::error_span!(
+            parent: None,
+            "event.consume",
+            otel.kind = "consumer",
+            service = "notification",
+            messaging.system = "rabbitmq",
+            event.id = event_id(&delivery),
+            event.r#type = tracing::field::Empty,
+            booking.id = tracing::field::Empty,
+            trace.id = tracing::field::Empty,
+            span.id = tracing::field::Empty,
+        );
+        marquee_kit::trace::follow(
+            &span,
+            marquee_messaging::rabbit::trace_parent(delivery.properties.headers().as_ref()),
+        );
+        self.settle_traced(delivery, publish, shutdown).instrument(span).await
+    }
+
+    async fn settle_traced(&self, delivery: Delivery, publish: &AmqpChannel, shutdown: &Shutdown) {
         let started = Instant::now();
         self.metrics.consumed.increment(1);
         let retry = RetryState::from_headers(delivery.properties.headers().as_ref());
