@@ -145,6 +145,19 @@ pub mod capture {
     }
 
     impl TraceSpan {
+        /// Whether this span is `ancestor` or below it, by the parent links among `spans`.
+        pub fn descends_from(&self, ancestor: &TraceSpan, spans: &[TraceSpan]) -> bool {
+            let mut at = Some(self);
+            while let Some(current) = at {
+                if current.span_id == ancestor.span_id {
+                    return true;
+                }
+                at =
+                    current.parent_id.as_ref().and_then(|parent| spans.iter().find(|s| &s.span_id == parent));
+            }
+            false
+        }
+
         pub fn attribute(&self, key: &str) -> Option<&str> {
             self.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
         }

@@ -188,6 +188,30 @@ pub fn trace_parent(headers: Option<&FieldTable>) -> opentelemetry::Context {
     }
 }
 
+/// The span a consumer handles one delivery in: a child of the span whose write
+/// published the event (the `traceparent` header the outbox relay set; a new trace when
+/// there is none), so the consumer's work joins its booking's trace, retries included
+/// (a retry keeps the delivery's headers). `event.type` comes from the message's type
+/// property; `booking.id` is left for the handler to record once it has read the event.
+pub fn consume_span(delivery: &lapin::message::Delivery, service: &'static str) -> tracing::Span {
+    let properties = &delivery.properties;
+    // Error level: the span must exist whatever the log level, or the trace breaks.
+    let span = tracing::error_span!(
+        parent: None,
+        "event.consume",
+        otel.kind = "consumer",
+        service,
+        messaging.system = "rabbitmq",
+        event.id = properties.message_id().as_ref().map_or("", |id| id.as_str()),
+        event.r#type = properties.kind().as_ref().map_or("", |kind| kind.as_str()),
+        booking.id = tracing::field::Empty,
+        trace.id = tracing::field::Empty,
+        span.id = tracing::field::Empty,
+    );
+    marquee_kit::trace::follow(&span, trace_parent(properties.headers().as_ref()));
+    span
+}
+
 /// `properties` with a `traceparent` header, when there is one to carry.
 pub fn with_traceparent(properties: BasicProperties, traceparent: Option<&str>) -> BasicProperties {
     let Some(traceparent) = traceparent else { return properties };

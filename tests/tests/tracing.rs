@@ -48,18 +48,6 @@ fn consumed<'a>(spans: &'a [TraceSpan], service: &str) -> Vec<&'a TraceSpan> {
     spans.iter().filter(|span| span.name == "event.consume" && span.service == service).collect()
 }
 
-/// Whether `span` is `ancestor` or below it, by the parent links among `spans`.
-fn descends_from(spans: &[TraceSpan], span: &TraceSpan, ancestor: &TraceSpan) -> bool {
-    let mut at = Some(span);
-    while let Some(current) = at {
-        if current.span_id == ancestor.span_id {
-            return true;
-        }
-        at = current.parent_id.as_ref().and_then(|parent| spans.iter().find(|s| &s.span_id == parent));
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_booking_is_one_trace_from_the_gateway_to_the_notification() {
     let mesh = Mesh::start().await.unwrap();
@@ -189,13 +177,13 @@ async fn one_booking_is_one_trace_from_the_gateway_to_the_notification() {
     assert!(gateway.iter().all(|span| span.parent_id.as_deref() == Some(client_span.as_str())));
     // Retried calls are spans of their own, each under the request that made it.
     for lock in rpc(&spans, CINEMA, "LockSeats") {
-        assert!(descends_from(&spans, lock, &hold), "booking -> cinema: {lock:#?}");
+        assert!(lock.descends_from(&hold, &spans), "booking -> cinema: {lock:#?}");
     }
     for confirm in rpc(&spans, CINEMA, "ConfirmSeats") {
-        assert!(descends_from(&spans, confirm, &pay), "booking -> cinema: {confirm:#?}");
+        assert!(confirm.descends_from(&pay, &spans), "booking -> cinema: {confirm:#?}");
     }
     for charge in rpc(&spans, PAYMENT, "Charge") {
-        assert!(descends_from(&spans, charge, &pay), "booking -> payment: {charge:#?}");
+        assert!(charge.descends_from(&pay, &spans), "booking -> payment: {charge:#?}");
     }
     let event = |service: &str, kind: &str| {
         let found: Vec<&TraceSpan> = consumed(&spans, service)
@@ -208,13 +196,13 @@ async fn one_booking_is_one_trace_from_the_gateway_to_the_notification() {
     // booking's outbox -> RabbitMQ -> the workers: the event written while paying is
     // handled under the pay, the one written while holding under the hold.
     for notified in event("notification", "booking.confirmed") {
-        assert!(descends_from(&spans, notified, &pay), "booking outbox -> notification: {notified:#?}");
+        assert!(notified.descends_from(&pay, &spans), "booking outbox -> notification: {notified:#?}");
     }
     for notified in event("notification", "booking.held") {
-        assert!(descends_from(&spans, notified, &hold), "booking outbox -> notification: {notified:#?}");
+        assert!(notified.descends_from(&hold, &spans), "booking outbox -> notification: {notified:#?}");
     }
     for issued in event("ticket", "booking.confirmed") {
-        assert!(descends_from(&spans, issued, &pay), "booking outbox -> ticket: {issued:#?}");
+        assert!(issued.descends_from(&pay, &spans), "booking outbox -> ticket: {issued:#?}");
     }
     mesh.stop().await;
 }

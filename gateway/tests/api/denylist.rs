@@ -146,16 +146,10 @@ struct MutableRedis {
 impl MutableRedis {
     /// Proxies to the host and port of `url`; returns `url` pointed at the proxy.
     fn start(url: &str) -> (String, Self) {
-        let mut url = reqwest::Url::parse(url).unwrap();
-        let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(6379));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        url.set_host(Some("127.0.0.1")).unwrap();
-        url.set_port(Some(listener.local_addr().unwrap().port())).unwrap();
-        let listener = TcpListener::from_std(listener).unwrap();
+        let (url, listener, target) = super::listen_in_front_of(url);
         let (muted, heard) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
         let accepting = tokio::spawn(Self::accept(listener, target, muted.clone(), heard.clone()));
-        (url.to_string(), Self { muted, heard, accepting })
+        (url, Self { muted, heard, accepting })
     }
 
     async fn accept(

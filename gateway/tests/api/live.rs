@@ -217,18 +217,25 @@ fn carried(update: &Value) -> Vec<(String, String)> {
     changes
 }
 
+/// Two subscribers of `showtime` on connections of their own, open: `c` with
+/// `coalesce: true`, `s` without.
+async fn coalesced_and_single(app: &TestApp, showtime: &str) -> (Client, Client) {
+    let mut coalesced = Client::connect(app, json!({})).await;
+    let payload = json!({ "query": COALESCED, "variables": { "id": showtime } });
+    coalesced.send(json!({ "id": "c", "type": "subscribe", "payload": payload })).await;
+    let mut single = Client::connect(app, json!({})).await;
+    single.subscribe("s", showtime).await;
+    wait_for_metric(app, "gateway_subscriptions_active", 2.0).await;
+    (coalesced, single)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalesced_subscribers_get_every_change_once_in_order_and_others_one_per_update() {
     let app = spawn_app().await;
     let (ada, _) = app.register("ada").await;
     let showtime = app.first_showtime().await;
 
-    let mut coalesced = Client::connect(&app, json!({})).await;
-    let payload = json!({ "query": COALESCED, "variables": { "id": showtime } });
-    coalesced.send(json!({ "id": "c", "type": "subscribe", "payload": payload })).await;
-    let mut single = Client::connect(&app, json!({})).await;
-    single.subscribe("s", &showtime).await;
-    wait_for_metric(&app, "gateway_subscriptions_active", 2.0).await;
+    let (mut coalesced, mut single) = coalesced_and_single(&app, &showtime).await;
     // Two documents: two executions, over one upstream stream.
     assert_eq!(metric(&app, "gateway_shared_subscriptions_active").await, 2.0);
     assert_eq!(metric(&app, "gateway_seat_streams_active").await, 1.0);
@@ -278,16 +285,11 @@ async fn coalesced_subscribers_get_every_change_once_in_order_and_others_one_per
 async fn changes_committed_between_rounds_go_out_together_in_the_next_round() {
     // Long enough that the two later holds surely commit inside the pause.
     let app = super::spawn_app_with(|settings| settings.gateway.subscription_pace_ms = 5_000).await;
-    // Three customers: one holds at most two bookings of a showtime at once.
+    // Two customers: one holds at most two bookings of a showtime at once.
     let (ada, _) = app.register("ada").await;
     let (bob, _) = app.register("bob").await;
     let showtime = app.first_showtime().await;
-    let mut coalesced = Client::connect(&app, json!({})).await;
-    let payload = json!({ "query": COALESCED, "variables": { "id": showtime } });
-    coalesced.send(json!({ "id": "c", "type": "subscribe", "payload": payload })).await;
-    let mut single = Client::connect(&app, json!({})).await;
-    single.subscribe("s", &showtime).await;
-    wait_for_metric(&app, "gateway_subscriptions_active", 2.0).await;
+    let (mut coalesced, mut single) = coalesced_and_single(&app, &showtime).await;
 
     // The first change finds the groups idle: it goes out at once, and a pause starts.
     app.data(Some(&ada), HOLD, hold_input(&showtime, &["D1"])).await;

@@ -718,3 +718,15 @@ async fn repeated_failed_logins_are_rate_limited() {
     let error = app.error(None, login, attempt("correct horse battery")).await;
     assert_eq!(code(&error), "RATE_LIMITED", "{error}");
 }
+
+/// For a test proxy in front of the server of `url` (e.g. `redis://127.0.0.1:6379/0`):
+/// `url` pointed at a new local listener, the listener, and the server's `host:port`.
+fn listen_in_front_of(url: &str) -> (String, tokio::net::TcpListener, String) {
+    let mut url = reqwest::Url::parse(url).unwrap();
+    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(6379));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    url.set_host(Some("127.0.0.1")).unwrap();
+    url.set_port(Some(listener.local_addr().unwrap().port())).unwrap();
+    (url.to_string(), tokio::net::TcpListener::from_std(listener).unwrap(), target)
+}

@@ -346,16 +346,10 @@ impl CuttableProxy {
     /// Proxies to the host and port of `url` (e.g. `redis://127.0.0.1:6379/0`); returns
     /// `url` pointed at the proxy instead.
     fn start(url: &str) -> (String, Self) {
-        let mut url = reqwest::Url::parse(url).unwrap();
-        let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(6379));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        url.set_host(Some("127.0.0.1")).unwrap();
-        url.set_port(Some(listener.local_addr().unwrap().port())).unwrap();
-        let listener = TcpListener::from_std(listener).unwrap();
+        let (url, listener, target) = super::listen_in_front_of(url);
         let (open, _) = watch::channel(true);
         let accepting = tokio::spawn(Self::accept(listener, target, open.clone()));
-        (url.to_string(), Self { open, accepting })
+        (url, Self { open, accepting })
     }
 
     async fn accept(listener: TcpListener, target: String, open: watch::Sender<bool>) {

@@ -105,7 +105,7 @@ impl Consumer {
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
                         let (issuer, retry, stop) = (self.issuer.clone(), self.retry, shutdown.clone());
-                        let span = consume_span(&delivery);
+                        let span = rabbit::consume_span(&delivery, "ticket");
                         in_flight.spawn(async move { settle(&issuer, retry, delivery, &stop).await }.instrument(span));
                     }
                     Some(Err(error)) => break Err(anyhow::Error::new(error).context("consuming failed")),
@@ -156,25 +156,6 @@ async fn open(settings: &RabbitSettings) -> anyhow::Result<(Connection, Channel)
         .await
         .context("cannot set the prefetch")?;
     Ok((connection, channel))
-}
-
-/// The span a delivery is handled in: a child of the span whose write published the
-/// event (its `traceparent` header), so tickets join their booking's trace.
-fn consume_span(delivery: &Delivery) -> tracing::Span {
-    // Error level: the span must exist whatever the log level, or the trace breaks.
-    let span = tracing::error_span!(
-        parent: None,
-        "event.consume",
-        otel.kind = "consumer",
-        service = "ticket",
-        messaging.system = "rabbitmq",
-        event.id = delivery.properties.message_id().as_ref().map_or("", |id| id.as_str()),
-        event.r#type = delivery.properties.kind().as_ref().map_or("", |kind| kind.as_str()),
-        trace.id = tracing::field::Empty,
-        span.id = tracing::field::Empty,
-    );
-    marquee_kit::trace::follow(&span, rabbit::trace_parent(delivery.properties.headers().as_ref()));
-    span
 }
 
 /// Handles one delivery, retrying transient failures until it succeeds or the

@@ -29,18 +29,6 @@ fn calls_to<'a>(spans: &'a [TraceSpan], service: &str) -> Vec<&'a TraceSpan> {
     spans.iter().filter(|span| span.name == "grpc.request" && span.service == service).collect()
 }
 
-/// Whether `span` is `ancestor` or below it, by the parent links among `spans`.
-fn descends_from(spans: &[TraceSpan], span: &TraceSpan, ancestor: &TraceSpan) -> bool {
-    let mut at = Some(span);
-    while let Some(current) = at {
-        if current.span_id == ancestor.span_id {
-            return true;
-        }
-        at = current.parent_id.as_ref().and_then(|parent| spans.iter().find(|s| &s.span_id == parent));
-    }
-    false
-}
-
 /// The exported spans of `trace` once `done` holds for them: a span is exported when
 /// it ends, which for a server span can be a moment after its caller got the answer.
 async fn spans_when(trace: &str, done: impl Fn(&[TraceSpan]) -> bool) -> Vec<TraceSpan> {
@@ -94,7 +82,7 @@ async fn a_booking_is_one_trace_across_booking_cinema_and_payment() {
         // Each call is a span of its own under booking's, not a copy of the caller's.
         assert_ne!(parent, hold_parent);
         assert_ne!(downstream.span_id, booking[0].span_id);
-        assert!(descends_from(&spans, downstream, booking[0]), "{downstream:#?} under {:#?}", booking[0]);
+        assert!(downstream.descends_from(booking[0], &spans), "{downstream:#?} under {:#?}", booking[0]);
     }
 
     // Paying is another request of the same booking, in a trace of its own.

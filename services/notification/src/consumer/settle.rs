@@ -84,23 +84,7 @@ impl Handler {
     /// event; a new trace when it has none), so the notification joins its booking's
     /// trace, retries included (a retry keeps the delivery's headers).
     pub(super) async fn settle(&self, delivery: Delivery, publish: &AmqpChannel, shutdown: &Shutdown) {
-        // Error level: the span must exist whatever the log level, or the trace breaks.
-        let span = tracing::error_span!(
-            parent: None,
-            "event.consume",
-            otel.kind = "consumer",
-            service = "notification",
-            messaging.system = "rabbitmq",
-            event.id = event_id(&delivery),
-            event.r#type = tracing::field::Empty,
-            booking.id = tracing::field::Empty,
-            trace.id = tracing::field::Empty,
-            span.id = tracing::field::Empty,
-        );
-        marquee_kit::trace::follow(
-            &span,
-            marquee_messaging::rabbit::trace_parent(delivery.properties.headers().as_ref()),
-        );
+        let span = marquee_messaging::rabbit::consume_span(&delivery, "notification");
         self.settle_traced(delivery, publish, shutdown).instrument(span).await
     }
 
