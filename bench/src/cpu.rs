@@ -1,7 +1,7 @@
 //! Where the CPU went: per-process CPU time from /proc, grouped by what the process is
 //! (this process = the in-process mesh plus the load generator; the gateway's own
-//! process; PostgreSQL; the MongoDB-wire server; RabbitMQ; Redis; everything else on
-//! the machine).
+//! process; the other services' own processes; PostgreSQL; the MongoDB-wire server;
+//! RabbitMQ; Redis; everything else on the machine).
 
 use std::collections::BTreeMap;
 
@@ -22,6 +22,8 @@ fn group(pid: u32, comm: &str) -> &'static str {
     match comm {
         // comm is the executable's name cut to 15 bytes: exactly this one.
         "marquee-gateway" => "marquee-gateway",
+        // The services as their own binaries (`marquee-bench replicas`, scripts/up).
+        c if c.starts_with("marquee-") => "marquee services (own processes)",
         "postgres" | "pgbench" => "postgresql",
         c if c.starts_with("secantus") => "secantusd-rs (mongodb wire)",
         "beam.smp" | "erl_child_setup" | "inet_gethost" | "epmd" => "rabbitmq",
@@ -37,15 +39,26 @@ pub fn snapshot() -> Snapshot {
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // "pid (comm) state ppid ...": comm may hold spaces, so split at the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let comm = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // After comm: state(0) ... utime(11) stime(12).
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-        *totals.entry(group(pid, comm)).or_default() += ticks(11) + ticks(12);
+        let Some((comm, ticks)) = parse_stat(&stat) else { continue };
+        *totals.entry(group(pid, comm)).or_default() += ticks;
     }
     Snapshot(totals)
+}
+
+/// CPU seconds (user + system) process `pid` has used so far; None once it is gone.
+pub fn process_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(parse_stat(&stat)?.1 as f64 / TICKS_PER_SECOND)
+}
+
+/// A `/proc/<pid>/stat` line's command name and CPU ticks (user + system).
+fn parse_stat(stat: &str) -> Option<(&str, u64)> {
+    // "pid (comm) state ppid ...": comm may hold spaces, so split at the last ')'.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // After comm: state(0) ... utime(11) stime(12).
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    Some((&stat[open + 1..close], ticks(11) + ticks(12)))
 }
 
 /// CPU seconds per group between two snapshots, and the share of the machine's

@@ -8,6 +8,10 @@
 //! - `chaos`: the six real processes under GraphQL customers while every process is
 //!   SIGKILLed in turn and the brokers restarted, then every promise checked from the
 //!   stores (`scripts/chaos`);
+//! - `replicas`: the flash sale and the connected users on the real service binaries,
+//!   each its own process, with one and then two replicas of gateway, cinema, booking
+//!   and payment (one of each killed mid-rush) and three gateways for the subscribers
+//!   (`scripts/bench-replicas`);
 //! - `checkin`: door scanners checking a showtime's tickets in through GraphQL.
 
 pub mod brokers;
@@ -16,6 +20,7 @@ pub mod catalog;
 pub mod chaos;
 pub mod checkin;
 pub mod cinema;
+pub mod connected;
 pub mod cpu;
 pub mod flash_sale;
 pub mod gql;
@@ -24,6 +29,7 @@ pub mod mesh;
 pub mod mongo_ops;
 pub mod pgbench;
 pub mod procs;
+pub mod replicas;
 pub mod report;
 pub mod rush;
 pub mod signups;

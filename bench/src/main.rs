@@ -1,8 +1,9 @@
 //! `marquee-bench cinema` (scripts/bench-cinema), `marquee-bench rush [options]`
-//! (scripts/bench), `marquee-bench chaos [options]` (scripts/chaos) or `marquee-bench
-//! signups [options]` (against a running `scripts/up`) or `marquee-bench checkin
-//! [options]`; see
-//! `marquee_bench::rush::Options` and `marquee_bench::chaos::Options` for the options.
+//! (scripts/bench), `marquee-bench chaos [options]` (scripts/chaos), `marquee-bench
+//! replicas [options]` (scripts/bench-replicas) or `marquee-bench signups [options]`
+//! (against a running `scripts/up`) or `marquee-bench checkin [options]`; see
+//! `marquee_bench::rush::Options`, `marquee_bench::chaos::Options` and
+//! `marquee_bench::replicas::Options` for the options.
 
 use std::path::Path;
 
@@ -42,9 +43,14 @@ async fn main() -> anyhow::Result<()> {
             let options = marquee_bench::chaos::Options::parse(args).context("bad options")?;
             marquee_bench::chaos::run(&root, options).await
         }
+        Some("replicas") => {
+            let options = marquee_bench::replicas::Options::parse(args).context("bad options")?;
+            marquee_bench::replicas::run(&root, options).await
+        }
         _ => anyhow::bail!(
-            "usage: marquee-bench cinema | marquee-bench rush [--users N] [--rounds N] [--hot-seats N] | {} | {} | {}",
+            "usage: marquee-bench cinema | marquee-bench rush [--users N] [--rounds N] [--hot-seats N] | {} | {} | {} | {}",
             marquee_bench::chaos::Options::USAGE,
+            marquee_bench::replicas::Options::USAGE,
             marquee_bench::signups::Options::USAGE,
             marquee_bench::checkin::Options::USAGE
         ),

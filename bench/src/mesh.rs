@@ -1,6 +1,7 @@
 //! The mesh of the scenarios: the services in-process through the shared harness
 //! (`marquee_e2e::Mesh`, on the settings a scenario chooses), and the gateway as its
-//! own process when its memory is measured.
+//! own process when its memory is measured (`Gateway`: any gateway process, also one
+//! the chaos supervisor started).
 
 use std::net::SocketAddr;
 
@@ -64,19 +65,32 @@ impl GatewayProcess {
         format!("http://{}/graphql", self.addr)
     }
 
-    /// Resident memory (VmRSS) in MiB.
-    pub fn rss_mb(&self) -> Option<f64> {
-        rss_mb(self.child.id()?)
-    }
-
-    /// A reader of the gateway's RSS that can move into a sampling task.
-    pub fn rss_reader(&self) -> impl Fn() -> Option<f64> + Send + 'static {
-        let pid = self.child.id();
-        move || rss_mb(pid?)
+    /// Where it listens and which process it is, for the subscribers' scenario.
+    pub fn handle(&self) -> Gateway {
+        Gateway { addr: self.addr, pid: self.child.id() }
     }
 
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+/// A running gateway process, however it was started: its address, and its process id
+/// (None once it exited) for reading its memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub pid: Option<u32>,
+}
+
+impl Gateway {
+    pub fn graphql_url(&self) -> String {
+        format!("http://{}/graphql", self.addr)
+    }
+
+    /// Resident memory (VmRSS) in MiB.
+    pub fn rss_mb(&self) -> Option<f64> {
+        rss_mb(self.pid?)
     }
 }
 

@@ -109,6 +109,11 @@ impl Supervisor {
         self.processes.iter().map(|p| p.spec.name).collect()
     }
 
+    /// The process id of `name`'s running instance, if it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.processes.iter().find(|p| p.spec.name == name)?.child.as_ref()?.id()
+    }
+
     pub fn log_files(&self) -> Vec<(&'static str, PathBuf)> {
         self.processes.iter().map(|p| (p.spec.name, p.log.clone())).collect()
     }

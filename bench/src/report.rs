@@ -40,6 +40,16 @@ pub fn cell(value: &serde_json::Value) -> String {
     }
 }
 
+/// A tally (`{"A": 1, "B": 2}`) as "A 1, B 2"; "none" when empty.
+pub fn counts(tally: &serde_json::Value) -> String {
+    match tally.as_object() {
+        Some(map) if !map.is_empty() => {
+            map.iter().map(|(label, n)| format!("{label} {n}")).collect::<Vec<_>>().join(", ")
+        }
+        _ => "none".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::replace_section;

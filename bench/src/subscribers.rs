@@ -1,11 +1,13 @@
-//! Connected users: many WebSocket connections to the gateway (graphql-transport-ws),
-//! each holding one `seatMap(showtimeId)` subscription, counting every seat change it
-//! is sent and how late it arrives (receive time minus the change's `changedAt`).
+//! Connected users: many WebSocket connections to one or more gateways
+//! (graphql-transport-ws), each holding one `seatMap(showtimeId)` subscription, counting
+//! every seat change it is sent and how late it arrives (receive time minus the
+//! change's `changedAt`).
 //!
-//! One loopback address has ~28,000 ephemeral ports toward one gateway port, so the
-//! connections bind their source to 127.0.0.1, 127.0.0.2, ... in turn.
+//! A source port is picked when the socket is bound, before it knows its destination,
+//! so one loopback address has ~28,000 of them whatever the gateways: the connections
+//! bind their source to 127.0.0.1, 127.0.0.2, ... in turn.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,6 +38,8 @@ const CONCURRENT_HANDSHAKES: usize = 256;
 #[derive(Debug, Default)]
 pub struct Log {
     pub showtime: usize,
+    /// Which gateway (index into the ones `open` was given) it is connected to.
+    pub gateway: usize,
     pub changes: usize,
     /// `next` messages: fewer than `changes` when changes were coalesced.
     pub messages: usize,
@@ -64,14 +68,16 @@ pub struct Subscribers {
 }
 
 /// Opens `count` subscriptions spread round-robin over `showtimes` (index i watches
-/// `showtimes[i % len]`, after the first `focused` which all watch `showtimes[0]`).
+/// `showtimes[i % len]`, after the first `focused` which all watch `showtimes[0]`) and
+/// over `gateways` (index i connects to `gateways[i % len]`).
 pub async fn open(
-    gateway: SocketAddr,
+    gateways: &[SocketAddr],
     showtimes: &[String],
     count: usize,
     focused: usize,
 ) -> anyhow::Result<Subscribers> {
     anyhow::ensure!(!showtimes.is_empty(), "no showtime to watch");
+    anyhow::ensure!(!gateways.is_empty(), "no gateway to connect to");
     let (stop, stopped) = watch::channel(false);
     let heard: Arc<Vec<AtomicUsize>> = Arc::new(showtimes.iter().map(|_| AtomicUsize::new(0)).collect());
     let subscribed = Arc::new(AtomicUsize::new(0));
@@ -88,6 +94,7 @@ pub async fn open(
     for i in 0..count {
         let which = if i < focused { 0 } else { i % showtimes.len() };
         per_showtime[which] += 1;
+        let (gateway_index, gateway) = (i % gateways.len(), gateways[i % gateways.len()]);
         let octet = u8::try_from(1 + i / PER_SOURCE_ADDRESS).context("too many connections for 127.0.0.x")?;
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet));
         let (showtime, stopped, heard, subscribed, handshakes, delivered) = (
@@ -100,7 +107,7 @@ pub async fn open(
         );
         tasks.spawn_on(
             async move {
-                let mut log = Log { showtime: which, ..Log::default() };
+                let mut log = Log { showtime: which, gateway: gateway_index, ..Log::default() };
                 let permit = handshakes.acquire_owned().await;
                 match connect(gateway, source, &showtime).await {
                     Ok(socket) => {
@@ -319,6 +326,7 @@ pub fn judge(logs: &mut [Log], must_book: &HashMap<usize, HashSet<String>>) -> V
     }
     let (mut missed, mut failed, mut delivered, mut messages) = (0, 0, 0, 0);
     let mut latency = Samples::default();
+    let mut per_gateway: BTreeMap<usize, Gateway> = BTreeMap::new();
     let mut failure_examples = Vec::new();
     for log in logs.iter_mut() {
         delivered += log.changes;
@@ -329,6 +337,11 @@ pub fn judge(logs: &mut [Log], must_book: &HashMap<usize, HashSet<String>>) -> V
         if !complete {
             missed += 1;
         }
+        let gateway = per_gateway.entry(log.gateway).or_default();
+        gateway.subscribers += 1;
+        gateway.delivered += log.changes;
+        gateway.missed += usize::from(!complete);
+        gateway.latency.extend(log.latency_ms.clone());
         if !log.failures.is_empty() {
             failed += 1;
             if failure_examples.len() < 5 {
@@ -346,5 +359,53 @@ pub fn judge(logs: &mut [Log], must_book: &HashMap<usize, HashSet<String>>) -> V
         "subscribers_with_failures": failed,
         "failure_examples": failure_examples,
         "delivery_latency": latency.summary(),
+        "per_gateway": per_gateway.into_values().map(|mut g| json!({
+            "subscribers": g.subscribers,
+            "delivered": g.delivered,
+            "subscribers_missing_changes": g.missed,
+            "delivery_latency": g.latency.summary(),
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// One gateway's share of the deliveries.
+#[derive(Default)]
+struct Gateway {
+    subscribers: usize,
+    delivered: usize,
+    missed: usize,
+    latency: Samples,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(gateway: usize, changes: usize, latency_ms: &[f64]) -> Log {
+        let mut samples = Samples::default();
+        for ms in latency_ms {
+            samples.push(*ms);
+        }
+        Log { showtime: 0, gateway, changes, messages: changes, latency_ms: samples, ..Log::default() }
+    }
+
+    #[test]
+    fn each_gateway_is_judged_on_its_own_subscribers() {
+        // Gateway 1's second subscriber missed one of the showtime's three changes.
+        let mut logs =
+            vec![log(0, 3, &[10.0, 20.0, 30.0]), log(1, 3, &[40.0, 50.0, 60.0]), log(1, 2, &[70.0, 80.0])];
+        let judged = judge(&mut logs, &HashMap::new());
+        assert_eq!(judged["subscribers_missing_changes"], 1);
+        assert_eq!(judged["delivered"], 8);
+        let per_gateway = judged["per_gateway"].as_array().cloned().unwrap_or_default();
+        assert_eq!(per_gateway.len(), 2);
+        assert_eq!(per_gateway[0]["subscribers"], 1);
+        assert_eq!(per_gateway[0]["subscribers_missing_changes"], 0);
+        assert_eq!(per_gateway[0]["delivery_latency"]["max_ms"], 30.0);
+        assert_eq!(per_gateway[1]["subscribers"], 2);
+        assert_eq!(per_gateway[1]["delivered"], 5);
+        assert_eq!(per_gateway[1]["subscribers_missing_changes"], 1);
+        assert_eq!(per_gateway[1]["delivery_latency"]["max_ms"], 80.0);
+        assert_eq!(judged["delivery_latency"]["count"], 8);
+    }
 }

@@ -29,7 +29,7 @@ async fn a_small_flash_sale_sells_every_seat_once_charges_once_and_notifies_once
 
     let mongo = mongodb::Client::with_uri_str(mesh.settings.mongo.url.expose()).await.unwrap();
     let ops_before = mongo_ops::read(&mongo).await.unwrap();
-    let mut outcome = flash_sale::run(&mesh.graphql_url().unwrap(), &showtime, &config).await.unwrap();
+    let mut outcome = flash_sale::run(&[mesh.graphql_url().unwrap()], &showtime, &config).await.unwrap();
     let ops_after = mongo_ops::read(&mongo).await.unwrap();
     let verdict = flash_sale::verify(&mesh.settings, &showtime, &outcome, &config).await.unwrap();
     let report = flash_sale::outcome_json(&mut outcome, &config);

@@ -23,13 +23,14 @@
 //! Configuration: `config/default.toml` (the production defaults) and the `MARQUEE_*`
 //! variables of `environment`; the brokers are restarted as `crate::brokers` says.
 
-mod checks;
-mod customer;
-mod killer;
+// The process mesh, the killer and the store checks are `marquee-bench replicas`'s too.
+pub(crate) mod checks;
+pub(crate) mod customer;
+pub(crate) mod killer;
 mod options;
-mod report;
-mod setup;
-mod verify;
+pub(crate) mod report;
+pub(crate) mod setup;
+pub(crate) mod verify;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -322,13 +323,7 @@ async fn drive(
 /// Waits for the gateway to find every upstream healthy, then builds the hall and
 /// returns the showtime two days out (so refunds never cross the 24 h tier mid-run).
 async fn setup_showtime(ports: Ports) -> anyhow::Result<String> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
-    let ready = format!("http://127.0.0.1:{}/readyz", ports.gateway);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
-        anyhow::ensure!(Instant::now() < deadline, "the gateway's /readyz did not answer 200 within 30 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    setup::wait_until_ready(ports.gateway).await?;
     let channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.cinema))?
         .connect()
         .await

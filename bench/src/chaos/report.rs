@@ -12,6 +12,7 @@ use super::checks::{Blame, Check};
 use super::customer::Log;
 use super::verify::Settled;
 use super::{Options, Ports, killer};
+use crate::report::counts;
 use crate::stats::{Samples, round1};
 use crate::stores::TERMINAL;
 
@@ -221,7 +222,7 @@ impl Run<'_> {
             secs = load["seconds"],
             requests = load["requests"],
             retries = load["retries"],
-            told = tally(&load["bookings_by_last_status_told"]),
+            told = counts(&load["bookings_by_last_status_told"]),
             finishing = load["customers_finishing_seconds"],
         );
         let mut survived = Vec::new();
@@ -283,15 +284,6 @@ impl Run<'_> {
             self.logs.display()
         ));
         text
-    }
-}
-
-fn tally(map: &Value) -> String {
-    match map.as_object() {
-        Some(map) if !map.is_empty() => {
-            map.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
-        }
-        _ => "none".to_owned(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! of its own for an outage of MongoDB), and dropping its stores afterwards.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use marquee_e2e::MeshSettings as Settings;
@@ -33,6 +34,8 @@ pub struct Ports {
     pub gateway_2: u16,
     /// `/metrics` of the second cinema, booking and payment.
     pub metrics_2: [u16; 3],
+    /// A third gateway (`marquee-bench replicas` holds its subscribers over three).
+    pub gateway_3: u16,
 }
 
 impl Ports {
@@ -52,12 +55,13 @@ impl Ports {
             payment_2: base + 14,
             gateway_2: base + 81,
             metrics_2: [base + 82, base + 83, base + 84],
+            gateway_3: base + 85,
         }
     }
 
     fn all(&self) -> Vec<u16> {
         let grpc = [self.user, self.cinema, self.booking, self.payment, self.notification, self.ticket];
-        let second = [self.cinema_2, self.booking_2, self.payment_2, self.gateway_2];
+        let second = [self.cinema_2, self.booking_2, self.payment_2, self.gateway_2, self.gateway_3];
         grpc.into_iter()
             .chain([self.gateway, self.mongo])
             .chain(self.metrics)
@@ -230,29 +234,26 @@ pub fn specs(
     if replicas {
         for (name, of) in REPLICATED {
             let upper = of.to_uppercase();
-            let (port, metrics, probe) = match of {
-                "cinema" => (ports.cinema_2, Some(ports.metrics_2[0]), grpc(ports.cinema_2)),
-                "booking" => (ports.booking_2, Some(ports.metrics_2[1]), grpc(ports.booking_2)),
-                "payment" => (ports.payment_2, Some(ports.metrics_2[2]), grpc(ports.payment_2)),
+            let (port, metrics) = match of {
+                "cinema" => (ports.cinema_2, ports.metrics_2[0]),
+                "booking" => (ports.booking_2, ports.metrics_2[1]),
+                "payment" => (ports.payment_2, ports.metrics_2[2]),
                 // The gateway serves /metrics on its HTTP port.
-                _ => (
-                    ports.gateway_2,
-                    None,
-                    Probe::Http(format!("http://127.0.0.1:{}/healthz", ports.gateway_2)),
-                ),
+                _ => {
+                    specs.push(gateway_replica(bin_dir, env, name, ports.gateway_2));
+                    continue;
+                }
             };
             // Set after the first replica's ports, so they win.
             let mut env = env.to_vec();
             env.push((format!("MARQUEE_{upper}__PORT"), port.to_string()));
-            if let Some(metrics) = metrics {
-                env.push((format!("MARQUEE_{upper}__METRICS_PORT"), metrics.to_string()));
-            }
+            env.push((format!("MARQUEE_{upper}__METRICS_PORT"), metrics.to_string()));
             specs.push(Spec {
                 name,
                 binary: bin_dir.join(format!("marquee-{of}")),
                 args: Vec::new(),
                 env,
-                probe,
+                probe: grpc(port),
             });
         }
     }
@@ -260,6 +261,34 @@ pub fn specs(
         specs.insert(0, mongo.spec(ports.mongo));
     }
     specs
+}
+
+/// One more gateway process, `name`, listening on `port` (it serves `/healthz` and
+/// `/metrics` there): the environment of the first with its port.
+pub fn gateway_replica(bin_dir: &Path, env: &[(String, String)], name: &'static str, port: u16) -> Spec {
+    // Set after the first replica's port, so it wins.
+    let mut env = env.to_vec();
+    env.push(("MARQUEE_GATEWAY__PORT".to_owned(), port.to_string()));
+    Spec {
+        name,
+        binary: bin_dir.join("marquee-gateway"),
+        args: Vec::new(),
+        env,
+        probe: Probe::Http(format!("http://127.0.0.1:{port}/healthz")),
+    }
+}
+
+/// Waits (up to 30 s) until the gateway on `port` finds every upstream healthy
+/// (`/readyz` answers 200).
+pub async fn wait_until_ready(port: u16) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
+        anyhow::ensure!(Instant::now() < deadline, "the gateway's /readyz did not answer 200 within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 /// A MongoDB-wire server of the run's own (`secantusd-rs`, the binary `scripts/infra`

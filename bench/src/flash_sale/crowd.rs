@@ -35,10 +35,24 @@ async fn register(client: &Client, name: &str, max_sends: u32) -> anyhow::Result
 }
 
 enum Attempt {
-    Confirmed { booking: String, seat: String, polled: bool },
-    Refused { seat: String, code: String },
-    Unpaid { booking: String, label: String },
-    GaveUp { label: String },
+    /// `at_ms`: when the customer learnt it, from the start signal.
+    Confirmed {
+        booking: String,
+        seat: String,
+        polled: bool,
+        at_ms: f64,
+    },
+    Refused {
+        seat: String,
+        code: String,
+    },
+    Unpaid {
+        booking: String,
+        label: String,
+    },
+    GaveUp {
+        label: String,
+    },
 }
 
 #[derive(Default)]
@@ -58,28 +72,36 @@ struct UserLog {
 
 /// Registered customers waiting for the sale to open.
 pub struct Crowd {
-    client: Client,
+    /// One client per gateway: customer `i` talks to `clients[i % len]`.
+    clients: Vec<Client>,
     tokens: Vec<String>,
     register_ms: Samples,
     register_retries: usize,
 }
 
-/// Registers `config.users` customers, then releases them all at once on `showtime`.
-pub async fn run(graphql_url: &str, showtime: &str, config: &Config) -> anyhow::Result<Outcome> {
-    let crowd = register_crowd(graphql_url, config).await?;
+/// Registers `config.users` customers, then releases them all at once on `showtime`,
+/// the customers split evenly over the gateways at `graphql_urls`.
+pub async fn run(graphql_urls: &[String], showtime: &str, config: &Config) -> anyhow::Result<Outcome> {
+    let crowd = register_crowd(graphql_urls, config).await?;
     Ok(rush(crowd, showtime, config).await)
 }
 
-/// Registers `config.users` customers. Accounts exist before a sale opens: registering
-/// is setup, a few at a time, so that password hashing (argon2, deliberately slow) does
-/// not time out under load.
-pub async fn register_crowd(graphql_url: &str, config: &Config) -> anyhow::Result<Crowd> {
+/// Registers `config.users` customers, split evenly over the gateways at
+/// `graphql_urls` (in the rush too, each customer sticks to one gateway, as a client
+/// keeps its connection behind a load balancer). Accounts exist before a sale opens:
+/// registering is setup, a few at a time, so that password hashing (argon2,
+/// deliberately slow) does not time out under load.
+pub async fn register_crowd(graphql_urls: &[String], config: &Config) -> anyhow::Result<Crowd> {
     anyhow::ensure!(config.hot_seats > 0 && hot_seat(config.hot_seats) <= SEATS, "bad hot seat count");
-    let client = Client::new(graphql_url.to_owned(), config.request_timeout)?;
+    anyhow::ensure!(!graphql_urls.is_empty(), "no gateway to send the crowd to");
+    let clients = graphql_urls
+        .iter()
+        .map(|url| Client::new(url.clone(), config.request_timeout))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let registering = Arc::new(tokio::sync::Semaphore::new(REGISTRATIONS_AT_ONCE));
     let mut registrations = tokio::task::JoinSet::new();
     for i in 0..config.users {
-        let (client, registering) = (client.clone(), registering.clone());
+        let (client, registering) = (clients[i % clients.len()].clone(), registering.clone());
         let max_sends = config.max_sends;
         registrations.spawn(async move {
             let _turn = registering.acquire_owned().await;
@@ -87,7 +109,7 @@ pub async fn register_crowd(graphql_url: &str, config: &Config) -> anyhow::Resul
         });
     }
     let mut crowd = Crowd {
-        client,
+        clients,
         tokens: Vec::with_capacity(config.users),
         register_ms: Samples::default(),
         register_retries: 0,
@@ -103,7 +125,7 @@ pub async fn register_crowd(graphql_url: &str, config: &Config) -> anyhow::Resul
 
 /// Releases the whole crowd at once on `showtime` and collects what each customer saw.
 pub async fn rush(crowd: Crowd, showtime: &str, config: &Config) -> Outcome {
-    let Crowd { client, tokens, register_ms, register_retries } = crowd;
+    let Crowd { clients, tokens, register_ms, register_retries } = crowd;
     let mut outcome = Outcome { registered: tokens.len(), register_ms, ..Outcome::default() };
     outcome.retries.insert("register", register_retries);
 
@@ -112,7 +134,7 @@ pub async fn rush(crowd: Crowd, showtime: &str, config: &Config) -> Outcome {
     let mut customers = tokio::task::JoinSet::new();
     for (i, token) in tokens.into_iter().enumerate() {
         let (client, gate, config, showtime) =
-            (client.clone(), gate.clone(), config.clone(), showtime.to_owned());
+            (clients[i % clients.len()].clone(), gate.clone(), config.clone(), showtime.to_owned());
         let aims_hot = i % 2 == 0;
         customers.spawn(async move {
             gate.wait().await;
@@ -143,8 +165,9 @@ pub async fn rush(crowd: Crowd, showtime: &str, config: &Config) -> Outcome {
         }
         for attempt in log.attempts {
             match attempt {
-                Attempt::Confirmed { booking, seat, polled } => {
+                Attempt::Confirmed { booking, seat, polled, at_ms } => {
                     outcome.confirmed_after_polling += usize::from(polled);
+                    outcome.confirmed_at_ms.push(at_ms);
                     outcome.confirmed.insert(booking, seat);
                 }
                 Attempt::Refused { seat, code } => outcome.refused.push((seat, code)),
@@ -161,6 +184,8 @@ pub async fn rush(crowd: Crowd, showtime: &str, config: &Config) -> Outcome {
 /// One customer's rush: `rounds` purchase attempts, each a hold then a payment, the next
 /// one only once the previous booking is settled (or given up on at the deadline).
 async fn customer(client: &Client, token: &str, showtime: &str, aims_hot: bool, config: &Config) -> UserLog {
+    // Called as the gate opens: the start signal.
+    let started = Instant::now();
     let mut rng = Rng::seeded();
     let mut log = UserLog::default();
     for _ in 0..config.rounds {
@@ -217,7 +242,7 @@ async fn customer(client: &Client, token: &str, showtime: &str, aims_hot: bool, 
         log.pay_ms.push(ms);
         let attempt = match paid(&answer) {
             Paid::Settled(status) if status == "CONFIRMED" => {
-                Attempt::Confirmed { booking, seat, polled: false }
+                Attempt::Confirmed { booking, seat, polled: false, at_ms: since(started) }
             }
             Paid::Settled(status) => Attempt::Unpaid { booking, label: format!("status {status}") },
             Paid::Refused(code) => Attempt::Unpaid { booking, label: code },
@@ -233,7 +258,7 @@ async fn customer(client: &Client, token: &str, showtime: &str, aims_hot: bool, 
                     Some(status) => {
                         log.pay_until_final_ms.push(paying.elapsed().as_secs_f64() * 1000.0);
                         if status == "CONFIRMED" {
-                            Attempt::Confirmed { booking, seat, polled: true }
+                            Attempt::Confirmed { booking, seat, polled: true, at_ms: since(started) }
                         } else {
                             Attempt::Unpaid { booking, label: format!("status {status}") }
                         }
@@ -245,4 +270,8 @@ async fn customer(client: &Client, token: &str, showtime: &str, aims_hot: bool, 
         log.attempts.push(attempt);
     }
     log
+}
+
+fn since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
 }

@@ -113,6 +113,8 @@ pub struct Outcome {
     pub confirmed: HashMap<String, String>,
     /// How many of `confirmed` the customers learnt by polling.
     pub confirmed_after_polling: usize,
+    /// When each of `confirmed` was learnt, from the start signal: a rush's tail.
+    pub confirmed_at_ms: Samples,
     /// Seats whose hold was refused, with the refusal's code.
     pub refused: Vec<(String, String)>,
     /// Holds that succeeded but whose payment did not confirm, with the final answer: an
@@ -184,6 +186,7 @@ pub fn outcome_json(outcome: &mut Outcome, config: &Config) -> Value {
             "holdSeats_lost": outcome.hold_lost_ms.summary(),
             "payBooking": outcome.pay_ms.summary(),
             "payBooking_until_final_after_polling": outcome.pay_until_final_ms.summary(),
+            "confirmed_since_start_signal": outcome.confirmed_at_ms.summary(),
         },
     })
 }

@@ -10,11 +10,10 @@
 //!
 //! Writes `bench/results/flash_sale.json` and the `bench-rush` section of BENCHMARKS.md.
 //!
-//! Files: `connected.rs` (the WebSocket subscribers held open through a second flash
-//! sale), `summary.rs` (the Markdown written into BENCHMARKS.md); this one holds the
-//! options and the run itself, with its CPU and MongoDB profile.
+//! Files: `summary.rs` (the Markdown written into BENCHMARKS.md); this one holds the
+//! options and the run itself, with its CPU and MongoDB profile. The WebSocket
+//! subscribers held open through a second flash sale are `crate::connected`.
 
-mod connected;
 mod summary;
 
 use std::path::Path;
@@ -26,13 +25,13 @@ use serde_json::{Value, json};
 use tonic::transport::Endpoint;
 
 use crate::catalog::{SEATS, build_hall};
+use crate::connected::{self, Scenario};
 use crate::flash_sale::{self, Config};
 use crate::gql::{Answer, Client};
 use crate::mesh::{GatewayProcess, Mesh, Service};
 use crate::stats::{round1, round2, round3};
 use crate::{browse, cpu, mongo_ops, pgbench, report};
 
-use self::connected::{FD_RESERVE, connected_users, open_files_limit};
 use self::summary::summary;
 
 /// pgbench clients and bookings per client: 16 x 600 = 9,600 of the 10,000 seats.
@@ -128,7 +127,7 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     eprintln!("pgbench, same SQL: {pgbench_tps:.0} bookings/s");
 
     let config = options.flash.clone();
-    let crowd = flash_sale::register_crowd(&graphql_url, &config).await?;
+    let crowd = flash_sale::register_crowd(std::slice::from_ref(&graphql_url), &config).await?;
     // The profile covers the rush alone, not the registrations before it.
     let mongo = mongodb::Client::with_uri_str(mesh.settings.mongo.url.expose())
         .await
@@ -177,25 +176,24 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
         None
     };
 
-    // Each subscription is a socket in the gateway and one in this process; both
-    // inherit this process's descriptor limit, which only root can raise.
-    let fd_limit = open_files_limit();
     let requested = options.subscribers;
-    let fits = fd_limit.map(|limit| limit.saturating_sub(FD_RESERVE));
-    let mut options = options;
-    if let Some(fits) = fits
-        && options.subscribers > fits
-    {
-        eprintln!(
-            "RLIMIT_NOFILE is {fd_limit:?}: holding {fits} subscriptions, not {} (raise the hard limit as root)",
-            options.subscribers
-        );
-        options.subscribers = fits;
-        options.focused = options.focused.min(fits);
-    }
-    let connected = if options.subscribers > 0 {
+    let held = connected::that_fit(requested);
+    let connected = if held > 0 {
         let watched = [&showtimes[2..3], &showtimes[3..]].concat();
-        Some(connected_users(&gateway, &channel, &mesh.settings, &watched, &options, requested).await?)
+        let mut c = connected::connected_users(Scenario {
+            gateways: &[gateway.handle()],
+            cinema: &channel,
+            settings: &mesh.settings,
+            watched: &watched,
+            subscribers: held,
+            focused: options.focused.min(held),
+            requested,
+            flash: &options.flash,
+        })
+        .await?;
+        // One gateway: its memory where the results have always had it.
+        c["gateway_rss_mb"] = c["gateways"][0]["rss_mb"].clone();
+        Some(c)
     } else {
         None
     };

@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::report::counts;
 use crate::{mongo_ops, report};
 
 pub(super) fn summary(results: &Value) -> String {
@@ -156,16 +157,6 @@ pub(super) fn summary(results: &Value) -> String {
         settle = report::cell(&profile["settle_seconds"]),
         connected = connected,
     )
-}
-
-/// `{"A": 1, "B": 2}` as "A 1, B 2"; "none" when empty.
-fn counts(tally: &Value) -> String {
-    match tally.as_object() {
-        Some(map) if !map.is_empty() => {
-            map.iter().map(|(label, n)| format!("{label} {n}")).collect::<Vec<_>>().join(", ")
-        }
-        _ => "none".to_owned(),
-    }
 }
 
 fn mongo_summary(ops: &Value) -> String {

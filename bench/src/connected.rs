@@ -1,0 +1,182 @@
+//! 50,000 connected users (`marquee-bench rush` over one gateway, `marquee-bench
+//! replicas` over three): `seatMap` subscriptions held open over WebSocket while a
+//! flash sale runs, each proved live before the sale and checked afterwards for every
+//! change of its showtime; each gateway's memory is sampled throughout.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use marquee_e2e::MeshSettings as Settings;
+use marquee_proto::cinema::v1 as pb;
+use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
+use serde_json::{Value, json};
+
+use crate::catalog::seat_id;
+use crate::flash_sale::{self, Config, PROBE_SEAT};
+use crate::mesh::Gateway;
+use crate::stats::round1;
+use crate::subscribers;
+
+/// Descriptors kept free for everything but subscriptions (pools, the mesh's own
+/// connections, the browse client).
+const FD_RESERVE: usize = 2_000;
+
+/// The soft RLIMIT_NOFILE of this process (gateway children inherit it).
+pub fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// How many of `requested` subscriptions this process can hold: each is a socket here
+/// (and one in a gateway), under a descriptor limit only root can raise. Says so on
+/// stderr when it is fewer.
+pub fn that_fit(requested: usize) -> usize {
+    let limit = open_files_limit();
+    match limit.map(|limit| limit.saturating_sub(FD_RESERVE)) {
+        Some(fits) if fits < requested => {
+            eprintln!(
+                "RLIMIT_NOFILE is {limit:?}: holding {fits} subscriptions, not {requested} (raise the hard limit as root)"
+            );
+            fits
+        }
+        _ => requested,
+    }
+}
+
+/// What the scenario holds open and where.
+pub struct Scenario<'a> {
+    /// The subscribers are spread evenly over these (subscriber i on `gateways[i % len]`),
+    /// and so are the flash sale's customers.
+    pub gateways: &'a [Gateway],
+    /// A channel to a cinema service, for the probe seat changes.
+    pub cinema: &'a tonic::transport::Channel,
+    pub settings: &'a Settings,
+    /// `focused` subscribers watch `watched[0]`, where the flash sale runs; the rest
+    /// are spread over all of `watched`.
+    pub watched: &'a [String],
+    pub subscribers: usize,
+    pub focused: usize,
+    /// How many were asked for (more than `subscribers` when the descriptor limit cut it).
+    pub requested: usize,
+    /// The sale's customers (one round is run, whatever `rounds` says).
+    pub flash: &'a Config,
+}
+
+/// Opens the subscriptions, proves each is live with a probe seat change per showtime,
+/// runs a single-round flash sale on `watched[0]` while they are held, then checks
+/// that every subscriber got every change of its showtime.
+pub async fn connected_users(s: Scenario<'_>) -> anyhow::Result<Value> {
+    let gateways = s.gateways;
+    let rss = || gateways.iter().map(Gateway::rss_mb).collect::<Vec<_>>();
+    let rss_before = rss();
+    let opening = Instant::now();
+    let addrs: Vec<_> = gateways.iter().map(|g| g.addr).collect();
+    let subs = subscribers::open(&addrs, s.watched, s.subscribers, s.focused).await?;
+    let open_seconds = opening.elapsed().as_secs_f64();
+    let rss_open = rss();
+    eprintln!(
+        "{} subscriptions open in {open_seconds:.1} s ({} failed); gateway RSS {rss_open:?} MiB",
+        subs.open_now(),
+        subs.failed_to_open
+    );
+
+    // A probe change per showtime: every subscriber must hear it before the rush, so a
+    // subscription that was not yet live cannot count as a missed change later.
+    let mut cinema = CinemaServiceClient::new(s.cinema.clone());
+    let probe = seat_id(PROBE_SEAT);
+    let mut live = true;
+    for (index, showtime) in s.watched.iter().enumerate() {
+        let booking = uuid::Uuid::new_v4().to_string();
+        cinema
+            .lock_seats(pb::LockSeatsRequest {
+                showtime_id: showtime.clone(),
+                seat_ids: vec![probe.clone()],
+                booking_id: booking.clone(),
+                ttl_seconds: 300,
+            })
+            .await
+            .context("probe hold")?;
+        live &= subs.wait_heard(index, Duration::from_secs(120)).await;
+        cinema
+            .release_seats(pb::ReleaseSeatsRequest { showtime_id: showtime.clone(), booking_id: booking })
+            .await
+            .context("probe release")?;
+    }
+    eprintln!("probes heard by every subscriber: {live}");
+
+    // RSS sampled through the rush: the peak is what a machine must provide.
+    let peaks: Arc<Mutex<Vec<f64>>> =
+        Arc::new(Mutex::new(rss_open.iter().map(|r| r.unwrap_or(0.0)).collect()));
+    let sampler = {
+        let (peaks, gateways) = (peaks.clone(), gateways.to_vec());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(mut peaks) = peaks.lock() {
+                    for (peak, gateway) in peaks.iter_mut().zip(&gateways) {
+                        *peak = peak.max(gateway.rss_mb().unwrap_or(0.0));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let config = Config { rounds: 1, ..s.flash.clone() };
+    let urls: Vec<String> = gateways.iter().map(Gateway::graphql_url).collect();
+    let mut outcome = flash_sale::run(&urls, &s.watched[0], &config).await?;
+    eprintln!(
+        "flash sale under subscriptions: {} confirmed, {:.1} bookings/s",
+        outcome.confirmed.len(),
+        outcome.bookings_per_s()
+    );
+    let verdict = flash_sale::verify(s.settings, &s.watched[0], &outcome, &config).await?;
+    let quiet = subs.wait_quiet(Duration::from_secs(3), Duration::from_secs(300)).await;
+    sampler.abort();
+    let rss_peak = peaks.lock().map(|p| p.clone()).unwrap_or_default();
+    let held = subs.open_now();
+    let per_showtime = subs.per_showtime.clone();
+    let mut logs = subs.stop().await;
+    let booked: HashSet<String> = outcome.confirmed.values().cloned().collect();
+    let deliveries = subscribers::judge(&mut logs, &HashMap::from([(0, booked)]));
+    let clean = verdict.is_clean()
+        && live
+        && quiet
+        && held == s.subscribers
+        && deliveries["subscribers_missing_changes"] == 0
+        && deliveries["subscribers_with_failures"] == 0;
+    eprintln!("deliveries: {deliveries}");
+    let per_gateway: Vec<Value> = gateways
+        .iter()
+        .enumerate()
+        .map(|(i, gateway)| {
+            json!({
+                "address": gateway.addr.to_string(),
+                "subscribers": logs.iter().filter(|l| l.gateway == i).count(),
+                "rss_mb": {
+                    "before": rss_before[i].map(round1),
+                    "subscriptions_open": rss_open[i].map(round1),
+                    "peak": rss_peak.get(i).copied().map(round1),
+                },
+            })
+        })
+        .collect();
+    Ok(json!({
+        "subscribers_requested": s.requested,
+        "open_files_limit": open_files_limit(),
+        "subscribers_held": held,
+        "focused_on_rush_showtime": s.focused,
+        "showtimes_watched": s.watched.len(),
+        "subscribers_per_showtime": per_showtime,
+        "failed_to_open": logs.iter().filter(|l| l.failures.iter().any(|f| f.starts_with("open"))).count(),
+        "open_seconds": round1(open_seconds),
+        "probes_heard_by_all": live,
+        "deliveries_settled": quiet,
+        "gateways": per_gateway,
+        "deliveries": deliveries,
+        "flash_sale": flash_sale::outcome_json(&mut outcome, &config),
+        "flash_sale_verification": verdict.to_json(),
+        "clean": clean,
+    }))
+}
