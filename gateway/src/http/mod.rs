@@ -29,6 +29,7 @@ use marquee_kit::shutdown::Shutdown;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -137,6 +138,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         // Inside the request id and metrics: a preflight is counted and carries its id.
         .layer(axum::middleware::from_fn_with_state(state.options.cors.clone(), cors::apply))
+        .layer(SetResponseHeaderLayer::overriding(header::CONNECTION, close_after_refused_body))
         .layer(RequestBodyLimitLayer::new(max_body_bytes));
     Router::new()
         .route(GRAPHQL_PATH, get(graphql_get).post(graphql_post))
@@ -149,6 +151,13 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(layers)
         .with_state(state)
+}
+
+/// A body refused as too large is left unread, so hyper must drop the connection after
+/// answering. Saying so in the answer keeps the client from pooling that connection and
+/// sending its next request into a socket that is about to close.
+fn close_after_refused_body<B>(response: &axum::http::Response<B>) -> Option<header::HeaderValue> {
+    (response.status() == StatusCode::PAYLOAD_TOO_LARGE).then(|| header::HeaderValue::from_static("close"))
 }
 
 fn request_span<B>(request: &Request<B>) -> tracing::Span {

@@ -22,7 +22,7 @@ use marquee_e2e::{Mesh, Service};
 use marquee_kit::Secret;
 use marquee_kit::shutdown::Shutdown;
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::header::{ACCEPT, CONNECTION, CONTENT_TYPE};
 use serde_json::{Value, json};
 use tokio_util::sync::DropGuard;
 
@@ -446,6 +446,9 @@ async fn http_follows_graphql_over_http() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // The unread body ends the connection; the answer says so, so the client does not
+    // reuse it for the next request (which then failed with an incomplete message).
+    assert_eq!(response.headers()[CONNECTION], "close");
 
     // graphql-response+json: asked for by name, and request errors get a 4xx.
     let response = app
