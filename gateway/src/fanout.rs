@@ -15,9 +15,7 @@
 //! continues with the oldest update still buffered: as with `crate::live`, the client
 //! reloads the seat map instead of the gateway buffering without bound.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::futures_util::{FutureExt as _, StreamExt as _};
@@ -28,6 +26,7 @@ use tokio::task::AbortHandle;
 use crate::live::{ConnectionQuota, SeatFeeds};
 use crate::metrics::Metrics;
 use crate::schema::GatewaySchema;
+use crate::shared_task::{Claim, SharedTasks};
 
 /// Updates a member may fall behind before it is told to resync; the buffer is the
 /// group's, shared by its members (each update is one `Arc<str>`).
@@ -67,8 +66,7 @@ struct Inner {
     metrics: Metrics,
     /// The shortest time between two rounds of one group's updates.
     pace: Duration,
-    groups: Mutex<HashMap<Key, Entry>>,
-    next_generation: AtomicU64,
+    groups: SharedTasks<Key, Arc<Group>>,
 }
 
 /// What makes two subscribe requests the same subscription.
@@ -80,15 +78,6 @@ struct Key {
     operation_name: Option<String>,
 }
 
-struct Entry {
-    /// Tells this group from a later one of the same key, so a late leaver never
-    /// touches its successor.
-    generation: u64,
-    group: Arc<Group>,
-    members: usize,
-    task: AbortHandle,
-}
-
 struct Group {
     updates: broadcast::Sender<Update>,
     opened: watch::Receiver<bool>,
@@ -98,14 +87,7 @@ struct Group {
 
 impl SharedSubscriptions {
     pub fn new(schema: GatewaySchema, feeds: SeatFeeds, metrics: Metrics, pace: Duration) -> Self {
-        let inner = Inner {
-            schema,
-            feeds,
-            metrics,
-            pace,
-            groups: Mutex::new(HashMap::new()),
-            next_generation: AtomicU64::new(0),
-        };
+        let inner = Inner { schema, feeds, metrics, pace, groups: SharedTasks::new() };
         Self { inner: Arc::new(inner) }
     }
 
@@ -119,61 +101,47 @@ impl SharedSubscriptions {
             variables: serde_json::to_string(&request.variables).unwrap_or_default(),
             operation_name: request.operation_name.clone(),
         };
-        let mut groups = self.inner.lock();
-        let entry = match groups.get_mut(&key) {
-            Some(entry) => entry,
-            None => {
-                let entry = self.start(&key, request);
-                groups.entry(key.clone()).or_insert(entry)
-            }
-        };
-        entry.members += 1;
-        self.inner.metrics.shared_subscriptions.set(groups.len() as f64);
-        let entry = &groups[&key];
+        let ((updates, group), claim, groups) = self.inner.groups.join(
+            key.clone(),
+            |generation| self.start(key, generation, request),
+            |group| (group.updates.subscribe(), group.clone()),
+        );
+        self.inner.metrics.shared_subscriptions.set(groups as f64);
         Member {
-            updates: entry.group.updates.subscribe(),
-            opened: entry.group.opened.clone(),
-            group: entry.group.clone(),
+            updates,
+            opened: group.opened.clone(),
+            group,
             inner: self.inner.clone(),
-            key,
-            generation: entry.generation,
+            claim,
             opening: true,
             counted: false,
         }
     }
 
-    fn start(&self, key: &Key, request: &Request) -> Entry {
-        let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+    fn start(&self, key: Key, generation: u64, request: &Request) -> (Arc<Group>, AbortHandle) {
         let (updates, _) = broadcast::channel(BACKLOG);
         let (opened_tx, opened) = watch::channel(false);
         let request = (request.query.clone(), request.variables.clone(), request.operation_name.clone());
         let group = Arc::new(Group { updates, opened, request, resync: OnceCell::new() });
         let execution = group.request(&self.inner).data(SharedExecution { opened: opened_tx });
-        let task = tokio::spawn(run(self.inner.clone(), key.clone(), generation, group.clone(), execution));
-        Entry { generation, group, members: 0, task: task.abort_handle() }
+        let task = tokio::spawn(run(self.inner.clone(), key, generation, group.clone(), execution));
+        (group, task.abort_handle())
     }
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Entry>> {
-        // A poisoned lock only means a panic elsewhere; the map itself stays valid.
-        self.groups.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Ends the group if it is still this generation's: removed first, so a request
-    /// arriving now starts afresh, then `last` (if any) and the end are sent under the
+    /// arriving now starts afresh, then `last` (if any) and the end are sent, under the
     /// lock, so every member that joined gets them.
     fn finish(&self, key: &Key, generation: u64, group: &Group, last: Option<Arc<str>>) {
-        let mut groups = self.lock();
-        if groups.get(key).is_some_and(|entry| entry.generation == generation) {
-            groups.remove(key);
-        }
-        self.metrics.shared_subscriptions.set(groups.len() as f64);
-        // Nobody listening is fine; `send` only fails then.
-        if let Some(payload) = last {
-            let _ = group.updates.send(Update::Next(payload));
-        }
-        let _ = group.updates.send(Update::End);
+        self.groups.finish(key, generation, |groups| {
+            self.metrics.shared_subscriptions.set(groups as f64);
+            // Nobody listening is fine; `send` only fails then.
+            if let Some(payload) = last {
+                let _ = group.updates.send(Update::Next(payload));
+            }
+            let _ = group.updates.send(Update::End);
+        });
     }
 }
 
@@ -247,8 +215,7 @@ pub struct Member {
     opened: watch::Receiver<bool>,
     group: Arc<Group>,
     inner: Arc<Inner>,
-    key: Key,
-    generation: u64,
+    claim: Claim<Key>,
     /// Still waiting for the upstream stream to open.
     opening: bool,
     /// Counted in the active-subscriptions gauge (once the upstream stream is open).
@@ -292,17 +259,8 @@ impl Drop for Member {
         if self.counted {
             self.inner.metrics.subscriptions.decrement(1.0);
         }
-        let mut groups = self.inner.lock();
-        let Some(entry) = groups.get_mut(&self.key) else { return };
-        if entry.generation != self.generation {
-            return;
-        }
-        entry.members -= 1;
-        if entry.members == 0 {
-            entry.task.abort();
-            groups.remove(&self.key);
-        }
-        self.inner.metrics.shared_subscriptions.set(groups.len() as f64);
+        let groups = self.inner.groups.leave(&self.claim);
+        self.inner.metrics.shared_subscriptions.set(groups as f64);
     }
 }
 
@@ -332,8 +290,11 @@ mod tests {
             opened: group.opened.clone(),
             group: group.clone(),
             inner: shared.inner.clone(),
-            key: Key { query: String::new(), variables: String::new(), operation_name: None },
-            generation: u64::MAX,
+            claim: Claim::detached(Key {
+                query: String::new(),
+                variables: String::new(),
+                operation_name: None,
+            }),
             opening: false,
             counted: false,
         };

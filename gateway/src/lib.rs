@@ -14,6 +14,7 @@ mod metrics;
 mod ratelimit;
 mod schema;
 pub mod settings;
+mod shared_task;
 mod trace;
 mod upstream;
 

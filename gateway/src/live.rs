@@ -8,9 +8,8 @@
 //! the break and the re-open are lost. Per subscriber the cost is one broadcast
 //! receiver; the buffer is per showtime.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use marquee_kit::backoff::Backoff;
@@ -24,6 +23,7 @@ use crate::Settings;
 use crate::domain::ShowtimeId;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::shared_task::{Claim, SharedTasks};
 
 /// Changes of one showtime a slow subscriber may fall behind before it is told to
 /// reload; shared by all its subscribers, so the memory is per showtime.
@@ -67,19 +67,13 @@ struct Inner {
     /// `Upstreams`, which would cut every stream after `grpc.request_timeout_ms`.
     cinema: Channel,
     open_timeout: Duration,
-    feeds: Mutex<HashMap<String, Feed>>,
-    next_generation: AtomicU64,
+    feeds: SharedTasks<ShowtimeId, Feed>,
     metrics: Metrics,
 }
 
 struct Feed {
-    /// Tells this feed from a later one of the same showtime, so a late leaver never
-    /// removes its successor.
-    generation: u64,
     events: broadcast::Sender<FeedEvent>,
     opening: watch::Receiver<Opening>,
-    subscribers: usize,
-    task: AbortHandle,
 }
 
 impl SeatFeeds {
@@ -93,8 +87,7 @@ impl SeatFeeds {
             inner: Arc::new(Inner {
                 cinema,
                 open_timeout: Duration::from_millis(settings.grpc.request_timeout_ms),
-                feeds: Mutex::new(HashMap::new()),
-                next_generation: AtomicU64::new(0),
+                feeds: SharedTasks::new(),
                 metrics,
             }),
         })
@@ -107,25 +100,12 @@ impl SeatFeeds {
     /// logged once, when it happened. `count`: whether the watch is one subscriber in
     /// the active-subscriptions gauge (a shared execution's members count themselves).
     pub async fn watch(&self, showtime: &ShowtimeId, count: bool) -> Result<SeatWatch, Arc<GatewayError>> {
-        let (events, mut opening, membership) = {
-            let mut feeds = self.inner.lock();
-            let key = showtime.to_string();
-            let feed = match feeds.get_mut(&key) {
-                Some(feed) => feed,
-                None => {
-                    let feed = self.start(showtime);
-                    feeds.entry(key.clone()).or_insert(feed)
-                }
-            };
-            feed.subscribers += 1;
-            let membership = Membership {
-                inner: self.inner.clone(),
-                showtime: key,
-                generation: feed.generation,
-                counted: false,
-            };
-            (feed.events.subscribe(), feed.opening.clone(), membership)
-        };
+        let ((events, mut opening), claim, _) = self.inner.feeds.join(
+            *showtime,
+            |generation| self.start(showtime, generation),
+            |feed| (feed.events.subscribe(), feed.opening.clone()),
+        );
+        let membership = Membership { inner: self.inner.clone(), claim, counted: false };
         // `membership` leaves the feed on every early return, cancellation included.
         let outcome = opening.wait_for(|o| !matches!(o, Opening::Pending)).await.map(|o| o.clone());
         match outcome {
@@ -145,27 +125,11 @@ impl SeatFeeds {
         Ok(SeatWatch { events, held_back: None, _membership: membership })
     }
 
-    fn start(&self, showtime: &ShowtimeId) -> Feed {
-        let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+    fn start(&self, showtime: &ShowtimeId, generation: u64) -> (Feed, AbortHandle) {
         let (events, _) = broadcast::channel(BACKLOG);
         let (opened, opening) = watch::channel(Opening::Pending);
         let task = tokio::spawn(run_feed(self.inner.clone(), *showtime, generation, events.clone(), opened));
-        Feed { generation, events, opening, subscribers: 0, task: task.abort_handle() }
-    }
-}
-
-impl Inner {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Feed>> {
-        // A poisoned lock only means a panic elsewhere; the map itself stays valid.
-        self.feeds.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Drops the feed if it is still this generation's.
-    fn remove(&self, showtime: &str, generation: u64) {
-        let mut feeds = self.lock();
-        if feeds.get(showtime).is_some_and(|f| f.generation == generation) {
-            feeds.remove(showtime);
-        }
+        (Feed { events, opening }, task.abort_handle())
     }
 }
 
@@ -232,8 +196,7 @@ impl SeatWatch {
 /// A subscriber's place in a feed; leaving stops the feed when it was the last one.
 struct Membership {
     inner: Arc<Inner>,
-    showtime: String,
-    generation: u64,
+    claim: Claim<ShowtimeId>,
     /// Counted in the active-subscriptions gauge (only once the stream was open).
     counted: bool,
 }
@@ -243,16 +206,7 @@ impl Drop for Membership {
         if self.counted {
             self.inner.metrics.subscriptions.decrement(1.0);
         }
-        let mut feeds = self.inner.lock();
-        let Some(feed) = feeds.get_mut(&self.showtime) else { return };
-        if feed.generation != self.generation {
-            return;
-        }
-        feed.subscribers -= 1;
-        if feed.subscribers == 0 {
-            feed.task.abort();
-            feeds.remove(&self.showtime);
-        }
+        self.inner.feeds.leave(&self.claim);
     }
 }
 
@@ -356,7 +310,7 @@ async fn run_feed(
             }
             Err(error) if !opened_before => {
                 // Removed first, so a subscriber arriving now starts afresh.
-                inner.remove(&showtime.to_string(), generation);
+                inner.feeds.finish(&showtime, generation, |_| ());
                 if let GatewayError::Unexpected(cause) | GatewayError::Transient(cause) = &error {
                     tracing::error!(%showtime, error = format!("{cause:#}"), "cannot open the seat stream");
                 }
@@ -364,7 +318,7 @@ async fn run_feed(
                 return;
             }
             Err(error) if error.is_not_found() => {
-                inner.remove(&showtime.to_string(), generation);
+                inner.feeds.finish(&showtime, generation, |_| ());
                 let _ = events.send(FeedEvent::Closed(Arc::new(error)));
                 return;
             }
@@ -430,8 +384,7 @@ mod tests {
     fn watch_of(feeds: &SeatFeeds, events: broadcast::Receiver<FeedEvent>) -> SeatWatch {
         let membership = Membership {
             inner: feeds.inner.clone(),
-            showtime: "s".to_owned(),
-            generation: u64::MAX,
+            claim: Claim::detached(ShowtimeId::parse("00000000-0000-4000-8000-000000000000").unwrap()),
             counted: false,
         };
         SeatWatch { events, held_back: None, _membership: membership }
