@@ -13,7 +13,7 @@ use marquee_kit::config::{
 use marquee_messaging::RabbitSettings;
 use marquee_mongo::MongoSettings;
 use marquee_notification::settings::NotificationSettings;
-use marquee_payment::settings::{BookingLease, PaymentSettings};
+use marquee_payment::settings::PaymentSettings;
 use marquee_ticket::settings::TicketSettings;
 use marquee_user::settings::UserSettings;
 use serde::Deserialize;
@@ -66,7 +66,6 @@ impl MeshSettings {
             mongo: self.mongo.clone(),
             rabbitmq: self.rabbitmq.clone(),
             payment: self.payment.clone(),
-            booking: BookingLease { saga_lease_ms: self.booking.saga_lease_ms },
         }
     }
 

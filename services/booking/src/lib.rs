@@ -128,7 +128,12 @@ impl Application {
     async fn build_with(settings: Settings, crash_at: Option<Checkpoint>) -> anyhow::Result<Self> {
         let config = &settings.booking;
         let db = marquee_mongo::connect(&settings.mongo, "booking").await?;
-        let store = BookingStore::new(&db, Duration::from_millis(config.saga_lease_ms)).await?;
+        let store = BookingStore::new(
+            &db,
+            Duration::from_millis(config.saga_lease_ms),
+            Duration::from_millis(config.hold_slot_grace_ms),
+        )
+        .await?;
         let channel = |url: &str, service| marquee_kit::grpc::channel(url, service, &settings.grpc);
         let outbox_written = Arc::new(Notify::new());
         let tiers: Vec<(i64, u8)> = config.refund_tiers.iter().map(|t| (t.hours_before, t.percent)).collect();

@@ -20,12 +20,21 @@ pub struct Settings {
 
 impl Config for Settings {
     fn validate(&self) -> anyhow::Result<()> {
-        check(&[Rule::below(
-            ("booking.pay_wait_ms", self.booking.pay_wait_ms),
-            // The gateway's (and booking's) deadline on every upstream call.
-            ("grpc.request_timeout_ms", self.grpc.request_timeout_ms),
-            "a repeated payBooking would still be waiting when the gateway gives up on it",
-        )])
+        check(&[
+            Rule::below(
+                ("booking.pay_wait_ms", self.booking.pay_wait_ms),
+                // The gateway's (and booking's) deadline on every upstream call.
+                ("grpc.request_timeout_ms", self.grpc.request_timeout_ms),
+                "a repeated payBooking would still be waiting when the gateway gives up on it",
+            ),
+            Rule::below(
+                // Booking's deadline on LockSeats, which runs between a hold slot's
+                // claim and the booking's insert.
+                ("grpc.request_timeout_ms", self.grpc.request_timeout_ms),
+                ("booking.hold_slot_grace_ms", self.booking.hold_slot_grace_ms),
+                "recovery would release the seats of a hold still waiting for LockSeats",
+            ),
+        ])
     }
 }
 
@@ -49,9 +58,13 @@ pub struct BookingSettings {
     /// What a cancellation refunds: the first tier whose `hours_before` the show is
     /// still at least that far away applies; none applying refunds nothing.
     pub refund_tiers: Vec<RefundTier>,
-    /// How long a saga step may run before recovery presumes its process dead and
-    /// resumes it.
+    /// How far ahead a saga step in flight is leased; its driver renews the lease
+    /// every third of this while the step runs. Recovery presumes the process of a
+    /// step whose lease lapsed dead and resumes the step.
     pub saga_lease_ms: u64,
+    /// How long a hold slot claimed with no booking written yet is left alone; after
+    /// that recovery presumes its hold died before the insert and releases its seats.
+    pub hold_slot_grace_ms: u64,
     /// How often overdue holds are expired and stalled sagas recovered (0: never; tests
     /// trigger it).
     pub sweep_interval_ms: u64,
@@ -92,6 +105,19 @@ mod tests {
         let error = settings.validate().unwrap_err().to_string();
         assert!(
             error.contains("booking.pay_wait_ms (") && error.contains("grpc.request_timeout_ms ("),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_hold_slot_outlasts_the_lock_seats_deadline() {
+        let mut settings: Settings = marquee_kit::config::for_tests().unwrap();
+        settings.booking.hold_slot_grace_ms = settings.grpc.request_timeout_ms + 1;
+        settings.validate().unwrap();
+        settings.booking.hold_slot_grace_ms = settings.grpc.request_timeout_ms;
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("grpc.request_timeout_ms (") && error.contains("booking.hold_slot_grace_ms ("),
             "{error}"
         );
     }

@@ -1,6 +1,5 @@
-//! What the payment binary reads: `[telemetry]`, `[grpc]`, `[mongo]`, `[rabbitmq]`, its
-//! own `[payment]`, and `booking.saga_lease_ms`, which its slow card must stay under
-//! (layered by `marquee_kit::config`).
+//! What the payment binary reads: `[telemetry]`, `[grpc]`, `[mongo]`, `[rabbitmq]` and
+//! its own `[payment]` (layered by `marquee_kit::config`).
 
 use marquee_kit::config::{Config, GrpcSettings, Rule, ServerSettings, TelemetrySettings, check};
 use marquee_messaging::RabbitSettings;
@@ -14,15 +13,6 @@ pub struct Settings {
     pub mongo: MongoSettings,
     pub rabbitmq: RabbitSettings,
     pub payment: PaymentSettings,
-    /// The one key of `[booking]` payment reads.
-    pub booking: BookingLease,
-}
-
-/// `booking.saga_lease_ms`: how long booking lets a charge step run before recovery
-/// resumes it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct BookingLease {
-    pub saga_lease_ms: u64,
 }
 
 impl Config for Settings {
@@ -34,11 +24,6 @@ impl Config for Settings {
                 ("payment.charge_wait_ms", self.payment.charge_wait_ms),
                 ("grpc.request_timeout_ms", self.grpc.request_timeout_ms),
                 "a repeated charge would run into booking's deadline instead of answering ABORTED",
-            ),
-            Rule::below(
-                ("payment.slow_card_delay_ms", self.payment.slow_card_delay_ms),
-                ("booking.saga_lease_ms", self.booking.saga_lease_ms),
-                "recovery would resume a slow-card payment while it is still running",
             ),
         ])
     }
@@ -111,16 +96,6 @@ mod tests {
     }
 
     #[test]
-    fn saga_lease_outlasts_the_slow_card() {
-        assert_valid(|s| s.booking.saga_lease_ms = s.payment.slow_card_delay_ms + 1);
-        assert_violates(
-            |s| s.booking.saga_lease_ms = s.payment.slow_card_delay_ms,
-            "payment.slow_card_delay_ms",
-            "booking.saga_lease_ms",
-        );
-    }
-
-    #[test]
     fn charge_lease_outlasts_the_slow_card() {
         assert_valid(|s| s.payment.charge_lease_ms = s.payment.slow_card_delay_ms + 1);
         assert_violates(
@@ -137,10 +112,10 @@ mod tests {
     fn every_violation_is_reported_at_once() {
         let mut settings = settings();
         settings.payment.charge_wait_ms = settings.grpc.request_timeout_ms;
-        settings.booking.saga_lease_ms = settings.payment.slow_card_delay_ms;
+        settings.payment.charge_lease_ms = settings.payment.slow_card_delay_ms;
         let error = settings.validate().unwrap_err().to_string();
         assert!(
-            error.contains("payment.charge_wait_ms") && error.contains("booking.saga_lease_ms"),
+            error.contains("payment.charge_wait_ms") && error.contains("payment.charge_lease_ms"),
             "{error}"
         );
     }

@@ -56,7 +56,7 @@ impl Saga {
                 // Cut off, timed out or failing inside, cinema may have committed the
                 // lock all the same: give the seats back first, and if even that fails,
                 // keep the slot claim, which makes the sweeper release them after the
-                // lease (as for a hold whose process died here).
+                // hold slot grace (as for a hold whose process died here).
                 let outcome_unknown = matches!(refused, BookingError::Unexpected(_));
                 if outcome_unknown && !self.release_seats(request.showtime_id, booking_id).await {
                     return Err(refused);
@@ -113,7 +113,7 @@ impl Saga {
 impl Saga {
     /// Gives back the seats of a hold that will not be written, then its slot. Should
     /// cinema not take them back, the slot claim stays: it tells recovery to release
-    /// them after the lease, rather than leaving them held until the hold lapses.
+    /// them after the hold slot grace, rather than leaving them held until the hold lapses.
     async fn give_back(&self, showtime_id: ShowtimeId, booking_id: BookingId, slot: &str) {
         if self.release_seats(showtime_id, booking_id).await {
             self.free_slot(slot, booking_id).await;

@@ -14,32 +14,37 @@
 //! before it runs (an in-flight status with a lease: CHARGING, CONFIRMING, REFUNDING,
 //! CANCELLING) and after it completes (the next status). Every remote effect is
 //! idempotent: the charge and the refund are keyed by the booking, cinema's confirm,
-//! release and cancel are idempotent by booking. So when a process dies mid-step,
-//! recovery re-runs the step from the recorded status once the lease lapses, and a
-//! repeat is harmless (a re-run charge returns the first result). A hold is recorded
-//! before LockSeats by its hold-slot claim, which recovery uses to release the seats
-//! of a hold whose booking was never written.
+//! release and cancel are idempotent by booking. While a step runs, its driver renews
+//! the lease every third of it (`lease`), so the lease bounds how long a dead driver
+//! goes unnoticed, not how long a step may take. So when a process dies mid-step,
+//! recovery re-runs the step from the recorded status once the lease lapses (seconds),
+//! and a repeat is harmless (a re-run charge returns the first result). A hold is
+//! recorded before LockSeats by its hold-slot claim, which recovery uses to release the
+//! seats of a hold whose booking was never written (after `hold_slot_grace_ms`).
 //!
 //! MongoDB round trips are the scarce resource, so a step writes once, at its end,
-//! with everything it learned (history entries, fields, event) in that one update.
-//! In particular CHARGING normally runs the confirm too, going straight to
+//! with everything it learned (history entries, fields, event) in that one update; a
+//! lease renewal changes only the lease, and only a step slower than a third of the
+//! lease makes one. In particular CHARGING runs the confirm too, going straight to
 //! CONFIRMED, FAILED's refund or PAYMENT_FAILED: a crash before that write re-runs
-//! the charge, which returns the first result. Only a charge that used up half the
-//! lease is recorded as CONFIRMING before the confirm, which then gets a fresh lease.
+//! the charge, which returns the first result. Only a confirm that failed records the
+//! charge as CONFIRMING, for recovery to confirm without asking payment again.
 //! A PayBooking repeating a pay that this process is driving waits for the driver
 //! (`drivers`) to finish instead of polling the booking.
 //!
 //! Where each part lives: `hold` (HoldSeats), `pay` (PayBooking and how a repeat
 //! waits for the pay in flight), `cancel` (CancelBooking's claim), `steps` (the step
 //! machine that drives a claimed booking: charge, confirm, refund, free seats),
-//! `recovery` (the sweep: expiry, resuming stalled sagas, late and abandoned seat
-//! releases), `upstream` (the typed cinema and payment clients), `checkpoint` (the
-//! crash test hook) and `reads` (GetBooking, ListBookings). This module holds the
-//! shared handle and what every part uses.
+//! `lease` (how a running step keeps its lease), `recovery` (the sweep: expiry,
+//! resuming stalled sagas, late and abandoned seat releases), `upstream` (the typed
+//! cinema and payment clients), `checkpoint` (the crash test hook) and `reads`
+//! (GetBooking, ListBookings). This module holds the shared handle and what every part
+//! uses.
 
 mod cancel;
 mod checkpoint;
 mod hold;
+mod lease;
 mod pay;
 mod reads;
 mod recovery;
@@ -80,7 +85,8 @@ pub struct SagaSettings {
     pub policy: RefundPolicy,
     /// How long a repeated PayBooking waits for the payment in flight to finish.
     pub pay_wait: Duration,
-    /// How long a saga step may run before recovery may take the booking over.
+    /// How far ahead a step in flight is leased; renewed every third of it while the
+    /// step runs, so recovery takes over only the steps of a driver that stopped.
     pub lease: Duration,
     /// Steps (hold, pay, cancel) running at once before SERVICE_BUSY.
     pub max_in_flight: usize,

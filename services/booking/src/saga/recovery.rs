@@ -113,7 +113,8 @@ impl Saga {
 
     async fn resume(&self, booking: Booking, report: &mut SweepReport) -> anyhow::Result<()> {
         let Some(driving) = self.drivers.enter(booking.id) else {
-            // This process is driving it: its step is slow, not dead.
+            // This process is driving it: the step is alive, its renewals just did not
+            // land in time (MongoDB was slow or away).
             return Ok(());
         };
         let status = booking.status;

@@ -7,7 +7,6 @@ use anyhow::Context;
 use chrono::Utc;
 use marquee_kit::ErrorCode;
 use marquee_proto::payment::v1::{Payment, PaymentStatus};
-use tokio::time::Instant;
 use tonic::Code;
 
 use super::{Checkpoint, Saga};
@@ -15,11 +14,12 @@ use crate::domain::{Booking, BookingStatus, PublicStatus, RefundCause, Step};
 use crate::drivers::Driving;
 use crate::error::BookingError;
 use crate::events;
-use crate::store::{SagaEntry, Transition};
+use crate::store::{Revision, SagaEntry, Transition};
 
 impl Saga {
     /// Runs the booking's saga from its recorded status until it is terminal or held,
-    /// telling this process's waiters (through `driving`) each state it reaches.
+    /// telling this process's waiters (through `driving`) each state it reaches. Each
+    /// step keeps the lease its in-flight status took until it ends (`lease`).
     pub(super) async fn drive(
         &self,
         mut booking: Booking,
@@ -29,24 +29,24 @@ impl Saga {
             if let Some(driving) = driving {
                 driving.publish(&booking);
             }
-            // Every step starts right after the write that took its lease.
-            let leased_at = Instant::now();
+            let leased = Revision::of(&booking);
             booking = match booking.status {
-                BookingStatus::Charging => self.charge_step(booking, leased_at).await?,
-                BookingStatus::Confirming => self.confirm_step(booking).await?,
-                BookingStatus::Refunding => self.refund_step(booking).await?,
-                BookingStatus::Cancelling => self.cancel_step(booking).await?,
+                BookingStatus::Charging => self.keeping_lease(leased, self.charge_step(booking)).await?,
+                BookingStatus::Confirming => self.keeping_lease(leased, self.confirm_step(booking)).await?,
+                BookingStatus::Refunding => self.keeping_lease(leased, self.refund_step(booking)).await?,
+                BookingStatus::Cancelling => self.keeping_lease(leased, self.cancel_step(booking)).await?,
                 _ => return Ok(booking),
             };
         }
     }
 
-    /// CHARGING: extend the hold once, charge under the booking's key, then (normally)
-    /// confirm at once. What the step learns along the way rides along with the write
-    /// that ends it. If the process dies before that write, recovery runs the step
-    /// again, which is harmless: cinema answers a second extension as already done, and
-    /// a charge repeated under the booking's key returns the first result.
-    async fn charge_step(&self, booking: Booking, leased_at: Instant) -> Result<Booking, BookingError> {
+    /// CHARGING: extend the hold once, charge under the booking's key, then confirm at
+    /// once, however long the charge took (the lease is kept while the step runs). What
+    /// the step learns along the way rides along with the write that ends it. If the
+    /// process dies before that write, recovery runs the step again, which is harmless:
+    /// cinema answers a second extension as already done, and a charge repeated under
+    /// the booking's key returns the first result.
+    async fn charge_step(&self, booking: Booking) -> Result<Booking, BookingError> {
         let record = if booking.hold_extended {
             Transition::to(BookingStatus::Charging)
         } else {
@@ -75,11 +75,6 @@ impl Saga {
                 let record = record
                     .entry(SagaEntry::new(Step::Charge, "succeeded").detail(&payment.id))
                     .payment_id(&payment.id);
-                if leased_at.elapsed() > self.settings.lease / 2 {
-                    // A slow charge: record it, with a fresh lease, before confirming,
-                    // so that recovery does not take over a live confirm.
-                    return self.advance(&booking, record.retarget(BookingStatus::Confirming)).await;
-                }
                 self.confirm(booking, &payment.id, record).await
             }
             Ok(PaymentStatus::Declined) => {
@@ -140,7 +135,7 @@ impl Saga {
         }
     }
 
-    /// CONFIRMING (a charge recorded before its confirm): book the seats.
+    /// CONFIRMING (a charge recorded before a confirm that failed): book the seats.
     async fn confirm_step(&self, booking: Booking) -> Result<Booking, BookingError> {
         let payment_id = booking.payment_id.clone().context("a confirming booking has no payment")?;
         self.confirm(booking, &payment_id, Transition::to(BookingStatus::Confirming)).await

@@ -24,19 +24,23 @@ use mongodb::{Collection, Database, IndexModel};
 pub use self::bookings::InsertError;
 use self::document::BookingDoc;
 pub use self::slots::SlotClaim;
-pub use self::transition::{SagaEntry, Transition};
+pub use self::transition::{Revision, SagaEntry, Transition};
 
 #[derive(Clone)]
 pub struct BookingStore {
     bookings: Collection<BookingDoc>,
     slots: Collection<Document>,
-    /// How long a saga step may run before recovery may take the booking over.
+    /// How far ahead a step in flight is leased, by the write that starts it and by
+    /// each renewal while it runs; recovery takes over a booking whose lease lapsed.
     lease: chrono::Duration,
+    /// How long after its claim a hold slot with no booking written counts as the
+    /// record of a hold that died, whose seats recovery releases.
+    slot_grace: chrono::Duration,
 }
 
 impl BookingStore {
     /// Opens the collections and creates the indexes every query here relies on.
-    pub async fn new(db: &Database, lease: Duration) -> anyhow::Result<Self> {
+    pub async fn new(db: &Database, lease: Duration, slot_grace: Duration) -> anyhow::Result<Self> {
         let bookings = db.collection::<BookingDoc>("bookings");
         let index = |keys: Document, name: &str, unique: bool| {
             IndexModel::builder()
@@ -54,7 +58,9 @@ impl BookingStore {
         ];
         bookings.create_indexes(indexes).await.context("cannot create booking indexes")?;
         let lease = chrono::Duration::from_std(lease).context("booking.saga_lease_ms is out of range")?;
-        Ok(Self { bookings, slots: db.collection("hold_slots"), lease })
+        let slot_grace =
+            chrono::Duration::from_std(slot_grace).context("booking.hold_slot_grace_ms is out of range")?;
+        Ok(Self { bookings, slots: db.collection("hold_slots"), lease, slot_grace })
     }
 
     /// The outbox the relay drains: events live in the booking documents.

@@ -100,11 +100,12 @@ impl BookingStore {
         Ok(None)
     }
 
-    /// Slots claimed longer than a lease ago that recovery has not looked at yet: the
-    /// claim is the record, written before LockSeats, that a hold is under way.
+    /// Slots claimed longer than the grace ago that recovery has not looked at yet: the
+    /// claim is the record, written before LockSeats, that a hold is under way. A claim
+    /// is not renewed while its LockSeats runs, so the grace outlasts that call.
     pub async fn unchecked_slots(&self, now: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<SlotClaim>> {
         let filter =
-            doc! { "checked": { "$ne": true }, "claimed_at": { "$lt": bson_time(now - self.lease) } };
+            doc! { "checked": { "$ne": true }, "claimed_at": { "$lt": bson_time(now - self.slot_grace) } };
         let docs: Vec<Document> = self
             .slots
             .find(filter)

@@ -1,6 +1,7 @@
 //! A booking's state changes: `Transition` gathers a new status and what it records
 //! alongside (history, fields, event), and `BookingStore::transition` writes it as one
-//! conditional update on the booking's version.
+//! conditional update on the booking's version. `BookingStore::renew_lease` keeps the
+//! lease of a step in flight, on the same condition.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -9,7 +10,7 @@ use mongodb::options::ReturnDocument;
 
 use super::BookingStore;
 use super::document::{BookingDoc, bson_time, money_bson};
-use crate::domain::{Booking, BookingStatus, Money, PublicStatus, RefundCause, Step};
+use crate::domain::{Booking, BookingId, BookingStatus, Money, PublicStatus, RefundCause, Step};
 use crate::events::OutboxEvent;
 
 /// One saga step's outcome, appended to the booking's history.
@@ -38,6 +39,25 @@ impl SagaEntry {
             "detail": &self.detail,
             "at": bson_time(self.at),
         })
+    }
+}
+
+/// A booking as its writer loaded it. Every write of a saga is conditional on it, so
+/// a writer changes the booking only while nobody else has since.
+#[derive(Debug, Clone, Copy)]
+pub struct Revision {
+    pub id: BookingId,
+    pub version: i64,
+    pub status: BookingStatus,
+}
+
+impl Revision {
+    pub fn of(booking: &Booking) -> Self {
+        Self { id: booking.id, version: booking.version, status: booking.status }
+    }
+
+    fn filter(&self) -> Document {
+        doc! { "_id": self.id.to_string(), "version": self.version, "status": self.status.as_str() }
     }
 }
 
@@ -167,17 +187,29 @@ impl BookingStore {
             push.insert("outbox", doc! { "$each": [event.entry()] });
             push.insert("pending_events", doc! { "$each": [event.event_id.to_string()] });
         }
-        let filter = doc! {
-            "_id": booking.id.to_string(),
-            "version": booking.version,
-            "status": booking.status.as_str(),
-        };
         let updated = self
             .bookings
-            .find_one_and_update(filter, doc! { "$set": set, "$inc": inc, "$push": push })
+            .find_one_and_update(
+                Revision::of(booking).filter(),
+                doc! { "$set": set, "$inc": inc, "$push": push },
+            )
             .return_document(ReturnDocument::After)
             .await
             .with_context(|| format!("cannot move booking {} to {}", booking.id, change.to))?;
         updated.map(BookingDoc::into_booking).transpose()
+    }
+
+    /// Moves the lease of the step in flight at `revision` a full lease ahead. The
+    /// version stays: the step's own write is conditional on the one it loaded.
+    /// `false`: the booking is no longer at `revision` (its step ended, or recovery in
+    /// another replica took it over), so there is no lease of this step to renew.
+    pub async fn renew_lease(&self, revision: &Revision) -> anyhow::Result<bool> {
+        let until = bson_time(Utc::now() + self.lease);
+        let renewed = self
+            .bookings
+            .update_one(revision.filter(), doc! { "$set": { "lease_until": until } })
+            .await
+            .with_context(|| format!("cannot renew the lease of booking {}", revision.id))?;
+        Ok(renewed.matched_count == 1)
     }
 }

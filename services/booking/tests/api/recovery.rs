@@ -2,9 +2,11 @@
 //! its saga stop there without another write, as a killed process would), then a
 //! fresh one on the same stores finishes or compensates every saga. The outcome is
 //! checked in PostgreSQL (seats) and in the payment service's MongoDB (charges,
-//! refunds), not only through the API.
+//! refunds), not only through the API. And the lease that tells recovery a step died:
+//! kept while the step runs, however long, and lapsing once its driver stops.
 
 use marquee_proto::cinema::v1::LockSeatsRequest;
+use mongodb::bson::Document;
 
 use super::*;
 
@@ -234,7 +236,7 @@ async fn a_hold_that_dies_after_locking_seats_gives_them_back_on_recovery() {
     let bookings = app.collection("booking", "bookings").await;
     assert_eq!(bookings.count_documents(doc! { "showtime_id": &showtime }).await.unwrap(), 0);
 
-    // Once the claim's lease lapses, a fresh process releases them and frees the slot.
+    // Once the claim's grace has passed, a fresh process releases them and frees the slot.
     settings.booking.sweep_interval_ms = 500;
     let fresh = BookingNode::start(&settings, &app.shutdown, None).await;
     eventually(Duration::from_secs(20), "the abandoned hold to be released", || async {
@@ -246,4 +248,84 @@ async fn a_hold_that_dies_after_locking_seats_gives_them_back_on_recovery() {
         hold_on(&fresh.client, &user_id, &showtime, &seats, &format!("again-{n}")).await.unwrap();
     }
     fresh.kill().await;
+}
+
+/// The stored saga history: each entry as `step:outcome`, with when it was recorded
+/// (milliseconds since the epoch).
+fn stored_history(stored: &Document) -> Vec<(String, i64)> {
+    let entries = stored.get_array("saga").unwrap().iter().map(|entry| entry.as_document().unwrap());
+    entries
+        .map(|entry| {
+            let step = format!("{}:{}", entry.get_str("step").unwrap(), entry.get_str("outcome").unwrap());
+            (step, entry.get_datetime("at").unwrap().timestamp_millis())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_step_several_leases_long_is_never_taken_over_while_its_process_lives() {
+    let app = spawn_app_with(|settings| {
+        settings.payment.slow_card_delay_ms = 6000;
+        // Booking's deadline on the charge outlasts the slow card.
+        settings.grpc.request_timeout_ms = 10_000;
+    })
+    .await;
+    let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 2)]).await;
+    let user_id = app.register().await;
+
+    // A replica whose lease is a quarter of its charge. The mesh's booking service is
+    // the other replica: it sweeps every 500 ms and, not driving the step itself, would
+    // resume it the moment its lease lapsed.
+    let mut settings = app.settings.clone();
+    settings.booking.saga_lease_ms = 1500;
+    settings.booking.sweep_interval_ms = 0;
+    let node = BookingNode::start(&settings, &app.shutdown, None).await;
+    let held = hold_on(&node.client, &user_id, &showtime, &row("A", 2), "slow").await.unwrap();
+    let paid = pay_on(&node.client, &held, "pm_card_slow").await.unwrap();
+    assert_eq!(paid.status(), BookingStatus::Confirmed);
+
+    // Confirmed by its one driver: nothing resumed it, one charge of one attempt.
+    let stored = app.stored_booking(&held.id).await;
+    assert_eq!(stored.get_str("status").unwrap(), "CONFIRMED");
+    let history: Vec<String> = stored_history(&stored).into_iter().map(|(step, _)| step).collect();
+    assert_eq!(history, PAID_STEPS, "{stored:?}");
+    let payments = app.payments_of(&held.id).await;
+    assert_eq!(payments.len(), 1, "{payments:?}");
+    assert_eq!(payments[0].get_str("status").unwrap(), "SUCCEEDED");
+    assert_eq!(payments[0].get_array("attempts").unwrap().len(), 1, "{payments:?}");
+    node.kill().await;
+}
+
+#[tokio::test]
+async fn a_step_whose_driver_stopped_is_resumed_once_its_lease_lapses() {
+    // The mesh's booking service sweeps every 500 ms.
+    let app = spawn_app().await;
+    let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 2)]).await;
+    let user_id = app.register().await;
+
+    // The pay dies right after the charge, but its process lives on: only the renewals
+    // its step no longer makes kept the lease.
+    let mut settings = app.settings.clone();
+    settings.booking.sweep_interval_ms = 0;
+    let node = BookingNode::start(&settings, &app.shutdown, Some("pay.charged")).await;
+    let held = hold_on(&node.client, &user_id, &showtime, &row("A", 2), "stops").await.unwrap();
+    let died = pay_on(&node.client, &held, "pm_card_ok").await.unwrap_err();
+    assert_eq!(died.code, ErrorCode::Internal, "{died}");
+
+    // The other replica resumes and confirms it once the lease has lapsed, not before.
+    let stored = eventually(Duration::from_secs(20), "recovery to confirm the booking", || async {
+        let stored = app.stored_booking(&held.id).await;
+        (stored.get_str("status").unwrap() == "CONFIRMED").then_some(stored)
+    })
+    .await;
+    let history = stored_history(&stored);
+    let at = |step: &str| history.iter().find(|(s, _)| s == step).map(|(_, at)| *at);
+    let claimed = at("charge:started").unwrap();
+    let resumed = at("recover:resumed").unwrap_or_else(|| panic!("not resumed by recovery: {stored:?}"));
+    let lease_ms = i64::try_from(settings.booking.saga_lease_ms).unwrap();
+    assert!(resumed - claimed > lease_ms, "resumed {} ms after the claim", resumed - claimed);
+    let payments = app.payments_of(&held.id).await;
+    let statuses: Vec<&str> = payments.iter().map(|p| p.get_str("status").unwrap()).collect();
+    assert_eq!(statuses, ["SUCCEEDED"]);
+    node.kill().await;
 }

@@ -184,9 +184,8 @@ async fn no_driver_stays_registered_whichever_way_a_step_ends() {
 }
 
 #[tokio::test]
-async fn a_paid_booking_is_written_three_times_unless_its_charge_was_slow() {
+async fn a_paid_booking_is_written_three_times_even_when_its_charge_outlasts_the_lease() {
     let app = spawn_app_with(|settings| {
-        settings.booking.saga_lease_ms = 60_000;
         settings.booking.sweep_interval_ms = 0;
         settings.payment.slow_card_delay_ms = 1500;
     })
@@ -208,8 +207,8 @@ async fn a_paid_booking_is_written_three_times_unless_its_charge_was_slow() {
     // The hold slot went back when the booking stopped counting as an active hold.
     assert_eq!(slots.count_documents(doc! { "booking_id": &held.id }).await.unwrap(), 0);
 
-    // A charge that takes more than half the lease is recorded before the confirm,
-    // which then runs under a fresh lease.
+    // A charge longer than the lease: renewing the lease while it runs changes only
+    // the lease, never the version, so the step still ends in its one write.
     let mut short_lease = app.settings.clone();
     short_lease.booking.saga_lease_ms = 1000;
     let node = BookingNode::start(&short_lease, &app.shutdown, None).await;
@@ -217,7 +216,11 @@ async fn a_paid_booking_is_written_three_times_unless_its_charge_was_slow() {
     let paid = pay_on(&node.client, &held, "pm_card_slow").await.unwrap();
     assert_eq!(paid.status(), BookingStatus::Confirmed);
     let stored = app.stored_booking(&held.id).await;
-    assert_eq!(stored.get_i64("version").unwrap(), 4, "{stored:?}");
+    assert_eq!(stored.get_i64("version").unwrap(), 3, "{stored:?}");
     assert_eq!(stored.get_str("payment_id").unwrap(), paid.payment_id);
+    assert_eq!(steps(&paid), PAID_STEPS);
+    // The final write dropped the lease; a renewal, conditional on the step's version,
+    // cannot set it again.
+    assert_eq!(stored.get("lease_until"), Some(&mongodb::bson::Bson::Null), "{stored:?}");
     node.kill().await;
 }
