@@ -1,7 +1,9 @@
 //! 50,000 connected users (`marquee-bench rush` over one gateway, `marquee-bench
 //! replicas` over three): `seatMap` subscriptions held open over WebSocket while a
 //! flash sale runs, each proved live before the sale and checked afterwards for every
-//! change of its showtime; each gateway's memory is sampled throughout.
+//! change of its showtime; each gateway's memory is sampled throughout. The load
+//! generator's ends of the connections are held by subscriber hosts
+//! (`crate::subscribers`), as many as the descriptor limit makes it take.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -19,31 +21,52 @@ use crate::mesh::Gateway;
 use crate::stats::round1;
 use crate::subscribers;
 
-/// Descriptors kept free for everything but subscriptions (pools, the mesh's own
-/// connections, the browse client).
+/// Descriptors a process keeps free for everything but subscriptions: a gateway's
+/// upstream channels, Redis pool and the sale's HTTP customers; a subscriber host's
+/// runtime and pipes.
 const FD_RESERVE: usize = 2_000;
 
-/// The soft RLIMIT_NOFILE of this process (gateway children inherit it).
+/// The soft RLIMIT_NOFILE of this process (gateway and subscriber-host children
+/// inherit it).
 pub fn open_files_limit() -> Option<usize> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// How many of `requested` subscriptions this process can hold: each is a socket here
-/// (and one in a gateway), under a descriptor limit only root can raise. Says so on
-/// stderr when it is fewer.
-pub fn that_fit(requested: usize) -> usize {
+/// How many of `requested` subscriptions `gateways` gateway processes can hold: each
+/// holds one socket per subscriber on it, under a descriptor limit only root can raise
+/// (the load generator's ends are no bound: `per_host`). Says so on stderr when it is
+/// fewer.
+pub fn that_fit(requested: usize, gateways: usize) -> usize {
     let limit = open_files_limit();
-    match limit.map(|limit| limit.saturating_sub(FD_RESERVE)) {
-        Some(fits) if fits < requested => {
-            eprintln!(
-                "RLIMIT_NOFILE is {limit:?}: holding {fits} subscriptions, not {requested} (raise the hard limit as root)"
-            );
-            fits
-        }
-        _ => requested,
+    let fits = fitting(requested, gateways, limit);
+    if fits < requested {
+        eprintln!(
+            "RLIMIT_NOFILE is {limit:?}: {gateways} gateway(s) of at most {} subscriptions each hold {fits}, not {requested} (raise the hard limit as root)",
+            fits / gateways.max(1)
+        );
     }
+    fits
+}
+
+/// Subscriber i is on gateway i % gateways: the busiest holds ceil(n / gateways).
+fn fitting(requested: usize, gateways: usize, limit: Option<usize>) -> usize {
+    match limit {
+        Some(limit) => requested.min(limit.saturating_sub(FD_RESERVE) * gateways),
+        None => requested,
+    }
+}
+
+/// Subscriptions per subscriber host: what its descriptor limit leaves room for, or
+/// fewer when `asked`.
+pub fn per_host(asked: Option<usize>) -> usize {
+    hosting(asked, open_files_limit())
+}
+
+fn hosting(asked: Option<usize>, limit: Option<usize>) -> usize {
+    let fits = limit.map_or(usize::MAX, |limit| limit.saturating_sub(FD_RESERVE)).max(1);
+    asked.map_or(fits, |asked| asked.clamp(1, fits))
 }
 
 /// What the scenario holds open and where.
@@ -61,6 +84,9 @@ pub struct Scenario<'a> {
     pub focused: usize,
     /// How many were asked for (more than `subscribers` when the descriptor limit cut it).
     pub requested: usize,
+    /// At most this many per subscriber host (default: as many as its descriptor limit
+    /// allows).
+    pub per_host: Option<usize>,
     /// The sale's customers (one round is run, whatever `rounds` says).
     pub flash: &'a Config,
 }
@@ -74,13 +100,15 @@ pub async fn connected_users(s: Scenario<'_>) -> anyhow::Result<Value> {
     let rss_before = rss();
     let opening = Instant::now();
     let addrs: Vec<_> = gateways.iter().map(|g| g.addr).collect();
-    let subs = subscribers::open(&addrs, s.watched, s.subscribers, s.focused).await?;
+    let at_most = per_host(s.per_host);
+    let subs = subscribers::open(&addrs, s.watched, s.subscribers, s.focused, at_most).await?;
     let open_seconds = opening.elapsed().as_secs_f64();
     let rss_open = rss();
     eprintln!(
-        "{} subscriptions open in {open_seconds:.1} s ({} failed); gateway RSS {rss_open:?} MiB",
-        subs.open_now(),
-        subs.failed_to_open
+        "{} subscriptions open in {open_seconds:.1} s ({} failed) from {} subscriber host(s); gateway RSS {rss_open:?} MiB",
+        subs.open_now()?,
+        subs.failed_to_open,
+        subs.hosts()
     );
 
     // A probe change per showtime: every subscriber must hear it before the rush, so a
@@ -99,7 +127,7 @@ pub async fn connected_users(s: Scenario<'_>) -> anyhow::Result<Value> {
             })
             .await
             .context("probe hold")?;
-        live &= subs.wait_heard(index, Duration::from_secs(120)).await;
+        live &= subs.wait_heard(index, Duration::from_secs(120)).await?;
         cinema
             .release_seats(pb::ReleaseSeatsRequest { showtime_id: showtime.clone(), booking_id: booking })
             .await
@@ -134,12 +162,13 @@ pub async fn connected_users(s: Scenario<'_>) -> anyhow::Result<Value> {
     let verdict = flash_sale::verify(s.settings, &s.watched[0], &outcome, &config).await?;
     let quiet = subs.wait_quiet(Duration::from_secs(3), Duration::from_secs(300)).await;
     sampler.abort();
+    let quiet = quiet?;
     let rss_peak = peaks.lock().map(|p| p.clone()).unwrap_or_default();
-    let held = subs.open_now();
+    let held = subs.open_now()?;
     let per_showtime = subs.per_showtime.clone();
-    let mut logs = subs.stop().await;
     let booked: HashSet<String> = outcome.confirmed.values().cloned().collect();
-    let deliveries = subscribers::judge(&mut logs, &HashMap::from([(0, booked)]));
+    let stopped = subs.stop(&HashMap::from([(0, booked)])).await?;
+    let deliveries = subscribers::judge(&stopped.tally);
     let clean = verdict.is_clean()
         && live
         && quiet
@@ -153,7 +182,7 @@ pub async fn connected_users(s: Scenario<'_>) -> anyhow::Result<Value> {
         .map(|(i, gateway)| {
             json!({
                 "address": gateway.addr.to_string(),
-                "subscribers": logs.iter().filter(|l| l.gateway == i).count(),
+                "subscribers": stopped.tally.subscribers_on(i),
                 "rss_mb": {
                     "before": rss_before[i].map(round1),
                     "subscriptions_open": rss_open[i].map(round1),
@@ -166,10 +195,12 @@ pub async fn connected_users(s: Scenario<'_>) -> anyhow::Result<Value> {
         "subscribers_requested": s.requested,
         "open_files_limit": open_files_limit(),
         "subscribers_held": held,
+        "subscribers_per_host_at_most": at_most,
+        "subscriber_hosts": stopped.hosts,
         "focused_on_rush_showtime": s.focused,
         "showtimes_watched": s.watched.len(),
         "subscribers_per_showtime": per_showtime,
-        "failed_to_open": logs.iter().filter(|l| l.failures.iter().any(|f| f.starts_with("open"))).count(),
+        "failed_to_open": stopped.tally.failed_to_open,
         "open_seconds": round1(open_seconds),
         "probes_heard_by_all": live,
         "deliveries_settled": quiet,
@@ -179,4 +210,24 @@ pub async fn connected_users(s: Scenario<'_>) -> anyhow::Result<Value> {
         "flash_sale_verification": verdict.to_json(),
         "clean": clean,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateways_descriptor_limits_cut_the_subscribers_not_the_load_generators() {
+        // 50,000 over three gateways is 16,667 on the busiest, under 20,000 - 2,000.
+        assert_eq!(fitting(50_000, 3, Some(20_000)), 50_000);
+        assert_eq!(fitting(60_000, 3, Some(20_000)), 54_000);
+        // One gateway (the rush) holds what its own limit allows.
+        assert_eq!(fitting(50_000, 1, Some(20_000)), 18_000);
+        assert_eq!(fitting(50_000, 1, None), 50_000);
+        // The load generator's ends: three hosts of at most 18,000 for 50,000.
+        assert_eq!(hosting(None, Some(20_000)), 18_000);
+        assert_eq!(hosting(Some(1_000), Some(20_000)), 1_000);
+        assert_eq!(hosting(Some(30_000), Some(20_000)), 18_000);
+        assert_eq!(hosting(Some(0), None), 1);
+    }
 }

@@ -1,7 +1,7 @@
 //! Where the CPU went: per-process CPU time from /proc, grouped by what the process is
-//! (this process = the in-process mesh plus the load generator; the gateway's own
-//! process; the other services' own processes; PostgreSQL; the MongoDB-wire server;
-//! RabbitMQ; Redis; everything else on the machine).
+//! (this process = the in-process mesh plus the load generator; its subscriber hosts;
+//! the gateway's own process; the other services' own processes; PostgreSQL; the
+//! MongoDB-wire server; RabbitMQ; Redis; everything else on the machine).
 
 use std::collections::BTreeMap;
 
@@ -22,6 +22,8 @@ fn group(pid: u32, comm: &str) -> &'static str {
     match comm {
         // comm is the executable's name cut to 15 bytes: exactly this one.
         "marquee-gateway" => "marquee-gateway",
+        // Another marquee-bench: this one's subscriber hosts.
+        "marquee-bench" => "marquee-bench (subscriber hosts)",
         // The services as their own binaries (`marquee-bench replicas`, scripts/up).
         c if c.starts_with("marquee-") => "marquee services (own processes)",
         "postgres" | "pgbench" => "postgresql",

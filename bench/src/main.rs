@@ -3,7 +3,9 @@
 //! replicas [options]` (scripts/bench-replicas) or `marquee-bench signups [options]`
 //! (against a running `scripts/up`) or `marquee-bench checkin [options]`; see
 //! `marquee_bench::rush::Options`, `marquee_bench::chaos::Options` and
-//! `marquee_bench::replicas::Options` for the options.
+//! `marquee_bench::replicas::Options` for the options. `marquee-bench subscriber-host`
+//! is not for people: the connected users' scenario starts it to hold a share of its
+//! WebSockets (`marquee_bench::subscribers::host`).
 
 use std::path::Path;
 
@@ -42,6 +44,10 @@ async fn main() -> anyhow::Result<()> {
         Some("chaos") => {
             let options = marquee_bench::chaos::Options::parse(args).context("bad options")?;
             marquee_bench::chaos::run(&root, options).await
+        }
+        Some("subscriber-host") => {
+            let share = args.next().context("subscriber-host needs its share")?;
+            marquee_bench::subscribers::host::run(&share).await
         }
         Some("replicas") => {
             let options = marquee_bench::replicas::Options::parse(args).context("bad options")?;

@@ -35,6 +35,10 @@ impl Layout {
     pub const TWO: Self = Self { replicas: true, third_gateway: false };
     pub const THREE_GATEWAYS: Self = Self { replicas: true, third_gateway: true };
 
+    pub const fn gateway_count(self) -> usize {
+        1 + self.replicas as usize + self.third_gateway as usize
+    }
+
     /// The gateway processes: their supervisor names and ports.
     fn gateways(self, ports: Ports) -> Vec<(&'static str, u16)> {
         let mut gateways = vec![("gateway", ports.gateway)];

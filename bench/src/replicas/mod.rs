@@ -12,7 +12,9 @@
 //! 3. `three-gateways`: the same with a third gateway; WebSocket `seatMap` subscribers
 //!    spread evenly over the three while a single-round flash sale runs; every change
 //!    must reach every subscriber (`subscribers`, `gateway_rss_mb` per gateway,
-//!    `seat_change_p99_ms`).
+//!    `seat_change_p99_ms`). Each gateway's descriptor limit bounds its share (50,000
+//!    over three fit under 20,000 each); the load generator holds its ends in as many
+//!    subscriber hosts as its own limit makes it take (`load_generator_processes`).
 //!
 //! Each phase has fresh stores of its own and ends with the flash sale's verification
 //! from the stores and the chaos suite's checks, once the mesh has settled. Writes
@@ -47,6 +49,9 @@ pub struct Options {
     pub flash: Config,
     /// WebSocket subscriptions asked for in the third phase (0: skip it).
     pub subscribers: usize,
+    /// At most this many per subscriber host (default: as many as the descriptor limit
+    /// allows); fewer starts more hosts.
+    pub subscribers_per_host: Option<usize>,
     /// How many of them watch the showtime of the sale (default: a tenth).
     pub focused: Option<usize>,
     /// Over how long from the start signal the four kills are spread (default: 0.8 x
@@ -62,15 +67,16 @@ pub struct Options {
 
 impl Options {
     pub const USAGE: &str = "marquee-bench replicas [--users N] [--rounds N] [--hot-seats N] \
-        [--subscribers N] [--focused N] [--kill-spread-seconds N] [--settle-seconds N] [--port-base N] \
-        [--out FILE] [--keep]";
+        [--subscribers N] [--subscribers-per-host N] [--focused N] [--kill-spread-seconds N] \
+        [--settle-seconds N] [--port-base N] [--out FILE] [--keep]";
 
     /// Defaults: the rush bench's crowd (256 customers, 10 hot seats, 8 rounds) and
-    /// 50,000 subscribers (as many as the descriptor limit allows).
+    /// 50,000 subscribers (as many as the gateways' descriptor limits allow).
     pub fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
         let mut options = Self {
             flash: customers(),
             subscribers: 50_000,
+            subscribers_per_host: None,
             focused: None,
             kill_spread: None,
             settle_seconds: 120,
@@ -86,6 +92,9 @@ impl Options {
                 "--rounds" => options.flash.rounds = value("--rounds")?.parse()?,
                 "--hot-seats" => options.flash.hot_seats = value("--hot-seats")?.parse()?,
                 "--subscribers" => options.subscribers = value("--subscribers")?.parse()?,
+                "--subscribers-per-host" => {
+                    options.subscribers_per_host = Some(value("--subscribers-per-host")?.parse()?)
+                }
                 "--focused" => options.focused = Some(value("--focused")?.parse()?),
                 "--kill-spread-seconds" => {
                     options.kill_spread =
@@ -100,6 +109,7 @@ impl Options {
         }
         anyhow::ensure!(options.flash.users >= 2, "--users must be at least 2");
         anyhow::ensure!(options.flash.rounds >= 1, "--rounds must be at least 1");
+        anyhow::ensure!(options.subscribers_per_host != Some(0), "--subscribers-per-host must be at least 1");
         anyhow::ensure!(options.port_base <= 65_000, "--port-base must leave room for the block");
         Ok(options)
     }
@@ -134,10 +144,15 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
         phase::flash_sale(&place, "two-replicas", Layout::TWO, flash, Some(spread), patience, options.keep)
             .await?;
     let requested = options.subscribers;
-    let held = connected::that_fit(requested);
+    let held = connected::that_fit(requested, Layout::THREE_GATEWAYS.gateway_count());
     let three = if held > 0 {
-        let focused = options.focused.unwrap_or(requested / 10).min(held);
-        Some(phase::connected_users(&place, flash, (held, focused, requested), patience, options.keep).await?)
+        let audience = phase::Audience {
+            subscribers: held,
+            focused: options.focused.unwrap_or(requested / 10).min(held),
+            requested,
+            per_host: options.subscribers_per_host,
+        };
+        Some(phase::connected_users(&place, flash, audience, patience, options.keep).await?)
     } else {
         None
     };
@@ -183,6 +198,7 @@ fn results(
         .and_then(|c| c["gateways"].as_array())
         .map(|gateways| gateways.iter().map(|g| g["rss_mb"]["peak"].clone()).collect::<Vec<_>>());
     let clean = [Some(one), Some(two), three].into_iter().flatten().all(|p| p.clean);
+    let hosts = connected.and_then(|c| c["subscriber_hosts"].as_array()).map(Vec::len);
     let mut results = json!({
         "bookings_per_s": round1(two.bookings_per_s),
         "bookings_per_s_one_replica": round1(one.bookings_per_s),
@@ -192,17 +208,21 @@ fn results(
         "subscribers": connected.map(|c| c["subscribers_held"].clone()),
         "gateway_rss_mb": peaks,
         "seat_change_p99_ms": connected.map(|c| c["deliveries"]["delivery_latency"]["p99_ms"].clone()),
+        // The subscribers' WebSockets are held by subscriber hosts beside this process.
+        "load_generator_processes": 1 + hosts.unwrap_or(0),
+        "subscriber_hosts": hosts,
         "verification_clean": clean,
         "one_replica": one.json,
         "two_replicas": two.json,
         "three_gateways": three.map(|p| p.json.clone()),
         "setup": {
-            "processes": "the release binaries marquee-user, -cinema, -payment, -booking, -ticket, -notification and -gateway, each its own process on loopback (started and supervised as scripts/chaos does, production defaults of config/default.toml), fresh stores per phase; the load generator (marquee-bench) is a process of its own",
+            "processes": "the release binaries marquee-user, -cinema, -payment, -booking, -ticket, -notification and -gateway, each its own process on loopback (started and supervised as scripts/chaos does, production defaults of config/default.toml), fresh stores per phase; the load generator (marquee-bench) is a process of its own, and holds the subscribers' WebSockets in subscriber hosts (marquee-bench subscriber-host, its child processes, each under the descriptor limit)",
             "options": {
                 "users": options.flash.users,
                 "rounds": options.flash.rounds,
                 "hot_seats": options.flash.hot_seats,
                 "subscribers_requested": options.subscribers,
+                "subscribers_per_host": options.subscribers_per_host,
                 "focused": options.focused,
                 "kill_spread_seconds": round1(spread.as_secs_f64()),
                 "settle_seconds": options.settle_seconds,

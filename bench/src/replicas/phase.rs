@@ -199,14 +199,25 @@ pub async fn flash_sale(
     })
 }
 
+/// How many subscribers the connected users' phase holds, and how.
+pub struct Audience {
+    pub subscribers: usize,
+    /// Of those, on the showtime of the sale.
+    pub focused: usize,
+    /// How many were asked for.
+    pub requested: usize,
+    /// At most this many per subscriber host.
+    pub per_host: Option<usize>,
+}
+
 /// The connected users over three gateways (two replicas of cinema, booking and
-/// payment behind them): `subscribers` WebSocket subscriptions spread evenly over the
-/// gateways, `focused` of them on the showtime of a single-round flash sale run
+/// payment behind them): the audience's WebSocket subscriptions spread evenly over the
+/// gateways, the focused ones on the showtime of a single-round flash sale run
 /// meanwhile (`crate::connected`).
 pub async fn connected_users(
     place: &Place,
     config: &Config,
-    (subscribers, focused, requested): (usize, usize, usize),
+    audience: Audience,
     patience: Duration,
     keep_stores: bool,
 ) -> anyhow::Result<Phase> {
@@ -224,9 +235,10 @@ pub async fn connected_users(
                 cinema: &cinema,
                 settings: &mesh.settings,
                 watched: &mesh.showtimes,
-                subscribers,
-                focused,
-                requested,
+                subscribers: audience.subscribers,
+                focused: audience.focused,
+                requested: audience.requested,
+                per_host: audience.per_host,
                 flash: config,
             })
             .await

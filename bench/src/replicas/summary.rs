@@ -176,14 +176,17 @@ fn connected(phase: &Value) -> String {
     format!(
         "\n**Connected users over three gateways** (and two cinemas, bookings and payments behind\n\
          them): {held} `seatMap` subscriptions held open ({requested} requested; RLIMIT_NOFILE is\n\
-         {limit}, and this process holds one descriptor per subscription), spread evenly over the\n\
-         three gateways' WebSockets; {focused} of them watch the showtime of a single-round flash\n\
-         sale ({users} customers, split over the three gateways) run while they are held, the rest\n\
-         are spread over {showtimes} showtimes. A probe seat change per showtime proves every\n\
-         subscription live first; every subscriber must then receive every change of its showtime\n\
-         (as many as any subscriber of that showtime, no resync, every sold seat seen BOOKED),\n\
-         whichever gateway it is on and whichever cinema replica made the change. Latency =\n\
-         arrival at the subscriber minus the change's `changedAt`; RSS is each gateway's VmRSS.\n\n\
+         {limit} per process: a descriptor per subscription in its gateway, and one in one of the\n\
+         {hosts} subscriber-host processes of at most {per_host} that hold the load generator's\n\
+         ends), spread evenly over the three gateways' WebSockets; {focused} of them watch the\n\
+         showtime of a single-round flash sale ({users} customers, split over the three gateways)\n\
+         run while they are held, the rest are spread over {showtimes} showtimes. A probe seat\n\
+         change per showtime proves every subscription live first; every subscriber must then\n\
+         receive every change of its showtime (as many as any subscriber of that showtime, no\n\
+         resync, every sold seat seen BOOKED), whichever gateway it is on and whichever cinema\n\
+         replica made the change. Latency = arrival at the subscriber minus the change's\n\
+         `changedAt`, to the millisecond (percentiles are the upper edge of the 1 ms bucket they\n\
+         fall in); RSS is each gateway's VmRSS.\n\n\
          | subscribers held | changes delivered | missing changes | failures | seat-change p50 ms | p99 ms (goal <= 250) | p99.9 ms | peak RSS per gateway MiB |\n\
          |---|---|---|---|---|---|---|---|\n\
          | {held} | {delivered} | {missing} | {failures} | {p50} | {p99} | {p999} | {peaks} |\n\n\
@@ -196,6 +199,8 @@ fn connected(phase: &Value) -> String {
         held = c["subscribers_held"],
         requested = c["subscribers_requested"],
         limit = cell(&c["open_files_limit"]),
+        hosts = c["subscriber_hosts"].as_array().map_or(0, Vec::len),
+        per_host = cell(&c["subscribers_per_host_at_most"]),
         focused = c["focused_on_rush_showtime"],
         users = sale["users"],
         showtimes = c["showtimes_watched"],

@@ -177,7 +177,8 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     };
 
     let requested = options.subscribers;
-    let held = connected::that_fit(requested);
+    // One gateway holds them all: its own descriptor limit is the cut.
+    let held = connected::that_fit(requested, 1);
     let connected = if held > 0 {
         let watched = [&showtimes[2..3], &showtimes[3..]].concat();
         let mut c = connected::connected_users(Scenario {
@@ -188,6 +189,7 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
             subscribers: held,
             focused: options.focused.min(held),
             requested,
+            per_host: None,
             flash: &options.flash,
         })
         .await?;

@@ -193,14 +193,15 @@ fn connected_summary(c: &Value) -> String {
     let v = &c["flash_sale_verification"];
     format!(
         "**Connected users.** {held} `seatMap` subscriptions (graphql-transport-ws) held open over\n\
-         WebSocket connections from 127.0.0.1, 127.0.0.2, ... ({requested} requested; this\n\
-         process's RLIMIT_NOFILE is {limit}, and each connection is a descriptor in the gateway\n\
-         and one in the load generator). {focused} of them watch the showtime of a second,\n\
-         single-round flash sale ({users} customers) run while they are held; the rest are spread\n\
-         over {showtimes} showtimes of the hall. Before the sale a probe seat change per showtime\n\
-         proves every subscription live. Every subscriber must receive every change of its\n\
-         showtime (as many as any subscriber of that showtime, no resync, every sold seat seen\n\
-         BOOKED). Latency = arrival at the subscriber minus the change's `changedAt`. The gateway\n\
+         WebSocket connections from 127.0.0.1, 127.0.0.2, ... ({requested} requested;\n\
+         RLIMIT_NOFILE is {limit} per process, and the one gateway holds a descriptor per\n\
+         connection; the load generator's ends are in {hosts} subscriber-host process(es)).\n\
+         {focused} of them watch the showtime of a second, single-round flash sale ({users}\n\
+         customers) run while they are held; the rest are spread over {showtimes} showtimes of\n\
+         the hall. Before the sale a probe seat change per showtime proves every subscription\n\
+         live. Every subscriber must receive every change of its showtime (as many as any\n\
+         subscriber of that showtime, no resync, every sold seat seen BOOKED). Latency = arrival\n\
+         at the subscriber minus the change's `changedAt`, to the millisecond. The gateway\n\
          is the release `marquee-gateway` binary in its own process; RSS is its VmRSS.\n\n\
          | subscribers held | changes delivered | missing changes | failures | seat-change p50 ms | p99 ms (goal <= 250) | p99.9 ms | gateway RSS before / open / peak MiB (goal <= 1536) |\n\
          |---|---|---|---|---|---|---|---|\n\
@@ -210,6 +211,7 @@ fn connected_summary(c: &Value) -> String {
         held = c["subscribers_held"],
         requested = c["subscribers_requested"],
         limit = report::cell(&c["open_files_limit"]),
+        hosts = c["subscriber_hosts"].as_array().map_or(0, Vec::len),
         focused = c["focused_on_rush_showtime"],
         users = c["flash_sale"]["users"],
         showtimes = c["showtimes_watched"],
