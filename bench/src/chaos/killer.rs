@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use marquee_kit::shutdown::Shutdown;
 use serde_json::{Value, json};
 
@@ -140,6 +141,25 @@ pub struct Killer {
 /// Runs the actions (cancelling `plan_done` after the last), then keeps reaping until
 /// `stop`. Stopping early skips what is left, but never interrupts an action: a broker
 /// that was stopped is always started again.
+/// Stops the killer once the stores were read after the load (`settled`) and returns
+/// both. If they could not be read, the supervised processes are stopped before the
+/// error goes up, so a failed run leaves nothing running.
+pub async fn stop_after<T>(
+    settled: anyhow::Result<T>,
+    stop: &Shutdown,
+    killer: tokio::task::JoinHandle<Outcome>,
+) -> anyhow::Result<(T, Outcome)> {
+    stop.cancel();
+    let mut outcome = killer.await.context("the killer failed")?;
+    match settled {
+        Ok(settled) => Ok((settled, outcome)),
+        Err(error) => {
+            outcome.supervisor.stop_all().await;
+            Err(error.context("cannot read the stores after the load"))
+        }
+    }
+}
+
 pub async fn run(killer: Killer, plan_done: Shutdown, stop: Shutdown) -> Outcome {
     let Killer { mut supervisor, actions, spread, brokers, outage, mut rng, epoch } = killer;
     let started = Instant::now();

@@ -143,15 +143,7 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     let queue = settings.rabbitmq.notification_queue.clone();
     let settled =
         verify::settle(&stores, &showtime, &queue, Duration::from_secs(options.settle_seconds)).await;
-    load.stop_killer.cancel();
-    let mut outcome = load.killer.await.context("the killer failed")?;
-    let settled = match settled {
-        Ok(settled) => settled,
-        Err(error) => {
-            outcome.supervisor.stop_all().await;
-            return Err(error.context("cannot read the stores after the load"));
-        }
-    };
+    let (settled, mut outcome) = killer::stop_after(settled, &load.stop_killer, load.killer).await?;
     let down_at_end = outcome.supervisor.down();
     let told: Vec<customer::Told> = load.customers.iter().flat_map(|l| l.told.iter().cloned()).collect();
     let unregistered: Vec<String> =

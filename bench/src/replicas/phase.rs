@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use marquee_kit::shutdown::Shutdown;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -315,15 +314,7 @@ async fn judge(
         verify::settle(&stores, &mesh.showtimes[0], queue, patience).await
     }
     .await;
-    killing.stop.cancel();
-    let mut outcome = killing.task.await.context("the killer failed")?;
-    let settled = match settled {
-        Ok(settled) => settled,
-        Err(error) => {
-            outcome.supervisor.stop_all().await;
-            return Err(error.context("cannot read the stores after the load"));
-        }
-    };
+    let (settled, mut outcome) = killer::stop_after(settled, &killing.stop, killing.task).await?;
     let down_at_end = outcome.supervisor.down();
     let mut checks = checks::checks(&checks::Inputs {
         snapshot: &settled.snapshot,
