@@ -13,6 +13,7 @@ pub mod balance;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod lease;
 pub mod metrics;
 pub mod readiness;
 pub mod secret;

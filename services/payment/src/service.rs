@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
+use marquee_kit::lease::renewing;
 use marquee_kit::time::to_proto as timestamp;
 use marquee_kit::{ApiError, ErrorCode};
 use marquee_proto::common::v1::Money as PbMoney;
@@ -106,8 +107,15 @@ fn parse_refund(req: pb::RefundRequest) -> Result<Refund, InvalidInput> {
 pub struct ChargePolicy {
     /// How long a repeat waits for an in-flight attempt before answering ABORTED.
     pub wait: Duration,
-    /// How long one attempt holds its key before a retry may presume it dead.
+    /// How long one attempt holds its key without a renewal before a retry may
+    /// presume it dead; renewed every third of it while the attempt runs.
     pub lease: chrono::Duration,
+}
+
+impl ChargePolicy {
+    fn lease_renewal(&self) -> Duration {
+        (self.lease / 3).to_std().unwrap_or(Duration::from_secs(1))
+    }
 }
 
 /// Shared state of the handlers.
@@ -199,6 +207,23 @@ impl PaymentServiceImpl {
         }
     }
 
+    /// One renewal of the attempt's lease; `false` once a retry has taken the key over.
+    /// A failed write is no reason to stop the attempt: the next renewal may land.
+    async fn renew_lease(&self, payment: &PaymentDoc, lease: &Lease) -> bool {
+        match self.store.renew_lease(&payment.id, lease, self.policy.lease).await {
+            Ok(renewed) => {
+                if !renewed {
+                    tracing::info!(payment.id = %payment.id, "the attempt's key was taken over; no longer renewing its lease");
+                }
+                renewed
+            }
+            Err(error) => {
+                tracing::warn!(payment.id = %payment.id, error = format!("{error:#}"), "cannot renew a payment attempt's lease; trying again");
+                true
+            }
+        }
+    }
+
     async fn attempt(
         &self,
         payment: &PaymentDoc,
@@ -206,7 +231,11 @@ impl PaymentServiceImpl {
         lease: &Lease,
     ) -> Result<PaymentDoc, PaymentError> {
         let started_at = bson_time(Utc::now());
-        let outcome = self.processor.process(method).await;
+        // The lease is renewed while the processor answers, so a slow attempt keeps its
+        // key and only one whose process died is taken over after the lease.
+        let processing = self.processor.process(method);
+        let outcome =
+            renewing(processing, self.policy.lease_renewal(), || self.renew_lease(payment, lease)).await;
         let now = Utc::now();
         let attempt = |outcome: &str, reason: Option<&str>| AttemptDoc {
             outcome: outcome.to_owned(),

@@ -283,6 +283,24 @@ impl PaymentStore {
             .context("cannot lease a payment attempt")
     }
 
+    /// Pushes the attempt's lease `length` further while it runs. `false`: the lease
+    /// is no longer this attempt's (a retry took the key over), so there is nothing
+    /// left to renew.
+    pub async fn renew_lease(
+        &self,
+        id: &str,
+        lease: &Lease,
+        length: chrono::Duration,
+    ) -> anyhow::Result<bool> {
+        let until = bson_time(Utc::now() + length);
+        let renewed = self
+            .payments
+            .update_one(doc! { "_id": id, "lease_id": &lease.id }, doc! { "$set": { "lease_until": until } })
+            .await
+            .context("cannot renew a payment attempt's lease")?;
+        Ok(renewed.matched_count == 1)
+    }
+
     /// Records how the leased attempt ended and releases the lease.
     pub async fn finish(&self, id: &str, lease: &Lease, finish: Finish) -> anyhow::Result<PaymentDoc> {
         let at = finish.attempt.finished_at;

@@ -416,6 +416,34 @@ async fn a_slow_charge_makes_repeats_wait_for_it_or_abort_and_never_charges_twic
 }
 
 #[tokio::test]
+async fn a_slow_attempt_keeps_its_key_past_its_lease_by_renewing_it() {
+    // The attempt outlasts its lease five times over: only the renewals keep a repeat
+    // from presuming it dead and running a second attempt.
+    let app = spawn_app_with(|s| {
+        s.payment.slow_card_delay_ms = 1500;
+        s.payment.charge_lease_ms = 300;
+        s.payment.charge_wait_ms = 0;
+    })
+    .await;
+
+    let (first, repeat) = tokio::join!(app.charge(charge("key-renewed", "pm_card_slow", 2500)), async {
+        while app.stored_payments().await == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Well past the lease the claim took (300 ms), well before the card answers.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        app.charge(charge("key-renewed", "pm_card_slow", 2500)).await
+    });
+    let first = first.unwrap();
+    assert_eq!(first.status(), pb::PaymentStatus::Succeeded);
+    let repeat = repeat.unwrap_err();
+    assert_eq!((repeat.code, repeat.grpc_code), (ErrorCode::Conflict, Some(Code::Aborted)), "{repeat:?}");
+    let stored = app.charge(charge("key-renewed", "pm_card_slow", 2500)).await.unwrap();
+    assert_eq!(stored, first);
+    assert_eq!(stored.attempts.len(), 1, "the card went to the processor once");
+}
+
+#[tokio::test]
 async fn a_repeat_waits_briefly_for_the_charge_in_flight() {
     let app = spawn_app_with(|s| {
         s.payment.slow_card_delay_ms = 300;
