@@ -8,17 +8,29 @@ use std::pin::pin;
 use std::time::Duration;
 
 /// Runs `step`, calling `renew` every `every` (after the previous call answered) while
-/// it runs, until `renew` says to stop. Returns the step's output, and drops a renewal
-/// still in flight when the step ends.
+/// it runs, until `renew` answers `Ok(false)`: the lease is no longer the holder's (the
+/// work was taken over), so there is nothing left to renew. A failed renewal (the store
+/// briefly away) is logged and tried again at the next period: it is no reason to stop
+/// the work, and if no renewal lands the work is taken over and re-run, which the
+/// holders of these leases make harmless. Returns the step's output, and drops a
+/// renewal still in flight when the step ends. Runs in the caller's span, which names
+/// what the lease guards.
 pub async fn renewing<T, R>(step: impl Future<Output = T>, every: Duration, mut renew: impl FnMut() -> R) -> T
 where
-    R: Future<Output = bool>,
+    R: Future<Output = anyhow::Result<bool>>,
 {
     let heartbeat = async {
         loop {
             tokio::time::sleep(every).await;
-            if !renew().await {
-                return;
+            match renew().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!("the work was taken over; no longer renewing its lease");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "cannot renew a lease; trying again");
+                }
             }
         }
     };
@@ -51,7 +63,7 @@ mod tests {
         };
         let output = renewing(step, EVERY, || {
             renewed_at.borrow_mut().push(started.elapsed().as_secs());
-            async { true }
+            async { Ok(true) }
         })
         .await;
         assert_eq!(output, "done");
@@ -64,7 +76,7 @@ mod tests {
         let renewals = Cell::new(0);
         let output = renewing(async { 42 }, EVERY, || {
             renewals.set(renewals.get() + 1);
-            async { true }
+            async { Ok(true) }
         })
         .await;
         assert_eq!((output, renewals.get()), (42, 0));
@@ -84,7 +96,7 @@ mod tests {
                 renewals.set(renewals.get() + 1);
                 // The second renewal finds the booking taken over.
                 let renewed = renewals.get() < 2;
-                async move { renewed }
+                async move { Ok(renewed) }
             },
         )
         .await;
@@ -99,7 +111,7 @@ mod tests {
             // A store that takes its time answering.
             sleep(Duration::from_secs(5)).await;
             answered.set(true);
-            true
+            Ok(true)
         })
         .await;
         assert_eq!(started.elapsed(), Duration::from_secs(3));

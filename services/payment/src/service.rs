@@ -207,23 +207,6 @@ impl PaymentServiceImpl {
         }
     }
 
-    /// One renewal of the attempt's lease; `false` once a retry has taken the key over.
-    /// A failed write is no reason to stop the attempt: the next renewal may land.
-    async fn renew_lease(&self, payment: &PaymentDoc, lease: &Lease) -> bool {
-        match self.store.renew_lease(&payment.id, lease, self.policy.lease).await {
-            Ok(renewed) => {
-                if !renewed {
-                    tracing::info!(payment.id = %payment.id, "the attempt's key was taken over; no longer renewing its lease");
-                }
-                renewed
-            }
-            Err(error) => {
-                tracing::warn!(payment.id = %payment.id, error = format!("{error:#}"), "cannot renew a payment attempt's lease; trying again");
-                true
-            }
-        }
-    }
-
     async fn attempt(
         &self,
         payment: &PaymentDoc,
@@ -234,8 +217,10 @@ impl PaymentServiceImpl {
         // The lease is renewed while the processor answers, so a slow attempt keeps its
         // key and only one whose process died is taken over after the lease.
         let processing = self.processor.process(method);
-        let outcome =
-            renewing(processing, self.policy.lease_renewal(), || self.renew_lease(payment, lease)).await;
+        let outcome = renewing(processing, self.policy.lease_renewal(), || {
+            self.store.renew_lease(&payment.id, lease, self.policy.lease)
+        })
+        .await;
         let now = Utc::now();
         let attempt = |outcome: &str, reason: Option<&str>| AttemptDoc {
             outcome: outcome.to_owned(),

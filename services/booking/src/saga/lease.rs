@@ -17,25 +17,6 @@ impl Saga {
     /// Runs `step`, the step of the booking at `revision` (as the write that took the
     /// lease left it), renewing its lease until the step ends.
     pub(super) async fn keeping_lease<T>(&self, revision: Revision, step: impl Future<Output = T>) -> T {
-        renewing(step, self.settings.lease / 3, || self.renew_lease(revision)).await
-    }
-
-    /// One renewal; `false` once the booking has moved on without this step (recovery
-    /// in another replica took it over), when there is nothing left to renew. A failed
-    /// renewal is no reason to stop the step: the next one may land in time, and if
-    /// none does, recovery re-runs the step, which is harmless.
-    async fn renew_lease(&self, revision: Revision) -> bool {
-        match self.store.renew_lease(&revision).await {
-            Ok(renewed) => {
-                if !renewed {
-                    tracing::info!(booking.id = %revision.id, status = %revision.status, "the booking moved on; no longer renewing this step's lease");
-                }
-                renewed
-            }
-            Err(error) => {
-                tracing::warn!(booking.id = %revision.id, error = format!("{error:#}"), "cannot renew a saga step's lease; trying again");
-                true
-            }
-        }
+        renewing(step, self.settings.lease / 3, || self.store.renew_lease(&revision)).await
     }
 }
