@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::catalog::seat_id;
 use crate::flash_sale::{self, Config, PROBE_SEAT};
+use crate::lag;
 use crate::mesh::Gateway;
 use crate::stats::round1;
 use crate::subscribers;
@@ -176,21 +177,23 @@ pub async fn connected_users(s: Scenario<'_>) -> anyhow::Result<Value> {
         && deliveries["subscribers_missing_changes"] == 0
         && deliveries["subscribers_with_failures"] == 0;
     eprintln!("deliveries: {deliveries}");
-    let per_gateway: Vec<Value> = gateways
-        .iter()
-        .enumerate()
-        .map(|(i, gateway)| {
-            json!({
-                "address": gateway.addr.to_string(),
-                "subscribers": stopped.tally.subscribers_on(i),
-                "rss_mb": {
-                    "before": rss_before[i].map(round1),
-                    "subscriptions_open": rss_open[i].map(round1),
-                    "peak": rss_peak.get(i).copied().map(round1),
-                },
-            })
-        })
-        .collect();
+    let mut per_gateway = Vec::with_capacity(gateways.len());
+    for (i, gateway) in gateways.iter().enumerate() {
+        // A gateway that cannot be read now is reported as such; the run stands.
+        let lag = lag::of_gateway(gateway.addr)
+            .await
+            .unwrap_or_else(|error| json!({ "error": format!("{error:#}") }));
+        per_gateway.push(json!({
+            "address": gateway.addr.to_string(),
+            "subscribers": stopped.tally.subscribers_on(i),
+            "rss_mb": {
+                "before": rss_before[i].map(round1),
+                "subscriptions_open": rss_open[i].map(round1),
+                "peak": rss_peak.get(i).copied().map(round1),
+            },
+            "seat_change_lag": lag,
+        }));
+    }
     Ok(json!({
         "subscribers_requested": s.requested,
         "open_files_limit": open_files_limit(),

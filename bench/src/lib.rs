@@ -24,6 +24,7 @@ pub mod connected;
 pub mod cpu;
 pub mod flash_sale;
 pub mod gql;
+pub mod lag;
 pub mod lean_grpc;
 pub mod mesh;
 pub mod mongo_ops;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use marquee_kit::backoff::Backoff;
 use marquee_proto::cinema::v1 as cinema;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
+use metrics::Histogram;
 use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
 use tonic::transport::Channel;
@@ -122,7 +123,11 @@ impl SeatFeeds {
             membership.counted = true;
             self.inner.metrics.subscriptions.increment(1.0);
         }
-        Ok(SeatWatch { events, held_back: None, _membership: membership })
+        // A shared execution builds each update once for all its members: its lag is
+        // the fan-out's. A watch per subscriber would count each change once per
+        // subscriber instead.
+        let built = (!count).then(|| self.inner.metrics.seat_change_lag.built.clone());
+        Ok(SeatWatch { events, held_back: None, built, _membership: membership })
     }
 
     fn start(&self, showtime: &ShowtimeId, generation: u64) -> (Feed, AbortHandle) {
@@ -138,6 +143,8 @@ pub struct SeatWatch {
     events: broadcast::Receiver<FeedEvent>,
     /// An event read while gathering a batch that cannot join it (see `next_batch`).
     held_back: Option<FeedEvent>,
+    /// Where the lag of each change handed out is recorded (shared executions only).
+    built: Option<Histogram>,
     _membership: Membership,
 }
 
@@ -189,7 +196,21 @@ impl SeatWatch {
                 Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => break,
             }
         }
+        if let Some(built) = &self.built {
+            for change in &changes {
+                record_lag(built, change);
+            }
+        }
         Some(Batch::Changes(changes))
+    }
+}
+
+/// Records how long ago `change` was committed. Clocks of two machines may disagree: a
+/// change "from the future" counts as no lag rather than being dropped.
+fn record_lag(histogram: &Histogram, change: &cinema::SeatChange) {
+    if let Some(at) = change.changed_at.as_ref().and_then(marquee_kit::time::from_proto) {
+        let lag = chrono::Utc::now().signed_duration_since(at);
+        histogram.record(lag.to_std().unwrap_or_default().as_secs_f64());
     }
 }
 
@@ -289,6 +310,7 @@ async fn run_feed(
                 loop {
                     match stream.message().await {
                         Ok(Some(change)) => {
+                            record_lag(&inner.metrics.seat_change_lag.received, &change);
                             let _ = events.send(FeedEvent::Change(Arc::new(change)));
                         }
                         Ok(None) => {
@@ -387,7 +409,7 @@ mod tests {
             claim: Claim::detached(ShowtimeId::parse("00000000-0000-4000-8000-000000000000").unwrap()),
             counted: false,
         };
-        SeatWatch { events, held_back: None, _membership: membership }
+        SeatWatch { events, held_back: None, built: None, _membership: membership }
     }
 
     fn seats(batch: Option<Batch>) -> Vec<String> {

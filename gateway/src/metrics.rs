@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 const REQUESTS: &str = "gateway_http_requests_total";
@@ -17,9 +17,12 @@ const SHARED_SUBSCRIPTIONS: &str = "gateway_shared_subscriptions_active";
 const SEAT_STREAMS: &str = "gateway_seat_streams_active";
 const SEAT_STREAMS_OPENED: &str = "gateway_seat_streams_opened_total";
 const DENYLIST_LOOKUPS: &str = "gateway_denylist_lookups_total";
+const SEAT_CHANGE_LAG: &str = "gateway_seat_change_lag_seconds";
 
 /// Seconds; from a cached catalog read to a payment that waits on the processor.
 const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Seconds; a live seat map should be well under a second behind, a rush shows by how much not.
+const LAG_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
@@ -38,6 +41,20 @@ pub struct Metrics {
     pub seat_streams_opened: Counter,
     pub rate_limited: Counter,
     pub denylist: DenylistLookups,
+    pub seat_change_lag: SeatChangeLag,
+}
+
+/// `gateway_seat_change_lag_seconds{stage}`: how long after cinema committed a seat
+/// change (its `changedAt`) the gateway got to it, per change. Compared with what a
+/// client measures, it says whether a late seat map was late before the gateway, in
+/// the gateway, or after it (sockets, the client's own CPU).
+#[derive(Clone)]
+pub struct SeatChangeLag {
+    /// The change arrived on the upstream `WatchSeats` stream: cinema's side.
+    pub received: Histogram,
+    /// A shared subscription built the update carrying it (`crate::fanout`, once per
+    /// group, after any pacing wait); what is left is writing it to each subscriber.
+    pub built: Histogram,
 }
 
 /// `gateway_denylist_lookups_total{result}`: how each token check was answered.
@@ -57,6 +74,7 @@ impl Metrics {
     pub fn new() -> anyhow::Result<Self> {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(LATENCY.to_owned()), LATENCY_BUCKETS)?
+            .set_buckets_for_metric(Matcher::Full(SEAT_CHANGE_LAG.to_owned()), LAG_BUCKETS)?
             .build_recorder();
         recorder.describe_counter(REQUESTS.into(), None, "HTTP requests by route and status".into());
         recorder.describe_histogram(
@@ -85,7 +103,19 @@ impl Metrics {
              error (Redis did not answer)"
                 .into(),
         );
+        recorder.describe_histogram(
+            SEAT_CHANGE_LAG.into(),
+            Some(Unit::Seconds),
+            "Time from a seat change's commit in cinema to the gateway, by stage: received (upstream stream), \
+             built (the shared update carrying it)"
+                .into(),
+        );
         let name = Key::from_static_name;
+        let lag = |stage: &'static str| {
+            let key = Key::from_parts(SEAT_CHANGE_LAG, vec![Label::from_static_parts("stage", stage)]);
+            recorder.register_histogram(&key, &META)
+        };
+        let seat_change_lag = SeatChangeLag { received: lag("received"), built: lag("built") };
         let lookups = |result: &'static str| {
             let key = Key::from_parts(DENYLIST_LOOKUPS, vec![Label::from_static_parts("result", result)]);
             recorder.register_counter(&key, &META)
@@ -99,6 +129,7 @@ impl Metrics {
             seat_streams_opened: recorder.register_counter(&name(SEAT_STREAMS_OPENED), &META),
             rate_limited: recorder.register_counter(&name(RATE_LIMITED), &META),
             denylist,
+            seat_change_lag,
             handle: recorder.handle(),
             recorder: Arc::new(recorder),
         })

@@ -160,12 +160,14 @@ fn connected(phase: &Value) -> String {
     for (i, g) in gateways.iter().enumerate() {
         let delivered = deliveries.get(i).cloned().unwrap_or(Value::Null);
         per_gateway.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} / {} / {} |\n",
+            "| {} | {} | {} | {} | {} | {} / {} | {} / {} / {} |\n",
             g["address"].as_str().unwrap_or_default(),
             g["subscribers"],
             delivered["delivered"],
             delivered["subscribers_missing_changes"],
             cell(&delivered["delivery_latency"]["p99_ms"]),
+            cell(&g["seat_change_lag"]["received"]["p99_at_most_ms"]),
+            cell(&g["seat_change_lag"]["built"]["p99_at_most_ms"]),
             cell(&g["rss_mb"]["before"]),
             cell(&g["rss_mb"]["subscriptions_open"]),
             cell(&g["rss_mb"]["peak"]),
@@ -186,12 +188,15 @@ fn connected(phase: &Value) -> String {
          resync, every sold seat seen BOOKED), whichever gateway it is on and whichever cinema\n\
          replica made the change. Latency = arrival at the subscriber minus the change's\n\
          `changedAt`, to the millisecond (percentiles are the upper edge of the 1 ms bucket they\n\
-         fall in); RSS is each gateway's VmRSS.\n\n\
+         fall in); RSS is each gateway's VmRSS. The gateway's own p99 (its\n\
+         `gateway_seat_change_lag_seconds` histogram, so a bucket's upper bound)\n\
+         splits that: lag when the change arrived from cinema, and when the shared update\n\
+         carrying it was built (after pacing); the rest is sockets and the subscribers' CPU.\n\n\
          | subscribers held | changes delivered | missing changes | failures | seat-change p50 ms | p99 ms (goal <= 250) | p99.9 ms | peak RSS per gateway MiB |\n\
          |---|---|---|---|---|---|---|---|\n\
          | {held} | {delivered} | {missing} | {failures} | {p50} | {p99} | {p999} | {peaks} |\n\n\
-         | gateway | subscribers | changes delivered | missing changes | p99 ms | RSS before / open / peak MiB |\n\
-         |---|---|---|---|---|---|\n\
+         | gateway | subscribers | changes delivered | missing changes | p99 ms | gateway's p99 ms: received / built | RSS before / open / peak MiB |\n\
+         |---|---|---|---|---|---|---|\n\
          {per_gateway}\n\
          The sale under subscriptions: {winners} bookings, {bps} bookings/s; from the stores:\n\
          {dbs} double-booked seats, {dc} double charges, {ln} lost notifications, {dn} duplicate\n\

@@ -172,6 +172,13 @@ async fn seat_map_subscribers_share_one_upstream_stream_and_see_every_change() {
         1.0,
         "one stream for every subscriber"
     );
+    // Each change's lag is recorded once where it arrived and once where the shared
+    // update carrying it was built, not once per subscriber (there are four).
+    let changes = expected.len() as f64;
+    assert_eq!(metric(&app, r#"gateway_seat_change_lag_seconds_count{stage="received"}"#).await, changes);
+    assert_eq!(metric(&app, r#"gateway_seat_change_lag_seconds_count{stage="built"}"#).await, changes);
+    let under_ten_seconds = r#"gateway_seat_change_lag_seconds_bucket{stage="built",le="10"}"#;
+    assert_eq!(metric(&app, under_ten_seconds).await, changes, "lags are seconds, not a clock's epoch");
 
     // `complete` ends one subscription; the stream stays for the others.
     clients[0].send(json!({ "id": "again", "type": "complete" })).await;
