@@ -53,6 +53,9 @@ pub struct Config {
     /// booking's status, and for how long before giving up on it (UNSETTLED).
     pub settle_poll_interval: Duration,
     pub settle_deadline: Duration,
+    /// The cinema refuses holds that would strand a seat (`cinema.no_orphan_seats`,
+    /// the production default): SEAT_RULE_VIOLATION is then a right refusal too.
+    pub orphan_rule: bool,
 }
 
 impl Config {
@@ -67,6 +70,7 @@ impl Config {
             saga_deadline: Duration::from_secs(120),
             settle_poll_interval: Duration::from_millis(500),
             settle_deadline: Duration::from_secs(60),
+            orphan_rule: false,
         }
     }
 
@@ -81,6 +85,7 @@ impl Config {
             saga_deadline: Duration::from_secs(40),
             settle_poll_interval: Duration::from_millis(500),
             settle_deadline: Duration::from_secs(30),
+            orphan_rule: false,
         }
     }
 }
@@ -148,9 +153,11 @@ impl Outcome {
         self.confirmed.len() as f64 / self.rush_seconds.max(f64::EPSILON)
     }
 
-    /// Refusals whose code was not SEAT_UNAVAILABLE.
-    pub fn wrong_refusals(&self) -> usize {
-        self.refused.iter().filter(|(_, code)| code != "SEAT_UNAVAILABLE").count()
+    /// Refusals whose code was not SEAT_UNAVAILABLE (nor SEAT_RULE_VIOLATION when
+    /// the orphan rule is on).
+    pub fn wrong_refusals(&self, orphan_rule: bool) -> usize {
+        let right = |code: &str| code == "SEAT_UNAVAILABLE" || (orphan_rule && code == "SEAT_RULE_VIOLATION");
+        self.refused.iter().filter(|(_, code)| !right(code)).count()
     }
 }
 

@@ -81,7 +81,8 @@ pub async fn verify(
     outcome: &Outcome,
     config: &Config,
 ) -> anyhow::Result<Verdict> {
-    let mut verdict = Verdict { wrong_refusals: outcome.wrong_refusals(), ..Verdict::default() };
+    let mut verdict =
+        Verdict { wrong_refusals: outcome.wrong_refusals(config.orphan_rule), ..Verdict::default() };
 
     // MongoDB: the bookings of the showtime, as the booking service stored them, once
     // no saga is mid-step (a payment the customer gave up on may still be confirming).

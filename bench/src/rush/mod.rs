@@ -53,7 +53,8 @@ pub struct Options {
 }
 
 impl Options {
-    /// `--users N --rounds N --hot-seats N --no-browse --subscribers N --focused N`.
+    /// `--users N --rounds N --hot-seats N --no-browse --subscribers N --focused N
+    /// --orphan-rule`.
     pub fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
         let mut options = Self { flash: Config::bench(), browse: true, subscribers: 50_000, focused: 5_000 };
         while let Some(arg) = args.next() {
@@ -70,6 +71,7 @@ impl Options {
                 "--no-browse" => options.browse = false,
                 "--subscribers" => options.subscribers = number("--subscribers")?,
                 "--focused" => options.focused = number("--focused")?,
+                "--orphan-rule" => options.flash.orphan_rule = true,
                 other => anyhow::bail!("unknown option {other}"),
             }
         }
@@ -81,7 +83,7 @@ impl Options {
 
 /// The mesh's settings for the benchmark: the isolated test stores, with the
 /// production values wherever the test configuration trades realism for speed.
-pub async fn bench_settings() -> anyhow::Result<Settings> {
+pub async fn bench_settings(orphan_rule: bool) -> anyhow::Result<Settings> {
     let mut settings: Settings = marquee_kit::testing::isolated_settings().await?;
     settings.telemetry.level = "warn".to_owned();
     settings.postgres.max_connections = 16;
@@ -90,9 +92,10 @@ pub async fn bench_settings() -> anyhow::Result<Settings> {
     settings.auth.argon2_iterations = 2;
     // Browsing needs an ordinary catalog next to the benchmark hall.
     settings.cinema.seed_demo = true;
-    // The orphan-seat rule would refuse random single seats for a reason other than
-    // contention; the flash sale measures contention.
-    settings.cinema.no_orphan_seats = false;
+    // The orphan-seat rule refuses random single seats for a reason other than
+    // contention; the flash sale measures contention, unless asked for the rule's cost
+    // (`--orphan-rule`: the production default).
+    settings.cinema.no_orphan_seats = orphan_rule;
     settings.cinema.hold_sweep_interval_ms = 5000;
     settings.booking.outbox_poll_ms = 1000;
     settings.booking.charge_retry_backoff_ms = 200;
@@ -106,7 +109,7 @@ pub async fn bench_settings() -> anyhow::Result<Settings> {
 const QUIET_SHOWTIMES: usize = 7;
 
 pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
-    let settings = bench_settings().await?;
+    let settings = bench_settings(options.flash.orphan_rule).await?;
     let database_url = settings.postgres.url.expose().clone();
     let mesh = Mesh::builder().settings(settings).without_gateway().start().await?;
     let gateway = GatewayProcess::start(&mesh, &root.join("config")).await?;

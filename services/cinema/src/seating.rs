@@ -3,7 +3,7 @@
 //! A row splits into sections at aisles and gaps (positions that are not consecutive).
 //! A free seat is an orphan when nothing free is next to it in its section: it sits
 //! between taken seats, or between a taken seat and the section's end. Holds enforce the
-//! rule in `cinema_lock_seats` (migration 0006), under the hold's row locks, so racing
+//! rule in `cinema_lock_seats` (migrations 0006 and 0007), under the hold's row locks, so racing
 //! holds cannot strand a seat together. Suggestions prefer blocks that strand nobody by
 //! the same definition (the SQL tests of the rule and the suggestion tests share cases).
 

@@ -1646,16 +1646,20 @@ async fn the_no_orphan_rule_refuses_exactly_the_holds_that_leave_a_seat_alone() 
 #[tokio::test]
 async fn the_no_orphan_rule_gives_way_when_no_block_of_that_size_strands_nobody() {
     let app = spawn_app_with(|s| s.cinema.no_orphan_seats = true).await;
-    // (row A, party size, whether a block of ordinary seats strands nobody)
-    let cases = [
-        ("...x..", 2, true),
-        (".x.x.x", 1, true), // taking a lone seat strands nobody
-        ("..x...", 4, false),
-        ("x...x", 2, false), // any pair strands the third seat
-        ("a..", 2, false),   // A1-A2 would do, but A1 is a wheelchair space
+    // (rows, party size, whether a block of ordinary seats strands nobody)
+    let cases: [(&[&str], i32, bool); 8] = [
+        (&["...x.."], 2, true),
+        (&[".x.x.x"], 1, true), // taking a lone seat strands nobody
+        (&["..x..."], 4, false),
+        (&["x...x"], 2, false), // any pair strands the third seat
+        (&["a.."], 2, false),   // A1-A2 would do, but A1 is a wheelchair space
+        // Rows are looked at one by one: the clean block may be in the last, or in none.
+        (&["x...x", "x...x", "...."], 2, true),
+        (&["x...x", "x...x", "x...x"], 2, false),
+        (&["x...x", "....", "x...x"], 4, true),
     ];
-    for (row, party, clean) in cases {
-        let (showtime, screen) = app.layout_showtime(&[row]).await;
+    for (rows, party, clean) in cases {
+        let (showtime, screen) = app.layout_showtime(rows).await;
         let exists: bool = sqlx::query_scalar("SELECT cinema_clean_block_exists($1, $2, $3)")
             .bind(showtime)
             .bind(screen)
@@ -1663,7 +1667,7 @@ async fn the_no_orphan_rule_gives_way_when_no_block_of_that_size_strands_nobody(
             .fetch_one(&app.db)
             .await
             .unwrap();
-        assert_eq!(exists, clean, "row {row}, party of {party}");
+        assert_eq!(exists, clean, "rows {rows:?}, party of {party}");
     }
 
     // So in x...x a pair that strands a seat is held: there is no other choice.
