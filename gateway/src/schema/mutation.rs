@@ -19,6 +19,23 @@ use crate::error::GatewayError;
 /// gateway only bounds what it forwards.
 const MAX_LIST: usize = 100;
 
+/// What blocking and unblocking seats both need: an admin, and the showtime and seats
+/// they name, checked.
+fn staff_seat_change<'a>(
+    ctx: &Context<'a>,
+    showtime_id: &ID,
+    seat_ids: &[ID],
+) -> Result<(super::Scope<'a>, ShowtimeId, SeatSelection), GatewayError> {
+    let scope = scope(ctx)?;
+    scope.viewer.require_admin()?;
+    let showtime = checked(ShowtimeId::parse(showtime_id))?;
+    let seats = checked(SeatSelection::parse(
+        &seat_ids.iter().map(|id| id.as_str()).collect::<Vec<_>>(),
+        SeatSelection::MAX_PER_STAFF_CHANGE,
+    ))?;
+    Ok((scope, showtime, seats))
+}
+
 fn bounded<T>(list: Vec<T>, field: &str) -> Result<Vec<T>, GatewayError> {
     if list.len() > MAX_LIST {
         return Err(GatewayError::bad_input(format!("{field} takes at most {MAX_LIST} entries")));
@@ -390,13 +407,7 @@ impl MutationRoot {
         showtime_id: ID,
         seat_ids: Vec<ID>,
     ) -> async_graphql::Result<Vec<ID>> {
-        let scope = scope(ctx)?;
-        scope.viewer.require_admin()?;
-        let showtime = checked(ShowtimeId::parse(&showtime_id))?;
-        let seats = checked(SeatSelection::parse(
-            &seat_ids.iter().map(|id| id.as_str()).collect::<Vec<_>>(),
-            SeatSelection::MAX_PER_STAFF_CHANGE,
-        ))?;
+        let (scope, showtime, seats) = staff_seat_change(ctx, &showtime_id, &seat_ids)?;
         Ok(scope.upstreams.block_seats(&showtime, seats).await?.into_iter().map(ID).collect())
     }
 
@@ -407,13 +418,7 @@ impl MutationRoot {
         showtime_id: ID,
         seat_ids: Vec<ID>,
     ) -> async_graphql::Result<Vec<ID>> {
-        let scope = scope(ctx)?;
-        scope.viewer.require_admin()?;
-        let showtime = checked(ShowtimeId::parse(&showtime_id))?;
-        let seats = checked(SeatSelection::parse(
-            &seat_ids.iter().map(|id| id.as_str()).collect::<Vec<_>>(),
-            SeatSelection::MAX_PER_STAFF_CHANGE,
-        ))?;
+        let (scope, showtime, seats) = staff_seat_change(ctx, &showtime_id, &seat_ids)?;
         Ok(scope.upstreams.unblock_seats(&showtime, seats).await?.into_iter().map(ID).collect())
     }
 }

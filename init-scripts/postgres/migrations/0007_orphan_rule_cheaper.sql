@@ -56,6 +56,25 @@ BEGIN
 END
 $$;
 
+-- The requested seats p_booking_id cannot hold: unknown ones, and those neither
+-- available, nor held past their expiry, nor already this booking's. Asked twice by a
+-- hold: before its locks (a visibly taken seat is refused at once) and under them (what
+-- decides).
+CREATE FUNCTION cinema_unlockable_seats(p_showtime_id uuid, p_seat_ids text[], p_booking_id uuid)
+RETURNS TABLE (outcome cinema_lock_outcome, seat_id text)
+LANGUAGE sql AS $$
+    SELECT 'unknown'::cinema_lock_outcome, r.seat_id
+      FROM unnest(p_seat_ids) AS r(seat_id)
+     WHERE NOT EXISTS (SELECT 1 FROM showtime_seats s
+                        WHERE s.showtime_id = p_showtime_id AND s.seat_id = r.seat_id)
+    UNION ALL
+    SELECT 'unavailable'::cinema_lock_outcome, s.seat_id
+      FROM showtime_seats s
+     WHERE s.showtime_id = p_showtime_id AND s.seat_id = ANY (p_seat_ids)
+       AND NOT (s.status = 'available'
+                OR (s.status = 'held' AND (s.hold_expires_at <= now() OR s.booking_id = p_booking_id)));
+$$;
+
 -- The hold judges the rule once on what is visible before it locks anything (refusing
 -- there as it refuses a visibly taken seat), so the clean-block question is normally
 -- asked without locks; under the locks the rule is judged again on the locked seats, and
@@ -97,19 +116,9 @@ BEGIN
 
     -- Refuse without locking when a seat is visibly taken.
     RETURN QUERY
-        SELECT 'unknown'::cinema_lock_outcome, r.seat_id, NULL::text, NULL::integer, NULL::text,
-               NULL::bigint, NULL::text, NULL::timestamptz
-          FROM unnest(p_seat_ids) AS r(seat_id)
-         WHERE NOT EXISTS (SELECT 1 FROM showtime_seats s
-                            WHERE s.showtime_id = p_showtime_id AND s.seat_id = r.seat_id)
-        UNION ALL
-        SELECT 'unavailable'::cinema_lock_outcome, s.seat_id, NULL::text, NULL::integer, NULL::text,
-               NULL::bigint, NULL::text, NULL::timestamptz
-          FROM showtime_seats s
-         WHERE s.showtime_id = p_showtime_id AND s.seat_id = ANY (p_seat_ids)
-           AND NOT (s.status = 'available'
-                    OR (s.status = 'held'
-                        AND (s.hold_expires_at <= now() OR s.booking_id = p_booking_id)));
+        SELECT u.outcome, u.seat_id, NULL::text, NULL::integer, NULL::text, NULL::bigint, NULL::text,
+               NULL::timestamptz
+          FROM cinema_unlockable_seats(p_showtime_id, p_seat_ids, p_booking_id) u;
     IF FOUND THEN
         RETURN;
     END IF;
@@ -146,19 +155,9 @@ BEGIN
        FOR UPDATE;
 
     RETURN QUERY
-        SELECT 'unknown'::cinema_lock_outcome, r.seat_id, NULL::text, NULL::integer, NULL::text,
-               NULL::bigint, NULL::text, NULL::timestamptz
-          FROM unnest(p_seat_ids) AS r(seat_id)
-         WHERE NOT EXISTS (SELECT 1 FROM showtime_seats s
-                            WHERE s.showtime_id = p_showtime_id AND s.seat_id = r.seat_id)
-        UNION ALL
-        SELECT 'unavailable'::cinema_lock_outcome, s.seat_id, NULL::text, NULL::integer, NULL::text,
-               NULL::bigint, NULL::text, NULL::timestamptz
-          FROM showtime_seats s
-         WHERE s.showtime_id = p_showtime_id AND s.seat_id = ANY (p_seat_ids)
-           AND NOT (s.status = 'available'
-                    OR (s.status = 'held'
-                        AND (s.hold_expires_at <= now() OR s.booking_id = p_booking_id)));
+        SELECT u.outcome, u.seat_id, NULL::text, NULL::integer, NULL::text, NULL::bigint, NULL::text,
+               NULL::timestamptz
+          FROM cinema_unlockable_seats(p_showtime_id, p_seat_ids, p_booking_id) u;
     IF FOUND THEN
         RETURN;
     END IF;
