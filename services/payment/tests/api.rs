@@ -137,6 +137,14 @@ impl TestApp {
         self.payments.count_documents(doc! {}).await.unwrap()
     }
 
+    /// Returns once the first charge has claimed its key (its payment is stored), so a
+    /// repeat sent next finds it in flight.
+    async fn until_a_payment_is_stored(&self) {
+        while self.stored_payments().await == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+
     async fn history(&self, id: &str) -> Vec<String> {
         let stored = self.payments.find_one(doc! { "_id": id }).await.unwrap().expect("payment stored");
         let history = stored.get_array("history").unwrap();
@@ -400,9 +408,7 @@ async fn a_slow_charge_makes_repeats_wait_for_it_or_abort_and_never_charges_twic
     let started = tokio::time::Instant::now();
     let (first, repeat) = tokio::join!(app.charge(charge("key-slow", "pm_card_slow", 2500)), async {
         // Let the first call claim the key.
-        while app.stored_payments().await == 0 {
-            tokio::task::yield_now().await;
-        }
+        app.until_a_payment_is_stored().await;
         app.charge(charge("key-slow", "pm_card_slow", 2500)).await
     });
     let first = first.unwrap();
@@ -427,9 +433,7 @@ async fn a_slow_attempt_keeps_its_key_past_its_lease_by_renewing_it() {
     .await;
 
     let (first, repeat) = tokio::join!(app.charge(charge("key-renewed", "pm_card_slow", 2500)), async {
-        while app.stored_payments().await == 0 {
-            tokio::task::yield_now().await;
-        }
+        app.until_a_payment_is_stored().await;
         // Well past the lease the claim took (300 ms), well before the card answers.
         tokio::time::sleep(Duration::from_millis(900)).await;
         app.charge(charge("key-renewed", "pm_card_slow", 2500)).await
@@ -452,9 +456,7 @@ async fn a_repeat_waits_briefly_for_the_charge_in_flight() {
     .await;
 
     let (first, repeat) = tokio::join!(app.charge(charge("key-wait", "pm_card_slow", 2500)), async {
-        while app.stored_payments().await == 0 {
-            tokio::task::yield_now().await;
-        }
+        app.until_a_payment_is_stored().await;
         app.charge(charge("key-wait", "pm_card_slow", 2500)).await
     });
     assert_eq!(repeat.unwrap(), first.unwrap());
