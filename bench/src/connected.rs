@@ -16,6 +16,7 @@ use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use serde_json::{Value, json};
 
 use crate::catalog::seat_id;
+use crate::cpu;
 use crate::flash_sale::{self, Config, PROBE_SEAT};
 use crate::lag;
 use crate::mesh::Gateway;
@@ -153,6 +154,9 @@ pub async fn connected_users(s: Scenario<'_>) -> anyhow::Result<Value> {
         })
     };
     let config = Config { rounds: 1, ..s.flash.clone() };
+    // The CPU of the sale and of delivering its changes: the window ends once every
+    // subscriber has been quiet for a while.
+    let (cpu_before, sale_started) = (cpu::snapshot(), Instant::now());
     let urls: Vec<String> = gateways.iter().map(Gateway::graphql_url).collect();
     let mut outcome = flash_sale::run(&urls, &s.watched[0], &config).await?;
     eprintln!(
@@ -162,6 +166,7 @@ pub async fn connected_users(s: Scenario<'_>) -> anyhow::Result<Value> {
     );
     let verdict = flash_sale::verify(s.settings, &s.watched[0], &outcome, &config).await?;
     let quiet = subs.wait_quiet(Duration::from_secs(3), Duration::from_secs(300)).await;
+    let cpu_sale = cpu::between(&cpu_before, &cpu::snapshot(), sale_started.elapsed().as_secs_f64());
     sampler.abort();
     let quiet = quiet?;
     let rss_peak = peaks.lock().map(|p| p.clone()).unwrap_or_default();
@@ -177,6 +182,7 @@ pub async fn connected_users(s: Scenario<'_>) -> anyhow::Result<Value> {
         && deliveries["subscribers_missing_changes"] == 0
         && deliveries["subscribers_with_failures"] == 0;
     eprintln!("deliveries: {deliveries}");
+    let per_message = cpu_per_message(&cpu_sale, &deliveries);
     let mut per_gateway = Vec::with_capacity(gateways.len());
     for (i, gateway) in gateways.iter().enumerate() {
         // A gateway that cannot be read now is reported as such; the run stands.
@@ -209,10 +215,29 @@ pub async fn connected_users(s: Scenario<'_>) -> anyhow::Result<Value> {
         "deliveries_settled": quiet,
         "gateways": per_gateway,
         "deliveries": deliveries,
+        "cpu_during_sale_and_delivery": cpu_sale,
+        "cpu_us_per_message": per_message,
         "flash_sale": flash_sale::outcome_json(&mut outcome, &config),
         "flash_sale_verification": verdict.to_json(),
         "clean": clean,
     }))
+}
+
+/// CPU microseconds per `next` message of the sale, of the gateways and of the load
+/// generator's subscriber hosts (each holds one end of every message's socket). The
+/// probes before the sale, one message per subscriber, are not in the window.
+fn cpu_per_message(cpu: &Value, deliveries: &Value) -> Value {
+    let all = deliveries["messages"].as_u64().unwrap_or(0);
+    let messages = all.saturating_sub(deliveries["subscribers"].as_u64().unwrap_or(0));
+    let per = |group: &str| {
+        let seconds = cpu["groups"][group]["cpu_seconds"].as_f64()?;
+        (messages > 0).then(|| round1(seconds * 1e6 / messages as f64))
+    };
+    json!({
+        "messages": messages,
+        "gateways": per(cpu::GATEWAY),
+        "subscriber_hosts": per(cpu::SUBSCRIBER_HOSTS),
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,11 @@ use crate::stats::{round1, round2, round3};
 /// Linux's USER_HZ; `getconf CLK_TCK` is 100 on every mainstream kernel config.
 const TICKS_PER_SECOND: f64 = 100.0;
 
+/// The group of the gateway's own processes.
+pub const GATEWAY: &str = "marquee-gateway";
+/// The group of the load generator's subscriber hosts.
+pub const SUBSCRIBER_HOSTS: &str = "marquee-bench (subscriber hosts)";
+
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot(BTreeMap<&'static str, u64>);
 
@@ -21,9 +26,9 @@ fn group(pid: u32, comm: &str) -> &'static str {
     }
     match comm {
         // comm is the executable's name cut to 15 bytes: exactly this one.
-        "marquee-gateway" => "marquee-gateway",
+        "marquee-gateway" => GATEWAY,
         // Another marquee-bench: this one's subscriber hosts.
-        "marquee-bench" => "marquee-bench (subscriber hosts)",
+        "marquee-bench" => SUBSCRIBER_HOSTS,
         // The services as their own binaries (`marquee-bench replicas`, scripts/up).
         c if c.starts_with("marquee-") => "marquee services (own processes)",
         "postgres" | "pgbench" => "postgresql",

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpSocket;
 use tokio::sync::{Semaphore, watch};
@@ -139,6 +140,43 @@ impl Connections {
     }
 }
 
+/// A server message of graphql-transport-ws, as far as a `seatMap` subscriber reads it.
+#[derive(Deserialize)]
+struct ServerMessage<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(borrow)]
+    payload: Option<NextPayload<'a>>,
+}
+
+#[derive(Deserialize)]
+struct NextPayload<'a> {
+    #[serde(borrow)]
+    data: Option<SeatMapData<'a>>,
+}
+
+#[derive(Deserialize)]
+struct SeatMapData<'a> {
+    #[serde(rename = "seatMap", borrow)]
+    seat_map: Option<SeatMapUpdate<'a>>,
+}
+
+#[derive(Deserialize)]
+struct SeatMapUpdate<'a> {
+    resync: Option<bool>,
+    #[serde(borrow)]
+    changes: Option<Vec<SeatChange<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct SeatChange<'a> {
+    #[serde(rename = "seatId")]
+    seat_id: &'a str,
+    state: &'a str,
+    #[serde(rename = "changedAt")]
+    changed_at: &'a str,
+}
+
 type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 async fn connect(gateway: SocketAddr, source: IpAddr, showtime: &str) -> anyhow::Result<Socket> {
@@ -196,54 +234,80 @@ async fn listen(
             }
         };
         let received = chrono::Utc::now();
-        let Ok(value) = serde_json::from_str::<Value>(&text) else {
-            log.failures.push("a message that is not JSON".to_owned());
+        // Typed and borrowing: the subscriber hosts share the cores with what they
+        // measure, so a message costs them as little as it can.
+        let Ok(message) = serde_json::from_str::<ServerMessage<'_>>(&text) else {
+            // An `error` message (its payload is a list) lands here too.
+            log.failures.push(format!("unexpected: {text}"));
             continue;
         };
-        match value["type"].as_str() {
-            Some("next") => {
-                let update = &value["payload"]["data"]["seatMap"];
-                if update.is_null() {
+        match message.kind {
+            "next" => {
+                let Some(update) = message.payload.and_then(|p| p.data).and_then(|d| d.seat_map) else {
                     log.failures.push(format!("next without data: {text}"));
                     continue;
-                }
+                };
                 if log.changes == 0 && log.resyncs == 0 {
                     heard.fetch_add(1, Ordering::Relaxed);
                 }
                 log.messages += 1;
-                if update["resync"] == true {
+                if update.resync == Some(true) {
                     delivered.fetch_add(1, Ordering::Relaxed);
                     log.resyncs += 1;
                     continue;
                 }
-                let changes = update["changes"].as_array().map(Vec::as_slice).unwrap_or_default();
+                let changes = update.changes.unwrap_or_default();
                 if changes.is_empty() {
                     log.failures.push(format!("an update without changes: {text}"));
                     continue;
                 }
                 delivered.fetch_add(changes.len(), Ordering::Relaxed);
-                for change in changes {
+                for change in &changes {
                     log.changes += 1;
-                    if change["state"] == "BOOKED" {
-                        log.booked.insert(change["seatId"].as_str().unwrap_or_default().to_owned());
+                    if change.state == "BOOKED" {
+                        log.booked.insert(change.seat_id.to_owned());
                     }
-                    if let Some(at) = change["changedAt"]
-                        .as_str()
-                        .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
-                    {
+                    if let Ok(at) = change.changed_at.parse::<chrono::DateTime<chrono::Utc>>() {
                         log.latency_ms.push((received - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
                     }
                 }
             }
-            Some("ping") => {
+            "ping" => {
                 if ws.send(Message::text(r#"{"type":"pong"}"#)).await.is_err() {
                     log.failures.push("cannot answer ping".to_owned());
                     return;
                 }
             }
-            Some("pong") => {}
+            "pong" => {}
             _ => log.failures.push(format!("unexpected: {text}")),
         }
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateways_messages_parse_into_what_a_subscriber_reads() {
+        let next = r#"{"type":"next","id":"1","payload":{"data":{"seatMap":{"resync":false,"changes":[
+            {"seatId":"A-1","state":"BOOKED","changedAt":"2026-12-05T12:00:00.123Z"}]}}}}"#;
+        let message: ServerMessage<'_> = serde_json::from_str(next).unwrap();
+        assert_eq!(message.kind, "next");
+        let update = message.payload.unwrap().data.unwrap().seat_map.unwrap();
+        assert_eq!(update.resync, Some(false));
+        let changes = update.changes.unwrap();
+        assert_eq!((changes[0].seat_id, changes[0].state), ("A-1", "BOOKED"));
+        assert!(changes[0].changed_at.parse::<chrono::DateTime<chrono::Utc>>().is_ok());
+
+        let resync = r#"{"type":"next","id":"1","payload":{"data":{"seatMap":{"resync":true,"changes":null}}}}"#;
+        let update = serde_json::from_str::<ServerMessage<'_>>(resync).unwrap().payload.unwrap().data.unwrap();
+        assert_eq!(update.seat_map.unwrap().resync, Some(true));
+
+        let ping: ServerMessage<'_> = serde_json::from_str(r#"{"type":"ping"}"#).unwrap();
+        assert!(ping.kind == "ping" && ping.payload.is_none());
+        // An error's payload is a list: not a message this subscriber can read.
+        assert!(serde_json::from_str::<ServerMessage<'_>>(r#"{"type":"error","id":"1","payload":[]}"#).is_err());
+    }
 }
