@@ -20,6 +20,7 @@ use crate::cpu;
 use crate::flash_sale::{self, Config, PROBE_SEAT};
 use crate::lag;
 use crate::mesh::Gateway;
+use crate::report;
 use crate::stats::round1;
 use crate::subscribers;
 
@@ -238,6 +239,31 @@ fn cpu_per_message(cpu: &Value, deliveries: &Value) -> Value {
         "gateways": per(cpu::GATEWAY),
         "subscriber_hosts": per(cpu::SUBSCRIBER_HOSTS),
     })
+}
+
+/// One Markdown paragraph on the CPU of the sale under subscriptions and of its
+/// delivery, for the summaries of `rush` and `replicas`.
+pub fn cpu_paragraph(c: &Value) -> String {
+    let cpu = &c["cpu_during_sale_and_delivery"];
+    if cpu.is_null() {
+        return String::new();
+    }
+    let seconds = |group: &str| cpu["groups"][group]["cpu_seconds"].as_f64().unwrap_or(0.0);
+    let (gateways, hosts) = (seconds(cpu::GATEWAY), seconds(cpu::SUBSCRIBER_HOSTS));
+    let total = cpu["total_cpu_seconds"].as_f64().unwrap_or(0.0);
+    let per = &c["cpu_us_per_message"];
+    format!(
+        "CPU from the sale's start until every subscriber was quiet ({wall} s, machine {busy}% \
+         busy): the gateways {gateways:.1} s ({g_per} us per `next` message of the sale, {messages} \
+         messages), the subscriber hosts {hosts:.1} s ({h_per} us per message), everything else \
+         (the sale's mesh, stores, load generator) {rest:.1} s.\n",
+        wall = report::cell(&cpu["wall_seconds"]),
+        busy = report::cell(&cpu["machine_busy_pct"]),
+        g_per = report::cell(&per["gateways"]),
+        h_per = report::cell(&per["subscriber_hosts"]),
+        messages = per["messages"],
+        rest = (total - gateways - hosts).max(0.0),
+    )
 }
 
 #[cfg(test)]

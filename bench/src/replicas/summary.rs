@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 
+use crate::connected;
 use crate::report::{cell, counts};
 
 pub(super) fn summary(results: &Value) -> String {
@@ -198,6 +199,7 @@ fn connected(phase: &Value) -> String {
          | gateway | subscribers | changes delivered | missing changes | p99 ms | gateway's p99 ms: received / built | RSS before / open / peak MiB |\n\
          |---|---|---|---|---|---|---|\n\
          {per_gateway}\n\
+         {cpu}\n\
          The sale under subscriptions: {winners} bookings, {bps} bookings/s; from the stores:\n\
          {dbs} double-booked seats, {dc} double charges, {ln} lost notifications, {dn} duplicate\n\
          notifications, {wr} losers without SEAT_UNAVAILABLE; failed checks: {failed}.\n",
@@ -224,6 +226,7 @@ fn connected(phase: &Value) -> String {
         dn = v["duplicate_notifications"],
         wr = v["wrong_refusals"],
         failed = failed_checks(phase),
+        cpu = connected::cpu_paragraph(c),
     )
 }
 

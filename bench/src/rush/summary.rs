@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::report::counts;
-use crate::{mongo_ops, report};
+use crate::{connected, mongo_ops, report};
 
 pub(super) fn summary(results: &Value) -> String {
     let flash = &results["flash_sale"];
@@ -206,8 +206,10 @@ fn connected_summary(c: &Value) -> String {
          | subscribers held | changes delivered | missing changes | failures | seat-change p50 ms | p99 ms (goal <= 250) | p99.9 ms | gateway RSS before / open / peak MiB (goal <= 1536) |\n\
          |---|---|---|---|---|---|---|---|\n\
          | {held} | {delivered} | {missing} | {failures} | {p50} | {p99} | {p999} | {before} / {open} / {peak} |\n\n\
+         {cpu}\n\
          The second flash sale verified from the stores too: {dbs} double-booked seats, {dc} double\n\
          charges, {ln} lost notifications, {wr} losers without SEAT_UNAVAILABLE.\n",
+        cpu = connected::cpu_paragraph(c),
         held = c["subscribers_held"],
         requested = c["subscribers_requested"],
         limit = report::cell(&c["open_files_limit"]),
