@@ -253,9 +253,9 @@ pub fn cpu_paragraph(c: &Value) -> String {
     let total = cpu["total_cpu_seconds"].as_f64().unwrap_or(0.0);
     let per = &c["cpu_us_per_message"];
     format!(
-        "CPU from the sale's start until every subscriber was quiet ({wall} s, machine {busy}% \
-         busy): the gateways {gateways:.1} s ({g_per} us per `next` message of the sale, {messages} \
-         messages), the subscriber hosts {hosts:.1} s ({h_per} us per message), everything else \
+        "CPU from the sale's start until every subscriber was quiet ({wall} s, machine {busy}%\n\
+         busy): the gateways {gateways:.1} s ({g_per} us per `next` message of the sale, {messages}\n\
+         messages), the subscriber hosts {hosts:.1} s ({h_per} us per message), everything else\n\
          (the sale's mesh, stores, load generator) {rest:.1} s.\n",
         wall = report::cell(&cpu["wall_seconds"]),
         busy = report::cell(&cpu["machine_busy_pct"]),

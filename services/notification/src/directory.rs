@@ -1,7 +1,8 @@
 //! Who to tell and what about: the user's contact details and channel preferences
 //! (user service) and the showtime's movie, cinema and local start time (cinema
 //! service), each cached briefly since one booking produces several events; and a
-//! confirmed booking's tickets (ticket service), asked once per confirmation.
+//! confirmed booking's tickets (ticket service), asked once per confirmation and again
+//! for a moment when they are not issued yet.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -26,6 +27,10 @@ use crate::render::{Medium, Showing};
 const CONTACT_TTL: Duration = Duration::from_secs(30);
 /// Showtimes rarely change; this only bounds staleness after an edit.
 const SHOWING_TTL: Duration = Duration::from_secs(300);
+/// How long to wait before asking again for tickets not issued yet, each time: 175 ms
+/// in all (in a rush the ticket service was measured 50-100 ms behind).
+const TICKET_WAITS: [Duration; 3] =
+    [Duration::from_millis(25), Duration::from_millis(50), Duration::from_millis(100)];
 /// Beyond this many entries a cache drops what has expired, or everything.
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -103,7 +108,26 @@ impl Directory {
     /// The tickets of a confirmed booking, one per seat of `seat_ids` in that order,
     /// revoked ones (the booking was cancelled meanwhile) left out. `NotYet` until the
     /// ticket service holds a ticket for every seat.
+    ///
+    /// The ticket service consumes the same event, usually a few milliseconds behind
+    /// this one, so tickets that are not there yet are asked for again here, after
+    /// `TICKET_WAITS`, before the event goes back to the broker for a later try (which
+    /// costs the broker a round trip and this service a second claim and lookup).
     pub async fn tickets(
+        &self,
+        booking_id: Uuid,
+        seat_ids: &[String],
+    ) -> Result<Vec<TicketCode>, LookupError> {
+        for wait in TICKET_WAITS {
+            match self.tickets_now(booking_id, seat_ids).await {
+                Err(LookupError::NotYet(_)) => tokio::time::sleep(wait).await,
+                answer => return answer,
+            }
+        }
+        self.tickets_now(booking_id, seat_ids).await
+    }
+
+    async fn tickets_now(
         &self,
         booking_id: Uuid,
         seat_ids: &[String],

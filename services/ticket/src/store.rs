@@ -9,7 +9,6 @@
 //!   by sequence never skips one written late.
 //! - `cancelled_bookings`: bookings cancelled, so a cancellation handled before its
 //!   confirmation still revokes the tickets issued after it.
-//! - `handled_events`: event ids whose work is done (deduplication).
 
 use std::collections::HashMap;
 
@@ -107,7 +106,6 @@ pub struct TicketStore {
     check_ins: Collection<CheckInDoc>,
     revocations: Collection<RevocationLog>,
     cancelled: Collection<bson::Document>,
-    handled: Collection<bson::Document>,
 }
 
 /// MongoDB's code for a unique-index violation.
@@ -151,23 +149,7 @@ impl TicketStore {
             check_ins: db.collection("check_ins"),
             revocations: db.collection("revocations"),
             cancelled: db.collection("cancelled_bookings"),
-            handled: db.collection("handled_events"),
         })
-    }
-
-    pub async fn was_handled(&self, event_id: &str) -> anyhow::Result<bool> {
-        let found =
-            self.handled.find_one(doc! { "_id": event_id }).await.context("cannot read handled events")?;
-        Ok(found.is_some())
-    }
-
-    pub async fn mark_handled(&self, event_id: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
-        let record = doc! { "_id": event_id, "at": bson_time(now) };
-        match self.handled.insert_one(record).await {
-            Ok(_) => Ok(()),
-            Err(error) if marquee_mongo::is_duplicate_key(&error) => Ok(()),
-            Err(error) => Err(error).context("cannot record a handled event"),
-        }
     }
 
     /// Inserts the tickets that do not exist yet (by booking and seat).
