@@ -255,7 +255,8 @@ async fn reconnect(
     }
 }
 
-/// Frees lapsed holds every `interval` until shutdown, so watchers see them go.
+/// Frees lapsed holds every `interval` until shutdown, so watchers see them go, and
+/// forgets release records older than a day.
 pub async fn sweep(pool: PgPool, interval: Duration, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -282,9 +283,19 @@ async fn sweep_once(pool: &PgPool) -> anyhow::Result<()> {
             tracing::info!(seats = freed, "lapsed holds released");
         }
         if freed < SWEEP_BATCH {
-            return Ok(());
+            break;
         }
     }
+    // Release records outlive any lock they could refuse by far (migration 0008).
+    let forgotten: i32 = sqlx::query_scalar("SELECT cinema_forget_released_bookings($1)")
+        .bind(SWEEP_BATCH)
+        .fetch_one(pool)
+        .await
+        .context("cannot forget old release records")?;
+    if forgotten > 0 {
+        tracing::debug!(bookings = forgotten, "old release records forgotten");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

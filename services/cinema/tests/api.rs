@@ -1107,22 +1107,7 @@ async fn a_deadlock_inside_postgres_is_retried_and_never_reaches_the_client() {
                 .await
         }
     });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND wait_event_type = 'Lock'
-                AND query LIKE '%cinema_lock_seats%'",
-        )
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-        if waiting == 1 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the lock never queued behind the outsider");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_waiting_inside(&app.db, "cinema_lock_seats", 1).await;
 
     // Closing the cycle: PostgreSQL aborts the service's statement to break it, which
     // hands B1 to the outsider; the service's retry then waits for the outsider's end.
@@ -1135,6 +1120,73 @@ async fn a_deadlock_inside_postgres_is_retried_and_never_reaches_the_client() {
         app.taken_seats(&showtime).await,
         BTreeMap::from([("B1".to_owned(), held(&booking)), ("B5".to_owned(), held(&booking))])
     );
+}
+
+/// A caller that gave up on a LockSeats (its deadline passed, the cinema replica it
+/// called was killed) releases the booking at once, not knowing whether the lock took;
+/// PostgreSQL may still be running the lock statement then. The release must free what
+/// that statement holds, whichever of the two reaches the database first.
+#[tokio::test]
+async fn a_release_racing_its_own_lock_leaves_no_seat_held() {
+    let app = spawn_app().await;
+    let showtime = app.showtime().await.id;
+    let lock_row = "SELECT 1 FROM showtime_seats WHERE showtime_id = $1::uuid AND seat_id = $2 FOR UPDATE";
+
+    // The lock queues for C5's row lock behind an outside transaction...
+    let mut outsider = app.db.begin().await.unwrap();
+    sqlx::query(lock_row).bind(&showtime).bind("C5").execute(&mut *outsider).await.unwrap();
+    let booking = new_booking();
+    let lock = tokio::spawn({
+        let (client, showtime, booking) = (app.client.clone(), showtime.clone(), booking.clone());
+        async move {
+            client
+                .clone()
+                .lock_seats(pb::LockSeatsRequest {
+                    showtime_id: showtime,
+                    seat_ids: vec!["C4".into(), "C5".into()],
+                    booking_id: booking,
+                    ttl_seconds: 300,
+                })
+                .await
+        }
+    });
+    until_waiting_inside(&app.db, "cinema_lock_seats", 1).await;
+
+    // ...and the release of the same booking arrives meanwhile: it waits for the lock.
+    let release = tokio::spawn({
+        let (client, showtime, booking) = (app.client.clone(), showtime.clone(), booking.clone());
+        async move {
+            client
+                .clone()
+                .release_seats(pb::ReleaseSeatsRequest { showtime_id: showtime, booking_id: booking })
+                .await
+        }
+    });
+    until_waiting_inside(&app.db, "cinema_release_seats", 1).await;
+    outsider.rollback().await.unwrap();
+
+    let held = lock.await.unwrap().expect("the lock itself succeeds").into_inner();
+    assert_eq!(seat_ids(&held.seats), ["C4", "C5"]);
+    let released = release.await.unwrap().expect("the release succeeds").into_inner();
+    assert_eq!(released.seat_ids, ["C4", "C5"], "the release frees what the lock took");
+    assert_eq!(app.taken_seats(&showtime).await, BTreeMap::new());
+}
+
+#[tokio::test]
+async fn a_lock_arriving_after_its_release_holds_nothing() {
+    let app = spawn_app().await;
+    let showtime = app.showtime().await.id;
+    let booking = new_booking();
+
+    assert!(app.release(&showtime, &booking).await.is_empty());
+    let err = app.lock(&showtime, &booking, &["C7", "C8"]).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Conflict, "{err}");
+    assert!(err.message.contains("released"), "{err}");
+    assert_eq!(app.taken_seats(&showtime).await, BTreeMap::new());
+
+    // Other bookings are not affected.
+    let other = new_booking();
+    assert_eq!(seat_ids(&app.lock(&showtime, &other, &["C7", "C8"]).await.unwrap().seats), ["C7", "C8"]);
 }
 
 // ------------------------------------------------------------------ catalog admin
@@ -1676,16 +1728,27 @@ async fn the_no_orphan_rule_gives_way_when_no_block_of_that_size_strands_nobody(
     assert_eq!(seat_ids(&hold.seats), ["A2", "A3"]);
 }
 
-/// Backends of this test's database waiting for a row lock inside `cinema_lock_seats`.
-async fn locks_waiting(db: &PgPool) -> i64 {
+/// Backends of this test's database waiting for a lock (a row's, an advisory one) inside
+/// a statement that calls `function`.
+async fn waiting_inside(db: &PgPool, function: &str) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity
           WHERE datname = current_database() AND wait_event_type = 'Lock'
-            AND query LIKE '%cinema_lock_seats%'",
+            AND query LIKE '%' || $1 || '%'",
     )
+    .bind(function)
     .fetch_one(db)
     .await
     .unwrap()
+}
+
+/// Waits (up to 10 s) until `count` statements calling `function` wait for a lock.
+async fn until_waiting_inside(db: &PgPool, function: &str, count: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while waiting_inside(db, function).await < count {
+        assert!(std::time::Instant::now() < deadline, "{function} never queued for a lock");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
@@ -1729,11 +1792,7 @@ async fn two_holds_racing_in_one_row_never_strand_the_seat_between_them() {
     }
     // Proof that the race happened: both holds are inside the database at the same
     // time, each waiting for a row lock, neither decided yet.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while locks_waiting(&app.db).await < 2 {
-        assert!(std::time::Instant::now() < deadline, "the two holds were never in flight together");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    until_waiting_inside(&app.db, "cinema_lock_seats", 2).await;
     outsider.rollback().await.unwrap();
 
     let results = holds.join_all().await;

@@ -25,6 +25,8 @@ enum LockOutcome {
     /// A free seat the hold would strand (the no-orphan rule).
     Orphan,
     Held,
+    /// The booking's seats were released before this lock ran: it holds nothing.
+    Released,
 }
 
 /// `cinema_confirm_outcome`.
@@ -146,6 +148,11 @@ impl Store {
                 LockOutcome::HoldsClosed => {
                     let closed_at = row.hold_expires_at.context("closed holds without a closing time")?;
                     return Err(CinemaError::HoldsClosed { showtime: showtime.to_string(), closed_at });
+                }
+                LockOutcome::Released => {
+                    return Err(CinemaError::Conflict(format!(
+                        "booking {booking} was released; it cannot hold seats again"
+                    )));
                 }
                 LockOutcome::Unknown => unknown.push(named_seat(row.outcome, row.seat_id)?),
                 LockOutcome::Unavailable => unavailable.push(named_seat(row.outcome, row.seat_id)?),
