@@ -1,8 +1,9 @@
 //! Who to tell and what about: the user's contact details and channel preferences
 //! (user service) and the showtime's movie, cinema and local start time (cinema
 //! service), each cached briefly since one booking produces several events; and a
-//! confirmed booking's tickets (ticket service), asked once per confirmation and again
-//! for a moment when they are not issued yet.
+//! confirmed booking's tickets (ticket service), issued on our request if its own
+//! consumer of the same event has not issued them yet, so a confirmation never waits
+//! for that consumer.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -13,7 +14,7 @@ use marquee_kit::trace::outgoing;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::cinema::v1::{GetCinemaRequest, GetMovieRequest, GetShowtimeRequest};
 use marquee_proto::ticket::v1::ticket_service_client::TicketServiceClient;
-use marquee_proto::ticket::v1::{ListTicketsRequest, TicketStatus};
+use marquee_proto::ticket::v1::{IssueTicketsRequest, TicketStatus};
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use marquee_proto::user::v1::{GetUserRequest, NotificationPreferences};
 use tokio::time::Instant;
@@ -27,10 +28,6 @@ use crate::render::{Medium, Showing};
 const CONTACT_TTL: Duration = Duration::from_secs(30);
 /// Showtimes rarely change; this only bounds staleness after an edit.
 const SHOWING_TTL: Duration = Duration::from_secs(300);
-/// How long to wait before asking again for tickets not issued yet, each time: 175 ms
-/// in all (in a rush the ticket service was measured 50-100 ms behind).
-const TICKET_WAITS: [Duration; 3] =
-    [Duration::from_millis(25), Duration::from_millis(50), Duration::from_millis(100)];
 /// Beyond this many entries a cache drops what has expired, or everything.
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -57,10 +54,6 @@ pub enum LookupError {
     /// The answer cannot be used (e.g. a showtime without a start time).
     #[error("{0}")]
     Unusable(String),
-    /// Not there yet, but on its way: the ticket service consumes the same
-    /// `booking.confirmed` and may not have issued the booking's tickets yet.
-    #[error("{0}")]
-    NotYet(String),
 }
 
 impl LookupError {
@@ -80,7 +73,6 @@ impl LookupError {
                     | Code::Unknown
                     | Code::Internal
             ),
-            Self::NotYet(_) => true,
             Self::Unusable(_) => false,
         }
     }
@@ -106,49 +98,35 @@ impl Directory {
     }
 
     /// The tickets of a confirmed booking, one per seat of `seat_ids` in that order,
-    /// revoked ones (the booking was cancelled meanwhile) left out. `NotYet` until the
-    /// ticket service holds a ticket for every seat.
-    ///
-    /// The ticket service consumes the same event, usually a few milliseconds behind
-    /// this one, so tickets that are not there yet are asked for again here, after
-    /// `TICKET_WAITS`, before the event goes back to the broker for a later try (which
-    /// costs the broker a round trip and this service a second claim and lookup).
+    /// revoked ones (the booking was cancelled meanwhile) left out. The ticket service
+    /// issues them now unless its consumer of the same event already has (issuing is
+    /// idempotent per booking and seat), so this never waits for that consumer.
     pub async fn tickets(
         &self,
         booking_id: Uuid,
-        seat_ids: &[String],
-    ) -> Result<Vec<TicketCode>, LookupError> {
-        for wait in TICKET_WAITS {
-            match self.tickets_now(booking_id, seat_ids).await {
-                Err(LookupError::NotYet(_)) => tokio::time::sleep(wait).await,
-                answer => return answer,
-            }
-        }
-        self.tickets_now(booking_id, seat_ids).await
-    }
-
-    async fn tickets_now(
-        &self,
-        booking_id: Uuid,
+        showtime_id: Uuid,
         seat_ids: &[String],
     ) -> Result<Vec<TicketCode>, LookupError> {
         let booking = booking_id.to_string();
-        let listed = self
+        let issued = self
             .tickets
             .clone()
-            .list_tickets(outgoing(ListTicketsRequest { booking_ids: vec![booking.clone()] }))
+            .issue_tickets(outgoing(IssueTicketsRequest {
+                booking_id: booking.clone(),
+                showtime_id: showtime_id.to_string(),
+                seat_ids: seat_ids.to_vec(),
+            }))
             .await
-            .map_err(upstream("ticket.ListTickets"))?
+            .map_err(upstream("ticket.IssueTickets"))?
             .into_inner()
             .tickets;
         let mut codes = Vec::with_capacity(seat_ids.len());
         for seat in seat_ids {
-            let ticket =
-                listed.iter().find(|t| t.booking_id == booking && t.seat_id == *seat).ok_or_else(|| {
-                    LookupError::NotYet(format!(
-                        "ticket.ListTickets: booking {booking} has no ticket for seat {seat} yet"
-                    ))
-                })?;
+            let ticket = issued.iter().find(|t| t.seat_id == *seat).ok_or_else(|| {
+                LookupError::Unusable(format!(
+                    "ticket.IssueTickets: no ticket for seat {seat} of booking {booking}"
+                ))
+            })?;
             if ticket.status() == TicketStatus::Revoked {
                 continue;
             }

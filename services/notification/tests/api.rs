@@ -296,47 +296,9 @@ impl TestApp {
         self.publish_all([event]).await;
     }
 
-    /// Publishes the events as booking's outbox does, once the ticket service has
-    /// issued the tickets of every confirmation among them (handed to its queue
-    /// alone first; the copy from the exchange is then a duplicate to it). The worker
-    /// waits for a confirmation's tickets through its delay queues, which would put
-    /// it behind later events: tests of queue order and of delivery counts need every
-    /// event handled at its first delivery. Tests of the wait publish on their own.
+    /// Publishes the events as booking's outbox does: to the exchange, so the ticket
+    /// service's consumer gets each confirmation too.
     async fn publish_all<'a>(&self, events: impl IntoIterator<Item = &'a Event>) {
-        let events: Vec<&Event> = events.into_iter().collect();
-        let mut confirmed: Vec<&Event> = Vec::new();
-        for event in events.iter().copied() {
-            if event.r#type == "booking.confirmed" && !confirmed.iter().any(|e| e.event_id == event.event_id)
-            {
-                confirmed.push(event);
-            }
-        }
-        let queue = self.settings.rabbitmq.ticket_queue.clone();
-        let mut confirms = Vec::new();
-        for event in &confirmed {
-            confirms.push(self.publisher.publish_to_queue(&queue, &event.encode_to_vec()).await);
-        }
-        for confirm in futures::future::join_all(confirms).await {
-            assert!(confirm.unwrap().is_ack());
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        for chunk in confirmed.chunks(100) {
-            let seats: usize = chunk
-                .iter()
-                .map(|e| match &e.payload {
-                    Some(Payload::BookingConfirmed(p)) => p.seat_ids.len(),
-                    _ => 0,
-                })
-                .sum();
-            let ids: Vec<String> = chunk.iter().map(|e| e.booking_id.clone()).collect();
-            loop {
-                if self.tickets_of(&ids).await.len() == seats {
-                    break;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "the ticket service issued no tickets");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
         self.publisher.publish_all(events).await;
     }
 
@@ -1111,6 +1073,26 @@ async fn a_confirmation_email_carries_exactly_the_codes_the_ticket_service_issue
     );
     assert!(tickets.iter().all(|t| !sms.body.contains(&t.code)), "{}", sms.body);
     assert_eq!(app.metric("notification_sent_without_tickets_total").await, 0.0);
+}
+
+/// The worker does not wait for the ticket service's own consumer of the event: here
+/// that consumer never gets it (published to the notification queue alone), and the
+/// confirmation still carries codes, which are the tickets the ticket service stores.
+#[tokio::test]
+async fn a_confirmation_carries_codes_the_ticket_services_consumer_never_issued() {
+    let mut app = spawn_app().await;
+    let (ada, _) = app.register("ada").await;
+    let event = app.confirmed_event(&ada, &["D1", "D2"]);
+    let confirm = app.publisher.publish_to_queue(&app.queue(), &event.encode_to_vec()).await;
+    assert!(confirm.await.unwrap().is_ack());
+
+    let listed = app.await_notifications(&ada, 1).await;
+    let tickets = app.tickets_of(std::slice::from_ref(&event.booking_id)).await;
+    assert_eq!(tickets.iter().map(|t| t.seat_id.as_str()).collect::<Vec<_>>(), ["D1", "D2"]);
+    assert_eq!(codes_in(&listed[0].body), codes_of(&tickets), "{}", listed[0].body);
+    assert_eq!(app.metric("notification_retries_scheduled_total").await, 0.0, "nothing waited");
+    assert_eq!(app.publisher.ready(&app.settings.rabbitmq.ticket_queue).await, 0, "the consumer got nothing");
+    app.assert_settled_exactly_once(1).await;
 }
 
 #[tokio::test]

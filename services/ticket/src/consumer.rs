@@ -169,8 +169,11 @@ async fn settle(issuer: &Issuer, retry: Backoff, delivery: Delivery, shutdown: &
                 tracing::debug!(?handled, "ticket event handled");
                 break;
             }
-            Err(IssueError::Permanent(error)) => {
-                tracing::error!(error = format!("{error:#}"), "ticket event can never be handled; dropped");
+            Err(error @ (IssueError::Permanent(_) | IssueError::UnknownShowtime(_))) => {
+                tracing::error!(
+                    error = format!("{:#}", anyhow::Error::new(error)),
+                    "ticket event can never be handled; dropped"
+                );
                 break;
             }
             Err(IssueError::Transient(error)) => {

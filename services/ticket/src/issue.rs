@@ -1,8 +1,14 @@
-//! What the events do: `booking.confirmed` issues one ticket per seat, signed for the
-//! showtime's admission window (from cinema); `booking.cancelled` revokes them. Both
-//! are idempotent, so a redelivered event changes nothing, and no record of handled
-//! events is kept (it cost two MongoDB commands per booking for a guard the unique
-//! (booking, seat) index already gives).
+//! Issuing and revoking. `booking.confirmed` issues one ticket per seat, signed for the
+//! showtime's admission window (from cinema); `booking.cancelled` revokes them. The
+//! notification service also asks for a confirmed booking's tickets to be issued
+//! (IssueTickets), so that its confirmation carries their codes without waiting for
+//! this service's consumer: whoever comes first issues them, the unique (booking, seat)
+//! index makes the second a no-op that reads them back. So a redelivered event changes
+//! nothing, and no record of handled events is kept (it cost two MongoDB commands per
+//! booking for a guard the index already gives).
+//!
+//! The MongoDB commands of concurrent issues go out together (`Batcher`): one insert,
+//! one cancellation lookup and one read-back per batch, not per booking.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +23,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+use crate::batch::Batcher;
 use crate::codec::TicketClaims;
 use crate::domain::{self, TicketStatus};
 use crate::keys::Signer;
@@ -28,9 +35,12 @@ pub enum IssueError {
     /// A dependency is down (MongoDB, cinema): the same event may succeed later.
     #[error(transparent)]
     Transient(anyhow::Error),
-    /// The event can never be handled (undecodable, invalid, an unknown showtime).
+    /// The event can never be handled (undecodable, invalid, a showtime without times).
     #[error(transparent)]
     Permanent(anyhow::Error),
+    /// Cinema does not know the showtime: never handled either.
+    #[error("{0}")]
+    UnknownShowtime(String),
 }
 
 impl From<anyhow::Error> for IssueError {
@@ -49,11 +59,43 @@ pub struct Issuer {
     admit_before: chrono::Duration,
     /// Showtimes' times, which do not change once tickets are sold.
     showtimes: Mutex<HashMap<Uuid, Window>>,
+    /// Per booking, how many of its tickets were new.
+    inserts: Batcher<Vec<TicketDoc>, usize>,
+    /// Per booking, whether it was cancelled.
+    cancellations: Batcher<String, bool>,
+    /// Per booking, its stored tickets.
+    reads: Batcher<String, Vec<TicketDoc>>,
+}
+
+/// A booking's tickets, and how many of them this call issued.
+#[derive(Debug)]
+pub struct Issued {
+    pub fresh: usize,
+    pub tickets: Vec<TicketDoc>,
+}
+
+/// What an insert added: every ticket (as stored, still valid), some of them (or
+/// all, revoked since), or none (an earlier issue had).
+enum Inserted {
+    All(Vec<TicketDoc>),
+    Part(usize),
+    Nothing,
+}
+
+impl Inserted {
+    fn fresh(&self) -> usize {
+        match self {
+            Self::All(tickets) => tickets.len(),
+            Self::Part(fresh) => *fresh,
+            Self::Nothing => 0,
+        }
+    }
 }
 
 /// What became of an event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Handled {
+    /// How many tickets were new.
     Issued(usize),
     Revoked(usize),
     /// Not an event tickets care about.
@@ -67,7 +109,37 @@ impl Issuer {
         cinema: CinemaServiceClient<Channel>,
         admit_before: chrono::Duration,
     ) -> Arc<Self> {
-        Arc::new(Self { store, signer, cinema, admit_before, showtimes: Mutex::default() })
+        let inserts = Batcher::spawn("insert tickets", {
+            let store = store.clone();
+            move |bookings: Vec<Vec<TicketDoc>>| {
+                let store = store.clone();
+                async move { store.insert_bookings(&bookings).await }
+            }
+        });
+        let cancellations = Batcher::spawn("look up cancellations", {
+            let store = store.clone();
+            move |ids: Vec<String>| {
+                let store = store.clone();
+                async move { store.cancelled_among(&ids).await }
+            }
+        });
+        let reads = Batcher::spawn("read tickets", {
+            let store = store.clone();
+            move |ids: Vec<String>| {
+                let store = store.clone();
+                async move { store.tickets_among(&ids).await }
+            }
+        });
+        Arc::new(Self {
+            store,
+            signer,
+            cinema,
+            admit_before,
+            showtimes: Mutex::default(),
+            inserts,
+            cancellations,
+            reads,
+        })
     }
 
     pub async fn handle(&self, data: &[u8]) -> Result<Handled, IssueError> {
@@ -80,12 +152,8 @@ impl Issuer {
             Some(Payload::BookingConfirmed(confirmed)) => {
                 let showtime_id =
                     domain::parse_uuid(&confirmed.showtime_id, "showtime id").map_err(permanent)?;
-                let issued = self.issue(booking_id, showtime_id, &confirmed.seat_ids, now).await?;
-                // A cancellation handled first left its mark: revoke what was just issued.
-                if self.store.is_cancelled(&booking_id.to_string()).await? {
-                    self.store.revoke_booking(&booking_id.to_string(), now).await?;
-                }
-                Handled::Issued(issued)
+                let inserted = self.insert(booking_id, showtime_id, &confirmed.seat_ids, now).await?;
+                Handled::Issued(inserted.fresh())
             }
             Some(Payload::BookingCancelled(_)) => {
                 self.store.mark_cancelled(&booking_id.to_string(), now).await?;
@@ -95,13 +163,64 @@ impl Issuer {
         })
     }
 
-    async fn issue(
+    /// Issues the booking's tickets not issued yet and answers all of them, in the
+    /// order of `seat_ids` (revoked ones too, if the booking was cancelled).
+    pub async fn issue(
         &self,
         booking_id: Uuid,
         showtime_id: Uuid,
         seat_ids: &[String],
         now: DateTime<Utc>,
-    ) -> Result<usize, IssueError> {
+    ) -> Result<Issued, IssueError> {
+        let inserted = self.insert(booking_id, showtime_id, seat_ids, now).await?;
+        let fresh = inserted.fresh();
+        if let Inserted::All(tickets) = inserted {
+            return Ok(Issued { fresh, tickets });
+        }
+        let stored = self.reads.call(booking_id.to_string()).await?;
+        let tickets = seat_ids
+            .iter()
+            .map(|seat| {
+                stored.iter().find(|t| t.seat_id == *seat).cloned().with_context(|| {
+                    format!("ticket of booking {booking_id} for seat {seat} is missing after its insert")
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Issued { fresh, tickets })
+    }
+
+    /// Inserts the booking's tickets not issued yet. A cancellation handled before left
+    /// its mark: what is inserted after it is revoked at once. An insert that added
+    /// nothing leaves that check to the one that did: it ran after that insert, so it
+    /// saw the mark, or the cancellation's own revocation ran after the insert.
+    async fn insert(
+        &self,
+        booking_id: Uuid,
+        showtime_id: Uuid,
+        seat_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Inserted, IssueError> {
+        let built = self.build(booking_id, showtime_id, seat_ids, now).await?;
+        let booking = booking_id.to_string();
+        let fresh = self.inserts.call(built.clone()).await?;
+        if fresh == 0 {
+            return Ok(Inserted::Nothing);
+        }
+        if self.cancellations.call(booking.clone()).await? {
+            self.store.revoke_booking(&booking, now).await?;
+            return Ok(Inserted::Part(fresh));
+        }
+        Ok(if fresh == built.len() { Inserted::All(built) } else { Inserted::Part(fresh) })
+    }
+
+    /// The booking's tickets, signed, as they would be stored.
+    async fn build(
+        &self,
+        booking_id: Uuid,
+        showtime_id: Uuid,
+        seat_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<TicketDoc>, IssueError> {
         let (starts_at, ends_at) = self.showtime(showtime_id).await?;
         let (valid_from, valid_until) = domain::validity(starts_at, ends_at, self.admit_before);
         let mut tickets = Vec::with_capacity(seat_ids.len());
@@ -135,8 +254,7 @@ impl Issuer {
                 revoked_at: None,
             });
         }
-        self.store.insert_tickets(&tickets).await?;
-        Ok(tickets.len())
+        Ok(tickets)
     }
 
     async fn showtime(&self, id: Uuid) -> Result<Window, IssueError> {
@@ -147,7 +265,7 @@ impl Issuer {
         let showtime = match self.cinema.clone().get_showtime(request).await {
             Ok(reply) => reply.into_inner(),
             Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
-                return Err(IssueError::Permanent(anyhow::anyhow!("showtime {id}: {}", status.message())));
+                return Err(IssueError::UnknownShowtime(format!("showtime {id}: {}", status.message())));
             }
             Err(status) => {
                 return Err(IssueError::Transient(anyhow::Error::new(status).context("cinema GetShowtime")));

@@ -7,8 +7,13 @@ use marquee_proto::ticket::v1 as pb;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use std::sync::Arc;
+
+use marquee_types::SeatSelection;
+
 use crate::batch::Batcher;
 use crate::domain::{self, InvalidInput, Nonce, Outcome, TicketStatus};
+use crate::issue::{IssueError, Issuer};
 use crate::keys::PublicKeys;
 use crate::store::{Admission, CheckInDoc, TicketDoc, TicketStore, bson_time, chrono_time};
 
@@ -40,6 +45,8 @@ impl From<TicketError> for Status {
 pub struct TicketServiceImpl {
     store: TicketStore,
     keys: PublicKeys,
+    /// Issues tickets for IssueTickets, as the consumer does for `booking.confirmed`.
+    issuer: Arc<Issuer>,
     /// Nonce lookups and scan records of concurrent scans, each kind one command per
     /// batch: at a busy door these were two of a scan's three or four MongoDB commands.
     scans_seen: Batcher<String, Option<CheckInDoc>>,
@@ -91,7 +98,7 @@ fn to_pb(ticket: TicketDoc) -> pb::Ticket {
 
 impl TicketServiceImpl {
     /// Starts the check-in batchers, so it must run inside the Tokio runtime.
-    pub fn new(store: TicketStore, keys: PublicKeys) -> Self {
+    pub fn new(store: TicketStore, keys: PublicKeys, issuer: Arc<Issuer>) -> Self {
         let scans_seen = Batcher::spawn("look up scan nonces", {
             let store = store.clone();
             move |nonces| {
@@ -113,7 +120,7 @@ impl TicketServiceImpl {
                 async move { store.admit_many(scans).await }
             }
         });
-        Self { store, keys, scans_seen, scans_recorded, admissions }
+        Self { store, keys, issuer, scans_seen, scans_recorded, admissions }
     }
 
     /// One scan. A repeat of a nonce answers what the first got; otherwise the code
@@ -221,6 +228,32 @@ impl pb::ticket_service_server::TicketService for TicketServiceImpl {
             .map_err(TicketError::from)?;
         let tickets = self.store.by_bookings(&ids).await.map_err(TicketError::from)?;
         Ok(Response::new(pb::ListTicketsResponse { tickets: tickets.into_iter().map(to_pb).collect() }))
+    }
+
+    #[tracing::instrument(skip_all, fields(booking.id = %request.get_ref().booking_id))]
+    async fn issue_tickets(
+        &self,
+        request: Request<pb::IssueTicketsRequest>,
+    ) -> Result<Response<pb::IssueTicketsResponse>, Status> {
+        let request = request.into_inner();
+        let booking_id = domain::parse_uuid(&request.booking_id, "booking id").map_err(TicketError::from)?;
+        let showtime_id =
+            domain::parse_uuid(&request.showtime_id, "showtime id").map_err(TicketError::from)?;
+        let seats = SeatSelection::parse(&request.seat_ids, SeatSelection::MAX_PER_BOOKING)
+            .map_err(TicketError::from)?
+            .into_strings();
+        let issued = match self.issuer.issue(booking_id, showtime_id, &seats, Utc::now()).await {
+            Ok(issued) => issued,
+            Err(IssueError::Transient(error)) => {
+                return Err(marquee_kit::error::unavailable(&error, "the ticket store or cinema"));
+            }
+            Err(IssueError::Permanent(error)) => return Err(marquee_mongo::internal(&error)),
+            Err(IssueError::UnknownShowtime(message)) => return Err(ApiError::not_found(message).into()),
+        };
+        tracing::info!(issued = issued.fresh, "tickets issued on request");
+        Ok(Response::new(pb::IssueTicketsResponse {
+            tickets: issued.tickets.into_iter().map(to_pb).collect(),
+        }))
     }
 
     async fn list_keys(

@@ -57,7 +57,7 @@ impl Application {
             Duration::from_millis(config.retry_first_ms),
             Duration::from_millis(config.retry_max_ms),
         );
-        let consumer = Consumer::connect(&settings.rabbitmq, issuer, retry).await?;
+        let consumer = Consumer::connect(&settings.rabbitmq, issuer.clone(), retry).await?;
         let consuming = consumer.consuming();
         let readiness = Readiness::default().with(marquee_mongo::probe(&db, Scope::Api)).with(Probe::new(
             "rabbitmq",
@@ -78,7 +78,7 @@ impl Application {
             metrics,
             listener,
             addr,
-            service: TicketServiceImpl::new(store, public),
+            service: TicketServiceImpl::new(store, public, issuer),
             consumer,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
             readiness,

@@ -10,13 +10,13 @@
 //! - `cancelled_bookings`: bookings cancelled, so a cancellation handled before its
 //!   confirmation still revokes the tickets issued after it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::bson::{self, Bson, doc};
-use mongodb::error::{ErrorKind, InsertManyError, WriteFailure};
+use mongodb::error::{ErrorKind, InsertManyError};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -111,17 +111,15 @@ pub struct TicketStore {
 /// MongoDB's code for a unique-index violation.
 const DUPLICATE_KEY: i32 = 11000;
 
-/// True when every failure of an unordered insert_many was a duplicate key.
-fn only_duplicates(error: &mongodb::error::Error) -> bool {
+/// The positions of the documents an unordered insert_many did not insert because
+/// they exist already, when duplicates are all that failed; `None` for any other failure.
+fn duplicate_positions(error: &mongodb::error::Error) -> Option<HashSet<usize>> {
     match error.kind.as_ref() {
-        ErrorKind::InsertMany(e) => {
-            e.write_concern_error.is_none()
-                && e.write_errors
-                    .as_ref()
-                    .is_some_and(|errors| errors.iter().all(|e| e.code == DUPLICATE_KEY))
+        ErrorKind::InsertMany(e) if e.write_concern_error.is_none() => {
+            let errors = e.write_errors.as_ref()?;
+            errors.iter().all(|e| e.code == DUPLICATE_KEY).then(|| errors.iter().map(|e| e.index).collect())
         }
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
-        _ => false,
+        _ => None,
     }
 }
 
@@ -152,15 +150,72 @@ impl TicketStore {
         })
     }
 
-    /// Inserts the tickets that do not exist yet (by booking and seat).
-    pub async fn insert_tickets(&self, tickets: &[TicketDoc]) -> anyhow::Result<()> {
-        if tickets.is_empty() {
-            return Ok(());
+    /// Inserts the tickets of several bookings with one command, each ticket unless it
+    /// exists already (by booking and seat). Answers per booking, in order, how many of
+    /// its tickets were new (the others an earlier call issued).
+    pub async fn insert_bookings(
+        &self,
+        bookings: &[Vec<TicketDoc>],
+    ) -> Vec<Result<usize, mongodb::error::Error>> {
+        let all: Vec<&TicketDoc> = bookings.iter().flatten().collect();
+        let existing = if all.is_empty() {
+            Ok(HashSet::new())
+        } else {
+            match self.tickets.insert_many(all).ordered(false).await {
+                Ok(_) => Ok(HashSet::new()),
+                Err(error) => duplicate_positions(&error).ok_or(error),
+            }
+        };
+        let mut start = 0;
+        bookings
+            .iter()
+            .map(|tickets| {
+                let positions = start..start + tickets.len();
+                start = positions.end;
+                match &existing {
+                    Ok(existing) => Ok(positions.filter(|i| !existing.contains(i)).count()),
+                    Err(error) => Err(error.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// Per booking, in order, whether it was cancelled: one command for all of them.
+    pub async fn cancelled_among(&self, booking_ids: &[String]) -> Vec<Result<bool, mongodb::error::Error>> {
+        let found: Result<HashSet<String>, mongodb::error::Error> = async {
+            let docs: Vec<bson::Document> =
+                self.cancelled.find(doc! { "_id": { "$in": booking_ids } }).await?.try_collect().await?;
+            Ok(docs.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_owned)).collect())
         }
-        match self.tickets.insert_many(tickets).ordered(false).await {
-            Ok(_) => Ok(()),
-            Err(error) if only_duplicates(&error) => Ok(()),
-            Err(error) => Err(error).context("cannot insert tickets"),
+        .await;
+        booking_ids
+            .iter()
+            .map(|id| match &found {
+                Ok(found) => Ok(found.contains(id)),
+                Err(error) => Err(error.clone()),
+            })
+            .collect()
+    }
+
+    /// Per booking, in order, its tickets: one command for all of them.
+    pub async fn tickets_among(
+        &self,
+        booking_ids: &[String],
+    ) -> Vec<Result<Vec<TicketDoc>, mongodb::error::Error>> {
+        let found: Result<Vec<TicketDoc>, mongodb::error::Error> = async {
+            self.tickets.find(doc! { "booking_id": { "$in": booking_ids } }).await?.try_collect().await
+        }
+        .await;
+        match found {
+            Ok(found) => {
+                let mut by_booking: HashMap<String, Vec<TicketDoc>> = HashMap::new();
+                for ticket in found {
+                    by_booking.entry(ticket.booking_id.clone()).or_default().push(ticket);
+                }
+                // A booking may be asked for twice in one batch (a redelivered event).
+                booking_ids.iter().map(|id| Ok(by_booking.get(id).cloned().unwrap_or_default())).collect()
+            }
+            Err(error) => booking_ids.iter().map(|_| Err(error.clone())).collect(),
         }
     }
 
@@ -307,15 +362,6 @@ impl TicketStore {
             .await
             .context("cannot record a cancelled booking")?;
         Ok(())
-    }
-
-    pub async fn is_cancelled(&self, booking_id: &str) -> anyhow::Result<bool> {
-        let found = self
-            .cancelled
-            .find_one(doc! { "_id": booking_id })
-            .await
-            .context("cannot read cancelled bookings")?;
-        Ok(found.is_some())
     }
 
     /// Revokes every ticket of a booking and appends them to their showtime's

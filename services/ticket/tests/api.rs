@@ -178,6 +178,26 @@ impl TestApp {
         self.client.clone().list_tickets(request).await.unwrap().into_inner().tickets
     }
 
+    async fn issue(&self, booking_id: &str, seats: &[&str]) -> Result<Vec<pb::Ticket>, tonic::Status> {
+        let request = pb::IssueTicketsRequest {
+            booking_id: booking_id.to_owned(),
+            showtime_id: self.showtime_id.clone(),
+            seat_ids: seats.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        self.client.clone().issue_tickets(request).await.map(|r| r.into_inner().tickets)
+    }
+
+    /// Waits (up to 10 s) until the ticket service has recorded the booking's cancellation.
+    async fn await_revocation_mark(&self, booking_id: &str) {
+        let db = marquee_mongo::connect(&self.settings.mongo, "ticket").await.unwrap();
+        let marks = db.collection::<mongodb::bson::Document>("cancelled_bookings");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while marks.find_one(mongodb::bson::doc! { "_id": booking_id }).await.unwrap().is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "the cancellation was never recorded");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Polls until `check` holds for the booking's tickets (or fails after 10 s).
     async fn await_tickets(
         &self,
@@ -467,6 +487,81 @@ async fn cancelling_revokes_and_scanners_page_through_revocations() {
         .await
         .unwrap_err();
     assert_eq!(ApiError::from_status(&error).code, ErrorCode::BadUserInput);
+}
+
+/// IssueTickets and the consumer of `booking.confirmed` issue the same tickets, once,
+/// whoever comes first, and every caller is answered the stored ones.
+#[tokio::test]
+async fn issue_tickets_and_the_event_issue_each_seat_once_whoever_comes_first() {
+    let app = spawn_app().await;
+
+    // Asked for first: issued, answered, and the event changes nothing after.
+    let first = Uuid::now_v7().to_string();
+    let issued = app.issue(&first, &["H2", "H1"]).await.unwrap();
+    assert_eq!(issued.iter().map(|t| t.seat_id.as_str()).collect::<Vec<_>>(), ["H1", "H2"]);
+    assert_eq!(app.tickets(&first).await, issued, "the answer is what is stored");
+    app.publisher.publish(&app.confirmed(&first, &["H1", "H2"])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.tickets(&first).await, issued, "the event issued more tickets");
+
+    // The event first: asking answers its tickets.
+    let (second, by_event) = app.book(&["H3"]).await;
+    assert_eq!(app.issue(&second, &["H3"]).await.unwrap(), by_event);
+
+    // Sixteen at once, with the event among them: one ticket per seat, and every
+    // caller answered those.
+    let third = Uuid::now_v7().to_string();
+    let asks = (0..16).map(|_| app.issue(&third, &["H5", "H6"]));
+    let confirmed = app.confirmed(&third, &["H5", "H6"]);
+    let (answers, ()) = tokio::join!(futures::future::join_all(asks), app.publisher.publish(&confirmed));
+    let stored = app.await_tickets(&third, |t| t.len() == 2).await;
+    for answer in answers {
+        assert_eq!(answer.unwrap(), stored);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.tickets(&third).await, stored);
+}
+
+#[tokio::test]
+async fn issue_tickets_after_a_cancellation_answers_them_revoked() {
+    let app = spawn_app().await;
+    let booking_id = Uuid::now_v7().to_string();
+    app.publisher.publish(&app.cancelled(&booking_id, &["J1"])).await;
+    app.await_revocation_mark(&booking_id).await;
+
+    let answered = app.issue(&booking_id, &["J1"]).await.unwrap();
+    assert_eq!(answered.len(), 1);
+    assert_eq!(answered[0].status(), pb::TicketStatus::Revoked);
+    assert_eq!(app.tickets(&booking_id).await, answered);
+    assert_eq!(app.scan(&answered[0]).await.outcome(), pb::CheckInOutcome::Revoked);
+}
+
+#[tokio::test]
+async fn issue_tickets_refuses_bad_input_and_unknown_showtimes_and_issues_nothing() {
+    let app = spawn_app().await;
+    let booking_id = Uuid::now_v7().to_string();
+    let too_many: Vec<String> = (1..=11).map(|n| format!("K{n}")).collect();
+    let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    for seats in [&[][..], &["K1", "K1"], &["K 1"], &too_many[..]] {
+        let status = app.issue(&booking_id, seats).await.unwrap_err();
+        assert_eq!(ApiError::from_status(&status).code, ErrorCode::BadUserInput, "{seats:?}: {status:?}");
+    }
+    let bad_booking = pb::IssueTicketsRequest {
+        booking_id: "not-a-booking".into(),
+        showtime_id: app.showtime_id.clone(),
+        seat_ids: vec!["K1".into()],
+    };
+    let status = app.client.clone().issue_tickets(bad_booking).await.unwrap_err();
+    assert_eq!(ApiError::from_status(&status).code, ErrorCode::BadUserInput);
+
+    let unknown_showtime = pb::IssueTicketsRequest {
+        booking_id: booking_id.clone(),
+        showtime_id: Uuid::now_v7().to_string(),
+        seat_ids: vec!["K1".into()],
+    };
+    let status = app.client.clone().issue_tickets(unknown_showtime).await.unwrap_err();
+    assert_eq!(ApiError::from_status(&status).code, ErrorCode::NotFound, "{status:?}");
+    assert!(app.tickets(&booking_id).await.is_empty());
 }
 
 #[tokio::test]

@@ -184,10 +184,9 @@ impl Handler {
 
     /// Sends one message per channel the user chose (none if they chose none).
     /// The showtime's details and a confirmation's ticket codes are waited for while
-    /// the retry budget lasts (the ticket service consumes the same event, so its
-    /// tickets may not be issued yet, or it may be down), but only as a courtesy: on
-    /// the last chance, or when the showtime is gone, the message goes out with what
-    /// the event carries, pointing to the booking for the rest.
+    /// the retry budget lasts (cinema or the ticket service may be down), but only as a
+    /// courtesy: on the last chance, or when the showtime is gone, the message goes out
+    /// with what the event carries, pointing to the booking for the rest.
     async fn send(&self, notice: &Notice, last_chance: bool) -> Result<(), SendError> {
         let contact = self.directory.contact(notice.user_id).await?;
         if contact.addresses.is_empty() {
@@ -207,8 +206,8 @@ impl Handler {
             None => None,
         };
         let tickets = match &notice.kind {
-            Kind::BookingConfirmed { seat_ids, .. } => {
-                match self.directory.tickets(notice.booking_id, seat_ids).await {
+            Kind::BookingConfirmed { showtime_id, seat_ids, .. } => {
+                match self.directory.tickets(notice.booking_id, *showtime_id, seat_ids).await {
                     Ok(codes) => Some(Tickets::Issued(codes)),
                     Err(error) if error.is_transient() && !last_chance => return Err(error.into()),
                     Err(error) => {
