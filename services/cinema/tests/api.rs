@@ -78,17 +78,30 @@ impl TestApp {
         booking: &str,
         seats: &[&str],
     ) -> Result<pb::LockSeatsResponse, ApiError> {
-        self.client
-            .clone()
-            .lock_seats(pb::LockSeatsRequest {
-                showtime_id: showtime.into(),
-                seat_ids: seats.iter().map(|s| (*s).to_owned()).collect(),
-                booking_id: booking.into(),
-                ttl_seconds: 300,
-            })
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| ApiError::from_status(&s))
+        self.spawn_lock(showtime, booking, seats).await.unwrap()
+    }
+
+    /// `lock` on its own task, for tests that hold it up inside PostgreSQL.
+    fn spawn_lock(
+        &self,
+        showtime: &str,
+        booking: &str,
+        seats: &[&str],
+    ) -> tokio::task::JoinHandle<Result<pb::LockSeatsResponse, ApiError>> {
+        let mut client = self.client.clone();
+        let request = pb::LockSeatsRequest {
+            showtime_id: showtime.into(),
+            seat_ids: seats.iter().map(|s| (*s).to_owned()).collect(),
+            booking_id: booking.into(),
+            ttl_seconds: 300,
+        };
+        tokio::spawn(async move {
+            client
+                .lock_seats(request)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| ApiError::from_status(&s))
+        })
     }
 
     async fn confirm(&self, showtime: &str, booking: &str, seats: &[&str]) -> Result<Vec<String>, ApiError> {
@@ -1092,21 +1105,7 @@ async fn a_deadlock_inside_postgres_is_retried_and_never_reaches_the_client() {
 
     // The service locks B1, then queues behind the outsider for B5.
     let booking = new_booking();
-    let lock = tokio::spawn({
-        let client = app.client.clone();
-        let (showtime, booking) = (showtime.clone(), booking.clone());
-        async move {
-            client
-                .clone()
-                .lock_seats(pb::LockSeatsRequest {
-                    showtime_id: showtime,
-                    seat_ids: vec!["B1".into(), "B5".into()],
-                    booking_id: booking,
-                    ttl_seconds: 300,
-                })
-                .await
-        }
-    });
+    let lock = app.spawn_lock(&showtime, &booking, &["B1", "B5"]);
     until_waiting_inside(&app.db, "cinema_lock_seats", 1).await;
 
     // Closing the cycle: PostgreSQL aborts the service's statement to break it, which
@@ -1114,7 +1113,7 @@ async fn a_deadlock_inside_postgres_is_retried_and_never_reaches_the_client() {
     sqlx::query(lock_row).bind(&showtime).bind("B1").execute(&mut *outsider).await.unwrap();
     outsider.rollback().await.unwrap();
 
-    let hold = lock.await.unwrap().expect("the client never sees the deadlock").into_inner();
+    let hold = lock.await.unwrap().expect("the client never sees the deadlock");
     assert_eq!(seat_ids(&hold.seats), ["B1", "B5"]);
     assert_eq!(
         app.taken_seats(&showtime).await,
@@ -1136,20 +1135,7 @@ async fn a_release_racing_its_own_lock_leaves_no_seat_held() {
     let mut outsider = app.db.begin().await.unwrap();
     sqlx::query(lock_row).bind(&showtime).bind("C5").execute(&mut *outsider).await.unwrap();
     let booking = new_booking();
-    let lock = tokio::spawn({
-        let (client, showtime, booking) = (app.client.clone(), showtime.clone(), booking.clone());
-        async move {
-            client
-                .clone()
-                .lock_seats(pb::LockSeatsRequest {
-                    showtime_id: showtime,
-                    seat_ids: vec!["C4".into(), "C5".into()],
-                    booking_id: booking,
-                    ttl_seconds: 300,
-                })
-                .await
-        }
-    });
+    let lock = app.spawn_lock(&showtime, &booking, &["C4", "C5"]);
     until_waiting_inside(&app.db, "cinema_lock_seats", 1).await;
 
     // ...and the release of the same booking arrives meanwhile: it waits for the lock.
@@ -1165,7 +1151,7 @@ async fn a_release_racing_its_own_lock_leaves_no_seat_held() {
     until_waiting_inside(&app.db, "cinema_release_seats", 1).await;
     outsider.rollback().await.unwrap();
 
-    let held = lock.await.unwrap().expect("the lock itself succeeds").into_inner();
+    let held = lock.await.unwrap().expect("the lock itself succeeds");
     assert_eq!(seat_ids(&held.seats), ["C4", "C5"]);
     let released = release.await.unwrap().expect("the release succeeds").into_inner();
     assert_eq!(released.seat_ids, ["C4", "C5"], "the release frees what the lock took");

@@ -11,7 +11,8 @@
 //! one cancellation lookup and one read-back per batch, not per booking.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -65,6 +66,48 @@ pub struct Issuer {
     cancellations: Batcher<String, bool>,
     /// Per booking, its stored tickets.
     reads: Batcher<String, Vec<TicketDoc>>,
+    /// The tickets of bookings issued here lately.
+    recent: Recent,
+}
+
+/// How long, and for at most how many bookings, `Recent` remembers tickets.
+const RECENT_TTL: Duration = Duration::from_secs(60);
+const RECENT_CAPACITY: usize = 10_000;
+
+/// Tickets this process issued (or read back) lately, by booking. The consumer of
+/// `booking.confirmed` and IssueTickets both see each confirmation, usually in the same
+/// process and milliseconds apart: the second is answered from here instead of signing,
+/// inserting and reading again. A cancellation handled here forgets its booking; one
+/// handled by another replica is not seen, so for up to `RECENT_TTL` IssueTickets may
+/// answer a ticket as valid that was revoked meanwhile (the door refuses it all the same).
+#[derive(Default)]
+struct Recent(Mutex<HashMap<Uuid, (Instant, Vec<TicketDoc>)>>);
+
+impl Recent {
+    /// The booking's tickets for exactly these seats, in their order, if remembered.
+    fn get(&self, booking_id: Uuid, seat_ids: &[String]) -> Option<Vec<TicketDoc>> {
+        let entries = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, tickets) = entries.get(&booking_id)?;
+        if at.elapsed() >= RECENT_TTL || tickets.len() != seat_ids.len() {
+            return None;
+        }
+        seat_ids.iter().map(|seat| tickets.iter().find(|t| t.seat_id == *seat).cloned()).collect()
+    }
+
+    fn put(&self, booking_id: Uuid, tickets: &[TicketDoc]) {
+        let mut entries = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= RECENT_CAPACITY {
+            entries.retain(|_, (at, _)| at.elapsed() < RECENT_TTL);
+            if entries.len() >= RECENT_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(booking_id, (Instant::now(), tickets.to_vec()));
+    }
+
+    fn forget(&self, booking_id: Uuid) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&booking_id);
+    }
 }
 
 /// A booking's tickets, and how many of them this call issued.
@@ -139,6 +182,7 @@ impl Issuer {
             inserts,
             cancellations,
             reads,
+            recent: Recent::default(),
         })
     }
 
@@ -152,10 +196,17 @@ impl Issuer {
             Some(Payload::BookingConfirmed(confirmed)) => {
                 let showtime_id =
                     domain::parse_uuid(&confirmed.showtime_id, "showtime id").map_err(permanent)?;
+                if self.recent.get(booking_id, &confirmed.seat_ids).is_some() {
+                    return Ok(Handled::Issued(0));
+                }
                 let inserted = self.insert(booking_id, showtime_id, &confirmed.seat_ids, now).await?;
+                if let Inserted::All(tickets) = &inserted {
+                    self.recent.put(booking_id, tickets);
+                }
                 Handled::Issued(inserted.fresh())
             }
             Some(Payload::BookingCancelled(_)) => {
+                self.recent.forget(booking_id);
                 self.store.mark_cancelled(&booking_id.to_string(), now).await?;
                 Handled::Revoked(self.store.revoke_booking(&booking_id.to_string(), now).await?)
             }
@@ -172,9 +223,13 @@ impl Issuer {
         seat_ids: &[String],
         now: DateTime<Utc>,
     ) -> Result<Issued, IssueError> {
+        if let Some(tickets) = self.recent.get(booking_id, seat_ids) {
+            return Ok(Issued { fresh: 0, tickets });
+        }
         let inserted = self.insert(booking_id, showtime_id, seat_ids, now).await?;
         let fresh = inserted.fresh();
         if let Inserted::All(tickets) = inserted {
+            self.recent.put(booking_id, &tickets);
             return Ok(Issued { fresh, tickets });
         }
         let stored = self.reads.call(booking_id.to_string()).await?;
@@ -186,6 +241,7 @@ impl Issuer {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        self.recent.put(booking_id, &tickets);
         Ok(Issued { fresh, tickets })
     }
 
@@ -280,5 +336,60 @@ impl Issuer {
             cache.insert(id, window);
         }
         Ok(window)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(booking_id: Uuid, seat_id: &str) -> TicketDoc {
+        let at = bson_time(Utc::now());
+        TicketDoc {
+            id: Uuid::new_v4().to_string(),
+            booking_id: booking_id.to_string(),
+            showtime_id: Uuid::new_v4().to_string(),
+            seat_id: seat_id.to_owned(),
+            status: TicketStatus::Valid,
+            code: format!("code-{seat_id}"),
+            key_id: "k1".to_owned(),
+            valid_from: at,
+            valid_until: at,
+            issued_at: at,
+            checked_in_at: None,
+            checked_in_nonce: None,
+            revoked_at: None,
+        }
+    }
+
+    fn seats(ids: &[&str]) -> Vec<String> {
+        ids.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn recent_tickets_answer_exactly_their_booking_and_seats_until_forgotten() {
+        let recent = Recent::default();
+        let (booking, other) = (Uuid::new_v4(), Uuid::new_v4());
+        recent.put(booking, &[ticket(booking, "A1"), ticket(booking, "A2")]);
+
+        let answered = recent.get(booking, &seats(&["A2", "A1"])).expect("remembered");
+        assert_eq!(answered.iter().map(|t| t.seat_id.as_str()).collect::<Vec<_>>(), ["A2", "A1"]);
+        assert!(recent.get(booking, &seats(&["A1"])).is_none(), "other seats are not answered");
+        assert!(recent.get(booking, &seats(&["A1", "A3"])).is_none(), "other seats are not answered");
+        assert!(recent.get(other, &seats(&["A1", "A2"])).is_none());
+
+        recent.forget(booking);
+        assert!(recent.get(booking, &seats(&["A1", "A2"])).is_none(), "a cancellation forgets");
+    }
+
+    #[test]
+    fn recent_tickets_stay_bounded() {
+        let recent = Recent::default();
+        for _ in 0..RECENT_CAPACITY + 5 {
+            let booking = Uuid::new_v4();
+            recent.put(booking, &[ticket(booking, "A1")]);
+        }
+        let remembered = recent.0.lock().unwrap_or_else(PoisonError::into_inner).len();
+        assert!(remembered <= RECENT_CAPACITY, "{remembered}");
     }
 }
