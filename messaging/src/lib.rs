@@ -1,8 +1,10 @@
 //! Messaging over RabbitMQ, for the services that publish or consume events
 //! (booking, payment, notification, ticket): the `[rabbitmq]` section, connecting and
 //! confirmed publishing (`rabbit`), and the transactional outbox in MongoDB with its
-//! relay to the events exchange and the log of what it published (`outbox`).
+//! relay to the events exchange and the log of what it published (`outbox`), and the
+//! consumers' acknowledgements, sent in batches (`acks`).
 
+pub mod acks;
 pub mod outbox;
 pub mod rabbit;
 #[cfg(feature = "testing")]

@@ -10,14 +10,13 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use marquee_kit::backoff::Backoff;
 use marquee_kit::shutdown::Shutdown;
 use marquee_messaging::RabbitSettings;
+use marquee_messaging::acks::Acks;
 use marquee_messaging::rabbit::{self, short_name};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
@@ -98,15 +97,19 @@ impl Consumer {
             .await
             .context("cannot start consuming")?;
         tracing::info!(queue = %self.settings.ticket_queue, "ticket consumer started");
+        let acks = Acks::spawn(channel.clone());
         let mut in_flight = JoinSet::new();
         let result = loop {
             tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
-                        let (issuer, retry, stop) = (self.issuer.clone(), self.retry, shutdown.clone());
+                        let (issuer, retry, stop, acks) =
+                            (self.issuer.clone(), self.retry, shutdown.clone(), acks.clone());
                         let span = rabbit::consume_span(&delivery, "ticket");
-                        in_flight.spawn(async move { settle(&issuer, retry, delivery, &stop).await }.instrument(span));
+                        in_flight.spawn(
+                            async move { settle(&issuer, retry, delivery, &acks, &stop).await }.instrument(span),
+                        );
                     }
                     Some(Err(error)) => break Err(anyhow::Error::new(error).context("consuming failed")),
                     None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
@@ -120,6 +123,7 @@ impl Consumer {
         while let Some(joined) = in_flight.join_next().await {
             log_panic(joined);
         }
+        acks.flush().await;
         result
     }
 }
@@ -159,9 +163,9 @@ async fn open(settings: &RabbitSettings) -> anyhow::Result<(Connection, Channel)
 }
 
 /// Handles one delivery, retrying transient failures until it succeeds or the
-/// process stops, then acknowledges it. A permanent failure is logged and
-/// acknowledged: it would fail the same way every time.
-async fn settle(issuer: &Issuer, retry: Backoff, delivery: Delivery, shutdown: &Shutdown) {
+/// process stops, then acknowledges it (with the next batch of `acks`). A permanent
+/// failure is logged and acknowledged: it would fail the same way every time.
+async fn settle(issuer: &Issuer, retry: Backoff, delivery: Delivery, acks: &Acks, shutdown: &Shutdown) {
     let mut attempt = 0;
     loop {
         match issuer.handle(&delivery.data).await {
@@ -191,9 +195,7 @@ async fn settle(issuer: &Issuer, retry: Backoff, delivery: Delivery, shutdown: &
             }
         }
     }
-    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-        tracing::warn!(%error, "cannot acknowledge a ticket event; it will be redelivered");
-    }
+    acks.ack(delivery.delivery_tag);
 }
 
 fn log_panic(joined: Result<(), tokio::task::JoinError>) {

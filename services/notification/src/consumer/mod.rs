@@ -32,6 +32,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, QueueDeclareOption
 use lapin::types::{FieldTable, ShortString};
 use marquee_kit::shutdown::Shutdown;
 use marquee_messaging::RabbitSettings;
+use marquee_messaging::acks::Acks;
 use marquee_messaging::rabbit::{self, short_name};
 use tokio::task::JoinSet;
 
@@ -155,13 +156,14 @@ impl Consumer {
             .await
             .context("cannot start consuming")?;
         tracing::info!(queue = %self.topology.names.queue, "notification consumer started");
+        let acks = Acks::spawn(session.consume.clone());
         let mut in_flight = JoinSet::new();
         let mut depth_timer = tokio::time::interval(DEPTH_EVERY);
         let spawn = |in_flight: &mut JoinSet<()>, delivery: Delivery| {
             let handler = self.handler.clone();
             let shutdown = shutdown.clone();
-            let publish = session.publish.clone();
-            in_flight.spawn(async move { handler.settle(delivery, &publish, &shutdown).await });
+            let (publish, acks) = (session.publish.clone(), acks.clone());
+            in_flight.spawn(async move { handler.settle(delivery, &publish, &acks, &shutdown).await });
         };
         let result = loop {
             tokio::select! {
@@ -206,6 +208,7 @@ impl Consumer {
         while let Some(joined) = in_flight.join_next().await {
             log_panic(joined);
         }
+        acks.flush().await;
         if let Err(error) = session.connection.close(200, "OK".into()).await {
             tracing::debug!(%error, "RabbitMQ connection was already closed");
         }

@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::options::{BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel as AmqpChannel};
 use marquee_kit::backoff::Backoff;
 use marquee_kit::shutdown::Shutdown;
+use marquee_messaging::acks::Acks;
 use marquee_messaging::rabbit::{PERSISTENT, publish_confirmed};
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -39,6 +40,14 @@ pub(super) enum Outcome {
     Permanent(DeadLetterReason, anyhow::Error),
     /// Shutting down mid-way: leave it unsettled, the broker redelivers it.
     Abandon,
+}
+
+/// What is left to do once a delivery's fate is decided.
+enum Settled {
+    /// Acknowledge it.
+    Ack,
+    /// Nothing: it was nacked or rejected.
+    Already,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,22 +92,35 @@ impl Handler {
     /// `traceparent` header the outbox relay set from the write that caused the
     /// event; a new trace when it has none), so the notification joins its booking's
     /// trace, retries included (a retry keeps the delivery's headers).
-    pub(super) async fn settle(&self, delivery: Delivery, publish: &AmqpChannel, shutdown: &Shutdown) {
+    /// Acknowledgements go out with the next batch of `acks`.
+    pub(super) async fn settle(
+        &self,
+        delivery: Delivery,
+        publish: &AmqpChannel,
+        acks: &Acks,
+        shutdown: &Shutdown,
+    ) {
         let span = marquee_messaging::rabbit::consume_span(&delivery, "notification");
-        self.settle_traced(delivery, publish, shutdown).instrument(span).await
+        self.settle_traced(delivery, publish, acks, shutdown).instrument(span).await
     }
 
-    async fn settle_traced(&self, delivery: Delivery, publish: &AmqpChannel, shutdown: &Shutdown) {
+    async fn settle_traced(
+        &self,
+        delivery: Delivery,
+        publish: &AmqpChannel,
+        acks: &Acks,
+        shutdown: &Shutdown,
+    ) {
         let started = Instant::now();
         self.metrics.consumed.increment(1);
         let retry = RetryState::from_headers(delivery.properties.headers().as_ref());
         let last_chance = self.policy.last_chance(retry, now_ms());
         let outcome = self.handle(&delivery.data, last_chance, shutdown).await;
         let settled = match outcome {
-            Outcome::Handled | Outcome::Skipped => delivery.acker.ack(BasicAckOptions::default()).await,
+            Outcome::Handled | Outcome::Skipped => Ok(Settled::Ack),
             Outcome::Duplicate => {
                 self.metrics.duplicates.increment(1);
-                delivery.acker.ack(BasicAckOptions::default()).await
+                Ok(Settled::Ack)
             }
             Outcome::Transient(error) => match self.policy.next(retry, now_ms(), fastrand::f64()) {
                 Next::RetryIn { step, after, state } => {
@@ -114,8 +136,10 @@ impl Handler {
             Outcome::Abandon => return,
         };
         self.metrics.observe(started.elapsed());
-        if let Err(error) = settled {
-            tracing::warn!(%error, "cannot settle a delivery; the broker will redeliver it");
+        match settled {
+            Ok(Settled::Ack) => acks.ack(delivery.delivery_tag),
+            Ok(Settled::Already) => acks.settled(delivery.delivery_tag),
+            Err(error) => tracing::warn!(%error, "cannot settle a delivery; the broker will redeliver it"),
         }
     }
 
@@ -130,7 +154,7 @@ impl Handler {
         step: Duration,
         after: Duration,
         state: RetryState,
-    ) -> Result<bool, lapin::Error> {
+    ) -> Result<Settled, lapin::Error> {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         state.write(&mut headers);
         let properties = delivery
@@ -151,7 +175,7 @@ impl Handler {
                     retry_in_ms = after.as_millis() as u64,
                     "a dependency is unavailable; the event is retried later"
                 );
-                delivery.acker.ack(BasicAckOptions::default()).await
+                Ok(Settled::Ack)
             }
             Err(refused) => {
                 tracing::warn!(
@@ -165,7 +189,8 @@ impl Handler {
                     self.metrics.over_delivery_limit.increment(1);
                 }
                 tokio::time::sleep(Backoff::new(REQUEUE_DELAY, REQUEUE_DELAY).delay(0)).await;
-                delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await
+                delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await?;
+                Ok(Settled::Already)
             }
         }
     }
@@ -178,7 +203,7 @@ impl Handler {
         publish: &AmqpChannel,
         reason: DeadLetterReason,
         error: &anyhow::Error,
-    ) -> Result<bool, lapin::Error> {
+    ) -> Result<Settled, lapin::Error> {
         let error = format!("{error:#}");
         tracing::error!(reason = reason.as_str(), error, "dead-lettering an event that cannot be handled");
         self.metrics.dead_lettered(reason).increment(1);
@@ -191,13 +216,14 @@ impl Handler {
         match publish_confirmed(publish, &self.dead_letter_exchange, routing_key, &delivery.data, properties)
             .await
         {
-            Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+            Ok(()) => Ok(Settled::Ack),
             Err(refused) => {
                 tracing::warn!(
                     error = format!("{refused:#}"),
                     "cannot publish the dead letter; rejecting it"
                 );
-                delivery.acker.reject(BasicRejectOptions { requeue: false }).await
+                delivery.acker.reject(BasicRejectOptions { requeue: false }).await?;
+                Ok(Settled::Already)
             }
         }
     }
