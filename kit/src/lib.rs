@@ -10,6 +10,7 @@
 
 pub mod backoff;
 pub mod balance;
+pub mod batch;
 pub mod config;
 pub mod error;
 pub mod grpc;

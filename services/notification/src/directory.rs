@@ -3,18 +3,22 @@
 //! service), each cached briefly since one booking produces several events; and a
 //! confirmed booking's tickets (ticket service), issued on our request if its own
 //! consumer of the same event has not issued them yet, so a confirmation never waits
-//! for that consumer.
+//! for that consumer. The requests of concurrent confirmations go out together, one
+//! IssueTicketsBatch call per batch (a batch call is traced on its own; a booking's
+//! trace shows the ticket consumer issuing).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use marquee_kit::batch::Batcher;
 use marquee_kit::trace::outgoing;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::cinema::v1::{GetCinemaRequest, GetMovieRequest, GetShowtimeRequest};
+use marquee_proto::ticket::v1::issue_tickets_answer::Answer;
 use marquee_proto::ticket::v1::ticket_service_client::TicketServiceClient;
-use marquee_proto::ticket::v1::{IssueTicketsRequest, TicketStatus};
+use marquee_proto::ticket::v1::{IssueTicketsBatchRequest, IssueTicketsRequest, Ticket, TicketStatus};
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use marquee_proto::user::v1::{GetUserRequest, NotificationPreferences};
 use tokio::time::Instant;
@@ -31,6 +35,10 @@ const SHOWING_TTL: Duration = Duration::from_secs(300);
 /// Beyond this many entries a cache drops what has expired, or everything.
 const CACHE_CAPACITY: usize = 10_000;
 
+/// Batches of IssueTickets in flight at once: a slow one holds up no other.
+const ISSUE_BATCHES: usize = 4;
+const ISSUE_CALL: &str = "ticket.IssueTickets";
+
 /// Where a user wants to be notified, in the order messages are sent.
 #[derive(Debug, Clone)]
 pub struct Contact {
@@ -41,7 +49,8 @@ pub struct Contact {
 pub struct Directory {
     users: UserServiceClient<GrpcChannel>,
     cinema: CinemaServiceClient<GrpcChannel>,
-    tickets: TicketServiceClient<GrpcChannel>,
+    /// IssueTickets of concurrent confirmations, asked together (IssueTicketsBatch).
+    issues: Batcher<IssueTicketsRequest, Vec<Ticket>, LookupError>,
     contacts: TtlCache<UserId, Contact>,
     showings: TtlCache<Uuid, Showing>,
 }
@@ -82,16 +91,56 @@ fn upstream(call: &'static str) -> impl FnOnce(tonic::Status) -> LookupError {
     move |status| LookupError::Upstream { call, code: status.code(), message: status.message().to_owned() }
 }
 
+/// One IssueTicketsBatch call for `bookings`: each answered on its own; when the call
+/// itself fails, each gets its failure.
+async fn issue_batch(
+    mut tickets: TicketServiceClient<GrpcChannel>,
+    bookings: Vec<IssueTicketsRequest>,
+) -> Vec<Result<Vec<Ticket>, LookupError>> {
+    let asked = bookings.len();
+    let answers = match tickets.issue_tickets_batch(outgoing(IssueTicketsBatchRequest { bookings })).await {
+        Ok(response) => response.into_inner().answers,
+        Err(status) => {
+            let failed = |_| {
+                Err(LookupError::Upstream {
+                    call: ISSUE_CALL,
+                    code: status.code(),
+                    message: status.message().to_owned(),
+                })
+            };
+            return (0..asked).map(failed).collect();
+        }
+    };
+    let mut answers: Vec<_> = answers
+        .into_iter()
+        .map(|answer| match answer.answer {
+            Some(Answer::Issued(issued)) => Ok(issued.tickets),
+            Some(Answer::Refused(refused)) => Err(LookupError::Upstream {
+                call: ISSUE_CALL,
+                code: tonic::Code::from(refused.code),
+                message: refused.message,
+            }),
+            None => Err(LookupError::Unusable(format!("{ISSUE_CALL}: an empty answer"))),
+        })
+        .collect();
+    // The batcher fails whatever is left unanswered; an answer too many is not ours.
+    answers.truncate(asked);
+    answers
+}
+
 impl Directory {
     pub fn new(
         users: UserServiceClient<GrpcChannel>,
         cinema: CinemaServiceClient<GrpcChannel>,
         tickets: TicketServiceClient<GrpcChannel>,
     ) -> Self {
+        let issues = Batcher::spawn_concurrent(ISSUE_CALL, ISSUE_BATCHES, move |bookings| {
+            issue_batch(tickets.clone(), bookings)
+        });
         Self {
             users,
             cinema,
-            tickets,
+            issues,
             contacts: TtlCache::new(CONTACT_TTL),
             showings: TtlCache::new(SHOWING_TTL),
         }
@@ -108,18 +157,16 @@ impl Directory {
         seat_ids: &[String],
     ) -> Result<Vec<TicketCode>, LookupError> {
         let booking = booking_id.to_string();
-        let issued = self
-            .tickets
-            .clone()
-            .issue_tickets(outgoing(IssueTicketsRequest {
-                booking_id: booking.clone(),
-                showtime_id: showtime_id.to_string(),
-                seat_ids: seat_ids.to_vec(),
-            }))
-            .await
-            .map_err(upstream("ticket.IssueTickets"))?
-            .into_inner()
-            .tickets;
+        let asked = IssueTicketsRequest {
+            booking_id: booking.clone(),
+            showtime_id: showtime_id.to_string(),
+            seat_ids: seat_ids.to_vec(),
+        };
+        let issued = self.issues.answer(asked).await.map_err(|lost| LookupError::Upstream {
+            call: ISSUE_CALL,
+            code: tonic::Code::Unavailable,
+            message: lost.to_string(),
+        })??;
         let mut codes = Vec::with_capacity(seat_ids.len());
         for seat in seat_ids {
             let ticket = issued.iter().find(|t| t.seat_id == *seat).ok_or_else(|| {

@@ -24,11 +24,11 @@ use tonic::Code;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use crate::batch::Batcher;
 use crate::codec::TicketClaims;
 use crate::domain::{self, TicketStatus};
 use crate::keys::Signer;
 use crate::store::{TicketDoc, TicketStore, bson_time};
+use marquee_kit::batch::Batcher;
 
 /// Why an event's work failed, and so whether to try again.
 #[derive(Debug, thiserror::Error)]
@@ -61,11 +61,11 @@ pub struct Issuer {
     /// Showtimes' times, which do not change once tickets are sold.
     showtimes: Mutex<HashMap<Uuid, Window>>,
     /// Per booking, how many of its tickets were new.
-    inserts: Batcher<Vec<TicketDoc>, usize>,
+    inserts: Batcher<Vec<TicketDoc>, usize, mongodb::error::Error>,
     /// Per booking, whether it was cancelled.
-    cancellations: Batcher<String, bool>,
+    cancellations: Batcher<String, bool, mongodb::error::Error>,
     /// Per booking, its stored tickets.
-    reads: Batcher<String, Vec<TicketDoc>>,
+    reads: Batcher<String, Vec<TicketDoc>, mongodb::error::Error>,
     /// The tickets of bookings issued here lately.
     recent: Recent,
 }

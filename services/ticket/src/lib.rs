@@ -5,7 +5,6 @@
 //! `booking.cancelled` from RabbitMQ; asks cinema for showtime times; the gateway is
 //! its caller. Also the offline scanner's verification (`codec`, `keys`).
 
-mod batch;
 pub mod codec;
 mod consumer;
 pub mod domain;

@@ -11,13 +11,15 @@ use std::sync::Arc;
 
 use marquee_types::SeatSelection;
 
-use crate::batch::Batcher;
 use crate::domain::{self, InvalidInput, Nonce, Outcome, TicketStatus};
 use crate::issue::{IssueError, Issuer};
 use crate::keys::PublicKeys;
 use crate::store::{Admission, CheckInDoc, TicketDoc, TicketStore, bson_time, chrono_time};
+use marquee_kit::batch::Batcher;
 
 const MAX_BOOKINGS_PER_LIST: usize = 100;
+/// As many as one of the notification worker's batches carries.
+const MAX_BOOKINGS_PER_ISSUE: usize = marquee_kit::batch::MAX_BATCH;
 const MAX_REVOKED_PER_PAGE: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,10 +51,10 @@ pub struct TicketServiceImpl {
     issuer: Arc<Issuer>,
     /// Nonce lookups and scan records of concurrent scans, each kind one command per
     /// batch: at a busy door these were two of a scan's three or four MongoDB commands.
-    scans_seen: Batcher<String, Option<CheckInDoc>>,
-    scans_recorded: Batcher<CheckInDoc, Option<CheckInDoc>>,
+    scans_seen: Batcher<String, Option<CheckInDoc>, mongodb::error::Error>,
+    scans_recorded: Batcher<CheckInDoc, Option<CheckInDoc>, mongodb::error::Error>,
     /// The conditional admissions of concurrent scans, one update and one read per batch.
-    admissions: Batcher<Admission, Option<TicketDoc>>,
+    admissions: Batcher<Admission, Option<TicketDoc>, mongodb::error::Error>,
 }
 
 /// A check-in's answer before it is turned into the reply.
@@ -208,6 +210,28 @@ impl TicketServiceImpl {
     }
 }
 
+impl TicketServiceImpl {
+    /// IssueTickets for one booking: its tickets, issued now unless they were already.
+    async fn issue_one(&self, request: pb::IssueTicketsRequest) -> Result<pb::IssueTicketsResponse, Status> {
+        let booking_id = domain::parse_uuid(&request.booking_id, "booking id").map_err(TicketError::from)?;
+        let showtime_id =
+            domain::parse_uuid(&request.showtime_id, "showtime id").map_err(TicketError::from)?;
+        let seats = SeatSelection::parse(&request.seat_ids, SeatSelection::MAX_PER_BOOKING)
+            .map_err(TicketError::from)?
+            .into_strings();
+        let issued = match self.issuer.issue(booking_id, showtime_id, &seats, Utc::now()).await {
+            Ok(issued) => issued,
+            Err(IssueError::Transient(error)) => {
+                return Err(marquee_kit::error::unavailable(&error, "the ticket store or cinema"));
+            }
+            Err(IssueError::Permanent(error)) => return Err(marquee_mongo::internal(&error)),
+            Err(IssueError::UnknownShowtime(message)) => return Err(ApiError::not_found(message).into()),
+        };
+        tracing::info!(booking.id = %booking_id, issued = issued.fresh, "tickets issued on request");
+        Ok(pb::IssueTicketsResponse { tickets: issued.tickets.into_iter().map(to_pb).collect() })
+    }
+}
+
 #[tonic::async_trait]
 impl pb::ticket_service_server::TicketService for TicketServiceImpl {
     #[tracing::instrument(skip_all, fields(bookings = request.get_ref().booking_ids.len()))]
@@ -235,25 +259,35 @@ impl pb::ticket_service_server::TicketService for TicketServiceImpl {
         &self,
         request: Request<pb::IssueTicketsRequest>,
     ) -> Result<Response<pb::IssueTicketsResponse>, Status> {
-        let request = request.into_inner();
-        let booking_id = domain::parse_uuid(&request.booking_id, "booking id").map_err(TicketError::from)?;
-        let showtime_id =
-            domain::parse_uuid(&request.showtime_id, "showtime id").map_err(TicketError::from)?;
-        let seats = SeatSelection::parse(&request.seat_ids, SeatSelection::MAX_PER_BOOKING)
-            .map_err(TicketError::from)?
-            .into_strings();
-        let issued = match self.issuer.issue(booking_id, showtime_id, &seats, Utc::now()).await {
-            Ok(issued) => issued,
-            Err(IssueError::Transient(error)) => {
-                return Err(marquee_kit::error::unavailable(&error, "the ticket store or cinema"));
-            }
-            Err(IssueError::Permanent(error)) => return Err(marquee_mongo::internal(&error)),
-            Err(IssueError::UnknownShowtime(message)) => return Err(ApiError::not_found(message).into()),
-        };
-        tracing::info!(issued = issued.fresh, "tickets issued on request");
-        Ok(Response::new(pb::IssueTicketsResponse {
-            tickets: issued.tickets.into_iter().map(to_pb).collect(),
-        }))
+        self.issue_one(request.into_inner()).await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all, fields(bookings = request.get_ref().bookings.len()))]
+    async fn issue_tickets_batch(
+        &self,
+        request: Request<pb::IssueTicketsBatchRequest>,
+    ) -> Result<Response<pb::IssueTicketsBatchResponse>, Status> {
+        let bookings = request.into_inner().bookings;
+        if bookings.len() > MAX_BOOKINGS_PER_ISSUE {
+            return Err(
+                ApiError::bad_input(format!("at most {MAX_BOOKINGS_PER_ISSUE} bookings at once")).into()
+            );
+        }
+        // Concurrently, so that the issuer's batching gives them shared MongoDB commands.
+        let answers = futures::future::join_all(bookings.into_iter().map(|booking| self.issue_one(booking)))
+            .await
+            .into_iter()
+            .map(|issued| pb::IssueTicketsAnswer {
+                answer: Some(match issued {
+                    Ok(issued) => pb::issue_tickets_answer::Answer::Issued(issued),
+                    Err(status) => pb::issue_tickets_answer::Answer::Refused(pb::IssueTicketsRefusal {
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                    }),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::IssueTicketsBatchResponse { answers }))
     }
 
     async fn list_keys(

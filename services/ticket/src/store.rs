@@ -235,7 +235,7 @@ impl TicketStore {
         self.tickets.find_one(doc! { "_id": id }).await.context("cannot read a ticket")
     }
 
-    /// VALID → CHECKED_IN for the scans of a batch ([`crate::batch::Batcher`]): one
+    /// VALID → CHECKED_IN for the scans of a batch ([`marquee_kit::batch::Batcher`]): one
     /// `update` command holding a conditional statement per scan (each atomic on its
     /// ticket, so of scans of one ticket exactly one matches, in or across batches),
     /// then one `find` of the tickets. Per scan, its ticket as it is now (`None`: no
@@ -290,7 +290,7 @@ impl TicketStore {
     }
 
     /// The recorded scans of these nonces, one answer per nonce in order (for
-    /// [`crate::batch::Batcher`]: one command for a batch of scans).
+    /// [`marquee_kit::batch::Batcher`]: one command for a batch of scans).
     pub async fn check_ins(
         &self,
         nonces: Vec<String>,

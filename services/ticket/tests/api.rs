@@ -651,3 +651,63 @@ async fn forged_truncated_tampered_and_foreign_codes_are_invalid() {
     // None of them checked the genuine ticket in.
     assert_eq!(app.scan(genuine).await.outcome(), pb::CheckInOutcome::Admitted);
 }
+
+#[tokio::test]
+async fn a_batch_answers_each_booking_on_its_own_in_the_order_asked() {
+    let app = spawn_app().await;
+    let ask = |booking: &str, showtime: &str, seats: &[&str]| pb::IssueTicketsRequest {
+        booking_id: booking.to_owned(),
+        showtime_id: showtime.to_owned(),
+        seat_ids: seats.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let (first, second, unknown) =
+        (Uuid::now_v7().to_string(), Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+    let bookings = vec![
+        ask(&first, &app.showtime_id, &["L1", "L2"]),
+        ask("not-a-booking", &app.showtime_id, &["L3"]),
+        ask(&unknown, &Uuid::now_v7().to_string(), &["L4"]),
+        ask(&second, &app.showtime_id, &["L5"]),
+        // The first again, in the same batch: the same tickets, issued once.
+        ask(&first, &app.showtime_id, &["L1", "L2"]),
+    ];
+    let answers = app
+        .client
+        .clone()
+        .issue_tickets_batch(pb::IssueTicketsBatchRequest { bookings })
+        .await
+        .unwrap()
+        .into_inner()
+        .answers;
+    use pb::issue_tickets_answer::Answer;
+    let issued = |n: usize| match &answers[n].answer {
+        Some(Answer::Issued(issued)) => issued.tickets.clone(),
+        other => panic!("answer {n}: {other:?}"),
+    };
+    let refused = |n: usize| match &answers[n].answer {
+        Some(Answer::Refused(refused)) => tonic::Code::from(refused.code),
+        other => panic!("answer {n}: {other:?}"),
+    };
+    assert_eq!(answers.len(), 5);
+    let stored_first = app.tickets(&first).await;
+    assert_eq!(stored_first.len(), 2, "one ticket per seat however often asked");
+    for n in [0, 4] {
+        let mut answered: Vec<_> = issued(n).iter().map(|t| (t.seat_id.clone(), t.code.clone())).collect();
+        let mut stored: Vec<_> = stored_first.iter().map(|t| (t.seat_id.clone(), t.code.clone())).collect();
+        answered.sort();
+        stored.sort();
+        assert_eq!(answered, stored, "answer {n} is what is stored");
+    }
+    assert_eq!(refused(1), tonic::Code::InvalidArgument);
+    assert_eq!(refused(2), tonic::Code::NotFound);
+    assert!(app.tickets(&unknown).await.is_empty());
+    assert_eq!(issued(3).iter().map(|t| t.seat_id.as_str()).collect::<Vec<_>>(), ["L5"]);
+
+    let too_many = (0..=256).map(|_| ask(&Uuid::now_v7().to_string(), &app.showtime_id, &["M1"])).collect();
+    let status = app
+        .client
+        .clone()
+        .issue_tickets_batch(pb::IssueTicketsBatchRequest { bookings: too_many })
+        .await
+        .unwrap_err();
+    assert_eq!(ApiError::from_status(&status).code, ErrorCode::BadUserInput, "{status:?}");
+}
