@@ -24,6 +24,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod time;
 pub mod trace;
+pub mod turns;
 
 pub use config::Config;
 pub use error::{ApiError, ErrorCode};

@@ -14,7 +14,6 @@ mod metrics;
 mod saga;
 pub mod settings;
 mod store;
-mod turns;
 
 pub use settings::Settings;
 

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use marquee_kit::batch::Batcher;
+use marquee_kit::turns::Turns;
 use marquee_proto::cinema::v1::GetShowtimeRequest;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::events::v1::{Event, event::Payload};
@@ -28,7 +30,6 @@ use crate::codec::TicketClaims;
 use crate::domain::{self, TicketStatus};
 use crate::keys::Signer;
 use crate::store::{TicketDoc, TicketStore, bson_time};
-use marquee_kit::batch::Batcher;
 
 /// Why an event's work failed, and so whether to try again.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,10 @@ pub struct Issuer {
     reads: Batcher<String, Vec<TicketDoc>, mongodb::error::Error>,
     /// The tickets of bookings issued here lately.
     recent: Recent,
+    /// Per booking: the consumer's event and IssueTickets arrive together, and the
+    /// second waits for the first, then finds its tickets in `recent` instead of
+    /// signing and inserting them again.
+    turns: Turns<Uuid>,
 }
 
 /// How long, and for at most how many bookings, `Recent` remembers tickets.
@@ -183,6 +188,7 @@ impl Issuer {
             cancellations,
             reads,
             recent: Recent::default(),
+            turns: Turns::default(),
         })
     }
 
@@ -196,6 +202,7 @@ impl Issuer {
             Some(Payload::BookingConfirmed(confirmed)) => {
                 let showtime_id =
                     domain::parse_uuid(&confirmed.showtime_id, "showtime id").map_err(permanent)?;
+                let _turn = self.turns.take(booking_id).await;
                 if self.recent.get(booking_id, &confirmed.seat_ids).is_some() {
                     return Ok(Handled::Issued(0));
                 }
@@ -206,6 +213,8 @@ impl Issuer {
                 Handled::Issued(inserted.fresh())
             }
             Some(Payload::BookingCancelled(_)) => {
+                // After an issue running here, so that it cannot remember what this revokes.
+                let _turn = self.turns.take(booking_id).await;
                 self.recent.forget(booking_id);
                 self.store.mark_cancelled(&booking_id.to_string(), now).await?;
                 Handled::Revoked(self.store.revoke_booking(&booking_id.to_string(), now).await?)
@@ -223,6 +232,7 @@ impl Issuer {
         seat_ids: &[String],
         now: DateTime<Utc>,
     ) -> Result<Issued, IssueError> {
+        let _turn = self.turns.take(booking_id).await;
         if let Some(tickets) = self.recent.get(booking_id, seat_ids) {
             return Ok(Issued { fresh: 0, tickets });
         }

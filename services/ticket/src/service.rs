@@ -1,21 +1,20 @@
 //! The `TicketService` gRPC handlers, check-in, and the one error type they return.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use marquee_kit::batch::Batcher;
 use marquee_kit::time::{from_proto, to_proto};
 use marquee_kit::{ApiError, ErrorCode};
 use marquee_proto::ticket::v1 as pb;
+use marquee_types::SeatSelection;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
-
-use std::sync::Arc;
-
-use marquee_types::SeatSelection;
 
 use crate::domain::{self, InvalidInput, Nonce, Outcome, TicketStatus};
 use crate::issue::{IssueError, Issuer};
 use crate::keys::PublicKeys;
 use crate::store::{Admission, CheckInDoc, TicketDoc, TicketStore, bson_time, chrono_time};
-use marquee_kit::batch::Batcher;
 
 const MAX_BOOKINGS_PER_LIST: usize = 100;
 /// As many as one of the notification worker's batches carries.

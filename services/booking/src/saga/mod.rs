@@ -71,7 +71,7 @@ use crate::domain::{BookingId, RefundPolicy, ShowtimeId};
 use crate::drivers::Drivers;
 use crate::error::BookingError;
 use crate::store::BookingStore;
-use crate::turns::Turns;
+use marquee_kit::turns::Turns;
 
 /// What the saga is configured with.
 #[derive(Debug, Clone)]
@@ -107,7 +107,12 @@ pub struct Core {
     outbox_written: Arc<Notify>,
     /// The bookings this process drives a step of right now.
     drivers: Drivers,
-    /// Holds of this process by idempotency key: a repeat waits for the first.
+    /// Holds of this process by idempotency key: a repeat waits for the first. A client
+    /// (or the gateway) that timed out and retried a HoldSeats while the first call
+    /// still ran would otherwise run the whole hold again (slot claim, LockSeats refused
+    /// by its own first attempt, slot release, key lookup): in a rush, when every call
+    /// is slow, those repeats were most of the MongoDB load. Taking turns, the repeat
+    /// runs after the first and finds its booking with one key lookup.
     turns: Turns,
     /// Test hook: the checkpoint fails as if the process died there.
     crash_at: Option<Checkpoint>,

@@ -1,31 +1,36 @@
-//! Per idempotency key turns: calls of this process that carry the same key run one
-//! after the other. A client (or the gateway) that timed out and retried a HoldSeats
-//! while the first call is still running would otherwise run the whole hold again
-//! (slot claim, LockSeats refused by its own first attempt, slot release, key
-//! lookup): in a rush, when every call is slow, those repeats were most of the
-//! MongoDB load. Taking turns, the repeat runs after the first and finds its
-//! booking with one key lookup.
+//! Per key turns: calls of this process that name the same key (an idempotency key, a
+//! booking) run one after the other, so a repeat finds what the first call did
+//! instead of doing it again alongside. Other keys never wait.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::OwnedMutexGuard;
 
+type Locks<K> = HashMap<K, Arc<tokio::sync::Mutex<()>>>;
+
 /// Cheap to clone; clones share the turns.
-#[derive(Clone, Default)]
-pub struct Turns {
-    waiting: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+#[derive(Clone)]
+pub struct Turns<K = String> {
+    waiting: Arc<Mutex<Locks<K>>>,
 }
 
-impl Turns {
-    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+impl<K> Default for Turns<K> {
+    fn default() -> Self {
+        Self { waiting: Arc::new(Mutex::new(HashMap::new())) }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Turns<K> {
+    fn map(&self) -> MutexGuard<'_, Locks<K>> {
         // Nothing is left half-done while the lock is held.
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits until no other call of this process holds `key`'s turn, then holds it
     /// until the returned guard is dropped.
-    pub async fn take(&self, key: String) -> Turn {
+    pub async fn take(&self, key: K) -> Turn<K> {
         let lock = self.map().entry(key.clone()).or_default().clone();
         let guard = lock.clone().lock_owned().await;
         Turn { turns: self.clone(), key, lock, guard: Some(guard) }
@@ -39,14 +44,14 @@ impl Turns {
 }
 
 /// A held turn; dropping it lets the next caller with the same key go.
-pub struct Turn {
-    turns: Turns,
-    key: String,
+pub struct Turn<K: Hash + Eq + Clone = String> {
+    turns: Turns<K>,
+    key: K,
     lock: Arc<tokio::sync::Mutex<()>>,
     guard: Option<OwnedMutexGuard<()>>,
 }
 
-impl Drop for Turn {
+impl<K: Hash + Eq + Clone> Drop for Turn<K> {
     fn drop(&mut self) {
         self.guard.take();
         let mut map = self.turns.map();
@@ -67,7 +72,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn calls_with_one_key_take_turns_and_leave_nothing_behind() {
-        let turns = Turns::default();
+        let turns = Turns::<String>::default();
         let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..16 {
@@ -87,10 +92,10 @@ mod tests {
 
     #[tokio::test]
     async fn other_keys_do_not_wait() {
-        let turns = Turns::default();
-        let _first = turns.take("a".to_owned()).await;
-        // Would never complete if "b" waited for "a".
-        let second = turns.take("b".to_owned()).await;
+        let turns = Turns::<u32>::default();
+        let _first = turns.take(1).await;
+        // Would never complete if 2 waited for 1.
+        let second = turns.take(2).await;
         assert_eq!(turns.keys(), 2);
         drop(second);
         assert_eq!(turns.keys(), 1);
