@@ -17,6 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    marquee_kit::memory::no_transparent_huge_pages();
     marquee_kit::telemetry::install_crypto_provider();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut args = std::env::args().skip(1);

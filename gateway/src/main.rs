@@ -9,6 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    marquee_kit::memory::no_transparent_huge_pages();
     marquee_kit::telemetry::install_crypto_provider();
     let settings = Settings::load()?;
     let telemetry = marquee_kit::telemetry::init(&settings.telemetry);

@@ -36,6 +36,7 @@ const PUBLISH_WINDOW: usize = 2000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    marquee_kit::memory::no_transparent_huge_pages();
     marquee_kit::telemetry::install_crypto_provider();
     let mut args = std::env::args().skip(1);
     let produced: usize =

@@ -17,6 +17,7 @@ const DEFAULT_LIMIT: u32 = 100;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    marquee_kit::memory::no_transparent_huge_pages();
     marquee_kit::telemetry::install_crypto_provider();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let settings = Settings::load()?;
