@@ -98,8 +98,20 @@ async fn issue_batch(
     bookings: Vec<IssueTicketsRequest>,
 ) -> Vec<Result<Vec<Ticket>, LookupError>> {
     let asked = bookings.len();
-    let answers = match tickets.issue_tickets_batch(outgoing(IssueTicketsBatchRequest { bookings })).await {
+    let batch = IssueTicketsBatchRequest { bookings: bookings.clone() };
+    let answers = match tickets.issue_tickets_batch(outgoing(batch)).await {
         Ok(response) => response.into_inner().answers,
+        // A ticket service older than the batch call (a rolling upgrade): one call each.
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            let one = |booking| {
+                let mut tickets = tickets.clone();
+                async move {
+                    let issued = tickets.issue_tickets(outgoing(booking)).await;
+                    Ok(issued.map_err(upstream(ISSUE_CALL))?.into_inner().tickets)
+                }
+            };
+            return futures::future::join_all(bookings.into_iter().map(one)).await;
+        }
         Err(status) => {
             let failed = |_| {
                 Err(LookupError::Upstream {
