@@ -28,7 +28,7 @@ use marquee_proto::events::v1::{
 use marquee_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use marquee_proto::notification::v1::{ListNotificationsRequest, Notification};
 use marquee_proto::ticket::v1::ticket_service_client::TicketServiceClient;
-use marquee_proto::ticket::v1::{ListTicketsRequest, Ticket};
+use marquee_proto::ticket::v1::{self as ticket_pb, ListTicketsRequest, Ticket};
 use marquee_proto::user::v1::user_service_client::UserServiceClient;
 use marquee_proto::user::v1::{NotificationPreferences, RegisterRequest, UpdateProfileRequest};
 use mongodb::Collection;
@@ -1515,4 +1515,101 @@ impl Drop for PrivateRedis {
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
+}
+
+/// A ticket service from before `IssueTicketsBatch` (as during a rolling upgrade): it
+/// answers `IssueTickets` (by asking the real one) and nothing else.
+struct TicketServiceWithoutBatch {
+    real: TicketServiceClient<Channel>,
+}
+
+#[tonic::async_trait]
+impl ticket_pb::ticket_service_server::TicketService for TicketServiceWithoutBatch {
+    async fn issue_tickets(
+        &self,
+        request: tonic::Request<ticket_pb::IssueTicketsRequest>,
+    ) -> Result<tonic::Response<ticket_pb::IssueTicketsResponse>, tonic::Status> {
+        self.real.clone().issue_tickets(request.into_inner()).await
+    }
+
+    async fn issue_tickets_batch(
+        &self,
+        _: tonic::Request<ticket_pb::IssueTicketsBatchRequest>,
+    ) -> Result<tonic::Response<ticket_pb::IssueTicketsBatchResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this version"))
+    }
+
+    async fn list_tickets(
+        &self,
+        _: tonic::Request<ticket_pb::ListTicketsRequest>,
+    ) -> Result<tonic::Response<ticket_pb::ListTicketsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not used here"))
+    }
+
+    async fn list_keys(
+        &self,
+        _: tonic::Request<ticket_pb::ListKeysRequest>,
+    ) -> Result<tonic::Response<ticket_pb::ListKeysResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not used here"))
+    }
+
+    async fn list_revoked(
+        &self,
+        _: tonic::Request<ticket_pb::ListRevokedRequest>,
+    ) -> Result<tonic::Response<ticket_pb::ListRevokedResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not used here"))
+    }
+
+    async fn check_in(
+        &self,
+        _: tonic::Request<ticket_pb::CheckInRequest>,
+    ) -> Result<tonic::Response<ticket_pb::CheckInResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not used here"))
+    }
+}
+
+#[tokio::test]
+async fn a_ticket_service_without_the_batch_call_is_asked_once_per_booking() {
+    use marquee_proto::ticket::v1::ticket_service_server::TicketServiceServer;
+    use tonic::server::NamedService;
+
+    let mut app = spawn_app().await;
+    let old = TicketServiceWithoutBatch { real: app.tickets.clone() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let old_addr = listener.local_addr().unwrap();
+    let registry = marquee_kit::metrics::Registry::new().unwrap();
+    let stop = app.shutdown.clone();
+    tokio::spawn(async move {
+        marquee_kit::grpc::serve(
+            listener,
+            tonic::service::Routes::new(TicketServiceServer::new(old)),
+            <TicketServiceServer<TicketServiceWithoutBatch> as NamedService>::NAME,
+            marquee_kit::readiness::Readiness::default(),
+            &registry,
+            stop,
+            Duration::from_secs(1),
+        )
+        .await
+    });
+    app.stop_worker().await;
+    app.settings.upstream.ticket_url = format!("http://{old_addr}");
+    app.start_worker().await;
+
+    let (bo, _) = app.register("bo").await;
+    let events: Vec<Event> =
+        [["E1"], ["E2"], ["E3"]].iter().map(|seats| app.confirmed_event(&bo, seats)).collect();
+    for event in &events {
+        // Straight to the worker's queue: only its IssueTickets can issue these tickets.
+        let confirm = app.publisher.publish_to_queue(&app.queue(), &event.encode_to_vec()).await;
+        assert!(confirm.await.unwrap().is_ack());
+    }
+    let listed = app.await_notifications(&bo, 3).await;
+    for event in &events {
+        let sent = listed.iter().find(|n| n.event_id == event.event_id).expect("a confirmation per event");
+        let tickets = app.tickets_of(std::slice::from_ref(&event.booking_id)).await;
+        assert_eq!(tickets.len(), 1);
+        assert_eq!(codes_in(&sent.body), codes_of(&tickets), "{}", sent.body);
+    }
+    assert_eq!(app.metric("notification_sent_without_tickets_total").await, 0.0);
+    app.assert_settled_exactly_once(3).await;
 }

@@ -209,6 +209,14 @@ impl TicketServiceImpl {
     }
 }
 
+/// Refuses a request naming more than `max` bookings.
+fn at_most(bookings: usize, max: usize) -> Result<(), Status> {
+    if bookings > max {
+        return Err(ApiError::bad_input(format!("at most {max} bookings at once")).into());
+    }
+    Ok(())
+}
+
 impl TicketServiceImpl {
     /// IssueTickets for one booking: its tickets, issued now unless they were already.
     async fn issue_one(&self, request: pb::IssueTicketsRequest) -> Result<pb::IssueTicketsResponse, Status> {
@@ -239,11 +247,7 @@ impl pb::ticket_service_server::TicketService for TicketServiceImpl {
         request: Request<pb::ListTicketsRequest>,
     ) -> Result<Response<pb::ListTicketsResponse>, Status> {
         let ids = request.into_inner().booking_ids;
-        if ids.len() > MAX_BOOKINGS_PER_LIST {
-            return Err(
-                ApiError::bad_input(format!("at most {MAX_BOOKINGS_PER_LIST} bookings at once")).into()
-            );
-        }
+        at_most(ids.len(), MAX_BOOKINGS_PER_LIST)?;
         let ids = ids
             .iter()
             .map(|id| domain::parse_uuid(id, "booking id").map(|id| id.to_string()))
@@ -267,11 +271,7 @@ impl pb::ticket_service_server::TicketService for TicketServiceImpl {
         request: Request<pb::IssueTicketsBatchRequest>,
     ) -> Result<Response<pb::IssueTicketsBatchResponse>, Status> {
         let bookings = request.into_inner().bookings;
-        if bookings.len() > MAX_BOOKINGS_PER_ISSUE {
-            return Err(
-                ApiError::bad_input(format!("at most {MAX_BOOKINGS_PER_ISSUE} bookings at once")).into()
-            );
-        }
+        at_most(bookings.len(), MAX_BOOKINGS_PER_ISSUE)?;
         // Concurrently, so that the issuer's batching gives them shared MongoDB commands.
         let answers = futures::future::join_all(bookings.into_iter().map(|booking| self.issue_one(booking)))
             .await
