@@ -61,7 +61,10 @@ impl Acks {
     }
 
     /// Sends every acknowledgement reported so far; before closing the channel on
-    /// shutdown, so that finished deliveries are not redelivered.
+    /// shutdown, so that finished deliveries are not redelivered. Not a guarantee: a
+    /// quorum queue holds back a client's settlements beyond a few dozen in flight, and
+    /// those still held back when the connection closes are lost, so the broker
+    /// redelivers those deliveries (the consumers are idempotent).
     pub async fn flush(&self) {
         let (done, flushed) = oneshot::channel();
         if self.reports.send(Report::Flush(done)).is_ok() {
