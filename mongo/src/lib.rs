@@ -6,7 +6,8 @@
 use anyhow::Context;
 use marquee_kit::Secret;
 use marquee_kit::readiness::{Probe, Scope};
-use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::error::{ErrorKind, InsertManyError, WriteFailure};
+use mongodb::results::InsertManyResult;
 use mongodb::{Client, Database};
 use serde::Deserialize;
 
@@ -36,14 +37,53 @@ pub async fn connect(settings: &MongoSettings, service: &str) -> anyhow::Result<
 /// True for a unique-index violation. Matched by code 11000, never by message text.
 pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
     match error.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
         ErrorKind::InsertMany(e) => {
-            e.write_errors.as_ref().is_some_and(|errors| errors.iter().any(|e| e.code == 11000))
+            e.write_errors.as_ref().is_some_and(|errors| errors.iter().any(|e| e.code == DUPLICATE_KEY))
         }
-        ErrorKind::Command(e) => e.code == 11000,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
         _ => false,
     }
 }
+
+/// What an unordered `insert_many` did with one of its documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    /// A unique index already held its key.
+    Duplicate,
+}
+
+/// One outcome per document of an unordered `insert_many` of `count` documents, in
+/// order: inserted, refused as a duplicate, or the error that stopped it. A failure
+/// not tied to documents (the server out of reach, a write concern error) is every
+/// document's.
+pub fn insert_outcomes(
+    result: Result<InsertManyResult, mongodb::error::Error>,
+    count: usize,
+) -> Vec<Result<Inserted, mongodb::error::Error>> {
+    let error = match result {
+        Ok(_) => return vec![Ok(Inserted::New); count],
+        Err(error) => error,
+    };
+    let ErrorKind::InsertMany(InsertManyError {
+        write_errors: Some(failed), write_concern_error: None, ..
+    }) = error.kind.as_ref()
+    else {
+        return vec![Err(error); count];
+    };
+    let mut outcomes = vec![Ok(Inserted::New); count];
+    for failure in failed {
+        if let Some(outcome) = outcomes.get_mut(failure.index) {
+            *outcome =
+                if failure.code == DUPLICATE_KEY { Ok(Inserted::Duplicate) } else { Err(error.clone()) };
+        }
+    }
+    outcomes
+}
+
+/// MongoDB's code for a unique-index violation.
+const DUPLICATE_KEY: i32 = 11000;
 
 /// Readiness: MongoDB answers `ping`.
 pub fn probe(db: &Database, scope: Scope) -> Probe {

@@ -4,8 +4,8 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use marquee_mongo::insert_outcomes;
 use mongodb::bson::{self, doc};
-use mongodb::error::{ErrorKind, InsertManyError};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -13,8 +13,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{PageSize, PageToken, TicketCode, UserId};
-
-const DUPLICATE_KEY: i32 = 11000;
 
 #[derive(Clone)]
 pub struct NotificationStore {
@@ -71,25 +69,13 @@ impl NotificationStore {
     /// Records many at once, one result per document in order: a document recorded
     /// before (same event and channel) counts as recorded.
     pub async fn record_many(&self, docs: &[NotificationDoc]) -> Vec<Result<(), String>> {
-        let error = match self.notifications.insert_many(docs).ordered(false).await {
-            Ok(_) => return vec![Ok(()); docs.len()],
-            Err(error) => error,
-        };
-        if let ErrorKind::InsertMany(InsertManyError {
-            write_errors: Some(failed),
-            write_concern_error: None,
-            ..
-        }) = &*error.kind
-        {
-            let mut results = vec![Ok(()); docs.len()];
-            for failure in failed.iter().filter(|f| f.code != DUPLICATE_KEY) {
-                if let Some(result) = results.get_mut(failure.index) {
-                    *result = Err(format!("cannot record notification: {}", failure.message));
-                }
-            }
-            return results;
-        }
-        vec![Err(format!("cannot record notifications: {error}")); docs.len()]
+        insert_outcomes(self.notifications.insert_many(docs).ordered(false).await, docs.len())
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(_) => Ok(()),
+                Err(error) => Err(format!("cannot record notification: {error}")),
+            })
+            .collect()
     }
 
     /// Whether the message of this event on this medium was recorded (hence sent).

@@ -7,7 +7,9 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use marquee_kit::batch::Batcher;
 use marquee_messaging::outbox::{MongoOutbox, OutboxEvent};
+use marquee_mongo::{Inserted, insert_outcomes};
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
@@ -199,6 +201,8 @@ pub enum Claim {
 #[derive(Clone)]
 pub struct PaymentStore {
     payments: Collection<PaymentDoc>,
+    /// Concurrent charges' inserts, one command per batch.
+    inserts: Batcher<PaymentDoc, Inserted, mongodb::error::Error>,
 }
 
 /// Appends `event` to the outbox in the update being built.
@@ -230,7 +234,17 @@ impl PaymentStore {
                 .build(),
         ];
         payments.create_indexes(indexes).await.context("cannot create payments indexes")?;
-        Ok(Self { payments })
+        let inserts = Batcher::spawn("insert payments", {
+            let payments = payments.clone();
+            move |docs: Vec<PaymentDoc>| {
+                let payments = payments.clone();
+                async move {
+                    let count = docs.len();
+                    insert_outcomes(payments.insert_many(docs).ordered(false).await, count)
+                }
+            }
+        });
+        Ok(Self { payments, inserts })
     }
 
     /// The outbox the relay drains: events live in the payment documents.
@@ -240,9 +254,9 @@ impl PaymentStore {
 
     /// Inserts `payment` unless its idempotency key is taken.
     pub async fn claim(&self, payment: &PaymentDoc) -> anyhow::Result<Claim> {
-        match self.payments.insert_one(payment).await {
-            Ok(_) => Ok(Claim::Created),
-            Err(e) if marquee_mongo::is_duplicate_key(&e) => {
+        match self.inserts.call(payment.clone()).await? {
+            Inserted::New => Ok(Claim::Created),
+            Inserted::Duplicate => {
                 let existing = self
                     .payments
                     .find_one(doc! { "idempotency_key": &payment.idempotency_key })
@@ -251,7 +265,6 @@ impl PaymentStore {
                     .context("duplicate idempotency key but no payment holds it")?;
                 Ok(Claim::Existing(Box::new(existing)))
             }
-            Err(e) => Err(e).context("cannot insert payment"),
         }
     }
 

@@ -15,8 +15,8 @@ use std::collections::{HashMap, HashSet};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use marquee_mongo::{Inserted, insert_outcomes};
 use mongodb::bson::{self, Bson, doc};
-use mongodb::error::{ErrorKind, InsertManyError};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -108,21 +108,6 @@ pub struct TicketStore {
     cancelled: Collection<bson::Document>,
 }
 
-/// MongoDB's code for a unique-index violation.
-const DUPLICATE_KEY: i32 = 11000;
-
-/// The positions of the documents an unordered insert_many did not insert because
-/// they exist already, when duplicates are all that failed; `None` for any other failure.
-fn duplicate_positions(error: &mongodb::error::Error) -> Option<HashSet<usize>> {
-    match error.kind.as_ref() {
-        ErrorKind::InsertMany(e) if e.write_concern_error.is_none() => {
-            let errors = e.write_errors.as_ref()?;
-            errors.iter().all(|e| e.code == DUPLICATE_KEY).then(|| errors.iter().map(|e| e.index).collect())
-        }
-        _ => None,
-    }
-}
-
 impl TicketStore {
     /// Opens the collections and ensures their indexes exist (idempotent).
     pub async fn init(db: &Database) -> anyhow::Result<Self> {
@@ -158,24 +143,23 @@ impl TicketStore {
         bookings: &[Vec<TicketDoc>],
     ) -> Vec<Result<usize, mongodb::error::Error>> {
         let all: Vec<&TicketDoc> = bookings.iter().flatten().collect();
-        let existing = if all.is_empty() {
-            Ok(HashSet::new())
+        let count = all.len();
+        let outcomes = if all.is_empty() {
+            Vec::new()
         } else {
-            match self.tickets.insert_many(all).ordered(false).await {
-                Ok(_) => Ok(HashSet::new()),
-                Err(error) => duplicate_positions(&error).ok_or(error),
-            }
+            insert_outcomes(self.tickets.insert_many(all).ordered(false).await, count)
         };
         let mut start = 0;
         bookings
             .iter()
             .map(|tickets| {
-                let positions = start..start + tickets.len();
-                start = positions.end;
-                match &existing {
-                    Ok(existing) => Ok(positions.filter(|i| !existing.contains(i)).count()),
+                let mine = &outcomes[start..start + tickets.len()];
+                start += tickets.len();
+                mine.iter().try_fold(0, |new, outcome| match outcome {
+                    Ok(Inserted::New) => Ok(new + 1),
+                    Ok(Inserted::Duplicate) => Ok(new),
                     Err(error) => Err(error.clone()),
-                }
+                })
             })
             .collect()
     }
@@ -318,26 +302,19 @@ impl TicketStore {
         &self,
         records: Vec<CheckInDoc>,
     ) -> Vec<Result<Option<CheckInDoc>, mongodb::error::Error>> {
-        let error = match self.check_ins.insert_many(&records).ordered(false).await {
-            Ok(_) => return vec![Ok(None); records.len()],
-            Err(error) => error,
-        };
-        let ErrorKind::InsertMany(InsertManyError {
-            write_errors: Some(failed),
-            write_concern_error: None,
-            ..
-        }) = error.kind.as_ref()
-        else {
-            return vec![Err(error); records.len()];
-        };
-        let mut answers = vec![Ok(None); records.len()];
+        let outcomes =
+            insert_outcomes(self.check_ins.insert_many(&records).ordered(false).await, records.len());
+        let mut answers = Vec::with_capacity(records.len());
         let mut repeated = Vec::new();
-        for failure in failed {
-            match answers.get_mut(failure.index) {
-                Some(_) if failure.code == DUPLICATE_KEY => repeated.push(failure.index),
-                Some(answer) => *answer = Err(error.clone()),
-                None => {}
-            }
+        for (index, outcome) in outcomes.into_iter().enumerate() {
+            answers.push(match outcome {
+                Ok(Inserted::New) => Ok(None),
+                Ok(Inserted::Duplicate) => {
+                    repeated.push(index);
+                    Ok(None)
+                }
+                Err(error) => Err(error),
+            });
         }
         if repeated.is_empty() {
             return answers;

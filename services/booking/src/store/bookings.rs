@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use marquee_mongo::Inserted;
 use mongodb::bson::{self, Document, doc};
 
 use super::document::{BookingDoc, bson_time};
@@ -36,16 +37,14 @@ impl BookingStore {
         document.insert("outbox", vec![event.entry()]);
         document.insert("pending_events", vec![event.event_id.to_string()]);
         document.insert("unsent_events", 1_i32);
-        match self.bookings.clone_with_type::<Document>().insert_one(document).await {
-            Ok(_) => Ok(()),
-            Err(e) if marquee_mongo::is_duplicate_key(&e) => Err(InsertError::DuplicateKey),
-            Err(e) => Err(anyhow::Error::new(e).context("cannot insert booking").into()),
+        match self.batches.inserts.call(document).await.context("cannot insert booking")? {
+            Inserted::New => Ok(()),
+            Inserted::Duplicate => Err(InsertError::DuplicateKey),
         }
     }
 
     pub async fn find(&self, id: BookingId) -> anyhow::Result<Option<Booking>> {
-        let found =
-            self.bookings.find_one(doc! { "_id": id.to_string() }).await.context("cannot load booking")?;
+        let found = self.batches.by_id.call(id.to_string()).await.context("cannot load booking")?;
         found.map(BookingDoc::into_booking).transpose()
     }
 
@@ -54,11 +53,7 @@ impl BookingStore {
         user_id: UserId,
         key: &IdempotencyKey,
     ) -> anyhow::Result<Option<Booking>> {
-        let found = self
-            .bookings
-            .find_one(doc! { "user_id": user_id.to_string(), "idempotency_key": key.as_str() })
-            .await
-            .context("cannot look up booking by idempotency key")?;
+        let found = self.batches.by_key.call((user_id.to_string(), key.as_str().to_owned())).await?;
         found.map(BookingDoc::into_booking).transpose()
     }
 

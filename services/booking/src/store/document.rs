@@ -15,20 +15,20 @@ pub(super) fn money_bson(money: &Money) -> Document {
     doc! { "amount_minor": money.amount_minor(), "currency": money.currency() }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct MoneyDoc {
     amount_minor: i64,
     currency: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct SeatDoc {
     seat_id: String,
     category: String,
     price: MoneyDoc,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct RefundDoc {
     cause: RefundCause,
     amount: MoneyDoc,
@@ -39,7 +39,7 @@ struct RefundDoc {
     at: Option<bson::DateTime>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct StepDoc {
     step: String,
     outcome: String,
@@ -50,7 +50,7 @@ struct StepDoc {
 
 /// The booking fields reads need; the outbox stays in the document but is only
 /// ever appended to.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct BookingDoc {
     #[serde(rename = "_id")]
     id: String,
@@ -87,6 +87,17 @@ pub(super) struct BookingDoc {
     lease_until: Option<bson::DateTime>,
     #[serde(default, rename = "saga", skip_serializing)]
     history: Vec<StepDoc>,
+}
+
+impl BookingDoc {
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The user and idempotency key the booking answers.
+    pub(super) fn key(&self) -> (&str, &str) {
+        (&self.user_id, &self.idempotency_key)
+    }
 }
 
 pub(super) fn bson_time(at: DateTime<Utc>) -> bson::DateTime {

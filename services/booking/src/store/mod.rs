@@ -7,6 +7,7 @@
 //! bookings, `transition` writes their state changes, `slots` keeps the hold slots,
 //! `stats` counts what `/metrics` shows and `document` is how a booking is stored.
 
+mod batched;
 mod bookings;
 mod document;
 mod slots;
@@ -21,6 +22,7 @@ use mongodb::bson::{Document, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 
+use self::batched::Batches;
 pub use self::bookings::InsertError;
 use self::document::BookingDoc;
 pub use self::slots::SlotClaim;
@@ -36,6 +38,8 @@ pub struct BookingStore {
     /// How long after its claim a hold slot with no booking written counts as the
     /// record of a hold that died, whose seats recovery releases.
     slot_grace: chrono::Duration,
+    /// Concurrent calls' lookups, inserts and slot commands, one command per batch.
+    batches: Batches,
 }
 
 impl BookingStore {
@@ -60,7 +64,9 @@ impl BookingStore {
         let lease = chrono::Duration::from_std(lease).context("booking.saga_lease_ms is out of range")?;
         let slot_grace =
             chrono::Duration::from_std(slot_grace).context("booking.hold_slot_grace_ms is out of range")?;
-        Ok(Self { bookings, slots: db.collection("hold_slots"), lease, slot_grace })
+        let slots = db.collection(batched::SLOTS);
+        let batches = Batches::spawn(db, &bookings, &slots);
+        Ok(Self { bookings, slots, lease, slot_grace, batches })
     }
 
     /// The outbox the relay drains: events live in the booking documents.

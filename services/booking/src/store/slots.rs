@@ -6,6 +6,7 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use marquee_mongo::Inserted;
 use mongodb::bson::{Document, doc};
 
 use super::BookingStore;
@@ -53,10 +54,8 @@ impl BookingStore {
         };
         for n in 0..limit {
             let id = slot_id(user_id, showtime_id, n);
-            match self.slots.insert_one(claim(&id)).await {
-                Ok(_) => return Ok(Some(id)),
-                Err(e) if marquee_mongo::is_duplicate_key(&e) => {}
-                Err(e) => return Err(anyhow::Error::new(e).context("cannot claim a hold slot")),
+            if self.batches.slot_claims.call(claim(&id)).await? == Inserted::New {
+                return Ok(Some(id));
             }
         }
         for n in 0..limit {
@@ -146,10 +145,6 @@ impl BookingStore {
 
     /// Gives a slot back; a no-op unless `booking_id` still holds it.
     pub async fn free_slot(&self, slot: &str, booking_id: BookingId) -> anyhow::Result<()> {
-        self.slots
-            .delete_one(doc! { "_id": slot, "booking_id": booking_id.to_string() })
-            .await
-            .context("cannot free a hold slot")?;
-        Ok(())
+        self.batches.slot_frees.call((slot.to_owned(), booking_id.to_string())).await
     }
 }

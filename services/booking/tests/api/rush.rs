@@ -165,3 +165,75 @@ async fn a_rush_of_256_clients_never_books_a_seat_twice_and_charges_each_confirm
         }
     }
 }
+
+/// The lookups, inserts and slot commands of concurrent holds go out in batches: each
+/// hold must still get its own answer, and each refused hold give back its own slot.
+#[tokio::test]
+async fn concurrent_holds_sharing_batches_each_get_their_own_answer_and_slot() {
+    const USERS: usize = 48;
+    let app = spawn_app().await;
+    let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 1), ("B", 50), ("C", 50)]).await;
+    let users: Vec<String> =
+        futures::stream::iter(0..USERS).map(|_| app.register()).buffer_unordered(16).collect().await;
+    let hot = vec!["A1".to_owned()];
+
+    // Every user asks twice at once for the one hot seat, under the same key.
+    let answers = futures::future::join_all(users.iter().flat_map(|user| {
+        let (app, showtime, hot) = (&app, &showtime, &hot);
+        [0, 1].map(move |_| async move { (user.clone(), app.hold(user, showtime, hot, "hot").await) })
+    }))
+    .await;
+    let won: Vec<&(String, Result<Booking, ApiError>)> = answers.iter().filter(|(_, a)| a.is_ok()).collect();
+    assert_eq!(won.len(), 2, "one user's hold and its repeat win: {answers:?}");
+    let winner = won[0].0.clone();
+    let hot_booking = won[0].1.as_ref().unwrap();
+    assert!(won.iter().all(|(user, a)| *user == winner && a.as_ref().unwrap().id == hot_booking.id));
+    assert_eq!(hot_booking.user_id, winner);
+    for (_, refused) in answers.iter().filter_map(|(user, a)| a.as_ref().err().map(|e| (user, e))) {
+        assert_eq!(refused.code, ErrorCode::SeatUnavailable, "{refused:?}");
+        assert_eq!(refused.meta_list("seat_ids"), ["A1"]);
+    }
+
+    // Refused holds gave their slots back: every loser may still hold two bookings
+    // (the limit), the winner only one more. Then the same requests again answer the
+    // same bookings.
+    let first = hold_two_each(&app, &showtime, &users).await;
+    for ((user, key), answer) in &first {
+        if *user == winner {
+            continue;
+        }
+        assert!(answer.is_ok(), "{user} {key}: {answer:?}");
+    }
+    let winner_held = ["b", "c"].iter().filter(|key| first[&(winner.clone(), **key)].is_ok()).count();
+    assert_eq!(winner_held, 1, "{first:?}");
+    let again = hold_two_each(&app, &showtime, &users).await;
+    for (held, answer) in &first {
+        match answer {
+            Ok(id) => assert_eq!(again[held].as_ref().ok(), Some(id), "{held:?}"),
+            Err(refused) => assert_eq!(refused.code, ErrorCode::Conflict, "{held:?}: {refused:?}"),
+        }
+    }
+
+    let bookings = app.collection("booking", "bookings").await;
+    let stored = bookings.count_documents(doc! { "showtime_id": &showtime }).await.unwrap();
+    assert_eq!(stored, 1 + 2 * (USERS as u64 - 1) + 1);
+    let slots = app.collection("booking", "hold_slots").await;
+    let claimed = slots.count_documents(doc! { "showtime_id": &showtime }).await.unwrap();
+    assert_eq!(claimed, stored, "one slot per active hold, none left by a refused one");
+}
+
+/// User `n` holds seat B{n+1} under key "b" and C{n+1} under key "c", all users at once:
+/// each answer (its booking id) by user and key.
+async fn hold_two_each(
+    app: &TestApp,
+    showtime: &str,
+    users: &[String],
+) -> HashMap<(String, &'static str), Result<String, ApiError>> {
+    let holds = users.iter().enumerate().flat_map(|(n, user)| {
+        [("B", "b"), ("C", "c")].map(move |(row, key)| async move {
+            let seat = vec![format!("{row}{}", n + 1)];
+            ((user.clone(), key), app.hold(user, showtime, &seat, key).await.map(|b| b.id))
+        })
+    });
+    futures::future::join_all(holds).await.into_iter().collect()
+}

@@ -1,0 +1,125 @@
+//! The commands of concurrent holds and pays sent together (`marquee_kit::batch`): in a
+//! flash sale most holds are refused, and each one still looks up its idempotency key,
+//! claims a hold slot and gives it back. Batched, a burst of them costs a few commands
+//! instead of several each, and a lone call still goes out at once.
+
+use std::collections::HashMap;
+
+use futures::TryStreamExt;
+use marquee_kit::batch::Batcher;
+use marquee_mongo::{Inserted, insert_outcomes};
+use mongodb::bson::{Document, doc};
+use mongodb::error::Error;
+use mongodb::{Collection, Database};
+
+use super::document::BookingDoc;
+
+/// The collection of hold slots.
+pub(super) const SLOTS: &str = "hold_slots";
+
+/// A user's id and an idempotency key, as stored.
+pub(super) type Key = (String, String);
+
+#[derive(Clone)]
+pub(super) struct Batches {
+    /// Bookings by id.
+    pub by_id: Batcher<String, Option<BookingDoc>, Error>,
+    /// Bookings by user and idempotency key.
+    pub by_key: Batcher<Key, Option<BookingDoc>, Error>,
+    /// New booking documents.
+    pub inserts: Batcher<Document, Inserted, Error>,
+    /// New hold slot claims.
+    pub slot_claims: Batcher<Document, Inserted, Error>,
+    /// Slots given back: (slot, booking id), each deleted only while that booking holds it.
+    pub slot_frees: Batcher<(String, String), (), Error>,
+}
+
+impl Batches {
+    pub fn spawn(db: &Database, bookings: &Collection<BookingDoc>, slots: &Collection<Document>) -> Self {
+        Self {
+            by_id: Batcher::spawn("look up bookings", {
+                let bookings = bookings.clone();
+                move |ids: Vec<String>| find_by_ids(bookings.clone(), ids)
+            }),
+            by_key: Batcher::spawn("look up bookings by idempotency key", {
+                let bookings = bookings.clone();
+                move |keys: Vec<Key>| find_by_keys(bookings.clone(), keys)
+            }),
+            inserts: Batcher::spawn("insert bookings", {
+                let bookings = bookings.clone_with_type::<Document>();
+                move |docs: Vec<Document>| insert(bookings.clone(), docs)
+            }),
+            slot_claims: Batcher::spawn("claim hold slots", {
+                let slots = slots.clone();
+                move |docs: Vec<Document>| insert(slots.clone(), docs)
+            }),
+            slot_frees: Batcher::spawn("free hold slots", {
+                let db = db.clone();
+                move |frees: Vec<(String, String)>| free(db.clone(), frees)
+            }),
+        }
+    }
+}
+
+async fn find_by_ids(
+    bookings: Collection<BookingDoc>,
+    ids: Vec<String>,
+) -> Vec<Result<Option<BookingDoc>, Error>> {
+    let filter = match ids.as_slice() {
+        [id] => doc! { "_id": id },
+        _ => doc! { "_id": { "$in": &ids } },
+    };
+    match find(&bookings, filter).await {
+        Ok(found) => {
+            let found: HashMap<&str, &BookingDoc> = found.iter().map(|doc| (doc.id(), doc)).collect();
+            ids.iter().map(|id| Ok(found.get(id.as_str()).map(|&doc| doc.clone()))).collect()
+        }
+        Err(error) => vec![Err(error); ids.len()],
+    }
+}
+
+async fn find_by_keys(
+    bookings: Collection<BookingDoc>,
+    keys: Vec<Key>,
+) -> Vec<Result<Option<BookingDoc>, Error>> {
+    let each = |(user_id, key): &Key| doc! { "user_id": user_id, "idempotency_key": key };
+    let filter = match keys.as_slice() {
+        [one] => each(one),
+        _ => doc! { "$or": keys.iter().map(each).collect::<Vec<_>>() },
+    };
+    match find(&bookings, filter).await {
+        Ok(found) => {
+            let found: HashMap<(&str, &str), &BookingDoc> =
+                found.iter().map(|doc| (doc.key(), doc)).collect();
+            keys.iter()
+                .map(|(user_id, key)| {
+                    Ok(found.get(&(user_id.as_str(), key.as_str())).map(|&doc| doc.clone()))
+                })
+                .collect()
+        }
+        Err(error) => vec![Err(error); keys.len()],
+    }
+}
+
+async fn find(bookings: &Collection<BookingDoc>, filter: Document) -> Result<Vec<BookingDoc>, Error> {
+    bookings.find(filter).await?.try_collect().await
+}
+
+async fn insert(collection: Collection<Document>, docs: Vec<Document>) -> Vec<Result<Inserted, Error>> {
+    let count = docs.len();
+    insert_outcomes(collection.insert_many(docs).ordered(false).await, count)
+}
+
+/// One `delete` command with a statement per slot: each finds its slot by id (a
+/// `delete_many` over an `$or` of them is a collection scan on secantusd-rs).
+async fn free(db: Database, frees: Vec<(String, String)>) -> Vec<Result<(), Error>> {
+    let deletes: Vec<Document> = frees
+        .iter()
+        .map(|(slot, booking_id)| doc! { "q": { "_id": slot, "booking_id": booking_id }, "limit": 1 })
+        .collect();
+    let command = doc! { "delete": SLOTS, "deletes": deletes, "ordered": false };
+    match db.run_command(command).await {
+        Ok(_) => vec![Ok(()); frees.len()],
+        Err(error) => vec![Err(error); frees.len()],
+    }
+}
