@@ -3,13 +3,18 @@
 //! section, connecting to a service's own database, the readiness probe, and telling
 //! an unreachable server (UNAVAILABLE, worth retrying) from any other failure.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
+use futures::TryStreamExt;
 use marquee_kit::Secret;
 use marquee_kit::readiness::{Probe, Scope};
+use mongodb::bson::doc;
 use mongodb::error::{ErrorKind, InsertManyError, WriteFailure};
 use mongodb::results::InsertManyResult;
-use mongodb::{Client, Database};
+use mongodb::{Client, Collection, Database};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 /// `[mongo]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -80,6 +85,31 @@ pub fn insert_outcomes(
         }
     }
     outcomes
+}
+
+/// Per id, in order, the document with that `_id` or `None`: one `find` for all of
+/// them (a [`marquee_kit::batch::Batcher`] batch of lookups). `id_of` reads a found
+/// document's `_id`.
+pub async fn find_each<T>(
+    collection: &Collection<T>,
+    ids: &[String],
+    id_of: impl Fn(&T) -> &str,
+) -> Vec<Result<Option<T>, mongodb::error::Error>>
+where
+    T: DeserializeOwned + Clone + Send + Sync,
+{
+    let filter = match ids {
+        [id] => doc! { "_id": id },
+        _ => doc! { "_id": { "$in": ids } },
+    };
+    let found: Result<Vec<T>, _> = async { collection.find(filter).await?.try_collect().await }.await;
+    match found {
+        Ok(found) => {
+            let found: HashMap<&str, &T> = found.iter().map(|doc| (id_of(doc), doc)).collect();
+            ids.iter().map(|id| Ok(found.get(id.as_str()).map(|&doc| doc.clone()))).collect()
+        }
+        Err(error) => vec![Err(error); ids.len()],
+    }
 }
 
 /// MongoDB's code for a unique-index violation.

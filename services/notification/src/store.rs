@@ -68,13 +68,11 @@ impl NotificationStore {
 
     /// Records many at once, one result per document in order: a document recorded
     /// before (same event and channel) counts as recorded.
-    pub async fn record_many(&self, docs: &[NotificationDoc]) -> Vec<Result<(), String>> {
-        insert_outcomes(self.notifications.insert_many(docs).ordered(false).await, docs.len())
+    pub async fn record_many(&self, docs: Vec<NotificationDoc>) -> Vec<Result<(), mongodb::error::Error>> {
+        let count = docs.len();
+        insert_outcomes(self.notifications.insert_many(docs).ordered(false).await, count)
             .into_iter()
-            .map(|outcome| match outcome {
-                Ok(_) => Ok(()),
-                Err(error) => Err(format!("cannot record notification: {error}")),
-            })
+            .map(|outcome| outcome.map(drop))
             .collect()
     }
 

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use marquee_auth::Role;
+use marquee_kit::batch::Batcher;
 use mongodb::bson::{self, doc};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
@@ -68,6 +69,8 @@ pub struct Profile {
 #[derive(Clone)]
 pub struct UserStore {
     users: Collection<UserDoc>,
+    /// Concurrent lookups by id (other services' GetUser), one find per batch.
+    by_id: Batcher<String, Option<UserDoc>, mongodb::error::Error>,
 }
 
 impl UserStore {
@@ -79,7 +82,14 @@ impl UserStore {
             .options(IndexOptions::builder().unique(true).name("users_email_unique".to_owned()).build())
             .build();
         users.create_index(unique_email).await.context("cannot create users.email index")?;
-        Ok(Self { users })
+        let by_id = Batcher::spawn("look up users by id", {
+            let users = users.clone();
+            move |ids: Vec<String>| {
+                let users = users.clone();
+                async move { marquee_mongo::find_each(&users, &ids, |user| user.id.as_str()).await }
+            }
+        });
+        Ok(Self { users, by_id })
     }
 
     pub async fn insert(&self, user: &UserDoc) -> anyhow::Result<Inserted> {
@@ -95,7 +105,7 @@ impl UserStore {
     }
 
     pub async fn find_by_id(&self, id: UserId) -> anyhow::Result<Option<UserDoc>> {
-        self.users.find_one(doc! { "_id": id.to_string() }).await.context("cannot look up user by id")
+        self.by_id.call(id.to_string()).await
     }
 
     /// Writes `profile` if the stored phone is still `expected_phone`: the profile was

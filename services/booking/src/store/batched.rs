@@ -39,7 +39,10 @@ impl Batches {
         Self {
             by_id: Batcher::spawn("look up bookings", {
                 let bookings = bookings.clone();
-                move |ids: Vec<String>| find_by_ids(bookings.clone(), ids)
+                move |ids: Vec<String>| {
+                    let bookings = bookings.clone();
+                    async move { marquee_mongo::find_each(&bookings, &ids, BookingDoc::id).await }
+                }
             }),
             by_key: Batcher::spawn("look up bookings by idempotency key", {
                 let bookings = bookings.clone();
@@ -58,23 +61,6 @@ impl Batches {
                 move |frees: Vec<(String, String)>| free(db.clone(), frees)
             }),
         }
-    }
-}
-
-async fn find_by_ids(
-    bookings: Collection<BookingDoc>,
-    ids: Vec<String>,
-) -> Vec<Result<Option<BookingDoc>, Error>> {
-    let filter = match ids.as_slice() {
-        [id] => doc! { "_id": id },
-        _ => doc! { "_id": { "$in": &ids } },
-    };
-    match find(&bookings, filter).await {
-        Ok(found) => {
-            let found: HashMap<&str, &BookingDoc> = found.iter().map(|doc| (doc.id(), doc)).collect();
-            ids.iter().map(|id| Ok(found.get(id.as_str()).map(|&doc| doc.clone()))).collect()
-        }
-        Err(error) => vec![Err(error); ids.len()],
     }
 }
 
