@@ -1,7 +1,8 @@
 //! The worker's queues, declared on every (re)connect, idempotently:
 //!
-//! - `<queue>`: the quorum work queue, bound to `booking.*` and `payment.*` on the
-//!   events exchange. A message delivered `delivery_limit` times without ever being
+//! - `<queue>`: the quorum work queue, bound on the events exchange to the event types
+//!   somebody is notified about (`Notice::EVENT_TYPES`; the others, a booking held or a
+//!   payment succeeded, never reach it). A message delivered `delivery_limit` times without ever being
 //!   settled (the worker crashed holding it) is dead-lettered by the broker.
 //! - `<queue>.retry.<ms>`: one delay queue per backoff step. The worker republishes
 //!   an event whose dependency is down there; when its per-message TTL runs out the
@@ -21,10 +22,12 @@ use lapin::{Channel as AmqpChannel, Connection, ExchangeKind};
 use marquee_messaging::RabbitSettings;
 use marquee_messaging::rabbit::short_name;
 
+use crate::domain::Notice;
 use crate::retry::{RetryPolicy, delay_queue};
 
-/// The events the queue receives; those nobody is notified about are acked and skipped.
-const BINDINGS: [&str; 2] = ["booking.*", "payment.*"];
+/// What versions before 2026-12-05 bound the queue to: every booking and payment
+/// event, most of which notify nobody. Unbound at start (a no-op once gone).
+const WIDE_BINDINGS: [&str; 2] = ["booking.*", "payment.*"];
 
 /// The names derived from the configured work queue.
 #[derive(Clone, Debug)]
@@ -164,17 +167,23 @@ impl Topology {
                 .with_context(|| format!("cannot declare the delay queue {name}"))?;
         }
         let exchange = short_name(&names.exchange, "rabbitmq.exchange")?;
-        for pattern in BINDINGS {
+        for event_type in Notice::EVENT_TYPES {
             consume
                 .queue_bind(
                     queue.clone(),
                     exchange.clone(),
-                    pattern.into(),
+                    event_type.into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
                 .await
-                .with_context(|| format!("cannot bind the notification queue to {pattern}"))?;
+                .with_context(|| format!("cannot bind the notification queue to {event_type}"))?;
+        }
+        for pattern in WIDE_BINDINGS {
+            consume
+                .queue_unbind(queue.clone(), exchange.clone(), pattern.into(), FieldTable::default())
+                .await
+                .with_context(|| format!("cannot unbind the notification queue from {pattern}"))?;
         }
         consume
             .basic_qos(prefetch, BasicQosOptions::default())
