@@ -168,7 +168,7 @@ fn mongo_summary(ops: &Value) -> String {
     }
     let mut head = String::from("| |");
     let mut rule = String::from("|---|");
-    let (mut during, mut per) = (String::from("| commands |"), String::from("| per confirmed booking |"));
+    let (mut during, mut per) = (String::from("| counted |"), String::from("| per confirmed booking |"));
     for bucket in mongo_ops::BUCKETS.iter().chain(&["total"]) {
         head.push_str(&format!(" {bucket} |"));
         rule.push_str("---|");
@@ -176,9 +176,10 @@ fn mongo_summary(ops: &Value) -> String {
         per.push_str(&format!(" {} |", report::cell(&ops["per_confirmed_booking"][bucket])));
     }
     format!(
-        "Commands the MongoDB-wire server (secantusd-rs) counted in `serverStatus` `opcounters`\n\
+        "What the MongoDB-wire server (secantusd-rs) counted in `serverStatus` `opcounters`\n\
          over the same window (server-wide: every client, including the drivers' monitoring\n\
-         `hello`s in `command`):\n\n{head}\n{rule}\n{during}\n{per}\n"
+         `hello`s in `command`; an `insert` or a `find` counts once however many documents it\n\
+         carries, an `update` or a `delete` once per statement):\n\n{head}\n{rule}\n{during}\n{per}\n"
     )
 }
 
