@@ -31,10 +31,7 @@ impl Config for Settings {
 
 const MESSAGES: usize = 300;
 /// Never reported: the consumer "crashed" while handling it. Near the end, so that few
-/// deliveries above it are acked one by one: a quorum queue holds back a client's
-/// settlements beyond a few dozen in flight, and those still held back when the
-/// connection closes are lost (the broker redelivers them, which is harmless for an
-/// idempotent consumer but not what this test checks).
+/// deliveries above it are acked one by one.
 const UNFINISHED: usize = 290;
 /// Rejected by the consumer itself (reported `settled`).
 const REJECTED: usize = 150;
@@ -65,17 +62,7 @@ async fn finished_deliveries_are_settled_and_an_unfinished_one_comes_back_alone(
     let (publisher, channel) = open(&settings.rabbitmq, &queue).await;
     channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     for n in 0..MESSAGES {
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                n.to_string().as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap();
-        assert!(confirm.await.unwrap().is_ack());
+        publish(&channel, &queue, &n.to_string()).await;
     }
     publisher.close(200, "OK".into()).await.unwrap();
 
@@ -113,17 +100,54 @@ async fn finished_deliveries_are_settled_and_an_unfinished_one_comes_back_alone(
         handled.unwrap();
     }
     acks.flush().await;
-    // A round trip on the channel: the broker has taken every ack sent before its answer.
-    channel.basic_qos(MESSAGES as u16, BasicQosOptions::default()).await.unwrap();
+    // A quorum queue applies settlements asynchronously, and those still on their way
+    // when the connection closes are lost (the broker redelivers them). It delivers
+    // beyond the prefetch window only what settlements made room for: once every filler
+    // has arrived, it has applied every settlement sent.
+    let (publisher, filling) = open(&settings.rabbitmq, &queue).await;
+    filling.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let fillers = MESSAGES - 1;
+    for n in 0..fillers {
+        publish(&filling, &queue, &format!("{FILLER}{n}")).await;
+    }
+    publisher.close(200, "OK".into()).await.unwrap();
+    for _ in 0..fillers {
+        let filler = tokio::time::timeout(Duration::from_secs(10), deliveries.next())
+            .await
+            .expect("the broker stopped delivering: a settlement never reached the queue")
+            .unwrap()
+            .unwrap();
+        assert!(filler.data.starts_with(FILLER.as_bytes()), "delivered twice while consuming");
+    }
     connection.close(200, "OK".into()).await.unwrap();
 
-    // Whatever was not settled is back in the queue: only the unfinished one.
+    // Whatever was not settled is back in the queue: the fillers and the unfinished one.
     let (connection, channel) = open(&settings.rabbitmq, &queue).await;
-    let mut again = consume(&channel, &queue, 10).await;
+    let mut again = consume(&channel, &queue, (MESSAGES * 2) as u16).await;
     let mut back = Vec::new();
     while let Ok(Some(delivery)) = tokio::time::timeout(Duration::from_secs(2), again.next()).await {
         back.push(String::from_utf8(delivery.unwrap().data).unwrap());
     }
+    let (fillers_back, back): (Vec<String>, Vec<String>) =
+        back.into_iter().partition(|m| m.starts_with(FILLER));
+    assert_eq!(fillers_back.len(), fillers);
     assert_eq!(back, vec![UNFINISHED.to_string()], "redelivered after the consumer closed");
     connection.close(200, "OK".into()).await.unwrap();
+}
+
+/// Messages published after the test's to learn when the queue applied its settlements.
+const FILLER: &str = "filler-";
+
+async fn publish(channel: &Channel, queue: &str, body: &str) {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap();
+    assert!(confirm.await.unwrap().is_ack());
 }
