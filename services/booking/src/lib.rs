@@ -138,6 +138,8 @@ impl Application {
         let tiers: Vec<(i64, u8)> = config.refund_tiers.iter().map(|t| (t.hours_before, t.percent)).collect();
         let saga_settings = SagaSettings {
             hold_ttl_seconds: config.hold_ttl_seconds,
+            extend_hold_below: chrono::Duration::try_seconds(config.extend_hold_below_seconds)
+                .context("booking.extend_hold_below_seconds is out of range")?,
             max_active_holds: config.max_active_holds_per_showtime.max(1),
             charge_retry: Retry {
                 attempts: config.charge_attempts.max(1),

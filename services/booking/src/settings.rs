@@ -45,6 +45,10 @@ pub struct BookingSettings {
     /// Where Prometheus scrapes `/metrics` (on `host`); 0 picks a free port (tests).
     pub metrics_port: u16,
     pub hold_ttl_seconds: i32,
+    /// PayBooking extends a hold (once) only when less than this is left of it: a hold
+    /// paid early has time enough for its charge, and the extension would cost a call
+    /// to cinema and a seat write for nothing.
+    pub extend_hold_below_seconds: i64,
     pub outbox_poll_ms: u64,
     pub outbox_lease_ms: u64,
     /// Charge calls per payment attempt when payment answers UNAVAILABLE (same key).

@@ -77,6 +77,8 @@ use marquee_kit::turns::Turns;
 #[derive(Debug, Clone)]
 pub struct SagaSettings {
     pub hold_ttl_seconds: i32,
+    /// A pay extends the hold only when less than this is left of it.
+    pub extend_hold_below: chrono::Duration,
     pub max_active_holds: u32,
     pub charge_retry: Retry,
     pub upstream_retry: Retry,

@@ -40,15 +40,18 @@ impl Saga {
         }
     }
 
-    /// CHARGING: extend the hold once, charge under the booking's key, then confirm at
-    /// once, however long the charge took (the lease is kept while the step runs). What
-    /// the step learns along the way rides along with the write that ends it. If the
-    /// process dies before that write, recovery runs the step again, which is harmless:
-    /// cinema answers a second extension as already done, and a charge repeated under
-    /// the booking's key returns the first result.
+    /// CHARGING: extend the hold once if little of it is left, charge under the
+    /// booking's key, then confirm at once, however long the charge took (the lease is
+    /// kept while the step runs). What the step learns along the way rides along with
+    /// the write that ends it. If the process dies before that write, recovery runs the
+    /// step again, which is harmless: cinema answers a second extension as already
+    /// done, and a charge repeated under the booking's key returns the first result.
     async fn charge_step(&self, booking: Booking) -> Result<Booking, BookingError> {
         let record = if booking.hold_extended {
             Transition::to(BookingStatus::Charging)
+        } else if booking.expires_at - Utc::now() >= self.settings.extend_hold_below {
+            // Time enough for the charge (and for another try should this one fail).
+            Transition::to(BookingStatus::Charging).step(Step::ExtendHold, "not_needed")
         } else {
             self.extend_hold(&booking).await?
         };

@@ -224,3 +224,38 @@ async fn a_paid_booking_is_written_three_times_even_when_its_charge_outlasts_the
     assert_eq!(stored.get("lease_until"), Some(&mongodb::bson::Bson::Null), "{stored:?}");
     node.kill().await;
 }
+
+#[tokio::test]
+async fn a_pay_extends_the_hold_only_when_little_of_it_is_left() {
+    let app = spawn_app_with(|settings| settings.booking.sweep_interval_ms = 0).await;
+    let user_id = app.register().await;
+    let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 4)]).await;
+    let expires = |booking: &Booking| booking.expires_at.unwrap().seconds;
+
+    // 8 minutes left, 5 asked for: the charge has time enough, cinema is not asked.
+    let mut settings = app.settings.clone();
+    settings.booking.extend_hold_below_seconds = 300;
+    settings.booking.hold_ttl_seconds = 480;
+    let node = BookingNode::start(&settings, &app.shutdown, None).await;
+    let held = hold_on(&node.client, &user_id, &showtime, &row("A", 2), "early").await.unwrap();
+    let paid = pay_on(&node.client, &held, "pm_card_ok").await.unwrap();
+    assert_eq!(paid.status(), BookingStatus::Confirmed);
+    assert!(steps(&paid).contains(&"extend_hold:not_needed".to_owned()), "{:?}", steps(&paid));
+    assert_eq!(expires(&paid), expires(&held));
+    let stored = app.stored_booking(&held.id).await;
+    assert!(!stored.get_bool("hold_extended").unwrap(), "{stored:?}");
+    assert_eq!(stored.get_i64("version").unwrap(), 3, "{stored:?}");
+    node.kill().await;
+
+    // 4 minutes left, 5 asked for: extended once, by cinema's extension.
+    settings.booking.hold_ttl_seconds = 240;
+    let node = BookingNode::start(&settings, &app.shutdown, None).await;
+    let held = hold_on(&node.client, &user_id, &showtime, &row("A", 4)[2..], "late").await.unwrap();
+    let paid = pay_on(&node.client, &held, "pm_card_ok").await.unwrap();
+    assert_eq!(paid.status(), BookingStatus::Confirmed);
+    assert_eq!(steps(&paid), PAID_STEPS);
+    let extension = i64::from(app.settings.cinema.hold_extension_seconds);
+    assert_eq!(expires(&paid), expires(&held) + extension);
+    assert!(app.stored_booking(&held.id).await.get_bool("hold_extended").unwrap());
+    node.kill().await;
+}
