@@ -234,3 +234,31 @@ async fn the_backlog_counts_documents_with_unsent_events_and_dates_the_oldest_un
 
     db.drop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_outbox_replaces_the_retired_unsent_index_and_its_query_reads_only_the_partial_one() {
+    let db = isolated_database().await.unwrap();
+    let collection = db.collection::<Document>("bookings");
+    // A deployment of an earlier version: every document in the index, sent or not.
+    let retired = mongodb::IndexModel::builder()
+        .keys(doc! { "unsent_events": 1 })
+        .options(mongodb::options::IndexOptions::builder().name("unsent_events".to_owned()).build())
+        .build();
+    collection.create_index(retired).await.unwrap();
+    let unsent = event("booking.held");
+    insert_with_events(&collection, "unsent", std::slice::from_ref(&unsent)).await.unwrap();
+    insert_with_events(&collection, "sent", &[]).await.unwrap();
+
+    let outbox = MongoOutbox::new(&collection).await.unwrap();
+    // Opening it again (a restart, or a second replica) changes nothing.
+    MongoOutbox::new(&collection).await.unwrap();
+    let mut names = collection.list_index_names().await.unwrap();
+    names.sort();
+    assert_eq!(names, ["_id_", "with_unsent_events"]);
+    let relay_query = doc! { "unsent_events": { "$gte": 1 } };
+    assert_eq!(marquee_mongo::plan_indexes(&collection, relay_query).await.unwrap(), ["with_unsent_events"]);
+    let pending = outbox.pending_events(100).await.unwrap();
+    assert_eq!(pending.iter().map(|p| p.event_id.clone()).collect::<Vec<_>>(), [unsent.event_id.to_string()]);
+
+    db.drop().await.unwrap();
+}

@@ -9,7 +9,7 @@ use anyhow::Context;
 use futures::TryStreamExt;
 use marquee_kit::Secret;
 use marquee_kit::readiness::{Probe, Scope};
-use mongodb::bson::doc;
+use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{ErrorKind, InsertManyError, WriteFailure};
 use mongodb::results::InsertManyResult;
 use mongodb::{Client, Collection, Database};
@@ -114,6 +114,80 @@ where
 
 /// MongoDB's code for a unique-index violation.
 const DUPLICATE_KEY: i32 = 11000;
+/// MongoDB's code for dropping an index that is not there.
+const INDEX_NOT_FOUND: i32 = 27;
+
+/// Drops those of the indexes named `retired` that `collection` has: indexes a later
+/// definition replaced under another name (an index's keys or options cannot change
+/// under the same name). Another replica starting at the same time may drop one
+/// first; that is not an error.
+pub async fn drop_retired_indexes<T: Send + Sync>(
+    collection: &Collection<T>,
+    retired: &[&str],
+) -> anyhow::Result<()> {
+    let namespace = collection.namespace();
+    let existing = collection
+        .list_index_names()
+        .await
+        .with_context(|| format!("cannot list the indexes of {namespace}"))?;
+    for name in retired.iter().filter(|name| existing.iter().any(|e| e == *name)) {
+        match collection.drop_index(*name).await {
+            Ok(()) => tracing::info!(%namespace, index = name, "dropped a retired index"),
+            Err(error) if command_code(&error) == Some(INDEX_NOT_FOUND) => {}
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("cannot drop the retired index {name} of {namespace}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The names of the indexes the server plans to read `filter` through on
+/// `collection` (none: a collection scan), from its `explain`. For tests and
+/// diagnostics: which index answers a query.
+pub async fn plan_indexes<T: Send + Sync>(
+    collection: &Collection<T>,
+    filter: Document,
+) -> anyhow::Result<Vec<String>> {
+    let explain =
+        doc! { "explain": { "find": collection.name(), "filter": filter }, "verbosity": "queryPlanner" };
+    let explained = collection
+        .client()
+        .database(&collection.namespace().db)
+        .run_command(explain)
+        .await
+        .context("cannot explain a query")?;
+    let plan = explained
+        .get_document("queryPlanner")
+        .and_then(|planner| planner.get_document("winningPlan"))
+        .context("explain has no winning plan")?;
+    let mut names = Vec::new();
+    index_names(&Bson::Document(plan.clone()), &mut names);
+    Ok(names)
+}
+
+fn index_names(value: &Bson, names: &mut Vec<String>) {
+    match value {
+        Bson::Document(doc) => {
+            for (key, value) in doc {
+                match value {
+                    Bson::String(name) if key == "indexName" => names.push(name.clone()),
+                    _ => index_names(value, names),
+                }
+            }
+        }
+        Bson::Array(values) => values.iter().for_each(|value| index_names(value, names)),
+        _ => {}
+    }
+}
+
+fn command_code(error: &mongodb::error::Error) -> Option<i32> {
+    match error.kind.as_ref() {
+        ErrorKind::Command(e) => Some(e.code),
+        _ => None,
+    }
+}
 
 /// Readiness: MongoDB answers `ping`.
 pub fn probe(db: &Database, scope: Scope) -> Probe {

@@ -38,6 +38,8 @@ use self::lease::Lease;
 use crate::RabbitSettings;
 use marquee_kit::backoff::Reconnect;
 
+/// The index of the documents with unsent events.
+const UNSENT_INDEX: &str = "with_unsent_events";
 /// Documents read per outbox query.
 const BATCH: i64 = 100;
 /// Reconnect pauses while the broker or the database is down: 250 ms doubling to 30 s.
@@ -166,11 +168,16 @@ impl MongoOutbox {
     /// Wraps `collection` and creates the index the relay's query needs.
     pub async fn new<T: Send + Sync>(collection: &Collection<T>) -> anyhow::Result<Self> {
         let collection = collection.clone_with_type::<Document>();
-        let index = IndexModel::builder()
-            .keys(doc! { "unsent_events": 1 })
-            .options(mongodb::options::IndexOptions::builder().name("unsent_events".to_owned()).build())
+        // Only documents with events to relay are in it: the relay's query (`$gte: 1`,
+        // which implies the filter) reads nothing else, and the last mark of a
+        // document removes its entry rather than moving it to 0.
+        let options = mongodb::options::IndexOptions::builder()
+            .name(UNSENT_INDEX.to_owned())
+            .partial_filter_expression(doc! { "unsent_events": { "$gte": 1 } })
             .build();
-        collection.create_index(index).await.context("cannot create the unsent_events index")?;
+        let index = IndexModel::builder().keys(doc! { "unsent_events": 1 }).options(options).build();
+        collection.create_index(index).await.context("cannot create the unsent events index")?;
+        marquee_mongo::drop_retired_indexes(&collection, &["unsent_events"]).await?;
         let database = collection.client().database(&collection.namespace().db);
         let log = PublishedLog::new(&database).await?;
         let leases = database.collection::<Document>("outbox_leases");

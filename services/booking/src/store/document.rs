@@ -83,7 +83,8 @@ pub(super) struct BookingDoc {
     #[serde(default)]
     slot: Option<String>,
     /// While an in-flight step runs: when recovery may presume its process dead.
-    #[serde(default)]
+    /// Absent otherwise (the `leased_steps` index is sparse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     lease_until: Option<bson::DateTime>,
     #[serde(default, rename = "saga", skip_serializing)]
     history: Vec<StepDoc>,

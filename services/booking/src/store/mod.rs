@@ -27,6 +27,7 @@ pub use self::bookings::InsertError;
 use self::document::BookingDoc;
 pub use self::slots::SlotClaim;
 pub use self::transition::{Revision, SagaEntry, Transition};
+use crate::domain::BookingStatus;
 
 #[derive(Clone)]
 pub struct BookingStore {
@@ -46,21 +47,42 @@ impl BookingStore {
     /// Opens the collections and creates the indexes every query here relies on.
     pub async fn new(db: &Database, lease: Duration, slot_grace: Duration) -> anyhow::Result<Self> {
         let bookings = db.collection::<BookingDoc>("bookings");
-        let index = |keys: Document, name: &str, unique: bool| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().name(name.to_owned()).unique(unique).build())
-                .build()
+        let index = |keys: Document, name: &str, mut options: IndexOptions| {
+            options.name = Some(name.to_owned());
+            IndexModel::builder().keys(keys).options(options).build()
         };
+        // The sweeper's indexes hold only the bookings it may have to act on, so a
+        // booking's state changes add or remove one entry instead of moving entries
+        // from one status to the next.
         let indexes = vec![
-            index(doc! { "user_id": 1, "idempotency_key": 1 }, "user_idempotency_key", true),
+            index(
+                doc! { "user_id": 1, "idempotency_key": 1 },
+                "user_idempotency_key",
+                IndexOptions::builder().unique(true).build(),
+            ),
             // Listing pages newest first: ids are time-ordered (UUIDv7).
-            index(doc! { "user_id": 1, "_id": -1 }, "user_newest_id_first", false),
-            index(doc! { "status": 1, "lease_until": 1 }, "stalled_sagas", false),
-            index(doc! { "status": 1, "expires_at": 1 }, "overdue_holds", false),
-            index(doc! { "release_pending": 1 }, "pending_releases", false),
+            index(doc! { "user_id": 1, "_id": -1 }, "user_newest_id_first", IndexOptions::default()),
+            // `lease_until` is there only while a step is in flight.
+            index(doc! { "lease_until": 1 }, "leased_steps", IndexOptions::builder().sparse(true).build()),
+            index(
+                doc! { "expires_at": 1 },
+                "held_by_expiry",
+                IndexOptions::builder()
+                    .partial_filter_expression(doc! { "status": BookingStatus::Held.as_str() })
+                    .build(),
+            ),
+            index(
+                doc! { "release_pending": 1 },
+                "seats_to_release",
+                IndexOptions::builder().partial_filter_expression(doc! { "release_pending": true }).build(),
+            ),
         ];
         bookings.create_indexes(indexes).await.context("cannot create booking indexes")?;
+        marquee_mongo::drop_retired_indexes(
+            &bookings,
+            &["stalled_sagas", "overdue_holds", "pending_releases"],
+        )
+        .await?;
         let lease = chrono::Duration::from_std(lease).context("booking.saga_lease_ms is out of range")?;
         let slot_grace =
             chrono::Duration::from_std(slot_grace).context("booking.hold_slot_grace_ms is out of range")?;

@@ -16,7 +16,10 @@ impl BookingStore {
     pub async fn unfinished_sagas(&self) -> anyhow::Result<Vec<(BookingStatus, u64)>> {
         let statuses = std::iter::once(BookingStatus::Held).chain(BookingStatus::IN_FLIGHT);
         try_join_all(statuses.map(|status| async move {
-            let count = self.count(doc! { "status": status.as_str() }).await;
+            // Through the index that holds the bookings of the status: the hold
+            // expiries of HELD ones, the leases of those in flight.
+            let indexed = if status == BookingStatus::Held { "expires_at" } else { "lease_until" };
+            let count = self.count(doc! { "status": status.as_str(), indexed: { "$exists": true } }).await;
             Ok((status, count.with_context(|| format!("cannot count {status} bookings"))?))
         }))
         .await

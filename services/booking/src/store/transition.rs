@@ -177,8 +177,14 @@ impl BookingStore {
         set.insert("status", change.to.as_str());
         set.insert("public_status", PublicStatus::of(change.to, cause).as_str());
         set.insert("updated_at", bson_time(now));
-        let lease = BookingStatus::IN_FLIGHT.contains(&change.to).then(|| bson_time(now + self.lease));
-        set.insert("lease_until", lease.map_or(Bson::Null, Bson::DateTime));
+        // Only a step in flight has a lease: the sparse index of leased steps holds
+        // just those.
+        let mut update = Document::new();
+        if BookingStatus::IN_FLIGHT.contains(&change.to) {
+            set.insert("lease_until", bson_time(now + self.lease));
+        } else {
+            update.insert("$unset", doc! { "lease_until": "" });
+        }
         let mut inc = doc! { "version": 1_i64 };
         let history: Vec<Bson> = change.history.iter().map(SagaEntry::to_bson).collect();
         let mut push = doc! { "saga": { "$each": history } };
@@ -187,12 +193,12 @@ impl BookingStore {
             push.insert("outbox", doc! { "$each": [event.entry()] });
             push.insert("pending_events", doc! { "$each": [event.event_id.to_string()] });
         }
+        update.insert("$set", set);
+        update.insert("$inc", inc);
+        update.insert("$push", push);
         let updated = self
             .bookings
-            .find_one_and_update(
-                Revision::of(booking).filter(),
-                doc! { "$set": set, "$inc": inc, "$push": push },
-            )
+            .find_one_and_update(Revision::of(booking).filter(), update)
             .return_document(ReturnDocument::After)
             .await
             .with_context(|| format!("cannot move booking {} to {}", booking.id, change.to))?;

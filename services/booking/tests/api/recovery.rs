@@ -329,3 +329,55 @@ async fn a_step_whose_driver_stopped_is_resumed_once_its_lease_lapses() {
     assert_eq!(statuses, ["SUCCEEDED"]);
     node.kill().await;
 }
+
+/// The sweeper's and `/metrics`' queries as the booking store asks them, and the
+/// index that should answer each: one holding only the bookings that query can find.
+fn sweeper_queries() -> [(Document, &'static str); 5] {
+    let now = mongodb::bson::DateTime::now();
+    let in_flight = ["CHARGING", "CONFIRMING", "REFUNDING", "CANCELLING"];
+    [
+        (doc! { "status": { "$in": in_flight.as_slice() }, "lease_until": { "$lt": now } }, "leased_steps"),
+        (doc! { "status": "HELD", "expires_at": { "$lte": now } }, "held_by_expiry"),
+        (doc! { "release_pending": true }, "seats_to_release"),
+        (doc! { "status": "HELD", "expires_at": { "$exists": true } }, "held_by_expiry"),
+        (doc! { "status": "CHARGING", "lease_until": { "$exists": true } }, "leased_steps"),
+    ]
+}
+
+#[tokio::test]
+async fn a_booking_service_replaces_the_retired_sweeper_indexes_and_its_sweeps_read_the_new_ones() {
+    let app = spawn_app_with(|settings| settings.booking.sweep_interval_ms = 0).await;
+    let bookings = app.collection("booking", "bookings").await;
+    // The indexes of an earlier version, keyed by status: every booking in each.
+    for (keys, name) in [
+        (doc! { "status": 1, "lease_until": 1 }, "stalled_sagas"),
+        (doc! { "status": 1, "expires_at": 1 }, "overdue_holds"),
+        (doc! { "release_pending": 1 }, "pending_releases"),
+    ] {
+        let options = mongodb::options::IndexOptions::builder().name(name.to_owned()).build();
+        bookings
+            .create_index(mongodb::IndexModel::builder().keys(keys).options(options).build())
+            .await
+            .unwrap();
+    }
+
+    let node = BookingNode::start(&app.settings, &app.shutdown, None).await;
+    let mut names = bookings.list_index_names().await.unwrap();
+    names.sort();
+    let expected = [
+        "_id_",
+        "held_by_expiry",
+        "leased_steps",
+        "seats_to_release",
+        "user_idempotency_key",
+        "user_newest_id_first",
+        "with_unsent_events",
+    ];
+    assert_eq!(names, expected);
+    for (query, index) in sweeper_queries() {
+        assert_eq!(marquee_mongo::plan_indexes(&bookings, query.clone()).await.unwrap(), [index], "{query}");
+    }
+    // The sweep runs on them (the gauges' counts: `metrics.rs`).
+    node.sweeper.sweep().await.unwrap();
+    node.kill().await;
+}
