@@ -87,7 +87,7 @@ impl BookingStore {
         let slot_grace =
             chrono::Duration::from_std(slot_grace).context("booking.hold_slot_grace_ms is out of range")?;
         let slots = db.collection(batched::SLOTS);
-        let batches = Batches::spawn(db, &bookings, &slots);
+        let batches = Batches::spawn(&bookings, &slots);
         Ok(Self { bookings, slots, lease, slot_grace, batches })
     }
 
