@@ -9,10 +9,13 @@
 //! (its extension is not announced) is simply asked of the database.
 //!
 //! Changes made by this process (holds won, seats released, cancelled or unblocked) are written
-//! on the board as soon as they commit, ahead of their notifications; notifications
-//! still in flight for such a seat are older and are skipped until the seat's own one
-//! arrives. So for its own changes the board is exact: a seat this service freed is
-//! never refused, and a seat it just sold is refused at once. Changes made elsewhere
+//! on the board as soon as they commit, ahead of their notifications. Each seat keeps
+//! the list of its own changes still to be announced, in commit order: notifications
+//! still in flight for such a seat are older and are skipped, or are the announcements
+//! of earlier changes of the list, until the last one's own arrives. So for its own
+//! changes the board is exact: a seat this service freed is never refused, and a seat
+//! it just sold is refused at once, even when it changed the seat several times before
+//! any of it was announced. Changes made elsewhere
 //! (another replica, the hold sweeper) reach the board with
 //! the notification delay, so such a seat may be refused for that moment, exactly as a
 //! client looking at the live seat map would have seen it taken.
@@ -74,6 +77,14 @@ pub enum Freed {
 #[derive(Clone, Copy, Debug)]
 pub struct Mark(u64);
 
+/// A change this process committed, as `Inner::record` writes it on the board.
+struct Change {
+    state: SeatState,
+    holder: Option<Uuid>,
+    hold_expires_at: Option<DateTime<Utc>>,
+    since: Mark,
+}
+
 enum Entry {
     /// A snapshot query is running; changes wait here in commit order.
     Loading {
@@ -86,7 +97,7 @@ enum Entry {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Occupancy {
     state: SeatState,
     holder: Option<Uuid>,
@@ -95,9 +106,23 @@ struct Occupancy {
     heard: u64,
     /// Set on a change this process recorded itself, until its own notification
     /// arrives: notifications still in flight are older than it and must not undo it.
-    /// Believed until this instant at most.
-    unconfirmed_until: Option<DateTime<Utc>>,
+    own: Option<Box<Unconfirmed>>,
 }
+
+/// Changes this process made to a seat whose notifications have not all arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Unconfirmed {
+    /// What each change made of the seat (state, holder), in commit order; the last is
+    /// what the board shows.
+    awaited: Vec<(SeatState, Option<Uuid>)>,
+    /// Believed until this instant at most: a change whose notification never comes
+    /// (say, a hold released before it was even answered) must not stick.
+    until: DateTime<Utc>,
+}
+
+/// More awaited changes than this on one seat within `LOCAL_TRUST` is not a booking
+/// flow: the oldest are dropped (their notifications are then skipped as older news).
+const MAX_AWAITED: usize = 16;
 
 impl Occupancy {
     fn of(change: &SeatChange, heard: u64) -> Self {
@@ -106,16 +131,28 @@ impl Occupancy {
             holder: change.holder,
             hold_expires_at: change.hold_expires_at,
             heard,
-            unconfirmed_until: None,
+            own: None,
         }
     }
 
-    /// Whether `news` (a notification) is older than this unconfirmed record of this
-    /// process: notifications arrive in commit order, so until the record's own one
-    /// (same state, same holder) arrives, any other was committed before it.
-    fn outdates(&self, news: &Occupancy, now: DateTime<Utc>) -> bool {
-        self.unconfirmed_until.is_some_and(|until| until > now)
-            && (self.state, self.holder) != (news.state, news.holder)
+    /// Whether `news` (a notification) must be skipped: it is older than this process's
+    /// unconfirmed changes of the seat. Notifications arrive in commit order, so news
+    /// matching none of the awaited changes was committed before the last of them, and
+    /// news matching one that is not the last announces that earlier change (it and
+    /// the ones before it are no longer awaited). News of the last is applied: the
+    /// board then shows what PostgreSQL announced. Another process's change that looks
+    /// exactly like an awaited one of this process (the same state and holder) is
+    /// taken for it; past `Unconfirmed::until` every notification is applied.
+    fn skips(&mut self, news: &Occupancy, now: DateTime<Utc>) -> bool {
+        let Some(own) = self.own.as_mut().filter(|own| own.until > now) else { return false };
+        match own.awaited.iter().position(|&change| change == (news.state, news.holder)) {
+            Some(i) if i + 1 == own.awaited.len() => false,
+            Some(i) => {
+                own.awaited.drain(..=i);
+                true
+            }
+            None => true,
+        }
     }
 
     /// Mirrors `cinema_lock_seats`: taken unless available, lapsed, or held by `booking`.
@@ -265,9 +302,12 @@ impl Inner {
             Some(Entry::Ready { seats, .. }) => {
                 let news = Occupancy::of(change, self.heard);
                 match seats.get_mut(&change.seat_id) {
-                    // Already superseded by this process's own record.
-                    Some(known) if known.outdates(&news, now) => {}
-                    Some(known) => *known = news,
+                    Some(known) => {
+                        // Unless already superseded by this process's own record.
+                        if !known.skips(&news, now) {
+                            *known = news;
+                        }
+                    }
                     None => {
                         seats.insert(change.seat_id.clone(), news);
                     }
@@ -287,14 +327,15 @@ impl Inner {
         now: DateTime<Utc>,
     ) {
         let trusted_until = now + LOCAL_TRUST;
-        let occupancy = Occupancy {
+        let change = Change {
             state: SeatState::Held,
             holder: Some(holder),
             hold_expires_at: Some(expires_at.min(trusted_until)),
-            heard: since.0,
-            unconfirmed_until: Some(trusted_until),
+            since,
         };
-        self.record(showtime, seats, occupancy, |known| known.state == SeatState::Available);
+        // A repeated hold of the same booking changes neither state nor holder, so it is
+        // never announced: it is not awaited.
+        self.record(showtime, seats, &change, now, |known| known.state == SeatState::Available);
     }
 
     fn record_freed(
@@ -305,35 +346,49 @@ impl Inner {
         since: Mark,
         now: DateTime<Utc>,
     ) {
-        let occupancy = Occupancy {
-            state: SeatState::Available,
-            holder: None,
-            hold_expires_at: None,
-            heard: since.0,
-            unconfirmed_until: Some(now + LOCAL_TRUST),
-        };
-        self.record(showtime, seats, occupancy, |known| match from {
+        let change = Change { state: SeatState::Available, holder: None, hold_expires_at: None, since };
+        self.record(showtime, seats, &change, now, |known| match from {
             Freed::OfBooking(booking) => known.holder == Some(booking),
             Freed::Blocked => known.state == SeatState::Blocked,
         });
     }
 
     /// Writes a change of this process over seats not heard of since it began, or heard
-    /// of as `older` says. A showtime not (yet) on the board is left to its load.
+    /// of as `older` says, and awaits its notification unless the board already showed
+    /// the seat so (then the row's state and holder did not change: nothing is
+    /// announced). A showtime not (yet) on the board is left to its load.
     fn record(
         &mut self,
         showtime: Uuid,
         seat_ids: &[String],
-        occupancy: Occupancy,
+        change: &Change,
+        now: DateTime<Utc>,
         older: impl Fn(&Occupancy) -> bool,
     ) {
         let Some(Entry::Ready { seats, .. }) = self.showtimes.get_mut(&showtime) else { return };
+        let shown = (change.state, change.holder);
         for seat in seat_ids {
-            if let Some(known) = seats.get_mut(seat)
-                && (known.heard <= occupancy.heard || older(known))
-            {
-                *known = occupancy;
+            let Some(known) = seats.get_mut(seat) else { continue };
+            if known.heard > change.since.0 && !older(known) {
+                continue;
             }
+            let mut own = known.own.take().filter(|own| own.until > now);
+            if (known.state, known.holder) != shown {
+                let own =
+                    own.get_or_insert_with(|| Box::new(Unconfirmed { awaited: Vec::new(), until: now }));
+                if own.awaited.len() == MAX_AWAITED {
+                    own.awaited.remove(0);
+                }
+                own.awaited.push(shown);
+                own.until = now + LOCAL_TRUST;
+            }
+            *known = Occupancy {
+                state: change.state,
+                holder: change.holder,
+                hold_expires_at: change.hold_expires_at,
+                heard: change.since.0,
+                own,
+            };
         }
     }
 
@@ -400,7 +455,7 @@ impl SnapshotRow {
                 holder: self.booking_id,
                 hold_expires_at: self.hold_expires_at,
                 heard: 0,
-                unconfirmed_until: None,
+                own: None,
             },
         ))
     }
@@ -414,7 +469,7 @@ mod tests {
     use crate::changes::ChangeReason;
 
     fn occupancy(state: SeatState, holder: Option<Uuid>, expires: Option<DateTime<Utc>>) -> Occupancy {
-        Occupancy { state, holder, hold_expires_at: expires, heard: 0, unconfirmed_until: None }
+        Occupancy { state, holder, hold_expires_at: expires, heard: 0, own: None }
     }
 
     #[test]
@@ -594,6 +649,53 @@ mod tests {
         assert_eq!(ask(&inner, showtime, &["A2"], me, now), Some(Verdict::Taken(vec!["A2".into()])));
         // A stale hold notification of A1 arriving now does not bring it back.
         inner.apply(&held_by(showtime, "A1", holder, expires), now);
+        assert_eq!(ask(&inner, showtime, &["A1"], me, now), Some(Verdict::LooksFree));
+    }
+
+    #[test]
+    fn a_seat_this_process_changed_several_times_before_any_news_arrived_shows_the_last_change() {
+        let (mut inner, showtime) = ready(&["A1"]);
+        let (first, next, other, me) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let now = Utc::now();
+        let expires = now + Duration::seconds(300);
+        let seat = ["A1".to_owned()];
+        // Two bookings in turn hold and release A1 before a single notification arrives.
+        inner.record_hold(showtime, &seat, first, expires, Mark(inner.heard), now);
+        inner.record_freed(showtime, &seat, Freed::OfBooking(first), Mark(inner.heard), now);
+        inner.record_hold(showtime, &seat, next, expires, Mark(inner.heard), now);
+        inner.record_freed(showtime, &seat, Freed::OfBooking(next), Mark(inner.heard), now);
+        // The first release's notification is not the last one's: the hold of `next`
+        // announced after it must not show A1 taken.
+        for news in [
+            held_by(showtime, "A1", first, expires),
+            released(showtime, "A1", now),
+            held_by(showtime, "A1", next, expires),
+        ] {
+            inner.apply(&news, now);
+            assert_eq!(ask(&inner, showtime, &["A1"], me, now), Some(Verdict::LooksFree), "after {news:?}");
+        }
+        inner.apply(&released(showtime, "A1", now), now);
+        assert_eq!(ask(&inner, showtime, &["A1"], me, now), Some(Verdict::LooksFree));
+        // Confirmed: the next news applies at once.
+        inner.apply(&held_by(showtime, "A1", other, expires), now);
+        assert_eq!(ask(&inner, showtime, &["A1"], me, now), Some(Verdict::Taken(vec!["A1".into()])));
+    }
+
+    #[test]
+    fn a_repeated_hold_is_not_awaited_so_a_release_made_elsewhere_shows_at_once() {
+        let (mut inner, showtime) = ready(&["A1"]);
+        let (holder, me) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Utc::now();
+        let expires = now + Duration::seconds(300);
+        let seat = ["A1".to_owned()];
+        inner.record_hold(showtime, &seat, holder, expires, Mark(inner.heard), now);
+        inner.apply(&held_by(showtime, "A1", holder, expires), now);
+        // The same booking holds A1 again: the row's state and holder do not change, so
+        // PostgreSQL announces nothing.
+        inner.record_hold(showtime, &seat, holder, expires, Mark(inner.heard), now);
+        assert_eq!(ask(&inner, showtime, &["A1"], me, now), Some(Verdict::Taken(vec!["A1".into()])));
+        // Another replica releases the hold: the board follows at once.
+        inner.apply(&released(showtime, "A1", now), now);
         assert_eq!(ask(&inner, showtime, &["A1"], me, now), Some(Verdict::LooksFree));
     }
 }
