@@ -120,11 +120,15 @@ async fn what_was_marked_sent_is_logged_once_and_read_back_in_order_page_by_page
     let collection = db.collection::<Document>("bookings");
     let outbox = MongoOutbox::new(&collection).await.unwrap();
     let api = EventLogApi::new(outbox.log());
-    let early: Vec<OutboxEvent> = (0..3).map(|_| event("booking.held")).collect();
+    let early: Vec<OutboxEvent> = (0..3).map(|_| event("booking.cancelled")).collect();
     let late: Vec<OutboxEvent> = (0..2).map(|_| event("booking.confirmed")).collect();
-    insert_with_events(&collection, "b1", &early[..2]).await.unwrap();
+    // Sent with the others, but of a type no consumer reconciles: not logged.
+    let unlogged = [event("booking.held"), event("payment.succeeded")];
+    let b1: Vec<OutboxEvent> = early[..2].iter().chain(&unlogged[..1]).cloned().collect();
+    let b3: Vec<OutboxEvent> = late.iter().chain(&unlogged[1..]).cloned().collect();
+    insert_with_events(&collection, "b1", &b1).await.unwrap();
     insert_with_events(&collection, "b2", &early[2..]).await.unwrap();
-    insert_with_events(&collection, "b3", &late).await.unwrap();
+    insert_with_events(&collection, "b3", &b3).await.unwrap();
 
     let pending = outbox.pending_events(100).await.unwrap();
     let (first, second): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| p.document_id != "b3");
@@ -147,6 +151,15 @@ async fn what_was_marked_sent_is_logged_once_and_read_back_in_order_page_by_page
         assert_eq!(read_log(&api, now, limit).await, all, "pages of {limit}");
     }
     assert_eq!(read_log(&api, between, 2).await, early_ids, "only what was sent before `sent_before`");
+    // The unlogged events were marked sent all the same.
+    assert!(outbox.pending_events(100).await.unwrap().is_empty());
+    // A batch of unlogged events alone writes no log entry and still marks them sent.
+    let quiet = event("booking.held");
+    insert_with_events(&collection, "b4", std::slice::from_ref(&quiet)).await.unwrap();
+    outbox.mark_sent(&outbox.pending_events(100).await.unwrap()).await.unwrap();
+    assert!(outbox.pending_events(100).await.unwrap().is_empty());
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(read_log(&api, later, 1000).await, all);
 
     db.drop().await.unwrap();
 }

@@ -1,11 +1,14 @@
-//! The log of published events: every event whose publication the broker confirmed,
-//! kept for a week in the service's `published_events` collection and served over
-//! gRPC (`marquee.events.v1.EventLog`).
+//! The log of published events: every event of the `LOGGED_EVENT_TYPES` whose
+//! publication the broker confirmed, kept for a week in the service's
+//! `published_events` collection and served over gRPC (`marquee.events.v1.EventLog`).
 //!
 //! A broker confirm means the broker took the message, not that every consumer will
 //! get it: a queue deleted or lost in between, or a broker bug, drops it silently.
 //! The log lets a consumer that must not miss an event (the notification service)
-//! compare what it handled with what was published, and handle the difference.
+//! compare what it handled with what was published, and handle the difference. Events
+//! of other types are published all the same but not logged: no consumer reconciles
+//! them, and in a booking they are two of the three events (`booking.held`,
+//! `payment.succeeded`), each a document written and read back for nothing.
 
 use std::time::Duration;
 
@@ -26,6 +29,15 @@ use marquee_kit::time::{from_proto, to_proto};
 const COLLECTION: &str = "published_events";
 /// How long an event stays in the log.
 pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The event types the log keeps: those a consumer reconciles against it. The
+/// notification worker notifies about exactly these, and is bound to them alone.
+pub const LOGGED_EVENT_TYPES: [&str; 5] = [
+    "booking.confirmed",
+    "booking.cancelled",
+    "booking.expired",
+    "booking.payment_failed",
+    "payment.refunded",
+];
 /// The largest page `ListPublished` returns.
 pub const MAX_PAGE: u32 = 1000;
 const DUPLICATE_KEY: i32 = 11000;
@@ -74,18 +86,17 @@ impl PublishedLog {
         Ok(Self { collection })
     }
 
-    /// Logs `events` as confirmed at `sent_at`, in one round trip. An event already
-    /// logged (the relay republished it after a crash) keeps its first entry.
+    /// Logs those of `events` whose type is logged as confirmed at `sent_at`, in one
+    /// round trip (none when there are none). An event already logged (the relay
+    /// republished it after a crash) keeps its first entry.
     pub(super) async fn record(
         &self,
         events: &[PendingEvent],
         sent_at: bson::DateTime,
     ) -> anyhow::Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
         let documents: Vec<Document> = events
             .iter()
+            .filter(|event| LOGGED_EVENT_TYPES.contains(&event.kind.as_str()))
             .map(|event| {
                 doc! {
                     "_id": &event.event_id,
@@ -98,6 +109,9 @@ impl PublishedLog {
                 }
             })
             .collect();
+        if documents.is_empty() {
+            return Ok(());
+        }
         let database = self.collection.client().database(&self.collection.namespace().db);
         let reply = database
             .run_command(doc! { "insert": self.collection.name(), "documents": documents, "ordered": false })

@@ -6,8 +6,8 @@
 //! is indexed). `OutboxRelay` publishes pending events to the RabbitMQ topic exchange
 //! with publisher confirms and marks an event sent only after the broker's ack.
 //! Delivery is at least once (a crash between ack and mark republishes); consumers
-//! deduplicate by `event_id`. What the broker confirmed is also logged for a week
-//! (`log.rs`), for consumers that reconcile against it. With several replicas only
+//! deduplicate by `event_id`. What the broker confirmed of the types consumers
+//! reconcile is also logged for a week (`log.rs`), for them to reconcile against. With several replicas only
 //! the one holding the outbox's lease relays (`lease.rs`). What waits to be sent is
 //! exposed on `/metrics` (`gauges.rs`).
 
@@ -16,7 +16,7 @@ mod lease;
 mod log;
 
 pub use self::gauges::OutboxGauges;
-pub use self::log::{EventLogApi, MAX_PAGE, Position, PublishedEvent, PublishedLog};
+pub use self::log::{EventLogApi, LOGGED_EVENT_TYPES, MAX_PAGE, Position, PublishedEvent, PublishedLog};
 
 use std::future::Future;
 use std::sync::Arc;

@@ -168,14 +168,9 @@ fn seats(seat_ids: Vec<String>) -> Result<Vec<String>, InvalidInput> {
 
 impl Notice {
     /// The event types somebody is notified about; the work queue is bound to these
-    /// alone (`topology.rs`), so the others never cost a delivery.
-    pub const EVENT_TYPES: [&str; 5] = [
-        "booking.confirmed",
-        "booking.cancelled",
-        "booking.expired",
-        "booking.payment_failed",
-        "payment.refunded",
-    ];
+    /// alone (`topology.rs`), so the others never cost a delivery. They are what the
+    /// publishers' event logs keep for the reconciler, so the list is theirs.
+    pub const EVENT_TYPES: [&str; 5] = marquee_messaging::outbox::LOGGED_EVENT_TYPES;
 
     /// `Ok(None)` for the events nobody is notified about (e.g. `booking.held`);
     /// an error for a malformed one, which can only be dead-lettered.
