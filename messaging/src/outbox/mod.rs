@@ -7,9 +7,9 @@
 //! with publisher confirms and marks an event sent only after the broker's ack.
 //! Delivery is at least once (a crash between ack and mark republishes); consumers
 //! deduplicate by `event_id`. What the broker confirmed of the types consumers
-//! reconcile is also logged for a week (`log.rs`), for them to reconcile against. With several replicas only
-//! the one holding the outbox's lease relays (`lease.rs`). What waits to be sent is
-//! exposed on `/metrics` (`gauges.rs`).
+//! reconcile is also logged for a week (`log.rs`), for them to reconcile against.
+//! With several replicas only the one holding the outbox's lease relays (`lease.rs`).
+//! What waits to be sent is exposed on `/metrics` (`gauges.rs`).
 
 mod gauges;
 mod lease;
