@@ -71,7 +71,7 @@ impl Snapshot {
 
     /// Unlapsed holds of a booking that is final, or was never written (its process
     /// died between locking the seats and writing it): the sweeper releases them, the
-    /// latter once `booking.hold_slot_grace_ms` has passed.
+    /// latter once `booking.abandoned_hold_grace_ms` has passed.
     pub(super) fn orphan_holds(&self) -> Vec<String> {
         let by_id: HashMap<&str, &Booking> = self.bookings.iter().map(|b| (b.id.as_str(), b)).collect();
         self.seats
@@ -161,7 +161,7 @@ impl Quiet {
     }
 
     /// Nothing moves any more, though notifications are missing: they never come.
-    /// Orphan holds are not stuck: the sweeper gets to them after the hold slot grace.
+    /// Orphan holds are not stuck: the sweeper gets to them after the abandoned hold grace.
     fn is_stuck(&self) -> bool {
         self.in_flight == 0 && self.unsent_events == 0 && self.queued == 0 && self.orphan_holds == 0
     }

@@ -127,12 +127,7 @@ impl Application {
     async fn build_with(settings: Settings, crash_at: Option<Checkpoint>) -> anyhow::Result<Self> {
         let config = &settings.booking;
         let db = marquee_mongo::connect(&settings.mongo, "booking").await?;
-        let store = BookingStore::new(
-            &db,
-            Duration::from_millis(config.saga_lease_ms),
-            Duration::from_millis(config.hold_slot_grace_ms),
-        )
-        .await?;
+        let store = BookingStore::new(&db, Duration::from_millis(config.saga_lease_ms)).await?;
         let channel = |url: &str, service| marquee_kit::grpc::channel(url, service, &settings.grpc);
         let outbox_written = Arc::new(Notify::new());
         let tiers: Vec<(i64, u8)> = config.refund_tiers.iter().map(|t| (t.hours_before, t.percent)).collect();
@@ -154,6 +149,7 @@ impl Application {
             pay_wait: Duration::from_millis(config.pay_wait_ms),
             lease: Duration::from_millis(config.saga_lease_ms),
             max_in_flight: config.max_in_flight_steps.max(1),
+            abandoned_hold_grace: Duration::from_millis(config.abandoned_hold_grace_ms),
         };
         let saga = Saga::new(
             store.clone(),

@@ -28,10 +28,10 @@ impl Config for Settings {
                 "a repeated payBooking would still be waiting when the gateway gives up on it",
             ),
             Rule::below(
-                // Booking's deadline on LockSeats, which runs between a hold slot's
-                // claim and the booking's insert.
+                // Booking's deadline on LockSeats, which runs before the booking's
+                // insert.
                 ("grpc.request_timeout_ms", self.grpc.request_timeout_ms),
-                ("booking.hold_slot_grace_ms", self.booking.hold_slot_grace_ms),
+                ("booking.abandoned_hold_grace_ms", self.booking.abandoned_hold_grace_ms),
                 "recovery would release the seats of a hold still waiting for LockSeats",
             ),
         ])
@@ -66,9 +66,9 @@ pub struct BookingSettings {
     /// every third of this while the step runs. Recovery presumes the process of a
     /// step whose lease lapsed dead and resumes the step.
     pub saga_lease_ms: u64,
-    /// How long a hold slot claimed with no booking written yet is left alone; after
-    /// that recovery presumes its hold died before the insert and releases its seats.
-    pub hold_slot_grace_ms: u64,
+    /// How long a hold cinema lists with no booking written yet is left alone; after
+    /// that recovery presumes it died before the insert and releases its seats.
+    pub abandoned_hold_grace_ms: u64,
     /// How often overdue holds are expired and stalled sagas recovered (0: never; tests
     /// trigger it).
     pub sweep_interval_ms: u64,
@@ -114,14 +114,15 @@ mod tests {
     }
 
     #[test]
-    fn a_hold_slot_outlasts_the_lock_seats_deadline() {
+    fn the_abandoned_hold_grace_outlasts_the_lock_seats_deadline() {
         let mut settings: Settings = marquee_kit::config::for_tests().unwrap();
-        settings.booking.hold_slot_grace_ms = settings.grpc.request_timeout_ms + 1;
+        settings.booking.abandoned_hold_grace_ms = settings.grpc.request_timeout_ms + 1;
         settings.validate().unwrap();
-        settings.booking.hold_slot_grace_ms = settings.grpc.request_timeout_ms;
+        settings.booking.abandoned_hold_grace_ms = settings.grpc.request_timeout_ms;
         let error = settings.validate().unwrap_err().to_string();
         assert!(
-            error.contains("grpc.request_timeout_ms (") && error.contains("booking.hold_slot_grace_ms ("),
+            error.contains("grpc.request_timeout_ms (")
+                && error.contains("booking.abandoned_hold_grace_ms ("),
             "{error}"
         );
     }

@@ -1,7 +1,9 @@
 //! The `CinemaService` gRPC handlers: parse the request, call the store, map the reply.
 
+use std::time::Duration;
+
 use marquee_kit::shutdown::Shutdown;
-use marquee_kit::time::to_proto;
+use marquee_kit::time::{from_proto, to_proto};
 use marquee_proto::cinema::v1 as pb;
 use marquee_proto::common::v1::Money as PbMoney;
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,7 +18,7 @@ use crate::domain::{
 };
 use crate::error::CinemaError;
 use crate::seating;
-use crate::store::{CinemaRecord, MovieRecord, SeatRecord, ShowtimeRecord, Store};
+use crate::store::{CinemaRecord, HoldPosition, MovieRecord, SeatRecord, ShowtimeRecord, Store};
 use crate::turns::SeatTurns;
 
 /// Seat-hold limits and catalog rules from config, checked once at startup.
@@ -380,6 +382,30 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         Ok(Response::new(pb::ExtendHoldResponse { seat_ids, expires_at: Some(to_proto(expires_at)) }))
     }
 
+    #[tracing::instrument(skip_all, fields(limit = request.get_ref().limit))]
+    async fn list_holds(
+        &self,
+        request: Request<pb::ListHoldsRequest>,
+    ) -> Result<Response<pb::ListHoldsResponse>, Status> {
+        let req = request.into_inner();
+        if !(1..=MAX_LISTED_HOLDS).contains(&req.limit) {
+            let message = format!("limit must be between 1 and {MAX_LISTED_HOLDS}, got {}", req.limit);
+            return Err(CinemaError::BadInput(message).into());
+        }
+        let after = req.after.as_ref().map(hold_position).transpose()?;
+        let min_age = Duration::from_millis(u64::from(req.min_age_ms));
+        let holds = self.store.list_holds(min_age, after, req.limit).await.map_err(CinemaError::from)?;
+        let holds = holds
+            .into_iter()
+            .map(|hold| pb::ListedHold {
+                showtime_id: hold.showtime_id.to_string(),
+                booking_id: hold.position.booking_id.to_string(),
+                held_at: Some(to_proto(hold.position.held_at)),
+            })
+            .collect();
+        Ok(Response::new(pb::ListHoldsResponse { holds }))
+    }
+
     #[tracing::instrument(skip_all, fields(
         showtime.id = %request.get_ref().showtime_id,
         seats.count = request.get_ref().count,
@@ -538,6 +564,18 @@ fn showtime_to_pb(s: ShowtimeRecord) -> pb::Showtime {
             .map(|p| pb::CategoryPrice { category: p.category, price: Some(money_to_pb(p.price)) })
             .collect(),
     }
+}
+
+/// Holds listed per ListHolds call at most.
+const MAX_LISTED_HOLDS: u32 = 1000;
+
+fn hold_position(cursor: &pb::HoldCursor) -> Result<HoldPosition, CinemaError> {
+    let held_at = cursor
+        .held_at
+        .as_ref()
+        .and_then(from_proto)
+        .ok_or_else(|| CinemaError::BadInput("after.held_at must be a valid time".to_owned()))?;
+    Ok(HoldPosition { held_at, booking_id: BookingId::parse(&cursor.booking_id)? })
 }
 
 fn seat_to_pb(s: SeatRecord) -> pb::Seat {

@@ -849,6 +849,94 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    async fn list_holds(
+        &self,
+        min_age_ms: u32,
+        after: Option<&pb::ListedHold>,
+        limit: u32,
+    ) -> Result<Vec<pb::ListedHold>, ApiError> {
+        let after =
+            after.map(|hold| pb::HoldCursor { held_at: hold.held_at, booking_id: hold.booking_id.clone() });
+        self.client
+            .clone()
+            .list_holds(pb::ListHoldsRequest { min_age_ms, after, limit })
+            .await
+            .map(|r| r.into_inner().holds)
+            .map_err(|s| ApiError::from_status(&s))
+    }
+
+    /// Makes `booking`'s holds look taken `seconds` ago.
+    async fn age_holds(&self, booking: &str, seconds: i32) {
+        sqlx::query(
+            "UPDATE showtime_seats SET held_at = now() - make_interval(secs => $2)
+              WHERE booking_id = $1::uuid AND status = 'held'",
+        )
+        .bind(booking)
+        .bind(f64::from(seconds))
+        .execute(&self.db)
+        .await
+        .unwrap();
+    }
+}
+
+fn listed(holds: &[pb::ListedHold]) -> Vec<(&str, &str)> {
+    holds.iter().map(|hold| (hold.showtime_id.as_str(), hold.booking_id.as_str())).collect()
+}
+
+#[tokio::test]
+async fn live_holds_are_listed_once_old_enough_oldest_first_a_page_at_a_time() {
+    let app = spawn_app().await;
+    let showtimes = app.showtimes_in_saal_1().await;
+    let (first, second) = (showtimes[0].id.as_str(), showtimes[1].id.as_str());
+    let [oldest, middle, youngest, fresh, paid, released, lapsed] = std::array::from_fn(|_| new_booking());
+    app.lock(first, &oldest, &["A1", "A2"]).await.unwrap();
+    app.lock(second, &middle, &["A1"]).await.unwrap();
+    app.lock(first, &youngest, &["B1"]).await.unwrap();
+    app.lock(first, &fresh, &["B2"]).await.unwrap();
+    for (booking, seat) in [(&paid, "C1"), (&released, "C2"), (&lapsed, "C3")] {
+        app.lock(first, booking, &[seat]).await.unwrap();
+        app.age_holds(booking, 40).await;
+    }
+    app.confirm(first, &paid, &["C1"]).await.unwrap();
+    app.release(first, &released).await;
+    app.expire_holds(first, &lapsed).await;
+    for (booking, seconds) in [(&oldest, 30), (&middle, 20), (&youngest, 10)] {
+        app.age_holds(booking, seconds).await;
+    }
+    // A repeated lock by the same booking is the same hold: it keeps its age.
+    app.lock(first, &oldest, &["A1", "A2"]).await.unwrap();
+
+    // Only live holds of at least the age asked for: not booked, released or lapsed
+    // seats, and one entry per booking and showtime, however many seats it holds.
+    let all = app.list_holds(5_000, None, 10).await.unwrap();
+    assert_eq!(
+        listed(&all),
+        [(first, oldest.as_str()), (second, middle.as_str()), (first, youngest.as_str())]
+    );
+    let older = app.list_holds(25_000, None, 10).await.unwrap();
+    assert_eq!(listed(&older), [(first, oldest.as_str())]);
+    assert!(app.list_holds(60_000, None, 10).await.unwrap().is_empty());
+    let with_fresh = app.list_holds(0, None, 10).await.unwrap();
+    assert_eq!(with_fresh.len(), 4, "{with_fresh:?}");
+    assert_eq!(with_fresh[3].booking_id, fresh);
+
+    // Pages go on after the last hold of the previous one.
+    let page = app.list_holds(5_000, None, 2).await.unwrap();
+    assert_eq!(listed(&page), listed(&all[..2]));
+    let next = app.list_holds(5_000, page.last(), 2).await.unwrap();
+    assert_eq!(listed(&next), listed(&all[2..]));
+    assert!(app.list_holds(5_000, next.last(), 2).await.unwrap().is_empty());
+
+    for limit in [0, 1001] {
+        let err = app.list_holds(5_000, None, limit).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadUserInput, "{limit}: {err}");
+    }
+    let bad_cursor = pb::ListedHold { booking_id: "nobody".to_owned(), ..all[0].clone() };
+    let err = app.list_holds(5_000, Some(&bad_cursor), 2).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::BadUserInput, "{err}");
+}
+
 #[tokio::test]
 async fn metrics_count_calls_and_the_seats_held_now() {
     let app = spawn_app().await;

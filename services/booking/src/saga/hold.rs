@@ -1,4 +1,4 @@
-//! HoldSeats: claim one of the user's hold slots, have cinema lock the seats, and
+//! HoldSeats: have cinema lock the seats, claim one of the user's hold slots, and
 //! write the booking HELD with its `booking.held` event, giving everything back when
 //! a step after the lock fails. A repeat of a hold (same user and key) waits its turn
 //! and answers the first one's booking.
@@ -33,20 +33,12 @@ impl Saga {
         .await
     }
 
-    /// Claims a hold slot, holds the seats and records the booking: the part of a hold
-    /// that must not stop halfway because its caller gave up.
+    /// Holds the seats, claims a hold slot and records the booking: the part of a hold
+    /// that must not stop halfway because its caller gave up. The slot is claimed only
+    /// once cinema has locked the seats, so a hold cinema refuses (most of them, in a
+    /// rush) writes nothing here.
     async fn hold_seats(&self, request: HoldRequest) -> Result<Booking, BookingError> {
         let booking_id = BookingId::generate();
-        let limit = self.settings.max_active_holds;
-        let Some(slot) =
-            self.store.claim_slot(request.user_id, request.showtime_id, booking_id, limit).await?
-        else {
-            // A concurrent retry of this very request may hold the last slot.
-            return match self.store.find_by_key(request.user_id, &request.idempotency_key).await? {
-                Some(existing) => replay(existing, &request),
-                None => Err(BookingError::HoldLimitReached(limit)),
-            };
-        };
         let locked = self.cinema.lock_seats(&request, booking_id, self.settings.hold_ttl_seconds).await;
         let locked = match locked {
             Ok(locked) => locked,
@@ -54,14 +46,12 @@ impl Saga {
                 let refused = BookingError::upstream("cinema.LockSeats", &status);
                 // Refused for a reason (seats taken, a seating rule): nothing was locked.
                 // Cut off, timed out or failing inside, cinema may have committed the
-                // lock all the same: give the seats back first, and if even that fails,
-                // keep the slot claim, which makes the sweeper release them after the
-                // hold slot grace (as for a hold whose process died here).
-                let outcome_unknown = matches!(refused, BookingError::Unexpected(_));
-                if outcome_unknown && !self.release_seats(request.showtime_id, booking_id).await {
-                    return Err(refused);
+                // lock all the same: give the seats back. Should even that fail, the
+                // sweeper finds the hold among cinema's with no booking written and
+                // releases it after the abandoned hold grace.
+                if matches!(refused, BookingError::Unexpected(_)) {
+                    self.release_seats(request.showtime_id, booking_id).await;
                 }
-                self.free_slot(&slot, booking_id).await;
                 // A concurrent retry of this very request may have taken the seats first.
                 if may_be_a_concurrent_retry(&refused, &request)
                     && let Some(existing) =
@@ -74,9 +64,26 @@ impl Saga {
         };
 
         // From here on the seats are ours: every failure must give them back. If this
-        // process dies before the insert, the slot claim (written before LockSeats)
-        // tells recovery to release them.
+        // process dies before the booking is written, the sweeper finds the hold among
+        // cinema's with no booking and releases it (after the abandoned hold grace).
         self.checkpoint(Checkpoint::HoldLocked)?;
+        let limit = self.settings.max_active_holds;
+        let slot = match self.store.claim_slot(request.user_id, request.showtime_id, booking_id, limit).await
+        {
+            Ok(Some(slot)) => slot,
+            Ok(None) => {
+                self.release_seats(request.showtime_id, booking_id).await;
+                // A concurrent retry of this very request may hold the last slot.
+                return match self.store.find_by_key(request.user_id, &request.idempotency_key).await? {
+                    Some(existing) => replay(existing, &request),
+                    None => Err(BookingError::HoldLimitReached(limit)),
+                };
+            }
+            Err(error) => {
+                self.release_seats(request.showtime_id, booking_id).await;
+                return Err(error.into());
+            }
+        };
         let now = to_millis(Utc::now());
         let booking = match held_booking(booking_id, &request, locked, now, self.settings.hold_ttl_seconds) {
             Ok(booking) => Booking { slot: Some(slot.clone()), ..booking },
@@ -111,13 +118,12 @@ impl Saga {
 }
 
 impl Saga {
-    /// Gives back the seats of a hold that will not be written, then its slot. Should
-    /// cinema not take them back, the slot claim stays: it tells recovery to release
-    /// them after the hold slot grace, rather than leaving them held until the hold lapses.
+    /// Gives back the seats of a hold that will not be written, and its slot. Should
+    /// cinema not take the seats back, the sweeper releases them after the abandoned
+    /// hold grace (it finds the hold among cinema's with no booking written).
     async fn give_back(&self, showtime_id: ShowtimeId, booking_id: BookingId, slot: &str) {
-        if self.release_seats(showtime_id, booking_id).await {
-            self.free_slot(slot, booking_id).await;
-        }
+        self.release_seats(showtime_id, booking_id).await;
+        self.free_slot(slot, booking_id).await;
     }
 }
 

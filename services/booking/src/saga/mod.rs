@@ -18,9 +18,9 @@
 //! the lease every third of it (`lease`), so the lease bounds how long a dead driver
 //! goes unnoticed, not how long a step may take. So when a process dies mid-step,
 //! recovery re-runs the step from the recorded status once the lease lapses (seconds),
-//! and a repeat is harmless (a re-run charge returns the first result). A hold is
-//! recorded before LockSeats by its hold-slot claim, which recovery uses to release the
-//! seats of a hold whose booking was never written (after `hold_slot_grace_ms`).
+//! and a repeat is harmless (a re-run charge returns the first result). A hold whose
+//! booking was never written (its process died after LockSeats) is found among the
+//! holds cinema lists, and its seats released, after `abandoned_hold_grace_ms`.
 //!
 //! MongoDB round trips are the scarce resource, so a step writes once, at its end,
 //! with everything it learned (history entries, fields, event) in that one update; a
@@ -53,7 +53,7 @@ mod upstream;
 
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -66,7 +66,7 @@ use tracing::Instrument as _;
 pub use self::checkpoint::Checkpoint;
 pub use self::recovery::SweepReport;
 pub use self::upstream::Retry;
-use self::upstream::{Cinema, Payments};
+use self::upstream::{Cinema, HoldAt, Payments};
 use crate::domain::{BookingId, RefundPolicy, ShowtimeId};
 use crate::drivers::Drivers;
 use crate::error::BookingError;
@@ -92,6 +92,9 @@ pub struct SagaSettings {
     pub lease: Duration,
     /// Steps (hold, pay, cancel) running at once before SERVICE_BUSY.
     pub max_in_flight: usize,
+    /// How long after cinema locked a hold's seats its booking must be written; after
+    /// that the sweeper presumes the hold died before the insert and releases them.
+    pub abandoned_hold_grace: Duration,
 }
 
 /// The orchestrator and the clients of the services it coordinates: a handle to one
@@ -111,15 +114,17 @@ pub struct Core {
     drivers: Drivers,
     /// Holds of this process by idempotency key: a repeat waits for the first. A client
     /// (or the gateway) that timed out and retried a HoldSeats while the first call
-    /// still ran would otherwise run the whole hold again (slot claim, LockSeats refused
-    /// by its own first attempt, slot release, key lookup): in a rush, when every call
-    /// is slow, those repeats were most of the MongoDB load. Taking turns, the repeat
-    /// runs after the first and finds its booking with one key lookup.
+    /// still ran would otherwise run the whole hold again (LockSeats refused by its own
+    /// first attempt, key lookup): in a rush, when every call is slow, those repeats
+    /// were most of the MongoDB load. Taking turns, the repeat runs after the first and
+    /// finds its booking with one key lookup.
     turns: Turns,
     /// Test hook: the checkpoint fails as if the process died there.
     crash_at: Option<Checkpoint>,
     /// One permit per hold, pay or cancel step running on its own task.
     in_flight: Arc<Semaphore>,
+    /// The last of cinema's holds the sweeper looked at (`recovery`).
+    holds_seen: Mutex<Option<HoldAt>>,
 }
 
 impl Deref for Saga {
@@ -153,6 +158,7 @@ impl Saga {
             turns: Turns::default(),
             crash_at,
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            holds_seen: Mutex::new(None),
             settings,
         }))
     }

@@ -1,7 +1,9 @@
 //! Recovery and the sweep, run at startup and every `sweep_interval_ms` by each
 //! replica: expires overdue holds, resumes sagas whose process died mid-step (their
 //! lease lapsed), releases the seats of finished bookings that cinema could not be
-//! told about, and those of holds that died before their booking was written.
+//! told about, and those of holds whose booking was never written.
+
+use std::sync::PoisonError;
 
 use chrono::{DateTime, Utc};
 use marquee_kit::trace::in_new_trace;
@@ -10,10 +12,15 @@ use tracing::Instrument as _;
 use super::{Checkpoint, Saga};
 use crate::domain::{Booking, BookingId, BookingStatus, Step};
 use crate::events;
-use crate::store::{SlotClaim, Transition};
+use crate::store::Transition;
 
 /// Bookings looked at per sweep query.
 const SWEEP_BATCH: i64 = 100;
+
+/// Cinema's holds looked at per page, and pages per sweep at most (after a restart
+/// every live hold is looked at once).
+const HOLDS_PER_PAGE: u32 = 100;
+const HOLD_PAGES_PER_SWEEP: usize = 20;
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -60,20 +67,7 @@ impl Saga {
                 tracing::info!(booking.id = %booking_id, "seats of a finished booking released");
             }
         }
-        // One look-up and one update for the whole batch of slots, not two per slot.
-        let claims = self.store.unchecked_slots(Utc::now(), SWEEP_BATCH).await?;
-        let ids: Vec<BookingId> = claims.iter().map(|claim| claim.booking_id).collect();
-        let written = self.store.existing(&ids).await?;
-        let (checked, abandoned): (Vec<&SlotClaim>, Vec<&SlotClaim>) =
-            claims.iter().partition(|claim| written.contains(&claim.booking_id));
-        self.store.mark_slots_checked(&checked).await?;
-        for claim in abandoned {
-            in_new_trace(async {
-                let span = tracing::info_span!("sweep.slot", booking.id = %claim.booking_id);
-                self.release_abandoned(claim, &mut report).instrument(span).await
-            })
-            .await;
-        }
+        report.abandoned = self.release_unwritten_holds().await?;
         Ok(report)
     }
 
@@ -133,13 +127,46 @@ impl Saga {
         Ok(())
     }
 
-    /// The hold died between claiming its slot and writing its booking: gives back
-    /// whatever cinema may hold for it (idempotent by booking id), then the slot.
-    async fn release_abandoned(&self, claim: &SlotClaim, report: &mut SweepReport) {
-        if self.release_seats(claim.showtime_id, claim.booking_id).await {
-            self.free_slot(&claim.slot, claim.booking_id).await;
-            report.abandoned += 1;
-            tracing::warn!(booking.id = %claim.booking_id, "released the seats of an abandoned hold");
+    /// Gives back the seats of holds whose booking was never written: the hold's
+    /// process died between LockSeats and the insert, or could not give the seats back
+    /// itself. Cinema lists its live holds taken longer than the grace ago, oldest
+    /// first; those with no booking here are released. Each sweep goes on from where
+    /// this process's last one stopped, so a hold is looked at once (after a restart,
+    /// each live one once more); a release that fails is tried again by the next sweep.
+    async fn release_unwritten_holds(&self) -> anyhow::Result<usize> {
+        let mut released = 0;
+        for _ in 0..HOLD_PAGES_PER_SWEEP {
+            let after = *self.holds_seen.lock().unwrap_or_else(PoisonError::into_inner);
+            let grace = self.settings.abandoned_hold_grace;
+            let holds = match self.cinema.list_holds(grace, after, HOLDS_PER_PAGE).await {
+                Ok(holds) => holds,
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "cannot look for holds never written");
+                    return Ok(released);
+                }
+            };
+            let ids: Vec<BookingId> = holds.iter().map(|hold| hold.at.booking_id).collect();
+            let written = self.store.existing(&ids).await?;
+            for hold in &holds {
+                let booking_id = hold.at.booking_id;
+                if !written.contains(&booking_id) {
+                    let freed = in_new_trace(async {
+                        let span = tracing::info_span!("sweep.abandoned", booking.id = %booking_id);
+                        self.release_seats(hold.showtime_id, booking_id).instrument(span).await
+                    })
+                    .await;
+                    if !freed {
+                        return Ok(released);
+                    }
+                    released += 1;
+                    tracing::warn!(booking.id = %booking_id, "released the seats of a hold never written");
+                }
+                *self.holds_seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(hold.at);
+            }
+            if holds.len() < HOLDS_PER_PAGE as usize {
+                break;
+            }
         }
+        Ok(released)
     }
 }

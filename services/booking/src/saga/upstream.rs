@@ -9,12 +9,15 @@ use std::time::Duration;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::cinema::v1::{
     CancelSeatsRequest, ConfirmSeatsRequest, ExtendHoldRequest, ExtendHoldResponse, GetShowtimeRequest,
-    LockSeatsRequest, LockSeatsResponse, ReleaseSeatsRequest, Showtime,
+    HoldCursor, ListHoldsRequest, LockSeatsRequest, LockSeatsResponse, ReleaseSeatsRequest, Showtime,
 };
 use marquee_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use marquee_proto::payment::v1::{ChargeRequest, Payment, RefundRequest, RefundResponse};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
 
 use crate::domain::{Booking, BookingId, HoldRequest, Refund, RefundCause, ShowtimeId};
 
@@ -176,6 +179,48 @@ impl Cinema {
         .map(drop)
     }
 
+    /// Live holds taken at least `min_age` ago, oldest first, after `after`.
+    pub async fn list_holds(
+        &self,
+        min_age: Duration,
+        after: Option<HoldAt>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<ListedHold>> {
+        let message = ListHoldsRequest {
+            min_age_ms: u32::try_from(min_age.as_millis()).unwrap_or(u32::MAX),
+            after: after.map(|at| HoldCursor {
+                held_at: Some(marquee_kit::time::to_proto(at.held_at)),
+                booking_id: at.booking_id.to_string(),
+            }),
+            limit,
+        };
+        let listed = retrying("cinema.ListHolds", Idempotent::ByBooking, self.retry, || {
+            let mut client = self.client.clone();
+            let request = outgoing_request(self.deadline, message.clone());
+            async move { client.list_holds(request).await }
+        })
+        .await
+        .context("cinema cannot list its holds")?;
+        listed
+            .holds
+            .into_iter()
+            .map(|hold| {
+                Ok(ListedHold {
+                    showtime_id: ShowtimeId::parse(&hold.showtime_id)?,
+                    at: HoldAt {
+                        held_at: hold
+                            .held_at
+                            .as_ref()
+                            .and_then(marquee_kit::time::from_proto)
+                            .context("a listed hold has no time")?,
+                        booking_id: BookingId::parse(&hold.booking_id)?,
+                    },
+                })
+            })
+            .collect::<anyhow::Result<_>>()
+            .context("cinema listed an invalid hold")
+    }
+
     /// Frees every seat of a booking, held or booked, and makes cinema forget it.
     pub async fn cancel_seats(&self, booking: &Booking) -> Result<(), Status> {
         retrying("cinema.CancelSeats", Idempotent::ByBooking, self.retry, || {
@@ -192,6 +237,20 @@ impl Cinema {
         .await
         .map(drop)
     }
+}
+
+/// Where a hold stands in the order cinema lists holds: when it was taken, then booking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldAt {
+    pub held_at: DateTime<Utc>,
+    pub booking_id: BookingId,
+}
+
+/// A booking's live hold on one showtime, as cinema lists it.
+#[derive(Debug, Clone, Copy)]
+pub struct ListedHold {
+    pub showtime_id: ShowtimeId,
+    pub at: HoldAt,
 }
 
 /// Payment: the booking's charge and refund, each under a key derived from the

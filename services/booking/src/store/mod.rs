@@ -25,7 +25,6 @@ use mongodb::{Collection, Database, IndexModel};
 use self::batched::Batches;
 pub use self::bookings::InsertError;
 use self::document::BookingDoc;
-pub use self::slots::SlotClaim;
 pub use self::transition::{Revision, SagaEntry, Transition};
 use crate::domain::BookingStatus;
 
@@ -36,16 +35,13 @@ pub struct BookingStore {
     /// How far ahead a step in flight is leased, by the write that starts it and by
     /// each renewal while it runs; recovery takes over a booking whose lease lapsed.
     lease: chrono::Duration,
-    /// How long after its claim a hold slot with no booking written counts as the
-    /// record of a hold that died, whose seats recovery releases.
-    slot_grace: chrono::Duration,
     /// Concurrent calls' lookups, inserts and slot commands, one command per batch.
     batches: Batches,
 }
 
 impl BookingStore {
     /// Opens the collections and creates the indexes every query here relies on.
-    pub async fn new(db: &Database, lease: Duration, slot_grace: Duration) -> anyhow::Result<Self> {
+    pub async fn new(db: &Database, lease: Duration) -> anyhow::Result<Self> {
         let bookings = db.collection::<BookingDoc>("bookings");
         let index = |keys: Document, name: &str, mut options: IndexOptions| {
             options.name = Some(name.to_owned());
@@ -84,11 +80,9 @@ impl BookingStore {
         )
         .await?;
         let lease = chrono::Duration::from_std(lease).context("booking.saga_lease_ms is out of range")?;
-        let slot_grace =
-            chrono::Duration::from_std(slot_grace).context("booking.hold_slot_grace_ms is out of range")?;
         let slots = db.collection(batched::SLOTS);
         let batches = Batches::spawn(&bookings, &slots);
-        Ok(Self { bookings, slots, lease, slot_grace, batches })
+        Ok(Self { bookings, slots, lease, batches })
     }
 
     /// The outbox the relay drains: events live in the booking documents.

@@ -1,25 +1,15 @@
 //! The `hold_slots` collection: a user's active holds per showtime, capped by slot
-//! documents with unique ids (`user:showtime:n`). A slot is claimed before LockSeats,
-//! so it is also the record recovery uses to find holds that died before their
-//! booking was written.
+//! documents with unique ids (`user:showtime:n`). A slot is claimed once cinema has
+//! locked the hold's seats, and freed when the hold ends.
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
+use chrono::Utc;
 use marquee_mongo::Inserted;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 
 use super::BookingStore;
 use super::document::{bson_time, chrono_time};
 use crate::domain::{BookingId, ShowtimeId, UserId};
-
-/// A hold slot's claim: which booking's hold it counts, on which showtime.
-#[derive(Debug, Clone)]
-pub struct SlotClaim {
-    pub slot: String,
-    pub booking_id: BookingId,
-    pub showtime_id: ShowtimeId,
-}
 
 /// A slot claimed but never used by a booking (its hold crashed before the insert)
 /// is reclaimed after this long.
@@ -86,7 +76,6 @@ impl BookingStore {
                             "booking_id": booking_id.to_string(),
                             "showtime_id": showtime_id.to_string(),
                             "claimed_at": bson_time(now),
-                            "checked": false,
                         },
                     },
                 )
@@ -97,50 +86,6 @@ impl BookingStore {
             }
         }
         Ok(None)
-    }
-
-    /// Slots claimed longer than the grace ago that recovery has not looked at yet: the
-    /// claim is the record, written before LockSeats, that a hold is under way. A claim
-    /// is not renewed while its LockSeats runs, so the grace outlasts that call.
-    pub async fn unchecked_slots(&self, now: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<SlotClaim>> {
-        let filter =
-            doc! { "checked": { "$ne": true }, "claimed_at": { "$lt": bson_time(now - self.slot_grace) } };
-        let docs: Vec<Document> = self
-            .slots
-            .find(filter)
-            .limit(limit)
-            .await
-            .context("cannot look for unchecked hold slots")?
-            .try_collect()
-            .await
-            .context("cannot read unchecked hold slots")?;
-        docs.iter()
-            .map(|slot| {
-                Ok(SlotClaim {
-                    slot: slot.get_str("_id")?.to_owned(),
-                    booking_id: BookingId::parse(slot.get_str("booking_id")?)?,
-                    showtime_id: ShowtimeId::parse(slot.get_str("showtime_id")?)?,
-                })
-            })
-            .collect::<anyhow::Result<_>>()
-            .context("stored hold slot is invalid")
-    }
-
-    /// Marks slots whose booking was written: recovery need not look at them again. A
-    /// slot some other booking has claimed since is left alone.
-    pub async fn mark_slots_checked(&self, claims: &[&SlotClaim]) -> anyhow::Result<()> {
-        if claims.is_empty() {
-            return Ok(());
-        }
-        let held_by: Vec<Document> = claims
-            .iter()
-            .map(|claim| doc! { "_id": &claim.slot, "booking_id": claim.booking_id.to_string() })
-            .collect();
-        self.slots
-            .update_many(doc! { "$or": held_by }, doc! { "$set": { "checked": true } })
-            .await
-            .context("cannot mark hold slots checked")?;
-        Ok(())
     }
 
     /// Gives a slot back; a no-op unless `booking_id` still holds it.

@@ -191,6 +191,8 @@ async fn a_user_holds_at_most_two_active_bookings_per_showtime_even_when_racing(
     app.hold(&user_id, &showtime, &["A10".to_owned()], "after-2").await.unwrap();
     let full = app.hold(&user_id, &showtime, &["A8".to_owned()], "after-3").await.unwrap_err();
     assert_eq!(full.code, ErrorCode::Conflict);
+    // Cinema locked A8 before the limit refused the hold: it was given back.
+    assert_eq!(app.seat_states(&showtime).await.get("A8"), Some(&SeatState::Available));
     // The same key replays instead of counting twice.
     assert_eq!(app.hold(&user_id, &showtime, &seats, "after-1").await.unwrap().status(), BookingStatus::Held);
 }

@@ -214,6 +214,8 @@ async fn a_hold_that_dies_after_locking_seats_gives_them_back_on_recovery() {
     let app = spawn_app_with(|settings| settings.booking.sweep_interval_ms = 0).await;
     let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 4)]).await;
     let user_id = app.register().await;
+    // A hold whose booking was written, as old as the dead one: it keeps its seats.
+    let written = app.hold(&app.register().await, &showtime, &["A4".to_owned()], "written").await.unwrap();
     let mut settings = app.settings.clone();
     let node = BookingNode::start(&settings, &app.shutdown, Some("hold.locked")).await;
     let died = hold_on(&node.client, &user_id, &showtime, &row("A", 2), "dies").await.unwrap_err();
@@ -232,17 +234,22 @@ async fn a_hold_that_dies_after_locking_seats_gives_them_back_on_recovery() {
         .await
         .unwrap()
     };
-    assert_eq!(live_holds().await, 2);
+    assert_eq!(live_holds().await, 3);
     let bookings = app.collection("booking", "bookings").await;
-    assert_eq!(bookings.count_documents(doc! { "showtime_id": &showtime }).await.unwrap(), 0);
+    assert_eq!(bookings.count_documents(doc! { "showtime_id": &showtime }).await.unwrap(), 1);
 
-    // Once the claim's grace has passed, a fresh process releases them and frees the slot.
+    // Once the abandoned hold grace has passed, a fresh process finds the hold among
+    // cinema's with no booking and releases it, and only it.
     settings.booking.sweep_interval_ms = 500;
     let fresh = BookingNode::start(&settings, &app.shutdown, None).await;
     eventually(Duration::from_secs(20), "the abandoned hold to be released", || async {
-        (live_holds().await == 0).then_some(())
+        (live_holds().await == 1).then_some(())
     })
     .await;
+    let states = app.seat_states(&showtime).await;
+    assert_eq!(states.get("A4"), Some(&SeatState::Held), "{states:?}");
+    let paid = pay_on(&fresh.client, &written, "pm_card_ok").await.unwrap();
+    assert_eq!(paid.status(), BookingStatus::Confirmed);
     for n in 1..=2 {
         let seats = [format!("A{n}")];
         hold_on(&fresh.client, &user_id, &showtime, &seats, &format!("again-{n}")).await.unwrap();

@@ -12,7 +12,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::domain::{Money, SeatState};
+use crate::domain::{BookingId, Money, SeatState, ShowtimeId};
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct MovieRecord {
@@ -88,6 +88,20 @@ pub struct Hold {
     pub seats: Vec<SeatRecord>,
     pub total: Money,
     pub expires_at: DateTime<Utc>,
+}
+
+/// Where a hold stands in `list_holds`' order: when it was taken, then its booking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldPosition {
+    pub held_at: DateTime<Utc>,
+    pub booking_id: BookingId,
+}
+
+/// A live hold as `list_holds` finds it: a booking's seats on one showtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedHold {
+    pub showtime_id: ShowtimeId,
+    pub position: HoldPosition,
 }
 
 /// A seat with its price, as seat maps and holds read it.

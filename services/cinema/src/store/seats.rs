@@ -8,7 +8,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use marquee_kit::backoff::Backoff;
 
-use super::{Hold, SeatRow, Store};
+use super::{Hold, HoldPosition, ListedHold, SeatRow, Store};
 use crate::domain::{BookingId, HoldCutoff, HoldTtl, Money, SeatSelection, ShowtimeId};
 use crate::error::CinemaError;
 
@@ -281,6 +281,47 @@ impl Store {
         .fetch_one(&self.pool)
         .await
         .context("cannot count the active holds")
+    }
+
+    /// Live holds taken at least `min_age` ago, one per booking and showtime, oldest
+    /// first, after `after` (when the hold was taken, then booking). Reads the partial
+    /// index on held seats' expiry, so it costs what the live holds number, not the
+    /// showtimes' seats.
+    pub async fn list_holds(
+        &self,
+        min_age: Duration,
+        after: Option<HoldPosition>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<ListedHold>> {
+        let min_age_ms = i64::try_from(min_age.as_millis()).context("hold age out of range")?;
+        let (after_at, after_booking) = match after {
+            Some(position) => (Some(position.held_at), Some(position.booking_id.as_uuid())),
+            None => (None, None),
+        };
+        let rows: Vec<(uuid::Uuid, uuid::Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT showtime_id, booking_id, held_at
+               FROM showtime_seats
+              WHERE status = 'held' AND hold_expires_at > now()
+                AND held_at <= now() - $1 * interval '1 millisecond'
+                AND ($2::timestamptz IS NULL OR (held_at, booking_id) > ($2, $3::uuid))
+              GROUP BY showtime_id, booking_id, held_at
+              ORDER BY held_at, booking_id
+              LIMIT $4",
+        )
+        .bind(min_age_ms)
+        .bind(after_at)
+        .bind(after_booking)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .context("cannot list the live holds")?;
+        Ok(rows
+            .into_iter()
+            .map(|(showtime_id, booking_id, held_at)| ListedHold {
+                showtime_id: ShowtimeId::from_uuid(showtime_id),
+                position: HoldPosition { held_at, booking_id: BookingId::from_uuid(booking_id) },
+            })
+            .collect())
     }
 
     /// Pushes `booking`'s live hold back by `extension`, once per hold; returns the
