@@ -938,6 +938,35 @@ async fn live_holds_are_listed_once_old_enough_oldest_first_a_page_at_a_time() {
 }
 
 #[tokio::test]
+async fn the_seat_functions_plan_their_statements_once() {
+    let app = spawn_app().await;
+    let functions = [
+        "cinema_lock_seats",
+        "cinema_lock_seats_unfenced",
+        "cinema_clean_block_exists",
+        "cinema_stranded_seats",
+        "cinema_confirm_seats",
+        "cinema_release_seats",
+        "cinema_release_seats_unfenced",
+        "cinema_cancel_seats",
+        "cinema_extend_hold",
+    ];
+    // A CREATE OR REPLACE drops a function's SET clauses: each migration replacing one
+    // of these must set it again.
+    let settings: Vec<(String, Option<Vec<String>>)> =
+        sqlx::query_as("SELECT proname::text, proconfig FROM pg_proc WHERE proname = ANY ($1) ORDER BY 1")
+            .bind(functions)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(settings.len(), functions.len(), "{settings:?}");
+    for (function, config) in settings {
+        let config = config.unwrap_or_default();
+        assert!(config.iter().any(|c| c == "plan_cache_mode=force_generic_plan"), "{function}: {config:?}");
+    }
+}
+
+#[tokio::test]
 async fn metrics_count_calls_and_the_seats_held_now() {
     let app = spawn_app().await;
     let showtime = app.showtime().await;
