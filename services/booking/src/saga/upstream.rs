@@ -6,6 +6,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use anyhow::Context;
+use chrono::{DateTime, Utc};
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
 use marquee_proto::cinema::v1::{
     CancelSeatsRequest, ConfirmSeatsRequest, ExtendHoldRequest, ExtendHoldResponse, GetShowtimeRequest,
@@ -15,9 +17,6 @@ use marquee_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use marquee_proto::payment::v1::{ChargeRequest, Payment, RefundRequest, RefundResponse};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
-
-use anyhow::Context;
-use chrono::{DateTime, Utc};
 
 use crate::domain::{Booking, BookingId, HoldRequest, Refund, RefundCause, ShowtimeId};
 
