@@ -1,8 +1,8 @@
 """Training workload for the profile-guided build of secantusd-rs (scripts/infra).
 
 Runs, against the instrumented server at 127.0.0.1:PORT, the commands a booking makes
-of the MongoDB-wire server, on collections indexed as the services index theirs: a
-hold slot claimed and freed in batches, the booking inserted in batches, its saga
+of the MongoDB-wire server, on collections indexed as the services index theirs: the
+booking inserted in batches, its saga
 steps as version-conditional findAndModify, the charge inserted and finished, outbox
 marks as batched updates, the published-event log, tickets and notifications inserted
 in batches under unique indexes, and the reads of the relays, the sweeper and the
@@ -127,13 +127,8 @@ def worker(count):
     bookings, payments = db["bookings"], db["payments"]
     for _ in range(0, count, BATCH):
         users = [str(uuid.uuid4()) for _ in range(BATCH)]
-        slots = [{"_id": f"{u}:slot", "booking_id": str(uuid.uuid4()), "at": now()} for u in users]
-        db["hold_slots"].insert_many(slots, ordered=False)
         docs = [booking_doc(u) for u in users]
         bookings.insert_many(docs, ordered=False)
-        db["hold_slots"].delete_many(
-            {"_id": {"$in": [s["_id"] for s in slots]}, "booking_id": {"$in": [s["booking_id"] for s in slots]}}
-        )
         mark_sent("bookings", docs, logged=False)
         bookings.find_one({"user_id": users[0], "idempotency_key": docs[0]["idempotency_key"]})
         confirmed = []

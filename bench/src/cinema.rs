@@ -203,6 +203,7 @@ async fn lock_confirm_over_grpc(channels: &[Channel], showtime: &str) -> anyhow:
                         seat_ids: seat_ids.clone(),
                         booking_id: booking.clone(),
                         ttl_seconds: 300,
+                        ..Default::default()
                     })
                     .await
                     .with_context(|| format!("lock of seat {k}"))?;
@@ -278,6 +279,7 @@ async fn hot_seats(callers: &[Caller], showtime: &str, clients: usize) -> anyhow
                     seat_ids: vec![seat_id(rng.below(HOT_SEATS))],
                     booking_id: booking.clone(),
                     ttl_seconds: 300,
+                    ..Default::default()
                 };
                 let t0 = Instant::now();
                 let outcome = caller.lock(lock).await?;

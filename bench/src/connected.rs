@@ -127,6 +127,7 @@ pub async fn connected_users(s: Scenario<'_>) -> anyhow::Result<Value> {
                 seat_ids: vec![probe.clone()],
                 booking_id: booking.clone(),
                 ttl_seconds: 300,
+                ..Default::default()
             })
             .await
             .context("probe hold")?;

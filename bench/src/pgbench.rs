@@ -1,6 +1,7 @@
 //! The PostgreSQL-alone baseline: `pgbench` calling the cinema's own seat functions
 //! (`cinema_lock_seats` then `cinema_confirm_seats`, exactly what LockSeats and
-//! ConfirmSeats run) for one seat per booking, with no two clients on one seat.
+//! ConfirmSeats run) for one seat per booking, with no two clients on one seat. Each
+//! client is one user, held to the services' default limit of 2 live holds.
 
 use std::path::PathBuf;
 
@@ -22,7 +23,8 @@ pub fn lock_confirm(
     let script = format!(
         "\\set i :i + 1\n\
          \\set k :client_id + (:i - 1) * {clients}\n\
-         SELECT count(*) FROM cinema_lock_seats('{showtime}'::uuid, ARRAY[{seat}], md5('pgb' || :k)::uuid, 300, 0);\n\
+         SELECT count(*) FROM cinema_lock_seats('{showtime}'::uuid, ARRAY[{seat}], md5('pgb' || :k)::uuid, \
+           md5('pgu' || :client_id)::uuid, 2, 300, 0, false);\n\
          SELECT count(*) FROM cinema_confirm_seats('{showtime}'::uuid, md5('pgb' || :k)::uuid, ARRAY[{seat}]);\n"
     );
     let path: PathBuf = std::env::temp_dir().join(format!("marquee-bench-{}.sql", Uuid::new_v4()));

@@ -214,7 +214,7 @@ impl Customer<'_> {
                 Some(id) => id.to_owned(),
                 None => return,
             },
-            // The customer's hold slots are taken (by holds whose answers were lost), or
+            // The customer is at the hold limit (holds whose answers were lost), or
             // the key is still claimed by a send whose answer was lost: give up those
             // holds, so that the next attempt (with a new key) can go ahead.
             Answer::Errors { code, .. } if code == "CONFLICT" => return self.cancel_my_holds().await,

@@ -13,8 +13,8 @@ use crate::board::{Freed, SeatBoard, Verdict};
 use crate::catalog::{Category, NewCinema, NewMovie, NewScreen, NewShowtime};
 use crate::changes::{ChangeReason, SeatChange, SeatChanges};
 use crate::domain::{
-    BookingId, CinemaId, City, HoldCutoff, HoldTtl, Money, MovieCursor, MovieId, PageSize, SeatSelection,
-    SeatState, ShowDateRange, ShowtimeId, TitleSearch, optional,
+    BookingId, CinemaId, City, HoldCutoff, HoldLimit, HoldTerms, HoldTtl, Money, MovieCursor, MovieId,
+    PageSize, SeatSelection, SeatState, ShowDateRange, ShowtimeId, TitleSearch, optional,
 };
 use crate::error::CinemaError;
 use crate::seating;
@@ -272,7 +272,12 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         let booking = BookingId::parse(&req.booking_id).map_err(CinemaError::from)?;
         let seats =
             SeatSelection::parse(&req.seat_ids, self.policy.max_seats_per_hold).map_err(CinemaError::from)?;
-        let ttl = HoldTtl::parse(req.ttl_seconds)?;
+        let terms = HoldTerms {
+            limit: HoldLimit::parse(&req.user_id, req.max_holds_per_user)?,
+            ttl: HoldTtl::parse(req.ttl_seconds)?,
+            cutoff: self.policy.cutoff,
+            no_orphans: self.policy.no_orphan_seats,
+        };
         let wanted = seats.to_strings();
         if let Verdict::Taken(taken) =
             self.board.judge(showtime.as_uuid(), &wanted, booking.as_uuid(), chrono::Utc::now())
@@ -290,7 +295,7 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
         let since = self.board.mark();
         let hold = self
             .store
-            .lock_seats(showtime, &seats, booking, ttl, self.policy.cutoff, self.policy.no_orphan_seats)
+            .lock_seats(showtime, &seats, booking, terms)
             .await
             .inspect_err(|e| match e {
                 CinemaError::SeatsUnavailable(taken) => {
@@ -298,6 +303,9 @@ impl pb::cinema_service_server::CinemaService for CinemaApi {
                 }
                 CinemaError::SeatRule(stranded) => {
                     tracing::info!(seats.stranded = %stranded.join(","), "hold refused by the no-orphan rule");
+                }
+                CinemaError::HoldLimit(limit) => {
+                    tracing::info!(limit, "hold refused: the user is at the hold limit");
                 }
                 _ => {}
             })?;

@@ -4,7 +4,9 @@
 use chrono::NaiveDate;
 use uuid::Uuid;
 
-pub use marquee_types::{BookingId, CinemaId, Money, MovieId, ScreenId, SeatId, SeatSelection, ShowtimeId};
+pub use marquee_types::{
+    BookingId, CinemaId, Money, MovieId, ScreenId, SeatId, SeatSelection, ShowtimeId, UserId,
+};
 
 use crate::error::CinemaError;
 
@@ -49,6 +51,31 @@ impl HoldCutoff {
     pub fn seconds(self) -> i32 {
         self.0
     }
+}
+
+/// Whose hold it is, and how many live holds (bookings) on the showtime they may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldLimit {
+    pub user: UserId,
+    pub max: u32,
+}
+
+impl HoldLimit {
+    /// From a LockSeats request: no user, or a limit of 0, means no limit.
+    pub fn parse(user_id: &str, max: u32) -> Result<Option<Self>, CinemaError> {
+        let user = optional(user_id, UserId::parse)?;
+        Ok(user.filter(|_| max > 0).map(|user| Self { user, max }))
+    }
+}
+
+/// What a hold is asked for besides its seats.
+#[derive(Clone, Copy, Debug)]
+pub struct HoldTerms {
+    pub limit: Option<HoldLimit>,
+    pub ttl: HoldTtl,
+    pub cutoff: HoldCutoff,
+    /// Refuse a hold that would strand a single free seat.
+    pub no_orphans: bool,
 }
 
 /// A case-insensitive title substring, turned into an ILIKE pattern with `\` escapes.

@@ -26,6 +26,9 @@ pub enum CinemaError {
     /// The hold would leave these free seats stranded (the no-orphan rule).
     #[error("the hold would leave seat {} alone", .0.join(","))]
     SeatRule(Vec<String>),
+    /// The user already has this many live holds on the showtime; nothing was locked.
+    #[error("at most {0} active bookings per showtime; pay for or cancel one first")]
+    HoldLimit(u32),
     /// The new showtime would overlap this one on the same screen.
     #[error("the screen is busy with showtime {0} at that time")]
     OverlappingShowtime(String),
@@ -65,6 +68,9 @@ impl From<CinemaError> for tonic::Status {
             CinemaError::SeatRule(stranded) => ApiError::new(ErrorCode::SeatRuleViolation, message)
                 .with_meta("seat_ids", stranded.join(","))
                 .into(),
+            CinemaError::HoldLimit(limit) => {
+                ApiError::new(ErrorCode::Conflict, message).with_meta("limit", limit.to_string()).into()
+            }
             CinemaError::OverlappingShowtime(id) => {
                 ApiError::new(ErrorCode::Conflict, message).with_meta("showtime_id", id).into()
             }

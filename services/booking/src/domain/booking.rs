@@ -41,8 +41,6 @@ pub struct Booking {
     pub refund: Option<Refund>,
     pub reason: Option<String>,
     pub history: Vec<SagaStep>,
-    /// The `hold_slots` document this booking counts against while it is active.
-    pub slot: Option<String>,
 }
 
 impl Booking {
@@ -113,7 +111,6 @@ mod tests {
             refund: None,
             reason: None,
             history: Vec::new(),
-            slot: None,
         }
     }
 

@@ -51,11 +51,6 @@ impl BookingStatus {
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Confirmed | Self::PaymentFailed | Self::Failed | Self::Expired | Self::Cancelled)
     }
-
-    /// Counts against the user's limit of active holds.
-    pub fn is_active_hold(self) -> bool {
-        matches!(self, Self::Held | Self::Charging)
-    }
 }
 
 impl fmt::Display for BookingStatus {

@@ -31,7 +31,7 @@ pub enum Checkpoint {
     CancelClaimed,
     /// Cinema freed a cancelled booking's seats; the next status is not written yet.
     CancelReleased,
-    /// The sweeper wrote EXPIRED; the hold slot is not freed yet.
+    /// The sweeper released the seats and wrote EXPIRED; nothing is logged yet.
     SweepExpired,
 }
 

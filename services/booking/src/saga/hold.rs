@@ -1,7 +1,7 @@
-//! HoldSeats: have cinema lock the seats, claim one of the user's hold slots, and
-//! write the booking HELD with its `booking.held` event, giving everything back when
-//! a step after the lock fails. A repeat of a hold (same user and key) waits its turn
-//! and answers the first one's booking.
+//! HoldSeats: have cinema lock the seats (within the user's limit of active holds on
+//! the showtime, which cinema decides under the hold's locks) and write the booking HELD
+//! with its `booking.held` event, giving the seats back when writing it fails. A repeat
+//! of a hold (same user and key) waits its turn and answers the first one's booking.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -9,9 +9,7 @@ use marquee_kit::ErrorCode;
 use marquee_proto::cinema::v1::LockSeatsResponse;
 
 use super::{Checkpoint, Saga};
-use crate::domain::{
-    BookedSeat, Booking, BookingId, BookingStatus, HoldRequest, Money, SeatId, ShowtimeId, Step,
-};
+use crate::domain::{BookedSeat, Booking, BookingId, BookingStatus, HoldRequest, Money, SeatId, Step};
 use crate::error::BookingError;
 use crate::events;
 use crate::store::{InsertError, SagaEntry};
@@ -33,13 +31,13 @@ impl Saga {
         .await
     }
 
-    /// Holds the seats, claims a hold slot and records the booking: the part of a hold
-    /// that must not stop halfway because its caller gave up. The slot is claimed only
-    /// once cinema has locked the seats, so a hold cinema refuses (most of them, in a
-    /// rush) writes nothing here.
+    /// Holds the seats and records the booking: the part of a hold that must not stop
+    /// halfway because its caller gave up. A hold cinema refuses (most of them, in a
+    /// rush; also one over the user's limit) writes nothing here.
     async fn hold_seats(&self, request: HoldRequest) -> Result<Booking, BookingError> {
         let booking_id = BookingId::generate();
-        let locked = self.cinema.lock_seats(&request, booking_id, self.settings.hold_ttl_seconds).await;
+        let (ttl, limit) = (self.settings.hold_ttl_seconds, self.settings.max_active_holds);
+        let locked = self.cinema.lock_seats(&request, booking_id, ttl, limit).await;
         let locked = match locked {
             Ok(locked) => locked,
             Err(status) => {
@@ -59,7 +57,7 @@ impl Saga {
                 {
                     return replay(existing, &request);
                 }
-                return Err(refused);
+                return Err(at_the_limit(refused));
             }
         };
 
@@ -67,28 +65,11 @@ impl Saga {
         // process dies before the booking is written, the sweeper finds the hold among
         // cinema's with no booking and releases it (after the abandoned hold grace).
         self.checkpoint(Checkpoint::HoldLocked)?;
-        let limit = self.settings.max_active_holds;
-        let slot = match self.store.claim_slot(request.user_id, request.showtime_id, booking_id, limit).await
-        {
-            Ok(Some(slot)) => slot,
-            Ok(None) => {
-                self.release_seats(request.showtime_id, booking_id).await;
-                // A concurrent retry of this very request may hold the last slot.
-                return match self.store.find_by_key(request.user_id, &request.idempotency_key).await? {
-                    Some(existing) => replay(existing, &request),
-                    None => Err(BookingError::HoldLimitReached(limit)),
-                };
-            }
-            Err(error) => {
-                self.release_seats(request.showtime_id, booking_id).await;
-                return Err(error.into());
-            }
-        };
         let now = to_millis(Utc::now());
-        let booking = match held_booking(booking_id, &request, locked, now, self.settings.hold_ttl_seconds) {
-            Ok(booking) => Booking { slot: Some(slot.clone()), ..booking },
+        let booking = match held_booking(booking_id, &request, locked, now, ttl) {
+            Ok(booking) => booking,
             Err(error) => {
-                self.give_back(request.showtime_id, booking_id, &slot).await;
+                self.release_seats(request.showtime_id, booking_id).await;
                 return Err(error.into());
             }
         };
@@ -101,7 +82,7 @@ impl Saga {
             }
             Err(InsertError::DuplicateKey) => {
                 // A concurrent request with the same key won the insert.
-                self.give_back(booking.showtime_id, booking.id, &slot).await;
+                self.release_seats(booking.showtime_id, booking.id).await;
                 let existing = self
                     .store
                     .find_by_key(request.user_id, &request.idempotency_key)
@@ -110,20 +91,26 @@ impl Saga {
                 replay(existing, &request)
             }
             Err(InsertError::Other(error)) => {
-                self.give_back(booking.showtime_id, booking.id, &slot).await;
+                // Should cinema not take the seats back, the sweeper releases them after
+                // the abandoned hold grace (it finds the hold with no booking written).
+                self.release_seats(booking.showtime_id, booking.id).await;
                 Err(error.into())
             }
         }
     }
 }
 
-impl Saga {
-    /// Gives back the seats of a hold that will not be written, and its slot. Should
-    /// cinema not take the seats back, the sweeper releases them after the abandoned
-    /// hold grace (it finds the hold among cinema's with no booking written).
-    async fn give_back(&self, showtime_id: ShowtimeId, booking_id: BookingId, slot: &str) {
-        self.release_seats(showtime_id, booking_id).await;
-        self.free_slot(slot, booking_id).await;
+/// Cinema refuses a hold over the user's limit as CONFLICT with the `limit` in its
+/// details; it is this service's HoldLimitReached (its own message and status).
+fn at_the_limit(refused: BookingError) -> BookingError {
+    match &refused {
+        BookingError::Upstream(error) if error.code == ErrorCode::Conflict => {
+            match error.metadata.get("limit").and_then(|limit| limit.parse().ok()) {
+                Some(limit) => BookingError::HoldLimitReached(limit),
+                None => refused,
+            }
+        }
+        _ => refused,
     }
 }
 
@@ -203,6 +190,5 @@ fn held_booking(
         refund: None,
         reason: None,
         history: Vec::new(),
-        slot: None,
     })
 }

@@ -208,11 +208,4 @@ impl Saga {
             }
         }
     }
-
-    /// A leftover slot is reclaimed by the next claim, so failing here is only logged.
-    async fn free_slot(&self, slot: &str, booking_id: BookingId) {
-        if let Err(error) = self.store.free_slot(slot, booking_id).await {
-            tracing::warn!(booking.id = %booking_id, error = format!("{error:#}"), "cannot free a hold slot");
-        }
-    }
 }

@@ -98,9 +98,6 @@ impl Saga {
         if self.checkpoint(Checkpoint::SweepExpired).is_err() {
             return Ok(());
         }
-        if let Some(slot) = &expired.slot {
-            self.free_slot(slot, expired.id).await;
-        }
         tracing::info!(booking.id = %expired.id, "hold expired");
         Ok(())
     }

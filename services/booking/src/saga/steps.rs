@@ -244,7 +244,6 @@ impl Saga {
     /// answer, anything else is a conflict.
     async fn advance(&self, booking: &Booking, change: Transition) -> Result<Booking, BookingError> {
         let emits_event = change.emits_event();
-        let target = change.target();
         let Some(updated) = self.store.transition(booking, change).await? else {
             let current = self.store.find(booking.id).await?.ok_or(BookingError::NotFound)?;
             tracing::info!(booking.id = %booking.id, status = %current.status, "another driver moved the booking first");
@@ -252,11 +251,6 @@ impl Saga {
         };
         if emits_event {
             self.outbox_written.notify_one();
-        }
-        if let Some(slot) =
-            updated.slot.as_ref().filter(|_| booking.status.is_active_hold() && !target.is_active_hold())
-        {
-            self.free_slot(slot, updated.id).await;
         }
         Ok(updated)
     }

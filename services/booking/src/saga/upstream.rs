@@ -102,6 +102,7 @@ impl Cinema {
         hold: &HoldRequest,
         booking_id: BookingId,
         ttl_seconds: i32,
+        max_holds_per_user: u32,
     ) -> Result<LockSeatsResponse, Status> {
         let locked = self
             .client
@@ -113,6 +114,8 @@ impl Cinema {
                     seat_ids: hold.seats.seats().iter().map(|s| s.as_str().to_owned()).collect(),
                     booking_id: booking_id.to_string(),
                     ttl_seconds,
+                    user_id: hold.user_id.to_string(),
+                    max_holds_per_user,
                 },
             ))
             .await?;

@@ -1,7 +1,7 @@
 //! The commands of concurrent holds and pays sent together (`marquee_kit::batch`): in a
-//! flash sale most holds are refused, and each one still looks up its idempotency key,
-//! claims a hold slot and gives it back. Batched, a burst of them costs a few commands
-//! instead of several each, and a lone call still goes out at once.
+//! flash sale most holds are refused, and each one still looks up its idempotency key.
+//! Batched, a burst of them costs a few commands instead of one each, and a lone call
+//! still goes out at once.
 
 use std::collections::HashMap;
 
@@ -14,9 +14,6 @@ use mongodb::error::Error;
 
 use super::document::BookingDoc;
 
-/// The collection of hold slots.
-pub(super) const SLOTS: &str = "hold_slots";
-
 /// A user's id and an idempotency key, as stored.
 pub(super) type Key = (String, String);
 
@@ -28,14 +25,10 @@ pub(super) struct Batches {
     pub by_key: Batcher<Key, Option<BookingDoc>, Error>,
     /// New booking documents.
     pub inserts: Batcher<Document, Inserted, Error>,
-    /// New hold slot claims.
-    pub slot_claims: Batcher<Document, Inserted, Error>,
-    /// Slots given back: (slot, booking id), each deleted only while that booking holds it.
-    pub slot_frees: Batcher<(String, String), (), Error>,
 }
 
 impl Batches {
-    pub fn spawn(bookings: &Collection<BookingDoc>, slots: &Collection<Document>) -> Self {
+    pub fn spawn(bookings: &Collection<BookingDoc>) -> Self {
         Self {
             by_id: Batcher::spawn("look up bookings", {
                 let bookings = bookings.clone();
@@ -51,14 +44,6 @@ impl Batches {
             inserts: Batcher::spawn("insert bookings", {
                 let bookings = bookings.clone_with_type::<Document>();
                 move |docs: Vec<Document>| insert(bookings.clone(), docs)
-            }),
-            slot_claims: Batcher::spawn("claim hold slots", {
-                let slots = slots.clone();
-                move |docs: Vec<Document>| insert(slots.clone(), docs)
-            }),
-            slot_frees: Batcher::spawn("free hold slots", {
-                let slots = slots.clone();
-                move |frees: Vec<(String, String)>| free(slots.clone(), frees)
             }),
         }
     }
@@ -94,19 +79,4 @@ async fn find(bookings: &Collection<BookingDoc>, filter: Document) -> Result<Vec
 async fn insert(collection: Collection<Document>, docs: Vec<Document>) -> Vec<Result<Inserted, Error>> {
     let count = docs.len();
     insert_outcomes(collection.insert_many(docs).ordered(false).await, count)
-}
-
-/// One `delete` statement for the whole batch: slots by `_id` among those freed,
-/// still held by one of the bookings freeing. A booking holds exactly one slot, so
-/// the cross product of the two lists matches only the pairs asked for, and the
-/// statement is planned through `_id`. (A statement per slot costs secantusd-rs a
-/// third more per slot; a `$or` of pairs is a collection scan there.)
-async fn free(slots: Collection<Document>, frees: Vec<(String, String)>) -> Vec<Result<(), Error>> {
-    let (ids, holders): (Vec<&str>, Vec<&str>) =
-        frees.iter().map(|(slot, booking_id)| (slot.as_str(), booking_id.as_str())).unzip();
-    let filter = doc! { "_id": { "$in": ids }, "booking_id": { "$in": holders } };
-    match slots.delete_many(filter).await {
-        Ok(_) => vec![Ok(()); frees.len()],
-        Err(error) => vec![Err(error); frees.len()],
-    }
 }

@@ -79,9 +79,6 @@ pub(super) struct BookingDoc {
     refund: Option<RefundDoc>,
     #[serde(default)]
     reason: Option<String>,
-    /// The `hold_slots` document this booking counts against while active.
-    #[serde(default)]
-    slot: Option<String>,
     /// While an in-flight step runs: when recovery may presume its process dead.
     /// Absent otherwise (the `leased_steps` index is sparse).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,7 +143,6 @@ impl BookingDoc {
             hold_extended: booking.hold_extended,
             refund: None,
             reason: booking.reason.clone(),
-            slot: booking.slot.clone(),
             lease_until: None,
             history: Vec::new(),
         }
@@ -194,7 +190,6 @@ impl BookingDoc {
                     })
                     .transpose()?,
                 reason: self.reason,
-                slot: self.slot,
                 history: self
                     .history
                     .into_iter()

@@ -1,16 +1,14 @@
 //! The `bookings` collection: one document per booking carrying its state, its saga
 //! history and its outbox, so a state change and the events it causes are written
-//! by one atomic single-document update. Beside it, `hold_slots` caps a user's active
-//! holds per showtime: slot documents with unique ids, so the cap holds under races.
+//! by one atomic single-document update. (A user's active holds per showtime are capped
+//! by cinema, under the hold's own locks; earlier versions kept `hold_slots` here.)
 //!
-//! This module opens the collections and their indexes; `bookings` inserts and reads
-//! bookings, `transition` writes their state changes, `slots` keeps the hold slots,
-//! `stats` counts what `/metrics` shows and `document` is how a booking is stored.
+//! This module opens the collection and its indexes; `bookings` inserts and reads
+//! bookings, `transition` writes their state changes, `stats` counts what `/metrics` shows and `document` is how a booking is stored.
 
 mod batched;
 mod bookings;
 mod document;
-mod slots;
 mod stats;
 mod transition;
 
@@ -31,11 +29,10 @@ use crate::domain::BookingStatus;
 #[derive(Clone)]
 pub struct BookingStore {
     bookings: Collection<BookingDoc>,
-    slots: Collection<Document>,
     /// How far ahead a step in flight is leased, by the write that starts it and by
     /// each renewal while it runs; recovery takes over a booking whose lease lapsed.
     lease: chrono::Duration,
-    /// Concurrent calls' lookups, inserts and slot commands, one command per batch.
+    /// Concurrent calls' lookups and inserts, one command per batch.
     batches: Batches,
 }
 
@@ -80,9 +77,8 @@ impl BookingStore {
         )
         .await?;
         let lease = chrono::Duration::from_std(lease).context("booking.saga_lease_ms is out of range")?;
-        let slots = db.collection(batched::SLOTS);
-        let batches = Batches::spawn(&bookings, &slots);
-        Ok(Self { bookings, slots, lease, batches })
+        let batches = Batches::spawn(&bookings);
+        Ok(Self { bookings, lease, batches })
     }
 
     /// The outbox the relay drains: events live in the booking documents.

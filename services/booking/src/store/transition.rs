@@ -78,10 +78,6 @@ impl Transition {
         Self { to: status, history: Vec::new(), event: None, set: Document::new(), refund_cause: None }
     }
 
-    pub fn target(&self) -> BookingStatus {
-        self.to
-    }
-
     /// The same record (history, fields, event) written with another status: a step
     /// gathers what it learned and lets it ride along with the write that follows.
     pub fn retarget(mut self, status: BookingStatus) -> Self {

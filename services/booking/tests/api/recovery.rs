@@ -96,6 +96,7 @@ async fn crash(app: &TestApp, showtime: &str, row_label: &str, flow: Flow, point
                     seat_ids: vec![seats[1].clone()],
                     booking_id: Uuid::now_v7().to_string(),
                     ttl_seconds: 600,
+                    ..Default::default()
                 })
                 .await
                 .unwrap();

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use marquee_kit::backoff::Backoff;
 
 use super::{Hold, HoldPosition, ListedHold, SeatRow, Store};
-use crate::domain::{BookingId, HoldCutoff, HoldTtl, Money, SeatSelection, ShowtimeId};
+use crate::domain::{BookingId, HoldTerms, HoldTtl, Money, SeatSelection, ShowtimeId};
 use crate::error::CinemaError;
 
 /// `cinema_lock_outcome`: what `cinema_lock_seats` says of the hold, or of one seat.
@@ -27,6 +27,8 @@ enum LockOutcome {
     Held,
     /// The booking's seats were released before this lock ran: it holds nothing.
     Released,
+    /// The user has as many live holds on the showtime as they may: nothing was locked.
+    HoldLimit,
 }
 
 /// `cinema_confirm_outcome`.
@@ -111,24 +113,28 @@ impl Store {
     /// Holds all of `seats` for `booking`, or none of them. With `no_orphans` the hold
     /// is also refused (`SeatRule`) if it would strand a free seat, decided by the same
     /// statement under the same row locks, so racing holds cannot strand one together.
+    /// With a limit, a user who already has that many live holds on the showtime is
+    /// refused (`HoldLimit`) before anything is locked; a user's holds take turns, so
+    /// racing holds cannot pass the limit together.
     pub async fn lock_seats(
         &self,
         showtime: ShowtimeId,
         seats: &SeatSelection,
         booking: BookingId,
-        ttl: HoldTtl,
-        cutoff: HoldCutoff,
-        no_orphans: bool,
+        terms: HoldTerms,
     ) -> Result<Hold, CinemaError> {
         let seat_ids = seats.to_strings();
+        let max_holds = terms.limit.map_or(0, |limit| i32::try_from(limit.max).unwrap_or(i32::MAX));
         let rows = retry_conflicts(|| {
-            sqlx::query_as::<_, LockRow>("SELECT * FROM cinema_lock_seats($1, $2, $3, $4, $5, $6)")
+            sqlx::query_as::<_, LockRow>("SELECT * FROM cinema_lock_seats($1, $2, $3, $4, $5, $6, $7, $8)")
                 .bind(showtime.as_uuid())
                 .bind(&seat_ids)
                 .bind(booking.as_uuid())
-                .bind(ttl.seconds())
-                .bind(cutoff.seconds())
-                .bind(no_orphans)
+                .bind(terms.limit.map(|limit| limit.user.as_uuid()))
+                .bind(max_holds)
+                .bind(terms.ttl.seconds())
+                .bind(terms.cutoff.seconds())
+                .bind(terms.no_orphans)
                 .fetch_all(&self.pool)
         })
         .await
@@ -153,6 +159,10 @@ impl Store {
                     return Err(CinemaError::Conflict(format!(
                         "booking {booking} was released; it cannot hold seats again"
                     )));
+                }
+                LockOutcome::HoldLimit => {
+                    let limit = terms.limit.context("a hold refused at a limit it was not given")?;
+                    return Err(CinemaError::HoldLimit(limit.max));
                 }
                 LockOutcome::Unknown => unknown.push(named_seat(row.outcome, row.seat_id)?),
                 LockOutcome::Unavailable => unavailable.push(named_seat(row.outcome, row.seat_id)?),
