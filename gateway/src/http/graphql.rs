@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use async_graphql::Variables;
 use async_graphql::http::GraphiQLSource;
-use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Query, State};
@@ -108,11 +108,13 @@ pub(super) async fn graphql_get(State(state): State<AppState>, request: axum::ex
     }
     let media = ResponseMedia::negotiate(accept);
     let params = Query::<GetParams>::try_from_uri(&parts.uri);
-    let request = match params.map_err(|e| e.body_text()).and_then(|Query(p)| get_request(p)) {
+    let mut request = match params.map_err(|e| e.body_text()).and_then(|Query(p)| get_request(p)) {
         Ok(request) => request,
         Err(message) => return request_error(StatusCode::BAD_REQUEST, media, &message),
     };
-    if is_mutation(&request) {
+    let operation_name = request.operation_name.clone();
+    let document = state.documents.attach(&mut request);
+    if document.is_some_and(|document| is_mutation(document, operation_name.as_deref())) {
         // GET must be safe: mutations only over POST (GraphQL-over-HTTP §GET).
         let mut response =
             request_error(StatusCode::METHOD_NOT_ALLOWED, media, "mutations are only accepted over POST");
@@ -143,11 +145,10 @@ fn get_request(params: GetParams) -> Result<async_graphql::Request, String> {
     Ok(request)
 }
 
-/// Whether the operation this request would run is a mutation. A document that does
-/// not parse or names no single operation is left to the executor to reject.
-fn is_mutation(request: &async_graphql::Request) -> bool {
-    let Ok(document) = async_graphql::parser::parse_query(&request.query) else { return false };
-    let operation = match (&document.operations, request.operation_name.as_deref()) {
+/// Whether the operation a request naming `operation_name` would run is a mutation. A
+/// document that names no single operation is left to the executor to reject.
+fn is_mutation(document: &ExecutableDocument, operation_name: Option<&str>) -> bool {
+    let operation = match (&document.operations, operation_name) {
         (DocumentOperations::Single(op), _) => Some(op),
         (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
         (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
@@ -182,9 +183,17 @@ async fn run(
     viewer: &Viewer,
     mut request: async_graphql::Request,
 ) -> async_graphql::Response {
-    if !state.options.introspection {
+    // Parsed here once; the executor runs this copy. One that does not parse is left
+    // to the executor to reject.
+    let introspection = state.options.introspection;
+    let (refused, only_introspection) = match state.documents.attach(&mut request) {
+        Some(document) if !introspection => (asks_for_introspection(document), false),
+        Some(document) => (false, selects_only_introspection(document)),
+        None => (false, false),
+    };
+    if !introspection {
         // async-graphql alone would answer `__schema: null`; say why instead.
-        if asks_for_introspection(&request.query) {
+        if refused {
             let error = server_error(&GatewayError::Upstream(marquee_kit::ApiError::new(
                 ErrorCode::Forbidden,
                 "introspection is disabled on this server",
@@ -192,7 +201,7 @@ async fn run(
             return async_graphql::Response::from_errors(vec![error]);
         }
         request = request.disable_introspection();
-    } else if selects_only_introspection(&request.query) {
+    } else if only_introspection {
         // Tools' standard introspection query is deeper than the data depth limit.
         let request = request.only_introspection().data(viewer.clone()).data(RequestCache::default());
         return state.introspection_schema.execute(request).await;
@@ -202,9 +211,8 @@ async fn run(
 
 /// Whether every operation of the document is a query whose top-level fields are all
 /// `__schema`, `__type` or `__typename`: nothing that reaches an upstream.
-fn selects_only_introspection(query: &str) -> bool {
+fn selects_only_introspection(document: &ExecutableDocument) -> bool {
     use async_graphql::parser::types::Selection;
-    let Ok(document) = async_graphql::parser::parse_query(query) else { return false };
     document.operations.iter().all(|(_, op)| {
         op.node.ty == OperationType::Query
             && op.node.selection_set.node.items.iter().all(|item| match &item.node {
@@ -217,8 +225,7 @@ fn selects_only_introspection(query: &str) -> bool {
 }
 
 /// Whether the document selects `__schema` or `__type` anywhere (fragments included).
-/// A document that does not parse is left to the executor to reject.
-fn asks_for_introspection(query: &str) -> bool {
+fn asks_for_introspection(document: &ExecutableDocument) -> bool {
     use async_graphql::parser::types::{Selection, SelectionSet};
     fn walk(set: &SelectionSet) -> bool {
         set.items.iter().any(|item| match &item.node {
@@ -231,7 +238,6 @@ fn asks_for_introspection(query: &str) -> bool {
             Selection::FragmentSpread(_) => false,
         })
     }
-    let Ok(document) = async_graphql::parser::parse_query(query) else { return false };
     document.operations.iter().any(|(_, op)| walk(&op.node.selection_set.node))
         || document.fragments.values().any(|fragment| walk(&fragment.node.selection_set.node))
 }
@@ -242,46 +248,40 @@ mod tests {
 
     use super::*;
 
-    fn request(query: &str, operation: Option<&str>) -> async_graphql::Request {
-        let request = async_graphql::Request::new(query);
-        match operation {
-            Some(name) => request.operation_name(name),
-            None => request,
-        }
+    fn parsed(query: &str) -> ExecutableDocument {
+        async_graphql::parser::parse_query(query).expect("a document")
     }
 
     #[test]
     fn finds_the_mutation_a_get_would_run() {
-        assert!(is_mutation(&request("mutation { login(input: {}) { token } }", None)));
-        assert!(!is_mutation(&request("{ movies { edges { cursor } } }", None)));
-        assert!(!is_mutation(&request("query Q { me { id } }", None)));
+        let is_mutation = |query: &str, operation: Option<&str>| is_mutation(&parsed(query), operation);
+        assert!(is_mutation("mutation { login(input: {}) { token } }", None));
+        assert!(!is_mutation("{ movies { edges { cursor } } }", None));
+        assert!(!is_mutation("query Q { me { id } }", None));
         let both = "query Q { me { id } } mutation M { login { token } }";
-        assert!(is_mutation(&request(both, Some("M"))));
-        assert!(!is_mutation(&request(both, Some("Q"))));
-        assert!(!is_mutation(&request(both, None)));
-        assert!(!is_mutation(&request("not graphql", None)));
+        assert!(is_mutation(both, Some("M")));
+        assert!(!is_mutation(both, Some("Q")));
+        assert!(!is_mutation(both, None));
     }
 
     #[test]
     fn introspection_is_found_wherever_it_hides() {
-        assert!(asks_for_introspection("{ __schema { types { name } } }"));
-        assert!(asks_for_introspection(r#"query { movie(id: "1") { id } __type(name: "Movie") { name } }"#));
-        assert!(asks_for_introspection(
-            "query { ...F } fragment F on Query { __schema { queryType { name } } }"
-        ));
-        assert!(asks_for_introspection("{ ... on Query { __schema { queryType { name } } } }"));
-        assert!(!asks_for_introspection("{ __typename cinemas { __typename city } }"));
-        assert!(!asks_for_introspection("not graphql"));
+        let asks = |query: &str| asks_for_introspection(&parsed(query));
+        assert!(asks("{ __schema { types { name } } }"));
+        assert!(asks(r#"query { movie(id: "1") { id } __type(name: "Movie") { name } }"#));
+        assert!(asks("query { ...F } fragment F on Query { __schema { queryType { name } } }"));
+        assert!(asks("{ ... on Query { __schema { queryType { name } } } }"));
+        assert!(!asks("{ __typename cinemas { __typename city } }"));
     }
 
     #[test]
     fn only_pure_introspection_documents_skip_the_data_depth_limit() {
-        assert!(selects_only_introspection("query IntrospectionQuery { __schema { types { name } } }"));
-        assert!(selects_only_introspection(r#"{ __type(name: "Seat") { name } __typename }"#));
-        assert!(!selects_only_introspection("{ __schema { queryType { name } } me { id } }"));
-        assert!(!selects_only_introspection("{ ...F } fragment F on Query { __schema { types { name } } }"));
-        assert!(!selects_only_introspection("mutation { __typename }"));
-        assert!(!selects_only_introspection("not graphql"));
+        let only = |query: &str| selects_only_introspection(&parsed(query));
+        assert!(only("query IntrospectionQuery { __schema { types { name } } }"));
+        assert!(only(r#"{ __type(name: "Seat") { name } __typename }"#));
+        assert!(!only("{ __schema { queryType { name } } me { id } }"));
+        assert!(!only("{ ...F } fragment F on Query { __schema { types { name } } }"));
+        assert!(!only("mutation { __typename }"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod admit;
 mod cors;
+mod documents;
 mod graphql;
 mod negotiate;
 mod observe;
@@ -74,6 +75,8 @@ pub struct AppState {
     metrics: Metrics,
     closing: Shutdown,
     options: Arc<Options>,
+    /// Parsed documents by query text, shared by every request.
+    documents: documents::Documents,
 }
 
 /// The `[gateway]` settings requests consult.
@@ -117,6 +120,7 @@ impl AppState {
             metrics,
             closing,
             options: Arc::new(options),
+            documents: documents::Documents::default(),
         }
     }
 }
