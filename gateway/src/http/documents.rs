@@ -6,7 +6,7 @@
 //! copy the executor then runs.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use async_graphql::parser::types::ExecutableDocument;
 
@@ -16,9 +16,9 @@ const CAPACITY: usize = 512;
 /// Longer texts are parsed every time rather than kept.
 const MAX_QUERY_BYTES: usize = 8 * 1024;
 
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(super) struct Documents {
-    parsed: Arc<Mutex<HashMap<String, ExecutableDocument>>>,
+    parsed: Mutex<HashMap<String, ExecutableDocument>>,
 }
 
 impl Documents {
