@@ -39,6 +39,16 @@ pub async fn connect(settings: &MongoSettings, service: &str) -> anyhow::Result<
     Ok(db)
 }
 
+/// Ends the client's server sessions and closes its connections; call once the
+/// process no longer uses `db` (serving has stopped). Left to the last `Client`'s
+/// `Drop`, the driver ends the sessions on a task of its own; while the runtime shuts
+/// down that task can outlive the connection pool it asks and panic (mongodb 3.9.1,
+/// `cmap/connection_requester.rs`). A client shut down here never starts that task.
+/// Does not wait for cursors still open elsewhere: the server times them out.
+pub async fn disconnect(db: &Database) {
+    db.client().clone().shutdown().immediate(true).await;
+}
+
 /// True for a unique-index violation. Matched by code 11000, never by message text.
 pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
     match error.kind.as_ref() {

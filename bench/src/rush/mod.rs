@@ -146,6 +146,8 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     let cpu_after = cpu::snapshot();
     let wall = started.elapsed().as_secs_f64();
     let ops_after = mongo_ops::read(&mongo).await;
+    // Shut down before the runtime ends: see `marquee_mongo::disconnect`.
+    mongo.shutdown().immediate(true).await;
     let window = Window { wall, rush: rush_wall, settled };
     let profile = rush_profile(&outcome, &cpu_before, &cpu_after, window, ops_before, ops_after);
     eprintln!(

@@ -53,6 +53,8 @@ pub struct Application {
     readiness: Readiness,
     registry: Registry,
     metrics: MetricsServer,
+    /// Shut down once serving stops (`marquee_mongo::disconnect`).
+    db: mongodb::Database,
 }
 
 /// Expires overdue holds and resumes stalled sagas; `run` does it at startup and
@@ -193,6 +195,7 @@ impl Application {
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
             registry,
             metrics,
+            db,
         })
     }
 
@@ -236,7 +239,9 @@ impl Application {
         relay_stop.cancel();
         relay.await.context("outbox relay panicked")?;
         sweeper.await.context("booking sweeper panicked")?;
-        served.and(metrics.stop().await)
+        let stopped = served.and(metrics.stop().await);
+        marquee_mongo::disconnect(&self.db).await;
+        stopped
     }
 }
 

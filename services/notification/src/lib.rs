@@ -68,6 +68,8 @@ pub struct Application {
     metrics: MetricsServer,
     grace: Duration,
     readiness: Readiness,
+    /// Shut down once serving stops (`marquee_mongo::disconnect`).
+    db: mongodb::Database,
 }
 
 impl Application {
@@ -124,6 +126,7 @@ impl Application {
             registry,
             metrics: metrics_server,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
+            db,
         })
     }
 
@@ -164,6 +167,7 @@ impl Application {
             served
         };
         let (served, (), (), metrics) = tokio::join!(serve, consume, reconcile, metrics);
+        marquee_mongo::disconnect(&self.db).await;
         served.and(metrics)
     }
 }

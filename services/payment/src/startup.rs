@@ -34,6 +34,8 @@ pub struct Application {
     readiness: Readiness,
     registry: Registry,
     metrics: MetricsServer,
+    /// Shut down once serving stops (`marquee_mongo::disconnect`).
+    db: mongodb::Database,
 }
 
 impl Application {
@@ -82,6 +84,7 @@ impl Application {
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
             registry,
             metrics,
+            db,
         })
     }
 
@@ -113,6 +116,8 @@ impl Application {
         .await;
         relay_stop.cancel();
         relay.await.context("outbox relay panicked")?;
-        served.and(metrics.stop().await)
+        let stopped = served.and(metrics.stop().await);
+        marquee_mongo::disconnect(&self.db).await;
+        stopped
     }
 }

@@ -32,6 +32,8 @@ pub struct Application {
     readiness: Readiness,
     registry: Registry,
     metrics: MetricsServer,
+    /// Shut down once serving stops (`marquee_mongo::disconnect`).
+    db: mongodb::Database,
 }
 
 impl Application {
@@ -82,6 +84,7 @@ impl Application {
             consumer,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
             readiness,
+            db,
         })
     }
 
@@ -111,6 +114,8 @@ impl Application {
         .await;
         consumer_stop.cancel();
         consumer.await.context("ticket consumer panicked")?;
-        served.and(metrics.stop().await)
+        let stopped = served.and(metrics.stop().await);
+        marquee_mongo::disconnect(&self.db).await;
+        stopped
     }
 }

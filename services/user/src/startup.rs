@@ -30,6 +30,8 @@ pub struct Application {
     readiness: Readiness,
     registry: Registry,
     metrics: MetricsServer,
+    /// Shut down once serving stops (`marquee_mongo::disconnect`).
+    db: mongodb::Database,
 }
 
 impl Application {
@@ -77,6 +79,7 @@ impl Application {
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
             registry,
             metrics,
+            db,
         })
     }
 
@@ -101,7 +104,9 @@ impl Application {
             self.grace,
         )
         .await;
-        served.and(metrics.stop().await)
+        let stopped = served.and(metrics.stop().await);
+        marquee_mongo::disconnect(&self.db).await;
+        stopped
     }
 }
 
