@@ -1,7 +1,7 @@
 //! `marquee-bench checkin`: door scanners through GraphQL. The mesh runs in-process;
-//! one showtime gets `--tickets` tickets (bookings of ten seats, confirmed by publishing
-//! `booking.confirmed` the way booking's outbox does, so the run measures check-in, not
-//! booking); then `--scanners` concurrent STAFF clients scan every ticket twice, the two
+//! one showtime gets `--tickets` tickets (bookings of ten seats, issued as the
+//! notification worker has a confirmation's tickets issued, so the run measures
+//! check-in, not booking); then `--scanners` concurrent STAFF clients scan every ticket twice, the two
 //! scans of a ticket back to back in the queue so that they race. Checks: exactly one
 //! ADMITTED per ticket, every other scan ALREADY_CHECKED_IN, no error, every ticket
 //! CHECKED_IN in MongoDB. Writes `bench/results/checkin.json`.
@@ -13,20 +13,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lapin::BasicProperties;
-use lapin::options::ConfirmSelectOptions;
 use marquee_kit::Secret;
-use marquee_proto::events::v1::{BookingConfirmed, Event, event::Payload};
-use marquee_proto::ticket::v1::ListTicketsRequest;
 use marquee_proto::ticket::v1::ticket_service_client::TicketServiceClient;
+use marquee_proto::ticket::v1::{
+    IssueTicketsBatchRequest, IssueTicketsRequest, ListTicketsRequest, issue_tickets_answer,
+};
 use mongodb::bson::doc;
-use prost::Message;
 use serde_json::{Value, json};
 
 use crate::gql::{Answer, Client};
 use crate::mesh::{Mesh, Service};
 use crate::stats::{Samples, round1};
-use marquee_proto::common::v1::Money;
 
 const SEATS_PER_BOOKING: usize = 10;
 const ADMIN_EMAIL: &str = "bench-admin@marquee.example";
@@ -84,56 +81,45 @@ async fn staff_token(client: &Client) -> anyhow::Result<String> {
     login(client, &email, "correct horse battery").await
 }
 
-/// Confirms `tickets / 10` bookings of one showtime by publishing their events, and
-/// returns every ticket's code once all are issued.
+/// Has `tickets / 10` bookings of one showtime issued, as the notification worker asks
+/// for a confirmation's tickets (`IssueTicketsBatch`), and returns every ticket's code
+/// once all are stored.
 async fn issue(mesh: &Mesh, showtime: &str, tickets: usize) -> anyhow::Result<Vec<(String, String)>> {
-    let (_connection, channel) =
-        marquee_messaging::rabbit::connect_patiently("check-in bench", &mesh.settings.rabbitmq).await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    let mut booking_ids = Vec::new();
-    for b in 0..tickets / SEATS_PER_BOOKING {
-        let booking_id = uuid::Uuid::now_v7().to_string();
-        let seats = (0..SEATS_PER_BOOKING).map(|s| format!("S{}", b * SEATS_PER_BOOKING + s)).collect();
-        let event = Event {
-            event_id: uuid::Uuid::now_v7().to_string(),
-            r#type: "booking.confirmed".to_owned(),
-            occurred_at: Some(marquee_kit::time::to_proto(chrono::Utc::now())),
-            booking_id: booking_id.clone(),
-            user_id: uuid::Uuid::new_v4().to_string(),
-            payload: Some(Payload::BookingConfirmed(BookingConfirmed {
-                showtime_id: showtime.to_owned(),
-                seat_ids: seats,
-                total: Some(Money { amount_minor: 12_000, currency: "EUR".to_owned() }),
-                payment_id: uuid::Uuid::new_v4().to_string(),
-            })),
-        };
-        let properties = BasicProperties::default().with_delivery_mode(marquee_messaging::rabbit::PERSISTENT);
-        let exchange = &mesh.settings.rabbitmq.exchange;
-        marquee_messaging::rabbit::publish_confirmed(
-            &channel,
-            exchange,
-            &event.r#type,
-            &event.encode_to_vec(),
-            properties,
-        )
-        .await?;
-        booking_ids.push(booking_id);
-    }
-    let mut client = TicketServiceClient::connect(mesh.url(Service::Ticket)?).await?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let mut codes = Vec::with_capacity(tickets);
-        for chunk in booking_ids.chunks(100) {
-            let request = ListTicketsRequest { booking_ids: chunk.to_vec() };
-            let listed = client.list_tickets(request).await?.into_inner().tickets;
-            codes.extend(listed.into_iter().map(|t| (t.id, t.code)));
+    let booking_ids: Vec<String> =
+        (0..tickets / SEATS_PER_BOOKING).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let mut issuer = TicketServiceClient::connect(mesh.url(Service::Ticket)?).await?;
+    for (chunk_index, chunk) in booking_ids.chunks(marquee_kit::batch::MAX_BATCH).enumerate() {
+        let bookings = chunk
+            .iter()
+            .enumerate()
+            .map(|(n, booking_id)| {
+                let b = chunk_index * marquee_kit::batch::MAX_BATCH + n;
+                IssueTicketsRequest {
+                    booking_id: booking_id.clone(),
+                    showtime_id: showtime.to_owned(),
+                    seat_ids: (0..SEATS_PER_BOOKING)
+                        .map(|s| format!("S{}", b * SEATS_PER_BOOKING + s))
+                        .collect(),
+                }
+            })
+            .collect();
+        let answers =
+            issuer.issue_tickets_batch(IssueTicketsBatchRequest { bookings }).await?.into_inner().answers;
+        for answer in answers {
+            anyhow::ensure!(
+                matches!(answer.answer, Some(issue_tickets_answer::Answer::Issued(_))),
+                "a booking's tickets were refused: {answer:?}"
+            );
         }
-        if codes.len() == tickets {
-            return Ok(codes);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "only {} of {tickets} tickets were issued", codes.len());
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let mut codes = Vec::with_capacity(tickets);
+    for chunk in booking_ids.chunks(100) {
+        let request = ListTicketsRequest { booking_ids: chunk.to_vec() };
+        let listed = issuer.list_tickets(request).await?.into_inner().tickets;
+        codes.extend(listed.into_iter().map(|t| (t.id, t.code)));
+    }
+    anyhow::ensure!(codes.len() == tickets, "only {} of {tickets} tickets were stored", codes.len());
+    Ok(codes)
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {

@@ -135,6 +135,16 @@ async fn book_two_seats(mesh: &Mesh, customer: &str) -> (String, String, Vec<Str
     (showtime, booking, seats)
 }
 
+/// One valid ticket per seat.
+fn assert_valid_tickets_of(tickets: &[Value], seats: &[String]) {
+    let mut seat_ids: Vec<&str> = tickets.iter().map(|t| t["seatId"].as_str().unwrap()).collect();
+    seat_ids.sort();
+    let mut expected: Vec<&str> = seats.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(seat_ids, expected);
+    assert!(tickets.iter().all(|t| t["status"] == "VALID"), "{tickets:?}");
+}
+
 /// The ticket codes in a message: its lines of 100 or more base64url characters.
 fn codes_in(body: &str) -> BTreeSet<String> {
     let base64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
@@ -197,13 +207,8 @@ async fn a_paid_booking_gets_tickets_that_staff_check_in_and_cancelling_revokes(
 
     let (showtime, booking, seats) = book_two_seats(&mesh, &customer).await;
     let tickets = booking_tickets(&mesh, &customer, &booking, |t| t.len() == 2).await;
-    let mut seat_ids: Vec<&str> = tickets.iter().map(|t| t["seatId"].as_str().unwrap()).collect();
-    seat_ids.sort();
-    let mut expected: Vec<&str> = seats.iter().map(String::as_str).collect();
-    expected.sort();
-    assert_eq!(seat_ids, expected);
+    assert_valid_tickets_of(&tickets, &seats);
     for ticket in &tickets {
-        assert_eq!(ticket["status"], "VALID");
         assert!(ticket["code"].as_str().unwrap().len() > 100);
         assert!(ticket["qrSvg"].as_str().unwrap().starts_with("<?xml"), "{}", ticket["qrSvg"]);
     }
@@ -249,6 +254,31 @@ async fn a_paid_booking_gets_tickets_that_staff_check_in_and_cancelling_revokes(
     assert_eq!(since.unwrap().data().unwrap()["revokedTickets"]["tickets"], json!([]));
     let late = mesh.graphql(Some(&staff), CHECK_IN, scan(&tickets[1], &showtime)).await.unwrap();
     assert_eq!(outcome(&late), "REVOKED");
+}
+
+/// With the notification worker down nothing asks for a confirmation's tickets: the
+/// ticket service finds the confirmation in booking's log of published events and
+/// issues them itself, and a cancellation still revokes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_notification_worker_a_paid_booking_gets_its_tickets_from_bookings_log() {
+    let mesh = Mesh::builder()
+        .without(Service::Notification)
+        .configure(|settings| {
+            settings.ticket.reconcile_every_ms = 200;
+            settings.ticket.reconcile_grace_ms = 1000;
+        })
+        .start()
+        .await
+        .unwrap();
+    let customer = mesh.register("noor").await.unwrap();
+    let (_, booking, seats) = book_two_seats(&mesh, &customer).await;
+    let tickets = booking_tickets(&mesh, &customer, &booking, |t| t.len() == 2).await;
+    assert_valid_tickets_of(&tickets, &seats);
+
+    let cancel = "mutation($id: ID!) { cancelBooking(id: $id) { status } }";
+    let cancelled = mesh.graphql(Some(&customer), cancel, json!({ "id": booking })).await.unwrap();
+    assert_eq!(cancelled.data().unwrap()["cancelBooking"]["status"], "CANCELLED");
+    booking_tickets(&mesh, &customer, &booking, |t| t.iter().all(|t| t["status"] == "REVOKED")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! One booking is one trace: a customer's requests, carrying the customer's
 //! `traceparent`, through the gateway, booking, cinema and payment, and over RabbitMQ
-//! (the outbox relay's message headers) to the notification and ticket workers. The
-//! whole mesh runs in this process, its spans exported to the kit's in-memory exporter.
+//! (the outbox relay's message headers) to the notification worker and, once it is
+//! cancelled, the ticket service's consumer. The whole mesh runs in this process, its
+//! spans exported to the kit's in-memory exporter.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -121,14 +122,20 @@ async fn one_booking_is_one_trace_from_the_gateway_to_the_notification() {
         assert!(Instant::now() < deadline, "no confirmation for booking {booking} within 30 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let cancelled = customer
+        .graphql("mutation($id: ID!) { cancelBooking(id: $id) { status } }", json!({ "id": booking }))
+        .await;
+    assert_eq!(cancelled["cancelBooking"]["status"], "CANCELLED");
 
     // A span is exported when it ends: the workers' spans end once they acked.
     let deadline = Instant::now() + Duration::from_secs(15);
     let spans = loop {
         let spans = capture::all();
         let of = |kind: &'static str| move |span: &&TraceSpan| span.attribute("event.type") == Some(kind);
-        if consumed(&spans, "notification").iter().any(of("booking.confirmed"))
-            && consumed(&spans, "ticket").iter().any(of("booking.confirmed"))
+        let notification = consumed(&spans, "notification");
+        if notification.iter().any(of("booking.confirmed"))
+            && notification.iter().any(of("booking.cancelled"))
+            && consumed(&spans, "ticket").iter().any(of("booking.cancelled"))
         {
             break spans;
         }
@@ -143,6 +150,7 @@ async fn one_booking_is_one_trace_from_the_gateway_to_the_notification() {
     let calls: Vec<&TraceSpan> = [
         rpc(&spans, BOOKING, "HoldSeats"),
         rpc(&spans, BOOKING, "PayBooking"),
+        rpc(&spans, BOOKING, "CancelBooking"),
         rpc(&spans, CINEMA, "LockSeats"),
         rpc(&spans, CINEMA, "ConfirmSeats"),
         rpc(&spans, PAYMENT, "Charge"),
@@ -154,15 +162,22 @@ async fn one_booking_is_one_trace_from_the_gateway_to_the_notification() {
         let outside: Vec<&&TraceSpan> = part.iter().filter(|span| span.trace_id != trace).collect();
         assert!(outside.is_empty(), "spans of the booking outside its trace {trace}: {outside:#?}");
     }
-    let of_booking = |span: &&TraceSpan| span.attribute("booking.id") == Some(booking.as_str());
-    // booking.held notifies nobody, so it never reaches the notification worker.
-    assert!(
-        consumed(&spans, "notification")
+    // booking.held notifies nobody, so it never reaches the notification worker; the
+    // ticket service's queue gets the cancellation alone (the worker has a
+    // confirmation's tickets issued). Only this customer booked in this process.
+    let types_of = |service: &str| -> Vec<String> {
+        let mut types: Vec<String> = consumed(&spans, service)
             .into_iter()
-            .filter(of_booking)
-            .all(|span| span.attribute("event.type") == Some("booking.confirmed")),
-        "only the confirmation is the notification worker's"
-    );
+            .filter_map(|span| span.attribute("event.type").map(str::to_owned))
+            .collect();
+        types.sort();
+        types.dedup();
+        types
+    };
+    let notified = types_of("notification");
+    assert!(!notified.contains(&"booking.held".to_owned()), "{notified:?}");
+    assert!(notified.contains(&"booking.confirmed".to_owned()), "{notified:?}");
+    assert_eq!(types_of("ticket"), ["booking.cancelled"]);
 
     // Each service took part, under the right parent.
     let spans = capture::spans_of(&trace);
@@ -172,8 +187,9 @@ async fn one_booking_is_one_trace_from_the_gateway_to_the_notification() {
     };
     let hold = one(rpc(&spans, BOOKING, "HoldSeats"), "hold");
     let pay = one(rpc(&spans, BOOKING, "PayBooking"), "pay");
+    let cancel = one(rpc(&spans, BOOKING, "CancelBooking"), "cancel");
     let gateway_ids: Vec<&str> = gateway.iter().map(|span| span.span_id.as_str()).collect();
-    for request in [&hold, &pay] {
+    for request in [&hold, &pay, &cancel] {
         let parent = request.parent_id.as_deref().unwrap();
         assert!(gateway_ids.contains(&parent), "gateway -> booking: {request:#?}");
     }
@@ -197,12 +213,15 @@ async fn one_booking_is_one_trace_from_the_gateway_to_the_notification() {
         found
     };
     // booking's outbox -> RabbitMQ -> the workers: the event written while paying is
-    // handled under the pay.
+    // handled under the pay, the one written while cancelling under the cancel.
     for notified in event("notification", "booking.confirmed") {
         assert!(notified.descends_from(&pay, &spans), "booking outbox -> notification: {notified:#?}");
     }
-    for issued in event("ticket", "booking.confirmed") {
-        assert!(issued.descends_from(&pay, &spans), "booking outbox -> ticket: {issued:#?}");
+    for notified in event("notification", "booking.cancelled") {
+        assert!(notified.descends_from(&cancel, &spans), "booking outbox -> notification: {notified:#?}");
+    }
+    for revoked in event("ticket", "booking.cancelled") {
+        assert!(revoked.descends_from(&cancel, &spans), "booking outbox -> ticket: {revoked:#?}");
     }
     mesh.stop().await;
 }

@@ -101,6 +101,12 @@ pub async fn bench_settings(orphan_rule: bool) -> anyhow::Result<Settings> {
     settings.booking.charge_retry_backoff_ms = 200;
     settings.payment.outbox_poll_ms = 1000;
     settings.notification.claim_ttl_seconds = 30;
+    // Reading booking's log for what no delivery handled: off in test.toml (its URLs
+    // could be a running mesh's), config/default.toml's rounds here.
+    settings.notification.reconcile_every_ms = 30_000;
+    settings.notification.reconcile_grace_ms = 60_000;
+    settings.ticket.reconcile_every_ms = 5_000;
+    settings.ticket.reconcile_grace_ms = 15_000;
     Ok(settings)
 }
 

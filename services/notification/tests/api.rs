@@ -49,7 +49,7 @@ struct TestApp {
     shutdown: Shutdown,
     user: Dependency,
     cinema: Dependency,
-    /// Issues the tickets of `booking.confirmed`, from its own queue.
+    /// Issues the tickets of a confirmation when the worker asks (`IssueTicketsBatch`).
     ticket: Dependency,
     tickets: TicketServiceClient<Channel>,
     /// A showtime of the demo catalog, and how notifications must describe it.

@@ -1,5 +1,11 @@
 //! The RabbitMQ consumer: the ticket service's own quorum queue, bound to
-//! `booking.confirmed` and `booking.cancelled` on the events exchange. A delivery is
+//! `booking.cancelled` on the events exchange, so that a cancelled booking's tickets
+//! are revoked at once. It is not bound to `booking.confirmed`: the notification worker
+//! issues a confirmation's tickets anyway (it needs their codes), and a second queue's
+//! copy of every confirmation cost a quarter of the notification pipeline's CPU; the
+//! confirmations nobody issued are found in booking's event log (`reconcile.rs`). A
+//! queue bound to it by an earlier version is unbound at startup; the confirmations
+//! already in it are still handled. A delivery is
 //! acknowledged only once its work is durable; a transient failure (MongoDB or cinema
 //! down) is retried with backoff while the delivery is held, so nothing needs a delay
 //! queue; a crash meanwhile leaves it unacknowledged and the broker redelivers it.
@@ -23,8 +29,10 @@ use tracing::Instrument as _;
 
 use crate::issue::{IssueError, Issuer};
 
-/// The events tickets follow.
-pub const BINDINGS: [&str; 2] = ["booking.confirmed", "booking.cancelled"];
+/// The events the queue receives.
+pub const BINDINGS: [&str; 1] = ["booking.cancelled"];
+/// What earlier versions bound the queue to, unbound at startup.
+const RETIRED_BINDINGS: [&str; 1] = ["booking.confirmed"];
 
 pub struct Consumer {
     settings: RabbitSettings,
@@ -128,7 +136,7 @@ impl Consumer {
     }
 }
 
-/// Connects, declares the quorum queue and binds it.
+/// Connects, declares the quorum queue, binds it and drops retired bindings.
 async fn open(settings: &RabbitSettings) -> anyhow::Result<(Connection, Channel)> {
     let (connection, channel) = marquee_messaging::rabbit::connect(settings).await?;
     let queue = short_name(&settings.ticket_queue, "rabbitmq.ticket_queue")?;
@@ -154,6 +162,13 @@ async fn open(settings: &RabbitSettings) -> anyhow::Result<(Connection, Channel)
             )
             .await
             .with_context(|| format!("cannot bind the ticket queue to {key}"))?;
+    }
+    // Unbinding what is not bound succeeds.
+    for key in RETIRED_BINDINGS {
+        channel
+            .queue_unbind(queue.clone(), exchange.clone(), key.into(), FieldTable::default())
+            .await
+            .with_context(|| format!("cannot unbind the ticket queue from {key}"))?;
     }
     channel
         .basic_qos(settings.prefetch, BasicQosOptions::default())

@@ -40,6 +40,13 @@ pub struct TicketSettings {
     /// pause, doubling up to `retry_max_ms`, jittered, while its delivery is held.
     pub retry_first_ms: u64,
     pub retry_max_ms: u64,
+    /// Booking's log of published events is read every `reconcile_every_ms` (0:
+    /// never) for confirmations without tickets and cancellations not recorded,
+    /// older than `reconcile_grace_ms`; the first start reads back
+    /// `reconcile_lookback_seconds` (`reconcile.rs`).
+    pub reconcile_every_ms: u64,
+    pub reconcile_grace_ms: u64,
+    pub reconcile_lookback_seconds: u64,
 }
 
 /// One Ed25519 signing key: its 32-byte seed, base64url, inline (`seed`, e.g. from

@@ -1,7 +1,9 @@
 //! Wiring: load the signing keys, connect MongoDB (indexes), declare and bind the
-//! queue, bind the gRPC and metrics ports, then serve and consume until shutdown.
+//! queue, bind the gRPC and metrics ports, then serve, consume and reconcile until
+//! shutdown.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -10,7 +12,9 @@ use marquee_kit::backoff::Backoff;
 use marquee_kit::metrics::{MetricsServer, Registry};
 use marquee_kit::readiness::{Probe, Readiness, Scope};
 use marquee_kit::shutdown::Shutdown;
+use marquee_proto::booking::v1::booking_service_server;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
+use marquee_proto::events::v1::event_log_client::EventLogClient;
 use marquee_proto::ticket::v1::ticket_service_server::TicketServiceServer;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
@@ -19,6 +23,7 @@ use tonic::service::Routes;
 use crate::Settings;
 use crate::consumer::Consumer;
 use crate::issue::Issuer;
+use crate::reconcile::{ReconcileSettings, Reconciler};
 use crate::service::TicketServiceImpl;
 use crate::store::TicketStore;
 
@@ -28,6 +33,8 @@ pub struct Application {
     addr: SocketAddr,
     service: TicketServiceImpl,
     consumer: Consumer,
+    /// None when `ticket.reconcile_every_ms` is 0.
+    reconciler: Option<Reconciler>,
     grace: Duration,
     readiness: Readiness,
     registry: Registry,
@@ -74,6 +81,7 @@ impl Application {
         ));
         let (listener, addr) = marquee_kit::grpc::bind(&config.server).await?;
         let registry = Registry::new()?;
+        let reconciler = reconciler(&settings, issuer.clone(), store.clone(), &registry)?;
         let metrics = MetricsServer::bind(&config.server.host, config.metrics_port, &registry).await?;
         Ok(Application {
             registry,
@@ -82,6 +90,7 @@ impl Application {
             addr,
             service: TicketServiceImpl::new(store, public, issuer),
             consumer,
+            reconciler,
             grace: Duration::from_millis(settings.grpc.shutdown_grace_ms),
             readiness,
             db,
@@ -101,6 +110,8 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let consumer_stop = shutdown.child_token();
         let consumer = tokio::spawn(self.consumer.run(consumer_stop.clone()));
+        let reconciler =
+            self.reconciler.map(|reconciler| tokio::spawn(reconciler.run(consumer_stop.clone())));
         let metrics = self.metrics.spawn(&shutdown);
         let served = marquee_kit::grpc::serve(
             self.listener,
@@ -114,8 +125,36 @@ impl Application {
         .await;
         consumer_stop.cancel();
         consumer.await.context("ticket consumer panicked")?;
+        if let Some(reconciler) = reconciler {
+            reconciler.await.context("ticket reconciler panicked")?;
+        }
         let stopped = served.and(metrics.stop().await);
         marquee_mongo::disconnect(&self.db).await;
         stopped
     }
+}
+
+/// Reads booking's log of published events, unless turned off.
+fn reconciler(
+    settings: &Settings,
+    issuer: Arc<Issuer>,
+    store: TicketStore,
+    registry: &Registry,
+) -> anyhow::Result<Option<Reconciler>> {
+    let config = &settings.ticket;
+    if config.reconcile_every_ms == 0 {
+        return Ok(None);
+    }
+    // A replica is asked for its log while booking is SERVING.
+    let channel = marquee_kit::grpc::channel(
+        &settings.upstream.booking_url,
+        booking_service_server::SERVICE_NAME,
+        &settings.grpc,
+    )?;
+    let reconcile = ReconcileSettings {
+        every: Duration::from_millis(config.reconcile_every_ms),
+        grace: Duration::from_millis(config.reconcile_grace_ms),
+        lookback: Duration::from_secs(config.reconcile_lookback_seconds),
+    };
+    Ok(Some(Reconciler::new(issuer, store, EventLogClient::new(channel), reconcile, registry)))
 }

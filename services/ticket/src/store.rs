@@ -9,12 +9,14 @@
 //!   by sequence never skips one written late.
 //! - `cancelled_bookings`: bookings cancelled, so a cancellation handled before its
 //!   confirmation still revokes the tickets issued after it.
+//! - `reconciliation`: per event log read (`reconcile.rs`), where reading stopped.
 
 use std::collections::{HashMap, HashSet};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use marquee_messaging::outbox::Position;
 use marquee_mongo::{Inserted, insert_outcomes};
 use mongodb::bson::{self, Bson, doc};
 use mongodb::options::IndexOptions;
@@ -106,6 +108,14 @@ pub struct TicketStore {
     check_ins: Collection<CheckInDoc>,
     revocations: Collection<RevocationLog>,
     cancelled: Collection<bson::Document>,
+    reconciliation: Collection<bson::Document>,
+}
+
+/// Where reading an event log stopped (`reconciliation`).
+#[derive(Debug, Deserialize)]
+struct ReconciledDoc {
+    sent_at: bson::DateTime,
+    event_id: String,
 }
 
 impl TicketStore {
@@ -132,6 +142,7 @@ impl TicketStore {
             check_ins: db.collection("check_ins"),
             revocations: db.collection("revocations"),
             cancelled: db.collection("cancelled_bookings"),
+            reconciliation: db.collection("reconciliation"),
         })
     }
 
@@ -166,12 +177,7 @@ impl TicketStore {
 
     /// Per booking, in order, whether it was cancelled: one command for all of them.
     pub async fn cancelled_among(&self, booking_ids: &[String]) -> Vec<Result<bool, mongodb::error::Error>> {
-        let found: Result<HashSet<String>, mongodb::error::Error> = async {
-            let docs: Vec<bson::Document> =
-                self.cancelled.find(doc! { "_id": { "$in": booking_ids } }).await?.try_collect().await?;
-            Ok(docs.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_owned)).collect())
-        }
-        .await;
+        let found = self.cancelled_of(booking_ids).await;
         booking_ids
             .iter()
             .map(|id| match &found {
@@ -179,6 +185,68 @@ impl TicketStore {
                 Err(error) => Err(error.clone()),
             })
             .collect()
+    }
+
+    /// Those of `booking_ids` recorded as cancelled: one command.
+    pub async fn cancelled_of(
+        &self,
+        booking_ids: &[String],
+    ) -> Result<HashSet<String>, mongodb::error::Error> {
+        let docs: Vec<bson::Document> =
+            self.cancelled.find(doc! { "_id": { "$in": booking_ids } }).await?.try_collect().await?;
+        Ok(docs.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_owned)).collect())
+    }
+
+    /// Those of `booking_ids` with at least one ticket: one command, on the (booking,
+    /// seat) index, reading nothing but the booking ids.
+    pub async fn with_tickets(&self, booking_ids: &[String]) -> anyhow::Result<HashSet<String>> {
+        let docs: Vec<bson::Document> = self
+            .tickets
+            .clone_with_type::<bson::Document>()
+            .find(doc! { "booking_id": { "$in": booking_ids } })
+            .projection(doc! { "_id": 0, "booking_id": 1 })
+            .await
+            .context("cannot look up issued bookings")?
+            .try_collect()
+            .await
+            .context("cannot read issued bookings")?;
+        Ok(docs.iter().filter_map(|d| d.get_str("booking_id").ok().map(str::to_owned)).collect())
+    }
+
+    /// Where reading `log` stopped, if it was ever read.
+    pub async fn reconciled_to(&self, log: &str) -> anyhow::Result<Option<Position>> {
+        let found = self
+            .reconciliation
+            .clone_with_type::<ReconciledDoc>()
+            .find_one(doc! { "_id": log })
+            .await
+            .with_context(|| format!("cannot read where reconciling {log}'s events stopped"))?;
+        Ok(found.map(|doc| Position { sent_at: chrono_time(doc.sent_at), event_id: doc.event_id }))
+    }
+
+    /// Records that reading `log` got to `position`, unless a later position is
+    /// recorded already (another replica read further).
+    pub async fn save_reconciled_to(&self, log: &str, position: &Position) -> anyhow::Result<()> {
+        let at = bson_time(position.sent_at);
+        let earlier = doc! {
+            "_id": log,
+            "$or": [
+                { "sent_at": { "$lt": at } },
+                { "sent_at": at, "event_id": { "$lt": &position.event_id } },
+            ],
+        };
+        let saved = self
+            .reconciliation
+            .update_one(earlier, doc! { "$set": { "sent_at": at, "event_id": &position.event_id } })
+            .upsert(true)
+            .await;
+        match saved {
+            // The document exists with a position not earlier than this one.
+            Err(error) if marquee_mongo::is_duplicate_key(&error) => Ok(()),
+            saved => saved
+                .map(drop)
+                .with_context(|| format!("cannot record where reconciling {log}'s events stopped")),
+        }
     }
 
     /// Per booking, in order, its tickets: one command for all of them.

@@ -1,29 +1,43 @@
 //! The ticket service against real MongoDB and RabbitMQ, with the real cinema
-//! service for showtime times. Booking events are published to the test's own
-//! exchange the way booking's outbox relay publishes them.
+//! service for showtime times. Booking's side of the events runs as booking runs it:
+//! events written to an outbox collection, relayed to the test's own exchange by the
+//! real outbox relay, which logs them, and the log served by the real `EventLog`.
+//! Confirmations reach the ticket service through that log (its reconciler), and
+//! cancellations through its queue too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;
-use lapin::options::ConfirmSelectOptions;
+use lapin::options::{ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel as AmqpChannel, Connection};
+use marquee_kit::config::ServerSettings;
+use marquee_kit::metrics::Registry;
+use marquee_kit::readiness::Readiness;
 use marquee_kit::shutdown::Shutdown;
 use marquee_kit::{ApiError, ErrorCode, Secret};
+use marquee_messaging::outbox::{EventLogApi, MongoOutbox, OutboxEvent, OutboxRelay};
 use marquee_ticket::settings::TicketKeySettings;
 // Ticket and cinema on one isolated configuration.
 use marquee_e2e::MeshSettings as Settings;
+use marquee_proto::booking::v1::booking_service_server;
 use marquee_proto::cinema::v1::ListShowtimesRequest;
 use marquee_proto::cinema::v1::cinema_service_client::CinemaServiceClient;
+use marquee_proto::events::v1::event_log_server::EventLogServer;
 use marquee_proto::events::v1::{BookingCancelled, BookingConfirmed, Event, event::Payload};
 use marquee_proto::ticket::v1 as pb;
 use marquee_proto::ticket::v1::ticket_service_client::TicketServiceClient;
 use marquee_ticket::codec::{self, TicketClaims};
 use marquee_ticket::keys::PublicKeys;
+use mongodb::bson::{Document, doc};
 use prost::Message;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tonic::service::Routes;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -32,7 +46,7 @@ struct TestApp {
     client: TicketServiceClient<Channel>,
     ticket: Running,
     _cinema: Running,
-    publisher: Publisher,
+    booking: Booking,
     /// A showtime of the demo catalog.
     showtime_id: String,
 }
@@ -57,33 +71,121 @@ impl Drop for Running {
     }
 }
 
-struct Publisher {
-    _connection: Connection,
+/// Booking's outbox, relay and event log, on the test's database and exchange.
+struct Booking {
+    outbox: mongodb::Collection<Document>,
+    /// `published_events`, the log the relay writes.
+    log: mongodb::Collection<Document>,
+    written: Arc<Notify>,
+    /// Where its `EventLog` is served.
+    url: String,
+    stop: Shutdown,
+    /// For what the tests do to the broker themselves.
     channel: AmqpChannel,
-    exchange: String,
+    _connection: Connection,
 }
 
-impl Publisher {
-    async fn connect(settings: &Settings) -> Self {
+impl Drop for Booking {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Booking {
+    async fn start(settings: &Settings) -> Self {
+        let db = marquee_mongo::connect(&settings.mongo, "booking").await.unwrap();
+        let bookings = db.collection::<Document>("bookings");
+        let outbox = MongoOutbox::new(&bookings).await.unwrap();
+        let api = EventLogApi::new(outbox.log());
+        let written = Arc::new(Notify::new());
+        let stop = Shutdown::new();
+        let relay = OutboxRelay::new(
+            outbox,
+            &settings.rabbitmq,
+            Duration::from_millis(50),
+            Duration::from_secs(5),
+            written.clone(),
+        )
+        .unwrap();
+        tokio::spawn(relay.run(stop.clone()));
+        let server = ServerSettings { host: "127.0.0.1".to_owned(), port: 0 };
+        let (listener, addr) = marquee_kit::grpc::bind(&server).await.unwrap();
+        let serving = stop.clone();
+        tokio::spawn(async move {
+            let registry = Registry::new().unwrap();
+            let routes = Routes::new(EventLogServer::new(api));
+            let name = booking_service_server::SERVICE_NAME;
+            let grace = Duration::from_secs(1);
+            marquee_kit::grpc::serve(listener, routes, name, Readiness::default(), &registry, serving, grace)
+                .await
+        });
         let (connection, channel) =
-            marquee_messaging::rabbit::connect_patiently("test publisher", &settings.rabbitmq).await.unwrap();
+            marquee_messaging::rabbit::connect_patiently("test booking", &settings.rabbitmq).await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        Self { _connection: connection, channel, exchange: settings.rabbitmq.exchange.clone() }
+        Self {
+            outbox: bookings,
+            log: db.collection("published_events"),
+            written,
+            url: format!("http://{addr}"),
+            stop,
+            channel,
+            _connection: connection,
+        }
     }
 
+    /// Writes the event to the outbox, as booking does with the state change that
+    /// causes it, and returns once the relay has published and logged it.
     async fn publish(&self, event: &Event) {
+        let kind = match event.r#type.as_str() {
+            "booking.confirmed" => "booking.confirmed",
+            "booking.cancelled" => "booking.cancelled",
+            other => panic!("not a booking event tickets follow: {other}"),
+        };
+        let entry = OutboxEvent {
+            event_id: event.event_id.parse().unwrap(),
+            kind,
+            occurred_at: Utc::now(),
+            data: event.encode_to_vec(),
+        }
+        .entry();
+        let id = Uuid::new_v4().to_string();
+        let document =
+            doc! { "_id": &id, "outbox": [entry], "pending_events": [&event.event_id], "unsent_events": 1 };
+        self.outbox.insert_one(document).await.unwrap();
+        self.written.notify_one();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self
+            .outbox
+            .find_one(doc! { "_id": &id, "pending_events": &event.event_id })
+            .await
+            .unwrap()
+            .is_some()
+        {
+            assert!(tokio::time::Instant::now() < deadline, "the relay never published {}", event.event_id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Publishes straight to the exchange, as the relay would (mandatory: refused when
+    /// no queue is bound for it), but logs nothing.
+    async fn publish_unlogged(&self, settings: &Settings, event: &Event) -> anyhow::Result<()> {
         let properties = BasicProperties::default()
             .with_delivery_mode(marquee_messaging::rabbit::PERSISTENT)
             .with_message_id(event.event_id.clone().into());
         marquee_messaging::rabbit::publish_confirmed(
             &self.channel,
-            &self.exchange,
+            &settings.rabbitmq.exchange,
             &event.r#type,
             &event.encode_to_vec(),
             properties,
         )
         .await
-        .unwrap();
+    }
+
+    /// When the relay logged the event (its first publication).
+    async fn logged_at(&self, event: &Event) -> mongodb::bson::DateTime {
+        let logged = self.log.find_one(doc! { "_id": &event.event_id }).await.unwrap();
+        *logged.expect("the event was logged").get_datetime("sent_at").unwrap()
     }
 }
 
@@ -126,6 +228,9 @@ async fn spawn_app() -> TestApp {
 async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     marquee_kit::telemetry::install_crypto_provider();
     let mut settings: Settings = marquee_kit::testing::isolated_settings().await.unwrap();
+    // Events older than a second are read from booking's log, every 100 ms.
+    settings.ticket.reconcile_every_ms = 100;
+    settings.ticket.reconcile_grace_ms = 1000;
     configure(&mut settings);
     let mut cinema_settings = settings.clone();
     cinema_settings.cinema.seed_demo = true;
@@ -139,9 +244,11 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         catalog.list_showtimes(ListShowtimesRequest::default()).await.unwrap().into_inner().showtimes[0]
             .id
             .clone();
+    let booking = Booking::start(&settings).await;
+    settings.upstream.booking_url = booking.url.clone();
     let (ticket, client) = start_ticket(&settings).await;
     TestApp {
-        publisher: Publisher::connect(&settings).await,
+        booking,
         settings,
         client,
         ticket,
@@ -198,6 +305,25 @@ impl TestApp {
         }
     }
 
+    /// Waits (up to 10 s) until the ticket service has read booking's log past `event`.
+    async fn await_reconciled(&self, event: &Event) {
+        let logged_at = self.booking.logged_at(event).await;
+        let db = marquee_mongo::connect(&self.settings.mongo, "ticket").await.unwrap();
+        let positions = db.collection::<Document>("reconciliation");
+        let past = doc! {
+            "_id": "booking",
+            "$or": [
+                { "sent_at": { "$gt": logged_at } },
+                { "sent_at": logged_at, "event_id": { "$gte": &event.event_id } },
+            ],
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while positions.find_one(past.clone()).await.unwrap().is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "booking's log was never read past the event");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Polls until `check` holds for the booking's tickets (or fails after 10 s).
     async fn await_tickets(
         &self,
@@ -218,7 +344,7 @@ impl TestApp {
     /// Publishes a confirmation and waits for its tickets.
     async fn book(&self, seats: &[&str]) -> (String, Vec<pb::Ticket>) {
         let booking_id = Uuid::now_v7().to_string();
-        self.publisher.publish(&self.confirmed(&booking_id, seats)).await;
+        self.booking.publish(&self.confirmed(&booking_id, seats)).await;
         let tickets = self.await_tickets(&booking_id, |t| t.len() == seats.len()).await;
         (booking_id, tickets)
     }
@@ -292,14 +418,14 @@ async fn a_confirmed_booking_gets_one_signed_ticket_per_seat_once() {
     let app = spawn_app().await;
     let booking_id = Uuid::now_v7().to_string();
     let confirmed = app.confirmed(&booking_id, &["E7", "E8"]);
-    app.publisher.publish(&confirmed).await;
+    app.booking.publish(&confirmed).await;
     // Redelivered, and confirmed again under another event id: still two tickets.
-    app.publisher.publish(&confirmed).await;
+    app.booking.publish(&confirmed).await;
     let mut again = app.confirmed(&booking_id, &["E7", "E8"]);
     again.event_id = Uuid::now_v7().to_string();
-    app.publisher.publish(&again).await;
+    app.booking.publish(&again).await;
     let tickets = app.await_tickets(&booking_id, |t| t.len() == 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.await_reconciled(&again).await;
     let tickets_later = app.tickets(&booking_id).await;
     assert_eq!(tickets_later, tickets, "a repeated confirmation issued more tickets");
 
@@ -351,7 +477,7 @@ async fn every_check_in_outcome() {
     assert_eq!(later.outcome(), pb::CheckInOutcome::AlreadyCheckedIn);
     assert_eq!(later.checked_in_at, first.checked_in_at, "the first admission's time");
 
-    app.publisher.publish(&app.cancelled(&booking_id, &["A1", "A2"])).await;
+    app.booking.publish(&app.cancelled(&booking_id, &["A1", "A2"])).await;
     app.await_tickets(&booking_id, |t| t.iter().all(|t| t.status() == pb::TicketStatus::Revoked)).await;
     let revoked = app.scan(&tickets[1]).await;
     assert_eq!(revoked.outcome(), pb::CheckInOutcome::Revoked);
@@ -451,7 +577,7 @@ async fn cancelling_revokes_and_scanners_page_through_revocations() {
     let (second, _) = app.book(&["F3"]).await;
     assert!(app.revoked("", 0).await.tickets.is_empty());
 
-    app.publisher.publish(&app.cancelled(&first, &["F1", "F2"])).await;
+    app.booking.publish(&app.cancelled(&first, &["F1", "F2"])).await;
     app.await_tickets(&first, |t| t.iter().all(|t| t.status() == pb::TicketStatus::Revoked)).await;
     let page = app.revoked("", 1).await;
     assert_eq!(page.tickets.len(), 1);
@@ -467,8 +593,8 @@ async fn cancelling_revokes_and_scanners_page_through_revocations() {
     // Only what changed since the cursor; a redelivered cancellation adds nothing.
     assert!(app.revoked(&rest.cursor, 0).await.tickets.is_empty());
     let cancel_second = app.cancelled(&second, &["F3"]);
-    app.publisher.publish(&cancel_second).await;
-    app.publisher.publish(&cancel_second).await;
+    app.booking.publish(&cancel_second).await;
+    app.booking.publish(&cancel_second).await;
     app.await_tickets(&second, |t| t[0].status() == pb::TicketStatus::Revoked).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let since = app.revoked(&rest.cursor, 0).await;
@@ -489,8 +615,8 @@ async fn cancelling_revokes_and_scanners_page_through_revocations() {
     assert_eq!(ApiError::from_status(&error).code, ErrorCode::BadUserInput);
 }
 
-/// IssueTickets and the consumer of `booking.confirmed` issue the same tickets, once,
-/// whoever comes first, and every caller is answered the stored ones.
+/// IssueTickets and the confirmation found in booking's log issue the same tickets,
+/// once, whoever comes first, and every caller is answered the stored ones.
 #[tokio::test]
 async fn issue_tickets_and_the_event_issue_each_seat_once_whoever_comes_first() {
     let app = spawn_app().await;
@@ -500,8 +626,9 @@ async fn issue_tickets_and_the_event_issue_each_seat_once_whoever_comes_first() 
     let issued = app.issue(&first, &["H2", "H1"]).await.unwrap();
     assert_eq!(issued.iter().map(|t| t.seat_id.as_str()).collect::<Vec<_>>(), ["H1", "H2"]);
     assert_eq!(app.tickets(&first).await, issued, "the answer is what is stored");
-    app.publisher.publish(&app.confirmed(&first, &["H1", "H2"])).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let confirmed = app.confirmed(&first, &["H1", "H2"]);
+    app.booking.publish(&confirmed).await;
+    app.await_reconciled(&confirmed).await;
     assert_eq!(app.tickets(&first).await, issued, "the event issued more tickets");
 
     // The event first: asking answers its tickets.
@@ -513,12 +640,12 @@ async fn issue_tickets_and_the_event_issue_each_seat_once_whoever_comes_first() 
     let third = Uuid::now_v7().to_string();
     let asks = (0..16).map(|_| app.issue(&third, &["H5", "H6"]));
     let confirmed = app.confirmed(&third, &["H5", "H6"]);
-    let (answers, ()) = tokio::join!(futures::future::join_all(asks), app.publisher.publish(&confirmed));
+    let (answers, ()) = tokio::join!(futures::future::join_all(asks), app.booking.publish(&confirmed));
     let stored = app.await_tickets(&third, |t| t.len() == 2).await;
     for answer in answers {
         assert_eq!(answer.unwrap(), stored);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.await_reconciled(&confirmed).await;
     assert_eq!(app.tickets(&third).await, stored);
 }
 
@@ -526,7 +653,7 @@ async fn issue_tickets_and_the_event_issue_each_seat_once_whoever_comes_first() 
 async fn issue_tickets_after_a_cancellation_answers_them_revoked() {
     let app = spawn_app().await;
     let booking_id = Uuid::now_v7().to_string();
-    app.publisher.publish(&app.cancelled(&booking_id, &["J1"])).await;
+    app.booking.publish(&app.cancelled(&booking_id, &["J1"])).await;
     app.await_revocation_mark(&booking_id).await;
 
     let answered = app.issue(&booking_id, &["J1"]).await.unwrap();
@@ -568,9 +695,9 @@ async fn issue_tickets_refuses_bad_input_and_unknown_showtimes_and_issues_nothin
 async fn a_cancellation_handled_before_its_confirmation_still_revokes() {
     let app = spawn_app().await;
     let booking_id = Uuid::now_v7().to_string();
-    app.publisher.publish(&app.cancelled(&booking_id, &["G1"])).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    app.publisher.publish(&app.confirmed(&booking_id, &["G1"])).await;
+    app.booking.publish(&app.cancelled(&booking_id, &["G1"])).await;
+    app.await_revocation_mark(&booking_id).await;
+    app.booking.publish(&app.confirmed(&booking_id, &["G1"])).await;
     app.await_tickets(&booking_id, |t| t.len() == 1).await;
     let tickets =
         app.await_tickets(&booking_id, |t| t.iter().all(|t| t.status() == pb::TicketStatus::Revoked)).await;
@@ -584,7 +711,7 @@ async fn a_retired_key_admits_while_listed_and_not_after() {
     let app = spawn_app_with(|s| s.ticket.signing_keys = vec![old.clone()]).await;
     let (_, old_tickets) = app.book(&["H1", "H2"]).await;
     assert_eq!(app.keys().await.verify(&old_tickets[0].code).unwrap().key_id, "k-old");
-    let TestApp { mut settings, ticket, publisher, showtime_id, _cinema, .. } = app;
+    let TestApp { mut settings, ticket, booking, showtime_id, _cinema, .. } = app;
     ticket.stop().await;
 
     // Rotated: a new key signs, the old one stays listed.
@@ -592,18 +719,18 @@ async fn a_retired_key_admits_while_listed_and_not_after() {
     retired.active = false;
     settings.ticket.signing_keys = vec![retired, key_settings("k-new", [2; 32], true)];
     let (ticket, client) = start_ticket(&settings).await;
-    let app = TestApp { settings, client, ticket, _cinema, publisher, showtime_id };
+    let app = TestApp { settings, client, ticket, _cinema, booking, showtime_id };
     assert_eq!(app.scan(&old_tickets[0]).await.outcome(), pb::CheckInOutcome::Admitted);
     let (_, new_tickets) = app.book(&["H3"]).await;
     assert_eq!(app.keys().await.verify(&new_tickets[0].code).unwrap().key_id, "k-new");
     assert_eq!(app.keys().await.listed().len(), 2);
-    let TestApp { mut settings, ticket, publisher, showtime_id, _cinema, .. } = app;
+    let TestApp { mut settings, ticket, booking, showtime_id, _cinema, .. } = app;
     ticket.stop().await;
 
     // The old key removed: its codes are refused, the new key's still admit.
     settings.ticket.signing_keys = vec![key_settings("k-new", [2; 32], true)];
     let (ticket, client) = start_ticket(&settings).await;
-    let app = TestApp { settings, client, ticket, _cinema, publisher, showtime_id };
+    let app = TestApp { settings, client, ticket, _cinema, booking, showtime_id };
     let refused = app.scan(&old_tickets[1]).await;
     assert_eq!(refused.outcome(), pb::CheckInOutcome::Invalid);
     assert!(refused.ticket.is_none());
@@ -710,4 +837,95 @@ async fn a_batch_answers_each_booking_on_its_own_in_the_order_asked() {
         .await
         .unwrap_err();
     assert_eq!(ApiError::from_status(&status).code, ErrorCode::BadUserInput, "{status:?}");
+}
+
+/// Where reading booking's log stopped is stored: a confirmation logged while the
+/// service was down gets its tickets after a restart, though the restarted service
+/// would look back no further than its start.
+#[tokio::test]
+async fn a_confirmation_logged_while_the_service_was_down_gets_its_tickets_after_a_restart() {
+    let app = spawn_app_with(|s| s.ticket.reconcile_lookback_seconds = 0).await;
+    let first = Uuid::now_v7().to_string();
+    let confirmed = app.confirmed(&first, &["N1"]);
+    app.booking.publish(&confirmed).await;
+    app.await_tickets(&first, |t| t.len() == 1).await;
+    app.await_reconciled(&confirmed).await;
+
+    let second = Uuid::now_v7().to_string();
+    let while_down = app.confirmed(&second, &["N2"]);
+    let TestApp { settings, ticket, booking, showtime_id, _cinema, .. } = app;
+    ticket.stop().await;
+    booking.publish(&while_down).await;
+    let (ticket, client) = start_ticket(&settings).await;
+    let app = TestApp { settings, client, ticket, _cinema, booking, showtime_id };
+    let tickets = app.await_tickets(&second, |t| t.len() == 1).await;
+    assert_eq!(tickets[0].seat_id, "N2");
+    assert_eq!(tickets[0].status(), pb::TicketStatus::Valid);
+}
+
+/// A cancellation the broker lost on its way to the ticket queue is found in
+/// booking's log, and the booking's tickets are revoked all the same.
+#[tokio::test]
+async fn a_cancellation_the_broker_lost_is_found_in_bookings_log() {
+    let app = spawn_app().await;
+    let (booking_id, _) = app.book(&["P1", "P2"]).await;
+    let cancelled = app.cancelled(&booking_id, &["P1", "P2"]);
+    let TestApp { settings, ticket, booking, showtime_id, _cinema, .. } = app;
+    ticket.stop().await;
+    booking.publish(&cancelled).await;
+    let queue = settings.rabbitmq.ticket_queue.as_str();
+    let lost = booking.channel.queue_purge(queue.into(), QueuePurgeOptions::default()).await.unwrap();
+    assert_eq!(lost, 1, "the cancellation had reached the queue");
+
+    let (ticket, client) = start_ticket(&settings).await;
+    let app = TestApp { settings, client, ticket, _cinema, booking, showtime_id };
+    let tickets =
+        app.await_tickets(&booking_id, |t| t.iter().all(|t| t.status() == pb::TicketStatus::Revoked)).await;
+    assert_eq!(tickets.len(), 2);
+    assert_eq!(app.scan(&tickets[0]).await.outcome(), pb::CheckInOutcome::Revoked);
+    let text = marquee_kit::testing::scrape(app.ticket.metrics).await.unwrap();
+    assert_eq!(marquee_kit::testing::sample(&text, "ticket_reconciled_total"), Some(1.0), "{text}");
+}
+
+/// An earlier version bound the ticket queue to `booking.confirmed` too: starting
+/// unbinds it, and the confirmations already in the queue are still handled.
+#[tokio::test]
+async fn a_queue_bound_to_confirmations_by_an_earlier_version_is_unbound_and_its_backlog_handled() {
+    let app = spawn_app().await;
+    let (left, after, cancelled) =
+        (Uuid::now_v7().to_string(), Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+    let (left_event, after_event, cancelled_event) =
+        (app.confirmed(&left, &["Q1"]), app.confirmed(&after, &["Q2"]), app.cancelled(&cancelled, &["Q3"]));
+    let TestApp { settings, ticket, booking, showtime_id, _cinema, .. } = app;
+    ticket.stop().await;
+    let (queue, exchange) = (settings.rabbitmq.ticket_queue.as_str(), settings.rabbitmq.exchange.as_str());
+    booking
+        .channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "booking.confirmed".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    // Routed by the old binding and never logged: only its delivery can issue it.
+    booking.publish_unlogged(&settings, &left_event).await.unwrap();
+
+    let (ticket, client) = start_ticket(&settings).await;
+    let app = TestApp { settings, client, ticket, _cinema, booking, showtime_id };
+    assert_eq!(app.await_tickets(&left, |t| t.len() == 1).await[0].seat_id, "Q1");
+
+    // With the consumer stopped, a confirmation no longer reaches the queue; a
+    // cancellation still does.
+    let TestApp { settings, ticket, booking, .. } = app;
+    ticket.stop().await;
+    let unrouted = booking.publish_unlogged(&settings, &after_event).await.unwrap_err().to_string();
+    assert!(unrouted.contains("no queue is bound"), "{unrouted}");
+    booking.publish_unlogged(&settings, &cancelled_event).await.unwrap();
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    let queue = settings.rabbitmq.ticket_queue.as_str();
+    let declared = booking.channel.queue_declare(queue.into(), passive, FieldTable::default()).await.unwrap();
+    assert_eq!(declared.message_count(), 1, "only the cancellation was routed to the queue");
 }
