@@ -105,6 +105,13 @@ impl Payment {
     }
 }
 
+/// A ticket, as the ticket service stored it (one per booking and seat).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ticket {
+    pub booking_id: String,
+    pub seat_id: String,
+}
+
 /// A recorded notification (one per event and channel).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Notification {
@@ -206,6 +213,10 @@ impl Stores {
 
     pub async fn notifications(&self, filter: Document) -> anyhow::Result<Vec<Notification>> {
         self.read("notification", "notifications", filter).await
+    }
+
+    pub async fn tickets(&self, filter: Document) -> anyhow::Result<Vec<Ticket>> {
+        self.read("ticket", "tickets", filter).await
     }
 
     pub async fn users(&self) -> anyhow::Result<Vec<User>> {

@@ -1,5 +1,6 @@
 //! After the rush: reads the stores the mesh wrote (PostgreSQL `showtime_seats`,
-//! MongoDB bookings, payments and notifications) and counts every broken promise.
+//! MongoDB bookings, payments, notifications and tickets) and counts every broken
+//! promise.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -34,6 +35,9 @@ pub struct Verdict {
     pub lost_notifications: usize,
     /// CONFIRMED bookings with more than one `booking.confirmed` notification.
     pub duplicate_notifications: usize,
+    /// Seats of CONFIRMED bookings without a valid ticket once their confirmations were
+    /// notified (a confirmation is sent with the codes of tickets already stored).
+    pub seats_without_ticket: usize,
     /// Bookings still mid-saga (CHARGING, CONFIRMING, ...) when the deadline passed.
     pub unsettled_sagas: usize,
     pub confirmed_in_store: usize,
@@ -53,6 +57,7 @@ impl Verdict {
             && self.wrong_refusals == 0
             && self.lost_notifications == 0
             && self.duplicate_notifications == 0
+            && self.seats_without_ticket == 0
             && self.unsettled_sagas == 0
     }
 
@@ -66,6 +71,7 @@ impl Verdict {
             "wrong_refusals": self.wrong_refusals,
             "lost_notifications": self.lost_notifications,
             "duplicate_notifications": self.duplicate_notifications,
+            "seats_without_ticket": self.seats_without_ticket,
             "unsettled_sagas": self.unsettled_sagas,
             "confirmed_in_store": self.confirmed_in_store,
             "booked_seats": self.booked_seats,
@@ -162,5 +168,18 @@ pub async fn verify(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     verdict.notification_drain_seconds = waiting.elapsed().as_secs_f64();
+
+    // Tickets: one valid ticket per seat of every confirmed booking.
+    let ids: Vec<&str> = confirmed.keys().copied().collect();
+    let mut valid: HashSet<(String, String)> = HashSet::new();
+    for chunk in ids.chunks(500) {
+        let tickets = stores.tickets(doc! { "booking_id": { "$in": chunk }, "status": "VALID" }).await?;
+        valid.extend(tickets.into_iter().map(|t| (t.booking_id, t.seat_id)));
+    }
+    verdict.seats_without_ticket = confirmed
+        .iter()
+        .flat_map(|(id, seats)| seats.iter().map(move |seat| (*id, *seat)))
+        .filter(|(id, seat)| !valid.contains(&((*id).to_owned(), (*seat).to_owned())))
+        .count();
     Ok(verdict)
 }

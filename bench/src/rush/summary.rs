@@ -97,10 +97,10 @@ pub(super) fn summary(results: &Value) -> String {
          |---|---|---|---|---|\n\
          {ops}\n\
          **Verified from the stores** (PostgreSQL `showtime_seats`, MongoDB bookings, payments,\n\
-         notifications) after the rush; notifications waited for {drain} s:\n\n\
-         | double-booked seats | double charges | confirmed without charge | charged unconfirmed | store mismatches | sagas unsettled after 120 s | losers without SEAT_UNAVAILABLE | lost notifications | duplicate notifications |\n\
-         |---|---|---|---|---|---|---|---|---|\n\
-         | {dbs} | {dc} | {uc} | {cu} | {sm} | {us} | {wr} | {ln} | {dn} |\n\n\
+         notifications, tickets) after the rush; notifications waited for {drain} s:\n\n\
+         | double-booked seats | double charges | confirmed without charge | charged unconfirmed | store mismatches | sagas unsettled after 120 s | losers without SEAT_UNAVAILABLE | lost notifications | duplicate notifications | seats without a valid ticket |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n\
+         | {dbs} | {dc} | {uc} | {cu} | {sm} | {us} | {wr} | {ln} | {dn} | {nt} |\n\n\
          **Where the time went during the rush**, from the start signal until the rush's\n\
          after-effects were done ({wall} s: {rush} s until the last customer's last answer,\n\
          then {settle} s until every outbox event was sent and every confirmation recorded;\n\
@@ -152,6 +152,7 @@ pub(super) fn summary(results: &Value) -> String {
         wr = verification["wrong_refusals"],
         ln = verification["lost_notifications"],
         dn = verification["duplicate_notifications"],
+        nt = verification["seats_without_ticket"],
         wall = profile["wall_seconds"],
         rush = profile["rush_seconds"],
         settle = report::cell(&profile["settle_seconds"]),
