@@ -164,10 +164,12 @@ async fn one_booking_is_one_trace_from_the_gateway_to_the_notification() {
     }
     // booking.held notifies nobody, so it never reaches the notification worker; the
     // ticket service's queue gets the cancellation alone (the worker has a
-    // confirmation's tickets issued). Only this customer booked in this process.
+    // confirmation's tickets issued).
+    let of_booking = |span: &&TraceSpan| span.attribute("booking.id") == Some(booking.as_str());
     let types_of = |service: &str| -> Vec<String> {
         let mut types: Vec<String> = consumed(&spans, service)
             .into_iter()
+            .filter(of_booking)
             .filter_map(|span| span.attribute("event.type").map(str::to_owned))
             .collect();
         types.sort();

@@ -197,6 +197,8 @@ impl Issuer {
             .map_err(|e| IssueError::Permanent(anyhow::Error::new(e).context("undecodable event")))?;
         let permanent = |e: domain::InvalidInput| IssueError::Permanent(anyhow::Error::new(e));
         let booking_id = domain::parse_uuid(&event.booking_id, "booking id").map_err(permanent)?;
+        // A delivery's `event.consume` span names the booking (other spans have no such field).
+        tracing::Span::current().record("booking.id", tracing::field::display(booking_id));
         let now = Utc::now();
         Ok(match event.payload {
             Some(Payload::BookingConfirmed(confirmed)) => {
