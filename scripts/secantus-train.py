@@ -34,7 +34,11 @@ def now():
 def setup():
     client.drop_database("secantus_train")
     bookings = db["bookings"]
-    bookings.create_index([("sweep_at", 1)], name="sweep_due", sparse=True)
+    bookings.create_index([("expires_at", 1)], name="held_by_expiry", partialFilterExpression={"status": "HELD"})
+    bookings.create_index([("lease_until", 1)], name="leased_steps", sparse=True)
+    bookings.create_index(
+        [("release_pending", 1)], name="seats_to_release", partialFilterExpression={"release_pending": True}
+    )
     bookings.create_index([("user_id", 1), ("idempotency_key", 1)], name="user_idempotency_key", unique=True)
     bookings.create_index([("user_id", 1), ("_id", -1)], name="user_newest_id_first")
     bookings.create_index(
@@ -70,7 +74,6 @@ def booking_doc(user):
         "seats": [{"seat_id": "E7", "price": {"amount_minor": 1250, "currency": "EUR"}}],
         "total": {"amount_minor": 1250, "currency": "EUR"},
         "expires_at": at,
-        "sweep_at": at,
         "created_at": at,
         "updated_at": at,
         "saga": [{"step": "hold", "outcome": "ok", "at": at}],
@@ -89,9 +92,8 @@ def step(booking, to, lease, pushed_event=None):
     }
     if lease:
         update["$set"]["lease_until"] = at
-        update["$set"]["sweep_at"] = at
     else:
-        update["$unset"] = {"lease_until": "", "sweep_at": ""}
+        update["$unset"] = {"lease_until": ""}
     if pushed_event:
         update["$inc"]["unsent_events"] = 1
         update["$push"]["outbox"] = {"$each": [pushed_event]}
@@ -173,7 +175,7 @@ def worker(count):
         )
         list(bookings.find({"user_id": users[1]}).sort("_id", -1).limit(20))
         list(bookings.find({"unsent_events": {"$gte": 1}}).limit(64))
-        list(bookings.find({"sweep_at": {"$lte": now()}, "status": "HELD", "expires_at": {"$lt": now()}}).limit(64))
+        list(bookings.find({"status": "HELD", "expires_at": {"$lt": now()}}).limit(64))
         list(payments.find({"booking_id": docs[2]["_id"]}).sort("created_at", 1))
 
 

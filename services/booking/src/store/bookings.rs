@@ -90,24 +90,17 @@ impl BookingStore {
     }
 
     /// Bookings whose in-flight step's lease lapsed: their process presumably died.
-    /// (Every sweeper query reads the due part of the `sweep_at` index; the lease is
-    /// checked too, so a booking counts as stalled only by its own lease.)
     pub async fn stalled(&self, now: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<Booking>> {
         let statuses: Vec<&str> = BookingStatus::IN_FLIGHT.iter().map(|s| s.as_str()).collect();
-        let now = bson_time(now);
-        let filter = doc! {
-            "sweep_at": { "$lt": now },
-            "status": { "$in": statuses },
-            "lease_until": { "$lt": now },
-        };
-        self.query(filter, limit).await.context("cannot look for stalled sagas")
+        self.query(doc! { "status": { "$in": statuses }, "lease_until": { "$lt": bson_time(now) } }, limit)
+            .await
+            .context("cannot look for stalled sagas")
     }
 
     /// Finished bookings whose seats cinema could not be told to release (it was
     /// down): (booking, showtime) pairs for the sweeper to try again.
     pub async fn pending_releases(&self, limit: i64) -> anyhow::Result<Vec<(BookingId, ShowtimeId)>> {
-        let filter = doc! { "sweep_at": { "$lte": bson_time(Utc::now()) }, "release_pending": true };
-        let bookings = self.query(filter, limit).await;
+        let bookings = self.query(doc! { "release_pending": true }, limit).await;
         let bookings = bookings.context("cannot look for pending seat releases")?;
         Ok(bookings.into_iter().map(|booking| (booking.id, booking.showtime_id)).collect())
     }
@@ -115,10 +108,7 @@ impl BookingStore {
     /// The seats of a finished booking are released at last.
     pub async fn release_done(&self, id: BookingId) -> anyhow::Result<()> {
         self.bookings
-            .update_one(
-                doc! { "_id": id.to_string() },
-                doc! { "$set": { "release_pending": false }, "$unset": { "sweep_at": "" } },
-            )
+            .update_one(doc! { "_id": id.to_string() }, doc! { "$set": { "release_pending": false } })
             .await
             .context("cannot record a seat release")?;
         Ok(())
@@ -126,13 +116,12 @@ impl BookingStore {
 
     /// HELD bookings whose hold has lapsed.
     pub async fn overdue_holds(&self, now: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<Booking>> {
-        let now = bson_time(now);
-        let filter = doc! {
-            "sweep_at": { "$lte": now },
-            "status": BookingStatus::Held.as_str(),
-            "expires_at": { "$lte": now },
-        };
-        self.query(filter, limit).await.context("cannot look for overdue holds")
+        self.query(
+            doc! { "status": BookingStatus::Held.as_str(), "expires_at": { "$lte": bson_time(now) } },
+            limit,
+        )
+        .await
+        .context("cannot look for overdue holds")
     }
 
     async fn query(&self, filter: Document, limit: i64) -> anyhow::Result<Vec<Booking>> {

@@ -80,13 +80,9 @@ pub(super) struct BookingDoc {
     #[serde(default)]
     reason: Option<String>,
     /// While an in-flight step runs: when recovery may presume its process dead.
-    /// Absent otherwise.
+    /// Absent otherwise (the `leased_steps` index is sparse).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     lease_until: Option<bson::DateTime>,
-    /// When the sweeper has to look at the booking, present only while it may have
-    /// to act (`SweepDue`): the one field of its sparse index.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    sweep_at: Option<bson::DateTime>,
     #[serde(default, rename = "saga", skip_serializing)]
     history: Vec<StepDoc>,
 }
@@ -148,8 +144,6 @@ impl BookingDoc {
             refund: None,
             reason: booking.reason.clone(),
             lease_until: None,
-            // A new booking is HELD: due when its hold lapses.
-            sweep_at: (booking.status == BookingStatus::Held).then(|| bson_time(booking.expires_at)),
             history: Vec::new(),
         }
     }

@@ -11,7 +11,6 @@ mod bookings;
 mod document;
 mod stats;
 mod transition;
-mod upgrade;
 
 use std::time::Duration;
 
@@ -25,9 +24,7 @@ use self::batched::Batches;
 pub use self::bookings::InsertError;
 use self::document::BookingDoc;
 pub use self::transition::{Revision, SagaEntry, Transition};
-
-/// The sweeper's index: every booking with a `sweep_at`.
-const SWEEP_INDEX: &str = "sweep_due";
+use crate::domain::BookingStatus;
 
 #[derive(Clone)]
 pub struct BookingStore {
@@ -47,9 +44,9 @@ impl BookingStore {
             options.name = Some(name.to_owned());
             IndexModel::builder().keys(keys).options(options).build()
         };
-        // The sweeper reads one sparse index: only the bookings it may have to act on
-        // have a `sweep_at`. (secantusd-rs weighs and diffs every index on every write
-        // of a booking, touched or not, so each index costs every saga step.)
+        // The sweeper's indexes hold only the bookings it may have to act on, so a
+        // booking's state changes add or remove one entry instead of moving entries
+        // from one status to the next.
         let indexes = vec![
             index(
                 doc! { "user_id": 1, "idempotency_key": 1 },
@@ -58,11 +55,27 @@ impl BookingStore {
             ),
             // Listing pages newest first: ids are time-ordered (UUIDv7).
             index(doc! { "user_id": 1, "_id": -1 }, "user_newest_id_first", IndexOptions::default()),
-            index(doc! { "sweep_at": 1 }, SWEEP_INDEX, IndexOptions::builder().sparse(true).build()),
+            // `lease_until` is there only while a step is in flight.
+            index(doc! { "lease_until": 1 }, "leased_steps", IndexOptions::builder().sparse(true).build()),
+            index(
+                doc! { "expires_at": 1 },
+                "held_by_expiry",
+                IndexOptions::builder()
+                    .partial_filter_expression(doc! { "status": BookingStatus::Held.as_str() })
+                    .build(),
+            ),
+            index(
+                doc! { "release_pending": 1 },
+                "seats_to_release",
+                IndexOptions::builder().partial_filter_expression(doc! { "release_pending": true }).build(),
+            ),
         ];
         bookings.create_indexes(indexes).await.context("cannot create booking indexes")?;
-        upgrade::backfill_sweep_at(&bookings).await?;
-        marquee_mongo::drop_retired_indexes(&bookings, &upgrade::RETIRED_INDEXES).await?;
+        marquee_mongo::drop_retired_indexes(
+            &bookings,
+            &["stalled_sagas", "overdue_holds", "pending_releases"],
+        )
+        .await?;
         let lease = chrono::Duration::from_std(lease).context("booking.saga_lease_ms is out of range")?;
         let batches = Batches::spawn(&bookings);
         Ok(Self { bookings, lease, batches })

@@ -1,6 +1,6 @@
 //! What `/metrics` reads of the bookings: unfinished sagas by status, those stuck past
 //! their deadline, and finished bookings whose seats still wait to be released. Each
-//! is a count on the sweeper's index (`sweep_at`, present only on those bookings).
+//! is a count on one of the sweeper's indexes.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -16,7 +16,10 @@ impl BookingStore {
     pub async fn unfinished_sagas(&self) -> anyhow::Result<Vec<(BookingStatus, u64)>> {
         let statuses = std::iter::once(BookingStatus::Held).chain(BookingStatus::IN_FLIGHT);
         try_join_all(statuses.map(|status| async move {
-            let count = self.count(doc! { "sweep_at": { "$exists": true }, "status": status.as_str() }).await;
+            // Through the index that holds the bookings of the status: the hold
+            // expiries of HELD ones, the leases of those in flight.
+            let indexed = if status == BookingStatus::Held { "expires_at" } else { "lease_until" };
+            let count = self.count(doc! { "status": status.as_str(), indexed: { "$exists": true } }).await;
             Ok((status, count.with_context(|| format!("cannot count {status} bookings"))?))
         }))
         .await
@@ -27,21 +30,17 @@ impl BookingStore {
     pub async fn stuck_sagas(&self, before: DateTime<Utc>) -> anyhow::Result<u64> {
         let before = bson_time(before);
         let in_flight: Vec<&str> = BookingStatus::IN_FLIGHT.iter().map(|s| s.as_str()).collect();
-        // A booking is due by its hold's expiry while HELD and by its lease in flight.
-        let filter = doc! {
-            "sweep_at": { "$lt": before },
-            "$or": [
-                { "status": BookingStatus::Held.as_str(), "expires_at": { "$lt": before } },
-                { "status": { "$in": in_flight }, "lease_until": { "$lt": before } },
-            ],
-        };
-        self.count(filter).await.context("cannot count stuck sagas")
+        let (held, stalled) = futures::try_join!(
+            self.count(doc! { "status": BookingStatus::Held.as_str(), "expires_at": { "$lt": before } }),
+            self.count(doc! { "status": { "$in": in_flight }, "lease_until": { "$lt": before } }),
+        )
+        .context("cannot count stuck sagas")?;
+        Ok(held + stalled)
     }
 
     /// Finished bookings whose seats cinema has not been told to release yet.
     pub async fn pending_release_count(&self) -> anyhow::Result<u64> {
-        let filter = doc! { "sweep_at": { "$exists": true }, "release_pending": true };
-        self.count(filter).await.context("cannot count pending seat releases")
+        self.count(doc! { "release_pending": true }).await.context("cannot count pending seat releases")
     }
 
     async fn count(&self, filter: Document) -> anyhow::Result<u64> {

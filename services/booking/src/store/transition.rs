@@ -63,44 +63,6 @@ impl Revision {
     }
 }
 
-/// Why the sweeper has to look at a booking, and so when (its `sweep_at`). A booking
-/// with none of these is not in the sweeper's index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum SweepDue {
-    /// HELD: expire it when the hold lapses.
-    HoldExpiry,
-    /// A step in flight: resume it should its lease lapse.
-    Lease,
-    /// Finished, with seats cinema could not be told to release: at once.
-    Release,
-}
-
-impl SweepDue {
-    /// What a booking moved to `status` is due for.
-    pub(super) fn after(status: BookingStatus, release_pending: bool) -> Option<Self> {
-        if status == BookingStatus::Held {
-            Some(Self::HoldExpiry)
-        } else if BookingStatus::IN_FLIGHT.contains(&status) {
-            Some(Self::Lease)
-        } else {
-            release_pending.then_some(Self::Release)
-        }
-    }
-
-    pub(super) fn at(
-        self,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-    ) -> DateTime<Utc> {
-        match self {
-            Self::HoldExpiry => expires_at,
-            Self::Lease => lease_until,
-            Self::Release => now,
-        }
-    }
-}
-
 /// A state change: the new status plus what it records alongside.
 #[derive(Debug)]
 pub struct Transition {
@@ -109,23 +71,11 @@ pub struct Transition {
     event: Option<OutboxEvent>,
     set: Document,
     refund_cause: Option<RefundCause>,
-    /// The hold's new expiry, after cinema extended it.
-    expires_at: Option<DateTime<Utc>>,
-    /// The seats could not be released: the sweeper has to try again.
-    release_pending: bool,
 }
 
 impl Transition {
     pub fn to(status: BookingStatus) -> Self {
-        Self {
-            to: status,
-            history: Vec::new(),
-            event: None,
-            set: Document::new(),
-            refund_cause: None,
-            expires_at: None,
-            release_pending: false,
-        }
+        Self { to: status, history: Vec::new(), event: None, set: Document::new(), refund_cause: None }
     }
 
     /// The same record (history, fields, event) written with another status: a step
@@ -168,7 +118,6 @@ impl Transition {
         self.history.push(SagaEntry::new(Step::ReleaseSeats, if released { "succeeded" } else { "failed" }));
         if !released {
             self.set.insert("release_pending", true);
-            self.release_pending = true;
         }
         self
     }
@@ -183,7 +132,6 @@ impl Transition {
         self.set.insert("hold_extended", true);
         if let Some(at) = expires_at {
             self.set.insert("expires_at", bson_time(at));
-            self.expires_at = Some(at);
         }
         self
     }
@@ -227,22 +175,13 @@ impl BookingStore {
         set.insert("status", change.to.as_str());
         set.insert("public_status", PublicStatus::of(change.to, cause).as_str());
         set.insert("updated_at", bson_time(now));
-        // Only a step in flight has a lease, and only a booking the sweeper may have
-        // to act on is in its sparse index.
-        let mut unset = Document::new();
+        // Only a step in flight has a lease: the sparse index of leased steps holds
+        // just those.
+        let mut update = Document::new();
         if BookingStatus::IN_FLIGHT.contains(&change.to) {
             set.insert("lease_until", bson_time(now + self.lease));
         } else {
-            unset.insert("lease_until", "");
-        }
-        let expires_at = change.expires_at.unwrap_or(booking.expires_at);
-        match SweepDue::after(change.to, change.release_pending) {
-            Some(due) => set.insert("sweep_at", bson_time(due.at(now, now + self.lease, expires_at))),
-            None => unset.insert("sweep_at", ""),
-        };
-        let mut update = Document::new();
-        if !unset.is_empty() {
-            update.insert("$unset", unset);
+            update.insert("$unset", doc! { "lease_until": "" });
         }
         let mut inc = doc! { "version": 1_i64 };
         let history: Vec<Bson> = change.history.iter().map(SagaEntry::to_bson).collect();
@@ -272,7 +211,7 @@ impl BookingStore {
         let until = bson_time(Utc::now() + self.lease);
         let renewed = self
             .bookings
-            .update_one(revision.filter(), doc! { "$set": { "lease_until": until, "sweep_at": until } })
+            .update_one(revision.filter(), doc! { "$set": { "lease_until": until } })
             .await
             .with_context(|| format!("cannot renew the lease of booking {}", revision.id))?;
         Ok(renewed.matched_count == 1)

@@ -338,131 +338,54 @@ async fn a_step_whose_driver_stopped_is_resumed_once_its_lease_lapses() {
     node.kill().await;
 }
 
-/// The sweeper's and `/metrics`' queries as the booking store asks them: each is
-/// answered by the one index holding only the bookings the sweeper may act on.
-fn sweeper_queries() -> [Document; 6] {
+/// The sweeper's and `/metrics`' queries as the booking store asks them, and the
+/// index that should answer each: one holding only the bookings that query can find.
+fn sweeper_queries() -> [(Document, &'static str); 5] {
     let now = mongodb::bson::DateTime::now();
     let in_flight = ["CHARGING", "CONFIRMING", "REFUNDING", "CANCELLING"];
     [
-        doc! { "sweep_at": { "$lt": now }, "status": { "$in": in_flight.as_slice() }, "lease_until": { "$lt": now } },
-        doc! { "sweep_at": { "$lte": now }, "status": "HELD", "expires_at": { "$lte": now } },
-        doc! { "sweep_at": { "$lte": now }, "release_pending": true },
-        doc! { "sweep_at": { "$exists": true }, "status": "HELD" },
-        doc! { "sweep_at": { "$exists": true }, "release_pending": true },
-        doc! {
-            "sweep_at": { "$lt": now },
-            "$or": [
-                { "status": "HELD", "expires_at": { "$lt": now } },
-                { "status": { "$in": in_flight.as_slice() }, "lease_until": { "$lt": now } },
-            ],
-        },
+        (doc! { "status": { "$in": in_flight.as_slice() }, "lease_until": { "$lt": now } }, "leased_steps"),
+        (doc! { "status": "HELD", "expires_at": { "$lte": now } }, "held_by_expiry"),
+        (doc! { "release_pending": true }, "seats_to_release"),
+        (doc! { "status": "HELD", "expires_at": { "$exists": true } }, "held_by_expiry"),
+        (doc! { "status": "CHARGING", "lease_until": { "$exists": true } }, "leased_steps"),
     ]
 }
 
-/// The sweeper's indexes of earlier versions: those keyed by status, then those
-/// holding one kind of due booking each.
-const RETIRED_SWEEPER_INDEXES: [(&str, &str, &str); 6] = [
-    ("stalled_sagas", "status,lease_until", ""),
-    ("overdue_holds", "status,expires_at", ""),
-    ("pending_releases", "release_pending", ""),
-    ("leased_steps", "lease_until", "sparse"),
-    ("held_by_expiry", "expires_at", "held"),
-    ("seats_to_release", "release_pending", "pending"),
-];
-
-async fn create_retired_sweeper_indexes(bookings: &mongodb::Collection<Document>) {
-    for (name, keys, kind) in RETIRED_SWEEPER_INDEXES {
-        let keys: Document = keys.split(',').map(|key| (key.to_owned(), 1.into())).collect();
-        let options = mongodb::options::IndexOptions::builder().name(name.to_owned());
-        let options = match kind {
-            "sparse" => options.sparse(true).build(),
-            "held" => options.partial_filter_expression(doc! { "status": "HELD" }).build(),
-            "pending" => options.partial_filter_expression(doc! { "release_pending": true }).build(),
-            _ => options.build(),
-        };
+#[tokio::test]
+async fn a_booking_service_replaces_the_retired_sweeper_indexes_and_its_sweeps_read_the_new_ones() {
+    let app = spawn_app_with(|settings| settings.booking.sweep_interval_ms = 0).await;
+    let bookings = app.collection("booking", "bookings").await;
+    // The indexes of an earlier version, keyed by status: every booking in each.
+    for (keys, name) in [
+        (doc! { "status": 1, "lease_until": 1 }, "stalled_sagas"),
+        (doc! { "status": 1, "expires_at": 1 }, "overdue_holds"),
+        (doc! { "release_pending": 1 }, "pending_releases"),
+    ] {
+        let options = mongodb::options::IndexOptions::builder().name(name.to_owned()).build();
         bookings
             .create_index(mongodb::IndexModel::builder().keys(keys).options(options).build())
             .await
             .unwrap();
     }
-}
-
-#[tokio::test]
-async fn a_booking_service_replaces_the_retired_sweeper_indexes_and_its_sweeps_read_the_new_one() {
-    let app = spawn_app_with(|settings| settings.booking.sweep_interval_ms = 0).await;
-    let bookings = app.collection("booking", "bookings").await;
-    create_retired_sweeper_indexes(&bookings).await;
 
     let node = BookingNode::start(&app.settings, &app.shutdown, None).await;
     let mut names = bookings.list_index_names().await.unwrap();
     names.sort();
-    let expected =
-        ["_id_", "sweep_due", "user_idempotency_key", "user_newest_id_first", "with_unsent_events"];
+    let expected = [
+        "_id_",
+        "held_by_expiry",
+        "leased_steps",
+        "seats_to_release",
+        "user_idempotency_key",
+        "user_newest_id_first",
+        "with_unsent_events",
+    ];
     assert_eq!(names, expected);
-    for query in sweeper_queries() {
-        assert_eq!(
-            marquee_mongo::plan_indexes(&bookings, query.clone()).await.unwrap(),
-            ["sweep_due"],
-            "{query}"
-        );
+    for (query, index) in sweeper_queries() {
+        assert_eq!(marquee_mongo::plan_indexes(&bookings, query.clone()).await.unwrap(), [index], "{query}");
     }
-    // The sweep runs on it (the gauges' counts: `metrics.rs`).
+    // The sweep runs on them (the gauges' counts: `metrics.rs`).
     node.sweeper.sweep().await.unwrap();
-    node.kill().await;
-}
-
-/// An earlier version's bookings have no `sweep_at`: the upgrade gives those the
-/// sweeper may act on theirs, and its sweeps then find them all.
-#[tokio::test]
-async fn bookings_an_earlier_version_left_unfinished_are_swept_after_the_upgrade() {
-    let app = spawn_app_with(|settings| settings.booking.sweep_interval_ms = 0).await;
-    let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 1), ("B", 1), ("C", 1)]).await;
-    let mut settings = app.settings.clone();
-    settings.booking.saga_lease_ms = 1000;
-    // A pay whose process died after its claim: CHARGING, leased, never charged.
-    let dying = BookingNode::start(&settings, &app.shutdown, Some("pay.claimed")).await;
-    let stalled = hold_on(&dying.client, &app.register().await, &showtime, &row("A", 1), "k").await.unwrap();
-    pay_on(&dying.client, &stalled, "pm_card_ok").await.unwrap_err();
-    dying.kill().await;
-    // A hold that lapsed, and a finished booking whose seats cinema never released.
-    let lapsed = app.hold(&app.register().await, &showtime, &row("B", 1), "k").await.unwrap();
-    let unreleased = app.hold(&app.register().await, &showtime, &row("C", 1), "k").await.unwrap();
-    let bookings = app.collection("booking", "bookings").await;
-    let past =
-        mongodb::bson::DateTime::from_millis(mongodb::bson::DateTime::now().timestamp_millis() - 60_000);
-    let set = |id: &str, fields: Document| {
-        let bookings = bookings.clone();
-        let id = id.to_owned();
-        async move { bookings.update_one(doc! { "_id": id }, doc! { "$set": fields }).await.unwrap() }
-    };
-    set(&lapsed.id, doc! { "expires_at": past }).await;
-    set(&unreleased.id, doc! { "status": "EXPIRED", "public_status": "EXPIRED", "release_pending": true })
-        .await;
-    // As the earlier version left them: no `sweep_at`, its indexes in place.
-    bookings.update_many(doc! {}, doc! { "$unset": { "sweep_at": "" } }).await.unwrap();
-    create_retired_sweeper_indexes(&bookings).await;
-
-    let node = BookingNode::start(&settings, &app.shutdown, None).await;
-    let names = bookings.list_index_names().await.unwrap();
-    assert!(!names.iter().any(|name| RETIRED_SWEEPER_INDEXES.iter().any(|(r, _, _)| r == name)), "{names:?}");
-    for id in [&stalled.id, &lapsed.id, &unreleased.id] {
-        assert!(app.stored_booking(id).await.get_datetime("sweep_at").is_ok(), "{id} has no sweep_at");
-    }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let report = node.sweeper.sweep().await.unwrap();
-    assert_eq!((report.expired, report.resumed, report.released_late), (1, 1, 1), "{report:?}");
-    let status = |stored: Document| stored.get_str("status").unwrap().to_owned();
-    assert_eq!(status(app.stored_booking(&stalled.id).await), "CONFIRMED");
-    assert_eq!(status(app.stored_booking(&lapsed.id).await), "EXPIRED");
-    let released = app.stored_booking(&unreleased.id).await;
-    assert!(!released.get_bool("release_pending").unwrap(), "{released:?}");
-    // Finished: out of the sweeper's index.
-    for id in [&stalled.id, &lapsed.id, &unreleased.id] {
-        assert!(app.stored_booking(id).await.get("sweep_at").is_none(), "{id} is still due");
-    }
-    let seats = app.seat_states(&showtime).await;
-    assert_eq!(seats["A1"], SeatState::Booked, "{seats:?}");
-    assert_eq!(seats["B1"], SeatState::Available, "{seats:?}");
-    assert_eq!(seats["C1"], SeatState::Available, "{seats:?}");
     node.kill().await;
 }
