@@ -1,7 +1,9 @@
 //! Where the CPU went: per-process CPU time from /proc, grouped by what the process is
 //! (this process = the in-process mesh plus the load generator; its subscriber hosts;
 //! the gateway's own process; the other services' own processes; PostgreSQL; the
-//! MongoDB-wire server; RabbitMQ; Redis; everything else on the machine).
+//! MongoDB-wire server; RabbitMQ; Redis; everything else on the machine), and the
+//! machine's steal time: CPU the hypervisor gave to other guests while this one wanted
+//! it, which makes the same work cost more CPU here and readings of a busy host noisy.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +20,12 @@ pub const GATEWAY: &str = "marquee-gateway";
 pub const SUBSCRIBER_HOSTS: &str = "marquee-bench (subscriber hosts)";
 
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot(BTreeMap<&'static str, u64>);
+pub struct Snapshot {
+    /// CPU ticks (user + system) per group.
+    groups: BTreeMap<&'static str, u64>,
+    /// The machine's steal ticks, all CPUs together (0 where the kernel counts none).
+    steal: u64,
+}
 
 fn group(pid: u32, comm: &str) -> &'static str {
     if pid == std::process::id() {
@@ -42,14 +49,22 @@ fn group(pid: u32, comm: &str) -> &'static str {
 /// CPU ticks (user + system) of every process, summed per group.
 pub fn snapshot() -> Snapshot {
     let mut totals = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Snapshot(totals) };
+    let steal = std::fs::read_to_string("/proc/stat").ok().and_then(|stat| steal_ticks(&stat)).unwrap_or(0);
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Snapshot { groups: totals, steal } };
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
         let Some((comm, ticks)) = parse_stat(&stat) else { continue };
         *totals.entry(group(pid, comm)).or_default() += ticks;
     }
-    Snapshot(totals)
+    Snapshot { groups: totals, steal }
+}
+
+/// The steal ticks of `/proc/stat`'s "cpu" line (all CPUs): "cpu user nice system idle
+/// iowait irq softirq steal ...".
+fn steal_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    line.split_whitespace().nth(8)?.parse().ok()
 }
 
 /// CPU seconds (user + system) process `pid` has used so far; None once it is gone.
@@ -83,8 +98,8 @@ fn per_group(before: &Snapshot, after: &Snapshot, seconds: f64, confirmed: Optio
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     let mut groups = serde_json::Map::new();
     let mut total = 0.0;
-    for (name, &end) in &after.0 {
-        let start = before.0.get(name).copied().unwrap_or(0);
+    for (name, &end) in &after.groups {
+        let start = before.groups.get(name).copied().unwrap_or(0);
         // A process that exited in between drops out of `after`; others only grow.
         let cpu_seconds = end.saturating_sub(start) as f64 / TICKS_PER_SECOND;
         total += cpu_seconds;
@@ -105,6 +120,9 @@ fn per_group(before: &Snapshot, after: &Snapshot, seconds: f64, confirmed: Optio
         "groups": groups,
         "total_cpu_seconds": round1(total),
         "machine_busy_pct": round1(100.0 * total / (seconds * cpus).max(f64::EPSILON)),
+        "steal_pct": round1(
+            100.0 * after.steal.saturating_sub(before.steal) as f64 / TICKS_PER_SECOND / (seconds * cpus).max(f64::EPSILON)
+        ),
     });
     if let Some(confirmed) = confirmed {
         summary["total_cpu_ms_per_confirmed_booking"] = ms_per(total, confirmed);
@@ -115,4 +133,18 @@ fn per_group(before: &Snapshot, after: &Snapshot, seconds: f64, confirmed: Optio
 /// Milliseconds of CPU per confirmed booking; null without one.
 fn ms_per(cpu_seconds: f64, confirmed: usize) -> Value {
     json!((confirmed > 0).then(|| round2(1000.0 * cpu_seconds / confirmed as f64)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_the_eighth_count_of_the_all_cpus_line() {
+        let stat =
+            "cpu  4705 150 1120 16250 520 0 31 977 0 0\ncpu0 2000 75 560 8000 260 0 15 488 0 0\nintr 1\n";
+        assert_eq!(steal_ticks(stat), Some(977));
+        assert_eq!(steal_ticks("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(steal_ticks("cpu  1 2 3 4\n"), None);
+    }
 }

@@ -40,6 +40,10 @@ pub(super) fn summary(results: &Value) -> String {
             profile["cpu"]["machine_busy_pct"],
             report::cell(&profile["cpu"]["total_cpu_ms_per_confirmed_booking"])
         ));
+        cpu.push_str(&format!(
+            "| steal (CPU the hypervisor gave other guests) | | {}% | |\n",
+            report::cell(&profile["cpu"]["steal_pct"])
+        ));
     }
     let mongo = mongo_summary(&profile["mongodb_opcounters"]);
     let mut browse = String::new();
