@@ -30,6 +30,12 @@ pub enum BookingError {
     /// and the booking is still held, so paying again later is safe.
     #[error("the payment could not be processed right now; nothing was charged, try again")]
     PaymentUnavailable,
+    /// Cinema did not answer a hold in time (or could not be reached). The hold gave
+    /// back whatever cinema may have locked for it and wrote no booking, so the same
+    /// request may be repeated; until cinema's late lock, if any, is released the
+    /// seats can still show as taken.
+    #[error("cinema did not answer in time; no booking was made, retry in a moment")]
+    SeatsUnanswered,
     /// Too many steps in flight in this process; nothing was done.
     #[error("the booking service is busy; nothing was done, retry in a moment")]
     Busy,
@@ -77,6 +83,10 @@ impl From<BookingError> for Status {
                 .with_grpc_code(tonic::Code::Unavailable)
                 .into(),
             BookingError::Busy => ApiError::new(ErrorCode::ServiceBusy, message).with_retry_after(1).into(),
+            BookingError::SeatsUnanswered => ApiError::new(ErrorCode::ServiceBusy, message)
+                .with_retry_after(1)
+                .with_grpc_code(tonic::Code::Unavailable)
+                .into(),
             BookingError::Upstream(error) => error.into(),
             BookingError::Unexpected(error) => marquee_mongo::internal(&error),
         }

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use marquee_kit::ErrorCode;
 use marquee_proto::cinema::v1::LockSeatsResponse;
 
+use super::upstream::unanswered;
 use super::{Checkpoint, Saga};
 use crate::domain::{BookedSeat, Booking, BookingId, BookingStatus, HoldRequest, Money, SeatId, Step};
 use crate::error::BookingError;
@@ -56,6 +57,16 @@ impl Saga {
                         self.store.find_by_key(request.user_id, &request.idempotency_key).await?
                 {
                     return replay(existing, &request);
+                }
+                if matches!(refused, BookingError::Unexpected(_)) && unanswered(&status) {
+                    // Not the client's fault, and nothing of it stays: say so, retryable.
+                    tracing::warn!(
+                        booking.id = %booking_id,
+                        code = ?status.code(),
+                        message = status.message(),
+                        "cinema did not answer the hold; refused as busy"
+                    );
+                    return Err(BookingError::SeatsUnanswered);
                 }
                 return Err(at_the_limit(refused));
             }

@@ -41,15 +41,17 @@ enum Idempotent {
     ByKey,
 }
 
-/// Which errors of another service are worth repeating the same call for.
+/// Whether a call ended without the callee's answer: never connected, timed out
+/// (tonic's own deadline ends a call as CANCELLED), or cut off mid-way (the callee
+/// died: UNKNOWN). Its effect, if any, is unknown.
+pub fn unanswered(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
+}
+
+/// Which errors of another service are worth repeating the same call for: an
+/// unanswered call of either kind; ABORTED only where it means the key is in flight.
 fn transient(status: &Status, kind: Idempotent) -> bool {
-    match status.code() {
-        // UNKNOWN and CANCELLED: the call was cut off mid-way (the callee died); both
-        // kinds of call are safe to repeat.
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => true,
-        Code::Aborted => matches!(kind, Idempotent::ByKey),
-        _ => false,
-    }
+    unanswered(status) || (status.code() == Code::Aborted && matches!(kind, Idempotent::ByKey))
 }
 
 /// Every outgoing call: within the deadline, and in the current trace (the caller's,

@@ -1,6 +1,8 @@
-//! A RabbitMQ outage never blocks bookings: events wait in the outbox and are
-//! published once the broker is back, none lost and none twice. The outage is a
-//! test-owned TCP proxy between the services and the shared broker being cut.
+//! Outages. A RabbitMQ outage never blocks bookings: events wait in the outbox and are
+//! published once the broker is back, none lost and none twice. A cinema that does not
+//! answer a hold (stalled or unreachable) gets the client a retryable SERVICE_BUSY, no
+//! booking and no seat kept. An outage is a test-owned TCP proxy between the services
+//! and the real dependency being cut, or seat rows a test keeps locked.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -161,4 +163,80 @@ async fn seats_a_declined_payment_could_not_release_while_cinema_was_down_are_re
     assert!(seats.iter().all(|s| states[s] == SeatState::Available), "{states:?}");
     assert!(!app.stored_booking(&held.id).await.get_bool("release_pending").unwrap());
     assert_eq!(node.sweeper.sweep().await.unwrap().released_late, 0, "nothing left to release");
+}
+
+#[tokio::test]
+async fn a_hold_cinema_does_not_answer_in_time_is_refused_as_busy_and_leaves_its_seats_free() {
+    let deadline = Duration::from_millis(2000);
+    let app = spawn_app_with(|settings| {
+        settings.grpc.request_timeout_ms = 2000;
+        // The waits that must stay below that deadline.
+        settings.booking.pay_wait_ms = 1500;
+        settings.payment.charge_wait_ms = 1500;
+    })
+    .await;
+    let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 4)]).await;
+    let user_id = app.register().await;
+    let seats = row("A", 2);
+
+    // A stalled PostgreSQL, as under a rush on a slow machine: the seat rows stay
+    // locked a while past booking's deadline on LockSeats.
+    let pg = app.pg().await;
+    let mut stall = pg.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM showtime_seats WHERE showtime_id = $1::uuid AND seat_id = ANY($2) FOR UPDATE")
+        .bind(&showtime)
+        .bind(&seats)
+        .execute(&mut *stall)
+        .await
+        .unwrap();
+    let asked = tokio::time::Instant::now();
+    let (refused, ()) = tokio::join!(app.hold(&user_id, &showtime, &seats, "stalled"), async {
+        tokio::time::sleep(deadline + Duration::from_millis(1000)).await;
+        stall.rollback().await.unwrap();
+    });
+
+    let error = refused.expect_err("cinema did not answer within the deadline");
+    assert!(asked.elapsed() >= deadline, "refused only once the deadline passed");
+    assert_eq!(error.code, ErrorCode::ServiceBusy, "{error:?}");
+    assert_eq!(error.retry_after_seconds(), Some(1));
+    // No booking, and whatever cinema locked late was given back.
+    let bookings = app.collection("booking", "bookings").await;
+    assert_eq!(bookings.count_documents(doc! { "user_id": &user_id }).await.unwrap(), 0);
+    eventually(Duration::from_secs(20), "the late lock to be released", || async {
+        let states = app.seat_states(&showtime).await;
+        seats.iter().all(|s| states[s] == SeatState::Available).then_some(())
+    })
+    .await;
+
+    // As the refusal says, the same request a moment later holds the seats.
+    let retried = app.hold(&user_id, &showtime, &seats, "stalled").await.unwrap();
+    assert_eq!(retried.status(), BookingStatus::Held);
+    assert_eq!(bookings.count_documents(doc! { "user_id": &user_id }).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_hold_while_cinema_is_unreachable_is_refused_as_busy_and_writes_nothing() {
+    let app = spawn_app().await;
+    let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 4)]).await;
+    let cinema_addr = app.settings.upstream.cinema_url.trim_start_matches("http://").to_owned();
+    let proxy = Proxy::start(cinema_addr).await;
+    let mut through_proxy = app.settings.clone();
+    through_proxy.upstream.cinema_url = format!("http://{}", proxy.addr);
+    through_proxy.booking.sweep_interval_ms = 0;
+    let node = BookingNode::start(&through_proxy, &app.shutdown, None).await;
+    let user_id = app.register().await;
+    let seats = row("A", 2);
+
+    proxy.cut();
+    let error = hold_on(&node.client, &user_id, &showtime, &seats, "down").await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::ServiceBusy, "{error:?}");
+    assert_eq!(error.retry_after_seconds(), Some(1));
+    let bookings = app.collection("booking", "bookings").await;
+    assert_eq!(bookings.count_documents(doc! { "user_id": &user_id }).await.unwrap(), 0);
+    let states = app.seat_states(&showtime).await;
+    assert!(seats.iter().all(|s| states[s] == SeatState::Available), "{states:?}");
+
+    proxy.restore();
+    let held = hold_on(&node.client, &user_id, &showtime, &seats, "down").await.unwrap();
+    assert_eq!(held.status(), BookingStatus::Held);
 }
