@@ -131,17 +131,23 @@ async fn bookings_succeed_while_rabbitmq_is_down_and_their_events_follow_once_it
     assert!(seen.values().all(|n| *n == 1), "duplicated events: {seen:?}");
 }
 
-#[tokio::test]
-async fn seats_a_declined_payment_could_not_release_while_cinema_was_down_are_released_by_the_sweeper() {
-    let app = spawn_app().await;
-    let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 4)]).await;
+/// A booking service of its own, reaching the mesh's cinema through a proxy the test
+/// can cut, sweeping on demand.
+async fn booking_through_a_cinema_proxy(app: &TestApp) -> (Proxy, BookingNode) {
     let cinema_addr = app.settings.upstream.cinema_url.trim_start_matches("http://").to_owned();
     let proxy = Proxy::start(cinema_addr).await;
     let mut through_proxy = app.settings.clone();
     through_proxy.upstream.cinema_url = format!("http://{}", proxy.addr);
-    // Its own booking service, reaching cinema through the proxy, sweeping on demand.
     through_proxy.booking.sweep_interval_ms = 0;
     let node = BookingNode::start(&through_proxy, &app.shutdown, None).await;
+    (proxy, node)
+}
+
+#[tokio::test]
+async fn seats_a_declined_payment_could_not_release_while_cinema_was_down_are_released_by_the_sweeper() {
+    let app = spawn_app().await;
+    let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 4)]).await;
+    let (proxy, node) = booking_through_a_cinema_proxy(&app).await;
     let user_id = app.register().await;
     let seats = row("A", 2);
     let held = hold_on(&node.client, &user_id, &showtime, &seats, "declined").await.unwrap();
@@ -218,12 +224,7 @@ async fn a_hold_cinema_does_not_answer_in_time_is_refused_as_busy_and_leaves_its
 async fn a_hold_while_cinema_is_unreachable_is_refused_as_busy_and_writes_nothing() {
     let app = spawn_app().await;
     let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 4)]).await;
-    let cinema_addr = app.settings.upstream.cinema_url.trim_start_matches("http://").to_owned();
-    let proxy = Proxy::start(cinema_addr).await;
-    let mut through_proxy = app.settings.clone();
-    through_proxy.upstream.cinema_url = format!("http://{}", proxy.addr);
-    through_proxy.booking.sweep_interval_ms = 0;
-    let node = BookingNode::start(&through_proxy, &app.shutdown, None).await;
+    let (proxy, node) = booking_through_a_cinema_proxy(&app).await;
     let user_id = app.register().await;
     let seats = row("A", 2);
 
