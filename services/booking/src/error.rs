@@ -6,6 +6,7 @@ use marquee_kit::{ApiError, ErrorCode};
 use tonic::Status;
 
 use crate::domain::{BookingStatus, InvalidInput, PublicStatus};
+use crate::saga::unanswered;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BookingError {
@@ -43,20 +44,26 @@ pub enum BookingError {
     /// (e.g. SEAT_UNAVAILABLE with its seat ids).
     #[error("{0}")]
     Upstream(ApiError),
+    /// Cinema or payment did not answer a step's call (timed out, unreachable, cut
+    /// off) even after its retries. The step is recorded and goes on (recovery, or a
+    /// repeat of the request with the same key), so the caller is told to repeat it.
+    #[error(transparent)]
+    Unanswered(anyhow::Error),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
 
 impl BookingError {
-    /// Classifies a failed call to another service: its client errors pass through,
-    /// anything else (transport, INTERNAL) is ours to log and hide.
+    /// Classifies a failed call to another service: its client errors pass through, a
+    /// call that got no answer is the caller's to repeat, anything else (INTERNAL) is
+    /// ours to log and hide.
     pub fn upstream(call: &'static str, status: &Status) -> Self {
         let error = ApiError::from_status(status);
-        if error.code == ErrorCode::Internal {
-            Self::Unexpected(anyhow::anyhow!("{call} failed: {:?}: {}", status.code(), status.message()))
-        } else {
-            Self::Upstream(error)
+        if error.code != ErrorCode::Internal {
+            return Self::Upstream(error);
         }
+        let cause = anyhow::anyhow!("{call} failed: {:?}: {}", status.code(), status.message());
+        if unanswered(status) { Self::Unanswered(cause) } else { Self::Unexpected(cause) }
     }
 }
 
@@ -88,6 +95,9 @@ impl From<BookingError> for Status {
                 .with_grpc_code(tonic::Code::Unavailable)
                 .into(),
             BookingError::Upstream(error) => error.into(),
+            // Plain UNAVAILABLE, as for a database out of reach: the gateway answers
+            // INTERNAL marked retryable.
+            BookingError::Unanswered(error) => marquee_kit::error::unavailable(&error, "a service"),
             BookingError::Unexpected(error) => marquee_mongo::internal(&error),
         }
     }

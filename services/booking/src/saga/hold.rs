@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use marquee_kit::ErrorCode;
 use marquee_proto::cinema::v1::LockSeatsResponse;
 
-use super::upstream::unanswered;
 use super::{Checkpoint, Saga};
 use crate::domain::{BookedSeat, Booking, BookingId, BookingStatus, HoldRequest, Money, SeatId, Step};
 use crate::error::BookingError;
@@ -48,7 +47,7 @@ impl Saga {
                 // lock all the same: give the seats back. Should even that fail, the
                 // sweeper finds the hold among cinema's with no booking written and
                 // releases it after the abandoned hold grace.
-                if matches!(refused, BookingError::Unexpected(_)) {
+                if matches!(refused, BookingError::Unexpected(_) | BookingError::Unanswered(_)) {
                     self.release_seats(request.showtime_id, booking_id).await;
                 }
                 // A concurrent retry of this very request may have taken the seats first.
@@ -58,14 +57,9 @@ impl Saga {
                 {
                     return replay(existing, &request);
                 }
-                if matches!(refused, BookingError::Unexpected(_)) && unanswered(&status) {
+                if let BookingError::Unanswered(cause) = &refused {
                     // Not the client's fault, and nothing of it stays: say so, retryable.
-                    tracing::warn!(
-                        booking.id = %booking_id,
-                        code = ?status.code(),
-                        message = status.message(),
-                        "cinema did not answer the hold; refused as busy"
-                    );
+                    tracing::warn!(booking.id = %booking_id, error = %cause, "cinema did not answer the hold; refused as busy");
                     return Err(BookingError::SeatsUnanswered);
                 }
                 return Err(at_the_limit(refused));

@@ -66,6 +66,7 @@ use tracing::Instrument as _;
 pub use self::checkpoint::Checkpoint;
 pub use self::recovery::SweepReport;
 pub use self::upstream::Retry;
+pub(crate) use self::upstream::unanswered;
 use self::upstream::{Cinema, HoldAt, Payments};
 use crate::domain::{BookingId, RefundPolicy, ShowtimeId};
 use crate::drivers::Drivers;

@@ -241,3 +241,38 @@ async fn a_hold_while_cinema_is_unreachable_is_refused_as_busy_and_writes_nothin
     let held = hold_on(&node.client, &user_id, &showtime, &seats, "down").await.unwrap();
     assert_eq!(held.status(), BookingStatus::Held);
 }
+
+#[tokio::test]
+async fn a_paid_booking_cinema_cannot_confirm_is_answered_retryable_and_confirmed_once_cinema_is_back() {
+    let app = spawn_app().await;
+    let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 4)]).await;
+    let (proxy, node) = booking_through_a_cinema_proxy(&app).await;
+    let user_id = app.register().await;
+    let seats = row("A", 2);
+    let held = hold_on(&node.client, &user_id, &showtime, &seats, "confirm").await.unwrap();
+
+    // Charged (payment is reached directly), but cinema does not answer the confirm on
+    // any retry: not an internal error but a call to repeat, the charge recorded.
+    proxy.cut();
+    let key = Uuid::new_v4().to_string();
+    let error = pay_with_key(&node.client, &held, "pm_card_ok", &key).await.unwrap_err();
+    assert_eq!(error.grpc_code, Some(tonic::Code::Unavailable), "{error:?}");
+    assert_eq!(error.message, "a service did not answer; retry");
+    let stored = app.stored_booking(&held.id).await;
+    assert_eq!(stored.get_str("status").unwrap(), "CONFIRMING", "{stored:?}");
+
+    // Cinema is back: the step is taken up again once its lease lapses, and the same
+    // request answers the booking confirmed, charged once.
+    proxy.restore();
+    eventually(Duration::from_secs(20), "the booking to be confirmed", || async {
+        node.sweeper.sweep().await.unwrap();
+        (app.stored_booking(&held.id).await.get_str("status").unwrap() == "CONFIRMED").then_some(())
+    })
+    .await;
+    let repeated = pay_with_key(&node.client, &held, "pm_card_ok", &key).await.unwrap();
+    assert_eq!(repeated.status(), BookingStatus::Confirmed);
+    let states = app.seat_states(&showtime).await;
+    assert!(seats.iter().all(|s| states[s] == SeatState::Booked), "{states:?}");
+    let charges = app.payments_of(&held.id).await;
+    assert_eq!(charges.len(), 1, "{charges:?}");
+}
