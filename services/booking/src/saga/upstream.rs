@@ -41,9 +41,10 @@ enum Idempotent {
     ByKey,
 }
 
-/// Whether a call ended without the callee's answer: never connected, timed out
-/// (tonic's own deadline ends a call as CANCELLED), or cut off mid-way (the callee
-/// died: UNKNOWN). Its effect, if any, is unknown.
+/// Whether a call ended without an outcome: never connected, timed out (tonic's own
+/// deadline ends a call as CANCELLED), cut off mid-way (the callee died: UNKNOWN), or
+/// refused with UNAVAILABLE (also the callee's word for its own store out of reach).
+/// Its effect, if any, is unknown, and repeating it may succeed.
 pub fn unanswered(status: &Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
 }
