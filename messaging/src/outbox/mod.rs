@@ -3,8 +3,13 @@
 //! A service writes an event into the same MongoDB document update as the state
 //! change that causes it (`entry` builds the array element; the document also carries
 //! `pending_events`, the ids not yet confirmed, and `unsent_events`, their count, which
-//! is indexed). `OutboxRelay` publishes pending events to the RabbitMQ topic exchange
-//! with publisher confirms and marks an event sent only after the broker's ack.
+//! is indexed). A writer may also defer an event: it goes into `outbox` with its id in
+//! `deferred_events` instead, uncounted, and the document's next write of an event
+//! moves it onto `pending_events` (counted) ahead of that one, so the two are
+//! published in order and marked sent by one write (booking's `booking.held`, which
+//! rides with the booking's next event). `OutboxRelay` publishes pending events to the
+//! RabbitMQ topic exchange with publisher confirms and marks an event sent only after
+//! the broker's ack.
 //! Delivery is at least once (a crash between ack and mark republishes); consumers
 //! deduplicate by `event_id`. What the broker confirmed of the types consumers
 //! reconcile is also logged for a week (`log.rs`), for them to reconcile against.
@@ -265,17 +270,25 @@ impl OutboxStore for MongoOutbox {
         // Logged first: an event marked sent is always in the log (a crash in between
         // republishes it, and the log keeps its first entry).
         self.log.record(events, sent_at).await?;
-        // One `update` command with a statement per event (what drivers send for an
-        // unordered bulk write). Matching on the pending id makes a repeat a no-op.
+        // One `update` command (what drivers send for an unordered bulk write) with a
+        // statement per document: a document's events published together (a deferred
+        // event with the one that brought it along) cost one write of it, not one each.
+        // Matching on all their pending ids makes a repeat a no-op.
         let updates: Vec<Document> = events
-            .iter()
-            .map(|event| {
+            .chunk_by(|a, b| a.document_id == b.document_id)
+            .map(|group| {
+                let ids: Vec<&str> = group.iter().map(|event| event.event_id.as_str()).collect();
+                let sent: Document = group
+                    .iter()
+                    .map(|event| (format!("outbox.{}.sent_at", event.index), Bson::DateTime(sent_at)))
+                    .collect();
+                let count = i32::try_from(group.len()).unwrap_or(i32::MAX);
                 doc! {
-                    "q": { "_id": &event.document_id, "pending_events": &event.event_id },
+                    "q": { "_id": &group[0].document_id, "pending_events": { "$all": &ids } },
                     "u": {
-                        "$pull": { "pending_events": &event.event_id },
-                        "$inc": { "unsent_events": -1_i32 },
-                        "$set": { format!("outbox.{}.sent_at", event.index): sent_at },
+                        "$pull": { "pending_events": { "$in": &ids } },
+                        "$inc": { "unsent_events": -count },
+                        "$set": sent,
                     },
                 }
             })

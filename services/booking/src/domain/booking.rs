@@ -41,6 +41,10 @@ pub struct Booking {
     pub refund: Option<Refund>,
     pub reason: Option<String>,
     pub history: Vec<SagaStep>,
+    /// Events in the booking's outbox that are published only with its next event (the
+    /// hold's `booking.held`): the next transition that writes an event moves them onto
+    /// the relay's pending list ahead of it.
+    pub deferred_events: Vec<String>,
 }
 
 impl Booking {
@@ -111,6 +115,7 @@ mod tests {
             refund: None,
             reason: None,
             history: Vec::new(),
+            deferred_events: Vec::new(),
         }
     }
 

@@ -79,9 +79,10 @@ impl Saga {
             }
         };
         let event = events::booking_held(&booking, now);
+        let booking = Booking { deferred_events: vec![event.event_id.to_string()], ..booking };
         match self.store.insert(&booking, SagaEntry::new(Step::LockSeats, "succeeded"), &event).await {
+            // Nothing for the relay yet: the event rides with the booking's next one.
             Ok(()) => {
-                self.outbox_written.notify_one();
                 tracing::info!(booking.id = %booking.id, seats = booking.seats.len(), "seats held");
                 Ok(booking)
             }
@@ -195,5 +196,6 @@ fn held_booking(
         refund: None,
         reason: None,
         history: Vec::new(),
+        deferred_events: Vec::new(),
     })
 }

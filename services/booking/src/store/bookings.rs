@@ -24,7 +24,9 @@ pub enum InsertError {
 }
 
 impl BookingStore {
-    /// Inserts a new booking with its first saga entry and event.
+    /// Inserts a new booking with its first saga entry and its event, deferred: the
+    /// event waits in the outbox for the booking's next one (`Booking::deferred_events`),
+    /// so nothing is pending for the relay yet.
     pub async fn insert(
         &self,
         booking: &Booking,
@@ -35,8 +37,9 @@ impl BookingStore {
             .context("cannot encode booking document")?;
         document.insert("saga", vec![entry.to_bson()]);
         document.insert("outbox", vec![event.entry()]);
-        document.insert("pending_events", vec![event.event_id.to_string()]);
-        document.insert("unsent_events", 1_i32);
+        document.insert("deferred_events", vec![event.event_id.to_string()]);
+        document.insert("pending_events", Vec::<String>::new());
+        document.insert("unsent_events", 0_i32);
         match self.batches.inserts.call(document).await.context("cannot insert booking")? {
             Inserted::New => Ok(()),
             Inserted::Duplicate => Err(InsertError::DuplicateKey),

@@ -85,6 +85,9 @@ pub(super) struct BookingDoc {
     lease_until: Option<bson::DateTime>,
     #[serde(default, rename = "saga", skip_serializing)]
     history: Vec<StepDoc>,
+    /// Outbox events published only with the booking's next one (`Booking::deferred_events`).
+    #[serde(default)]
+    deferred_events: Vec<String>,
 }
 
 impl BookingDoc {
@@ -145,6 +148,7 @@ impl BookingDoc {
             reason: booking.reason.clone(),
             lease_until: None,
             history: Vec::new(),
+            deferred_events: booking.deferred_events.clone(),
         }
     }
 
@@ -202,6 +206,7 @@ impl BookingDoc {
                         })
                     })
                     .collect::<anyhow::Result<_>>()?,
+                deferred_events: self.deferred_events,
             })
         };
         parse().with_context(|| format!("stored booking {id} is invalid"))

@@ -177,19 +177,29 @@ impl BookingStore {
         set.insert("updated_at", bson_time(now));
         // Only a step in flight has a lease: the sparse index of leased steps holds
         // just those.
-        let mut update = Document::new();
+        let mut unset = Document::new();
         if BookingStatus::IN_FLIGHT.contains(&change.to) {
             set.insert("lease_until", bson_time(now + self.lease));
         } else {
-            update.insert("$unset", doc! { "lease_until": "" });
+            unset.insert("lease_until", "");
         }
         let mut inc = doc! { "version": 1_i64 };
         let history: Vec<Bson> = change.history.iter().map(SagaEntry::to_bson).collect();
         let mut push = doc! { "saga": { "$each": history } };
         if let Some(event) = &change.event {
-            inc.insert("unsent_events", 1_i32);
+            // The deferred events go out with this one, ahead of it.
+            let mut pending = booking.deferred_events.clone();
+            pending.push(event.event_id.to_string());
+            inc.insert("unsent_events", i32::try_from(pending.len()).unwrap_or(i32::MAX));
             push.insert("outbox", doc! { "$each": [event.entry()] });
-            push.insert("pending_events", doc! { "$each": [event.event_id.to_string()] });
+            push.insert("pending_events", doc! { "$each": pending });
+            if !booking.deferred_events.is_empty() {
+                unset.insert("deferred_events", "");
+            }
+        }
+        let mut update = Document::new();
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
         }
         update.insert("$set", set);
         update.insert("$inc", inc);

@@ -415,6 +415,7 @@ async fn next_event_for(consumer: &mut lapin::Consumer, booking_id: &str) -> Eve
 async fn paying_a_hold_confirms_the_booking_books_the_seats_and_publishes_the_event() {
     let app = spawn_app().await;
     let (_connection, mut confirmed_events) = app.subscribe("booking.confirmed").await;
+    let (_every_connection, mut booking_events) = app.subscribe("booking.*").await;
     let user_id = app.register().await;
     let (showtime_id, seats) = app.showtime_and_free_seats(2).await;
 
@@ -426,6 +427,13 @@ async fn paying_a_hold_confirms_the_booking_books_the_seats_and_publishes_the_ev
     assert!(held.expires_at.unwrap().seconds > held.created_at.unwrap().seconds);
     let states = app.seat_states(&showtime_id).await;
     assert!(seats.iter().all(|s| states[s] == SeatState::Held));
+    // booking.held waits in the outbox for the booking's next event: nothing to relay.
+    let stored = app.stored_booking(&held.id).await;
+    assert_eq!(stored.get_i32("unsent_events").unwrap(), 0, "{stored:?}");
+    let deferred = stored.get_array("deferred_events").unwrap();
+    assert_eq!(deferred.len(), 1, "{stored:?}");
+    let quiet = tokio::time::timeout(Duration::from_millis(500), booking_events.next()).await;
+    assert!(quiet.is_err(), "an event was published before the booking's next one: {quiet:?}");
 
     let paid = app.pay(&held, "pm_card_ok").await.unwrap();
     assert_eq!(paid.status(), BookingStatus::Confirmed);
@@ -442,6 +450,11 @@ async fn paying_a_hold_confirms_the_booking_books_the_seats_and_publishes_the_ev
 
     let event = next_event_for(&mut confirmed_events, &held.id).await;
     assert_eq!((event.r#type.as_str(), event.user_id.as_str()), ("booking.confirmed", user_id.as_str()));
+    // The held event went out with it, first.
+    let first = next_event_for(&mut booking_events, &held.id).await;
+    let second = next_event_for(&mut booking_events, &held.id).await;
+    assert_eq!([first.r#type.as_str(), second.r#type.as_str()], ["booking.held", "booking.confirmed"]);
+    assert_eq!(first.event_id, deferred[0].as_str().unwrap());
     let Some(Payload::BookingConfirmed(payload)) = event.payload else { panic!("wrong payload: {event:?}") };
     assert_eq!((payload.seat_ids, payload.payment_id), (seats, paid.payment_id));
     assert_eq!(payload.total.unwrap().amount_minor, total);
@@ -454,6 +467,8 @@ async fn paying_a_hold_confirms_the_booking_books_the_seats_and_publishes_the_ev
         let outbox = stored.get_array("outbox").unwrap();
         if stored.get_i32("unsent_events").unwrap() == 0 {
             assert_eq!(outbox.len(), 2);
+            assert!(stored.get("deferred_events").is_none(), "{stored:?}");
+            assert!(stored.get_array("pending_events").unwrap().is_empty(), "{stored:?}");
             assert!(outbox.iter().all(|e| e.as_document().unwrap().get_datetime("sent_at").is_ok()));
             break;
         }

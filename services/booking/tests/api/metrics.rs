@@ -34,7 +34,8 @@ async fn metrics_count_calls_and_show_sagas_by_status_and_the_outbox_drained() {
     let missing = app.get(&Uuid::now_v7().to_string(), &user).await.unwrap_err();
     assert_eq!(missing.code, ErrorCode::NotFound);
 
-    // booking.held was relayed: the backlog is empty and the saga waits for payment.
+    // Nothing to relay (booking.held waits for the booking's next event), and the saga
+    // waits for payment.
     let text = await_sample(&app, UNSENT, 0.0).await;
     assert_eq!(sample(&text, &calls("booking.v1.BookingService", "HoldSeats", "OK")), Some(1.0), "{text}");
     assert_eq!(

@@ -72,9 +72,10 @@ async fn bookings_succeed_while_rabbitmq_is_down_and_their_events_follow_once_it
     let (_connection, mut events) = app.subscribe_at(&real, "booking.#").await;
     let showtime = app.create_showtime(chrono::Duration::hours(48), &[("A", 10)]).await;
 
-    // Through the proxy, events flow.
+    // Through the proxy, events flow (a hold's with the booking's next one).
     let user_id = app.register().await;
     let before = app.hold(&user_id, &showtime, &row("A", 1), "before").await.unwrap();
+    app.pay(&before, "pm_card_ok").await.unwrap();
     next_event_for(&mut events, &before.id).await;
 
     proxy.cut();
