@@ -919,12 +919,12 @@ async fn a_message_recorded_before_its_done_marker_was_lost_is_not_recorded_twic
 
 #[tokio::test]
 async fn a_worker_killed_mid_batch_and_restarted_notifies_every_event_exactly_once() {
-    // One delivery at a time (prefetch 1): 2,000 events take seconds, so the kill at
-    // the first records always lands mid-batch (with prefetch 100, CI once notified
-    // every remaining event between two polls).
+    // One delivery at a time (prefetch 1): 500 events take ~10 s in a debug build, so
+    // the kill at the first records always lands mid-batch (with prefetch 100, CI once
+    // notified every remaining event between two polls).
     let mut app = spawn_app().await;
     let (gina, _) = app.register("gina").await;
-    let events: Vec<Event> = (0..2000).map(|i| app.confirmed_event(&gina, &[&format!("K{i}")])).collect();
+    let events: Vec<Event> = (0..500).map(|i| app.confirmed_event(&gina, &[&format!("K{i}")])).collect();
 
     app.publish_all(&events).await;
     app.await_logged(1, Duration::from_secs(60)).await;
