@@ -125,6 +125,12 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     let showtimes = build_hall(channel.clone(), 3 + QUIET_SHOWTIMES).await?;
     eprintln!("mesh up; hall of {SEATS} seats; gateway process at {graphql_url}");
 
+    // pgbench's CPU per booking, every process on the machine as for the rush: the
+    // rush's CPU per booking over it is a measure of the code that the machine's speed,
+    // which drifts by tens of percent within the hour here, cancels out of.
+    // pgbench and its backends end inside the window: count them once waited for.
+    let pgbench_cpu_before = cpu::snapshot_with_children();
+    let pgbench_started = Instant::now();
     let pgbench_tps = {
         let (url, showtime) = (database_url.clone(), showtimes[1].clone());
         tokio::task::spawn_blocking(move || {
@@ -133,6 +139,12 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
         .await
         .context("pgbench task failed")??
     };
+    let pgbench_cpu = cpu::per_booking(
+        &pgbench_cpu_before,
+        &cpu::snapshot_with_children(),
+        pgbench_started.elapsed().as_secs_f64(),
+        PGBENCH_CLIENTS * PGBENCH_PER_CLIENT,
+    );
     eprintln!("pgbench, same SQL: {pgbench_tps:.0} bookings/s");
 
     let config = options.flash.clone();
@@ -227,6 +239,11 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
         "lost_notifications": verdict.lost_notifications
             + connected.as_ref().and_then(|c| c["flash_sale_verification"]["lost_notifications"].as_u64()).unwrap_or(0) as usize,
         "cpu_ms_per_booking": profile["cpu"]["total_cpu_ms_per_confirmed_booking"].clone(),
+        "pgbench_cpu_ms_per_booking": pgbench_cpu["total_cpu_ms_per_confirmed_booking"].clone(),
+        "cpu_per_booking_over_pgbench": over(
+            &profile["cpu"]["total_cpu_ms_per_confirmed_booking"],
+            &pgbench_cpu["total_cpu_ms_per_confirmed_booking"],
+        ),
         "mongodb_commands_per_booking": profile["mongodb_opcounters"]["per_confirmed_booking"]["total"].clone(),
         "browse_p99_ms": browse_p99.map(round2),
         // Null when the scenario did not run: never a made-up number.
@@ -237,6 +254,7 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
         "verification_clean": verdict.is_clean() && connected_clean,
         "flash_sale": flash_sale::outcome_json(&mut outcome, &config),
         "profile": profile,
+        "pgbench_cpu": pgbench_cpu,
         "browse": browse_results,
         "connected_users": connected,
         "setup": {
@@ -253,6 +271,14 @@ pub async fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(&results)?);
     anyhow::ensure!(verdict.is_clean() && connected_clean, "the rush broke a promise; see the results");
     Ok(())
+}
+
+/// `a / b` to two decimals; null unless both are numbers and `b` is positive.
+fn over(a: &Value, b: &Value) -> Value {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(a), Some(b)) if b > 0.0 => json!(round2(a / b)),
+        _ => Value::Null,
+    }
 }
 
 /// Waits until the rush's after-effects are done: no unsent outbox event in booking or
@@ -329,5 +355,18 @@ async fn demo_showtimes(client: &Client) -> anyhow::Result<Vec<String>> {
             .filter_map(|s| s["id"].as_str().map(str::to_owned))
             .collect()),
         other => anyhow::bail!("cannot list showtimes: {}", other.label()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ratio_of_two_readings_is_null_unless_both_were_measured() {
+        assert_eq!(over(&json!(9.65), &json!(2.5)), json!(3.86));
+        assert_eq!(over(&Value::Null, &json!(2.5)), Value::Null);
+        assert_eq!(over(&json!(9.65), &Value::Null), Value::Null);
+        assert_eq!(over(&json!(9.65), &json!(0.0)), Value::Null);
     }
 }

@@ -44,6 +44,13 @@ pub(super) fn summary(results: &Value) -> String {
             "| steal (CPU the hypervisor gave other guests) | | {}% | |\n",
             report::cell(&profile["cpu"]["steal_pct"])
         ));
+        cpu.push_str(&format!(
+            "| pgbench's booking on the same SQL, all processes, same run | {} | {}% | {} (the rush's: **{}x**) |\n",
+            results["pgbench_cpu"]["total_cpu_seconds"],
+            results["pgbench_cpu"]["machine_busy_pct"],
+            report::cell(&results["pgbench_cpu_ms_per_booking"]),
+            report::cell(&results["cpu_per_booking_over_pgbench"])
+        ));
     }
     let mongo = mongo_summary(&profile["mongodb_opcounters"]);
     let mut browse = String::new();
